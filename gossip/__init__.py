@@ -1,0 +1,1 @@
+"""aipg.gossip."""

@@ -1,0 +1,209 @@
+"""Ed25519 identities: generation, key files, libp2p's protobuf key encoding.
+
+A node has one identity. Its private key lives in a key file readable only by its
+owner (mode 0600); we refuse to load one that others can read, as ssh does.
+The file holds libp2p's protobuf ``PrivateKey`` encoding, so an operator can bring a
+key made by another libp2p implementation (``aipg-node keys import``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import WireError
+
+KEY_TYPE_ED25519 = 1
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable, malformed or unsafe; the message says how to fix it."""
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise WireError("truncated varint in key protobuf")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long in key protobuf")
+
+
+def _parse_key_protobuf(data: bytes) -> tuple[int, bytes]:
+    """Parse libp2p's ``{Type = 1 (enum); Data = 2 (bytes)}`` message strictly."""
+    key_type: int | None = None
+    key_data: bytes | None = None
+    pos = 0
+    while pos < len(data):
+        tag, pos = _read_varint(data, pos)
+        field, wire_type = tag >> 3, tag & 7
+        if field == 1 and wire_type == 0 and key_type is None:
+            key_type, pos = _read_varint(data, pos)
+        elif field == 2 and wire_type == 2 and key_data is None:
+            n, pos = _read_varint(data, pos)
+            if pos + n > len(data):
+                raise WireError("truncated key data in key protobuf")
+            key_data, pos = data[pos : pos + n], pos + n
+        else:
+            raise WireError(f"unexpected field {field} (wire type {wire_type}) in key protobuf")
+    if key_type is None or key_data is None:
+        raise WireError("key protobuf needs both Type and Data")
+    return key_type, key_data
+
+
+def _key_protobuf(key_type: int, key_data: bytes) -> bytes:
+    assert len(key_data) < 128
+    return bytes([0x08, key_type, 0x12, len(key_data)]) + key_data
+
+
+def public_key_protobuf(public_key: bytes) -> bytes:
+    """libp2p's protobuf ``PublicKey`` for a raw 32-byte Ed25519 public key."""
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise WireError(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
+    return _key_protobuf(KEY_TYPE_ED25519, public_key)
+
+
+def public_key_from_protobuf(data: bytes) -> bytes:
+    key_type, key_data = _parse_key_protobuf(data)
+    if key_type != KEY_TYPE_ED25519:
+        raise WireError(f"only Ed25519 keys (type 1) are supported, got type {key_type}")
+    if len(key_data) != PUBLIC_KEY_SIZE:
+        raise WireError(f"an Ed25519 public key is 32 bytes, got {len(key_data)}")
+    return key_data
+
+
+class Identity:
+    """An Ed25519 key pair. Owns nothing but the key; cheap to copy around."""
+
+    __slots__ = ("_private", "public_bytes")
+
+    def __init__(self, private_key: Ed25519PrivateKey):
+        self._private = private_key
+        self.public_bytes: bytes = private_key.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """The identity whose 32-byte Ed25519 seed is ``seed`` (tests, devnets)."""
+        if len(seed) != 32:
+            raise WireError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def from_libp2p_protobuf(cls, data: bytes) -> Identity:
+        """Load libp2p's protobuf ``PrivateKey`` (Ed25519: seed || public key)."""
+        key_type, key_data = _parse_key_protobuf(data)
+        if key_type != KEY_TYPE_ED25519:
+            raise WireError(f"only Ed25519 keys (type 1) are supported, got type {key_type}")
+        # 64 bytes is seed || public; some old keys repeat the public key (96 bytes).
+        if len(key_data) not in (64, 96):
+            raise WireError(f"an Ed25519 libp2p private key is 64 bytes, got {len(key_data)}")
+        ident = cls.from_seed(key_data[:32])
+        if key_data[32:64] != ident.public_bytes:
+            raise WireError("the public half of the libp2p key does not match its private half")
+        return ident
+
+    def to_libp2p_protobuf(self) -> bytes:
+        return _key_protobuf(KEY_TYPE_ED25519, self.seed + self.public_bytes)
+
+    @property
+    def seed(self) -> bytes:
+        return self._private.private_bytes_raw()
+
+    @property
+    def peer_id(self):  # -> PeerId (import here: peerid imports keys)
+        from .peerid import PeerId
+
+        return PeerId.from_public_key(self.public_bytes)
+
+    @property
+    def address(self):  # -> Address
+        from .account import Address
+
+        return Address.from_public_key(self.public_bytes)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
+
+    def __repr__(self) -> str:
+        return f"Identity({self.peer_id})"
+
+
+@lru_cache(maxsize=4096)
+def _public_key(public_bytes: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_bytes)
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``data``."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        _public_key(bytes(public_key)).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def save_identity(
+    identity: Identity, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> None:
+    """Write ``identity`` to ``path`` with mode 0600, atomically (temp file, fsync, rename).
+
+    Raises KeyFileError when the file exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a key (move it away first)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, identity.to_libp2p_protobuf())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_identity(path: str | os.PathLike[str]) -> Identity:
+    """Load a key file; refuses files that group or others can read or write."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"no key file at {path} (create one with `aipg-node init`)") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {path} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+    data = path.read_bytes()
+    try:
+        return Identity.from_libp2p_protobuf(data)
+    except WireError as e:
+        raise KeyFileError(f"key file {path} is not a libp2p Ed25519 private key: {e}") from None
