@@ -28,6 +28,7 @@ raises :class:`WireError` naming the record and the field.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -363,7 +364,7 @@ def record(*, tag: int, name: str | None = None, version: int = 1, max_size: int
         hints = typing.get_type_hints(cls, include_extras=True)
         own = [
             n
-            for n in cls.__dict__.get("__annotations__", {})
+            for n in inspect.get_annotations(cls)
             if typing.get_origin(hints[n]) is not typing.ClassVar
         ]
         codecs = []
