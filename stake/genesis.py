@@ -1,0 +1,295 @@
+"""The genesis: chain id, parameters, initial allocations and initial validators.
+
+A genesis is a record (so it has one canonical encoding and a hash that names the chain)
+and is kept on disk as TOML. Amounts in the file are AIPG written as decimal strings
+(``"10000"``, ``"0.5"``), parsed exactly into base units; parameters counted in blocks,
+milliseconds or basis points are plain integers.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+from aipg.wire import (
+    U16,
+    U64,
+    UNITS_PER_AIPG,
+    Address,
+    AddressBytes,
+    MaxLen,
+    PublicKeyBytes,
+    Range,
+    Record,
+    Units,
+    UnitsField,
+    WireError,
+    encode,
+    format_amount,
+    parse_amount,
+    record,
+    sha256,
+)
+
+from .types import BPS
+
+BpsField = Annotated[int, Range(0, BPS)]
+Positive = Annotated[int, Range(1, 2**63 - 1)]
+
+MAX_ALLOCATIONS = 1_000_000  # every PoW-era balance carries over
+MAX_GENESIS_VALIDATORS = 10_000
+
+
+class GenesisError(Exception):
+    """A genesis file is malformed or inconsistent; the message says what to fix."""
+
+
+@record(tag=400)
+class ChainParams(Record):
+    """Protocol parameters fixed at genesis. Amounts in base units, durations in blocks
+    unless named ``_ms``, shares in basis points."""
+
+    block_reward: UnitsField
+    halving_interval: Positive
+    max_supply: UnitsField
+    operations_share_bps: BpsField  # of every block reward, to the operations wallet
+    work_share_bps: BpsField  # of the rest, to verified work (the remainder to validators)
+    proposer_bonus_bps: BpsField  # of the validators' part, to the block's proposer
+    target_block_time_ms: Positive
+    min_validator_stake: UnitsField
+    unbonding_period: Positive  # also the age limit of double-sign evidence
+    epoch_length: Positive  # validator-set changes take effect at multiples of this
+    committee_size: Annotated[int, Range(1, 1000)]
+    quorum_numerator: Annotated[int, Range(1, 100)]
+    quorum_denominator: Annotated[int, Range(1, 100)]
+    double_sign_slash_bps: BpsField
+    fraud_slash_bps: BpsField
+    fraud_refund_bps: BpsField  # of a worker's slashed bond, to the defrauded payer
+    jail_period: Positive
+    timeout_propose_ms: Positive
+    timeout_vote_ms: Positive
+    timeout_delta_ms: U64  # each round's timeouts grow by this much
+
+
+MAINNET_PARAMS = ChainParams(
+    block_reward=500 * UNITS_PER_AIPG,
+    halving_interval=100_000,
+    max_supply=200_000_000 * UNITS_PER_AIPG,
+    operations_share_bps=500,  # 5 %
+    work_share_bps=7_000,  # 70 % of the remaining 95 % pays verified work
+    proposer_bonus_bps=1_000,
+    target_block_time_ms=60_000,
+    min_validator_stake=10_000 * UNITS_PER_AIPG,
+    unbonding_period=20_160,  # 14 days of 60 s blocks
+    epoch_length=100,
+    committee_size=5,
+    quorum_numerator=2,
+    quorum_denominator=3,
+    double_sign_slash_bps=500,
+    fraud_slash_bps=5_000,
+    fraud_refund_bps=5_000,
+    jail_period=1_440,  # a day
+    timeout_propose_ms=3_000,
+    timeout_vote_ms=1_000,
+    timeout_delta_ms=500,
+)
+
+
+@record(tag=401)
+class Allocation(Record):
+    """A balance at genesis (carried over from the PoW era)."""
+
+    address: AddressBytes
+    amount: UnitsField
+
+
+@record(tag=402)
+class GenesisValidator(Record):
+    """A validator bonded at genesis with ``stake`` base units."""
+
+    public_key: PublicKeyBytes
+    stake: UnitsField
+    name: Annotated[str, MaxLen(64)] = ""
+
+
+@record(tag=403, max_size=32 << 20)
+class Genesis(Record):
+    chain_id: Annotated[str, MaxLen(64)]
+    genesis_time_ms: U64
+    operations_wallet: AddressBytes
+    params: ChainParams
+    allocations: Annotated[tuple[Allocation, ...], MaxLen(MAX_ALLOCATIONS)]
+    validators: Annotated[tuple[GenesisValidator, ...], MaxLen(MAX_GENESIS_VALIDATORS)]
+    version: U16 = 1
+
+    @property
+    def supply(self) -> Units:
+        """Genesis supply: every allocation plus every validator's bonded stake."""
+        return Units(
+            sum(a.amount for a in self.allocations) + sum(v.stake for v in self.validators)
+        )
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(encode(self))
+
+
+def check_genesis(genesis: Genesis) -> Genesis:
+    """Return ``genesis`` if it is consistent; raise GenesisError saying what is not."""
+    p = genesis.params
+    if not genesis.chain_id or not genesis.chain_id.isprintable() or " " in genesis.chain_id:
+        raise GenesisError(f"chain_id {genesis.chain_id!r} must be non-empty, without spaces")
+    if p.quorum_numerator * 2 <= p.quorum_denominator or p.quorum_numerator >= p.quorum_denominator:
+        raise GenesisError("quorum must be above 1/2 and below 1 (BFT needs more than 2/3)")
+    addresses = [a.address for a in genesis.allocations]
+    if len(set(addresses)) != len(addresses):
+        raise GenesisError("an address is allocated twice; merge its allocations")
+    keys = [v.public_key for v in genesis.validators]
+    if len(set(keys)) != len(keys):
+        raise GenesisError("a validator is listed twice")
+    if not genesis.validators:
+        raise GenesisError("a genesis needs at least one validator")
+    for v in genesis.validators:
+        if v.stake < p.min_validator_stake:
+            raise GenesisError(
+                f"validator {v.name or v.public_key.hex()} bonds {format_amount(v.stake)} AIPG; "
+                f"a validator needs at least {format_amount(p.min_validator_stake)} AIPG"
+            )
+    if genesis.supply > p.max_supply:
+        raise GenesisError(
+            f"genesis supply {format_amount(genesis.supply)} AIPG is above the max supply "
+            f"{format_amount(p.max_supply)} AIPG"
+        )
+    return genesis
+
+
+def make_genesis(
+    chain_id: str,
+    *,
+    operations_wallet: Address,
+    allocations: Iterable[tuple[Address, Units]],
+    validators: Iterable[tuple[bytes, Units, str]],
+    params: ChainParams = MAINNET_PARAMS,
+    genesis_time_ms: int = 0,
+) -> Genesis:
+    """Build and check a genesis; allocations are sorted by address (one canonical form)."""
+    allocs = tuple(
+        sorted((Allocation(a.raw, int(n)) for a, n in allocations), key=lambda a: a.address)
+    )
+    vals = tuple(
+        sorted(
+            (GenesisValidator(bytes(k), int(s), name) for k, s, name in validators),
+            key=lambda v: v.public_key,
+        )
+    )
+    try:
+        g = Genesis(chain_id, genesis_time_ms, operations_wallet.raw, params, allocs, vals)
+    except WireError as e:
+        raise GenesisError(str(e)) from None
+    return check_genesis(g)
+
+
+# --- TOML ---------------------------------------------------------------------------
+
+_AMOUNT_PARAMS = {"block_reward", "max_supply", "min_validator_stake"}
+
+
+def _amount(text: Any, where: str) -> int:
+    if not isinstance(text, str):
+        raise GenesisError(f'{where}: write amounts as quoted AIPG, e.g. "10000" or "0.5"')
+    try:
+        return parse_amount(text)
+    except WireError as e:
+        raise GenesisError(f"{where}: {e}") from None
+
+
+def _params_from(table: dict[str, Any]) -> ChainParams:
+    names = [f.name for f in ChainParams.__wire_fields__]
+    unknown = set(table) - set(names)
+    if unknown:
+        raise GenesisError(f"[params]: unknown parameter(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for name in names:
+        v = table.get(name, getattr(MAINNET_PARAMS, name))
+        if name in _AMOUNT_PARAMS and name in table:
+            v = _amount(v, f"params.{name}")
+        values[name] = v
+    try:
+        return ChainParams(**values)
+    except WireError as e:
+        raise GenesisError(f"[params]: {e}") from None
+
+
+def genesis_from_toml(text: str) -> Genesis:
+    """Parse and check a genesis TOML document. Raises GenesisError."""
+    try:
+        doc = tomllib.loads(text)
+        ops = Address.from_string(doc["operations_wallet"])
+        allocations = [
+            (Address.from_string(a["address"]), _amount(a["amount"], f"allocation {i}"))
+            for i, a in enumerate(doc.get("allocations", []))
+        ]
+        validators = [
+            (
+                bytes.fromhex(v["public_key"]),
+                _amount(v["stake"], f"validator {i}"),
+                v.get("name", ""),
+            )
+            for i, v in enumerate(doc.get("validators", []))
+        ]
+        return make_genesis(
+            doc["chain_id"],
+            operations_wallet=ops,
+            allocations=allocations,
+            validators=validators,
+            params=_params_from(doc.get("params", {})),
+            genesis_time_ms=doc.get("genesis_time_ms", 0),
+        )
+    except tomllib.TOMLDecodeError as e:
+        raise GenesisError(f"not valid TOML: {e}") from None
+    except KeyError as e:
+        raise GenesisError(f"missing key {e.args[0]!r}") from None
+    except (WireError, ValueError, TypeError, AttributeError) as e:
+        raise GenesisError(str(e)) from None
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def genesis_to_toml(genesis: Genesis) -> str:
+    """The TOML form of ``genesis``; :func:`genesis_from_toml` reads it back identically."""
+    amt = lambda n: _toml_str(format_amount(n, thousands=False))  # noqa: E731
+    lines = [
+        f"# aipg-node genesis (hash sha256:{genesis.hash.hex()})",
+        f"chain_id = {_toml_str(genesis.chain_id)}",
+        f"genesis_time_ms = {genesis.genesis_time_ms}",
+        f"operations_wallet = {_toml_str(str(Address(genesis.operations_wallet)))}",
+        "",
+        "[params]",
+    ]
+    for f in ChainParams.__wire_fields__:
+        v = getattr(genesis.params, f.name)
+        lines.append(f"{f.name} = {amt(v) if f.name in _AMOUNT_PARAMS else v}")
+    for v in genesis.validators:
+        lines += ["", "[[validators]]", f"public_key = {_toml_str(v.public_key.hex())}"]
+        lines += [f"stake = {amt(v.stake)}", f"name = {_toml_str(v.name)}"]
+    for a in genesis.allocations:
+        lines += ["", "[[allocations]]", f"address = {_toml_str(str(Address(a.address)))}"]
+        lines.append(f"amount = {amt(a.amount)}")
+    return "\n".join(lines) + "\n"
+
+
+def load_genesis(path: str | Path) -> Genesis:
+    """Read a genesis TOML file. Raises GenesisError (also for a missing file)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise GenesisError(f"cannot read genesis {path}: {e.strerror}") from None
+    return genesis_from_toml(text)
+
+
+def save_genesis(genesis: Genesis, path: str | Path) -> None:
+    Path(path).write_text(genesis_to_toml(genesis), encoding="utf-8")
