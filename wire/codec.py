@@ -122,6 +122,7 @@ FromWire = Callable[[Any], Any]
 @dataclasses.dataclass(frozen=True)
 class _FieldCodec:
     name: str
+    annotation: Any
     check: Check
     to_wire: ToWire | None  # None: the value is its own wire form
     from_wire: FromWire | None
@@ -276,13 +277,6 @@ class Record:
     def encode(self) -> bytes:
         return encode(self)
 
-    def digest(self) -> bytes:
-        """sha256 of the canonical encoding."""
-        return sha256(encode(self))
-
-    def content_id(self) -> ContentId:
-        return content_id(encode(self))
-
     def replace(self: R, **changes: Any) -> R:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
@@ -367,10 +361,13 @@ def record(*, tag: int, name: str | None = None, version: int = 1, max_size: int
             for n in inspect.get_annotations(cls)
             if typing.get_origin(hints[n]) is not typing.ClassVar
         ]
+        clashes = [n for n in own if hasattr(Record, n)]
+        if clashes:
+            raise TypeError(f"{cls.__name__}: field name(s) {clashes} clash with Record methods")
         codecs = []
         for fname in own:
             check, to_wire, from_wire, _ = _compile(hints[fname])
-            codecs.append(_FieldCodec(fname, check, to_wire, from_wire))
+            codecs.append(_FieldCodec(fname, hints[fname], check, to_wire, from_wire))
         if not issubclass(cls, Record):
             raise TypeError(f"{cls.__name__} must subclass aipg.wire.Record")
         cls.__post_init__ = _validate

@@ -1,0 +1,7 @@
+"""python -m aipg.cli"""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""The `aipg-node` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib import import_module, metadata
+
+from .errors import USER_ERRORS
+
+PROG = "aipg-node"
+
+# Command modules, each with add_parser(subparsers, data_dir_parent). Kept as names so
+# that `aipg-node --version` does not import onnxruntime or the network stack.
+COMMAND_MODULES = ("aipg.cli.keys_cmd",)
+
+
+def version() -> str:
+    try:
+        return metadata.version("aipg-node")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    data_dir_parent = argparse.ArgumentParser(add_help=False)
+    data_dir_parent.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="node data dir (default: $AIPG_DATA_DIR, else the platform's user data dir)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="AI Power Grid node: host AI workloads, verify others' work, earn AIPG.",
+        epilog="Run `aipg-node COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        import_module(name).add_parser(sub, data_dir_parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (also used by the console script)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("AIPG_DEBUG"):
+            raise
+        print(
+            f"{PROG}: internal error: {type(e).__name__}: {e} (set AIPG_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
