@@ -1,1 +1,114 @@
-"""aipg.pouw."""
+"""aipg.pouw: Proof of Useful Work.
+
+Jobs, claims and assignments (scheduling), receipts with execution commitments,
+committee sampling, verdicts, certificates and fraud evidence, and the verifiers that
+re-check a worker's numbers. A pure state machine plus verifiers: no networking here;
+the node wires it to gossip. Imports wire and models only.
+
+Entry points:
+
+- records: :class:`Job`, :class:`Claim`, :class:`Assignment`, :class:`Receipt`,
+  :class:`Result`, :class:`Verdict`, :class:`Certificate`, :class:`FraudEvidence`;
+- :func:`validate_certificate` / :func:`validate_fraud_evidence`: the cheap checks a
+  block runs (signatures, bindings, committee membership, quorum; no model run);
+- :func:`sample_committee`, :func:`committee_for`: who verifies a job;
+- :func:`work_units`: what a job's work is worth.
+"""
+
+from .committee import (
+    COMMITTEE_LOOKAHEAD,
+    COMMITTEE_SIZE,
+    Tally,
+    committee_seed,
+    sample_committee,
+    tally,
+)
+from .errors import PouwError
+from .records import (
+    Assignment,
+    Certificate,
+    Claim,
+    DiffusionJobParams,
+    FraudEvidence,
+    Job,
+    JobKind,
+    LatentReply,
+    LatentRequest,
+    LlmJobParams,
+    Receipt,
+    Result,
+    Tier,
+    Verdict,
+    VerdictReason,
+    assignment_id,
+    job_id,
+    params_hash,
+    receipt_id,
+)
+from .types import Height, JobId, Millis, ModelId, NodeKey, ReceiptId, Stake, WorkUnits
+from .validate import (
+    FinalizedHash,
+    check_hash,
+    committee_for,
+    make_challenge,
+    validate_assignment,
+    validate_certificate,
+    validate_fraud_evidence,
+    validate_job,
+    validate_receipt,
+    validate_verdict,
+)
+from .votes import VoteCollector, make_verdict
+from .work import diffusion_work_units, llm_work_units, work_units
+
+__all__ = [
+    "COMMITTEE_LOOKAHEAD",
+    "COMMITTEE_SIZE",
+    "Assignment",
+    "Certificate",
+    "Claim",
+    "DiffusionJobParams",
+    "FinalizedHash",
+    "FraudEvidence",
+    "Height",
+    "Job",
+    "JobId",
+    "JobKind",
+    "LatentReply",
+    "LatentRequest",
+    "LlmJobParams",
+    "Millis",
+    "ModelId",
+    "NodeKey",
+    "PouwError",
+    "Receipt",
+    "ReceiptId",
+    "Result",
+    "Stake",
+    "Tally",
+    "Tier",
+    "Verdict",
+    "VerdictReason",
+    "VoteCollector",
+    "WorkUnits",
+    "assignment_id",
+    "check_hash",
+    "committee_for",
+    "committee_seed",
+    "diffusion_work_units",
+    "job_id",
+    "llm_work_units",
+    "make_challenge",
+    "make_verdict",
+    "params_hash",
+    "receipt_id",
+    "sample_committee",
+    "tally",
+    "validate_assignment",
+    "validate_certificate",
+    "validate_fraud_evidence",
+    "validate_job",
+    "validate_receipt",
+    "validate_verdict",
+    "work_units",
+]

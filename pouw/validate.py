@@ -1,0 +1,329 @@
+"""Cheap validation: signatures, hashes, bindings, committee membership, quorum.
+
+Nothing here runs a model; a block with a thousand certificates validates in well under
+a second. Re-execution lives in :mod:`aipg.pouw.verify`. Every check raises
+:class:`PouwError` naming the rule that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aipg.wire import Identity, WireError, require_signature, verify_signature
+
+from .committee import (
+    COMMITTEE_LOOKAHEAD,
+    COMMITTEE_SIZE,
+    Tally,
+    committee_seed,
+    sample_committee,
+    tally,
+)
+from .errors import PouwError
+from .records import (
+    Assignment,
+    Certificate,
+    FraudEvidence,
+    Job,
+    Receipt,
+    Verdict,
+    VerdictReason,
+    assignment_id,
+    hash_tagged,
+    job_id,
+    params_hash,
+    receipt_id,
+)
+from .types import NodeKey
+from .work import work_units
+
+__all__ = [
+    "FinalizedHash",
+    "challenge_message",
+    "check_hash",
+    "committee_for",
+    "make_challenge",
+    "validate_assignment",
+    "validate_certificate",
+    "validate_fraud_evidence",
+    "validate_job",
+    "validate_receipt",
+    "validate_verdict",
+]
+
+# height -> hash of the finalized block at that height, or None when there is none (yet).
+FinalizedHash = Callable[[int], bytes | None]
+
+
+def _signed(rec, what: str, signer: bytes | None = None) -> None:
+    try:
+        require_signature(rec, signer)
+    except WireError as e:
+        raise PouwError(what, e.reason) from None
+
+
+def _require(cond: bool, what: str, message: str) -> None:
+    if not cond:
+        raise PouwError(what, message)
+
+
+# ------------------------------------------------------------------- one record
+
+
+def validate_job(job: Job) -> None:
+    """A job is signed by its gateway and names exactly one kind of parameters."""
+    _signed(job, "job.signature")
+    _require(
+        (job.llm is None) != (job.diffusion is None),
+        "job.params",
+        "a job has exactly one of llm / diffusion parameters",
+    )
+    _require(job.deadline_ms > job.created_ms, "job.deadline_ms", "deadline is not after creation")
+
+
+def validate_assignment(assignment: Assignment, job: Job) -> None:
+    """The assignment is for ``job`` and signed by the gateway that signed the job."""
+    _signed(assignment, "assignment.signature", job.signer)
+    _require(assignment.job_id == job_id(job), "assignment.job_id", "assignment is for another job")
+    _require(
+        assignment.height >= COMMITTEE_LOOKAHEAD,
+        "assignment.height",
+        f"assignment height must be at least {COMMITTEE_LOOKAHEAD}",
+    )
+
+
+def validate_receipt(receipt: Receipt, job: Job, assignment: Assignment) -> None:
+    """The receipt is signed by the assigned worker and binds this job: model, params,
+    seed, assignment, and counts consistent with the job and with its work units.
+
+    What the receipt's hashes commit to (tokens, image, commitment) is checked by
+    :mod:`aipg.pouw.verify`, which has the outputs.
+    """
+    _signed(receipt, "receipt.signature", assignment.worker)
+    _require(receipt.job_id == job_id(job), "receipt.job_id", "receipt is for another job")
+    _require(receipt.model_id == job.model_id, "receipt.model_id", "receipt names another model")
+    _require(
+        receipt.assignment_id == assignment_id(assignment),
+        "receipt.assignment_id",
+        "receipt is for another assignment",
+    )
+    _require(receipt.params_hash == params_hash(job), "receipt.params_hash", "params differ")
+    _require(receipt.seed == job.seed, "receipt.seed", "receipt used another seed")
+    _validate_counts(receipt, job)
+    expected = work_units(
+        job.kind,
+        job.cost_milli,
+        prompt_tokens=receipt.prompt_tokens,
+        output_tokens=receipt.output_tokens,
+        steps=receipt.steps,
+        latent_pixels=receipt.latent_pixels,
+    )
+    _require(
+        receipt.work_units == expected,
+        "receipt.work_units",
+        f"claims {receipt.work_units} work units, its counts give {expected}",
+    )
+
+
+def _validate_counts(receipt: Receipt, job: Job) -> None:
+    if job.llm is not None:
+        _require(receipt.prompt_tokens >= 1, "receipt.prompt_tokens", "an LLM prompt is not empty")
+        _require(
+            1 <= receipt.output_tokens <= job.llm.max_tokens,
+            "receipt.output_tokens",
+            f"{receipt.output_tokens} tokens is outside 1..{job.llm.max_tokens}",
+        )
+        _require(
+            receipt.steps == 0 and receipt.latent_pixels == 0,
+            "receipt.steps",
+            "an LLM receipt counts no diffusion steps",
+        )
+    else:
+        assert job.diffusion is not None
+        _require(
+            receipt.steps == job.diffusion.steps,
+            "receipt.steps",
+            f"claims {receipt.steps} steps, the job asked for {job.diffusion.steps}",
+        )
+        _require(
+            receipt.prompt_tokens == 0 and receipt.output_tokens == 0,
+            "receipt.output_tokens",
+            "a diffusion receipt counts no tokens",
+        )
+        # A latent is at most as large as the image, and at least one pixel.
+        pixels = job.diffusion.width * job.diffusion.height
+        _require(
+            1 <= receipt.latent_pixels <= pixels,
+            "receipt.latent_pixels",
+            f"{receipt.latent_pixels} latent pixels for a {pixels}-pixel image",
+        )
+
+
+def challenge_message(receipt_id_: bytes) -> bytes:
+    """What a validator signs to make its challenge for one receipt."""
+    return b"aipg/challenge/1\0" + receipt_id_
+
+
+def make_challenge(identity: Identity, receipt_id_: bytes) -> bytes:
+    """The validator's challenge for a receipt: its signature over the receipt id.
+
+    Ed25519 signatures are deterministic, unpredictable without the key, and anyone
+    can check them, so the challenge seeds the validator's random choices (which
+    diffusion steps it re-runs) where the worker could not have foreseen them.
+    """
+    return identity.sign(challenge_message(receipt_id_))
+
+
+def check_hash(validator: bytes, receipt_id_: bytes, recomputed: bytes) -> bytes:
+    """The hash a verdict carries over the validator's own recomputed data."""
+    return hash_tagged(b"verdict/check/1", validator, receipt_id_, recomputed)
+
+
+def validate_verdict(verdict: Verdict, receipt: Receipt) -> None:
+    """The verdict is signed, about this receipt, carries a valid challenge of its
+    signer, and its reason agrees with its vote."""
+    _signed(verdict, "verdict.signature")
+    rid = receipt_id(receipt)
+    _require(verdict.receipt_id == rid, "verdict.receipt_id", "verdict is about another receipt")
+    _require(verdict.job_id == receipt.job_id, "verdict.job_id", "verdict is about another job")
+    _require(
+        verify_signature(verdict.signer, verdict.challenge, challenge_message(rid)),
+        "verdict.challenge",
+        "challenge is not the signer's signature over the receipt id",
+    )
+    try:
+        reason = VerdictReason(verdict.reason)
+    except ValueError:
+        raise PouwError("verdict.reason", f"unknown reason code {verdict.reason}") from None
+    _require(
+        (reason == VerdictReason.OK) == verdict.valid,
+        "verdict.reason",
+        f"a {'valid' if verdict.valid else 'invalid'} vote with reason {reason.name}",
+    )
+
+
+# ------------------------------------------------------------- committee, quorum
+
+
+def committee_for(
+    job_id_: bytes,
+    assignment: Assignment,
+    validators: Mapping[bytes, int],
+    finalized_hash: FinalizedHash,
+    *,
+    size: int = COMMITTEE_SIZE,
+    lookahead: int = COMMITTEE_LOOKAHEAD,
+) -> tuple[NodeKey, ...]:
+    """The committee of a job, from the finalized block ``lookahead`` below the
+    assignment height and the validator-set snapshot at that block."""
+    seed_height = assignment.height - lookahead
+    _require(seed_height >= 0, "assignment.height", "assignment is too early for a committee")
+    block_hash = finalized_hash(seed_height)
+    _require(
+        block_hash is not None,
+        "assignment.height",
+        f"no finalized block at the committee seed height {seed_height}",
+    )
+    assert block_hash is not None
+    return sample_committee(validators, committee_seed(block_hash, job_id_), size)
+
+
+def _tally_verdicts(
+    verdicts: tuple[Verdict, ...],
+    receipt: Receipt,
+    committee: tuple[NodeKey, ...],
+    validators: Mapping[bytes, int],
+) -> Tally:
+    members = set(committee)
+    votes: dict[bytes, bool] = {}
+    for i, verdict in enumerate(verdicts):
+        try:
+            validate_verdict(verdict, receipt)
+        except PouwError as e:
+            raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
+        _require(verdict.signer in members, f"verdicts[{i}].signer", "not a committee member")
+        _require(verdict.signer not in votes, f"verdicts[{i}].signer", "member voted twice")
+        votes[verdict.signer] = verdict.valid
+    return tally(committee, validators, votes)
+
+
+def _validate_work(
+    job: Job,
+    assignment: Assignment,
+    receipt: Receipt,
+    verdicts: tuple[Verdict, ...],
+    validators: Mapping[bytes, int],
+    finalized_hash: FinalizedHash,
+    size: int,
+    lookahead: int,
+) -> Tally:
+    validate_job(job)
+    validate_assignment(assignment, job)
+    validate_receipt(receipt, job, assignment)
+    committee = committee_for(
+        receipt.job_id, assignment, validators, finalized_hash, size=size, lookahead=lookahead
+    )
+    _require(bool(committee), "committee", "the validator set has no stake")
+    return _tally_verdicts(verdicts, receipt, committee, validators)
+
+
+def validate_certificate(
+    cert: Certificate,
+    validators: Mapping[bytes, int],
+    finalized_hash: FinalizedHash,
+    *,
+    committee_size: int = COMMITTEE_SIZE,
+    lookahead: int = COMMITTEE_LOOKAHEAD,
+) -> None:
+    """Check a certificate without running any model.
+
+    ``validators`` is the validator-set snapshot {public key: bonded stake} in effect at
+    the committee seed block (``cert.assignment.height - lookahead``); ``finalized_hash``
+    gives the hash of the finalized block at a height. Checks, in order: the job, the
+    assignment and the receipt (signatures and bindings), each verdict (signature,
+    receipt, challenge, committee membership, one vote per member), and that valid
+    votes hold >= 2/3 of the committee's stake. Raises PouwError naming the failed rule.
+    """
+    t = _validate_work(
+        cert.job,
+        cert.assignment,
+        cert.receipt,
+        cert.verdicts,
+        validators,
+        finalized_hash,
+        committee_size,
+        lookahead,
+    )
+    _require(
+        t.certifies,
+        "quorum",
+        f"valid votes hold {t.valid_stake} of {t.committee_stake} committee stake (< 2/3)",
+    )
+
+
+def validate_fraud_evidence(
+    evidence: FraudEvidence,
+    validators: Mapping[bytes, int],
+    finalized_hash: FinalizedHash,
+    *,
+    committee_size: int = COMMITTEE_SIZE,
+    lookahead: int = COMMITTEE_LOOKAHEAD,
+) -> None:
+    """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
+    must hold > 1/3 of the committee's stake. The worker to slash is
+    ``evidence.receipt.signer``."""
+    t = _validate_work(
+        evidence.job,
+        evidence.assignment,
+        evidence.receipt,
+        evidence.verdicts,
+        validators,
+        finalized_hash,
+        committee_size,
+        lookahead,
+    )
+    _require(
+        t.convicts,
+        "quorum",
+        f"invalid votes hold {t.invalid_stake} of {t.committee_stake} committee stake (<= 1/3)",
+    )

@@ -1,0 +1,109 @@
+"""Casting verdicts and collecting them into a Certificate or FraudEvidence.
+
+:class:`VoteCollector` is the pure state machine a node runs per receipt: it takes
+verdicts as they arrive from the verdicts topic and returns the Certificate or the
+FraudEvidence as soon as the committee's stake decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aipg.wire import Identity, sign
+
+from .committee import tally
+from .errors import PouwError
+from .records import (
+    Assignment,
+    Certificate,
+    FraudEvidence,
+    Job,
+    Receipt,
+    Verdict,
+    VerdictReason,
+    receipt_id,
+)
+from .types import NodeKey
+from .validate import check_hash, make_challenge, validate_verdict
+
+__all__ = ["VoteCollector", "make_verdict"]
+
+MAX_ERROR_MICRO = 2**32 - 1
+
+
+def make_verdict(
+    identity: Identity,
+    receipt: Receipt,
+    reason: VerdictReason,
+    *,
+    recomputed: bytes,
+    detail: str = "",
+    max_error: float = 0.0,
+) -> Verdict:
+    """The signed verdict of ``identity`` on ``receipt``: valid exactly when ``reason``
+    is OK. ``recomputed`` is the validator's own check data (bound by hash)."""
+    rid = receipt_id(receipt)
+    micro = min(MAX_ERROR_MICRO, max(0, round(max_error * 1e6)))
+    verdict = Verdict(
+        receipt_id=rid,
+        job_id=receipt.job_id,
+        valid=reason == VerdictReason.OK,
+        reason=int(reason),
+        detail=detail[:200],
+        challenge=make_challenge(identity, rid),
+        check_hash=check_hash(identity.public_bytes, rid, recomputed),
+        max_error_micro=micro,
+    )
+    return sign(verdict, identity)
+
+
+class VoteCollector:
+    """Collects a committee's verdicts on one receipt.
+
+    Built with the job, assignment and receipt (already validated) and the committee
+    with its stakes. :meth:`add` returns the Certificate or FraudEvidence once one is
+    decided (and keeps returning it), else None; it raises PouwError for a verdict that
+    must be dropped (bad signature, not a member, about another receipt).
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        assignment: Assignment,
+        receipt: Receipt,
+        committee: tuple[NodeKey, ...],
+        validators: Mapping[bytes, int],
+    ):
+        self.job = job
+        self.assignment = assignment
+        self.receipt = receipt
+        self.committee = committee
+        self._stakes = {k: validators[k] for k in committee}
+        self._verdicts: dict[bytes, Verdict] = {}
+        self.outcome: Certificate | FraudEvidence | None = None
+
+    def add(self, verdict: Verdict) -> Certificate | FraudEvidence | None:
+        validate_verdict(verdict, self.receipt)
+        if verdict.signer not in self._stakes:
+            raise PouwError("verdict.signer", "not a member of this receipt's committee")
+        if verdict.signer in self._verdicts:
+            if self._verdicts[verdict.signer] != verdict:
+                raise PouwError("verdict.signer", "member already voted differently")
+            return self.outcome
+        self._verdicts[verdict.signer] = verdict
+        if self.outcome is None:
+            self.outcome = self._decide()
+        return self.outcome
+
+    def _decide(self) -> Certificate | FraudEvidence | None:
+        votes = {k: v.valid for k, v in self._verdicts.items()}
+        t = tally(self.committee, self._stakes, votes)
+        if t.certifies:
+            return Certificate(self.job, self.assignment, self.receipt, self._sorted(True))
+        if t.convicts:
+            return FraudEvidence(self.job, self.assignment, self.receipt, self._sorted(False))
+        return None
+
+    def _sorted(self, valid: bool) -> tuple[Verdict, ...]:
+        # Only the deciding side's votes, in key order: the smallest canonical record.
+        return tuple(v for k, v in sorted(self._verdicts.items()) if v.valid == valid)
