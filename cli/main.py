@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,10 @@ PROG = "aipg-node"
 
 # Command modules, each with add_parser(subparsers, data_dir_parent). Kept as names so
 # that `aipg-node --version` does not import onnxruntime or the network stack.
-COMMAND_MODULES = ("aipg.cli.keys_cmd",)
+COMMAND_MODULES = (
+    "aipg.cli.keys_cmd",
+    "aipg.cli.chain_cmd",
+)
 
 
 def version() -> str:
@@ -39,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        import_module(name).add_parser(sub, data_dir_parent)
+        add_parser = import_module(name).add_parser
+        # Commands that touch a data dir take the shared --data-dir parent parser.
+        if len(inspect.signature(add_parser).parameters) == 2:
+            add_parser(sub, data_dir_parent)
+        else:
+            add_parser(sub)
     return parser
 
 
