@@ -68,6 +68,7 @@ class ChainParams(Record):
     fraud_slash_bps: BpsField
     fraud_refund_bps: BpsField  # of a worker's slashed bond, to the defrauded payer
     jail_period: Positive
+    escrow_period: Positive  # a paid job's fee stays locked this long before it can be reclaimed
     timeout_propose_ms: Positive
     timeout_vote_ms: Positive
     timeout_delta_ms: U64  # each round's timeouts grow by this much
@@ -91,6 +92,7 @@ MAINNET_PARAMS = ChainParams(
     fraud_slash_bps=5_000,
     fraud_refund_bps=5_000,
     jail_period=1_440,  # a day
+    escrow_period=1_440,
     timeout_propose_ms=3_000,
     timeout_vote_ms=1_000,
     timeout_delta_ms=500,

@@ -1,0 +1,64 @@
+"""Building blocks, votes and commit certificates (proposers, tests, benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from aipg.wire import Identity, sign
+
+from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
+from .block import body_hash as hash_body
+from .state import State, state_hash
+from .tx import Transaction
+from .types import NIL_HASH
+
+
+def make_block(
+    state: State,
+    proposer: bytes,
+    *,
+    time_ms: int,
+    last_commit: Commit | None,
+    transactions: Sequence[Transaction] = (),
+    double_signs: Sequence[DoubleSignEvidence] = (),
+    **body_extras,
+) -> Block:
+    """The next block on ``state`` (height + 1), with the header filled in."""
+    body = BlockBody(
+        last_commit=last_commit,
+        transactions=tuple(transactions),
+        double_signs=tuple(double_signs),
+        **body_extras,
+    )
+    header = BlockHeader(
+        chain_id=state.chain_id,
+        height=state.height + 1,
+        time_ms=time_ms,
+        parent_hash=state.last_block_hash,
+        proposer=proposer,
+        parent_state_hash=state_hash(state),
+        body_hash=hash_body(body),
+    )
+    return Block(header, body)
+
+
+def make_vote(
+    identity: Identity,
+    chain_id: str,
+    height: int,
+    round_: int,
+    step: VoteStep,
+    block_hash: bytes = NIL_HASH,
+) -> Vote:
+    return sign(Vote(chain_id, height, round_, int(step), block_hash), identity)
+
+
+def make_commit(
+    chain_id: str, height: int, block_hash: bytes, signers: Iterable[Identity], round_: int = 0
+) -> Commit:
+    """A commit certificate for ``block_hash`` signed by ``signers`` (in key order)."""
+    votes = sorted(
+        (make_vote(i, chain_id, height, round_, VoteStep.PRECOMMIT, block_hash) for i in signers),
+        key=lambda v: v.signer,
+    )
+    return Commit(height, round_, block_hash, tuple(votes))

@@ -1,0 +1,240 @@
+"""The ledger state: accounts, bonds, unbonding queues, escrows, pools, validator sets.
+
+A state is a handful of scalars plus six tables (``dict[bytes, tuple]``). Table values are
+immutable tuples, so :meth:`State.copy` is a shallow copy of each table and the ledger
+replaces entries rather than mutating them. Each copy tracks which keys changed
+(``dirty``) so the chain store writes only those rows.
+
+``state_hash`` is the sha256 of a canonical encoding of everything but ``dirty``; it goes
+into the next block's header, so every node checks it reached the same state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import msgpack
+
+from aipg.wire import Address, Units, sha256
+
+from .genesis import Genesis
+from .tokenomics import Emission
+from .types import Height
+from .validators import ValidatorSet
+
+
+class Account(NamedTuple):
+    balance: int
+    nonce: int  # the nonce the account's next transaction must carry
+
+
+class Bond(NamedTuple):
+    """A key's bonded stake; a validator's voting power and a worker's fraud collateral."""
+
+    stake: int
+    jailed_until: int  # not a validator before this height (double-signing jails)
+
+
+class Escrow(NamedTuple):
+    """A paid-tier job's fee, locked until the job is certified, proven fraudulent or expires."""
+
+    payer: bytes  # account address
+    amount: int
+    expires_at: int
+
+
+EMPTY_ACCOUNT = Account(0, 0)
+EMPTY_BOND = Bond(0, 0)
+
+# key → value tables. unbonding: key → ((release_height, amount), ...);
+# certified: job id → height certified; punished: evidence key → height punished.
+TABLES = ("accounts", "bonds", "unbonding", "escrows", "certified", "punished")
+_TUPLE_TYPES: dict[str, Any] = {"accounts": Account, "bonds": Bond, "escrows": Escrow}
+
+
+@dataclasses.dataclass
+class State:
+    genesis: Genesis
+    height: Height
+    time_ms: int
+    last_block_hash: bytes
+    validators: ValidatorSet  # the set that votes on block height + 1
+    last_validators: ValidatorSet  # the set that signed block ``height`` (checks last_commit)
+    work_pool: int  # the work share of rewards not yet paid (blocks without certified work)
+    minted: int
+    burned: int
+    accounts: dict[bytes, Account]
+    bonds: dict[bytes, Bond]
+    unbonding: dict[bytes, tuple[tuple[int, int], ...]]
+    escrows: dict[bytes, Escrow]
+    certified: dict[bytes, int]
+    punished: dict[bytes, int]
+    dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> State:
+        """The state at height 0: allocations as balances, genesis validators bonded."""
+        accounts = {a.address: Account(a.amount, 0) for a in genesis.allocations}
+        bonds = {v.public_key: Bond(v.stake, 0) for v in genesis.validators}
+        vset = ValidatorSet.new({v.public_key: v.stake for v in genesis.validators})
+        state = cls(
+            genesis=genesis,
+            height=Height(0),
+            time_ms=genesis.genesis_time_ms,
+            last_block_hash=genesis.hash,
+            validators=vset,
+            last_validators=vset,
+            work_pool=0,
+            minted=0,
+            burned=0,
+            accounts=accounts,
+            bonds=bonds,
+            unbonding={},
+            escrows={},
+            certified={},
+            punished={},
+        )
+        for table in TABLES:
+            state.dirty[table] = set(getattr(state, table))
+        return state
+
+    def copy(self) -> State:
+        """A copy to apply the next block to; its ``dirty`` sets start empty."""
+        tables = {t: dict(getattr(self, t)) for t in TABLES}
+        return dataclasses.replace(self, **tables, dirty=_no_dirt())
+
+    # --- views ----------------------------------------------------------------------------
+
+    @property
+    def params(self):
+        return self.genesis.params
+
+    @property
+    def chain_id(self) -> str:
+        return self.genesis.chain_id
+
+    @property
+    def emission(self) -> Emission:
+        e = self.__dict__.get("_emission")
+        if e is None or e.params is not self.genesis.params:
+            e = Emission(self.genesis.params, self.genesis.supply)
+            self.__dict__["_emission"] = e
+        return e
+
+    def account(self, address: bytes) -> Account:
+        return self.accounts.get(address, EMPTY_ACCOUNT)
+
+    def balance(self, address: Address | bytes) -> Units:
+        raw = address.raw if isinstance(address, Address) else address
+        return Units(self.account(raw).balance)
+
+    def bond(self, key: bytes) -> Bond:
+        return self.bonds.get(key, EMPTY_BOND)
+
+    def unbonding_total(self, key: bytes) -> int:
+        return sum(amount for _, amount in self.unbonding.get(key, ()))
+
+    def total_holdings(self) -> int:
+        """Balances + bonds + unbonding + escrows + the work pool."""
+        return (
+            sum(a.balance for a in self.accounts.values())
+            + sum(b.stake for b in self.bonds.values())
+            + sum(amount for q in self.unbonding.values() for _, amount in q)
+            + sum(e.amount for e in self.escrows.values())
+            + self.work_pool
+        )
+
+    def expected_supply(self) -> int:
+        """Genesis supply + minted - burned: what :meth:`total_holdings` must equal."""
+        return self.genesis.supply + self.minted - self.burned
+
+    def validator_powers(self) -> dict[bytes, int]:
+        """Who should be a validator now: unjailed bonds of at least the minimum stake."""
+        minimum = self.params.min_validator_stake
+        return {
+            k: b.stake
+            for k, b in self.bonds.items()
+            if b.stake >= minimum and b.jailed_until <= self.height
+        }
+
+    # --- writes (through these, so ``dirty`` is right) -------------------------------------
+
+    def put(self, table: str, key: bytes, value: Any) -> None:
+        """Set (or with None, delete) one row of ``table``."""
+        rows = getattr(self, table)
+        if value is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = value
+        self.dirty[table].add(key)
+
+    # --- hashing and (de)serialization ----------------------------------------------------
+
+    def scalars(self) -> bytes:
+        """The scalar part of the state, canonically encoded."""
+        return msgpack.packb(
+            [
+                self.height,
+                self.time_ms,
+                self.last_block_hash,
+                self.work_pool,
+                self.minted,
+                self.burned,
+                self.validators.encode(),
+                self.last_validators.encode(),
+            ],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_rows(
+        cls, genesis: Genesis, scalars: bytes, rows: dict[str, dict[bytes, Any]]
+    ) -> State:
+        """Rebuild a state from :meth:`scalars` and decoded table rows (the chain store)."""
+        h, t, last, pool, minted, burned, vs, lvs = msgpack.unpackb(scalars, raw=False)
+        tables = {}
+        for table in TABLES:
+            kind = _TUPLE_TYPES.get(table)
+            src = rows.get(table, {})
+            if table == "unbonding":
+                tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
+            elif kind is not None:
+                tables[table] = {k: kind(*v) for k, v in src.items()}
+            else:
+                tables[table] = dict(src)
+        return cls(
+            genesis,
+            Height(h),
+            t,
+            last,
+            ValidatorSet.decode(vs),
+            ValidatorSet.decode(lvs),
+            pool,
+            minted,
+            burned,
+            **tables,
+        )
+
+
+def encode_row(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def decode_row(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def state_hash(state: State) -> bytes:
+    """sha256 over the scalars and every table in key order (``dirty`` excluded)."""
+    parts = [state.genesis.hash, state.scalars()]
+    for table in TABLES:
+        rows = getattr(state, table)
+        parts.append(msgpack.packb([[k, rows[k]] for k in sorted(rows)], use_bin_type=True))
+    return sha256(b"".join(sha256(p) for p in parts))
+
+
+def _no_dirt() -> dict[str, set[bytes]]:
+    return {t: set() for t in TABLES}
