@@ -1,0 +1,296 @@
+"""The LLM runner: optimum-layout ONNX decoders with KV cache, seeded sampling, prefill.
+
+A decoder exported by Hugging Face optimum takes ``input_ids``, ``attention_mask``,
+``position_ids`` (when exported with them) and, with KV cache, ``past_key_values.N.key`` /
+``.value``; it returns ``logits`` and ``present.N.key`` / ``.value``. Models exported
+without cache read the whole sequence every step; both go through :meth:`LlmRunner.generate`.
+:meth:`LlmRunner.prefill` is the validator's entry point: the logits at every position of a
+sequence in one pass, no cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelError
+from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
+from .sampling import SamplingParams, choose_token
+from .session import ExecutionProfile, SessionFactory
+from .tokenizer import Tokenizer
+
+__all__ = ["Generation", "LlmRunner", "Timings", "TokenEvent"]
+
+FINISH_STOP = "stop"  # end-of-sequence token or a stop string
+FINISH_LENGTH = "length"  # max_tokens or the context is full
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token: its index in the output, its id, and the logits it was drawn from."""
+
+    index: int
+    token_id: int
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock nanoseconds of a generation (not part of any result that is compared)."""
+
+    prefill_ns: int
+    decode_ns: int
+    total_ns: int
+    tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / (self.total_ns / 1e9) if self.total_ns else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of a job: ``token_ids`` are every generated id (an end-of-sequence id
+    included); ``text`` is their text, cut before a stop string."""
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """What the loaded decoder takes: cache layout and whether it wants position ids."""
+
+    kv_cache: bool
+    position_ids: bool
+    past_names: tuple[str, ...]
+    present_index: tuple[int, ...]
+
+
+class LlmRunner:
+    """Runs one LLM: tokenizer, one deterministic session, generation and prefill.
+
+    ``model`` is a model directory path or a :class:`ModelDir` (e.g. from the blob store).
+    Files are hash-checked as they are read; the graph is checked against the manifest's
+    interface. ``session_factory`` defaults to ``SessionFactory(threads=threads or 1)``.
+    ``use_kv_cache=False`` recomputes the whole sequence every step even when the graph has
+    a cache. Raises ModelError for anything wrong with the model.
+    """
+
+    def __init__(
+        self,
+        model: ModelDir | Path | str,
+        session_factory: SessionFactory | None = None,
+        *,
+        threads: int | None = None,
+        use_kv_cache: bool = True,
+    ) -> None:
+        self.model = model if isinstance(model, ModelDir) else load_model_dir(model)
+        manifest = self.model.manifest
+        if manifest.kind != LLM or manifest.llm is None:
+            raise ModelError(f"model {manifest.name!r} is a {manifest.kind} model, not an llm")
+        self.interface: LlmInterface = manifest.llm
+        self.factory = session_factory or SessionFactory(threads=threads or 1)
+        self.tokenizer = Tokenizer(
+            self.model.read_verified(manifest.tokenizer.role), manifest.tokenizer
+        )
+        if self.tokenizer.vocab_size > self.interface.vocab_size:
+            raise ModelError("tokenizer vocabulary is larger than the model's vocab_size")
+        self.session = self.factory.create(self.model.read_verified("decoder"))
+        self._graph = _check_graph(self.session, self.interface)
+        self.use_kv_cache = use_kv_cache and self._graph.kv_cache
+        self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
+        self._empty_past = np.zeros(
+            (1, self.interface.num_heads, 0, self.interface.head_dim), np.float32
+        )
+
+    @property
+    def context_length(self) -> int:
+        return self.interface.context_length
+
+    # -- the two entry points -----------------------------------------------------------
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        on_token: Callable[[TokenEvent], None] | None = None,
+    ) -> Generation:
+        """Generate from ``prompt_ids`` under ``params`` with job ``seed`` (u64).
+
+        ``on_token`` is called with every token as soon as it is chosen (streaming; a
+        worker's commitment to the logits). Stops at end-of-sequence, a stop string,
+        ``params.max_tokens`` or the end of the context. Raises ModelError before any work
+        for a prompt that is empty, has ids outside the vocabulary, or fills the context.
+        """
+        self.check_prompt(prompt_ids)
+        _check_seed(seed)
+        if not isinstance(params, SamplingParams):
+            raise ModelError("params must be SamplingParams")
+        budget = min(params.max_tokens, self.context_length - len(prompt_ids))
+        start = time.perf_counter_ns()
+        step = self._cached_steps(prompt_ids) if self.use_kv_cache else self._full_steps(prompt_ids)
+        logits = next(step)
+        prefill_done = time.perf_counter_ns()
+        tokens: list[int] = []
+        text, finish = "", FINISH_LENGTH
+        for index in range(budget):
+            token = choose_token(logits, params, seed, index)
+            tokens.append(token)
+            if on_token is not None:
+                on_token(TokenEvent(index, token, logits))
+            if token == self.tokenizer.eos_id:
+                finish = FINISH_STOP
+                break
+            if params.stop:
+                text = self.tokenizer.decode(tokens)
+                cut = _stop_position(text, params.stop)
+                if cut is not None:
+                    text, finish = text[:cut], FINISH_STOP
+                    break
+            if index + 1 < budget:
+                logits = step.send(token)
+        end = time.perf_counter_ns()
+        step.close()
+        if finish != FINISH_STOP or not params.stop:
+            text = self.tokenizer.decode(tokens)
+        timings = Timings(prefill_done - start, end - prefill_done, end - start, len(tokens))
+        return Generation(list(prompt_ids), tokens, text, finish, timings)
+
+    def prefill(self, token_ids: list[int]) -> np.ndarray:
+        """float32 logits of shape (len(token_ids), vocab): the logits after every prefix of
+        ``token_ids``, in one pass without cache. Row i predicts token i + 1."""
+        self.check_sequence(token_ids)
+        ids = np.asarray([token_ids], np.int64)
+        return self._run(ids, 0, self._empty_pasts())[0][0]
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        """Raise ModelError unless ``prompt_ids`` leaves room for at least one token."""
+        self.check_sequence(prompt_ids)
+        if len(prompt_ids) >= self.context_length:
+            raise ModelError(
+                f"prompt of {len(prompt_ids)} tokens leaves no room in the model's "
+                f"{self.context_length}-token context"
+            )
+
+    def check_sequence(self, token_ids: list[int]) -> None:
+        """Raise ModelError unless ``token_ids`` is 1..context ids inside the vocabulary."""
+        if not token_ids:
+            raise ModelError("a token sequence must not be empty")
+        if len(token_ids) > self.context_length:
+            raise ModelError(
+                f"{len(token_ids)} tokens are over the model's {self.context_length}-token context"
+            )
+        vocab = self.interface.vocab_size
+        for i in token_ids:
+            if type(i) not in (int, np.int64) or not 0 <= i < vocab:
+                raise ModelError(f"token id {i!r} is outside the vocabulary [0, {vocab})")
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _cached_steps(self, prompt_ids: list[int]):
+        """Coroutine: yields the next-token logits; is sent each chosen token."""
+        ids = np.asarray([prompt_ids], np.int64)
+        outputs = self._run(ids, 0, self._empty_pasts())
+        length = len(prompt_ids)
+        while True:
+            logits = outputs[0][0, -1]
+            pasts = [outputs[i] for i in self._graph.present_index]
+            token = yield logits
+            outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
+            length += 1
+
+    def _full_steps(self, prompt_ids: list[int]):
+        """Coroutine like :meth:`_cached_steps`, reading the whole sequence every step."""
+        sequence = list(prompt_ids)
+        while True:
+            outputs = self._run(np.asarray([sequence], np.int64), 0, self._empty_pasts())
+            token = yield outputs[0][0, -1]
+            sequence.append(token)
+
+    def _empty_pasts(self) -> list[np.ndarray]:
+        return [self._empty_past] * len(self._graph.past_names)
+
+    def _run(self, ids: np.ndarray, past_length: int, pasts: list[np.ndarray]) -> list:
+        total = past_length + ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64)}
+        if self._graph.position_ids:
+            feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :]
+        if self._graph.kv_cache:
+            feeds.update(zip(self._graph.past_names, pasts, strict=True))
+        return self.session.run(None, feeds)
+
+
+def _check_seed(seed: int) -> None:
+    if type(seed) is not int or not 0 <= seed < 2**64:
+        raise ModelError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+
+
+def _stop_position(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
+    """The decoder's layout, after checking it is the one the manifest declares."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    for name in ("input_ids", "attention_mask"):
+        if name not in inputs or inputs[name].type != "tensor(int64)":
+            raise ModelError(f"decoder graph has no int64 input {name!r}")
+    if not outputs or outputs[0] != "logits":
+        raise ModelError("decoder graph's first output must be 'logits'")
+    _check_dim(session.get_outputs()[0].shape, -1, llm.vocab_size, "logits vocab")
+    past_names = tuple(
+        f"past_key_values.{i}.{kind}" for i in range(llm.num_layers) for kind in ("key", "value")
+    )
+    present_names = tuple(n.replace("past_key_values", "present") for n in past_names)
+    has_past = [n for n in inputs if n.startswith("past_key_values.")]
+    if llm.kv_cache:
+        missing = [n for n in past_names if n not in inputs] + [
+            n for n in present_names if n not in outputs
+        ]
+        if missing:
+            raise ModelError(
+                f"decoder graph does not match its manifest (kv_cache, {llm.num_layers} layers): "
+                f"missing {missing[0]}"
+            )
+        if len(has_past) != len(past_names):
+            raise ModelError(
+                f"decoder graph has {len(has_past)} past inputs, manifest says {len(past_names)}"
+            )
+        for name in past_names:
+            shape = inputs[name].shape
+            _check_dim(shape, 1, llm.num_heads, f"{name} heads")
+            _check_dim(shape, 3, llm.head_dim, f"{name} head_dim")
+    elif has_past:
+        raise ModelError("decoder graph takes past_key_values but the manifest says no kv_cache")
+    known = {"input_ids", "attention_mask", "position_ids", *past_names}
+    extra = sorted(set(inputs) - known)
+    if extra:
+        raise ModelError(f"decoder graph has unexpected input(s) {', '.join(extra)}")
+    return _Graph(
+        kv_cache=llm.kv_cache,
+        position_ids="position_ids" in inputs,
+        past_names=past_names if llm.kv_cache else (),
+        present_index=tuple(outputs.index(n) for n in present_names) if llm.kv_cache else (),
+    )
+
+
+def _check_dim(shape: list, axis: int, want: int, what: str) -> None:
+    if len(shape) < (axis + 1 if axis >= 0 else -axis):
+        raise ModelError(f"decoder graph: {what}: tensor has rank {len(shape)}")
+    have = shape[axis]
+    if isinstance(have, int) and have != want:
+        raise ModelError(f"decoder graph: {what} is {have}, the manifest says {want}")

@@ -1,0 +1,170 @@
+"""The deterministic session factory: the one place that builds onnxruntime sessions.
+
+Every ONNX session of the node comes from :class:`SessionFactory`, so the settings that
+decide whether two runs give the same bits are set once:
+
+- execution provider: CUDA only when a session really runs on it (``get_available_providers()``
+  lists CUDA on machines where the CUDA libraries are missing; onnxruntime then silently
+  falls back to CPU), else CPU;
+- ``session.use_deterministic_compute`` (deterministic kernels where the provider has a choice);
+- a fixed graph optimization level (fusions change the order of floating point operations,
+  so the level is part of the result);
+- sequential execution with one inter-op thread and a fixed intra-op thread count.
+
+What we found on CPU (onnxruntime 1.32, MLAS): with these settings the demo models give
+bitwise-equal outputs with 1 and 2 intra-op threads; GEMM splits work by output tiles, so each
+output element is reduced in the same order whatever the thread count.
+``tests/models/test_determinism.py`` checks it on every run.
+
+The settings are recorded as an :class:`ExecutionProfile` that receipts carry.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import onnxruntime as ort
+
+from aipg.wire import U8, U16, Hash32, MaxLen, Record, record
+
+from .errors import ModelError
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "DEFAULT_OPTIMIZATION_LEVEL",
+    "ExecutionProfile",
+    "SessionFactory",
+    "cuda_is_usable",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+# Basic = constant folding and redundant-node elimination: no kernel fusions, whose
+# availability (and rounding) differs between providers and runtime versions.
+DEFAULT_OPTIMIZATION_LEVEL = 1
+_LEVELS = {
+    0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+MAX_THREADS = 256
+
+
+@record(tag=200)
+class ExecutionProfile(Record):
+    """How a result was computed: enough for a validator to judge bit differences.
+
+    ``graph_optimization_level`` uses onnxruntime's numbering (0 none, 1 basic, 2 extended,
+    99 all); ``threads`` is the intra-op thread count; ``model_id`` is the manifest hash.
+    """
+
+    ort_version: Annotated[str, MaxLen(32)]
+    provider: Annotated[str, MaxLen(64)]
+    graph_optimization_level: U8
+    threads: U16
+    deterministic_compute: bool
+    model_id: Hash32
+
+
+@functools.cache
+def cuda_is_usable() -> bool:
+    """True when a session created for CUDA really runs on CUDA (checked once, by trying)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
+    except Exception:  # a broken CUDA install raises anything; it only means "not usable"
+        return False
+    return session.get_providers()[0] == CUDA
+
+
+class SessionFactory:
+    """Builds onnxruntime sessions with fixed, recorded settings.
+
+    ``threads`` is the intra-op thread count (1 to 256); ``provider`` is ``"cpu"``,
+    ``"cuda"`` or None for CUDA when usable, else CPU; ``optimization_level`` is one of
+    0, 1, 2, 99 (onnxruntime's numbering). Raises ModelError for anything else.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        provider: str | None = None,
+        optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL,
+    ) -> None:
+        if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
+            raise ModelError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        if optimization_level not in _LEVELS:
+            raise ModelError(
+                f"optimization level must be one of {sorted(_LEVELS)}, got {optimization_level!r}"
+            )
+        self.threads = threads
+        self.optimization_level = optimization_level
+        self.provider = _resolve_provider(provider)
+
+    def options(self) -> ort.SessionOptions:
+        """Fresh session options with this factory's settings."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = _LEVELS[self.optimization_level]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.use_deterministic_compute", "1")
+        # Spinning threads burn the CPU between decode steps of other jobs; results do
+        # not depend on it.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return opts
+
+    def create(self, model: Path | bytes) -> ort.InferenceSession:
+        """A session for ``model`` (a path or serialized ONNX bytes). Raises ModelError."""
+        source = str(model) if isinstance(model, Path) else model
+        providers = [CUDA, CPU] if self.provider == CUDA else [CPU]
+        try:
+            return ort.InferenceSession(source, sess_options=self.options(), providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
+            what = model if isinstance(model, Path) else "model bytes"
+            raise ModelError(f"cannot load ONNX model {what}: {_first_line(e)}") from None
+
+    def profile(self, model_id: bytes) -> ExecutionProfile:
+        """The execution profile of sessions from this factory running ``model_id``."""
+        return ExecutionProfile(
+            ort_version=ort.__version__,
+            provider=self.provider,
+            graph_optimization_level=self.optimization_level,
+            threads=self.threads,
+            deterministic_compute=True,
+            model_id=model_id,
+        )
+
+
+def _resolve_provider(provider: str | None) -> str:
+    if provider is None:
+        return CUDA if cuda_is_usable() else CPU
+    if provider == "cpu":
+        return CPU
+    if provider == "cuda":
+        if not cuda_is_usable():
+            raise ModelError("CUDA was asked for but cannot run a session on this machine")
+        return CUDA
+    raise ModelError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
