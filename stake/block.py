@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
+from aipg.pouw import Certificate, FraudEvidence
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -92,7 +93,9 @@ class BlockHeader(Record):
 class BlockBody(Record):
     last_commit: Commit | None  # the parent's commit certificate (None in block 1)
     transactions: Annotated[tuple[Transaction, ...], MaxLen(MAX_BLOCK_TXS)]
+    certificates: Annotated[tuple[Certificate, ...], MaxLen(MAX_BLOCK_CERTIFICATES)]
     double_signs: Annotated[tuple[DoubleSignEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
+    frauds: Annotated[tuple[FraudEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

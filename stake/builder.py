@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from aipg.pouw import Certificate, FraudEvidence
 from aipg.wire import Identity, sign
 
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
@@ -20,15 +21,17 @@ def make_block(
     time_ms: int,
     last_commit: Commit | None,
     transactions: Sequence[Transaction] = (),
+    certificates: Sequence[Certificate] = (),
     double_signs: Sequence[DoubleSignEvidence] = (),
-    **body_extras,
+    frauds: Sequence[FraudEvidence] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in."""
     body = BlockBody(
         last_commit=last_commit,
         transactions=tuple(transactions),
+        certificates=tuple(certificates),
         double_signs=tuple(double_signs),
-        **body_extras,
+        frauds=tuple(frauds),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

@@ -14,10 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Certificate,
+    FraudEvidence,
+    PouwError,
+    validate_certificate,
+    validate_fraud_evidence,
+)
 from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
-from .state import Account, Bond, Escrow, State, state_hash
+from .state import Account, Bond, Escrow, State, height_key, state_hash
 from .tokenomics import split_reward
 from .tx import Transaction, TxKind
 from .types import Height, LedgerError, bps_of
@@ -37,10 +45,12 @@ def apply_block(state: State, block: Block, *, check_state_hash: bool = True) ->
     process_header(s, block, check_state_hash=check_state_hash)
     process_last_commit(s, block)
     process_transactions(s, block)
+    work = process_certificates(s, block.body.certificates)
     process_double_signs(s, block.body.double_signs)
-    process_rewards(s, block)
+    process_frauds(s, block.body.frauds)
+    process_rewards(s, block, work)
     process_epoch(s)
-    s.last_block_hash = block.hash
+    record_block(s, block)
     check_supply(s)
     return s
 
@@ -288,6 +298,81 @@ def slash(s: State, key: bytes, bps: int) -> int:
     return taken
 
 
+# --- useful work -----------------------------------------------------------------------
+
+
+def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[bytes, int]:
+    """Check each certificate, pay its escrow to the worker, and return the work units
+    certified in this block by worker account."""
+    work: dict[bytes, int] = {}
+    snapshots: dict[int, dict[bytes, int]] = {}
+    for i, cert in enumerate(certificates):
+        try:
+            check_work(s, cert, snapshots, validate_certificate)
+        except (LedgerError, PouwError) as e:
+            raise LedgerError(f"certificate {i}: {e}") from None
+        job = cert.receipt.job_id
+        if job in s.certified:
+            raise LedgerError(f"certificate {i}: job {job.hex()[:16]} was already certified")
+        s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
+        worker = Address.from_public_key(cert.receipt.signer).raw
+        escrow = s.escrows.get(job)
+        if escrow is not None:  # the paid tier: the locked fee goes to the worker
+            s.put("escrows", job, None)
+            credit(s, worker, escrow.amount)
+        work[worker] = work.get(worker, 0) + cert.receipt.work_units
+    return work
+
+
+def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate) -> None:
+    """Run pouw's cheap validation of a certificate or fraud evidence against the
+    validator set its committee was drawn from. Raises LedgerError or PouwError."""
+    seed_height = cert.assignment.height - COMMITTEE_LOOKAHEAD
+    if not 0 <= seed_height < s.height:
+        raise LedgerError(f"committee seed height {seed_height} is not a finalized block")
+    if s.height - cert.assignment.height > s.params.escrow_period:
+        raise LedgerError(f"assignment at height {cert.assignment.height} is too old")
+    if s.time_ms > certification_deadline(s, cert.job.deadline_ms):
+        raise LedgerError("the job's deadline passed too long ago to be certified")
+    epoch = s.epoch_of(seed_height)
+    snapshot = snapshots.get(epoch)
+    if snapshot is None:
+        snapshot = s.validator_snapshot_at(seed_height)
+        if snapshot is None:
+            raise LedgerError(f"no validator set is kept for height {seed_height}")
+        snapshots[epoch] = snapshot
+    validate(cert, snapshot, s.block_hash_at, committee_size=s.params.committee_size)
+
+
+def certification_deadline(s: State, job_deadline_ms: int) -> int:
+    """The last block time at which a job can be certified (or its fraud proven): its
+    deadline plus the escrow period. After it, its ``certified`` entry can be forgotten."""
+    return job_deadline_ms + s.params.escrow_period * s.params.target_block_time_ms
+
+
+def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
+    """Slash each convicted worker's bond; refund the job's escrow to its payer together
+    with a share of what was slashed; burn the rest."""
+    snapshots: dict[int, dict[bytes, int]] = {}
+    for i, ev in enumerate(frauds):
+        try:
+            check_work(s, ev, snapshots, validate_fraud_evidence)
+        except (LedgerError, PouwError) as e:
+            raise LedgerError(f"fraud evidence {i}: {e}") from None
+        key = b"fraud" + ev.receipt.job_id
+        if key in s.punished:
+            raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
+        s.put("punished", key, s.height)
+        slashed = slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
+        escrow = s.escrows.get(ev.receipt.job_id)
+        refund = 0
+        if escrow is not None:
+            s.put("escrows", ev.receipt.job_id, None)
+            refund = bps_of(slashed, s.params.fraud_refund_bps)
+            credit(s, escrow.payer, escrow.amount + refund)
+        s.burned += slashed - refund
+
+
 # --- evidence ---------------------------------------------------------------------------
 
 
@@ -372,15 +457,33 @@ def process_epoch(s: State) -> None:
     vset = s.validators
     if s.height % s.params.epoch_length == 0:
         vset = vset.updated(s.validator_powers()) or vset  # never an empty set
+        rows = tuple((v.key, v.power) for v in vset.validators)
+        s.put("epochs", height_key(s.epoch_of(s.height + 1)), rows)
         prune_expired(s)
     s.validators = vset.advanced(1)
 
 
+def record_block(s: State, block: Block) -> None:
+    """Remember the block's hash (committee seeds) and forget what no certificate young
+    enough to be included can refer to any more."""
+    s.last_block_hash = block.hash
+    s.put("block_hashes", height_key(s.height), block.hash)
+    old = s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1
+    if old >= 0:
+        s.put("block_hashes", height_key(old), None)
+
+
 def prune_expired(s: State) -> None:
-    """Forget punishments too old to be re-submitted (evidence older is rejected anyway)."""
+    """Forget punishments too old to be re-submitted (evidence older is rejected anyway)
+    and validator sets of epochs no includable certificate was drawn from."""
     horizon = s.height - s.params.unbonding_period
     for key in [k for k, h in s.punished.items() if h < horizon]:
         s.put("punished", key, None)
+    for key in [k for k, until in s.certified.items() if until < s.time_ms]:
+        s.put("certified", key, None)
+    oldest = s.epoch_of(max(0, s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1))
+    for key in [k for k in s.epochs if int.from_bytes(k, "big") < oldest]:
+        s.put("epochs", key, None)
 
 
 def check_supply(s: State) -> None:

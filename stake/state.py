@@ -48,8 +48,20 @@ EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
 # key → value tables. unbonding: key → ((release_height, amount), ...);
-# certified: job id → height certified; punished: evidence key → height punished.
-TABLES = ("accounts", "bonds", "unbonding", "escrows", "certified", "punished")
+# certified: job id → last block time it could be certified (forgotten after); punished: evidence key → height punished;
+# epochs: epoch index (8 bytes) → ((validator key, power), ...), the sets pouw committees
+# were drawn from; block_hashes: height (8 bytes) → hash, for committee seeds.
+# The last two keep only what a certificate young enough to be included can refer to.
+TABLES = (
+    "accounts",
+    "bonds",
+    "unbonding",
+    "escrows",
+    "certified",
+    "punished",
+    "epochs",
+    "block_hashes",
+)
 _TUPLE_TYPES: dict[str, Any] = {"accounts": Account, "bonds": Bond, "escrows": Escrow}
 
 
@@ -70,6 +82,8 @@ class State:
     escrows: dict[bytes, Escrow]
     certified: dict[bytes, int]
     punished: dict[bytes, int]
+    epochs: dict[bytes, tuple[tuple[bytes, int], ...]]
+    block_hashes: dict[bytes, bytes]
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
 
     # --- construction ---------------------------------------------------------------------
@@ -96,6 +110,8 @@ class State:
             escrows={},
             certified={},
             punished={},
+            epochs={height_key(0): _snapshot_rows(vset)},
+            block_hashes={height_key(0): genesis.hash},
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))
@@ -151,6 +167,19 @@ class State:
         """Genesis supply + minted - burned: what :meth:`total_holdings` must equal."""
         return self.genesis.supply + self.minted - self.burned
 
+    def epoch_of(self, height: int) -> int:
+        """The epoch whose validator set votes on block ``height`` (genesis: epoch 0)."""
+        return max(0, height - 1) // self.params.epoch_length
+
+    def validator_snapshot_at(self, height: int) -> dict[bytes, int] | None:
+        """{key: stake} of the set that voted on block ``height``; None if forgotten."""
+        rows = self.epochs.get(height_key(self.epoch_of(height)))
+        return None if rows is None else dict(rows)
+
+    def block_hash_at(self, height: int) -> bytes | None:
+        """The hash of finalized block ``height`` (genesis hash at 0); None if not kept."""
+        return self.block_hashes.get(height_key(height))
+
     def validator_powers(self) -> dict[bytes, int]:
         """Who should be a validator now: unjailed bonds of at least the minimum stake."""
         minimum = self.params.min_validator_stake
@@ -199,7 +228,7 @@ class State:
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
             src = rows.get(table, {})
-            if table == "unbonding":
+            if table in ("unbonding", "epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}
@@ -234,6 +263,14 @@ def state_hash(state: State) -> bytes:
         rows = getattr(state, table)
         parts.append(msgpack.packb([[k, rows[k]] for k in sorted(rows)], use_bin_type=True))
     return sha256(b"".join(sha256(p) for p in parts))
+
+
+def height_key(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+def _snapshot_rows(vset: ValidatorSet) -> tuple[tuple[bytes, int], ...]:
+    return tuple((v.key, v.power) for v in vset.validators)
 
 
 def _no_dirt() -> dict[str, set[bytes]]:

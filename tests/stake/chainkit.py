@@ -74,3 +74,97 @@ class TestChain:
 
     def next(self, **body):
         return self.commit(self.build(**body))
+
+
+# --- pouw records for blocks ------------------------------------------------------------
+
+
+def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: bool = True):
+    """A job assigned to ``worker`` at the chain's current height, its receipt, and the
+    verdicts of its whole committee (valid or not). Returns (job, assignment, receipt,
+    verdicts)."""
+    from aipg.pouw import (
+        COMMITTEE_LOOKAHEAD,
+        Assignment,
+        Job,
+        LlmJobParams,
+        Receipt,
+        VerdictReason,
+        assignment_id,
+        committee_for,
+        job_id,
+        make_verdict,
+        params_hash,
+        work_units,
+    )
+    from aipg.pouw.records import input_hash_llm, output_hash_tokens
+    from aipg.wire import sign
+
+    gateway = ident(500)
+    job = sign(
+        Job(
+            model_id=b"m" * 32,
+            prompt="hello grid",
+            llm=LlmJobParams(max_tokens=16),
+            diffusion=None,
+            seed=7,
+            tier=1 if fee else 0,
+            fee=fee,
+            client=chain.users[0].address.raw,
+            cost_milli=1000,
+            created_ms=chain.state.time_ms,
+            deadline_ms=chain.state.time_ms + 60_000,
+            nonce=nonce,
+        ),
+        gateway,
+    )
+    height = max(COMMITTEE_LOOKAHEAD, chain.state.height)
+    a = sign(
+        Assignment(job_id(job), worker.public_bytes, height, 0, job.created_ms, job.deadline_ms),
+        gateway,
+    )
+    counts = dict(prompt_tokens=3, output_tokens=4 + nonce % 5, steps=0, latent_pixels=0)
+    r = sign(
+        Receipt(
+            job_id=job_id(job),
+            model_id=job.model_id,
+            assignment_id=assignment_id(a),
+            input_hash=input_hash_llm([5, 6, 7]),
+            params_hash=params_hash(job),
+            seed=job.seed,
+            profile=b"",
+            output_hash=output_hash_tokens([9, 10, 11, 12]),
+            **counts,
+            work_units=work_units(job.kind, job.cost_milli, **counts),
+            elapsed_ms=100,
+            first_output_ms=10,
+            commitment=bytes(32),
+        ),
+        worker,
+    )
+    seed_height = height - COMMITTEE_LOOKAHEAD
+    snapshot = chain.state.validator_snapshot_at(seed_height)
+    committee = committee_for(
+        job_id(job),
+        a,
+        snapshot,
+        chain.state.block_hash_at,
+        size=chain.state.params.committee_size,
+    )
+    reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
+    verdicts = tuple(
+        make_verdict(chain.keys[k], r, reason, recomputed=b"check") for k in sorted(committee)
+    )
+    return job, a, r, verdicts
+
+
+def make_certificate(chain: TestChain, worker, **kw):
+    from aipg.pouw import Certificate
+
+    return Certificate(*make_work(chain, worker, **kw))
+
+
+def make_fraud(chain: TestChain, worker, **kw):
+    from aipg.pouw import FraudEvidence
+
+    return FraudEvidence(*make_work(chain, worker, valid=False, **kw))
