@@ -25,6 +25,7 @@ import struct
 from collections.abc import Sequence
 from typing import Annotated
 
+from aipg.models import MAX_TOKENS, DiffusionParams, ExecutionProfile, SamplingParams
 from aipg.wire import (
     NO_SIGNATURE,
     NO_SIGNER,
@@ -55,13 +56,11 @@ __all__ = [
     "Assignment",
     "Certificate",
     "Claim",
-    "DiffusionJobParams",
     "FraudEvidence",
     "Job",
     "JobKind",
     "LatentReply",
     "LatentRequest",
-    "LlmJobParams",
     "Receipt",
     "Result",
     "Tier",
@@ -80,9 +79,9 @@ __all__ = [
 
 # Limits, with the reason beside them.
 MAX_PROMPT_CHARS = 16_384  # a long chat prompt; keeps a Job (and a Certificate) small
-MAX_OUTPUT_TOKENS = 4_096  # longest generation a single job may ask for
+MAX_OUTPUT_TOKENS = MAX_TOKENS  # longest generation a single job may ask for
 MAX_PROMPT_TOKENS = 8_192  # a prompt of 16k characters tokenizes to fewer tokens than this
-MAX_STEPS = 256  # diffusion schedulers use 10-100 steps; 256 leaves room
+MAX_STEPS = 500  # as aipg.models allows; schedulers use 10-100 steps
 MAX_COMMITTEE = 64  # committees are small; bounds a certificate's size
 MAX_STOP = 8  # stop strings per job
 MAX_IMAGE_BYTES = 8 << 20  # one PNG
@@ -118,33 +117,12 @@ class VerdictReason(enum.IntEnum):
 # --------------------------------------------------------------------- job side
 
 
-@record(tag=300)
-class LlmJobParams(Record):
-    """Sampling for an LLM job (temperature 0 = greedy). Mirrors aipg.models.SamplingParams."""
-
-    max_tokens: Annotated[int, Range(1, MAX_OUTPUT_TOKENS)]
-    temperature_milli: Annotated[int, Range(0, 10_000)] = 0
-    top_k: U32 = 0  # 0: no top-k cut
-    top_p_milli: Annotated[int, Range(1, 1000)] = 1000
-    stop: Annotated[tuple[Annotated[str, MaxLen(64)], ...], MaxLen(MAX_STOP)] = ()
-
-
-@record(tag=301)
-class DiffusionJobParams(Record):
-    """A text-to-image job. Mirrors aipg.models.DiffusionParams."""
-
-    steps: Annotated[int, Range(1, MAX_STEPS)]
-    guidance_milli: Annotated[int, Range(0, 100_000)] = 7_500
-    width: Annotated[int, Range(8, 4096)] = 512
-    height: Annotated[int, Range(8, 4096)] = 512
-    negative_prompt: Annotated[str, MaxLen(1024)] = ""
-
-
 @record(tag=302)
 class Job(Record):
     """A unit of work a gateway accepted from a client, signed by the gateway.
 
-    Exactly one of ``llm`` / ``diffusion`` is set, matching the model's kind.
+    Exactly one of ``llm`` (aipg.models SamplingParams) / ``diffusion`` (DiffusionParams)
+    is set, matching the model's kind.
     ``cost_milli`` is the model's cost factor from its manifest (work units per token,
     or per step and latent pixel, times 1000); validators check it against the manifest.
     ``deadline_ms`` is when the gateway gives up on an assignment and reassigns.
@@ -152,8 +130,8 @@ class Job(Record):
 
     model_id: Hash32
     prompt: Annotated[str, MaxLen(MAX_PROMPT_CHARS)]
-    llm: LlmJobParams | None
-    diffusion: DiffusionJobParams | None
+    llm: SamplingParams | None
+    diffusion: DiffusionParams | None
     seed: U64
     tier: Annotated[int, Range(0, 1)]
     fee: UnitsField  # paid tier: escrowed from the client, paid to the worker on certification
@@ -219,8 +197,8 @@ class Receipt(Record):
     - ``job_id``, ``model_id``, ``assignment_id`` (which job, model and assignment);
     - ``input_hash`` (LLM: the prompt token ids; diffusion: prompt and negative prompt),
       ``params_hash`` and ``seed`` (how it sampled);
-    - ``profile``: the canonical encoding of the worker's aipg.models ExecutionProfile
-      (ORT version, provider, optimization level, threads);
+    - ``profile``: the worker's execution profile (ORT version, provider, optimization
+      level, threads, model id);
     - ``output_hash`` (LLM: the output token ids, not text; diffusion: the PNG);
     - the counts that ``work_units`` are computed from, and the work units;
     - ``elapsed_ms`` and ``first_output_ms`` (timings, informational);
@@ -234,7 +212,7 @@ class Receipt(Record):
     input_hash: Hash32
     params_hash: Hash32
     seed: U64
-    profile: Annotated[bytes, MaxLen(1024)]
+    profile: ExecutionProfile
     output_hash: Hash32
     prompt_tokens: U32
     output_tokens: U32

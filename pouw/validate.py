@@ -103,6 +103,11 @@ def validate_receipt(receipt: Receipt, job: Job, assignment: Assignment) -> None
     _require(receipt.job_id == job_id(job), "receipt.job_id", "receipt is for another job")
     _require(receipt.model_id == job.model_id, "receipt.model_id", "receipt names another model")
     _require(
+        receipt.profile.model_id == job.model_id,
+        "receipt.profile",
+        "execution profile names another model",
+    )
+    _require(
         receipt.assignment_id == assignment_id(assignment),
         "receipt.assignment_id",
         "receipt is for another assignment",

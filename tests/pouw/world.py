@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 
+from aipg.models import DiffusionParams, ExecutionProfile, SamplingParams
 from aipg.pouw import (
     Assignment,
     Certificate,
-    DiffusionJobParams,
     Job,
-    LlmJobParams,
     Receipt,
     VerdictReason,
     assignment_id,
@@ -45,7 +44,7 @@ class World:
         fields = dict(
             model_id=hashlib.sha256(b"model").digest(),
             prompt="hello grid",
-            llm=LlmJobParams(max_tokens=max_tokens),
+            llm=SamplingParams(max_tokens=max_tokens),
             diffusion=None,
             seed=seed,
             tier=0,
@@ -60,7 +59,7 @@ class World:
 
     def diffusion_job(self, *, steps: int = 20, **over) -> Job:
         return self.llm_job(
-            llm=None, diffusion=DiffusionJobParams(steps=steps, width=64, height=64), **over
+            llm=None, diffusion=DiffusionParams(steps=steps, width=64, height=64), **over
         )
 
     def assignment(self, job: Job, *, height: int = 10, worker: Identity | None = None):
@@ -91,7 +90,14 @@ class World:
             input_hash=input_hash_llm(prompt_ids),
             params_hash=params_hash(job),
             seed=job.seed,
-            profile=b"",
+            profile=ExecutionProfile(
+                ort_version="1.0",
+                provider="CPUExecutionProvider",
+                graph_optimization_level=99,
+                threads=1,
+                deterministic_compute=True,
+                model_id=job.model_id,
+            ),
             output_hash=output_hash_tokens(out_ids),
             **counts,
             work_units=work_units(job.kind, job.cost_milli, **counts),
