@@ -1,0 +1,374 @@
+"""`aipg-node models build-demo | run | check | add | list`: offline model commands.
+
+:func:`add_parser` registers ``models`` on the top-level subparsers; every command sets
+``func(args) -> int``. Errors a user can fix are one line on stderr and exit status 1.
+This module also runs on its own (``python -m aipg.cli.models_cmd models ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+PROG = "aipg-node"
+
+
+class _UsageError(Exception):
+    """A bad command-line value; shown as one line."""
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction, data_dir_parent: argparse.ArgumentParser
+) -> None:
+    """Add ``models`` and its sub-commands to the ``aipg-node`` subcommands."""
+    models = subparsers.add_parser(
+        "models",
+        help="build, run, check and store models (offline)",
+        description="Offline model commands: build the demo models, run a job, check a model "
+        "directory, add a model to the data dir's store.",
+    )
+    sub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "build-demo",
+        help="build the tiny demo LLM and diffusion models",
+        description="Build OUT_DIR/llm and OUT_DIR/diffusion from seeded weights (seconds, "
+        "nothing downloaded, byte-identical on every run).",
+    )
+    demo.add_argument("out_dir", metavar="OUT_DIR")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.set_defaults(func=_guarded(cmd_build_demo))
+
+    run = sub.add_parser(
+        "run",
+        help="run one job on a model directory",
+        description="Run a prompt through MODEL_DIR: prints the text (LLM) or writes the PNG "
+        "(diffusion), and the output hash.",
+    )
+    run.add_argument("model_dir", metavar="MODEL_DIR")
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--seed", type=int, default=0, help="job seed (default 0)")
+    run.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    run.add_argument("--max-tokens", type=int, help="LLM: most tokens to generate")
+    run.add_argument("--temperature", help="LLM: e.g. 0.7 (default 0: greedy)")
+    run.add_argument("--top-k", type=int, help="LLM: keep the k most likely tokens")
+    run.add_argument("--top-p", help="LLM: e.g. 0.9")
+    run.add_argument("--stop", action="append", default=[], help="LLM: stop string (repeatable)")
+    run.add_argument("--steps", type=int, help="diffusion: DDIM steps")
+    run.add_argument("--guidance", help="diffusion: guidance scale, e.g. 7.5")
+    run.add_argument("--width", type=int, help="diffusion: image width in pixels")
+    run.add_argument("--height", type=int, help="diffusion: image height in pixels")
+    run.add_argument("--negative-prompt", help="diffusion: what the image should not show")
+    run.add_argument("--out", default="out.png", help="diffusion: PNG path (default out.png)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.set_defaults(func=_guarded(cmd_run))
+
+    check = sub.add_parser(
+        "check",
+        help="check a model directory: hashes, interface, determinism",
+        description="Verify every file's hash, load the graphs against the manifest's "
+        "interface, and run the same job twice and with 1 and 2 threads, reporting whether "
+        "the outputs are bitwise equal. Exits 1 when anything fails.",
+    )
+    check.add_argument("model_dir", metavar="MODEL_DIR")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(func=_guarded(cmd_check))
+
+    add = sub.add_parser(
+        "add",
+        parents=[data_dir_parent],
+        help="add a model directory to the data dir's blob store",
+        description="Copy a model directory's files into the content-addressed store "
+        "(hash-checked on the way in) and host the model.",
+    )
+    add.add_argument("model_dir", metavar="MODEL_DIR")
+    add.set_defaults(func=_guarded(cmd_add))
+
+    lst = sub.add_parser("list", parents=[data_dir_parent], help="list the models in the store")
+    lst.add_argument("--json", action="store_true", help="print one JSON object")
+    lst.set_defaults(func=_guarded(cmd_list))
+
+
+def _guarded(command):
+    """Wrap a command so model and usage errors are one line on stderr and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from aipg.models import ModelError
+        from aipg.wire import WireError
+
+        try:
+            return command(args)
+        except (ModelError, WireError, _UsageError, OSError) as e:
+            message = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.filename else e
+            print(f"{PROG}: {message}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+# -- build-demo ------------------------------------------------------------------------------
+
+
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    from aipg.models import build_demo, load_model_dir, model_id_text
+
+    llm, diffusion = build_demo(Path(args.out_dir))
+    result = {
+        kind: {"dir": str(path), "model_id": model_id_text(load_model_dir(path).model_id)}
+        for kind, path in (("llm", llm), ("diffusion", diffusion))
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for kind, info in result.items():
+            print(f"{kind:<10} {info['dir']}  {info['model_id']}")
+    return 0
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aipg.models import LLM, load_model_dir
+
+    model = load_model_dir(args.model_dir)
+    is_llm = model.manifest.kind == LLM
+    _refuse_flags(args, DIFFUSION_FLAGS if is_llm else LLM_FLAGS, model.manifest.kind)
+    result = _run_llm(model, args) if is_llm else _run_diffusion(model, args)
+    if args.json:
+        print(json.dumps(result))
+    elif "text" in result:
+        print(result["text"])
+        print(f"output_hash {result['output_hash']}", file=sys.stderr)
+    else:
+        print(f"wrote {result['image']}  output_hash {result['output_hash']}")
+    return 0
+
+
+LLM_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "stop")
+DIFFUSION_FLAGS = ("steps", "guidance", "width", "height", "negative_prompt")
+
+
+def _refuse_flags(args: argparse.Namespace, flags: tuple[str, ...], kind: str) -> None:
+    """A flag for the other kind of model is a mistake worth saying, not ignoring."""
+    given = [f for f in flags if getattr(args, f) not in (None, [])]
+    if given:
+        names = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise _UsageError(f"{names} do(es) not apply to a {kind} model")
+
+
+def _run_llm(model, args: argparse.Namespace) -> dict:
+    from aipg.models import LlmRunner, SamplingParams, SessionFactory
+
+    defaults = model.manifest.default_sampling or SamplingParams()
+    params = SamplingParams(
+        temperature_milli=_milli(args.temperature, "--temperature", defaults.temperature_milli),
+        top_k=defaults.top_k if args.top_k is None else args.top_k,
+        top_p_milli=_milli(args.top_p, "--top-p", defaults.top_p_milli),
+        max_tokens=defaults.max_tokens if args.max_tokens is None else args.max_tokens,
+        stop=tuple(args.stop) or defaults.stop,
+    )
+    runner = LlmRunner(model, SessionFactory(threads=args.threads))
+    prompt_ids = runner.tokenizer.encode(args.prompt)
+    out = runner.generate(prompt_ids, params, args.seed)
+    return {
+        "model_id": _id(model.model_id),
+        "text": out.text,
+        "tokens": out.token_ids,
+        "prompt_tokens": len(prompt_ids),
+        "finish_reason": out.finish_reason,
+        "output_hash": tokens_hash(out.token_ids),
+        "timings": {
+            "prefill_ms": out.timings.prefill_ns / 1e6,
+            "decode_ms": out.timings.decode_ns / 1e6,
+            "total_ms": out.timings.total_ns / 1e6,
+            "tokens_per_s": round(out.timings.tokens_per_s, 1),
+        },
+    }
+
+
+def _run_diffusion(model, args: argparse.Namespace) -> dict:
+    from aipg.models import DiffusionParams, DiffusionRunner, SessionFactory
+
+    d = model.manifest.default_diffusion or DiffusionParams()
+    params = DiffusionParams(
+        steps=d.steps if args.steps is None else args.steps,
+        guidance_milli=_milli(args.guidance, "--guidance", d.guidance_milli),
+        width=d.width if args.width is None else args.width,
+        height=d.height if args.height is None else args.height,
+        negative_prompt=d.negative_prompt if args.negative_prompt is None else args.negative_prompt,
+    )
+    runner = DiffusionRunner(model, SessionFactory(threads=args.threads))
+    out = runner.generate(args.prompt, params, args.seed)
+    Path(args.out).write_bytes(out.png)
+    return {
+        "model_id": _id(model.model_id),
+        "image": str(args.out),
+        "output_hash": "sha256:" + hashlib.sha256(out.png).hexdigest(),
+        "width": params.width,
+        "height": params.height,
+        "steps": params.steps,
+        "timings": {
+            "encode_ms": out.timings.encode_ns / 1e6,
+            "denoise_ms": out.timings.denoise_ns / 1e6,
+            "decode_ms": out.timings.decode_ns / 1e6,
+            "total_ms": out.timings.total_ns / 1e6,
+            "steps_per_s": round(out.timings.steps_per_s, 1),
+        },
+    }
+
+
+def tokens_hash(token_ids: list[int]) -> str:
+    """The output hash of an LLM job: sha256 of the token ids as little-endian u32s."""
+    return "sha256:" + hashlib.sha256(struct.pack(f"<{len(token_ids)}I", *token_ids)).hexdigest()
+
+
+def _milli(text: str | None, flag: str, default: int) -> int:
+    """``"0.7"`` -> 700, exactly (no float on the way)."""
+    if text is None:
+        return default
+    try:
+        value = Decimal(text) * 1000
+    except InvalidOperation:
+        raise _UsageError(f"{flag} must be a number, got {text!r}") from None
+    if not value.is_finite() or value != value.to_integral_value() or value < 0:
+        raise _UsageError(f"{flag} must be >= 0 with at most 3 decimals, got {text!r}")
+    return int(value)
+
+
+def _id(mid: bytes) -> str:
+    from aipg.models import model_id_text
+
+    return model_id_text(mid)
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from aipg.models import ModelError, load_model_dir
+
+    model = load_model_dir(args.model_dir)
+    report: dict = {"model_id": _id(model.model_id), "name": model.manifest.name}
+    report["files"] = files = {}
+    for entry in model.manifest.files:
+        try:
+            model.read_verified(entry.role)
+            files[entry.path] = "ok"
+        except ModelError as e:
+            files[entry.path] = str(e)
+    ok = all(v == "ok" for v in files.values())
+    if ok:
+        try:
+            report |= _determinism(model)
+            report["interface"] = "ok"
+        except ModelError as e:
+            report["interface"] = str(e)
+    else:
+        report["interface"] = "not checked (bad files)"
+    ok = ok and report["interface"] == "ok" and report["same_run_equal"] and report["threads_equal"]
+    report["ok"] = ok
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"model      {report['name']}  {report['model_id']}")
+        for path, status in files.items():
+            print(f"file       {path}: {status}")
+        print(f"interface  {report['interface']}")
+        for key in ("same_run_equal", "threads_equal"):
+            if key in report:
+                print(f"{key:<14} {'yes' if report[key] else 'NO'}")
+        print("ok" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def _determinism(model) -> dict:
+    """Run one small job twice with 1 thread and once with 2; compare bitwise."""
+    import numpy as np
+
+    from aipg.models import LLM, DiffusionParams, DiffusionRunner, LlmRunner, SamplingParams
+
+    prompt = "Determinism is a feature."
+    if model.manifest.kind == LLM:
+        params = SamplingParams(temperature_milli=800, top_k=40, max_tokens=16)
+
+        def job(threads: int):
+            runner = LlmRunner(model, threads=threads)
+            ids = runner.tokenizer.encode(prompt)
+            out = runner.generate(ids, params, seed=1)
+            return out.token_ids, runner.prefill(ids + out.token_ids)
+
+        def same(a, b) -> bool:
+            return a[0] == b[0] and np.array_equal(a[1], b[1])
+    else:
+        d = model.manifest.default_diffusion or DiffusionParams()
+        params = DiffusionParams(steps=4, width=d.width, height=d.height)
+
+        def job(threads: int):
+            out = DiffusionRunner(model, threads=threads).generate(prompt, params, seed=1)
+            return out.png, out.latents_final
+
+        def same(a, b) -> bool:
+            return a[0] == b[0] and np.array_equal(a[1], b[1])
+
+    first = job(1)
+    return {"same_run_equal": same(first, job(1)), "threads_equal": same(first, job(2))}
+
+
+# -- store -------------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace):
+    from aipg.models.store import ModelStore
+    from aipg.node.datadir import DataDir
+
+    return ModelStore(DataDir.resolve(args.data_dir).blobs_dir)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    mid = _store(args).add_model_dir(Path(args.model_dir))
+    print(_id(mid))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rows = []
+    for mid in store.model_ids():
+        manifest = store.manifest(mid)
+        missing = len(store.missing_files(mid))
+        rows.append(
+            {
+                "model_id": _id(mid),
+                "name": manifest.name,
+                "version": manifest.version,
+                "kind": manifest.kind,
+                "complete": missing == 0,
+            }
+        )
+    if args.json:
+        print(json.dumps({"models": rows}))
+    else:
+        for r in rows:
+            state = "" if r["complete"] else "  (incomplete)"
+            print(f"{r['model_id']}  {r['kind']:<9} {r['name']} {r['version']}{state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run only the ``models`` commands (for use before they are wired into the main CLI)."""
+    parser = argparse.ArgumentParser(prog=PROG)
+    data_dir_parent = argparse.ArgumentParser(add_help=False)
+    data_dir_parent.add_argument("--data-dir", metavar="DIR", help="node data dir")
+    add_parser(parser.add_subparsers(dest="command", required=True), data_dir_parent)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

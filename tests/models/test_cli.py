@@ -1,0 +1,75 @@
+"""`aipg-node models ...` through real subprocesses."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+
+def models(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "aipg.cli.models_cmd", "models", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def test_build_run_check_add_list(tmp_path):
+    r = models("build-demo", str(tmp_path / "demo"), "--json")
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    llm, diffusion = built["llm"]["dir"], built["diffusion"]["dir"]
+
+    r = models("run", llm, "--prompt", "Hello node", "--max-tokens", "12", "--seed", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["tokens"]) == 12 and out["output_hash"].startswith("sha256:")
+    again = models(
+        "run",
+        llm,
+        "--prompt",
+        "Hello node",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+        "--json",
+    )
+    assert json.loads(again.stdout)["output_hash"] == out["output_hash"]
+
+    png = tmp_path / "img.png"
+    r = models("run", diffusion, "--prompt", "a kite", "--steps", "3", "--out", str(png), "--json")
+    assert r.returncode == 0, r.stderr
+    image = json.loads(r.stdout)
+    assert image["output_hash"] == "sha256:" + hashlib.sha256(png.read_bytes()).hexdigest()
+
+    for model in (llm, diffusion):
+        r = models("check", model, "--json")
+        report = json.loads(r.stdout)
+        assert r.returncode == 0 and report["ok"], r.stdout
+        assert report["same_run_equal"] and report["threads_equal"]
+
+    data = str(tmp_path / "node")
+    assert models("add", llm, "--data-dir", data).stdout.strip() == built["llm"]["model_id"]
+    listed = json.loads(models("list", "--data-dir", data, "--json").stdout)["models"]
+    assert [m["model_id"] for m in listed] == [built["llm"]["model_id"]]
+
+
+def test_errors_are_one_line(tmp_path):
+    r = models("run", str(tmp_path), "--prompt", "x")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "manifest.json" in r.stderr
+    models("build-demo", str(tmp_path / "d"))
+    llm = str(tmp_path / "d" / "llm")
+    r = models("run", llm, "--prompt", "x", "--max-tokens", "1000000000")
+    assert r.returncode == 1 and "max_tokens" in r.stderr and "Traceback" not in r.stderr
+    r = models("run", llm, "--prompt", "x", "--steps", "4")
+    assert r.returncode == 1 and "--steps" in r.stderr
+    r = models("run", llm, "--prompt", "x", "--temperature", "0.0001")
+    assert r.returncode == 1 and "--temperature" in r.stderr
+    (tmp_path / "d" / "llm" / "model.onnx").write_bytes(b"broken")
+    r = models("check", llm)
+    assert r.returncode == 1 and "sha256" in r.stdout and "FAILED" in r.stdout
