@@ -32,7 +32,6 @@ from .manifest import (
     ModelId,
     check_manifest,
     load_model_dir,
-    model_id,
 )
 
 __all__ = ["BlobStore", "ModelStore", "fsync_dir"]
