@@ -66,7 +66,7 @@ def choose_token(logits: np.ndarray, params: SamplingParams, seed: int, step: in
     if logits.ndim != 1 or logits.size == 0:
         raise ValueError(f"logits must be a non-empty 1-D array, got shape {logits.shape}")
     if params.temperature_milli == 0:
-        return int(np.argmax(logits))
+        return int(logits.argmax())
     if not np.all(np.isfinite(logits)):
         raise ValueError("logits contain NaN or infinity")
     scaled = logits.astype(np.float64) * (1000.0 / params.temperature_milli)
