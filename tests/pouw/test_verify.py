@@ -1,0 +1,187 @@
+"""Worker execution and validator verification on the demo models, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aipg.models import DiffusionParams, SamplingParams
+from aipg.pouw import (
+    Certificate,
+    PouwError,
+    VerdictReason,
+    VoteCollector,
+    receipt_id,
+    validate_certificate,
+)
+from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
+from aipg.pouw.records import output_hash_image
+from aipg.pouw.validate import make_challenge
+from aipg.pouw.verify import challenge_steps, verdict_for, verify_diffusion, verify_llm
+from aipg.wire import decode, encode, sign
+
+from .world import World
+
+W = World()
+
+
+def llm_job(models, prompt="the grid pays for useful work", **params):
+    params.setdefault("max_tokens", 12)
+    return W.llm_job(
+        model_id=models.real.model.model_id, prompt=prompt, llm=SamplingParams(**params)
+    )
+
+
+def diffusion_job(models, prompt="a lighthouse at dusk", steps=20, seed=3):
+    return W.llm_job(
+        model_id=models.real.model.model_id,
+        prompt=prompt,
+        llm=None,
+        diffusion=DiffusionParams(steps=steps, width=64, height=64),
+        seed=seed,
+    )
+
+
+def test_llm_job_end_to_end_certificate(llm_models):
+    job = llm_job(llm_models, temperature_milli=800, top_k=40, top_p_milli=950)
+    a = W.assignment(job)
+    result = run_llm_job(llm_models.honest[3], job, a, W.worker)
+    assert decode(encode(result), type(result)) == result
+    r = result.receipt
+    assert r.output_tokens == len(result.output_token_ids) >= 1
+    assert len(result.commitment_data) == 8 * r.output_tokens
+    committee = W.committee(job, a)
+    collector = VoteCollector(job, a, r, committee, W.stakes)
+    cert = None
+    for key in committee:
+        check = verify_llm(llm_models.real, job, a, result)
+        assert check.valid, check
+        cert = collector.add(verdict_for(W.by_key[key], result, check)) or cert
+    assert isinstance(cert, Certificate)
+    validate_certificate(cert, W.stakes, W.finalized_hash)
+
+
+def test_verdicts_bind_the_validators_own_check(llm_models):
+    job = llm_job(llm_models)
+    a = W.assignment(job)
+    result = run_llm_job(llm_models.real, job, a, W.worker)
+    check = verify_llm(llm_models.real, job, a, result)
+    v1 = verdict_for(W.validators[0], result, check)
+    v2 = verdict_for(W.validators[1], result, check)
+    assert v1.check_hash != v2.check_hash  # the same data, bound to each key
+    assert v1.challenge != v2.challenge
+
+
+def test_llm_binding_failures_are_named(llm_models):
+    job = llm_job(llm_models)
+    a = W.assignment(job)
+    result = run_llm_job(llm_models.real, job, a, W.worker)
+    wrong_text = result.replace(text=result.text + "!")
+    assert verify_llm(llm_models.real, job, a, wrong_text).reason == VerdictReason.BINDING
+    check = verify_llm(llm_models.real, job, a, result, cost_milli=2000)
+    assert check.reason == VerdictReason.BINDING and "cost factor" in check.detail
+    cut = result.replace(commitment_data=result.commitment_data[:-8])
+    assert verify_llm(llm_models.real, job, a, cut).reason == VerdictReason.COMMITMENT
+    # Stopping early (fewer tokens, no end-of-sequence) breaks the stop rule.
+    from aipg.pouw.execute import llm_result
+
+    short = llm_result(
+        job,
+        a,
+        W.worker,
+        result.receipt.profile,
+        result.prompt_token_ids,
+        result.output_token_ids[:3],
+        llm_models.real.tokenizer.decode(list(result.output_token_ids[:3])),
+        llm_models.real.prefill(list(result.prompt_token_ids) + list(result.output_token_ids))[
+            len(result.prompt_token_ids) - 1 : len(result.prompt_token_ids) + 2
+        ],
+    )
+    check = verify_llm(llm_models.real, job, a, short)
+    assert check.reason == VerdictReason.TOKEN_MISMATCH and "stop rule" in check.detail
+
+
+def test_runner_must_host_the_jobs_model(llm_models):
+    job = llm_job(llm_models)
+    a = W.assignment(job)
+    with pytest.raises(PouwError, match="another model"):
+        run_llm_job(llm_models.other, job, a, W.worker)
+    with pytest.raises(PouwError, match="another worker"):
+        run_llm_job(llm_models.real, job, a, W.gateway)
+
+
+def serve_from(store):
+    return store.serve
+
+
+def test_diffusion_job_end_to_end(diffusion_models):
+    models = diffusion_models
+    job = diffusion_job(models)
+    a = W.assignment(job)
+    result, latents = run_diffusion_job(models.honest[1], job, a, W.worker)
+    assert len(result.latent_digests) == 21 and result.receipt.steps == 20
+    store = LatentStore()
+    store.put_result(result, latents)
+    for v in W.validators[:3]:
+        challenge = make_challenge(v, receipt_id(result.receipt))
+        check = verify_diffusion(models.real, job, a, result, store.serve, challenge)
+        assert check.valid, check
+    # Different validators re-run different steps.
+    picks = {
+        tuple(challenge_steps(make_challenge(v, receipt_id(result.receipt)), 20))
+        for v in W.validators
+    }
+    assert len(picks) > 1
+    store.release(receipt_id(result.receipt))
+    check = verify_diffusion(models.real, job, a, result, store.serve, challenge)
+    assert check.reason == VerdictReason.UNAVAILABLE
+
+
+def test_diffusion_tampering_is_caught(diffusion_models):
+    models = diffusion_models
+    job = diffusion_job(models, seed=9)
+    a = W.assignment(job)
+    result, latents = run_diffusion_job(models.real, job, a, W.worker)
+    rid = receipt_id(result.receipt)
+    challenge = make_challenge(W.validators[0], rid)
+    chosen = challenge_steps(challenge, 20)
+
+    # A served latent that is not the committed one.
+    store = LatentStore()
+    bad = [x.copy() for x in latents]
+    bad[chosen[0]] += np.float32(1e-3)
+    store.put(rid, bad)
+    check = verify_diffusion(models.real, job, a, result, store.serve, challenge)
+    assert check.reason == VerdictReason.CHAIN
+
+    # An image that is not the decoded final latent.
+    store.put(rid, latents)
+    other_png = models.real.decode(latents[0])
+    forged = result.replace(
+        image=other_png,
+        receipt=sign(result.receipt.replace(output_hash=output_hash_image(other_png)), W.worker),
+    )
+    store.put(receipt_id(forged.receipt), latents)
+    check = verify_diffusion(models.real, job, a, forged, store.serve, challenge)
+    assert check.reason == VerdictReason.DECODE
+
+    # Not a PNG at all.
+    junk = result.replace(image=b"\x89PNG\r\n\x1a\nnot really")
+    check = verify_diffusion(models.real, job, a, junk, store.serve, challenge)
+    assert check.reason == VerdictReason.BINDING  # its hash no longer matches the receipt
+
+
+def test_latent_store_bounds_and_errors():
+    store = LatentStore(capacity=2)
+    x = [np.zeros((1, 4, 8, 8), np.float32)]
+    for i in range(3):
+        store.put(bytes([i]) * 32, x)
+    from aipg.pouw import LatentRequest
+
+    with pytest.raises(PouwError, match="no latents"):
+        store.serve(LatentRequest(receipt_id=bytes(32), steps=(0,)))
+    with pytest.raises(PouwError, match="out of range"):
+        store.serve(LatentRequest(receipt_id=bytes([2]) * 32, steps=(1,)))
+    assert store.serve(LatentRequest(receipt_id=bytes([2]) * 32, steps=(0,))).latents[0] == bytes(
+        1024
+    )
