@@ -17,7 +17,10 @@ PROG = "aipg-node"
 # that `aipg-node --version` does not import onnxruntime or the network stack.
 COMMAND_MODULES = (
     "aipg.cli.keys_cmd",
+    "aipg.cli.models_cmd",
     "aipg.cli.chain_cmd",
+    "aipg.cli.node_cmd",
+    "aipg.cli.client_cmd",
 )
 
 
@@ -57,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except BaseExceptionGroup as group:
+            raise _single_error(group) from None
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -72,6 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+
+
+def _single_error(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside nested trio exception groups (or the group itself)."""
+    leaves = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ class NodeConfig:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     bootstrap: tuple[str, ...] = ()
     max_peers: int = 50
-    api: str = ""  # "HOST:PORT" serves the HTTP API (gateway role); empty: no API
+    api: str = (
+        ""  # "HOST:PORT" serves the HTTP API (gateway role; port 0: any free port); empty: no API
+    )
     free_tier_per_minute: int = 30
     host_model: tuple[str, ...] = ()  # model ids or model directories (worker role)
     threads: int = 0  # ONNX intra-op threads; 0 = one per core
@@ -48,7 +50,7 @@ class NodeConfig:
                     raise ConfigError(f"{key}: {e}") from None
         if self.api:
             host, sep, port = self.api.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ConfigError(
                     f"api: expected HOST:PORT such as 127.0.0.1:8080, got {self.api!r}"
                 )

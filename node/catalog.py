@@ -1,0 +1,129 @@
+"""The models a node knows: the ones it hosts (files on disk, runners loaded on first
+use) and the ones announced on ``/aipg/1/models`` by publishers.
+
+Runners are built lazily and kept: an ONNX session costs seconds to create and each
+hosted model keeps one for executing jobs and one for verifying (a verifier's prefill
+must not wait behind a worker's generation).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aipg.models import (
+    DIFFUSION,
+    LLM,
+    DiffusionRunner,
+    LlmRunner,
+    Manifest,
+    ModelDir,
+    Tokenizer,
+    load_model_dir,
+    model_id,
+    model_id_text,
+)
+from aipg.wire import WireError, parse_content_id
+
+# Work units per token (LLM) or per step and latent pixel (diffusion), x 1000, for a
+# model whose manifest names no cost factor: 1 unit per token, 1/1000 unit per pixel-step.
+DEFAULT_COST_MILLI = {LLM: 1000, DIFFUSION: 1}
+
+
+@dataclass
+class KnownModel:
+    manifest: Manifest
+    model_dir: ModelDir | None  # None: announced, not hosted here
+    first_seen: int
+    _runners: dict[str, object] = field(default_factory=dict)
+    _tokenizer: Tokenizer | None = None
+
+    @property
+    def id(self) -> bytes:
+        return model_id(self.manifest)
+
+    @property
+    def id_text(self) -> str:
+        return model_id_text(self.id)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def cost_milli(self) -> int:
+        return DEFAULT_COST_MILLI[self.kind]
+
+    @property
+    def context_length(self) -> int:
+        return self.manifest.llm.context_length if self.manifest.llm else 0
+
+
+class ModelCatalog:
+    """Thread-safe for runner creation (runners are used from worker threads)."""
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads or None
+        self._models: dict[bytes, KnownModel] = {}
+        self._lock = threading.Lock()
+
+    def host(self, path: str | Path) -> KnownModel:
+        """Host the model in directory ``path``; checks every file's hash now."""
+        md = load_model_dir(path)
+        md.verify_all()
+        known = KnownModel(md.manifest, md, int(time.time()))
+        existing = self._models.get(known.id)
+        if existing is not None and existing.model_dir is not None:
+            return existing
+        self._models[known.id] = known
+        return known
+
+    def announce(self, manifest: Manifest) -> KnownModel:
+        """Record a model announced by a publisher (not hosted here)."""
+        mid = model_id(manifest)
+        if mid not in self._models:
+            self._models[mid] = KnownModel(manifest, None, int(time.time()))
+        return self._models[mid]
+
+    def get(self, mid: bytes) -> KnownModel | None:
+        return self._models.get(mid)
+
+    def hosted(self) -> list[KnownModel]:
+        return [m for m in self._models.values() if m.model_dir is not None]
+
+    def all(self) -> list[KnownModel]:
+        return sorted(self._models.values(), key=lambda m: (m.manifest.name, m.id))
+
+    def resolve(self, name_or_id: str) -> KnownModel | None:
+        """A model by id text (``sha256:...``) or manifest name."""
+        if name_or_id.startswith("sha256:"):
+            try:
+                return self._models.get(parse_content_id(name_or_id))
+            except WireError:
+                return None
+        matches = [m for m in self._models.values() if m.manifest.name == name_or_id]
+        hosted = [m for m in matches if m.model_dir is not None]
+        return (hosted or matches or [None])[0]
+
+    def runner(self, model: KnownModel, purpose: str = "work"):
+        """The model's LlmRunner / DiffusionRunner for ``purpose`` ("work" or "verify")."""
+        if model.model_dir is None:
+            raise LookupError(f"model {model.manifest.name} is not hosted on this node")
+        with self._lock:
+            r = model._runners.get(purpose)
+            if r is None:
+                cls = LlmRunner if model.kind == LLM else DiffusionRunner
+                r = cls(model.model_dir, threads=self.threads)
+                model._runners[purpose] = r
+            return r
+
+    def tokenizer(self, model: KnownModel) -> Tokenizer | None:
+        if model.kind != LLM or model.model_dir is None:
+            return None
+        with self._lock:
+            if model._tokenizer is None:
+                info = model.manifest.tokenizer
+                model._tokenizer = Tokenizer(model.model_dir.read_verified(info.role), info)
+            return model._tokenizer

@@ -1,0 +1,322 @@
+"""The chain service: ledger state, mempool, Tendermint consensus over gossip, block
+production with the certified work the node has seen.
+
+The pure parts live in :mod:`aipg.stake`: the ledger (``apply_block``), the consensus
+state machine (:class:`aipg.stake.consensus.Consensus`) and the sign-record. This
+module is their async shell:
+
+- messages on ``/aipg/1/consensus`` go into the machine; its effects come out as
+  gossip (Broadcast), trio timers (ScheduleTimeout), applied blocks (Decide) and
+  double-sign evidence for the next block (Evidence);
+- after a decision the next height starts once the target block time has passed
+  since the last block (Tendermint's timeout_commit), so blocks come at the genesis'
+  pace rather than as fast as the network can vote;
+- a proposal carries the mempool's valid transactions and the certificates and fraud
+  evidence the :class:`~aipg.node.work.WorkTracker` has decided but no block has yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import trio
+
+from aipg.gossip import GossipHost
+from aipg.pouw import Certificate, FraudEvidence, PouwError
+from aipg.stake.block import Block, Commit, DoubleSignEvidence, ProposalMessage, Vote
+from aipg.stake.builder import make_block
+from aipg.stake.consensus import Broadcast, Consensus, Decide, Evidence, ScheduleTimeout, Timeouts
+from aipg.stake.ledger import apply_block, check_transaction
+from aipg.stake.state import State
+from aipg.stake.tokenomics import split_reward
+from aipg.stake.tx import Transaction, TxKind, make_tx
+from aipg.stake.types import LedgerError
+from aipg.wire import Address, Identity, WireError, decode, encode, require_signature
+
+from .messages import topic
+
+if TYPE_CHECKING:
+    from .work import WorkTracker
+
+log = logging.getLogger("aipg.node.chain")
+
+MAX_MEMPOOL = 10_000
+MAX_BLOCK_TXS = 1_000
+MAX_BLOCK_CERTS = 500
+
+
+class ChainService:
+    """Owns the node's view of the chain. ``identity`` votes and proposes when the node
+    is a validator (None: follow only)."""
+
+    def __init__(
+        self,
+        state: State,
+        host: GossipHost,
+        identity: Identity | None,
+        sign_record,
+        tracker: WorkTracker,
+        now_ms: Callable[[], int],
+        store=None,
+    ):
+        self.state = state
+        self.host = host
+        self.identity = identity
+        self.sign_record = sign_record
+        self.tracker = tracker
+        self.now_ms = now_ms
+        self.store = store
+        self.mempool: OrderedDict[bytes, Transaction] = OrderedDict()
+        self.evidence: list[DoubleSignEvidence] = []
+        self.blocks: dict[int, tuple[Block, Commit]] = {}
+        self.job_rewards: dict[bytes, int] = {}
+        self.new_block = trio.Event()
+        self._timers: trio.Nursery | None = None
+        self.consensus = Consensus(
+            chain_id=state.chain_id,
+            height=state.height + 1,
+            validators=state.validators,
+            app=self,
+            identity=identity,
+            sign_record=sign_record,
+            timeouts=Timeouts.from_params(state.params),
+        )
+        self._last_block_ms = now_ms()
+
+    # -- queries (WorkTracker's ChainView, gateway, API) ------------------------------------
+
+    @property
+    def height(self) -> int:
+        return self.state.height
+
+    @property
+    def committee_size(self) -> int:
+        return self.state.params.committee_size
+
+    def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
+        return self.state.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int) -> bytes | None:
+        return self.state.block_hash_at(height)
+
+    def bond_of(self, key: bytes) -> int:
+        return self.state.bond(key).stake
+
+    def work_paid(self, job_id: bytes) -> int | None:
+        return self.job_rewards.get(job_id)
+
+    def next_nonce(self, address: bytes) -> int:
+        """The account's next nonce, counting its transactions waiting in the mempool."""
+        nonce = self.state.account(address).nonce
+        pending = [tx.nonce for tx in self.mempool.values() if tx.sender == address]
+        return max([nonce, *(n + 1 for n in pending)])
+
+    # -- transactions -----------------------------------------------------------------------
+
+    async def submit_tx(self, tx: Transaction) -> bytes:
+        """Check ``tx`` against the state (with the mempool ahead of it), keep it and
+        gossip it. Returns its id; raises LedgerError saying why it is refused."""
+        txid = self._admit(tx)
+        await self.host.publish(topic("txs"), encode(tx))
+        return txid
+
+    def _admit(self, tx: Transaction) -> bytes:
+        try:
+            require_signature(tx)
+        except WireError as e:
+            raise LedgerError(f"transaction {e.reason}") from None
+        txid = _tx_id(tx)
+        if txid in self.mempool:
+            return txid
+        if len(self.mempool) >= MAX_MEMPOOL:
+            raise LedgerError("the mempool is full; try again in a few blocks")
+        scratch = self._state_with_mempool()
+        check_transaction(scratch, tx)
+        self.mempool[txid] = tx
+        return txid
+
+    def _state_with_mempool(self) -> State:
+        from aipg.stake.ledger import apply_transaction
+
+        s = self.state.copy()
+        for tx in self.mempool.values():
+            try:
+                check_transaction(s, tx)
+                apply_transaction(s, tx, self.identity.public_bytes if self.identity else bytes(32))
+            except LedgerError:
+                continue
+        return s
+
+    async def escrow(self, payer: Identity, job_id: bytes, fee: int) -> None:
+        """Lock a paid job's fee from ``payer``'s account (a signed ESCROW transaction).
+        Raises ValueError saying why the ledger refuses it."""
+        tx = make_tx(
+            payer,
+            self.state.chain_id,
+            TxKind.ESCROW,
+            self.next_nonce(Address.from_public_key(payer.public_bytes).raw),
+            amount=fee,
+            job_id=job_id,
+        )
+        try:
+            await self.submit_tx(tx)
+        except LedgerError as e:
+            raise ValueError(str(e)) from None
+
+    # -- consensus Application ------------------------------------------------------------
+
+    def propose(self, height: int, round_: int) -> Block:
+        assert self.identity is not None
+        scratch = self.state.copy()
+        txs = []
+        from aipg.stake.ledger import apply_transaction
+
+        for tx in list(self.mempool.values())[:MAX_BLOCK_TXS]:
+            try:
+                check_transaction(scratch, tx)
+                apply_transaction(scratch, tx, self.identity.public_bytes)
+                txs.append(tx)
+            except LedgerError:
+                continue
+        certs, frauds = self.tracker.pending_outcomes()
+        certs = [c for c in certs if c.receipt.job_id not in self.state.certified][:MAX_BLOCK_CERTS]
+        last_commit = (
+            self.blocks[self.state.height][1] if self.state.height in self.blocks else None
+        )
+        block = make_block(
+            self.state,
+            self.identity.public_bytes,
+            time_ms=max(self.now_ms(), self.state.time_ms + 1),
+            last_commit=last_commit,
+            transactions=txs,
+            certificates=certs,
+            double_signs=self.evidence[:10],
+            frauds=frauds[:MAX_BLOCK_CERTS],
+        )
+        if not self.valid(block):
+            # Something in the pools no longer applies (e.g. a certificate too old):
+            # propose the transactions alone rather than nothing at all.
+            block = make_block(
+                self.state,
+                self.identity.public_bytes,
+                time_ms=block.header.time_ms,
+                last_commit=last_commit,
+                transactions=txs,
+            )
+        return block
+
+    def valid(self, block: Block) -> bool:
+        try:
+            apply_block(self.state, block)
+        except (LedgerError, PouwError) as e:
+            log.info("block %d is not valid: %s", block.height, e)
+            return False
+        return True
+
+    # -- the async shell ----------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._timers = nursery
+            task_status.started()
+            await self._carry_out(self.consensus.start())
+            await trio.sleep_forever()
+
+    async def on_consensus_message(self, msg: ProposalMessage | Vote) -> None:
+        await self._carry_out(self.consensus.on_message(msg))
+
+    def on_tx(self, tx: Transaction) -> None:
+        try:
+            self._admit(tx)
+        except LedgerError as e:
+            log.debug("tx from gossip refused: %s", e)
+
+    async def _carry_out(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, Broadcast):
+                await self.host.publish(topic("consensus"), encode(effect.message))
+                # Gossip does not deliver our own messages back to us.
+                await self._carry_out(self.consensus.on_message(effect.message))
+            elif isinstance(effect, ScheduleTimeout):
+                self._timers.start_soon(self._timeout, effect)
+            elif isinstance(effect, Decide):
+                await self._decide(effect.block, effect.commit)
+            elif isinstance(effect, Evidence):
+                self.evidence.append(effect.evidence)
+
+    async def _timeout(self, t: ScheduleTimeout) -> None:
+        await trio.sleep(t.delay_ms / 1000)
+        await self._carry_out(self.consensus.on_timeout(t.height, t.round, t.step))
+
+    async def _decide(self, block: Block, commit: Commit) -> None:
+        if block.height != self.state.height + 1:
+            return
+        rewards = self._job_rewards(block)
+        new_state = apply_block(self.state, block)
+        if self.store is not None:
+            await trio.to_thread.run_sync(self.store.append, block, commit, new_state)
+        self.state = new_state
+        self.blocks[block.height] = (block, commit)
+        self.job_rewards.update(rewards)
+        for cert in block.body.certificates:
+            self.tracker.mark_included(cert.receipt.job_id, block.height)
+        for ev in block.body.frauds:
+            self.tracker.mark_included(ev.receipt.job_id, block.height)
+        included = {_tx_id(tx) for tx in block.body.transactions}
+        for txid in list(self.mempool):
+            if txid in included:
+                del self.mempool[txid]
+        self.evidence = [e for e in self.evidence if e not in block.body.double_signs]
+        log.info(
+            "block %d: %d tx, %d certificate(s), %d fraud(s); proposer %s",
+            block.height,
+            len(block.body.transactions),
+            len(block.body.certificates),
+            len(block.body.frauds),
+            block.header.proposer.hex()[:8],
+        )
+        self.new_block.set()
+        self.new_block = trio.Event()
+        self._timers.start_soon(self._next_height)
+
+    async def _next_height(self) -> None:
+        """Tendermint's timeout_commit: pace heights at the target block time."""
+        target = self.state.params.target_block_time_ms
+        wait_ms = self._last_block_ms + target - self.now_ms()
+        if wait_ms > 0:
+            await trio.sleep(wait_ms / 1000)
+        self._last_block_ms = self.now_ms()
+        await self._carry_out(self.consensus.next_height(self.state.validators))
+
+    def _job_rewards(self, block: Block) -> dict[bytes, int]:
+        """What each certified job in ``block`` pays its worker: its share of the work
+        pool by work units, plus its escrowed fee (paid tier)."""
+        certs = block.body.certificates
+        if not certs:
+            return {}
+        reward = self.state.emission.block_reward(block.height)
+        pool = self.state.work_pool + split_reward(self.state.params, reward).work
+        total = sum(c.receipt.work_units for c in certs)
+        out = {}
+        for c in certs:
+            escrow = self.state.escrows.get(c.receipt.job_id)
+            out[c.receipt.job_id] = pool * c.receipt.work_units // total + (
+                escrow.amount if escrow else 0
+            )
+        return out
+
+    def decode_consensus(self, data: bytes) -> ProposalMessage | Vote:
+        return decode(data, (ProposalMessage, Vote))
+
+
+def _tx_id(tx: Transaction) -> bytes:
+    from aipg.wire.codec import record_digest
+
+    return record_digest(tx)
+
+
+# Re-exported for the node's topic handlers.
+__all__ = ["Certificate", "ChainService", "FraudEvidence"]

@@ -1,0 +1,84 @@
+"""Native chain routes of the HTTP API: accounts and signed transactions.
+
+``GET /api/v1/accounts/{address}`` — balance, bond, unbonding and next nonce.
+``POST /api/v1/txs`` with ``{"tx": "<base64 of a signed Transaction>"}`` — checked
+against the ledger (with the mempool ahead of it), kept and gossiped; a refused
+transaction is a 400 saying why (the ledger's own words).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from aipg.stake.tx import Transaction
+from aipg.stake.types import LedgerError
+from aipg.wire import Address, WireError, decode, format_amount
+
+from .api import ApiError, error_response, invalid, json_response, read_json_object
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+MAX_TX_BODY = 64 * 1024
+
+
+def add_chain_routes(app: Starlette, node: Node) -> None:
+    async def account(request: Request):
+        text = request.path_params["address"]
+        try:
+            address = Address.from_string(text)
+        except WireError as e:
+            return error_response(invalid(f"not an account address: {e}", "address"))
+        s = node.chain.state
+        acct = s.account(address.raw)
+        bonded = unbonding = 0
+        for key, bond in s.bonds.items():
+            if Address.from_public_key(key) == address:
+                bonded = bond.stake
+                unbonding = s.unbonding_total(key)
+        return json_response(
+            {
+                "address": str(address),
+                "balance": format_amount(acct.balance),
+                "balance_units": acct.balance,
+                "bonded": format_amount(bonded),
+                "bonded_units": bonded,
+                "unbonding": format_amount(unbonding),
+                "unbonding_units": unbonding,
+                "next_nonce": node.chain.next_nonce(address.raw),
+                "height": s.height,
+            }
+        )
+
+    async def submit_tx(request: Request):
+        try:
+            body = await read_json_object(request, MAX_TX_BODY)
+            raw = body.get("tx")
+            if not isinstance(raw, str):
+                raise invalid('expected {"tx": "<base64 of a signed transaction>"}', "tx")
+            try:
+                data = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise invalid("tx is not base64", "tx") from None
+            try:
+                tx = decode(data, Transaction)
+            except WireError as e:
+                raise invalid(f"not a transaction: {e}", "tx") from None
+            try:
+                txid = await node.chain.submit_tx(tx)
+            except LedgerError as e:
+                raise invalid(f"transaction refused: {e}", "tx", "tx_refused") from None
+        except ApiError as e:
+            return error_response(e)
+        return json_response({"tx_id": txid.hex(), "accepted": True})
+
+    app.router.routes[0:0] = [
+        Route("/api/v1/accounts/{address}", account, methods=["GET"]),
+        Route("/api/v1/txs", submit_tx, methods=["POST"]),
+    ]

@@ -1,0 +1,279 @@
+"""`aipg-node devnet` and `make demo`: plan, start, drive and watch a local devnet.
+
+The jobs go through the gateway's OpenAI-compatible API with the official ``openai``
+client, the way any user's tools would send them; their fate (receipt, verdicts,
+certificate, block) is read back from the native API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+import trio
+
+from .apikeys import ApiKeyStore
+from .datadir import DataDir
+from .devnet import Devnet, DevnetError, DevnetPlan, plan_devnet
+
+LLM_PROMPTS = (
+    "The grid pays for useful work",
+    "Validators check every receipt",
+    "A node hosts a model and",
+)
+IMAGE_PROMPT = "a lighthouse over a calm sea"
+
+
+def build_demo_models(models_dir: Path) -> dict[str, str]:
+    """Build the demo models (seeded, byte-identical on every run) into ``models_dir``."""
+    from aipg.models import build_demo
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    llm, diffusion = build_demo(models_dir)
+    return {"llm": str(llm), "diffusion": str(diffusion)}
+
+
+@dataclass
+class DemoJob:
+    label: str
+    tier: str
+    kind: str
+    job_id: str = ""
+    view: dict = field(default_factory=dict)
+    output: str = ""
+
+
+class DevnetDriver:
+    """Sends the demo jobs and follows them to their blocks."""
+
+    def __init__(self, devnet: Devnet, api_key: str, out: TextIO):
+        self.devnet = devnet
+        self.api_key = api_key
+        self.out = out
+        self.gateway = devnet.node(0).api_url
+        self.http = httpx.AsyncClient(base_url=self.gateway, timeout=60.0)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def models(self) -> dict[str, dict]:
+        r = await self.http.get("/v1/models")
+        r.raise_for_status()
+        return {m.get("kind", "llm"): m for m in r.json()["data"]}
+
+    def _openai(self, paid: bool):
+        import openai
+
+        key = self.api_key if paid else "free-tier"
+        return openai.OpenAI(
+            base_url=self.gateway + "/v1", api_key=key, max_retries=0, timeout=120.0
+        )
+
+    async def run_job(self, job: DemoJob, models: dict[str, dict], image_path: Path) -> None:
+        paid = job.tier == "paid"
+        client = self._openai(paid)
+        headers = {} if paid else {"Authorization": ""}
+        if job.kind == "image":
+            model = models["diffusion"]["id"]
+            r = await trio.to_thread.run_sync(
+                lambda: client.with_options(default_headers=headers).images.generate(
+                    model=model, prompt=IMAGE_PROMPT, size="64x64", response_format="b64_json", n=1
+                )
+            )
+            image_path.write_bytes(base64.b64decode(r.data[0].b64_json))
+            job.job_id = getattr(r, "id", None) or (r.model_extra or {}).get("id", "")
+            job.output = f"image written to {image_path}"
+        elif job.label.startswith("stream"):
+            model = models["llm"]["id"]
+
+            def stream() -> tuple[str, str]:
+                chunks = client.with_options(default_headers=headers).chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": LLM_PROMPTS[1]}],
+                    max_tokens=24,
+                    stream=True,
+                    seed=11,
+                )
+                text, jid = [], ""
+                for chunk in chunks:
+                    jid = chunk.id
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        text.append(chunk.choices[0].delta.content)
+                return jid, "".join(text)
+
+            job.job_id, job.output = await trio.to_thread.run_sync(stream)
+        else:
+            model = models["llm"]["id"]
+            prompt = LLM_PROMPTS[2] if paid else LLM_PROMPTS[0]
+            r = await trio.to_thread.run_sync(
+                lambda: client.with_options(default_headers=headers).completions.create(
+                    model=model, prompt=prompt, max_tokens=24, seed=5
+                )
+            )
+            job.job_id, job.output = r.id, r.choices[0].text
+        self.say(f"  {job.label:<10} {job.tier:<5} job {job.job_id[:18]}…  {job.output[:60]!r}")
+
+    async def wait_certified(self, jobs: list[DemoJob], deadline: float) -> None:
+        pending = [j for j in jobs if j.job_id]
+        while pending:
+            for job in list(pending):
+                r = await self.http.get(f"/api/v1/jobs/{job.job_id}")
+                if r.status_code == 200:
+                    job.view = r.json()
+                    if job.view.get("block_height") is not None:
+                        pending.remove(job)
+                        self.say(f"  {job.label:<10} certified in block {job.view['block_height']}")
+            if time.monotonic() > deadline:
+                raise DevnetError(
+                    f"{len(pending)} job(s) not certified in time: {[j.label for j in pending]}"
+                )
+            if pending:
+                await trio.sleep(0.5)  # polling remote processes over HTTP
+
+    async def balances(self, plan: DevnetPlan) -> list[tuple[str, str, str]]:
+        rows = [("operations wallet", plan.operations_wallet), ("paid client", plan.client_address)]
+        rows += [(f"node{n.index} (validator, worker)", n.address) for n in plan.nodes]
+        out = []
+        for name, address in rows:
+            r = await self.http.get(f"/api/v1/accounts/{address}")
+            a = r.json()
+            out.append((name, a.get("balance", "?"), a.get("bonded", "?")))
+        return out
+
+    async def live_line(self) -> str:
+        parts = []
+        for n in self.devnet.nodes:
+            try:
+                r = await self.http.get(n.api_url + "/api/v1/status", timeout=2.0)
+                s = r.json()
+                parts.append(
+                    f"node{n.plan.index}: h={s.get('height')} peers={len(s.get('peers', []))}"
+                )
+            except (httpx.HTTPError, ValueError):
+                parts.append(f"node{n.plan.index}: down")
+        return " | ".join(parts)
+
+
+def print_table(out: TextIO, jobs: list[DemoJob]) -> None:
+    header = ("job", "tier", "worker", "work units", "verdicts", "block", "reward paid (AIPG)")
+    rows = []
+    for j in jobs:
+        v = j.view
+        votes = v.get("verdicts", [])
+        valid = sum(1 for x in votes if x.get("valid"))
+        rows.append(
+            (
+                j.label,
+                j.tier,
+                (v.get("worker") or "")[:14] + "…",
+                str(v.get("work_units", "")),
+                f"{valid}/{len(votes)} valid",
+                str(v.get("block_height", "")),
+                v.get("reward", ""),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)), file=out)
+
+
+async def drive_devnet(
+    plan: DevnetPlan, *, jobs: int, exit_when_done: bool, timeout: float, out: TextIO
+) -> int:
+    deadline = time.monotonic() + timeout
+    api_key = ApiKeyStore(DataDir.resolve(plan.nodes[0].data_dir)).add(
+        "devnet client", plan.client_key
+    )
+    async with Devnet(plan) as devnet:
+        t0 = time.monotonic()
+        await devnet.start(progress=lambda m: print(f"  {m}", file=out, flush=True))
+        print(
+            f"{len(devnet.nodes)} nodes up in {time.monotonic() - t0:.1f} s; gateway {devnet.node(0).api_url}",
+            file=out,
+            flush=True,
+        )
+        driver = DevnetDriver(devnet, api_key, out)
+        if jobs:
+            await _run_jobs(driver, plan, jobs, deadline)
+            if exit_when_done:
+                return 0
+        print("live view (Ctrl-C stops every node):", file=out, flush=True)
+        while time.monotonic() < deadline:
+            print("  " + await driver.live_line(), file=out, flush=True)
+            await trio.sleep(2.0)
+    return 0
+
+
+async def _run_jobs(driver: DevnetDriver, plan: DevnetPlan, count: int, deadline: float) -> None:
+    models = await driver.models()
+    kinds = [
+        ("completion", "free", "llm"),
+        ("stream-chat", "free", "llm"),
+        ("completion", "paid", "llm"),
+        ("image", "free", "image"),
+    ]
+    jobs = [
+        DemoJob(f"{label}{'' if i < len(kinds) else i}", tier, kind)
+        for i, (label, tier, kind) in enumerate(kinds[i % len(kinds)] for i in range(count))
+    ]
+    image_path = Path(plan.root) / "image.png"
+    driver.say(f"submitting {len(jobs)} job(s) through the OpenAI-compatible API:")
+    for job in jobs:
+        await driver.run_job(job, models, image_path)
+    driver.say("waiting until every receipt is certified in a finalized block:")
+    await driver.wait_certified(jobs, deadline)
+    driver.say("\njobs:")
+    print_table(driver.out, jobs)
+    driver.say("\nbalances:")
+    for name, balance, bonded in await driver.balances(plan):
+        driver.say(f"  {name:<28} balance {balance:>16}   bonded {bonded:>10}")
+    if any(j.kind == "image" for j in jobs):
+        driver.say(f"\nimage: {image_path}")
+
+
+def run_devnet_cli(
+    *,
+    root: Path,
+    nodes: int,
+    block_time_ms: int,
+    jobs: int,
+    exit_when_done: bool,
+    timeout: float,
+    out: TextIO,
+) -> int:
+    """Plan a fresh devnet under ``root`` and run it (see ``aipg-node devnet --help``)."""
+    t0 = time.monotonic()
+    plan = plan_devnet(
+        root,
+        nodes,
+        block_time_ms=block_time_ms,
+        build_models=build_demo_models,
+        progress=lambda m: print(f"  {m}", file=out, flush=True),
+    )
+    print(
+        f"devnet {plan.chain_id}: {nodes} node(s) in {root} (planned in {time.monotonic() - t0:.1f} s)",
+        file=out,
+        flush=True,
+    )
+    try:
+        return trio.run(
+            lambda: drive_devnet(
+                plan, jobs=jobs, exit_when_done=exit_when_done, timeout=timeout, out=out
+            )
+        )
+    except KeyboardInterrupt:
+        print("stopped", file=out)
+        return 130
+
+
+def summary_json(plan: DevnetPlan) -> str:
+    return json.dumps({"chain_id": plan.chain_id, "nodes": [n.peer_id for n in plan.nodes]})
+
+
+ProgressFn = Callable[[str], None]

@@ -1,0 +1,381 @@
+"""The gateway role: turn client requests into signed jobs, schedule them on workers,
+and follow them to their certificates and blocks.
+
+Implements :class:`aipg.node.gateway_api.Gateway` for the HTTP API. A request becomes
+a Job signed by this node, gossiped on ``jobs``; workers' Claims and Results arrive on
+the ``job`` protocol; the pure :class:`aipg.pouw.Scheduler` picks the worker and
+reassigns on timeout. Paid-tier jobs escrow their fee from the client's account (a
+signed ESCROW transaction) before they are published.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from aipg.gossip import GossipError, GossipHost
+from aipg.models import DIFFUSION, LLM, DiffusionParams, SamplingParams, model_id_text
+from aipg.pouw import Claim, Job, PouwError, Tier, job_id
+from aipg.pouw.schedule import JobState, Scheduler, SchedulerConfig
+from aipg.wire import UNITS_PER_AIPG, Address, PeerId, encode, format_amount, sign
+
+from .apikeys import ApiKeyStore
+from .catalog import KnownModel, ModelCatalog
+from .gateway_api import (
+    BadRequest,
+    CompletionRequest,
+    CompletionResult,
+    ImageRequest,
+    ImageResult,
+    InsufficientFunds,
+    JobFailed,
+    ModelInfo,
+    Overloaded,
+    PaidAccount,
+    StreamText,
+    TextCallback,
+    UnknownModel,
+)
+from .messages import PROTO_JOB, WorkReport, topic
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+log = logging.getLogger("aipg.node.gateway")
+
+JOB_DEADLINE_MS = 90_000  # a job not done by then fails (its escrow can be reclaimed)
+TICK_S = 0.1
+MAX_OPEN_JOBS = 256
+# Paid tier: the fee a job escrows, per generated token / per diffusion step.
+PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
+PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
+
+
+@dataclass
+class GatewayJob:
+    job: Job
+    tier: str
+    client: str
+    done: trio.Event = field(default_factory=trio.Event)
+    report: WorkReport | None = None
+    failed: str = ""
+
+
+class GatewayService:
+    def __init__(self, node: Node, host: GossipHost, catalog: ModelCatalog):
+        self.node = node
+        self.identity = node.identity
+        self.host = host
+        self.catalog = catalog
+        self.scheduler = Scheduler(
+            self.identity,
+            bond_of=lambda key: node.chain.bond_of(key),
+            config=SchedulerConfig(
+                claim_window_ms=150, attempt_timeout_ms=45_000, trusted_min_bond=0
+            ),
+        )
+        self.api_keys = ApiKeyStore(node.data_dir)
+        self.jobs: dict[bytes, GatewayJob] = {}
+        self._nonce = secrets.randbits(48)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(TICK_S)
+            await self._tick()
+
+    async def _tick(self) -> None:
+        now = self.node.now_ms()
+        for assignment in self.scheduler.tick(now, self.node.chain.height):
+            worker = PeerId.from_public_key(assignment.worker)
+            try:
+                await self.host.request(worker, PROTO_JOB, encode(assignment), timeout=5.0)
+            except GossipError as e:
+                log.info(
+                    "assignment of job %s to %s not delivered: %s",
+                    assignment.job_id.hex()[:12],
+                    worker.short(),
+                    e,
+                )
+        for jid, entry in list(self.jobs.items()):
+            if not entry.done.is_set() and self.scheduler.state(jid) is JobState.FAILED:
+                entry.failed = "no worker finished the job before its deadline"
+                entry.done.set()
+
+    # -- job protocol (claims and results from workers) ----------------------------------
+
+    def on_claim(self, claim: Claim) -> None:
+        self.scheduler.on_claim(claim, self.node.now_ms())
+
+    def on_report(self, report: WorkReport) -> None:
+        jid = report.result.receipt.job_id
+        entry = self.jobs.get(jid)
+        if entry is None:
+            raise PouwError("report.job_id", "not a job of this gateway")
+        self.node.tracker.check_report(report)
+        self.scheduler.on_receipt(report.result.receipt, self.node.now_ms())
+        entry.report = report
+        entry.done.set()
+
+    # -- Gateway protocol: models ----------------------------------------------------------
+
+    def _info(self, m: KnownModel) -> ModelInfo:
+        return ModelInfo(
+            m.id_text,
+            m.manifest.name,
+            "llm" if m.kind == LLM else "diffusion",
+            m.context_length,
+            m.first_seen,
+        )
+
+    def list_models(self) -> list[ModelInfo]:
+        return [self._info(m) for m in self.catalog.all()]
+
+    def resolve_model(self, name_or_id: str) -> ModelInfo | None:
+        m = self.catalog.resolve(name_or_id)
+        return self._info(m) if m else None
+
+    def _model(self, name_or_id: str, kind: str) -> KnownModel:
+        m = self.catalog.resolve(name_or_id)
+        if m is None:
+            raise UnknownModel(f"the model {name_or_id!r} does not exist")
+        if m.kind != kind:
+            raise BadRequest(f"{m.manifest.name} is a {m.kind} model", "model")
+        return m
+
+    def count_tokens(self, model: ModelInfo, text: str) -> int:
+        m = self._model(model.id, LLM)
+        tok = self.catalog.tokenizer(m)
+        return len(tok.encode(text)) if tok else len(text.split())
+
+    def render_chat(self, model: ModelInfo, messages: list[dict]) -> str:
+        # The demo models have no chat template of their own: a plain transcript.
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+    def authenticate(self, api_key: str) -> PaidAccount | None:
+        client = self.api_keys.authenticate(api_key)
+        return PaidAccount(client.address, client.name) if client else None
+
+    # -- Gateway protocol: jobs ------------------------------------------------------------
+
+    async def complete(
+        self, req: CompletionRequest, on_text: TextCallback | None = None
+    ) -> CompletionResult:
+        model = self._model(req.model, LLM)
+        tokenizer = self.catalog.tokenizer(model)
+        prompt = (
+            req.prompt
+            if req.prompt_ids is None or tokenizer is None
+            else tokenizer.decode(req.prompt_ids)
+        )
+        params = SamplingParams(
+            temperature_milli=req.temperature_milli,
+            top_k=req.top_k,
+            top_p_milli=req.top_p_milli,
+            max_tokens=req.max_tokens,
+            stop=tuple(req.stop),
+        )
+        fee = PAID_FEE_PER_TOKEN * req.max_tokens if req.tier == "paid" else 0
+        entry = await self._submit(
+            model, prompt, params, None, req.seed, req.tier, req.account, req.client, fee
+        )
+        report = await self._wait(entry)
+        result = report.result
+        if on_text is not None:
+            await self._stream(
+                tokenizer, list(result.output_token_ids), result.text, params.stop, on_text
+            )
+        finish = "length" if len(result.output_token_ids) >= req.max_tokens else "stop"
+        return CompletionResult(
+            job_id=job_id(entry.job).hex(),
+            model=model.id_text,
+            text=result.text,
+            prompt_tokens=len(result.prompt_token_ids),
+            completion_tokens=len(result.output_token_ids),
+            finish_reason=finish,
+            worker=str(PeerId.from_public_key(result.receipt.signer)),
+        )
+
+    async def _stream(
+        self, tokenizer, tokens: list[int], text: str, stop, on_text: TextCallback
+    ) -> None:
+        """Send ``text`` as it decodes token by token (the worker's tokens, in order)."""
+        stream = StreamText(stop)
+        for i in range(1, len(tokens) + 1):
+            piece = stream.push(tokenizer.decode(tokens[:i]) if tokenizer else text)
+            if piece:
+                await on_text(piece)
+        rest = stream.finish(text)
+        if rest:
+            await on_text(rest)
+
+    async def generate_image(self, req: ImageRequest) -> ImageResult:
+        model = self._model(req.model, DIFFUSION)
+        defaults = model.manifest.default_diffusion or DiffusionParams()
+        width, height = req.size or (defaults.width, defaults.height)
+        params = DiffusionParams(
+            steps=req.steps or defaults.steps,
+            guidance_milli=defaults.guidance_milli
+            if req.guidance_milli is None
+            else req.guidance_milli,
+            width=width,
+            height=height,
+            negative_prompt=req.negative_prompt,
+        )
+        fee = PAID_FEE_PER_STEP * params.steps if req.tier == "paid" else 0
+        entry = await self._submit(
+            model, req.prompt, None, params, req.seed, req.tier, req.account, req.client, fee
+        )
+        report = await self._wait(entry)
+        return ImageResult(
+            job_id=job_id(entry.job).hex(),
+            model=model.id_text,
+            png=report.result.image,
+            worker=str(PeerId.from_public_key(report.result.receipt.signer)),
+        )
+
+    async def _submit(
+        self, model, prompt, llm, diffusion, seed, tier, account, client, fee
+    ) -> GatewayJob:
+        open_jobs = sum(1 for e in self.jobs.values() if not e.done.is_set())
+        if open_jobs >= MAX_OPEN_JOBS:
+            raise Overloaded("this gateway has too many jobs in flight", retry_after_s=2)
+        paid = None
+        if tier == "paid":
+            paid = self.api_keys.by_address(account.address) if account else None
+            if paid is None:
+                raise InsufficientFunds("the paid tier needs an API key bound to an account")
+        now = self.node.now_ms()
+        self._nonce += 1
+        job = sign(
+            Job(
+                model_id=model.id,
+                prompt=prompt,
+                llm=llm,
+                diffusion=diffusion,
+                seed=secrets.randbits(63) if seed is None else seed,
+                tier=int(Tier.PAID if tier == "paid" else Tier.FREE),
+                fee=fee,
+                client=(paid.identity.address if paid else self.identity.address).raw,
+                cost_milli=model.cost_milli,
+                created_ms=now,
+                deadline_ms=now + JOB_DEADLINE_MS,
+                nonce=self._nonce,
+            ),
+            self.identity,
+        )
+        jid = job_id(job)
+        if paid is not None:
+            await self._escrow(paid, job)
+        entry = GatewayJob(job, tier, client)
+        self.jobs[jid] = entry
+        self.scheduler.submit(job, now)
+        await self.host.publish(topic("jobs"), encode(job))
+        # Workers on this node see their own gateway's jobs too.
+        await self.node.on_local_job(job)
+        return entry
+
+    async def _escrow(self, paid, job: Job) -> None:
+        try:
+            await self.node.chain.escrow(paid.identity, job_id(job), job.fee)
+        except ValueError as e:
+            raise InsufficientFunds(
+                f"cannot escrow the {format_amount(job.fee)} AIPG fee from {Address(job.client)}: {e}"
+            ) from None
+
+    async def _wait(self, entry: GatewayJob) -> WorkReport:
+        with trio.move_on_after(JOB_DEADLINE_MS / 1000 + 5):
+            await entry.done.wait()
+        if entry.report is None:
+            raise JobFailed(entry.failed or "the job did not finish before its deadline")
+        return entry.report
+
+    # -- Gateway protocol: views -----------------------------------------------------------
+
+    def job_view(self, job_id_text: str) -> dict | None:
+        try:
+            jid = bytes.fromhex(job_id_text)
+        except ValueError:
+            return None
+        entry = self.jobs.get(jid)
+        tracked = self.node.tracker.for_job(jid)
+        if entry is None and tracked is None:
+            return None
+        job = entry.job if entry else tracked.report.job
+        view: dict = {
+            "id": jid.hex(),
+            "model": model_id_text(job.model_id),
+            "tier": "paid" if job.tier == Tier.PAID else "free",
+            "fee": format_amount(job.fee),
+            "status": self._status_of(jid, entry, tracked),
+            "receipt": None,
+            "worker": None,
+            "work_units": None,
+            "committee": [],
+            "verdicts": [],
+            "certificate": None,
+            "block_height": None,
+            "reward": None,
+        }
+        if tracked is not None:
+            receipt = tracked.report.result.receipt
+            view["receipt"] = {
+                "id": tracked.receipt_id.hex(),
+                "worker": str(PeerId.from_public_key(receipt.signer)),
+                "work_units": receipt.work_units,
+                "output_hash": receipt.output_hash.hex(),
+                "commitment": receipt.commitment.hex(),
+                "elapsed_ms": receipt.elapsed_ms,
+            }
+            view["worker"] = view["receipt"]["worker"]
+            view["work_units"] = receipt.work_units
+            view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.committee]
+            view["verdicts"] = [
+                {
+                    "validator": str(PeerId.from_public_key(k)),
+                    "valid": v.valid,
+                    "reason": v.reason,
+                    "detail": v.detail,
+                }
+                for k, v in sorted(tracked.verdicts.items())
+            ]
+            if tracked.outcome is not None:
+                view["certificate"] = {
+                    "kind": "certificate" if tracked.certified else "fraud_evidence"
+                }
+            view["block_height"] = tracked.block_height
+            if tracked.block_height is not None:
+                paid = self.node.chain.work_paid(jid)
+                view["reward"] = format_amount(paid) if paid is not None else None
+        elif entry is not None and entry.report is not None:
+            view["worker"] = str(PeerId.from_public_key(entry.report.result.receipt.signer))
+        return view
+
+    def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked) -> str:
+        if tracked is not None:
+            if tracked.block_height is not None:
+                return "paid" if tracked.certified else "slashed"
+            if tracked.outcome is not None:
+                return "certified" if tracked.certified else "fraud"
+            return "verifying"
+        if entry is not None:
+            if entry.failed:
+                return "failed"
+            if entry.report is not None:
+                return "verifying"
+            try:
+                return self.scheduler.state(jid).value
+            except PouwError:
+                return "unknown"
+        return "unknown"
+
+    def status(self) -> dict:
+        return self.node.status()
+
+    def metrics(self):
+        return self.node.metrics()

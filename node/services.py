@@ -1,0 +1,254 @@
+"""Wiring: the node's services, its topic validators and its protocol handlers.
+
+``start_services`` reads like the node's table of contents::
+
+    chain state  ->  work tracker  ->  model catalog  ->  chain service
+      ->  worker  ->  verifier  ->  gateway  ->  gossip handlers  ->  HTTP API
+
+Topic validators run the cheap checks of :mod:`aipg.pouw` and :mod:`aipg.stake` on every
+message before gossip forwards it (REJECT costs the forwarder score, IGNORE drops
+quietly); the consumers then act on what was accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from aipg.gossip import PubsubMessage, ValidationResult
+from aipg.models import ModelAnnouncement, ModelError
+from aipg.pouw import Assignment, Claim, Job, LatentRequest, PouwError, Verdict, validate_job
+from aipg.stake.block import ProposalMessage, Vote
+from aipg.stake.signrecord import SqliteSignRecord
+from aipg.stake.state import State
+from aipg.stake.tx import Transaction
+from aipg.stake.types import LedgerError
+from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer
+
+from .catalog import ModelCatalog
+from .chain import ChainService
+from .gateway import GatewayService
+from .messages import PROTO_JOB, JobAck, WorkReport, topic
+from .verifier import VerifierService
+from .work import WorkTracker
+from .worker import WorkerService
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+log = logging.getLogger("aipg.node")
+
+ACCEPT, REJECT, IGNORE = ValidationResult.ACCEPT, ValidationResult.REJECT, ValidationResult.IGNORE
+
+
+async def start_services(node: Node, nursery: trio.Nursery) -> None:
+    """Build and start every service of ``node`` in ``nursery``, in dependency order."""
+    node.tracker = WorkTracker(_LazyChainView(node))
+    node.catalog = load_catalog(node)
+    node.chain = ChainService(
+        load_state(node),
+        node.host,
+        node.identity if node.config.validator else None,
+        SqliteSignRecord(node.data_dir.root / "signrecord.sqlite"),
+        node.tracker,
+        node.now_ms,
+    )
+    await nursery.start(node.chain.run)
+    node.worker = WorkerService(
+        node.identity, node.host, node.catalog, node.now_ms, cheat_tokens=node.faults.cheat_tokens
+    )
+    await nursery.start(node.worker.run)
+    if node.config.validator:
+        node.verifier = VerifierService(
+            node.identity,
+            node.host,
+            node.catalog,
+            node.tracker,
+            random_votes=node.faults.random_votes,
+        )
+        await nursery.start(node.verifier.run)
+    node.gateway = GatewayService(node, node.host, node.catalog)
+    await nursery.start(node.gateway.run)
+    register_gossip(node, nursery)
+    if node.config.api:
+        await start_api(node, nursery)
+
+
+def load_catalog(node: Node) -> ModelCatalog:
+    catalog = ModelCatalog(node.config.threads)
+    for spec in node.config.host_model:
+        try:
+            model = catalog.host(spec)
+        except ModelError as e:
+            raise ModelError(f"--host-model {spec}: {e}") from None
+        log.info("hosting %s (%s)", model.manifest.name, model.id_text)
+    return catalog
+
+
+def load_state(node: Node) -> State:
+    return State.from_genesis(node.genesis)
+
+
+class _LazyChainView:
+    """The tracker's view of the chain, resolved when used (the chain starts after it)."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    @property
+    def committee_size(self) -> int:
+        return self.node.chain.committee_size
+
+    def validator_snapshot_at(self, height: int):
+        return self.node.chain.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int):
+        return self.node.chain.finalized_hash(height)
+
+
+# --------------------------------------------------------------------------- gossip
+
+
+def _validator(
+    decode_and_check: Callable[[bytes], object],
+) -> Callable[[PeerId, PubsubMessage], Awaitable[ValidationResult]]:
+    async def validate(_forwarder: PeerId, msg: PubsubMessage) -> ValidationResult:
+        try:
+            decode_and_check(msg.data)
+        except (WireError, PouwError, LedgerError) as e:
+            log.debug("rejected a message on %s: %s", msg.topic, e)
+            return REJECT
+        except _Stale:
+            return IGNORE
+        return ACCEPT
+
+    return validate
+
+
+class _Stale(Exception):
+    """A well-formed message that is of no use now (it is dropped, not punished)."""
+
+
+def register_gossip(node: Node, nursery: trio.Nursery) -> None:
+    host = node.host
+    chain_id = node.genesis.chain_id
+
+    def check_consensus(data: bytes) -> None:
+        msg = decode(data, (ProposalMessage, Vote))
+        signed = msg.proposal if isinstance(msg, ProposalMessage) else msg
+        if signed.chain_id != chain_id:
+            raise WireError("consensus message of another chain")
+        if not is_signed_by_signer(signed):
+            raise WireError("bad signature on a consensus message")
+
+    def check_tx(data: bytes) -> None:
+        tx = decode(data, Transaction)
+        if tx.chain_id != chain_id:
+            raise WireError("transaction of another chain")
+
+    def check_job(data: bytes) -> None:
+        validate_job(decode(data, Job))
+
+    def check_report(data: bytes) -> None:
+        node.tracker.check_report(decode(data, WorkReport))
+
+    def check_verdict(data: bytes) -> None:
+        v = decode(data, Verdict)
+        if not is_signed_by_signer(v):
+            raise WireError("bad signature on a verdict")
+
+    def check_model(data: bytes) -> None:
+        ann = decode(data, ModelAnnouncement)
+        if not is_signed_by_signer(ann):
+            raise WireError("bad signature on a model announcement")
+
+    checks = {
+        "consensus": check_consensus,
+        "txs": check_tx,
+        "jobs": check_job,
+        "receipts": check_report,
+        "verdicts": check_verdict,
+        "models": check_model,
+    }
+    consumers = {
+        "consensus": lambda d: node.chain.on_consensus_message(decode(d, (ProposalMessage, Vote))),
+        "txs": lambda d: _sync(node.chain.on_tx, decode(d, Transaction)),
+        "jobs": lambda d: node.worker.on_job(decode(d, Job)),
+        "receipts": lambda d: on_report(node, decode(d, WorkReport)),
+        "verdicts": lambda d: _sync(on_verdict, node, decode(d, Verdict)),
+        "models": lambda d: _sync(node.catalog.announce, decode(d, ModelAnnouncement).manifest),
+    }
+    for name, check in checks.items():
+        host.set_topic_validator(topic(name), _validator(check), timeout=5.0)
+        nursery.start_soon(_consume, node, name, consumers[name])
+    host.set_request_handler(
+        PROTO_JOB, lambda peer, data: on_job_request(node, peer, data), max_request_size=1 << 20
+    )
+
+
+async def _sync(fn, *args) -> None:
+    fn(*args)
+
+
+async def _consume(node: Node, name: str, handle) -> None:
+    with node.host.subscribe(topic(name)) as sub:
+        async for delivered in sub:
+            try:
+                await handle(delivered.data)
+            except (WireError, PouwError, LedgerError) as e:
+                log.info("dropped a message on %s: %s", name, e)
+
+
+async def on_report(node: Node, report: WorkReport) -> None:
+    try:
+        tracked = node.tracker.add_report(report)
+    except PouwError as e:
+        log.info("cannot track a report yet: %s", e)
+        return
+    if node.verifier is not None:
+        node.verifier.consider(tracked)
+
+
+def on_verdict(node: Node, verdict: Verdict) -> None:
+    try:
+        node.tracker.add_verdict(verdict)
+    except PouwError as e:
+        log.info("dropped a verdict: %s", e)
+
+
+async def on_job_request(node: Node, peer: PeerId, data: bytes) -> bytes:
+    """The ``job`` protocol: claims and results (gateway), assignments and latent
+    requests (worker). Answers JobAck (or the LatentReply asked for)."""
+    try:
+        msg = decode(data, (Claim, Assignment, WorkReport, LatentRequest))
+        if isinstance(msg, Claim):
+            node.gateway.on_claim(msg)
+            return encode(JobAck(True))
+        if isinstance(msg, WorkReport):
+            node.gateway.on_report(msg)
+            await on_report(node, msg)
+            return encode(JobAck(True))
+        if isinstance(msg, Assignment):
+            return encode(await node.worker.on_assignment(msg))
+        return encode(node.worker.on_latent_request(msg))
+    except (WireError, PouwError) as e:
+        return encode(JobAck(False, str(e)[:200]))
+
+
+# ------------------------------------------------------------------------------ API
+
+
+async def start_api(node: Node, nursery: trio.Nursery) -> None:
+    from .api import build_app, serve_api
+
+    host, _, port = node.config.api.rpartition(":")
+    app = build_app(node.gateway, free_tier_per_minute=node.config.free_tier_per_minute)
+    from .chain_api import add_chain_routes
+
+    add_chain_routes(app, node)
+    bound = await nursery.start(serve_api, app, host, int(port))
+    node.api_url = bound.url
+    log.info("HTTP API on %s", node.api_url)

@@ -1,0 +1,137 @@
+"""The validator's committee role: re-check the work it is sampled for, and vote.
+
+On each WorkReport the tracker accepted, a validator that is in the report's committee
+re-checks the result in a worker thread (LLM: one prefill pass; diffusion: k re-run
+steps from latents fetched from the worker) and gossips its signed Verdict on
+``verdicts``. One verification at a time: a validator's CPU is shared with its own
+worker role, and committees are small.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from aipg.gossip import GossipError, GossipHost
+from aipg.models import LLM
+from aipg.pouw import (
+    LatentReply,
+    LatentRequest,
+    PouwError,
+    VerdictReason,
+    make_challenge,
+    receipt_id,
+)
+from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
+from aipg.wire import Identity, PeerId, WireError, decode, encode
+
+from .catalog import ModelCatalog
+from .messages import PROTO_JOB, WorkReport, topic
+from .work import TrackedWork, WorkTracker
+
+log = logging.getLogger("aipg.node.verifier")
+
+
+class VerifierService:
+    def __init__(
+        self,
+        identity: Identity,
+        host: GossipHost,
+        catalog: ModelCatalog,
+        tracker: WorkTracker,
+        *,
+        random_votes: bool = False,
+    ):
+        self.identity = identity
+        self.host = host
+        self.catalog = catalog
+        self.tracker = tracker
+        self.random_votes = random_votes
+        self._send, self._queue = trio.open_memory_channel[TrackedWork](256)
+        self.outcomes = {"valid": 0, "invalid": 0, "skipped": 0}
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for tracked in self._queue:
+            await self._verify(tracked)
+
+    def consider(self, tracked: TrackedWork) -> None:
+        """Queue a tracked report for verification when this validator is on its committee."""
+        if self.identity.public_bytes not in tracked.committee:
+            return
+        try:
+            self._send.send_nowait(tracked)
+        except trio.WouldBlock:
+            self.outcomes["skipped"] += 1
+            log.warning(
+                "verification queue full; not verifying receipt %s", tracked.receipt_id.hex()[:12]
+            )
+
+    async def _verify(self, tracked: TrackedWork) -> None:
+        report = tracked.report
+        check = await self._check(report)
+        verdict = verdict_for(self.identity, report.result, check)
+        self.outcomes["valid" if verdict.valid else "invalid"] += 1
+        log.info(
+            "verdict on job %s: %s%s",
+            tracked.job_id.hex()[:12],
+            "valid" if verdict.valid else "INVALID",
+            "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
+        )
+        try:
+            self.tracker.add_verdict(verdict)
+        except PouwError as e:
+            log.warning("own verdict rejected: %s", e)
+        await self.host.publish(topic("verdicts"), encode(verdict))
+
+    async def _check(self, report: WorkReport) -> Check:
+        if self.random_votes:  # test-only fault: vote without checking
+            ok = random.random() < 0.5
+            return Check(
+                VerdictReason.OK if ok else VerdictReason.TOKEN_MISMATCH,
+                detail="random vote",
+                recomputed=b"",
+            )
+        model = self.catalog.get(report.job.model_id)
+        if model is None or model.model_dir is None:
+            return Check(
+                VerdictReason.UNAVAILABLE,
+                detail="validator does not host the model",
+                recomputed=b"",
+            )
+        runner = await trio.to_thread.run_sync(self.catalog.runner, model, "verify")
+        if model.kind == LLM:
+            return await trio.to_thread.run_sync(
+                lambda: verify_llm(
+                    runner,
+                    report.job,
+                    report.assignment,
+                    report.result,
+                    cost_milli=model.cost_milli,
+                )
+            )
+        worker = PeerId.from_public_key(report.result.receipt.signer)
+        challenge = make_challenge(self.identity, receipt_id(report.result.receipt))
+
+        def fetch(request: LatentRequest) -> LatentReply:
+            try:
+                data = trio.from_thread.run(
+                    lambda: self.host.request(worker, PROTO_JOB, encode(request), timeout=10.0)
+                )
+                return decode(data, LatentReply)
+            except (GossipError, WireError) as e:
+                raise PouwError("latents", f"worker did not serve its latents: {e}") from None
+
+        return await trio.to_thread.run_sync(
+            lambda: verify_diffusion(
+                runner,
+                report.job,
+                report.assignment,
+                report.result,
+                fetch,
+                challenge,
+                cost_milli=model.cost_milli,
+            )
+        )

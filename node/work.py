@@ -1,0 +1,189 @@
+"""What the node knows about work in flight: reports, committees, verdicts, outcomes.
+
+Every node that sees a :class:`WorkReport` on ``receipts`` computes its committee (from
+the finalized chain) and collects the committee's verdicts from ``verdicts`` until they
+decide: a Certificate (>= 2/3 of the committee's stake valid) or FraudEvidence (> 1/3
+invalid). Decided outcomes wait in :meth:`WorkTracker.pending_outcomes` for a proposer to
+put them in a block; once a block carries one, it is marked with its height.
+
+Memory is bounded: at most ``max_tracked`` reports (the oldest finished ones go first)
+and ``max_early`` verdicts that arrived before their report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Certificate,
+    FraudEvidence,
+    PouwError,
+    Verdict,
+    VoteCollector,
+    committee_for,
+    receipt_id,
+    validate_assignment,
+    validate_job,
+    validate_receipt,
+)
+
+from .messages import WorkReport
+
+log = logging.getLogger("aipg.node.work")
+
+
+@dataclass
+class TrackedWork:
+    report: WorkReport
+    receipt_id: bytes
+    committee: tuple[bytes, ...] = ()
+    collector: VoteCollector | None = None
+    verdicts: dict[bytes, Verdict] = field(default_factory=dict)
+    outcome: Certificate | FraudEvidence | None = None
+    block_height: int | None = None
+
+    @property
+    def job_id(self) -> bytes:
+        return self.report.result.receipt.job_id
+
+    @property
+    def certified(self) -> bool:
+        return isinstance(self.outcome, Certificate)
+
+    @property
+    def fraud(self) -> bool:
+        return isinstance(self.outcome, FraudEvidence)
+
+
+class ChainView:
+    """What the tracker reads from the chain (implemented by the chain service)."""
+
+    committee_size: int
+
+    def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
+
+    def finalized_hash(self, height: int) -> bytes | None: ...
+
+
+class WorkTracker:
+    def __init__(self, chain: ChainView, *, max_tracked: int = 4096, max_early: int = 4096):
+        self.chain = chain
+        self.max_tracked = max_tracked
+        self.max_early = max_early
+        self._by_receipt: OrderedDict[bytes, TrackedWork] = OrderedDict()
+        self._by_job: dict[bytes, bytes] = {}
+        self._early: OrderedDict[bytes, list[Verdict]] = OrderedDict()
+        self.on_outcome: list[Callable[[TrackedWork], None]] = []
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def check_report(self, report: WorkReport) -> None:
+        """Cheap checks of a report (signatures and bindings); raises PouwError."""
+        result = report.result
+        validate_job(report.job)
+        validate_assignment(report.assignment, report.job)
+        validate_receipt(result.receipt, report.job, report.assignment)
+
+    def committee(self, report: WorkReport) -> tuple[tuple[bytes, ...], Mapping[bytes, int]]:
+        """The report's committee and the stakes it is drawn from; raises PouwError while
+        the seed block is not final here yet."""
+        seed_height = report.assignment.height - COMMITTEE_LOOKAHEAD
+        validators = self.chain.validator_snapshot_at(seed_height)
+        if validators is None:
+            raise PouwError("assignment.height", f"no validator set known at height {seed_height}")
+        members = committee_for(
+            report.result.receipt.job_id,
+            report.assignment,
+            validators,
+            self.chain.finalized_hash,
+            size=self.chain.committee_size,
+        )
+        return members, validators
+
+    def add_report(self, report: WorkReport) -> TrackedWork:
+        """Track a checked report (idempotent); returns its entry."""
+        rid = receipt_id(report.result.receipt)
+        tracked = self._by_receipt.get(rid)
+        if tracked is not None:
+            return tracked
+        members, validators = self.committee(report)
+        tracked = TrackedWork(report, rid, members)
+        tracked.collector = VoteCollector(
+            report.job, report.assignment, report.result.receipt, members, validators
+        )
+        self._by_receipt[rid] = tracked
+        self._by_job[tracked.job_id] = rid
+        self._trim()
+        for verdict in self._early.pop(rid, []):
+            self.add_verdict(verdict)
+        return tracked
+
+    def add_verdict(self, verdict: Verdict) -> Certificate | FraudEvidence | None:
+        """Count a verdict; returns the outcome once decided. Raises PouwError for a
+        verdict that must be dropped (bad signature, not a member, a changed vote)."""
+        tracked = self._by_receipt.get(verdict.receipt_id)
+        if tracked is None:
+            self._early.setdefault(verdict.receipt_id, []).append(verdict)
+            while len(self._early) > self.max_early:
+                self._early.popitem(last=False)
+            return None
+        assert tracked.collector is not None
+        decided_before = tracked.outcome is not None
+        outcome = tracked.collector.add(verdict)
+        tracked.verdicts[verdict.signer] = verdict
+        if outcome is not None and not decided_before:
+            tracked.outcome = outcome
+            log.info(
+                "job %s: %s by its committee",
+                tracked.job_id.hex()[:12],
+                "certified" if tracked.certified else "FRAUD",
+            )
+            for callback in self.on_outcome:
+                callback(tracked)
+        return outcome
+
+    def mark_included(self, job_id: bytes, height: int) -> None:
+        rid = self._by_job.get(job_id)
+        if rid is not None and rid in self._by_receipt:
+            self._by_receipt[rid].block_height = height
+
+    # -- queries --------------------------------------------------------------------------
+
+    def pending_outcomes(self) -> tuple[list[Certificate], list[FraudEvidence]]:
+        """Decided outcomes no block has carried yet (oldest first)."""
+        certs, frauds = [], []
+        for t in self._by_receipt.values():
+            if t.block_height is None and t.outcome is not None:
+                (certs if t.certified else frauds).append(t.outcome)
+        return certs, frauds
+
+    def for_job(self, job_id: bytes) -> TrackedWork | None:
+        rid = self._by_job.get(job_id)
+        return self._by_receipt.get(rid) if rid else None
+
+    def for_receipt(self, rid: bytes) -> TrackedWork | None:
+        return self._by_receipt.get(rid)
+
+    def counts(self) -> dict[str, int]:
+        out = {"verifying": 0, "certified": 0, "fraud": 0, "in_block": 0}
+        for t in self._by_receipt.values():
+            if t.block_height is not None:
+                out["in_block"] += 1
+            if t.outcome is None:
+                out["verifying"] += 1
+            elif t.certified:
+                out["certified"] += 1
+            else:
+                out["fraud"] += 1
+        return out
+
+    def _trim(self) -> None:
+        while len(self._by_receipt) > self.max_tracked:
+            oldest = next(iter(self._by_receipt))
+            t = self._by_receipt.pop(oldest)
+            if self._by_job.get(t.job_id) == oldest:
+                del self._by_job[t.job_id]

@@ -1,0 +1,165 @@
+"""The worker role: claim jobs for hosted models, execute assignments, report results.
+
+1. A Job arrives on ``jobs``: if this node hosts its model, it sends a signed Claim to
+   the job's gateway (``job`` protocol; the gateway's peer ID is derived from the job's
+   signer key).
+2. The gateway's Assignment arrives on ``job``: the worker acknowledges at once and
+   executes in a worker thread (one job at a time per model: an ONNX session is not
+   shared between concurrent runs, and parallel jobs on 2 cores only slow each other).
+3. The Result goes back to the gateway, and the WorkReport (job, assignment, result) is
+   gossiped on ``receipts`` for the committee. Diffusion latents stay in the
+   LatentStore for validators to re-run steps from, until the receipt is final.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import trio
+
+from aipg.gossip import GossipError, GossipHost
+from aipg.models import LLM, ModelError
+from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, Result, job_id
+from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
+from aipg.pouw.records import output_hash_tokens
+from aipg.wire import Identity, PeerId, encode, sign
+
+from .catalog import ModelCatalog
+from .messages import PROTO_JOB, JobAck, WorkReport, topic
+
+log = logging.getLogger("aipg.node.worker")
+
+MAX_KNOWN_JOBS = 2048
+MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
+
+
+class WorkerService:
+    def __init__(
+        self,
+        identity: Identity,
+        host: GossipHost,
+        catalog: ModelCatalog,
+        now_ms,
+        *,
+        cheat_tokens: bool = False,
+    ):
+        self.identity = identity
+        self.host = host
+        self.catalog = catalog
+        self.now_ms = now_ms
+        self.cheat_tokens = cheat_tokens
+        self.latents = LatentStore()
+        self._jobs: OrderedDict[bytes, Job] = OrderedDict()
+        self._send, self._queue = trio.open_memory_channel[Assignment](MAX_QUEUE)
+        self.in_flight = 0
+        self.executed = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._executor)
+            task_status.started()
+
+    # -- jobs topic ---------------------------------------------------------------------
+
+    def hosts(self, job: Job) -> bool:
+        model = self.catalog.get(job.model_id)
+        return model is not None and model.model_dir is not None
+
+    async def on_job(self, job: Job) -> None:
+        """A validated Job from the ``jobs`` topic: claim it if we host its model."""
+        if not self.hosts(job) or self.in_flight >= MAX_QUEUE:
+            return
+        jid = job_id(job)
+        self._jobs[jid] = job
+        while len(self._jobs) > MAX_KNOWN_JOBS:
+            self._jobs.popitem(last=False)
+        claim = sign(
+            Claim(
+                job_id=jid,
+                model_id=job.model_id,
+                queue=min(self.in_flight, 65535),
+                sent_ms=self.now_ms(),
+            ),
+            self.identity,
+        )
+        gateway = PeerId.from_public_key(job.signer)
+        try:
+            await self.host.request(gateway, PROTO_JOB, encode(claim), timeout=5.0)
+        except GossipError as e:
+            log.info("claim for job %s not delivered to its gateway: %s", jid.hex()[:12], e)
+
+    # -- job protocol -------------------------------------------------------------------
+
+    async def on_assignment(self, assignment: Assignment) -> JobAck:
+        job = self._jobs.get(assignment.job_id)
+        if job is None:
+            return JobAck(False, "unknown job (never claimed here)")
+        if assignment.signer != job.signer:
+            return JobAck(False, "assignment not signed by the job's gateway")
+        if assignment.worker != self.identity.public_bytes:
+            return JobAck(False, "assigned to another worker")
+        try:
+            self._send.send_nowait(assignment)
+        except trio.WouldBlock:
+            return JobAck(False, "worker queue is full")
+        self.in_flight += 1
+        return JobAck(True)
+
+    def on_latent_request(self, request: LatentRequest) -> LatentReply:
+        return self.latents.serve(request)
+
+    # -- execution ----------------------------------------------------------------------
+
+    async def _executor(self) -> None:
+        async for assignment in self._queue:
+            try:
+                await self._execute(assignment)
+            finally:
+                self.in_flight -= 1
+
+    async def _execute(self, assignment: Assignment) -> None:
+        job = self._jobs[assignment.job_id]
+        model = self.catalog.get(job.model_id)
+        assert model is not None
+        runner = await trio.to_thread.run_sync(self.catalog.runner, model)
+        try:
+            if model.kind == LLM:
+                result = await trio.to_thread.run_sync(
+                    run_llm_job, runner, job, assignment, self.identity
+                )
+                if self.cheat_tokens:
+                    result = self._cheat(result)
+            else:
+                result, latents = await trio.to_thread.run_sync(
+                    run_diffusion_job, runner, job, assignment, self.identity
+                )
+                self.latents.put_result(result, latents)
+        except (ModelError, PouwError) as e:
+            log.warning("job %s failed: %s", assignment.job_id.hex()[:12], e)
+            return
+        self.executed += 1
+        report = WorkReport(job, assignment, result)
+        data = encode(report)
+        gateway = PeerId.from_public_key(job.signer)
+        try:
+            await self.host.request(gateway, PROTO_JOB, data, timeout=10.0)
+        except GossipError as e:
+            log.info(
+                "result of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e
+            )
+        await self.host.publish(topic("receipts"), data)
+        log.info(
+            "job %s done: %d work units", assignment.job_id.hex()[:12], result.receipt.work_units
+        )
+
+    def _cheat(self, result: Result) -> Result:
+        """Test-only fault: change the last output token and sign the altered receipt."""
+        tokens = list(result.output_token_ids)
+        tokens[-1] = (tokens[-1] + 1) % 256 + 3
+        receipt = sign(
+            result.receipt.replace(output_hash=output_hash_tokens(tokens)), self.identity
+        )
+        return result.replace(receipt=receipt, output_token_ids=tuple(tokens))
