@@ -552,7 +552,8 @@ class GossipHost:
                     if frame is _CLOSE:
                         conn.scope.cancel()
                         return
-                    await conn.secure.send(encode(frame))
+                    # bytes are frames encoded already (tests inject raw bytes this way)
+                    await conn.secure.send(frame if type(frame) is bytes else encode(frame))
         except (TransportError, trio.EndOfChannel, trio.ClosedResourceError):
             conn.scope.cancel()
 
@@ -746,6 +747,11 @@ def _merge(batch: list[object]) -> list[object]:
             continue
         ctl = item.control
         item_size = sum(len(m.data) for m in item.messages)
+        if ctl is not None and (ctl.ihave or ctl.iwant):
+            ids = sum(len(c.message_ids) for c in ctl.ihave) + sum(
+                len(c.message_ids) for c in ctl.iwant
+            )
+            item_size += ids * 34
         if (
             len(msgs) + len(item.messages) > MAX_RPC_MESSAGES
             or size + item_size > _MERGE_BYTES

@@ -482,15 +482,15 @@ class GossipSubRouter:
         if not iwants or self.score.score(peer) < self.thresholds.gossip_threshold:
             return []
         out: list[PubsubMessage] = []
-        for iwant in iwants:
-            for mid in iwant.message_ids:
-                if state.iwant_served_this_beat >= self.params.max_iwant_serve:
-                    self.score.add_penalty(peer, 0.1)  # IWANT flood
-                    return out
-                state.iwant_served_this_beat += 1
-                msg, count = self._mcache.get_for_peer(mid, peer)
-                if msg is None or count > self.params.gossip_retransmission:
-                    continue
+        ids = [mid for iwant in iwants for mid in iwant.message_ids]
+        room = self.params.max_iwant_serve - state.iwant_served_this_beat
+        if len(ids) > room:
+            self.score.add_penalty(peer, 0.1)  # an IWANT flood: serve the budget, no more
+            ids = ids[: max(0, room)]
+        state.iwant_served_this_beat += len(ids)
+        for mid in ids:
+            msg, count = self._mcache.get_for_peer(mid, peer)
+            if msg is not None and count <= self.params.gossip_retransmission:
                 out.append(msg)
         self.stats.iwant_served += len(out)
         return out
