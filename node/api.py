@@ -262,7 +262,7 @@ class Fields:
         if unknown:
             raise invalid(
                 f"unrecognized request argument supplied: {_show(unknown[0])}",
-                param=_show(unknown[0]),
+                param=f"{where}{unknown[0][:64]}",
             )
         self._body = body
         self._where = where

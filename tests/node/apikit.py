@@ -95,6 +95,7 @@ class RunnerGateway:
         self.in_flight = 0
         self.gate = gate
         self.job_started = trio.Event()
+        self.job_ended = trio.Event()
         self.jobs: dict[str, dict] = {}
         self.requests: list[CompletionRequest | ImageRequest] = []
 
@@ -242,6 +243,7 @@ class RunnerGateway:
             yield
         finally:
             self.in_flight -= 1
+            self.job_ended.set()
 
     def _escrow(self, account: PaidAccount | None, fee: int) -> int:
         if account is None:
@@ -282,9 +284,10 @@ class RunnerGateway:
             states[job["status"]] += 1
         return [
             Metric.single("aipg_peers", "Connected peers", "gauge", 0),
-            Metric.by_label("aipg_jobs", "Jobs seen by this gateway, by state", "gauge",
-                            "state", states),
-        ]  # fmt: skip
+            Metric.by_label(
+                "aipg_jobs", "Jobs seen by this gateway, by state", "gauge", "state", states
+            ),
+        ]
 
     def authenticate(self, api_key: str) -> PaidAccount | None:
         held = self.accounts.get(api_key)

@@ -35,8 +35,11 @@ def test_instruments_render_and_parse_back():
     assert samples[("http_requests_total", (("route", "/v1/models"), ("status", "200")))] == 3
     assert samples[("http_requests_total", (("route", '/we"ird\\path\n'), ("status", "404")))] == 1
     assert samples[("streams_open", ())] == 1
-    buckets = {s.labels["le"]: s.value for s in families["duration_seconds"].samples
-               if s.name.endswith("_bucket")}  # fmt: skip
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["duration_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
     assert buckets == {"0.1": 2, "1.0": 3, "+Inf": 4}
     assert samples[("duration_seconds_count", (("route", "x"),))] == 4
     assert samples[("duration_seconds_sum", (("route", "x"),))] == pytest.approx(3.65)
