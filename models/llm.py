@@ -26,6 +26,7 @@ from .tokenizer import Tokenizer
 
 __all__ = ["Generation", "LlmRunner", "Timings", "TokenEvent"]
 
+_PAST_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 FINISH_STOP = "stop"  # end-of-sequence token or a stop string
 FINISH_LENGTH = "length"  # max_tokens or the context is full
 
@@ -73,6 +74,7 @@ class _Graph:
     position_ids: bool
     past_names: tuple[str, ...]
     present_index: tuple[int, ...]
+    past_dtype: type  # float32, or float16 for exports with a half-precision cache
 
 
 class LlmRunner:
@@ -109,7 +111,7 @@ class LlmRunner:
         self.use_kv_cache = use_kv_cache and self._graph.kv_cache
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
         self._empty_past = np.zeros(
-            (1, self.interface.num_heads, 0, self.interface.head_dim), np.float32
+            (1, self.interface.num_heads, 0, self.interface.head_dim), self._graph.past_dtype
         )
 
     @property
@@ -171,7 +173,7 @@ class LlmRunner:
         ``token_ids``, in one pass without cache. Row i predicts token i + 1."""
         self.check_sequence(token_ids)
         ids = np.asarray([token_ids], np.int64)
-        return self._run(ids, 0, self._empty_pasts())[0][0]
+        return _float32(self._run(ids, 0, self._empty_pasts())[0][0])
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ class LlmRunner:
         outputs = self._run(ids, 0, self._empty_pasts())
         length = len(prompt_ids)
         while True:
-            logits = outputs[0][0, -1]
+            logits = _float32(outputs[0][0, -1])
             pasts = [outputs[i] for i in self._graph.present_index]
             token = yield logits
             outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
@@ -216,7 +218,7 @@ class LlmRunner:
         sequence = list(prompt_ids)
         while True:
             outputs = self._run(np.asarray([sequence], np.int64), 0, self._empty_pasts())
-            token = yield outputs[0][0, -1]
+            token = yield _float32(outputs[0][0, -1])
             sequence.append(token)
 
     def _empty_pasts(self) -> list[np.ndarray]:
@@ -230,6 +232,11 @@ class LlmRunner:
         if self._graph.kv_cache:
             feeds.update(zip(self._graph.past_names, pasts, strict=True))
         return self.session.run(None, feeds)
+
+
+def _float32(logits: np.ndarray) -> np.ndarray:
+    """Logits as float32 (the sampling rule's input), whatever the export produces."""
+    return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
 
 def _check_seed(seed: int) -> None:
@@ -270,6 +277,9 @@ def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
             raise ModelError(
                 f"decoder graph has {len(has_past)} past inputs, manifest says {len(past_names)}"
             )
+        past_types = {inputs[n].type for n in past_names}
+        if not past_types <= set(_PAST_TYPES) or len(past_types) != 1:
+            raise ModelError(f"decoder graph: past_key_values have types {sorted(past_types)}")
         for name in past_names:
             shape = inputs[name].shape
             _check_dim(shape, 1, llm.num_heads, f"{name} heads")
@@ -285,6 +295,7 @@ def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
         position_ids="position_ids" in inputs,
         past_names=past_names if llm.kv_cache else (),
         present_index=tuple(outputs.index(n) for n in present_names) if llm.kv_cache else (),
+        past_dtype=_PAST_TYPES[inputs[past_names[0]].type] if llm.kv_cache else np.float32,
     )
 
 
