@@ -89,6 +89,26 @@ def add_parser(
     add.add_argument("model_dir", metavar="MODEL_DIR")
     add.set_defaults(func=_guarded(cmd_add))
 
+    fetch = sub.add_parser(
+        "fetch",
+        parents=[data_dir_parent],
+        help="fetch a model from peers into the data dir's store",
+        description="Fetch MODEL_ID's manifest and files over the blob protocol from the given "
+        "peers (resuming partial files), check every hash, and store them. Shows a progress "
+        "bar on a terminal.",
+    )
+    fetch.add_argument("model_id", metavar="MODEL_ID", help="sha256:<hex> model id")
+    fetch.add_argument(
+        "--peer",
+        action="append",
+        required=True,
+        metavar="MULTIADDR",
+        help="a peer that has the model, /ip4/.../tcp/.../ws/p2p/<peer id> (repeatable)",
+    )
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per chunk request")
+    fetch.add_argument("--json", action="store_true", help="print one JSON object")
+    fetch.set_defaults(func=_guarded(cmd_fetch))
+
     lst = sub.add_parser("list", parents=[data_dir_parent], help="list the models in the store")
     lst.add_argument("--json", action="store_true", help="print one JSON object")
     lst.set_defaults(func=_guarded(cmd_list))
@@ -358,6 +378,94 @@ def cmd_list(args: argparse.Namespace) -> int:
             state = "" if r["complete"] else "  (incomplete)"
             print(f"{r['model_id']}  {r['kind']:<9} {r['name']} {r['version']}{state}")
     return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    import trio
+
+    from aipg.wire import Multiaddr, parse_content_id
+
+    mid = parse_content_id(args.model_id)
+    peers = [Multiaddr.parse(text) for text in args.peer]
+    if any(p.peer_id is None for p in peers):
+        raise _UsageError("--peer must end with /p2p/<peer id> so the peer is authenticated")
+    store = _store(args)
+    bar = ProgressBar(sys.stderr)
+    trio.run(_fetch, store, mid, peers, args.timeout, bar)
+    bar.finish()
+    if args.json:
+        print(json.dumps({"model_id": _id(mid), "name": store.manifest(mid).name}))
+    else:
+        print(_id(mid))
+    return 0
+
+
+async def _fetch(store, mid: bytes, addrs: list, timeout: float, bar: ProgressBar) -> None:
+    """Run a short-lived gossip host (a throwaway identity: fetching needs no node key)."""
+    import trio
+
+    from aipg.gossip import GossipConfig, GossipError, GossipHost, WebsocketTransport
+    from aipg.models import ModelError
+    from aipg.models.blob import BlobFetcher, fetch_manifest, fetch_model
+    from aipg.wire import Identity, WireError
+
+    host = GossipHost(Identity.generate(), GossipConfig(), transport=WebsocketTransport())
+
+    async def work() -> None:
+        peers = []
+        for addr in addrs:
+            try:
+                peers.append(await host.connect(addr))
+            except GossipError as e:
+                print(f"{PROG}: cannot reach {addr}: {e}", file=sys.stderr)
+        if not peers:
+            raise _UsageError("none of the peers could be reached")
+        fetcher = BlobFetcher(
+            store.blobs, host.request, timeout=timeout, transport_errors=(GossipError,)
+        )
+        manifest = await fetch_manifest(fetcher, mid, peers)
+        await fetch_model(store, manifest, fetcher, peers, bar.update)
+
+    # Errors are carried out of the nursery by hand so they stay one-line errors instead of
+    # an exception group.
+    error: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        try:
+            await work()
+        except (ModelError, WireError, GossipError, _UsageError, OSError) as e:
+            error = e
+        nursery.cancel_scope.cancel()
+    if error is not None:
+        raise _UsageError(str(error))
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent when the stream is not one."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.shown = False
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = self.WIDTH * done // total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        mib = 1 << 20
+        self.stream.write(
+            f"\r[{bar}] {100 * done // total:3d}%  {done / mib:.1f}/{total / mib:.1f} MiB"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ the fetch starts again from another peer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,7 +37,14 @@ from aipg.wire import (
 )
 
 from .errors import ModelError
-from .manifest import Manifest, ModelAnnouncement, ModelId, check_manifest
+from .manifest import (
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    ModelAnnouncement,
+    ModelId,
+    check_manifest,
+    model_id_text,
+)
 from .store import BlobStore, ModelStore
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "BlobServer",
     "BlobStatus",
     "check_announcement",
+    "fetch_manifest",
     "fetch_model",
     "sign_announcement",
 ]
@@ -245,7 +254,14 @@ class BlobFetcher:
                 if progress is not None:
                     progress(offset, size)
 
-    async def _chunk(self, peer: Any, req: BlobRequest, size: int) -> bytes:
+    async def whole_small_blob(self, peer: Any, req: BlobRequest) -> bytes:
+        """A blob that fits in one response (a manifest); raises PeerFailed."""
+        resp = await self._ask(peer, req)
+        if resp.total_size != len(resp.data):
+            raise PeerFailed(f"blob of {resp.total_size} bytes does not fit one response")
+        return resp.data
+
+    async def _ask(self, peer: Any, req: BlobRequest) -> BlobResponse:
         try:
             raw = await self.request(peer, BLOB_PROTOCOL, encode(req), self.timeout)
             resp = decode(raw, BlobResponse)
@@ -257,6 +273,10 @@ class BlobFetcher:
             raise PeerFailed(f"status {resp.status}")
         if resp.blob_id != req.blob_id or resp.offset != req.offset:
             raise PeerFailed("response is for another blob or offset")
+        return resp
+
+    async def _chunk(self, peer: Any, req: BlobRequest, size: int) -> bytes:
+        resp = await self._ask(peer, req)
         if resp.total_size != size:
             raise PeerFailed(f"says the blob has {resp.total_size} bytes, not {size}")
         if len(resp.data) != req.length:
@@ -279,6 +299,26 @@ def _resume_offset(partial: Path, size: int) -> int:
 def _append(out, data: bytes) -> None:
     out.write(data)
     out.flush()
+
+
+async def fetch_manifest(fetcher: BlobFetcher, mid: bytes, peers: Sequence[Any]) -> Manifest:
+    """The manifest with id ``mid``, fetched as a blob (its id is its hash) in one request.
+
+    Peers are tried in turn. Raises ModelError when none serves a manifest with that hash.
+    """
+    last_error = "no peer given"
+    request = BlobRequest(blob_id=mid, offset=0, length=MAX_MANIFEST_SIZE)
+    for peer in peers:
+        try:
+            data = await fetcher.whole_small_blob(peer, request)
+            if hashlib.sha256(data).digest() != mid:
+                raise PeerFailed("served a manifest with the wrong hash")
+            manifest = decode(data, Manifest)
+            check_manifest(manifest)
+            return manifest
+        except (PeerFailed, WireError, ModelError) as e:
+            last_error = f"{peer}: {e}"
+    raise ModelError(f"could not fetch manifest {model_id_text(mid)} ({last_error})")
 
 
 async def fetch_model(

@@ -2,6 +2,8 @@
 serving node's connection dropped mid-transfer and the node coming back."""
 
 import hashlib
+import json
+import sys
 
 import pytest
 import trio
@@ -85,3 +87,46 @@ async def test_fetch_over_two_real_nodes_survives_a_dropped_connection(nursery, 
     assert hashlib.sha256(path.read_bytes()).digest() == digest
     # Resumed where the drop left it, not from zero.
     assert offsets.count(DROP_AFTER * CHUNK) == 2 and offsets.count(0) == 1
+
+
+async def test_cli_fetch_pulls_a_model_from_a_real_node(nursery, tmp_path, llm_dir):
+    from aipg.models import load_model_dir, model_id_text
+    from aipg.models.store import ModelStore
+
+    seed_store = ModelStore(tmp_path / "seed")
+    mid = seed_store.add_model_dir(llm_dir)
+    seeder = make_host(3)
+    seeder.set_request_handler(BLOB_PROTOCOL, BlobServer(seed_store.blobs).handle)
+    await nursery.start(seeder.run)
+    command = [
+        sys.executable,
+        "-m",
+        "aipg.cli.models_cmd",
+        "models",
+        "fetch",
+        model_id_text(mid),
+        "--peer",
+        str(seeder.listen_addrs[0]),
+        "--data-dir",
+        str(tmp_path / "node"),
+        "--json",
+    ]
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["model_id"] == model_id_text(mid)
+    fetched = ModelStore(tmp_path / "node" / "blobs")
+    assert fetched.model_ids() == [mid] and fetched.missing_files(mid) == []
+    assert fetched.verify_model(mid) == []
+    assert fetched.manifest(mid) == load_model_dir(llm_dir).manifest
+
+    unknown = model_id_text(bytes(32))
+    command[5] = unknown
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "could not fetch manifest" in err and "Traceback" not in err

@@ -73,3 +73,26 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "d" / "llm" / "model.onnx").write_bytes(b"broken")
     r = models("check", llm)
     assert r.returncode == 1 and "sha256" in r.stdout and "FAILED" in r.stdout
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    import io
+
+    from aipg.cli.models_cmd import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = ProgressBar(term)
+    for done in (0, 1 << 20, 3 << 20):
+        bar.update(done, 3 << 20)
+    bar.finish()
+    lines = term.getvalue().split("\r")[1:]
+    assert lines[0].startswith("[" + "." * 30 + "]   0%")
+    assert lines[1].startswith("[" + "#" * 10 + "." * 20 + "]  33%  1.0/3.0 MiB")
+    assert lines[2] == "[" + "#" * 30 + "] 100%  3.0/3.0 MiB\n"
+    quiet = io.StringIO()
+    ProgressBar(quiet).update(1, 2)
+    assert quiet.getvalue() == ""
