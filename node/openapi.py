@@ -288,6 +288,7 @@ _JOB_ERRORS = {
     "402": _error("The paid account cannot cover the fee"),
     "404": _error("Unknown model"),
     "413": _error("Request body too large"),
+    "415": _error("Content-Type is not application/json"),
     "429": _error("Free-tier rate limit", retry_after=True),
     "502": _error("No worker produced a result"),
     "503": _error("The network is busy", retry_after=True),

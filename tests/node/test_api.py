@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.testing
 from openapi_spec_validator import validate
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -505,6 +506,38 @@ async def test_cancelling_serve_api_closes_the_listener(gateway):
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", address.port)
+
+
+async def test_shutdown_stops_listening_and_lets_requests_in_flight_finish(demo_models):
+    gate, shutdown, stopped = trio.Event(), trio.Event(), trio.Event()
+    gateway = make_gateway(demo_models, gate=gate)
+    app = app_for(gateway)
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await serve_api(app, "127.0.0.1", 0, shutdown=shutdown, task_status=task_status)
+        stopped.set()
+
+    responses: list[httpx.Response] = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve)
+        async with http(address) as h:
+
+            async def held_request() -> None:
+                body = {"model": LLM, "prompt": "x", "max_tokens": 3}
+                responses.append(await h.post("/v1/completions", json=body))
+
+            nursery.start_soon(held_request)
+            with trio.fail_after(10):
+                await gateway.job_started.wait()
+            shutdown.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not stopped.is_set()  # a request is still in flight
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", address.port)
+            gate.set()
+            with trio.fail_after(10):
+                await stopped.wait()
+    assert responses[0].status_code == 200
 
 
 async def test_a_client_leaving_mid_stream_cancels_the_job(demo_models):
