@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .messages import PubsubMessage
-
 
 class SeenCache:
     """Message ids seen in the last ``ttl`` seconds; expiry is O(expired)."""
@@ -46,23 +44,23 @@ class MessageCache:
         if gossip > history:
             raise ValueError("mcache_gossip must not exceed mcache_len")
         self.gossip = gossip
-        self._msgs: dict[bytes, PubsubMessage] = {}
+        self._msgs: dict[bytes, bytes] = {}  # id -> encoded message
         self._windows: list[list[tuple[bytes, str]]] = [[] for _ in range(history)]
         self._requests: dict[bytes, dict[object, int]] = {}
 
     def __len__(self) -> int:
         return len(self._msgs)
 
-    def put(self, msg_id: bytes, msg: PubsubMessage) -> None:
+    def put(self, msg_id: bytes, encoded: bytes, topic: str) -> None:
         if msg_id in self._msgs:
             return
-        self._msgs[msg_id] = msg
-        self._windows[0].append((msg_id, msg.topic))
+        self._msgs[msg_id] = encoded
+        self._windows[0].append((msg_id, topic))
 
-    def get(self, msg_id: bytes) -> PubsubMessage | None:
+    def get(self, msg_id: bytes) -> bytes | None:
         return self._msgs.get(msg_id)
 
-    def get_for_peer(self, msg_id: bytes, peer: object) -> tuple[PubsubMessage | None, int]:
+    def get_for_peer(self, msg_id: bytes, peer: object) -> tuple[bytes | None, int]:
         """The message and how many times ``peer`` has now asked for it."""
         msg = self._msgs.get(msg_id)
         if msg is None:

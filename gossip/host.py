@@ -746,7 +746,7 @@ def _merge(batch: list[object]) -> list[object]:
             out.append(item)
             continue
         ctl = item.control
-        item_size = sum(len(m.data) for m in item.messages)
+        item_size = sum(map(len, item.messages))
         if ctl is not None and (ctl.ihave or ctl.iwant):
             ids = sum(len(c.message_ids) for c in ctl.ihave) + sum(
                 len(c.message_ids) for c in ctl.iwant

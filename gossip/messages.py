@@ -123,10 +123,16 @@ class ControlMessage(Record):
     prune: Annotated[tuple[ControlPrune, ...], MaxLen(256)]
 
 
+# A PubsubMessage travels inside an RPC as its canonical bytes: the message id is the
+# sha256 of exactly these bytes, so a duplicate is recognised without decoding it, and a
+# forwarded message is never re-encoded.
+EncodedMessage = Annotated[bytes, MaxLen(MAX_PUBSUB_DATA + 4096)]
+
+
 @record(tag=118, max_size=MAX_RPC_SIZE)
 class Rpc(Record):
     subscriptions: Annotated[tuple[SubOpts, ...], MaxLen(256)]
-    messages: Annotated[tuple[PubsubMessage, ...], MaxLen(MAX_RPC_MESSAGES)]
+    messages: Annotated[tuple[EncodedMessage, ...], MaxLen(MAX_RPC_MESSAGES)]
     control: ControlMessage | None
 
 

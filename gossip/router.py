@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from aipg.wire import PeerId, WireError, encode, is_signed_by_signer, sha256, sign
+from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer, sha256, sign
 from aipg.wire.keys import Identity
 
 from .cache import MessageCache, SeenCache
@@ -293,12 +293,13 @@ class GossipSubRouter:
         """
         self._seqno += 1
         msg = sign(PubsubMessage(topic=topic, data=data, seqno=self._seqno), self.identity)
-        mid = message_id(msg)
+        encoded = encode(msg)
+        mid = sha256(encoded)
         now = self._now()
         self._seen.add(mid, now)
-        self._mcache.put(mid, msg)
+        self._mcache.put(mid, encoded, topic)
         self.stats.published += 1
-        rpc = Rpc(subscriptions=(), messages=(msg,), control=None)
+        rpc = Rpc(subscriptions=(), messages=(encoded,), control=None)
         for peer in self._publish_targets(topic, now):
             self._send_rpc(peer, rpc)
         return mid
@@ -354,36 +355,46 @@ class GossipSubRouter:
                 self.score.prune(peer, sub.topic)
             self.fanout.get(sub.topic, set()).discard(peer)
 
-    def _handle_message(self, peer: PeerId, msg: PubsubMessage) -> None:
+    def _handle_message(self, peer: PeerId, encoded: bytes) -> None:
+        mid = sha256(encoded)
+        now = self._now()
+        if mid in self._seen:
+            self._promises.pop(mid, None)
+            self.stats.duplicates += 1
+            self.score.duplicate_message(peer, mid, now)
+            return
+        try:
+            msg = decode(encoded, PubsubMessage)
+        except WireError:
+            self.score.add_penalty(peer)  # not even a message: no topic to blame it on
+            return
         topic = msg.topic
         if topic not in self._subs:
             return  # not ours: we neither deliver nor forward what we did not ask for
-        mid = message_id(msg)
-        now = self._now()
         self._promises.pop(mid, None)
-        if not self._seen.add(mid, now):
-            self.stats.duplicates += 1
-            self.score.duplicate_message(peer, topic, mid, now)
-            return
-        self.score.validate_message(mid, now)
+        self._seen.add(mid, now)
+        self.score.validate_message(mid, topic, now)
         if not is_signed_by_signer(msg):
-            self._finish(peer, msg, mid, ValidationResult.REJECT)
+            self._finish(peer, msg, encoded, mid, ValidationResult.REJECT)
             return
         entry = self._validators.get(topic)
         if entry is None:
-            self._finish(peer, msg, mid, ValidationResult.ACCEPT)
+            self._finish(peer, msg, encoded, mid, ValidationResult.ACCEPT)
             return
-        if (
-            self._pending_validations >= self.params.max_pending_validations
-            or self._nursery is None
-        ):
-            self._finish(peer, msg, mid, ValidationResult.IGNORE)
+        if self._pending_validations >= self.params.max_pending_validations or not self._nursery:
+            self._finish(peer, msg, encoded, mid, ValidationResult.IGNORE)
             return
         self._pending_validations += 1
-        self._nursery.start_soon(self._validate, peer, msg, mid, *entry)
+        self._nursery.start_soon(self._validate, peer, msg, encoded, mid, *entry)
 
     async def _validate(
-        self, peer: PeerId, msg: PubsubMessage, mid: MessageId, validator: Validator, timeout: float
+        self,
+        peer: PeerId,
+        msg: PubsubMessage,
+        encoded: bytes,
+        mid: MessageId,
+        validator: Validator,
+        timeout: float,
     ) -> None:
         result = ValidationResult.IGNORE
         try:
@@ -393,9 +404,16 @@ class GossipSubRouter:
                     result = outcome
         finally:
             self._pending_validations -= 1
-        self._finish(peer, msg, mid, result)
+        self._finish(peer, msg, encoded, mid, result)
 
-    def _finish(self, peer: PeerId, msg: PubsubMessage, mid: MessageId, result: ValidationResult):
+    def _finish(
+        self,
+        peer: PeerId,
+        msg: PubsubMessage,
+        encoded: bytes,
+        mid: MessageId,
+        result: ValidationResult,
+    ) -> None:
         now = self._now()
         if result is ValidationResult.REJECT:
             self.stats.rejected += 1
@@ -405,9 +423,9 @@ class GossipSubRouter:
             self.stats.ignored += 1
             return
         self.score.deliver_message(peer, msg.topic, mid, now)
-        self._mcache.put(mid, msg)
+        self._mcache.put(mid, encoded, msg.topic)
         self._deliver_locally(peer, msg, mid)
-        self._forward(peer, msg)
+        self._forward(peer, msg, encoded)
 
     def _deliver_locally(self, peer: PeerId | None, msg: PubsubMessage, mid: MessageId) -> None:
         subs = self._subs.get(msg.topic)
@@ -422,11 +440,11 @@ class GossipSubRouter:
         for sub in subs:
             sub._offer(item)
 
-    def _forward(self, source: PeerId, msg: PubsubMessage) -> None:
+    def _forward(self, source: PeerId, msg: PubsubMessage, encoded: bytes) -> None:
         targets = self.mesh.get(msg.topic)
         if not targets:
             return
-        rpc = Rpc(subscriptions=(), messages=(msg,), control=None)
+        rpc = Rpc(subscriptions=(), messages=(encoded,), control=None)
         author_key = msg.signer
         for peer in targets:
             if peer != source and peer.raw[6:] != author_key:
@@ -478,10 +496,10 @@ class GossipSubRouter:
         self._promises.setdefault(promised, {})[peer] = self._now() + p.iwant_followup_time
         return wanted
 
-    def _handle_iwant(self, peer: PeerId, state: _PeerState, iwants) -> list[PubsubMessage]:
+    def _handle_iwant(self, peer: PeerId, state: _PeerState, iwants) -> list[bytes]:
         if not iwants or self.score.score(peer) < self.thresholds.gossip_threshold:
             return []
-        out: list[PubsubMessage] = []
+        out: list[bytes] = []
         ids = [mid for iwant in iwants for mid in iwant.message_ids]
         room = self.params.max_iwant_serve - state.iwant_served_this_beat
         if len(ids) > room:

@@ -49,6 +49,7 @@ class _Delivery:
     """What we know about one message id, for P3's delivery window."""
 
     first_seen: float
+    topic: str
     validated: float | None = None
     valid: bool | None = None
     peers: set[PeerId] = dataclasses.field(default_factory=set)
@@ -137,13 +138,13 @@ class PeerScore:
 
     # --- events ------------------------------------------------------------------
 
-    def validate_message(self, msg_id: bytes, now: float) -> None:
+    def validate_message(self, msg_id: bytes, topic: str, now: float) -> None:
         """A message arrived for the first time (before validation)."""
-        self._deliveries.setdefault(msg_id, _Delivery(first_seen=now))
+        self._deliveries.setdefault(msg_id, _Delivery(first_seen=now, topic=topic))
 
     def deliver_message(self, peer: PeerId, topic: str, msg_id: bytes, now: float) -> None:
         """``peer`` was first to deliver ``msg_id``, and it validated."""
-        d = self._deliveries.setdefault(msg_id, _Delivery(first_seen=now))
+        d = self._deliveries.setdefault(msg_id, _Delivery(first_seen=now, topic=topic))
         d.validated, d.valid = now, True
         self._credit(peer, topic, first=True)
         for other in d.peers:
@@ -151,11 +152,12 @@ class PeerScore:
                 self._credit(other, topic, first=False)
         d.peers.add(peer)
 
-    def duplicate_message(self, peer: PeerId, topic: str, msg_id: bytes, now: float) -> None:
+    def duplicate_message(self, peer: PeerId, msg_id: bytes, now: float) -> None:
         d = self._deliveries.get(msg_id)
         if d is None or peer in d.peers:
             return
         d.peers.add(peer)
+        topic = d.topic
         if d.valid is False:
             self.reject_message(peer, topic)
         elif d.valid and d.validated is not None:

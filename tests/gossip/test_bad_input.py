@@ -107,7 +107,11 @@ async def test_forged_signatures_are_rejected_and_scored(nursery, autojump_clock
     real = sign(PubsubMessage(topic=T, data=b"real", seqno=1), author.identity)
     forged = real.replace(data=b"forged")  # author's key, signature of other bytes
     unsigned = PubsubMessage(topic=T, data=b"unsigned", seqno=2)
-    _inject(forger, victim, Rpc(subscriptions=(), messages=(forged, unsigned), control=None))
+    _inject(
+        forger,
+        victim,
+        Rpc(subscriptions=(), messages=(encode(forged), encode(unsigned)), control=None),
+    )
     await until(victim, lambda: victim.router.stats.rejected == 2, 10)
     assert victim.peer_score(forger.peer_id) < 0
     await _honest_traffic(nursery, honest, subs, 12)
@@ -133,7 +137,7 @@ async def test_replayed_messages_are_delivered_once(nursery, autojump_clock):
     honest, subs, attacker = await _mesh(nursery, 4)
     msg = sign(PubsubMessage(topic=T, data=b"once", seqno=7), honest[3].identity)
     for _ in range(5):
-        _inject(attacker, honest[0], Rpc(subscriptions=(), messages=(msg,), control=None))
+        _inject(attacker, honest[0], Rpc(subscriptions=(), messages=(encode(msg),), control=None))
     with trio.fail_after(5):
         assert (await subs[0].receive()).data == b"once"
     await until(honest[0], lambda: honest[0].router.stats.duplicates >= 4, 5)
@@ -178,7 +182,7 @@ async def test_graft_spam_in_backoff_ends_in_graylist(nursery, autojump_clock):
 async def test_unknown_topics_are_ignored(nursery, autojump_clock):
     honest, subs, attacker = await _mesh(nursery, 4)
     msg = sign(PubsubMessage(topic=topic("nobody-listens"), data=b"?", seqno=1), attacker.identity)
-    _inject(attacker, honest[0], Rpc(subscriptions=(), messages=(msg,), control=None))
+    _inject(attacker, honest[0], Rpc(subscriptions=(), messages=(encode(msg),), control=None))
     await _honest_traffic(nursery, honest, subs, 4)
     assert honest[0].is_connected(attacker.peer_id)
 

@@ -1,0 +1,225 @@
+"""GossipSub mesh benchmark: N hosts in one process, websockets on 127.0.0.1 or in memory.
+
+    python bench/gossip.py --transport ws --nodes 25 --messages 500 --rate 0
+    python bench/gossip.py --transport ws --nodes 25 --messages 100 --rate 5
+    python bench/gossip.py --transport memory --nodes 1000 --messages 50
+
+Builds a connected sparse topology (a random spanning tree plus ~3 extra dials per
+node), waits for every mesh to form, publishes from random nodes (``--rate 0``: as fast
+as the publisher's queues allow; else R messages/s) and prints one JSON object as its
+last line:
+
+* ``delivery_ratio``: remote deliveries / (messages × (nodes - 1))
+* ``p50_ms``, ``p99_ms``: publish call → each remote delivery
+* ``delivered_per_s``: remote deliveries / (first publish → last delivery)
+* ``duplicates_per_message``: duplicate receptions (all nodes) per message
+* ``cpu_s_per_1k_delivered``: process CPU seconds per 1000 remote deliveries
+* ``peak_rss_mb``
+* ``reference_verify_per_s``: Ed25519 verifications/s on this machine in the same run,
+  and ``delivered_per_verify``: delivered_per_s divided by it (a machine-independent
+  ratio: every delivery costs at least one signature check somewhere).
+
+It ends on its own (a deadline after the last publish) and uses only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aipg.gossip import (
+    GossipConfig,
+    GossipHost,
+    MemoryNetwork,
+    MemoryTransport,
+    WebsocketTransport,
+    topic,
+)
+from aipg.gossip.config import GossipSubParams
+from aipg.wire import Identity, Multiaddr, verify_signature
+
+T = topic("bench")
+
+
+def sparse_edges(n: int, extra: int, rng: random.Random) -> list[tuple[int, int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    edges = {(order[i], order[rng.randrange(i)]) for i in range(1, n)}
+    for a in range(n):
+        for _ in range(extra):
+            b = rng.randrange(n)
+            if a != b and (a, b) not in edges and (b, a) not in edges:
+                edges.add((a, b))
+    return sorted(edges)
+
+
+def reference_verify_rate(seconds: float = 0.3) -> float:
+    ident = Identity.from_seed(bytes(32))
+    data = b"x" * 256
+    sig = ident.sign(data)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            verify_signature(ident.public_bytes, sig, data)
+        n += 100
+    return n / (time.perf_counter() - start)
+
+
+def mesh_ready(hosts: list[GossipHost]) -> bool:
+    for h in hosts:
+        subscribed = len(h.router.topic_peers.get(T, ()))
+        if subscribed == 0 or len(h.router.mesh_peers(T)) < min(4, subscribed):
+            return False
+    return True
+
+
+async def main(args) -> dict:
+    rng = random.Random(args.seed)
+    network = MemoryNetwork()
+    params = GossipSubParams(heartbeat_interval=args.heartbeat)
+    received: list[list[tuple[int, float]]] = [[] for _ in range(args.nodes)]
+    publish_at: dict[int, float] = {}
+    total_wanted = args.messages * (args.nodes - 1)
+    done = trio.Event()
+    count = 0
+
+    async with trio.open_nursery() as nursery:
+        hosts: list[GossipHost] = []
+        for i in range(args.nodes):
+            transport = WebsocketTransport() if args.transport == "ws" else MemoryTransport(network)
+            cfg = GossipConfig(
+                listen=[Multiaddr.parse("/ip4/127.0.0.1/tcp/0/ws")],
+                gossipsub=params,
+                max_peers=max(64, args.nodes),
+                high_water=max(48, args.nodes),
+                low_water=max(32, args.nodes),
+                outbound_queue=args.queue,
+                seed=args.seed * 100003 + i,
+            )
+            host = GossipHost(Identity.from_seed(rng.randbytes(32)), cfg, transport=transport)
+            await nursery.start(host.run)
+            hosts.append(host)
+        subs = [h.subscribe(T) for h in hosts]
+
+        async def collect(i: int, sub) -> None:
+            nonlocal count
+            log = received[i]
+            async for item in sub:
+                log.append((int.from_bytes(item.data[:8], "big"), time.perf_counter()))
+                count += 1
+                if count >= total_wanted:
+                    done.set()
+
+        for i, sub in enumerate(subs):
+            nursery.start_soon(collect, i, sub)
+
+        t0 = time.perf_counter()
+        edges = sparse_edges(args.nodes, args.extra, rng)
+        async with trio.open_nursery() as dials:
+            for a, b in edges:
+                dials.start_soon(hosts[a].connect, hosts[b].listen_addrs[0])
+        connect_s = time.perf_counter() - t0
+        with trio.move_on_after(args.mesh_timeout):
+            while not mesh_ready(hosts):
+                await hosts[0].router.heartbeat_done.wait()
+        mesh_s = time.perf_counter() - t0 - connect_s
+        print(
+            f"{args.nodes} nodes, {len(edges)} connections in {connect_s:.1f}s; "
+            f"mesh ready={mesh_ready(hosts)} after {mesh_s:.1f}s",
+            file=sys.stderr,
+        )
+
+        authors = [rng.randrange(args.nodes) for _ in range(args.messages)]
+        pad = b"\x00" * max(0, args.size - 8)
+        cpu0 = time.process_time()
+        first_publish = time.perf_counter()
+        for k, a in enumerate(authors):
+            if args.rate > 0:
+                await trio.sleep_until(_trio_deadline(first_publish, k / args.rate))
+            else:
+                await _wait_for_room(hosts[a])
+            publish_at[k] = time.perf_counter()
+            await hosts[a].publish(T, k.to_bytes(8, "big") + pad)
+        with trio.move_on_after(args.drain_timeout):
+            await done.wait()
+        cpu = time.process_time() - cpu0
+        nursery.cancel_scope.cancel()
+
+    latencies = []
+    last = first_publish
+    for i, log in enumerate(received):
+        for k, at in log:
+            if authors[k] != i:
+                latencies.append((at - publish_at[k]) * 1000)
+                last = max(last, at)
+    delivered = len(latencies)
+    duplicates = sum(h.router.stats.duplicates for h in hosts)
+    lat = sorted(latencies) or [float("nan")]
+    verify_rate = reference_verify_rate()
+    per_s = delivered / (last - first_publish) if last > first_publish else 0.0
+    return {
+        "transport": args.transport,
+        "nodes": args.nodes,
+        "messages": args.messages,
+        "rate": args.rate,
+        "size": args.size,
+        "delivery_ratio": round(delivered / total_wanted, 4),
+        "p50_ms": round(statistics.median(lat), 2),
+        "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+        "delivered_per_s": round(per_s, 1),
+        "duplicates_per_message": round(duplicates / args.messages, 2),
+        "cpu_s_per_1k_delivered": round(cpu / max(1, delivered) * 1000, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "reference_verify_per_s": round(verify_rate),
+        "delivered_per_verify": round(per_s / verify_rate, 4),
+    }
+
+
+def _trio_deadline(start_perf: float, offset: float) -> float:
+    return trio.current_time() + (start_perf + offset - time.perf_counter())
+
+
+async def _wait_for_room(host: GossipHost) -> None:
+    """Flat out, but never past the publisher's own queues (that would only drop)."""
+    while any(
+        c.send_q.statistics().current_buffer_used > host.config.outbound_queue // 2
+        for c in host._conns.values()
+    ):
+        await trio.sleep(0.001)
+    await trio.lowlevel.checkpoint()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--transport", choices=["ws", "memory"], default="memory")
+    p.add_argument("--nodes", type=int, default=25)
+    p.add_argument("--messages", type=int, default=100)
+    p.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 = as fast as possible")
+    p.add_argument("--size", type=int, default=256, help="message size in bytes (>= 8)")
+    p.add_argument("--extra", type=int, default=3, help="extra dials per node beyond the tree")
+    p.add_argument("--heartbeat", type=float, default=1.0)
+    p.add_argument("--queue", type=int, default=512, help="per-peer outbound queue")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--mesh-timeout", type=float, default=30.0)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    if args.size < 8 or args.nodes < 2 or args.messages < 1:
+        p.error("need --size >= 8, --nodes >= 2, --messages >= 1")
+    return args
+
+
+if __name__ == "__main__":
+    result = trio.run(main, parse_args())
+    print(json.dumps(result))
