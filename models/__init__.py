@@ -1,6 +1,18 @@
 """aipg.models: model manifests, the blob store, deterministic ONNX sessions, the LLM and
 diffusion runners, the tokenizer and the demo-model builders. Imports only aipg.wire."""
 
+from .blob import (
+    BLOB_PROTOCOL,
+    BlobFetcher,
+    BlobRequest,
+    BlobResponse,
+    BlobServer,
+    BlobStatus,
+    check_announcement,
+    fetch_manifest,
+    fetch_model,
+    sign_announcement,
+)
 from .demo import build_demo, build_demo_diffusion, build_demo_llm, train_demo_tokenizer
 from .diffusion import (
     Conditioning,
@@ -35,12 +47,20 @@ from .manifest import (
 )
 from .sampling import MAX_TOKENS, SamplingParams, choose_token, sampling_uniform
 from .session import ExecutionProfile, SessionFactory, cuda_is_usable
+from .store import BlobStore, ModelStore
 from .tokenizer import Tokenizer
 
 __all__ = [
+    "BLOB_PROTOCOL",
     "DIFFUSION",
     "LLM",
     "MAX_TOKENS",
+    "BlobFetcher",
+    "BlobRequest",
+    "BlobResponse",
+    "BlobServer",
+    "BlobStatus",
+    "BlobStore",
     "Conditioning",
     "DdimSchedule",
     "DiffusionInterface",
@@ -58,6 +78,7 @@ __all__ = [
     "ModelError",
     "ModelFile",
     "ModelId",
+    "ModelStore",
     "SamplingParams",
     "SessionFactory",
     "StepEvent",
@@ -68,9 +89,12 @@ __all__ = [
     "build_demo",
     "build_demo_diffusion",
     "build_demo_llm",
+    "check_announcement",
     "check_manifest",
     "choose_token",
     "cuda_is_usable",
+    "fetch_manifest",
+    "fetch_model",
     "load_model_dir",
     "manifest_from_json",
     "manifest_to_json",
@@ -78,6 +102,7 @@ __all__ = [
     "model_id_text",
     "sampling_uniform",
     "seeded_gaussian",
+    "sign_announcement",
     "train_demo_tokenizer",
     "write_manifest",
 ]

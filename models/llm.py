@@ -27,6 +27,7 @@ from .tokenizer import Tokenizer
 __all__ = ["Generation", "LlmRunner", "Timings", "TokenEvent"]
 
 _PAST_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+STOP_WINDOW = 4 * 64 + 8
 FINISH_STOP = "stop"  # end-of-sequence token or a stop string
 FINISH_LENGTH = "length"  # max_tokens or the context is full
 
@@ -153,7 +154,7 @@ class LlmRunner:
             if token == self.tokenizer.eos_id:
                 finish = FINISH_STOP
                 break
-            if params.stop:
+            if params.stop and self._stop_in_tail(tokens, params.stop):
                 text = self.tokenizer.decode(tokens)
                 cut = _stop_position(text, params.stop)
                 if cut is not None:
@@ -174,6 +175,13 @@ class LlmRunner:
         self.check_sequence(token_ids)
         ids = np.asarray([token_ids], np.int64)
         return _float32(self._run(ids, 0, self._empty_pasts())[0][0])
+
+    def _stop_in_tail(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+        """Whether a stop string ends in the text of the last tokens. Decoding only a tail
+        keeps long generations linear; a stop string of 64 characters spans at most
+        STOP_WINDOW tokens (4 byte-fallback tokens per character)."""
+        tail = self.tokenizer.decode(tokens[-STOP_WINDOW:])
+        return any(s and s in tail for s in stops)
 
     # -- checks ---------------------------------------------------------------------------
 
