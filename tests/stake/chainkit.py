@@ -83,11 +83,11 @@ def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: 
     """A job assigned to ``worker`` at the chain's current height, its receipt, and the
     verdicts of its whole committee (valid or not). Returns (job, assignment, receipt,
     verdicts)."""
+    from aipg.models import ExecutionProfile, SamplingParams
     from aipg.pouw import (
         COMMITTEE_LOOKAHEAD,
         Assignment,
         Job,
-        LlmJobParams,
         Receipt,
         VerdictReason,
         assignment_id,
@@ -105,7 +105,7 @@ def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: 
         Job(
             model_id=b"m" * 32,
             prompt="hello grid",
-            llm=LlmJobParams(max_tokens=16),
+            llm=SamplingParams(max_tokens=16),
             diffusion=None,
             seed=7,
             tier=1 if fee else 0,
@@ -132,7 +132,7 @@ def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: 
             input_hash=input_hash_llm([5, 6, 7]),
             params_hash=params_hash(job),
             seed=job.seed,
-            profile=b"",
+            profile=ExecutionProfile("1.0", "CPUExecutionProvider", 99, 1, True, job.model_id),
             output_hash=output_hash_tokens([9, 10, 11, 12]),
             **counts,
             work_units=work_units(job.kind, job.cost_milli, **counts),
