@@ -145,7 +145,8 @@ class LlmRunner:
         logits = next(step)
         prefill_done = time.perf_counter_ns()
         tokens: list[int] = []
-        text, finish = "", FINISH_LENGTH
+        text: str | None = None  # set when a stop string cut it
+        finish = FINISH_LENGTH
         for index in range(budget):
             token = choose_token(logits, params, seed, index)
             tokens.append(token)
@@ -155,16 +156,16 @@ class LlmRunner:
                 finish = FINISH_STOP
                 break
             if params.stop and self._stop_in_tail(tokens, params.stop):
-                text = self.tokenizer.decode(tokens)
-                cut = _stop_position(text, params.stop)
+                full = self.tokenizer.decode(tokens)
+                cut = _stop_position(full, params.stop)
                 if cut is not None:
-                    text, finish = text[:cut], FINISH_STOP
+                    text, finish = full[:cut], FINISH_STOP
                     break
             if index + 1 < budget:
                 logits = step.send(token)
         end = time.perf_counter_ns()
         step.close()
-        if finish != FINISH_STOP or not params.stop:
+        if text is None:
             text = self.tokenizer.decode(tokens)
         timings = Timings(prefill_done - start, end - prefill_done, end - start, len(tokens))
         return Generation(list(prompt_ids), tokens, text, finish, timings)

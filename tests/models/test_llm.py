@@ -75,6 +75,9 @@ def test_end_of_sequence_stops(llm_runner, monkeypatch):
     stopped = llm_runner.generate(ids, SamplingParams(max_tokens=20), 1)
     assert stopped.finish_reason == "stop"
     assert stopped.token_ids == full.token_ids[: full.token_ids.index(full.token_ids[4]) + 1]
+    assert stopped.text == llm_runner.tokenizer.decode(stopped.token_ids) != ""
+    never = SamplingParams(max_tokens=20, stop=("\0never\0",))
+    assert llm_runner.generate(ids, never, 1).text == stopped.text
 
 
 def test_generation_stops_at_the_end_of_the_context(llm_runner):
