@@ -29,7 +29,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api_request import (
@@ -91,7 +91,12 @@ __all__ = [
     "FREE_TIER_KEY",
     "MAX_TOKENS_LIMIT",
     "ApiAddress",
+    "ApiError",
     "build_app",
+    "error_response",
+    "invalid",
+    "json_response",
+    "read_json_object",
     "serve_api",
 ]
 
@@ -381,7 +386,9 @@ class ObserveMiddleware:
     it is a sane one), turns any escaped exception into a JSON 500 (logged), and records
     the access log line and the request metrics."""
 
-    def __init__(self, app: ASGIApp, routes: list[Route], metrics: ApiMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Callable[[], Sequence[BaseRoute]], metrics: ApiMetrics
+    ) -> None:
         self.app = app
         self.routes = routes
         self.metrics = metrics
@@ -429,9 +436,9 @@ class ObserveMiddleware:
         )
 
     def _route(self, scope: Scope) -> str:
-        for route in self.routes:
+        for route in self.routes():  # read now: the node may add routes after build_app
             match, _ = route.matches(scope)
-            if match is not Match.NONE:
+            if match is not Match.NONE and isinstance(route, Route):
                 return route.path
         return "other"
 
@@ -509,7 +516,9 @@ def build_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ObserveMiddleware, routes=routes, metrics=metrics)],
+        middleware=[
+            Middleware(ObserveMiddleware, routes=lambda: app.router.routes, metrics=metrics)
+        ],
         exception_handlers={HTTPException: _http_exception, ApiError: _api_error},
     )
     app.state.api = api

@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 from functools import cache
 
-__all__ = ["openapi_document"]
+__all__ = ["NODE_PATHS", "openapi_document"]
 
 VERSION = "0.1.0"
+# Routes a running node adds to the app (node/chain_api.py); the rest come from build_app.
+NODE_PATHS = frozenset({"/api/v1/accounts/{address}", "/api/v1/txs"})
 
 _ERROR = {
     "type": "object",
@@ -248,6 +250,31 @@ _SCHEMAS = {
             "aipg": _AIPG,
         },
     },
+    "Account": {
+        "type": "object",
+        "properties": {
+            "address": {"type": "string"},
+            "balance": {"type": "string", "description": "AIPG, e.g. '12.5'"},
+            "balance_units": {"type": "integer", "description": "base units (1 AIPG = 1e8)"},
+            "bonded": {"type": "string"},
+            "bonded_units": {"type": "integer"},
+            "unbonding": {"type": "string"},
+            "unbonding_units": {"type": "integer"},
+            "next_nonce": {"type": "integer"},
+            "height": {"type": "integer"},
+        },
+    },
+    "TxRequest": {
+        "type": "object",
+        "required": ["tx"],
+        "properties": {
+            "tx": {"type": "string", "contentEncoding": "base64", "description": "signed tx"}
+        },
+    },
+    "TxAccepted": {
+        "type": "object",
+        "properties": {"tx_id": {"type": "string"}, "accepted": {"const": True}},
+    },
     "Job": {
         "type": "object",
         "description": "Status, receipt, verdicts, certificate and block height of a job.",
@@ -342,6 +369,32 @@ _PATHS = {
         ),
     },
     "/api/v1/status": _get("Node status", {"200": _ok("Status")}),
+    # The chain routes are added by node/chain_api.py on a running node.
+    "/api/v1/accounts/{address}": {
+        "parameters": [
+            {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        **_get(
+            "An account's balance, bond, unbonding and next nonce",
+            {"200": _ok("Account"), "400": _error("Not an account address")},
+        ),
+    },
+    "/api/v1/txs": {
+        "post": {
+            "summary": "Submit a signed transaction (checked against the ledger, gossiped)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/TxRequest"}}
+                },
+            },
+            "responses": {
+                "200": _ok("TxAccepted"),
+                "400": _error("Not a transaction, or refused by the ledger (code tx_refused)"),
+                "413": _error("Request body too large"),
+            },
+        }
+    },
     "/metrics": _get(
         "Prometheus metrics",
         {
