@@ -71,6 +71,8 @@ DEFAULT_CHUNK_SIZE = 512 << 10
 DEFAULT_TIMEOUT_S = 30.0
 # Each peer may fail this many times in one fetch before it is given up on.
 ATTEMPTS_PER_PEER = 3
+# A peer that failed is asked again after this many seconds times its failures.
+RETRY_BACKOFF_S = 1.0
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 RequestFn = Callable[[Any, str, bytes, float], Awaitable[bytes]]
@@ -185,6 +187,7 @@ class BlobFetcher:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport_errors: tuple[type[BaseException], ...] = (),
+        retry_backoff: float = RETRY_BACKOFF_S,
     ) -> None:
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be from 1 to {MAX_CHUNK_SIZE}")
@@ -199,6 +202,9 @@ class BlobFetcher:
             trio.TooSlowError,
             *transport_errors,
         )
+        self.retry_backoff = retry_backoff
+        # One fetch per blob at a time: two would append to the same partial file.
+        self._locks: dict[bytes, trio.Lock] = {}
 
     async def fetch(
         self,
@@ -210,13 +216,26 @@ class BlobFetcher:
         """Fetch blob ``blob_id`` of ``size`` bytes (both from a manifest) into the store and
         return its path; resumes a partial file left by an earlier attempt.
 
-        Peers are tried in turn, each up to ATTEMPTS_PER_PEER failures. Raises ModelError
-        when no peer delivers the blob with the right hash.
+        Peers are tried in turn, each up to ATTEMPTS_PER_PEER failures, waiting
+        ``retry_backoff`` seconds times its failures before asking a peer that failed
+        again. Concurrent fetches of one blob wait for each other. Raises ModelError when no
+        peer delivers the blob with the right hash.
         """
-        if self.store.has(blob_id):
-            return self.store.path(blob_id)
         if not peers:
             raise ModelError(f"no peer to fetch blob {blob_id.hex()} from")
+        lock = self._locks.setdefault(blob_id, trio.Lock())
+        try:
+            async with lock:
+                if self.store.has(blob_id):
+                    return self.store.path(blob_id)
+                return await self._fetch_from(blob_id, size, peers, progress)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(blob_id, None)
+
+    async def _fetch_from(
+        self, blob_id: bytes, size: int, peers: Sequence[Any], progress: Progress | None
+    ) -> Path:
         failures: dict[int, int] = {}
         last_error = "no attempt"
         turn = 0
@@ -225,6 +244,8 @@ class BlobFetcher:
             turn += 1
             if failures.get(index, 0) >= ATTEMPTS_PER_PEER:
                 continue
+            if failures.get(index):
+                await trio.sleep(self.retry_backoff * failures[index])
             try:
                 await self._pull(blob_id, size, peers[index], progress)
                 await trio.to_thread.run_sync(self.store.commit_partial, blob_id)

@@ -74,7 +74,7 @@ async def test_fetch_resumes_after_a_dropped_connection(tmp_path, blob):
     net.drop_after["a"] = 5
     mine = BlobStore(tmp_path / "mine")
     seen = []
-    fetcher = BlobFetcher(mine, net.request, chunk_size=CHUNK)
+    fetcher = BlobFetcher(mine, net.request, chunk_size=CHUNK, retry_backoff=0)
     path = await fetcher.fetch(digest, len(data), ["a", "b"], lambda d, t: seen.append((d, t)))
     assert path.read_bytes() == data and mine.has(digest)
     assert net.served["a"] == 5 and net.served["b"] > 0
@@ -90,7 +90,9 @@ async def test_fetch_resumes_a_partial_file_from_an_earlier_run(tmp_path, blob):
     net.add("a", seeded_store(tmp_path / "a", data))
     mine = BlobStore(tmp_path / "mine")
     mine.partial_path(digest).write_bytes(data[: 3 * CHUNK])
-    await BlobFetcher(mine, net.request, chunk_size=CHUNK).fetch(digest, len(data), ["a"])
+    await BlobFetcher(mine, net.request, chunk_size=CHUNK, retry_backoff=0).fetch(
+        digest, len(data), ["a"]
+    )
     assert mine.read(digest) == data
     assert net.bytes_requested == len(data) - 3 * CHUNK
 
@@ -103,7 +105,7 @@ async def test_a_lying_peer_is_caught_by_the_hash_and_an_honest_one_completes(tm
     net.add("liar", liar)
     net.add("honest", seeded_store(tmp_path / "honest", data))
     mine = BlobStore(tmp_path / "mine")
-    await BlobFetcher(mine, net.request, chunk_size=CHUNK).fetch(
+    await BlobFetcher(mine, net.request, chunk_size=CHUNK, retry_backoff=0).fetch(
         digest, len(data), ["liar", "honest"]
     )
     assert mine.read(digest) == data
@@ -114,7 +116,7 @@ async def test_no_good_peer_is_a_model_error(tmp_path, blob):
     net = Network()
     net.add("empty", BlobStore(tmp_path / "empty"))
     mine = BlobStore(tmp_path / "mine")
-    fetcher = BlobFetcher(mine, net.request, chunk_size=CHUNK)
+    fetcher = BlobFetcher(mine, net.request, chunk_size=CHUNK, retry_backoff=0)
     with pytest.raises(ModelError, match="status 1"):
         await fetcher.fetch(digest, len(data), ["empty"])
     with pytest.raises(ModelError, match="no peer"):
@@ -162,7 +164,7 @@ async def test_fetch_a_whole_model_and_run_it(tmp_path, llm_dir):
     net.add("pub", publisher.blobs)
     net.drop_after["pub"] = 7
     host = ModelStore(tmp_path / "host")
-    fetcher = BlobFetcher(host.blobs, net.request, chunk_size=CHUNK)
+    fetcher = BlobFetcher(host.blobs, net.request, chunk_size=CHUNK, retry_backoff=0)
     manifest = load_model_dir(llm_dir).manifest
     seen = []
     assert await fetch_model(host, manifest, fetcher, ["pub"], lambda d, t: seen.append(d)) == mid
@@ -192,3 +194,34 @@ def test_blob_records_round_trip(blob_id, offset, length, data, status):
     assert decode(encode(req), BlobRequest) == req
     resp = BlobResponse(blob_id=blob_id, offset=offset, total_size=length, status=status, data=data)
     assert decode(encode(resp), BlobResponse) == resp
+
+
+async def test_a_failing_peer_is_retried_with_backoff(tmp_path, blob, autojump_clock):
+    data, digest = blob
+    calls = []
+
+    async def always_down(peer, protocol, payload, timeout):
+        calls.append(trio.current_time())
+        raise Dropped("connection refused")
+
+    fetcher = BlobFetcher(BlobStore(tmp_path), always_down, retry_backoff=1.0)
+    with pytest.raises(ModelError, match="Dropped"):
+        await fetcher.fetch(digest, len(data), ["down"])
+    assert [round(t - calls[0], 3) for t in calls] == [0.0, 1.0, 3.0]
+
+
+async def test_concurrent_fetches_of_one_blob_fetch_it_once(tmp_path, blob):
+    data, digest = blob
+    net = Network()
+    net.add("a", seeded_store(tmp_path / "a", data))
+    fetcher = BlobFetcher(BlobStore(tmp_path / "mine"), net.request, chunk_size=CHUNK)
+    results = []
+
+    async def fetch_one() -> None:
+        results.append(await fetcher.fetch(digest, len(data), ["a"]))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(fetch_one)
+    assert len(set(results)) == 1 and results[0].read_bytes() == data
+    assert net.bytes_requested == len(data)
