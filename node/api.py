@@ -181,14 +181,17 @@ class Api:
         tier's bucket is empty.
         """
         client = client_address(request)
-        key = bearer_key(request)
-        if key is None:
+        try:
+            key = bearer_key(request)
+            account = None if key is None else self.gateway.authenticate(key)
+            if key is not None and account is None:
+                raise unauthorized("incorrect API key provided")
+        except ApiError:
             self.take_free_token(client)
-            return Caller("free", None, client)
-        account = self.gateway.authenticate(key)
+            raise
         if account is None:
             self.take_free_token(client)
-            raise unauthorized("incorrect API key provided")
+            return Caller("free", None, client)
         return Caller("paid", account, client)
 
     def take_free_token(self, client: str) -> None:

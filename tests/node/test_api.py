@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from aipg.models import SamplingParams
 from aipg.node.api import ApiAddress, build_app, json_response, serve_api
+from aipg.node.gateway_api import JobFailed
 from aipg.node.openapi import NODE_PATHS
 
 from .apikit import (
@@ -270,8 +271,12 @@ async def test_free_tier_is_rate_limited_per_client_with_retry_after(gateway):
         wrong = {"Authorization": "Bearer sk-guess"}
         assert (await h.post("/v1/completions", json=body, headers=wrong)).status_code == 401
         assert (await h.post("/v1/completions", json=body, headers=wrong)).status_code == 429
+        clock.now += 30
+        malformed = {"Authorization": "Basic dXNlcjpwdw=="}
+        assert (await h.post("/v1/completions", json=body, headers=malformed)).status_code == 401
+        assert (await h.post("/v1/completions", json=body, headers=malformed)).status_code == 429
         metrics = (await h.get("/metrics")).text
-        assert "aipg_api_rate_limited_total 2" in metrics
+        assert "aipg_api_rate_limited_total 3" in metrics
 
 
 async def test_overloaded_gateway_is_503_with_retry_after(demo_models):
@@ -522,6 +527,30 @@ async def test_cancelling_serve_api_closes_the_listener(gateway):
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", address.port)
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_type"),
+    [(JobFailed("the worker vanished"), "server_error"), (RuntimeError("bug"), "server_error")],
+)
+async def test_a_failure_mid_stream_ends_it_with_an_error_event(gateway, failure, error_type):
+    async def fail_after_some_text(req, on_text=None):
+        await on_text("partial ")
+        raise failure
+
+    gateway.complete = fail_after_some_text
+    body = {"model": LLM, "prompt": "x", "max_tokens": 5, "stream": True}
+    async with running_api(app_for(gateway)) as api, http(api) as h:
+        response = await h.post("/v1/completions", json=body)
+        assert response.status_code == 200
+        events = [json.loads(e[6:]) for e in response.text.split("\n\n") if e]
+        assert events[0]["choices"][0]["text"] == "partial "
+        assert events[-1]["error"]["type"] == error_type
+        assert "[DONE]" not in response.text
+        with pytest.raises(openai.APIError):
+            async for _ in await client(api).completions.create(**body):
+                pass
+        assert (await h.get("/v1/models")).status_code == 200
 
 
 async def test_shutdown_stops_listening_and_lets_requests_in_flight_finish(demo_models):
