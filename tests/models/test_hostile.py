@@ -33,6 +33,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)  # the machine is shared: wall time is noise
 @given(json_values)
 def test_arbitrary_json_is_a_model_error(value):
     with pytest.raises(ModelError):
@@ -51,7 +52,9 @@ def mutations(llm_manifest_json: dict):
     return mutate
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200, deadline=None
+)
 @given(
     path=st.sampled_from(
         [
@@ -138,7 +141,7 @@ def empty_server(tmp_path_factory) -> BlobServer:
     return BlobServer(BlobStore(tmp_path_factory.mktemp("empty")))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_blob_server_answers_any_bytes_with_a_response(empty_server, data):
     server = empty_server
@@ -146,6 +149,7 @@ def test_blob_server_answers_any_bytes_with_a_response(empty_server, data):
     assert resp.status in (BlobStatus.BAD_REQUEST, BlobStatus.NOT_FOUND, BlobStatus.BAD_RANGE)
 
 
+@settings(deadline=None)  # the machine is shared: wall time is noise
 @given(st.binary(max_size=300))
 def test_announcement_bytes_are_checked(data):
     with pytest.raises((WireError, ModelError)):
