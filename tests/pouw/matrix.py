@@ -438,11 +438,11 @@ class FraudMatrix:
             self._committee_check(row, job, a, self._cheat_result(job, a, latents, png), latents)
         return row
 
-    def diffusion_other_models(self, trials: int) -> Row:
+    def diffusion_other_model(self, trials: int, fp16: bool = False) -> Row:
         """(2)/(3) for diffusion: other weights or fp16 weights, claiming the real model."""
-        row = self.start("diffusion_other_models")
-        for i in range(trials):
-            runner = [self.diff.other, self.diff.fp16][i % 2]
+        row = self.start("diffusion_fp16" if fp16 else "diffusion_other_model")
+        runner = self.diff.fp16 if fp16 else self.diff.other
+        for _ in range(trials):
             job = self.diffusion_job()
             a = self.world.assignment(job)
             latents, png = self._denoise(runner, job, lambda ls, i, step: step(ls[-1]))

@@ -59,6 +59,7 @@ def test_diffusion_skipping_every_other_step_is_rejected_by_the_committee(matrix
     assert row.committee_rate >= 0.99, (row.committee_rate, row.reasons)
 
 
-def test_diffusion_other_and_fp16_models_are_rejected(matrix):  # (2), (3) for diffusion
-    row = matrix.diffusion_other_models(TRIALS)
+@pytest.mark.parametrize("fp16", [False, True])
+def test_diffusion_other_and_fp16_models_are_rejected(matrix, fp16):  # (2), (3) for diffusion
+    row = matrix.diffusion_other_model(TRIALS, fp16)
     assert row.rate >= 0.99, (row.rate, row.reasons)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aipg.models import DiffusionParams, SamplingParams
+from aipg.models import DiffusionParams, SamplingParams, choose_token
 from aipg.pouw import (
     Certificate,
     PouwError,
@@ -17,7 +19,13 @@ from aipg.pouw import (
 from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
 from aipg.pouw.records import output_hash_image
 from aipg.pouw.validate import make_challenge
-from aipg.pouw.verify import challenge_steps, verdict_for, verify_diffusion, verify_llm
+from aipg.pouw.verify import (
+    _sampled_suspects,
+    challenge_steps,
+    verdict_for,
+    verify_diffusion,
+    verify_llm,
+)
 from aipg.wire import decode, encode, sign
 
 from .world import World
@@ -185,3 +193,27 @@ def test_latent_store_bounds_and_errors():
     assert store.serve(LatentRequest(receipt_id=bytes([2]) * 32, steps=(0,))).latents[0] == bytes(
         1024
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    temp=st.integers(1, 3000),
+    top_k=st.sampled_from([0, 1, 2, 5, 50, 700]),
+    ties=st.booleans(),
+    data=st.data(),
+)
+def test_vectorized_sampling_check_never_contradicts_choose_token(seed, temp, top_k, ties, data):
+    rng = np.random.default_rng(seed % 2**32)
+    logits = rng.standard_normal((6, 64)).astype(np.float32)
+    if ties:  # exact ties, where the order falls back to token ids
+        logits[:, 10:20] = logits[:, :1]
+    params = SamplingParams(max_tokens=8, temperature_milli=temp, top_k=top_k)
+    picks = [choose_token(logits[t], params, seed, t) for t in range(6)]
+    claimed = [data.draw(st.sampled_from([p, (p + 1) % 64, 10, 0])) for p in picks]
+    suspects = set(_sampled_suspects(logits, params, seed, claimed))
+    for t in range(6):
+        if t not in suspects:
+            assert claimed[t] == picks[t]
+    # And the honest picks are almost never suspects.
+    assert len(_sampled_suspects(logits, params, seed, picks)) <= 1
