@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import logging
 import math
 import re
@@ -165,11 +166,13 @@ class Api:
         limiter: KeyedLimiter,
         max_body_bytes: int,
         metrics: ApiMetrics,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.gateway = gateway
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.trusted_proxies = trusted_proxies
 
     # -- admission ------------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class Api:
         free-tier bucket, so keys cannot be guessed at line rate) and 429 when the free
         tier's bucket is empty.
         """
-        client = client_address(request)
+        client = client_address(request, self.trusted_proxies)
         try:
             key = bearer_key(request)
             account = None if key is None else self.gateway.authenticate(key)
@@ -482,20 +485,29 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    """A gateway error from any route (routes the node adds included)."""
+    assert isinstance(exc, GatewayError)
+    return error_response(gateway_error(exc))
+
+
 def build_app(
     gateway: Gateway,
     *,
     free_tier_per_minute: int,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_rate_limit_clients: int = 65_536,
+    trusted_proxies: Sequence[str] = (),
     clock: Callable[[], float] | None = None,
 ) -> Starlette:
     """The API app for ``gateway``.
 
     ``free_tier_per_minute`` job requests per client address per minute (burst of the
     same number) on the free tier; ``max_body_bytes`` caps request bodies (413);
-    ``max_rate_limit_clients`` bounds the limiter's memory; ``clock`` (seconds) drives
-    the limiter (``trio.current_time`` by default). ValueError for a bad limit.
+    ``max_rate_limit_clients`` bounds the limiter's memory; ``trusted_proxies`` are
+    addresses of reverse proxies whose ``X-Forwarded-For`` names the client (empty: the
+    socket's peer is the client); ``clock`` (seconds) drives the limiter
+    (``trio.current_time`` by default). ValueError for a bad limit or proxy address.
     """
     if free_tier_per_minute < 1:
         raise ValueError("free_tier_per_minute must be at least 1")
@@ -505,7 +517,8 @@ def build_app(
         free_tier_per_minute, max_keys=max_rate_limit_clients, clock=clock
     )
     metrics = ApiMetrics()
-    api = Api(gateway, limiter, max_body_bytes, metrics)
+    proxies = frozenset(str(ipaddress.ip_address(p)) for p in trusted_proxies)
+    api = Api(gateway, limiter, max_body_bytes, metrics, proxies)
     routes = [
         Route("/v1/models", api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", api.get_model, methods=["GET"]),
@@ -522,7 +535,11 @@ def build_app(
         middleware=[
             Middleware(ObserveMiddleware, routes=lambda: app.router.routes, metrics=metrics)
         ],
-        exception_handlers={HTTPException: _http_exception, ApiError: _api_error},
+        exception_handlers={
+            HTTPException: _http_exception,
+            ApiError: _api_error,
+            GatewayError: _gateway_error,
+        },
     )
     app.state.api = api
     return app

@@ -8,6 +8,7 @@ an :class:`ApiError` naming the field in ``param``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -116,7 +117,8 @@ def json_bytes(content: Any) -> bytes:
         text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return text.encode("ascii")
 
 
 def json_response(content: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -139,9 +141,10 @@ def show(value: Any, limit: int = 40) -> str:
 async def read_json_object(request: Request, limit: int) -> dict:
     """The request body as a JSON object, read at most ``limit`` bytes.
 
-    Raises ApiError: 413 for a body over ``limit`` (by Content-Length or as read), 400
-    for a wrong content type, a body that is not UTF-8 JSON, JSON with NaN or Infinity,
-    nesting too deep to parse, or a value that is not an object.
+    Raises ApiError: 413 for a body over ``limit`` (by Content-Length or as read), 415
+    for a Content-Type other than JSON (none at all is taken as JSON), 400 for a body that
+    is not UTF-8 JSON, JSON with NaN or Infinity, nesting too deep to parse, or a value
+    that is not an object.
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -151,7 +154,9 @@ async def read_json_object(request: Request, limit: int) -> dict:
     media = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if media.lower() not in ("application/json", ""):
         raise ApiError(
-            415, f"expected Content-Type application/json, got {show(media)}", code="bad_media"
+            415,
+            f"send the body as Content-Type: application/json (got {show(media)})",
+            code="unsupported_media_type",
         )
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -220,9 +225,6 @@ class Fields:
 
     def name(self, key: str) -> str:
         return f"{self._where}{key}"
-
-    def present(self, key: str) -> bool:
-        return self._body.get(key) is not None
 
     def raw(self, key: str) -> Any:
         return self._body.get(key)
@@ -471,8 +473,23 @@ class Caller:
     client: str
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def client_address(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+    """The address a request comes from: the peer's, or, when the peer is one of
+    ``trusted_proxies`` (a reverse proxy in front of the node), the last address in
+    ``X-Forwarded-For`` that is not itself a trusted proxy. Entries a client could have
+    forged (anything left of that) are never used."""
+    peer = request.client.host if request.client else "unknown"
+    if peer not in trusted_proxies:
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")]
+    for hop in reversed(hops):
+        if hop in trusted_proxies:
+            continue
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer  # a malformed hop: trust nothing the header says
+    return peer
 
 
 def bearer_key(request: Request) -> str | None:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from aipg.models import SamplingParams
 from aipg.node.api import ApiAddress, build_app, json_response, serve_api
-from aipg.node.gateway_api import JobFailed
+from aipg.node.gateway_api import JobFailed, UnknownModel
 from aipg.node.openapi import NODE_PATHS
 
 from .apikit import (
@@ -279,6 +279,32 @@ async def test_free_tier_is_rate_limited_per_client_with_retry_after(gateway):
         assert "aipg_api_rate_limited_total 3" in metrics
 
 
+async def test_the_client_behind_a_trusted_proxy_is_limited_not_the_proxy(gateway):
+    clock = FakeClock()
+    app = app_for(gateway, per_minute=1, clock=clock, trusted_proxies=["127.0.0.1"])
+    body = {"model": LLM, "prompt": "x", "max_tokens": 1}
+    async with running_api(app) as api, http(api) as h:
+        for client in ("198.51.100.7", "198.51.100.8"):
+            forwarded = {"X-Forwarded-For": f"203.0.113.9, {client}"}
+            assert (
+                await h.post("/v1/completions", json=body, headers=forwarded)
+            ).status_code == 200
+        again = {"X-Forwarded-For": "198.51.100.7"}
+        limited = await h.post("/v1/completions", json=body, headers=again)
+        assert_error(limited, 429)
+        assert "198.51.100.7" in limited.json()["error"]["message"]
+        # a forged (malformed) hop makes the proxy itself the client
+        forged = {"X-Forwarded-For": "198.51.100.7, not-an-ip"}
+        assert (await h.post("/v1/completions", json=body, headers=forged)).status_code == 200
+    # without trusting the proxy, the header is ignored: every request is 127.0.0.1's
+    app = app_for(gateway, per_minute=1, clock=clock)
+    async with running_api(app) as api, http(api) as h:
+        for client, status in (("198.51.100.7", 200), ("198.51.100.8", 429)):
+            headers = {"X-Forwarded-For": client}
+            response = await h.post("/v1/completions", json=body, headers=headers)
+            assert response.status_code == status
+
+
 async def test_overloaded_gateway_is_503_with_retry_after(demo_models):
     gate = trio.Event()
     gateway = make_gateway(demo_models, max_in_flight=1, gate=gate)
@@ -436,6 +462,16 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api):
         assert "POST" in response.headers["allow"]
         assert_error(await h.get("/api/v1/jobs/sha256:" + "a" * 64), 404, code="job_not_found")
         assert_error(await h.get("/api/v1/jobs/bad%20id!"), 400, param="job_id")
+
+
+async def test_gateway_errors_from_any_call_are_mapped(gateway):
+    def unknown(name: str):
+        raise UnknownModel(f"no {name}")
+
+    gateway.resolve_model = unknown
+    async with running_api(app_for(gateway)) as api, http(api) as h:
+        body = {"model": LLM, "prompt": "x"}
+        assert_error(await h.post("/v1/completions", json=body), 404, code="model_not_found")
 
 
 async def test_a_gateway_bug_is_a_500_in_the_error_shape(gateway, caplog):
