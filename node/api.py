@@ -107,6 +107,7 @@ log = logging.getLogger("aipg.node.api")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 _JOB_ID = re.compile(r"[A-Za-z0-9:_\-]{1,160}\Z")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{8,128}\Z")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -428,13 +429,15 @@ class ObserveMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
         route = self._route(scope)
-        self.metrics.requests.inc(route=route, method=scope["method"], status=str(status))
+        # Label values stay in small fixed sets: a client must not grow /metrics at will.
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        self.metrics.requests.inc(route=route, method=method, status=str(status))
         self.metrics.duration.observe(seconds, route=route)
         client = scope.get("client") or ("-", 0)
         log.info(
             '%s "%s %s" %d %.1fms rid=%s',
             client[0],
-            scope["method"],
+            show(scope["method"], 20)[1:-1],
             show(scope["path"], 120)[1:-1],
             status,
             seconds * 1000,

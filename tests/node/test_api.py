@@ -509,6 +509,8 @@ async def test_metrics_are_prometheus_text(api):
     async with http(api) as h:
         await h.post("/v1/completions", json={"model": LLM, "prompt": "x", "max_tokens": 2})
         await h.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+        for i in range(3):
+            await h.request("BREW", f"/pot/{i}")
         response = await h.get("/metrics")
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
@@ -516,8 +518,11 @@ async def test_metrics_are_prometheus_text(api):
         (s.labels["route"], s.labels["status"]): s.value
         for s in families["aipg_api_requests"].samples
     }
+    methods = {s.labels["method"] for s in families["aipg_api_requests"].samples}
+    assert methods == {"POST", "other"}  # (this GET is counted once it is answered)
     assert requests[("/v1/completions", "200")] == 1
     assert requests[("/v1/completions", "404")] == 1
+    assert ("other", "404") in requests  # an unknown route is one label, whatever its path
     jobs = {s.labels["state"]: s.value for s in families["aipg_jobs"].samples}
     assert jobs["completed"] == 1
     assert families["aipg_api_request_duration_seconds"].type == "histogram"
