@@ -10,8 +10,11 @@ Contract for implementations:
   field comments); anything that depends on the model (vocabulary, image sizes it
   supports, the context once stop strings and templates are applied) the gateway checks
   and reports with :class:`BadRequest`.
+- Any method may raise a :class:`GatewayError`; the API answers each kind with its own
+  status (404, 400, 402, 503 + Retry-After, 502). Any other exception is a bug: a 500.
 - ``complete`` and ``generate_image`` are called from the API's trio task and may take
-  as long as the job takes; the API cancels them when the client goes away.
+  as long as the job takes; the API cancels a streamed one when its client goes away
+  (a plain request runs to the end: its fee is already committed).
 - The synchronous methods are called on the event loop: keep them cheap.
 """
 
