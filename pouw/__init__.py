@@ -12,7 +12,10 @@ Entry points:
 - :func:`validate_certificate` / :func:`validate_fraud_evidence`: the cheap checks a
   block runs (signatures, bindings, committee membership, quorum; no model run);
 - :func:`sample_committee`, :func:`committee_for`: who verifies a job;
-- :func:`work_units`: what a job's work is worth.
+- :func:`work_units`: what a job's work is worth;
+- :class:`Scheduler`: the gateway's claims / assignment / reassignment state machine;
+- :func:`run_llm_job` / :func:`run_diffusion_job` (worker) and :func:`verify_llm` /
+  :func:`verify_diffusion` (validator): execution with commitments, and re-checking.
 """
 
 from .committee import (
@@ -24,6 +27,7 @@ from .committee import (
     tally,
 )
 from .errors import PouwError
+from .execute import LatentStore, run_diffusion_job, run_llm_job
 from .records import (
     Assignment,
     Certificate,
@@ -43,6 +47,7 @@ from .records import (
     params_hash,
     receipt_id,
 )
+from .schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
 from .types import Height, JobId, Millis, ModelId, NodeKey, ReceiptId, Stake, WorkUnits
 from .validate import (
     FinalizedHash,
@@ -56,6 +61,7 @@ from .validate import (
     validate_receipt,
     validate_verdict,
 )
+from .verify import Check, verdict_for, verify_diffusion, verify_llm
 from .votes import VoteCollector, make_verdict
 from .work import diffusion_work_units, llm_work_units, work_units
 
@@ -64,6 +70,7 @@ __all__ = [
     "COMMITTEE_SIZE",
     "Assignment",
     "Certificate",
+    "Check",
     "Claim",
     "FinalizedHash",
     "FraudEvidence",
@@ -71,15 +78,21 @@ __all__ = [
     "Job",
     "JobId",
     "JobKind",
+    "JobState",
     "LatentReply",
     "LatentRequest",
+    "LatentStore",
     "Millis",
     "ModelId",
     "NodeKey",
     "PouwError",
     "Receipt",
     "ReceiptId",
+    "Reputation",
+    "ReputationConfig",
     "Result",
+    "Scheduler",
+    "SchedulerConfig",
     "Stake",
     "Tally",
     "Tier",
@@ -98,6 +111,8 @@ __all__ = [
     "make_verdict",
     "params_hash",
     "receipt_id",
+    "run_diffusion_job",
+    "run_llm_job",
     "sample_committee",
     "tally",
     "validate_assignment",
@@ -106,5 +121,8 @@ __all__ = [
     "validate_job",
     "validate_receipt",
     "validate_verdict",
+    "verdict_for",
+    "verify_diffusion",
+    "verify_llm",
     "work_units",
 ]

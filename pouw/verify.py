@@ -175,6 +175,9 @@ def _llm_bindings(
     if job.model_id != runner.model.model_id:
         return _fail(VerdictReason.BINDING, "validator runs another model than the job's")
     prompt, out = list(result.prompt_token_ids), list(result.output_token_ids)
+    vocab = runner.interface.vocab_size
+    if any(t >= vocab for t in out):
+        return _fail(VerdictReason.MALFORMED, f"an output token id is outside [0, {vocab})")
     try:
         expected_prompt = runner.tokenizer.encode(job.prompt)
     except ModelError as e:

@@ -217,3 +217,35 @@ def test_vectorized_sampling_check_never_contradicts_choose_token(seed, temp, to
             assert claimed[t] == picks[t]
     # And the honest picks are almost never suspects.
     assert len(_sampled_suspects(logits, params, seed, picks)) <= 1
+
+
+@pytest.fixture(scope="module")
+def honest_llm(llm_models):
+    job = llm_job(llm_models, max_tokens=6)
+    a = W.assignment(job)
+    return job, a, run_llm_job(llm_models.real, job, a, W.worker)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_hostile_llm_results_get_a_verdict_never_a_crash(llm_models, honest_llm, data):
+    job, a, honest = honest_llm
+    ints = st.integers(0, 2**32 - 1) | st.integers(0, 800)
+    field = data.draw(st.sampled_from(["prompt", "output", "text", "commitment", "receipt"]))
+    if field == "prompt":
+        bad = honest.replace(prompt_token_ids=tuple(data.draw(st.lists(ints, max_size=12))))
+    elif field == "output":
+        bad = honest.replace(output_token_ids=tuple(data.draw(st.lists(ints, max_size=12))))
+    elif field == "text":
+        bad = honest.replace(text=data.draw(st.text(max_size=40)))
+    elif field == "commitment":
+        bad = honest.replace(commitment_data=data.draw(st.binary(max_size=80)))
+    else:
+        r = honest.receipt.replace(
+            output_tokens=data.draw(ints),
+            prompt_tokens=data.draw(ints),
+            work_units=data.draw(st.integers(0, 2**64 - 1)),
+        )
+        bad = honest.replace(receipt=sign(r, W.worker))
+    check = verify_llm(llm_models.real, job, a, bad)
+    assert check.valid == (bad == honest)
