@@ -4,6 +4,8 @@ transport), through the same middleware and handlers as over a socket."""
 
 from __future__ import annotations
 
+import urllib.parse
+
 import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -151,3 +153,17 @@ async def test_raw_bytes_never_answer_5xx(fuzz_app, raw):
         for path in ("/v1/completions", "/v1/chat/completions", "/v1/images/generations"):
             response = await h.post(path, content=raw)
             assert 400 <= response.status_code < 500, response.text
+
+
+@settings(max_examples=100, deadline=None)
+@given(segment=st.text(min_size=1, max_size=80), key=st.text(max_size=40))
+async def test_get_routes_never_answer_5xx(fuzz_app, segment, key):
+    transport = httpx.ASGITransport(app=fuzz_app)
+    quoted = urllib.parse.quote(segment, safe="/:")
+    headers = {"Authorization": f"Bearer {key}"} if key.isascii() and key.isprintable() else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as h:
+        for path in (f"/api/v1/jobs/{quoted}", f"/v1/models/{quoted}"):
+            response = await h.get(path, headers=headers)
+            assert response.status_code in (200, 400, 404), response.text
+            if response.status_code != 200:
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}
