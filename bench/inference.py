@@ -9,6 +9,10 @@ hits both alike, times:
 - diffusion denoising through ``DiffusionRunner.step`` and through a bare loop (unet run,
   classifier-free guidance and the DDIM update in numpy): ``diffusion_overhead`` likewise.
 
+Times are the process's CPU time (``time.process_time``), paired and order-alternated, with
+medians: on a shared machine, waiting for a core is noise unrelated to either loop. So the
+throughputs are per CPU-second (with 1 intra-op thread, equal to wall time on an idle core).
+
 Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``.
 """
 
@@ -87,13 +91,15 @@ def bench_llm(model_dir: Path, factory: SessionFactory, rounds: int, n: int) -> 
 
 
 def paired_times(ours, theirs, rounds: int) -> tuple[list[float], list[float]]:
-    """Seconds per call of each, in pairs whose order alternates (so drift hits both)."""
+    """CPU seconds of this process per call of each, in pairs whose order alternates (so
+    drift hits both). CPU time, not wall time: on a shared machine, time spent waiting
+    for a core is noise that has nothing to do with either loop."""
     ours_s, bare_s = [], []
     for i in range(rounds):
         for fn, out in ((ours, ours_s), (theirs, bare_s))[:: 1 if i % 2 else -1]:
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            out.append(time.perf_counter() - start)
+            out.append(time.process_time() - start)
     return ours_s, bare_s
 
 
@@ -155,15 +161,16 @@ def bench_diffusion(model_dir: Path, factory: SessionFactory, rounds: int, steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=41)
-    parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     factory = SessionFactory(threads=args.threads, provider="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         llm_dir, diffusion_dir = build_demo(Path(tmp))
         result = {
+            "timer": "process_cpu",
             "threads": args.threads,
             "rounds": args.rounds,
             "llm_tokens": args.tokens,
