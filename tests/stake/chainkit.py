@@ -168,3 +168,21 @@ def make_fraud(chain: TestChain, worker, **kw):
     from aipg.pouw import FraudEvidence
 
     return FraudEvidence(*make_work(chain, worker, valid=False, **kw))
+
+
+def reference_chain(n_blocks: int) -> TestChain:
+    """A deterministic chain with transfers, bonds and certificates in its blocks."""
+    from aipg.stake.tx import TxKind, make_tx
+
+    c = TestChain(n_validators=4, n_users=4)
+    for h in range(1, n_blocks + 1):
+        a, b = c.users[h % 4], c.users[(h + 1) % 4]
+        nonce = c.state.account(a.address.raw).nonce
+        txs = [
+            make_tx(a, CHAIN, TxKind.TRANSFER, nonce, fee=h, amount=1000 + h, recipient=b.address)
+        ]
+        if h % 7 == 0:
+            txs.append(make_tx(a, CHAIN, TxKind.BOND, nonce + 1, amount=10**6))
+        certs = [make_certificate(c, c.users[h % 4], nonce=h)] if h % 5 == 0 else []
+        c.next(transactions=txs, certificates=certs)
+    return c
