@@ -39,6 +39,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
@@ -501,6 +502,7 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_rate_limit_clients: int = 65_536,
     trusted_proxies: Sequence[str] = (),
+    cors_origins: Sequence[str] = (),
     clock: Callable[[], float] | None = None,
 ) -> Starlette:
     """The API app for ``gateway``.
@@ -509,7 +511,8 @@ def build_app(
     same number) on the free tier; ``max_body_bytes`` caps request bodies (413);
     ``max_rate_limit_clients`` bounds the limiter's memory; ``trusted_proxies`` are
     addresses of reverse proxies whose ``X-Forwarded-For`` names the client (empty: the
-    socket's peer is the client); ``clock`` (seconds) drives the limiter
+    socket's peer is the client); ``cors_origins`` are the web origins browsers may call
+    the API from (``"*"`` for any; empty: none); ``clock`` (seconds) drives the limiter
     (``trio.current_time`` by default). ValueError for a bad limit or proxy address.
     """
     if free_tier_per_minute < 1:
@@ -533,11 +536,21 @@ def build_app(
         Route("/metrics", api.metrics_text, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
     ]
+    middleware = [Middleware(ObserveMiddleware, routes=lambda: app.router.routes, metrics=metrics)]
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+                expose_headers=["X-Request-Id", "X-Aipg-Job-Id", "Retry-After"],
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(ObserveMiddleware, routes=lambda: app.router.routes, metrics=metrics)
-        ],
+        middleware=middleware,
         exception_handlers={
             HTTPException: _http_exception,
             ApiError: _api_error,

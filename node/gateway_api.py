@@ -241,9 +241,9 @@ class StreamText:
     ``push(text)`` takes the whole text decoded so far and returns what may be sent now:
     text that cannot turn out to be part of a stop string, and never text a later decode
     changes (a tokenizer may rewrite its last characters once more tokens arrive, so the
-    last ``holdback`` characters and any trailing U+FFFD wait). ``finish(final_text)`` returns the rest of the
-    final text (already cut at the stop string by the runner). The deltas always
-    concatenate to ``final_text``.
+    last ``holdback`` characters and any trailing U+FFFD wait). ``finish(final_text)``
+    returns the rest of the final text (already cut at the stop string by the runner).
+    The deltas always concatenate to ``final_text``.
     """
 
     def __init__(self, stop: tuple[str, ...] = (), holdback: int = 1) -> None:

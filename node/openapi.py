@@ -421,7 +421,8 @@ def _document() -> dict:
             "description": (
                 "OpenAI-compatible completions, chat and images served by the AI Power Grid "
                 "network, plus native job and status routes. Free tier: no key (or the key "
-                "'free'), rate-limited per client address. Paid tier: Authorization: Bearer <api key>."
+                "'free'), rate-limited per client address. Paid tier: "
+                "Authorization: Bearer <api key>."
             ),
         },
         "paths": _PATHS,

@@ -305,6 +305,28 @@ async def test_the_client_behind_a_trusted_proxy_is_limited_not_the_proxy(gatewa
             assert response.status_code == status
 
 
+async def test_browsers_may_call_from_the_configured_origins_only(gateway):
+    app = app_for(gateway, cors_origins=["https://chat.example"])
+    preflight = {
+        "Origin": "https://chat.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    async with running_api(app) as api, http(api) as h:
+        allowed = await h.options("/v1/chat/completions", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
+        refused = await h.options(
+            "/v1/chat/completions", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert refused.status_code == 400
+        models = await h.get("/v1/models", headers={"Origin": "https://chat.example"})
+        assert "x-request-id" in models.headers["access-control-expose-headers"].lower()
+    async with running_api(app_for(gateway)) as api, http(api) as h:
+        models = await h.get("/v1/models", headers={"Origin": "https://chat.example"})
+        assert "access-control-allow-origin" not in models.headers
+
+
 async def test_overloaded_gateway_is_503_with_retry_after(demo_models):
     gate = trio.Event()
     gateway = make_gateway(demo_models, max_in_flight=1, gate=gate)
