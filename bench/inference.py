@@ -161,7 +161,7 @@ def bench_diffusion(model_dir: Path, factory: SessionFactory, rounds: int, steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--rounds", type=int, default=201)
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
