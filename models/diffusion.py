@@ -26,7 +26,7 @@ from PIL import Image
 
 from .errors import ModelError
 from .manifest import DIFFUSION, DiffusionInterface, DiffusionParams, ModelDir, load_model_dir
-from .session import ExecutionProfile, SessionFactory
+from .session import ExecutionProfile, SessionFactory, run_session
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -163,6 +163,7 @@ class DiffusionRunner:
             "unet", ["sample", "timestep", "encoder_hidden_states"], ["out_sample"]
         )
         self.vae_decoder = self._session("vae_decoder", ["latent_sample"], ["sample"])
+        self._check_dims()
         self._ids_dtype = _input_dtype(self.text_encoder, "input_ids", _ORT_INT)
         self._timestep_dtype = _input_dtype(self.unet, "timestep", _ORT_NUM)
         self._latent_scale = np.float32(self.interface.latent_scale_micro / 1e6)
@@ -179,6 +180,18 @@ class DiffusionRunner:
                 f"(want {inputs}), outputs {have_out} (want {outputs[0]})"
             )
         return session
+
+    def _check_dims(self) -> None:
+        """Raise ModelError where a graph's fixed dimensions contradict the manifest."""
+        d = self.interface
+        c, length, dim = d.latent_channels, d.text_length, d.text_dim
+        _expect_dims(self.text_encoder, "text_encoder", "input_ids", {1: length})
+        _expect_dims(self.text_encoder, "text_encoder", "last_hidden_state", {1: length, 2: dim})
+        _expect_dims(self.unet, "unet", "sample", {1: c})
+        _expect_dims(self.unet, "unet", "encoder_hidden_states", {1: length, 2: dim})
+        _expect_dims(self.unet, "unet", "out_sample", {1: c})
+        _expect_dims(self.vae_decoder, "vae_decoder", "latent_sample", {1: c})
+        _expect_dims(self.vae_decoder, "vae_decoder", "sample", {1: 3})
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -248,7 +261,9 @@ class DiffusionRunner:
         guided = params.guidance_milli > 1000
         texts = [params.negative_prompt, prompt] if guided else [prompt]
         ids = np.stack([self._token_row(t) for t in texts])
-        (embeddings,) = self.text_encoder.run(["last_hidden_state"], {"input_ids": ids})
+        (embeddings,) = run_session(
+            self.text_encoder, ["last_hidden_state"], {"input_ids": ids}, "text_encoder"
+        )
         return Conditioning(embeddings.astype(np.float32), np.float32(params.guidance_milli / 1000))
 
     def step(
@@ -266,14 +281,12 @@ class DiffusionRunner:
         batch = conditioning.embeddings.shape[0]
         sample = np.concatenate([latent] * batch) if batch > 1 else latent
         timestep = np.full((batch,), schedule.timesteps[index], dtype=self._timestep_dtype)
-        (noise,) = self.unet.run(
-            ["out_sample"],
-            {
-                "sample": sample,
-                "timestep": timestep,
-                "encoder_hidden_states": conditioning.embeddings,
-            },
-        )
+        feeds = {
+            "sample": sample,
+            "timestep": timestep,
+            "encoder_hidden_states": conditioning.embeddings,
+        }
+        (noise,) = run_session(self.unet, ["out_sample"], feeds, "unet")
         if conditioning.guided:
             uncond, cond = noise[0:1], noise[1:2]
             noise = uncond + conditioning.guidance * (cond - uncond)
@@ -281,7 +294,8 @@ class DiffusionRunner:
 
     def decode(self, latent: np.ndarray) -> bytes:
         """PNG bytes of the image decoded from a final ``latent``."""
-        (image,) = self.vae_decoder.run(["sample"], {"latent_sample": latent / self._latent_scale})
+        feeds = {"latent_sample": latent / self._latent_scale}
+        (image,) = run_session(self.vae_decoder, ["sample"], feeds, "vae_decoder")
         pixels = np.clip(image[0] * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
         rgb = np.round(pixels * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0)
         out = io.BytesIO()
@@ -295,6 +309,18 @@ class DiffusionRunner:
         row = [self.tokenizer.bos_id, *ids, self.tokenizer.eos_id][:length]
         row += [self.tokenizer.pad_id] * (length - len(row))
         return np.asarray(row, dtype=self._ids_dtype)
+
+
+def _expect_dims(session: ort.InferenceSession, role: str, name: str, dims: dict[int, int]) -> None:
+    args = {a.name: a for a in (*session.get_inputs(), *session.get_outputs())}
+    shape = args[name].shape
+    for axis, want in dims.items():
+        if axis >= len(shape):
+            raise ModelError(f"{role} graph: {name} has rank {len(shape)}, expected > {axis}")
+        if isinstance(shape[axis], int) and shape[axis] != want:
+            raise ModelError(
+                f"{role} graph: {name} dimension {axis} is {shape[axis]}, the manifest says {want}"
+            )
 
 
 def _input_dtype(session: ort.InferenceSession, name: str, allowed: dict) -> type:

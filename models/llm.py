@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .errors import ModelError
 from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
 from .sampling import SamplingParams, choose_token
-from .session import ExecutionProfile, SessionFactory
+from .session import ExecutionProfile, SessionFactory, run_session
 from .tokenizer import Tokenizer
 
 __all__ = ["Generation", "LlmRunner", "Timings", "TokenEvent"]
@@ -240,7 +240,7 @@ class LlmRunner:
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :]
         if self._graph.kv_cache:
             feeds.update(zip(self._graph.past_names, pasts, strict=True))
-        return self.session.run(None, feeds)
+        return run_session(self.session, None, feeds, "decoder")
 
 
 def _float32(logits: np.ndarray) -> np.ndarray:

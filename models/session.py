@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Annotated
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from aipg.wire import U8, U16, Hash32, MaxLen, Record, record
 
@@ -40,9 +41,11 @@ __all__ = [
     "CPU",
     "CUDA",
     "DEFAULT_OPTIMIZATION_LEVEL",
+    "ORT_ERRORS",
     "ExecutionProfile",
     "SessionFactory",
     "cuda_is_usable",
+    "run_session",
 ]
 
 CPU = "CPUExecutionProvider"
@@ -58,6 +61,13 @@ _LEVELS = {
     99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 MAX_THREADS = 256
+# onnxruntime's own exception types (Fail, InvalidArgument, ...), which share no base class
+# but Exception; with RuntimeError/ValueError that its Python layer raises for bad feeds.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    *(v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception)),
+    RuntimeError,
+    ValueError,
+)
 
 
 @record(tag=200)
@@ -142,7 +152,7 @@ class SessionFactory:
         providers = [CUDA, CPU] if self.provider == CUDA else [CPU]
         try:
             return ort.InferenceSession(source, sess_options=self.options(), providers=providers)
-        except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
+        except ORT_ERRORS as e:
             what = model if isinstance(model, Path) else "model bytes"
             raise ModelError(f"cannot load ONNX model {what}: {_first_line(e)}") from None
 
@@ -156,6 +166,17 @@ class SessionFactory:
             deterministic_compute=True,
             model_id=model_id,
         )
+
+
+def run_session(
+    session: ort.InferenceSession, outputs: list[str] | None, feeds: dict, what: str
+) -> list:
+    """``session.run`` with onnxruntime's failures (a graph that does not accept what its
+    manifest promised) turned into ModelError naming ``what``."""
+    try:
+        return session.run(outputs, feeds)
+    except ORT_ERRORS as e:
+        raise ModelError(f"{what} failed to run: {_first_line(e)}") from None
 
 
 def _resolve_provider(provider: str | None) -> str:

@@ -102,3 +102,29 @@ def test_bad_params_are_refused_before_work(diffusion_runner):
 def test_llm_is_not_a_diffusion_model(llm_dir):
     with pytest.raises(ModelError, match="not diffusion"):
         DiffusionRunner(llm_dir)
+
+
+def test_manifest_lying_about_the_diffusion_interface_is_caught(tmp_path, diffusion_dir):
+    import json
+    import shutil
+
+    for field, value, complaint in (
+        ("text_length", 32, "input_ids dimension 1"),
+        ("text_dim", 128, "last_hidden_state dimension 2"),
+        ("latent_channels", 8, "sample dimension 1"),
+    ):
+        copy = tmp_path / field
+        shutil.copytree(diffusion_dir, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["diffusion"][field] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelError, match=complaint):
+            DiffusionRunner(copy)
+
+
+def test_runtime_failures_of_a_graph_are_model_errors(diffusion_runner):
+    conditioning = diffusion_runner.encode_prompt(PROMPT, PARAMS)
+    bad = conditioning.__class__(conditioning.embeddings[:, :, :5].copy(), conditioning.guidance)
+    latent = diffusion_runner.initial_latent(1, PARAMS)
+    with pytest.raises(ModelError, match="unet failed to run"):
+        diffusion_runner.step(latent, 0, bad, PARAMS)
