@@ -363,14 +363,15 @@ def verify_diffusion(
         recomputed.append(x.astype("<f4").tobytes())
         scale = max(1.0, float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))))
         err = float(np.max(np.abs(x - latents[i]))) / scale
-        worst = max(worst, err)
-        if err > STEP_TOLERANCE:
+        # NaN compares false: a chain of NaN latents must not pass as "within tolerance".
+        if not np.isfinite(err) or err > STEP_TOLERANCE:
             return _fail(
                 VerdictReason.STEP_MISMATCH,
-                f"step {i} re-runs to a different latent (max deviation {worst:.3g})",
-                max_error=worst,
+                f"step {i} re-runs to a different latent (deviation {err:.3g} of scale)",
+                max_error=err,
                 recomputed=b"".join(recomputed),
             )
+        worst = max(worst, err)
     failed = _check_decode(runner, latents[n], result.image)
     if failed is not None:
         return dataclasses.replace(failed, max_error=worst)

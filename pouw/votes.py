@@ -7,6 +7,7 @@ FraudEvidence as soon as the committee's stake decides.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from aipg.wire import Identity, sign
@@ -43,7 +44,11 @@ def make_verdict(
     """The signed verdict of ``identity`` on ``receipt``: valid exactly when ``reason``
     is OK. ``recomputed`` is the validator's own check data (bound by hash)."""
     rid = receipt_id(receipt)
-    micro = min(MAX_ERROR_MICRO, max(0, round(max_error * 1e6)))
+    micro = (
+        min(MAX_ERROR_MICRO, max(0, round(max_error * 1e6)))
+        if math.isfinite(max_error)
+        else MAX_ERROR_MICRO
+    )
     verdict = Verdict(
         receipt_id=rid,
         job_id=receipt.job_id,

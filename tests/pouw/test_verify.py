@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from aipg.models import DiffusionParams, SamplingParams, choose_token
 from aipg.pouw import (
     Certificate,
+    LatentReply,
     PouwError,
     VerdictReason,
     VoteCollector,
@@ -249,3 +250,77 @@ def test_hostile_llm_results_get_a_verdict_never_a_crash(llm_models, honest_llm,
         bad = honest.replace(receipt=sign(r, W.worker))
     check = verify_llm(llm_models.real, job, a, bad)
     assert check.valid == (bad == honest)
+
+
+def test_nan_latents_do_not_pass_as_within_tolerance(diffusion_models):
+    # A worker that fills its chain with NaN (no compute) and decodes NaN: every
+    # comparison with NaN is false, so the check must treat it as a mismatch.
+    models = diffusion_models
+    job = diffusion_job(models, steps=6, seed=21)
+    a = W.assignment(job)
+    params = job.diffusion
+    start = models.real.initial_latent(job.seed, params)
+    rng = np.random.default_rng(0)
+    latents = [start] + [rng.standard_normal(start.shape).astype(np.float32) for _ in range(6)]
+    for x in latents[1:-1]:
+        x[0, 0, 0, 0] = np.nan
+    png = models.real.decode(latents[-1])
+    from aipg.pouw.commitment import latent_digest
+    from aipg.pouw.execute import diffusion_result
+
+    _, _, h, w = models.real.latent_shape(params)
+    result = diffusion_result(
+        job, a, W.worker, models.real.profile, h * w, png, [latent_digest(x) for x in latents]
+    )
+    store = LatentStore()
+    store.put_result(result, latents)
+    for v in W.validators[:3]:
+        challenge = make_challenge(v, receipt_id(result.receipt))
+        check = verify_diffusion(models.real, job, a, result, store.serve, challenge)
+        assert check.reason == VerdictReason.STEP_MISMATCH
+        verdict_for(v, result, check)  # a verdict can be made from it
+
+
+@pytest.fixture(scope="module")
+def honest_diffusion(diffusion_models):
+    job = diffusion_job(diffusion_models, steps=5, seed=8)
+    a = W.assignment(job)
+    return job, a, *run_diffusion_job(diffusion_models.real, job, a, W.worker)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_hostile_latent_replies_get_a_verdict_never_a_crash(
+    diffusion_models, honest_diffusion, data
+):
+    models = diffusion_models
+    job, a, result, latents = honest_diffusion
+    challenge = make_challenge(W.validators[0], receipt_id(result.receipt))
+    steps_st = st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6), max_size=6)
+
+    kinds = []
+
+    def fetch(request):
+        kind = data.draw(st.sampled_from(["steps", "bytes", "raise", "nan"]))
+        kinds.append(kind)
+        if kind == "raise":
+            raise PouwError("latent_request", "gone")
+        raws = [np.ascontiguousarray(latents[s], "<f4").tobytes() for s in request.steps]
+        if kind == "steps":
+            steps = tuple(data.draw(steps_st))
+            return LatentReply(receipt_id=request.receipt_id, steps=steps, latents=tuple(raws))
+        if kind == "bytes":
+            i = data.draw(st.integers(0, len(raws) - 1))
+            raws[i] = data.draw(st.binary(max_size=64))
+        else:
+            raws = [np.full_like(latents[0], np.nan).tobytes() for _ in raws]
+        return LatentReply(receipt_id=request.receipt_id, steps=request.steps, latents=tuple(raws))
+
+    check = verify_diffusion(models.real, job, a, result, fetch, challenge)
+    expected = {
+        "raise": {VerdictReason.UNAVAILABLE},
+        "steps": {VerdictReason.UNAVAILABLE, VerdictReason.OK},  # OK: it drew the right ones
+        "bytes": {VerdictReason.CHAIN},
+        "nan": {VerdictReason.CHAIN},
+    }
+    assert check.reason in expected[kinds[0]], (kinds, check)
