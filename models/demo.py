@@ -12,7 +12,7 @@ and ONNX files are written with fixed producer fields, so a build is byte-identi
 time and the model ids never change.
 
 The builders take knobs so that tests can make look-alike models: another weight seed
-(same shapes), float16 weights, a smaller "draft" model with the same vocabulary, or a
+(same shapes), float16 or int8 weights, a smaller "draft" model with the same vocabulary, or a
 decoder without KV cache.
 """
 
@@ -62,6 +62,7 @@ PRODUCER = "aipg-node demo"
 LICENSE = "Apache-2.0"
 TOKENIZER_FILE = "tokenizer.model"
 VOCAB_SIZE = 768
+DTYPES = ("float32", "float16", "int8")
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 3
 
 
@@ -116,8 +117,8 @@ class _Graph:
     """A small helper over onnx.helper: named nodes, seeded initializers."""
 
     def __init__(self, seed: int, dtype: str) -> None:
-        if dtype not in ("float32", "float16"):
-            raise ModelError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.seed = seed
         self.dtype = dtype
         self.nodes: list[onnx.NodeProto] = []
@@ -139,12 +140,20 @@ class _Graph:
         return name
 
     def weight(self, name: str, shape: tuple[int, ...], scale: float) -> str:
-        """A seeded weight, uniform in [-scale, scale]; stored as fp16 + Cast when asked."""
+        """A seeded weight, uniform in [-scale, scale]. Stored as float32; or as float16 and
+        cast back; or as int8 with one symmetric scale per tensor and dequantized in-graph."""
         array = seeded_uniform(self.seed, name, shape, scale)
         if self.dtype == "float32":
             return self.const(name, array)
-        self.const(name + "_fp16", array.astype(np.float16))
-        return self.op("Cast", [name + "_fp16"], to=TensorProto.FLOAT)
+        if self.dtype == "float16":
+            self.const(name + "_fp16", array.astype(np.float16))
+            return self.op("Cast", [name + "_fp16"], to=TensorProto.FLOAT)
+        step = np.float32(np.abs(array).max() / np.float32(127)) or np.float32(1)
+        quantized = np.clip(np.round(array / step), -127, 127).astype(np.int8)
+        self.const(name + "_int8", quantized)
+        self.const(name + "_scale", np.array(step, np.float32))
+        self.const(name + "_zero", np.array(0, np.int8))
+        return self.op("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero"])
 
     def ones(self, name: str, n: int) -> str:
         return self.const(name, np.ones(n, np.float32))
@@ -239,7 +248,7 @@ def build_demo_llm(
 
     Writes ``model.onnx`` (optimum decoder interface, with KV cache unless ``kv_cache`` is
     False), ``tokenizer.model`` and ``manifest.json``. Change ``seed`` for a model of the
-    same shape with other weights, ``dtype="float16"`` for half-precision weights, and the
+    same shape with other weights, ``dtype="float16"`` (or ``"int8"``) for cheaper weights, and the
     sizes for a smaller "draft" model with the same vocabulary. Raises ModelError for bad
     sizes.
     """
@@ -486,7 +495,8 @@ def _conv(g: _Graph, x: str, name: str, c_in: int, c_out: int) -> str:
 
 def _timestep_embedding(g: _Graph, s: DiffusionShape) -> str:
     half = s.time_dim // 2
-    freqs = np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float64) / half).astype(np.float32)
+    # Powers of two: exact in float32 on every machine (no libm in the model's bytes).
+    freqs = np.ldexp(np.float32(1), -np.arange(half)).astype(np.float32)
     t = g.op(
         "Unsqueeze",
         [g.op("Cast", ["timestep"], to=TensorProto.FLOAT), g.const("ax1", np.array([1], np.int64))],

@@ -65,6 +65,16 @@ def test_float16_variant_is_close_but_not_equal(tmp_path, llm_runner):
     np.testing.assert_allclose(exact, approx, atol=0.2)
 
 
+def test_int8_variant_is_close_but_not_equal(tmp_path, llm_runner):
+    quantized = LlmRunner(build_demo_llm(tmp_path / "int8", dtype="int8"))
+    ids = llm_runner.tokenizer.encode("Validators lock stake")
+    exact, approx = llm_runner.prefill(ids), quantized.prefill(ids)
+    assert not np.array_equal(exact, approx)
+    np.testing.assert_allclose(exact, approx, atol=0.5)
+    initializers = onnx.load(tmp_path / "int8" / "model.onnx").graph.initializer
+    assert onnx.TensorProto.INT8 in {t.data_type for t in initializers}
+
+
 def test_draft_variant_shares_the_vocabulary(tmp_path, llm_runner):
     draft = LlmRunner(build_demo_llm(tmp_path / "draft", layers=1, d_model=32, heads=2, d_ff=64))
     assert draft.interface.vocab_size == llm_runner.interface.vocab_size
