@@ -300,6 +300,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for path, status in files.items():
             print(f"file       {path}: {status}")
         print(f"interface  {report['interface']}")
+        if "profile" in report:
+            print("profile    " + ", ".join(f"{k}={v}" for k, v in report["profile"].items()))
         for key in ("same_run_equal", "threads_equal"):
             if key in report:
                 print(f"{key:<14} {'yes' if report[key] else 'NO'}")
@@ -308,36 +310,44 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _determinism(model) -> dict:
-    """Run one small job twice with 1 thread and once with 2; compare bitwise."""
+    """Run one small job twice with 1 thread and once with 2; compare outputs bitwise (the
+    tokens and every logit; the PNG and the final latent)."""
     import numpy as np
 
     from aipg.models import LLM, DiffusionParams, DiffusionRunner, LlmRunner, SamplingParams
 
     prompt = "Determinism is a feature."
-    if model.manifest.kind == LLM:
+
+    def llm_job(threads: int):
+        runner = LlmRunner(model, threads=threads)
+        ids = runner.tokenizer.encode(prompt)
         params = SamplingParams(temperature_milli=800, top_k=40, max_tokens=16)
+        out = runner.generate(ids, params, seed=1)
+        return runner.profile, repr(out.token_ids).encode(), runner.prefill(ids + out.token_ids)
 
-        def job(threads: int):
-            runner = LlmRunner(model, threads=threads)
-            ids = runner.tokenizer.encode(prompt)
-            out = runner.generate(ids, params, seed=1)
-            return out.token_ids, runner.prefill(ids + out.token_ids)
-
-        def same(a, b) -> bool:
-            return a[0] == b[0] and np.array_equal(a[1], b[1])
-    else:
+    def diffusion_job(threads: int):
+        runner = DiffusionRunner(model, threads=threads)
         d = model.manifest.default_diffusion or DiffusionParams()
         params = DiffusionParams(steps=4, width=d.width, height=d.height)
+        out = runner.generate(prompt, params, seed=1)
+        return runner.profile, out.png, out.latents_final
 
-        def job(threads: int):
-            out = DiffusionRunner(model, threads=threads).generate(prompt, params, seed=1)
-            return out.png, out.latents_final
+    job = llm_job if model.manifest.kind == LLM else diffusion_job
+    profile, *first = job(1)
 
-        def same(a, b) -> bool:
-            return a[0] == b[0] and np.array_equal(a[1], b[1])
+    def same(other) -> bool:
+        return other[1] == first[0] and np.array_equal(other[2], first[1])
 
-    first = job(1)
-    return {"same_run_equal": same(first, job(1)), "threads_equal": same(first, job(2))}
+    return {
+        "profile": {
+            "ort_version": profile.ort_version,
+            "provider": profile.provider,
+            "graph_optimization_level": profile.graph_optimization_level,
+            "deterministic_compute": profile.deterministic_compute,
+        },
+        "same_run_equal": same(job(1)),
+        "threads_equal": same(job(2)),
+    }
 
 
 # -- store -------------------------------------------------------------------------------------
