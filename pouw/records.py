@@ -83,9 +83,11 @@ MAX_OUTPUT_TOKENS = MAX_TOKENS  # longest generation a single job may ask for
 MAX_PROMPT_TOKENS = 8_192  # a prompt of 16k characters tokenizes to fewer tokens than this
 MAX_STEPS = 500  # as aipg.models allows; schedulers use 10-100 steps
 MAX_COMMITTEE = 64  # committees are small; bounds a certificate's size
-MAX_STOP = 8  # stop strings per job
 MAX_IMAGE_BYTES = 8 << 20  # one PNG
-MAX_LATENT_BYTES = 4 << 20  # one float32 latent (SD 1.5 at 512x512 is 64 KiB)
+MAX_LATENT_BYTES = 512 << 10  # one float32 latent (SD 1.5 at 512x512: 64 KiB; SDXL: 256 KiB)
+MAX_CHALLENGE_STEPS = 16  # steps one validator may re-run
+# A step needs the latent before and after it; the final latent is asked for too.
+MAX_LATENTS_PER_REQUEST = 2 * MAX_CHALLENGE_STEPS + 1
 MAX_COMMITMENT_BYTES = 16 * MAX_OUTPUT_TOKENS  # LLM commitment data, far above its 8 B/token
 
 
@@ -254,16 +256,18 @@ class LatentRequest(Record):
     """A validator asks the worker for stored latents (by step index, 0 = initial)."""
 
     receipt_id: Hash32
-    steps: Annotated[tuple[U32, ...], MaxLen(2 * 16 + 1)]
+    steps: Annotated[tuple[U32, ...], MaxLen(MAX_LATENTS_PER_REQUEST)]
 
 
-@record(tag=308, max_size=(2 * 16 + 1) * MAX_LATENT_BYTES + (1 << 16))
+@record(tag=308, max_size=MAX_LATENTS_PER_REQUEST * (MAX_LATENT_BYTES + 16) + (1 << 16))
 class LatentReply(Record):
     """The latents asked for, little-endian float32 in the model's latent shape."""
 
     receipt_id: Hash32
-    steps: Annotated[tuple[U32, ...], MaxLen(2 * 16 + 1)]
-    latents: Annotated[tuple[Annotated[bytes, MaxLen(MAX_LATENT_BYTES)], ...], MaxLen(2 * 16 + 1)]
+    steps: Annotated[tuple[U32, ...], MaxLen(MAX_LATENTS_PER_REQUEST)]
+    latents: Annotated[
+        tuple[Annotated[bytes, MaxLen(MAX_LATENT_BYTES)], ...], MaxLen(MAX_LATENTS_PER_REQUEST)
+    ]
 
 
 # --------------------------------------------------------------- validator side

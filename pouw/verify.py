@@ -49,6 +49,8 @@ from .commitment import (
 )
 from .errors import PouwError
 from .records import (
+    MAX_CHALLENGE_STEPS,
+    MAX_LATENT_BYTES,
     Assignment,
     Job,
     LatentReply,
@@ -344,6 +346,8 @@ def verify_diffusion(
     ``fetch`` asks the worker for stored latents (raising PouwError when it cannot);
     ``challenge`` is the validator's :func:`make_challenge` for this receipt.
     """
+    if not 1 <= k <= MAX_CHALLENGE_STEPS:
+        raise ValueError(f"k must be from 1 to {MAX_CHALLENGE_STEPS}, got {k}")
     failed = _diffusion_bindings(runner, job, assignment, result, cost_milli)
     if failed is not None:
         return failed
@@ -430,6 +434,8 @@ def _fetch_latents(
     assert job.diffusion is not None
     shape = runner.latent_shape(job.diffusion)
     size = int(np.prod(shape)) * 4
+    if size > MAX_LATENT_BYTES:
+        return _fail(VerdictReason.BINDING, f"latents of {size} bytes are over the wire limit")
     try:
         reply = fetch(LatentRequest(receipt_id=receipt_id(result.receipt), steps=tuple(wanted)))
     except PouwError as e:
