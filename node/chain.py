@@ -85,6 +85,10 @@ class ChainService:
             timeouts=Timeouts.from_params(state.params),
         )
         self._last_block_ms = now_ms()
+        # Our own proposal and votes of the current height, re-gossiped until it is
+        # decided: a message sent before a peer subscribed is otherwise lost, and
+        # Tendermint's liveness assumes every message eventually arrives.
+        self._own: list[ProposalMessage | Vote] = []
 
     # -- queries (WorkTracker's ChainView, gateway, API) ------------------------------------
 
@@ -222,10 +226,26 @@ class ChainService:
         async with trio.open_nursery() as nursery:
             self._timers = nursery
             task_status.started()
+            if self.state.height == 0:
+                # As in Tendermint, consensus starts at genesis time, so the genesis
+                # validators begin height 1 together rather than one after another.
+                wait_ms = self.state.genesis.genesis_time_ms - self.now_ms()
+                if wait_ms > 0:
+                    log.info("waiting %.1f s for genesis time", wait_ms / 1000)
+                    await trio.sleep(wait_ms / 1000)
+                self._last_block_ms = self.now_ms()
             await self._carry_out(self.consensus.start())
-            await trio.sleep_forever()
+            await self._regossip()
+
+    async def _regossip(self) -> None:
+        interval = max(0.5, self.state.params.timeout_vote_ms / 1000)
+        while True:
+            await trio.sleep(interval)
+            for msg in list(self._own):
+                await self.host.publish(topic("consensus"), encode(msg))
 
     async def on_consensus_message(self, msg: ProposalMessage | Vote) -> None:
+        log.debug("consensus in: %s", _describe(msg))
         await self._carry_out(self.consensus.on_message(msg))
 
     def on_tx(self, tx: Transaction) -> None:
@@ -236,7 +256,9 @@ class ChainService:
 
     async def _carry_out(self, effects: list) -> None:
         for effect in effects:
+            log.debug("consensus effect: %s", type(effect).__name__ if not isinstance(effect, Broadcast) else "Broadcast " + _describe(effect.message))
             if isinstance(effect, Broadcast):
+                self._own.append(effect.message)
                 await self.host.publish(topic("consensus"), encode(effect.message))
                 # Gossip does not deliver our own messages back to us.
                 await self._carry_out(self.consensus.on_message(effect.message))
@@ -278,6 +300,7 @@ class ChainService:
             len(block.body.frauds),
             block.header.proposer.hex()[:8],
         )
+        self._own.clear()
         self.new_block.set()
         self.new_block = trio.Event()
         self._timers.start_soon(self._next_height)
@@ -310,6 +333,13 @@ class ChainService:
 
     def decode_consensus(self, data: bytes) -> ProposalMessage | Vote:
         return decode(data, (ProposalMessage, Vote))
+
+
+def _describe(msg: ProposalMessage | Vote) -> str:
+    if isinstance(msg, ProposalMessage):
+        p = msg.proposal
+        return f"proposal h={p.height} r={p.round} by {p.signer.hex()[:8]}"
+    return f"vote h={msg.height} r={msg.round} step={msg.step} {msg.block_hash.hex()[:8]} by {msg.signer.hex()[:8]}"
 
 
 def _tx_id(tx: Transaction) -> bytes:

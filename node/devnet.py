@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ RUN_FILE = "run.json"
 VALIDATOR_STAKE = Units(20_000 * UNITS_PER_AIPG)
 NODE_BALANCE = Units(5_000 * UNITS_PER_AIPG)
 CLIENT_BALANCE = Units(1_000 * UNITS_PER_AIPG)
+# How long starting one node process takes on a small machine (imports, models).
+GENESIS_DELAY_MS_PER_NODE = 3_000
 
 
 class DevnetError(Exception):
@@ -156,6 +159,8 @@ def plan_devnet(
         genesis_time_ms=0,
     )
     genesis_path = root / "genesis.toml"
+    # Every node waits for genesis time before consensus: leave time to start them all.
+    genesis = genesis.replace(genesis_time_ms=time.time_ns() // 1_000_000 + GENESIS_DELAY_MS_PER_NODE * nodes + 2_000)
     save_genesis(genesis, genesis_path)
     plan = DevnetPlan(
         root=str(root),

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import trio
@@ -37,6 +37,12 @@ def build_demo_models(models_dir: Path) -> dict[str, str]:
     models_dir.mkdir(parents=True, exist_ok=True)
     llm, diffusion = build_demo(models_dir)
     return {"llm": str(llm), "diffusion": str(diffusion)}
+
+
+def aipg_job_id(response: Any) -> str:
+    """The network's job id, from the ``aipg`` extension of an OpenAI-shaped response."""
+    extra = getattr(response, "model_extra", None) or {}
+    return (extra.get("aipg") or {}).get("job_id", "")
 
 
 @dataclass
@@ -87,7 +93,7 @@ class DevnetDriver:
                 )
             )
             image_path.write_bytes(base64.b64decode(r.data[0].b64_json))
-            job.job_id = getattr(r, "id", None) or (r.model_extra or {}).get("id", "")
+            job.job_id = aipg_job_id(r)
             job.output = f"image written to {image_path}"
         elif job.label.startswith("stream"):
             model = models["llm"]["id"]
@@ -102,7 +108,7 @@ class DevnetDriver:
                 )
                 text, jid = [], ""
                 for chunk in chunks:
-                    jid = chunk.id
+                    jid = aipg_job_id(chunk) or jid
                     if chunk.choices and chunk.choices[0].delta.content:
                         text.append(chunk.choices[0].delta.content)
                 return jid, "".join(text)
@@ -116,7 +122,7 @@ class DevnetDriver:
                     model=model, prompt=prompt, max_tokens=24, seed=5
                 )
             )
-            job.job_id, job.output = r.id, r.choices[0].text
+            job.job_id, job.output = aipg_job_id(r), r.choices[0].text
         self.say(f"  {job.label:<10} {job.tier:<5} job {job.job_id[:18]}…  {job.output[:60]!r}")
 
     async def wait_certified(self, jobs: list[DemoJob], deadline: float) -> None:

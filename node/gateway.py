@@ -20,8 +20,17 @@ import trio
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import DIFFUSION, LLM, DiffusionParams, SamplingParams, model_id_text
 from aipg.pouw import Claim, Job, PouwError, Tier, job_id
-from aipg.pouw.schedule import JobState, Scheduler, SchedulerConfig
-from aipg.wire import UNITS_PER_AIPG, Address, PeerId, encode, format_amount, sign
+from aipg.pouw.schedule import JobState, ReputationConfig, Scheduler, SchedulerConfig
+from aipg.wire import (
+    UNITS_PER_AIPG,
+    Address,
+    PeerId,
+    WireError,
+    decode,
+    encode,
+    format_amount,
+    sign,
+)
 
 from .apikeys import ApiKeyStore
 from .catalog import KnownModel, ModelCatalog
@@ -40,7 +49,7 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
-from .messages import PROTO_JOB, WorkReport, topic
+from .messages import JobAck, WorkReport, topic
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -53,6 +62,7 @@ MAX_OPEN_JOBS = 256
 # Paid tier: the fee a job escrows, per generated token / per diffusion step.
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
+TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
 
 
 @dataclass
@@ -74,8 +84,12 @@ class GatewayService:
         self.scheduler = Scheduler(
             self.identity,
             bond_of=lambda key: node.chain.bond_of(key),
+            # Paid jobs go to workers with a bond and at least a newcomer's reputation.
             config=SchedulerConfig(
-                claim_window_ms=150, attempt_timeout_ms=45_000, trusted_min_bond=0
+                claim_window_ms=150,
+                attempt_timeout_ms=45_000,
+                trusted_min_bond=TRUSTED_MIN_BOND,
+                trusted_min_reputation=ReputationConfig().initial,
             ),
         )
         self.api_keys = ApiKeyStore(node.data_dir)
@@ -93,14 +107,12 @@ class GatewayService:
         for assignment in self.scheduler.tick(now, self.node.chain.height):
             worker = PeerId.from_public_key(assignment.worker)
             try:
-                await self.host.request(worker, PROTO_JOB, encode(assignment), timeout=5.0)
-            except GossipError as e:
-                log.info(
-                    "assignment of job %s to %s not delivered: %s",
-                    assignment.job_id.hex()[:12],
-                    worker.short(),
-                    e,
-                )
+                answer = await self.node.send_job(assignment.worker, encode(assignment), 5.0)
+                ack = decode(answer, JobAck)
+                if not ack.ok:
+                    log.info("worker %s refused job %s: %s", worker.short(), assignment.job_id.hex()[:12], ack.reason)
+            except (GossipError, WireError) as e:
+                log.info("assignment of job %s to %s not delivered: %s", assignment.job_id.hex()[:12], worker.short(), e)
         for jid, entry in list(self.jobs.items()):
             if not entry.done.is_set() and self.scheduler.state(jid) is JobState.FAILED:
                 entry.failed = "no worker finished the job before its deadline"

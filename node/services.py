@@ -57,8 +57,14 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
         node.now_ms,
     )
     await nursery.start(node.chain.run)
+    node.send_job = lambda key, data, timeout: send_job_message(node, key, data, timeout)
     node.worker = WorkerService(
-        node.identity, node.host, node.catalog, node.now_ms, cheat_tokens=node.faults.cheat_tokens
+        node.identity,
+        node.host,
+        node.catalog,
+        node.now_ms,
+        node.send_job,
+        cheat_tokens=node.faults.cheat_tokens,
     )
     await nursery.start(node.worker.run)
     if node.config.validator:
@@ -184,6 +190,8 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
     for name, check in checks.items():
         host.set_topic_validator(topic(name), _validator(check), timeout=5.0)
         nursery.start_soon(_consume, node, name, consumers[name])
+    node.waiting_reports = []
+    nursery.start_soon(retry_waiting_reports, node)
     host.set_request_handler(
         PROTO_JOB, lambda peer, data: on_job_request(node, peer, data), max_request_size=1 << 20
     )
@@ -202,14 +210,29 @@ async def _consume(node: Node, name: str, handle) -> None:
                 log.info("dropped a message on %s: %s", name, e)
 
 
+# Reports whose committee seed block is not final here yet, retried on each new block.
+MAX_WAITING_REPORTS = 1024
+
+
 async def on_report(node: Node, report: WorkReport) -> None:
     try:
-        tracked = node.tracker.add_report(report)
+        tracked, new = node.tracker.add_report(report)
     except PouwError as e:
-        log.info("cannot track a report yet: %s", e)
+        if len(node.waiting_reports) < MAX_WAITING_REPORTS:
+            node.waiting_reports.append(report)
+        log.debug("report waits for the chain: %s", e)
         return
-    if node.verifier is not None:
+    if new and node.verifier is not None:
         node.verifier.consider(tracked)
+
+
+async def retry_waiting_reports(node: Node) -> None:
+    """After each new block: track the reports whose seed block is now final."""
+    while True:
+        await node.chain.new_block.wait()
+        waiting, node.waiting_reports = node.waiting_reports, []
+        for report in waiting:
+            await on_report(node, report)
 
 
 def on_verdict(node: Node, verdict: Verdict) -> None:
@@ -217,6 +240,14 @@ def on_verdict(node: Node, verdict: Verdict) -> None:
         node.tracker.add_verdict(verdict)
     except PouwError as e:
         log.info("dropped a verdict: %s", e)
+
+
+async def send_job_message(node: Node, to_key: bytes, data: bytes, timeout: float) -> bytes:
+    """Send a ``job`` protocol message to the node with key ``to_key``; a message to
+    ourselves (our worker claiming our own gateway's job) is handled in process."""
+    if to_key == node.identity.public_bytes:
+        return await on_job_request(node, node.identity.peer_id, data)
+    return await node.host.request(PeerId.from_public_key(to_key), PROTO_JOB, data, timeout=timeout)
 
 
 async def on_job_request(node: Node, peer: PeerId, data: bytes) -> bytes:
@@ -235,6 +266,7 @@ async def on_job_request(node: Node, peer: PeerId, data: bytes) -> bytes:
             return encode(await node.worker.on_assignment(msg))
         return encode(node.worker.on_latent_request(msg))
     except (WireError, PouwError) as e:
+        log.info("job request from %s refused: %s", peer.short(), e)
         return encode(JobAck(False, str(e)[:200]))
 
 

@@ -104,12 +104,13 @@ class WorkTracker:
         )
         return members, validators
 
-    def add_report(self, report: WorkReport) -> TrackedWork:
-        """Track a checked report (idempotent); returns its entry."""
+    def add_report(self, report: WorkReport) -> tuple[TrackedWork, bool]:
+        """Track a checked report; returns its entry and whether it is new (a report
+        arrives twice at its gateway: by the job protocol and by gossip)."""
         rid = receipt_id(report.result.receipt)
         tracked = self._by_receipt.get(rid)
         if tracked is not None:
-            return tracked
+            return tracked, False
         members, validators = self.committee(report)
         tracked = TrackedWork(report, rid, members)
         tracked.collector = VoteCollector(
@@ -119,8 +120,11 @@ class WorkTracker:
         self._by_job[tracked.job_id] = rid
         self._trim()
         for verdict in self._early.pop(rid, []):
-            self.add_verdict(verdict)
-        return tracked
+            try:
+                self.add_verdict(verdict)
+            except PouwError as e:
+                log.info("dropped an early verdict: %s", e)
+        return tracked, True
 
     def add_verdict(self, verdict: Verdict) -> Certificate | FraudEvidence | None:
         """Count a verdict; returns the outcome once decided. Raises PouwError for a

@@ -23,10 +23,10 @@ from aipg.models import LLM, ModelError
 from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, Result, job_id
 from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
 from aipg.pouw.records import output_hash_tokens
-from aipg.wire import Identity, PeerId, encode, sign
+from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
-from .messages import PROTO_JOB, JobAck, WorkReport, topic
+from .messages import JobAck, WorkReport, topic
 
 log = logging.getLogger("aipg.node.worker")
 
@@ -41,9 +41,13 @@ class WorkerService:
         host: GossipHost,
         catalog: ModelCatalog,
         now_ms,
+        send_job,
         *,
         cheat_tokens: bool = False,
     ):
+        """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
+        the node with public key ``key`` (in process when that is this node)."""
+        self.send_job = send_job
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -85,10 +89,11 @@ class WorkerService:
             ),
             self.identity,
         )
-        gateway = PeerId.from_public_key(job.signer)
         try:
-            await self.host.request(gateway, PROTO_JOB, encode(claim), timeout=5.0)
-        except GossipError as e:
+            ack = decode(await self.send_job(job.signer, encode(claim), 5.0), JobAck)
+            if not ack.ok:
+                log.info("claim for job %s refused: %s", jid.hex()[:12], ack.reason)
+        except (GossipError, WireError) as e:
             log.info("claim for job %s not delivered to its gateway: %s", jid.hex()[:12], e)
 
     # -- job protocol -------------------------------------------------------------------
@@ -143,10 +148,11 @@ class WorkerService:
         self.executed += 1
         report = WorkReport(job, assignment, result)
         data = encode(report)
-        gateway = PeerId.from_public_key(job.signer)
         try:
-            await self.host.request(gateway, PROTO_JOB, data, timeout=10.0)
-        except GossipError as e:
+            ack = decode(await self.send_job(job.signer, data, 10.0), JobAck)
+            if not ack.ok:
+                log.warning("gateway refused the result of job %s: %s", assignment.job_id.hex()[:12], ack.reason)
+        except (GossipError, WireError) as e:
             log.info(
                 "result of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e
             )
