@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api_request import (
+    BODY_TIMEOUT_S,
     CHAT_FIELDS,
     COMPLETION_FIELDS,
     FREE_TIER_KEY,
@@ -169,10 +170,12 @@ class Api:
         max_body_bytes: int,
         metrics: ApiMetrics,
         trusted_proxies: frozenset[str] = frozenset(),
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.gateway = gateway
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.trusted_proxies = trusted_proxies
 
@@ -198,6 +201,9 @@ class Api:
             self.take_free_token(client)
             return Caller("free", None, client)
         return Caller("paid", account, client)
+
+    async def body(self, request: Request) -> dict:
+        return await read_json_object(request, self.max_body_bytes, timeout_s=self.body_timeout_s)
 
     def take_free_token(self, client: str) -> None:
         try:
@@ -273,7 +279,7 @@ class Api:
 
     async def completions(self, request: Request) -> Response:
         caller = self.admit(request)
-        fields = Fields(await read_json_object(request, self.max_body_bytes), COMPLETION_FIELDS)
+        fields = Fields(await self.body(request), COMPLETION_FIELDS)
         info = self.model(fields.text("model", required=True, max_chars=MAX_NAME_CHARS), "llm")
         prompt, prompt_ids = parse_prompt(fields)
         sampling = parse_sampling(fields, max_tokens_keys=("max_tokens",))
@@ -292,7 +298,7 @@ class Api:
 
     async def chat_completions(self, request: Request) -> Response:
         caller = self.admit(request)
-        fields = Fields(await read_json_object(request, self.max_body_bytes), CHAT_FIELDS)
+        fields = Fields(await self.body(request), CHAT_FIELDS)
         info = self.model(fields.text("model", required=True, max_chars=MAX_NAME_CHARS), "llm")
         messages = parse_messages(fields)
         sampling = parse_sampling(fields, max_tokens_keys=("max_tokens", "max_completion_tokens"))
@@ -343,7 +349,7 @@ class Api:
 
     async def images(self, request: Request) -> Response:
         caller = self.admit(request)
-        fields = Fields(await read_json_object(request, self.max_body_bytes), IMAGE_FIELDS)
+        fields = Fields(await self.body(request), IMAGE_FIELDS)
         name = fields.text("model", max_chars=MAX_NAME_CHARS)
         info = self.model(name, "diffusion") if name else self.default_image_model()
         req = image_request(fields, info, caller)
@@ -503,12 +509,14 @@ def build_app(
     max_rate_limit_clients: int = 65_536,
     trusted_proxies: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
     clock: Callable[[], float] | None = None,
 ) -> Starlette:
     """The API app for ``gateway``.
 
     ``free_tier_per_minute`` job requests per client address per minute (burst of the
-    same number) on the free tier; ``max_body_bytes`` caps request bodies (413);
+    same number) on the free tier; ``max_body_bytes`` caps request bodies (413) and
+    ``body_timeout_s`` the time to receive one (408);
     ``max_rate_limit_clients`` bounds the limiter's memory; ``trusted_proxies`` are
     addresses of reverse proxies whose ``X-Forwarded-For`` names the client (empty: the
     socket's peer is the client); ``cors_origins`` are the web origins browsers may call
@@ -524,7 +532,7 @@ def build_app(
     )
     metrics = ApiMetrics()
     proxies = frozenset(str(ipaddress.ip_address(p)) for p in trusted_proxies)
-    api = Api(gateway, limiter, max_body_bytes, metrics, proxies)
+    api = Api(gateway, limiter, max_body_bytes, metrics, proxies, body_timeout_s)
     routes = [
         Route("/v1/models", api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", api.get_model, methods=["GET"]),

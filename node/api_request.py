@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -48,6 +49,8 @@ MAX_GUIDANCE = 100.0  # DiffusionParams.guidance_milli / 1000
 MAX_PROMPT_IDS = MAX_TOKENS_LIMIT * 4
 MAX_API_KEY_CHARS = 256
 SEED_LIMIT = 1 << 64
+# A body that has not arrived by then is a client holding a connection open, not a prompt.
+BODY_TIMEOUT_S = 30.0
 # The key that asks for the free tier explicitly (``OpenAI(api_key="free")``).
 FREE_TIER_KEY = "free"
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})\Z")
@@ -138,10 +141,13 @@ def show(value: Any, limit: int = 40) -> str:
 # -- reading and checking request bodies ---------------------------------------------------
 
 
-async def read_json_object(request: Request, limit: int) -> dict:
-    """The request body as a JSON object, read at most ``limit`` bytes.
+async def read_json_object(
+    request: Request, limit: int, *, timeout_s: float = BODY_TIMEOUT_S
+) -> dict:
+    """The request body as a JSON object, read at most ``limit`` bytes within ``timeout_s``.
 
-    Raises ApiError: 413 for a body over ``limit`` (by Content-Length or as read), 415
+    Raises ApiError: 413 for a body over ``limit`` (by Content-Length or as read), 408 for
+    a body still arriving after ``timeout_s`` (a client trickling bytes), 415
     for a Content-Type other than JSON (none at all is taken as JSON), 400 for a body that
     is not UTF-8 JSON, JSON with NaN or Infinity, nesting too deep to parse, or a value
     that is not an object.
@@ -159,11 +165,16 @@ async def read_json_object(request: Request, limit: int) -> dict:
             code="unsupported_media_type",
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    with trio.move_on_after(timeout_s) as reading:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    if reading.cancelled_caught:
+        raise ApiError(
+            408, f"the request body took longer than {timeout_s:g} s", code="request_timeout"
+        )
     return parse_json_object(b"".join(chunks))
 
 

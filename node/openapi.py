@@ -314,6 +314,7 @@ _JOB_ERRORS = {
     "401": _error("Unknown API key"),
     "402": _error("The paid account cannot cover the fee"),
     "404": _error("Unknown model"),
+    "408": _error("The request body did not arrive in time"),
     "413": _error("Request body too large"),
     "415": _error("Content-Type is not application/json"),
     "429": _error("Free-tier rate limit", retry_after=True),

@@ -476,6 +476,23 @@ async def test_oversized_bodies_are_413(gateway):
         assert_error(response, 413)
 
 
+async def test_a_body_that_trickles_in_is_408(gateway, autojump_clock):
+    app = app_for(gateway, body_timeout_s=30)
+    never = trio.Event()
+
+    async def trickle():
+        yield b'{"model": "aipg-demo-llm", '
+        await never.wait()  # the client stalls; the virtual clock jumps to the deadline
+        yield b'"prompt": "x"}'
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as h:
+        start = trio.current_time()
+        response = await h.post("/v1/completions", content=trickle())
+    assert_error(response, 408, code="request_timeout")
+    assert trio.current_time() - start == pytest.approx(30)
+
+
 async def test_unknown_routes_and_methods_answer_in_the_error_shape(api):
     async with http(api) as h:
         assert_error(await h.get("/v1/engines"), 404, code="unknown_url")
