@@ -64,7 +64,8 @@ SCALE_BITS = 16  # fixed-point step 2**-16 = 1.5e-5 logit units; values alias ev
 # Honest runs of the demo LLM (threads 1/2, ORT optimization levels 0/1/2/99, KV cache
 # vs prefill) differ by at most 2.9e-6 in a logit; fp16 weights move the top-4 logits of
 # a 16-token job by at least 8.8e-4 (median 1.1e-3). The tolerance sits between: 40x
-# the honest maximum, 7x below the smallest fp16 deviation. bench/verify.py prints the margins it measures.
+# the honest maximum, 7x below the smallest fp16 deviation. bench/verify.py prints the
+# margins it measures.
 VALUE_TOLERANCE = 2.0**-13  # 1.2e-4 logit units = 8 quanta
 # Logits this close to the k-th largest (or to the maximum, for a greedy token) may
 # swap places between honest runs.
