@@ -194,9 +194,12 @@ class GossipSubRouter:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            # A random phase, so that nodes started together do not all beat at once.
+            interval = self.params.heartbeat_interval
+            await trio.sleep(self._rng.uniform(0.1, 1.0) * interval)
             while True:
-                await trio.sleep(self.params.heartbeat_interval)
                 self.heartbeat()
+                await trio.sleep(interval)
 
     def _now(self) -> float:
         return trio.current_time()

@@ -199,7 +199,8 @@ class PeerScore:
             ts.first_deliveries = min(tp.first_message_deliveries_cap, ts.first_deliveries + 1)
         if ts.in_mesh:
             ts.mesh_deliveries = min(tp.mesh_message_deliveries_cap, ts.mesh_deliveries + 1)
-        self._dirty(peer)
+        # Credits only raise the score; the cached value catches up at the next refresh
+        # (every heartbeat), which spares a recomputation per delivered message.
 
     def _dirty(self, peer: PeerId) -> None:
         self._cache.pop(peer, None)
