@@ -1,49 +1,49 @@
-"""`make demo`: the most complete real path the node has, end to end on this machine.
+"""`make demo`: a local devnet doing real jobs, verified and paid in blocks.
 
-    python -m aipg.cli.demo [--dir demo-out]
+    python -m aipg.cli.demo [--dir demo-out] [--nodes 4]
 
-Creates a fresh node data dir under DIR (the previous demo's is replaced), shows the
-node's identity, and round-trips a signed record through the canonical codec.
+Starts 4 node processes on 127.0.0.1 with a fresh genesis, builds the demo models,
+sends 3 LLM jobs (one streamed, one on the paid tier) and 1 image job through the
+OpenAI-compatible API with the official ``openai`` client, waits until every receipt is
+certified by its committee in a finalized block, prints what each job paid and the
+balances, writes the image, and stops every node. Exit status 0 means all of it worked.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+import time
 from pathlib import Path
 
-from aipg.node.datadir import DataDir
-from aipg.wire import Multiaddr
-
-
-def step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+from aipg.node.devnet import DevnetError
+from aipg.node.devnet_run import run_devnet_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aipg-node-demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default="demo-out", help="where the demo writes (default: demo-out)")
+    ap.add_argument("--dir", default="demo-out", help="where the devnet lives (default: demo-out, replaced)")
+    ap.add_argument("--nodes", type=int, default=4, help="node processes (default 4)")
+    ap.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1)")
+    ap.add_argument("--timeout", type=float, default=170.0, help="give up after this many seconds")
     args = ap.parse_args(argv)
-    root = Path(args.dir)
-    node_dir = root / "node1"
-    if node_dir.exists():
-        shutil.rmtree(node_dir)
-
-    step("create a node data dir and key")
-    data_dir = DataDir.resolve(node_dir)
-    identity = data_dir.init()
-    print(f"data dir:   {data_dir.root}")
-    print(f"peer id:    {identity.peer_id}")
-    print(f"address:    {identity.address}")
-    print(f"listen on:  {Multiaddr.websocket('127.0.0.1', 4001, identity.peer_id)}")
-
-    step("reload the key from disk (mode 0600 enforced)")
-    again = data_dir.load_identity()
-    assert again.public_bytes == identity.public_bytes
-    print("ok: same identity")
-    print("\ndemo finished")
-    return 0
+    t0 = time.monotonic()
+    try:
+        status = run_devnet_cli(
+            root=Path(args.dir) / "devnet",
+            nodes=args.nodes,
+            block_time_ms=int(args.block_time * 1000),
+            jobs=4,
+            exit_when_done=True,
+            timeout=args.timeout,
+            out=sys.stdout,
+        )
+    except DevnetError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    if status == 0:
+        print(f"\ndemo finished in {time.monotonic() - t0:.0f} s")
+    return status
 
 
 if __name__ == "__main__":
