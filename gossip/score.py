@@ -133,7 +133,7 @@ class PeerScore:
         if ts.mesh_active and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold:
             deficit = tp.mesh_message_deliveries_threshold - ts.mesh_deliveries
             ts.mesh_failure_penalty += deficit * deficit
-        ts.in_mesh = False
+        ts.in_mesh = ts.mesh_active = False
         self._dirty(peer)
 
     # --- events ------------------------------------------------------------------
@@ -226,7 +226,11 @@ class PeerScore:
                 p1 = min(ts.mesh_time / tp.time_in_mesh_quantum, tp.time_in_mesh_cap)
                 s += p1 * tp.time_in_mesh_weight
             s += ts.first_deliveries * tp.first_message_deliveries_weight
-            if ts.mesh_active and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold:
+            if (
+                ts.in_mesh
+                and ts.mesh_active
+                and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold
+            ):
                 deficit = tp.mesh_message_deliveries_threshold - ts.mesh_deliveries
                 s += deficit * deficit * tp.mesh_message_deliveries_weight
             s += ts.mesh_failure_penalty * tp.mesh_failure_penalty_weight
