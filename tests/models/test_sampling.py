@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aipg.models import SamplingParams, choose_token, sampling_uniform
+from aipg.models.sampling import candidate_order
 from aipg.wire import WireError, decode, encode
 
 LOGITS = np.asarray([0.5, 2.0, 1.0, 2.0, -1.0, 0.0], np.float32)
@@ -78,3 +79,63 @@ def test_bad_logits_are_refused():
 )
 def test_params_round_trip_the_codec(params):
     assert decode(encode(params), SamplingParams) == params
+
+
+@settings(deadline=None)
+@given(
+    values=st.lists(st.sampled_from([-2.0, -0.0, 0.0, 0.5, 1.0, 3.0]), min_size=1, max_size=60),
+    top_k=st.integers(0, 70),
+)
+def test_top_k_partition_orders_exactly_like_a_full_stable_sort(values, top_k):
+    scaled = np.asarray(values, np.float64)
+    reference = np.argsort(-scaled, kind="stable")
+    if 0 < top_k < scaled.size:
+        reference = reference[:top_k]
+    assert candidate_order(scaled, top_k).tolist() == reference.tolist()
+
+
+def reference_choice(logits: np.ndarray, params: SamplingParams, seed: int, step: int) -> int:
+    """The documented rule, written the slow and obvious way (a full stable sort)."""
+    if params.temperature_milli == 0:
+        return int(np.argmax(logits))
+    x = logits.astype(np.float64) * (1000.0 / params.temperature_milli)
+    weights = np.exp(x - x.max())
+    ranked = np.argsort(-x, kind="stable")
+    if 0 < params.top_k < x.size:
+        ranked = ranked[: params.top_k]
+    total = float(weights[np.sort(ranked)].sum())
+    running = np.cumsum(weights[ranked])
+    keep = running.size
+    mass = total
+    if params.top_p_milli < 1000:
+        need = total * (params.top_p_milli / 1000.0)
+        keep = (
+            min(int(np.argmax(running >= need)) if (running >= need).any() else keep, keep - 1) + 1
+        )
+        mass = running[keep - 1]
+    target = sampling_uniform(seed, step) * mass
+    above = np.flatnonzero(running[:keep] > target)
+    return int(ranked[above[0] if above.size else keep - 1])
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    logits=st.lists(
+        st.sampled_from([-30.0, -2.0, -0.0, 0.0, 0.5, 1.0, 3.0, 8.0]) | st.floats(-20, 20),
+        min_size=1,
+        max_size=700,
+    ),
+    temperature_milli=st.integers(0, 5000),
+    top_k=st.integers(0, 800),
+    top_p_milli=st.integers(1, 1000),
+    seed=st.integers(0, 2**64 - 1),
+    step=st.integers(0, 1000),
+)
+def test_choose_token_follows_the_documented_rule(
+    logits, temperature_milli, top_k, top_p_milli, seed, step
+):
+    array = np.asarray(logits, np.float32)
+    params = SamplingParams(
+        temperature_milli=temperature_milli, top_k=top_k, top_p_milli=top_p_milli
+    )
+    assert choose_token(array, params, seed, step) == reference_choice(array, params, seed, step)
