@@ -241,6 +241,7 @@ def build_demo_llm(
     d_ff: int = 256,
     context: int = 384,
     kv_cache: bool = True,
+    merged: bool = False,
     name: str = "aipg-demo-llm",
     version: str = "1",
 ) -> Path:
@@ -249,14 +250,14 @@ def build_demo_llm(
     Writes ``model.onnx`` (optimum decoder interface, with KV cache unless ``kv_cache`` is
     False), ``tokenizer.model`` and ``manifest.json``. Change ``seed`` for a model of the
     same shape with other weights, ``dtype="float16"`` (or ``"int8"``) for cheaper weights, and the
-    sizes for a smaller "draft" model with the same vocabulary. Raises ModelError for bad
-    sizes.
+    sizes for a smaller "draft" model with the same vocabulary; ``merged=True`` adds the
+    ``use_cache_branch`` input of optimum's merged decoders. Raises ModelError for bad sizes.
     """
     shape = LlmShape(layers, d_model, heads, d_ff, context)
     if min(layers, d_model, heads, d_ff) < 1 or d_model % heads or context < 8:
         raise ModelError("demo llm: need positive sizes, d_model divisible by heads, context >= 8")
     out = Path(out_dir)
-    _write(out / "model.onnx", _llm_graph(shape, seed, dtype, kv_cache))
+    _write(out / "model.onnx", _llm_graph(shape, seed, dtype, kv_cache, merged))
     _write(out / TOKENIZER_FILE, train_demo_tokenizer(shape.vocab))
     manifest = Manifest(
         name=name,
@@ -284,7 +285,7 @@ def build_demo_llm(
     return out
 
 
-def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool) -> bytes:
+def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool) -> bytes:
     g = _Graph(seed, dtype)
     inputs = [
         _io("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
@@ -302,6 +303,12 @@ def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool) -> bytes:
     tok = g.op("Gather", [g.weight("wte", (s.vocab, s.d_model), 0.5), "input_ids"])
     pos = g.op("Gather", [g.weight("wpe", (s.context, s.d_model), 0.1), "position_ids"])
     h = g.op("Add", [tok, pos])
+    if merged:
+        # optimum's merged decoders take use_cache_branch; this one reads it (times zero)
+        # so that a runner which forgets to feed it fails.
+        inputs.append(_io("use_cache_branch", TensorProto.BOOL, [1]))
+        flag = g.op("Cast", ["use_cache_branch"], to=TensorProto.FLOAT)
+        h = g.op("Add", [h, g.op("Mul", [flag, g.const("zero_flag", np.array(0.0, np.float32))])])
     bias = _attention_bias(g)
     for i in range(s.layers):
         h = _decoder_layer(g, s, h, bias, i, kv_cache)

@@ -73,8 +73,9 @@ class _Graph:
 
     kv_cache: bool
     position_ids: bool
+    use_cache_branch: bool  # optimum's merged decoders pick their branch by this input
     past_names: tuple[str, ...]
-    present_index: tuple[int, ...]
+    output_names: tuple[str, ...]  # "logits", then present.N.key/value in past order
     past_dtype: type  # float32, or float16 for exports with a half-precision cache
 
 
@@ -217,7 +218,7 @@ class LlmRunner:
         length = len(prompt_ids)
         while True:
             logits = _float32(outputs[0][0, -1])
-            pasts = [outputs[i] for i in self._graph.present_index]
+            pasts = outputs[1:]
             token = yield logits
             outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
             length += 1
@@ -240,7 +241,9 @@ class LlmRunner:
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :]
         if self._graph.kv_cache:
             feeds.update(zip(self._graph.past_names, pasts, strict=True))
-        return run_session(self.session, None, feeds, "decoder")
+        if self._graph.use_cache_branch:
+            feeds["use_cache_branch"] = np.asarray([past_length > 0])
+        return run_session(self.session, self._graph.output_names, feeds, "decoder")
 
 
 def _float32(logits: np.ndarray) -> np.ndarray:
@@ -265,9 +268,10 @@ def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
     for name in ("input_ids", "attention_mask"):
         if name not in inputs or inputs[name].type != "tensor(int64)":
             raise ModelError(f"decoder graph has no int64 input {name!r}")
-    if not outputs or outputs[0] != "logits":
-        raise ModelError("decoder graph's first output must be 'logits'")
-    _check_dim(session.get_outputs()[0].shape, -1, llm.vocab_size, "logits vocab")
+    if "logits" not in outputs:
+        raise ModelError("decoder graph has no output 'logits'")
+    logits = next(o for o in session.get_outputs() if o.name == "logits")
+    _check_dim(logits.shape, -1, llm.vocab_size, "logits vocab")
     past_names = tuple(
         f"past_key_values.{i}.{kind}" for i in range(llm.num_layers) for kind in ("key", "value")
     )
@@ -295,15 +299,18 @@ def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
             _check_dim(shape, 3, llm.head_dim, f"{name} head_dim")
     elif has_past:
         raise ModelError("decoder graph takes past_key_values but the manifest says no kv_cache")
-    known = {"input_ids", "attention_mask", "position_ids", *past_names}
+    if "use_cache_branch" in inputs and inputs["use_cache_branch"].type != "tensor(bool)":
+        raise ModelError("decoder graph: use_cache_branch must be a bool input")
+    known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch", *past_names}
     extra = sorted(set(inputs) - known)
     if extra:
         raise ModelError(f"decoder graph has unexpected input(s) {', '.join(extra)}")
     return _Graph(
         kv_cache=llm.kv_cache,
         position_ids="position_ids" in inputs,
+        use_cache_branch="use_cache_branch" in inputs,
         past_names=past_names if llm.kv_cache else (),
-        present_index=tuple(outputs.index(n) for n in present_names) if llm.kv_cache else (),
+        output_names=("logits", *present_names) if llm.kv_cache else ("logits",),
         past_dtype=_PAST_TYPES[inputs[past_names[0]].type] if llm.kv_cache else np.float32,
     )
 

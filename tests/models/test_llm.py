@@ -156,3 +156,14 @@ def test_corrupt_or_missing_file_is_caught(tmp_path, llm_dir):
 def test_diffusion_model_is_not_an_llm(diffusion_dir):
     with pytest.raises(ModelError, match="not an llm"):
         LlmRunner(diffusion_dir)
+
+
+def test_merged_decoder_gets_use_cache_branch(tmp_path, llm_runner):
+    merged = LlmRunner(build_demo_llm(tmp_path / "merged", merged=True))
+    assert "use_cache_branch" in {i.name for i in merged.session.get_inputs()}
+    ids = llm_runner.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=12)
+    assert (
+        merged.generate(ids, params, 1).token_ids == llm_runner.generate(ids, params, 1).token_ids
+    )
+    assert np.array_equal(merged.prefill(ids), llm_runner.prefill(ids))
