@@ -1,5 +1,26 @@
-"""aipg.models: model manifests, the blob store, deterministic ONNX sessions, the LLM and
-diffusion runners, the tokenizer and the demo-model builders. Imports only aipg.wire."""
+"""aipg.models: workloads. Imports only aipg.wire.
+
+- :mod:`.manifest`   -- ``Manifest`` (files by role with sha256 and size, tokenizer, interface,
+  defaults, license); ``model_id`` = sha256 of its canonical encoding; ``manifest.json`` on
+  disk; ``ModelDir`` (a manifest and where its files are; reads are hash-checked);
+  ``ModelAnnouncement`` (signed, for ``/aipg/1/models``).
+- :mod:`.store`      -- ``BlobStore`` (``blobs/sha256/<hex>``, atomic writes, verify) and
+  ``ModelStore`` (hosted models on top of it).
+- :mod:`.blob`       -- the ``/aipg/1/blob`` protocol: ``BlobServer.handle`` and the resumable
+  ``BlobFetcher`` over an injected ``request`` function; ``fetch_manifest``, ``fetch_model``.
+- :mod:`.session`    -- ``SessionFactory``, the one place that builds onnxruntime sessions,
+  and the ``ExecutionProfile`` record receipts carry.
+- :mod:`.sampling`   -- ``SamplingParams`` and ``choose_token``, the one sampling rule.
+- :mod:`.llm`        -- ``LlmRunner``: optimum-layout decoders, KV cache, ``generate`` and
+  ``prefill``.
+- :mod:`.diffusion`  -- ``DiffusionRunner``: SD layout, DDIM (eta 0), CFG, ``generate``,
+  ``step`` and ``decode``.
+- :mod:`.demo`       -- ``build_demo_llm`` / ``build_demo_diffusion``: tiny models from seeded
+  weights, byte-identical every build, with knobs for look-alike variants.
+
+Errors: ``ModelError`` for anything wrong with a model, its files or a job's parameters;
+``aipg.wire.WireError`` for bad records (parameters out of range included).
+"""
 
 from .blob import (
     BLOB_PROTOCOL,

@@ -96,3 +96,23 @@ def test_progress_bar_draws_on_a_terminal_only():
     quiet = io.StringIO()
     ProgressBar(quiet).update(1, 2)
     assert quiet.getvalue() == ""
+
+
+def test_check_reports_outputs_that_differ_across_thread_counts(
+    tmp_path, llm_dir, monkeypatch, capsys
+):
+    import numpy as np
+
+    from aipg.cli import models_cmd
+    from aipg.models import LlmRunner
+
+    honest_prefill = LlmRunner.prefill
+
+    def two_threads_drift(self, token_ids):
+        logits = honest_prefill(self, token_ids)
+        return logits + np.float32(1e-6) if self.factory.threads == 2 else logits
+
+    monkeypatch.setattr(LlmRunner, "prefill", two_threads_drift)
+    assert models_cmd.main(["models", "check", str(llm_dir), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["same_run_equal"] and not report["threads_equal"] and not report["ok"]
