@@ -76,7 +76,12 @@ async def test_fetch_over_two_real_nodes_survives_a_dropped_connection(nursery, 
     nursery.start_soon(drop_and_restart)
     mine = BlobStore(tmp_path / "mine")
     fetcher = BlobFetcher(
-        mine, request, chunk_size=CHUNK, timeout=10, transport_errors=(GossipError,)
+        mine,
+        request,
+        chunk_size=CHUNK,
+        timeout=10,
+        transport_errors=(GossipError,),
+        retry_backoff=0.05,
     )
     offsets = []
     with trio.fail_after(30):
