@@ -54,6 +54,13 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         help="host a model: a model dir, or the id of a published model to fetch (repeatable)",
     )
     roles.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        default=None,
+        help="host models only to verify others' work; claim no jobs",
+    )
+    roles.add_argument(
         "--threads", type=int, metavar="N", help="ONNX intra-op threads per job (0: one per core)"
     )
     roles.add_argument(
@@ -143,6 +150,7 @@ def _config_from(args: argparse.Namespace, data_dir) -> NodeConfig:
         genesis=args.genesis,
         host_model=args.host_model,
         threads=args.threads,
+        worker=args.worker,
         validator=args.validator,
         api=args.api,
         free_tier_per_minute=args.free_tier_per_minute,

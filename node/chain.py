@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from aipg.gossip import GossipHost
+from aipg.gossip import GossipError, GossipHost
 from aipg.pouw import Certificate, FraudEvidence, PouwError
 from aipg.stake.block import Block, Commit, DoubleSignEvidence, ProposalMessage, Vote
 from aipg.stake.builder import make_block
+from aipg.stake.chain import Chain
 from aipg.stake.consensus import Broadcast, Consensus, Decide, Evidence, ScheduleTimeout, Timeouts
 from aipg.stake.ledger import apply_block, check_transaction
 from aipg.stake.state import State
+from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import Transaction, TxKind, make_tx
 from aipg.stake.types import LedgerError
@@ -54,41 +56,52 @@ class ChainService:
 
     def __init__(
         self,
-        state: State,
+        chain: Chain,
         host: GossipHost,
         identity: Identity | None,
         sign_record,
         tracker: WorkTracker,
         now_ms: Callable[[], int],
-        store=None,
     ):
-        self.state = state
+        self.chain = chain
+        state = chain.state
         self.host = host
         self.identity = identity
         self.sign_record = sign_record
         self.tracker = tracker
         self.now_ms = now_ms
-        self.store = store
+        self.sync_server = SyncServer(chain.store)
+        self._highest_seen = state.height
+        self._syncing = False
         self.mempool: OrderedDict[bytes, Transaction] = OrderedDict()
         self.evidence: list[DoubleSignEvidence] = []
-        self.blocks: dict[int, tuple[Block, Commit]] = {}
+        self._recent_commits: dict[int, Commit] = {}
         self.job_rewards: dict[bytes, int] = {}
         self.new_block = trio.Event()
         self._timers: trio.Nursery | None = None
-        self.consensus = Consensus(
-            chain_id=state.chain_id,
-            height=state.height + 1,
-            validators=state.validators,
-            app=self,
-            identity=identity,
-            sign_record=sign_record,
-            timeouts=Timeouts.from_params(state.params),
-        )
+        self.consensus = self._new_consensus()
         self._last_block_ms = now_ms()
         # Our own proposal and votes of the current height, re-gossiped until it is
         # decided: a message sent before a peer subscribed is otherwise lost, and
         # Tendermint's liveness assumes every message eventually arrives.
         self._own: list[ProposalMessage | Vote] = []
+
+    def _new_consensus(self) -> Consensus:
+        """A consensus machine for the height after our last finalized block."""
+        s = self.state
+        return Consensus(
+            chain_id=s.chain_id,
+            height=s.height + 1,
+            validators=s.validators,
+            app=self,
+            identity=self.identity,
+            sign_record=self.sign_record,
+            timeouts=Timeouts.from_params(s.params),
+        )
+
+    @property
+    def state(self) -> State:
+        return self.chain.state
 
     # -- queries (WorkTracker's ChainView, gateway, API) ------------------------------------
 
@@ -104,7 +117,7 @@ class ChainService:
         return self.state.validator_snapshot_at(height)
 
     def finalized_hash(self, height: int) -> bytes | None:
-        return self.state.block_hash_at(height)
+        return self.chain.block_hash_at(height)
 
     def bond_of(self, key: bytes) -> int:
         return self.state.bond(key).stake
@@ -187,9 +200,7 @@ class ChainService:
                 continue
         certs, frauds = self.tracker.pending_outcomes()
         certs = [c for c in certs if c.receipt.job_id not in self.state.certified][:MAX_BLOCK_CERTS]
-        last_commit = (
-            self.blocks[self.state.height][1] if self.state.height in self.blocks else None
-        )
+        last_commit = self._commit_of(self.state.height)
         block = make_block(
             self.state,
             self.identity.public_bytes,
@@ -246,7 +257,38 @@ class ChainService:
 
     async def on_consensus_message(self, msg: ProposalMessage | Vote) -> None:
         log.debug("consensus in: %s", _describe(msg))
+        height = msg.proposal.height if isinstance(msg, ProposalMessage) else msg.height
+        if height > self.state.height + 1:
+            # The network is ahead of us (we started late or restarted): catch up.
+            self._highest_seen = max(self._highest_seen, height - 1)
+            if not self._syncing:
+                self._syncing = True
+                self._timers.start_soon(self._catch_up)
+            return
         await self._carry_out(self.consensus.on_message(msg))
+
+    async def _catch_up(self) -> None:
+        """Fetch, verify and apply finalized blocks from peers until we reach the
+        network, then restart consensus at our new height."""
+        try:
+            for peer in self.host.connected_peers():
+                if self.state.height >= self._highest_seen:
+                    break
+                try:
+                    applied = await sync_from(_Finalizer(self), self.host.request, peer, timeout=10.0)
+                except (SyncError, GossipError) as e:
+                    log.info("sync from %s failed: %s", peer.short(), e)
+                    continue
+                log.info("synced %d block(s) from %s; height %d", applied, peer.short(), self.state.height)
+            self._own.clear()
+            self.consensus = self._new_consensus()
+            self._last_block_ms = self.now_ms()
+            await self._carry_out(self.consensus.start())
+        finally:
+            self._syncing = False
+
+    async def serve_sync(self, _peer, request: bytes) -> bytes:
+        return self.sync_server.handle(request)
 
     def on_tx(self, tx: Transaction) -> None:
         try:
@@ -276,12 +318,16 @@ class ChainService:
     async def _decide(self, block: Block, commit: Commit) -> None:
         if block.height != self.state.height + 1:
             return
+        self.finalize(block, commit)
+        self._timers.start_soon(self._next_height)
+
+    def finalize(self, block: Block, commit: Commit) -> None:
+        """Verify, apply and store a finalized block (from consensus or from sync), then
+        settle what it carries: job rewards, included work, spent transactions."""
         rewards = self._job_rewards(block)
-        new_state = apply_block(self.state, block)
-        if self.store is not None:
-            await trio.to_thread.run_sync(self.store.append, block, commit, new_state)
-        self.state = new_state
-        self.blocks[block.height] = (block, commit)
+        self.chain.finalize(block, commit)  # raises LedgerError; nothing stored then
+        self._recent_commits[block.height] = commit
+        self._recent_commits.pop(block.height - 64, None)
         self.job_rewards.update(rewards)
         for cert in block.body.certificates:
             self.tracker.mark_included(cert.receipt.job_id, block.height)
@@ -303,7 +349,15 @@ class ChainService:
         self._own.clear()
         self.new_block.set()
         self.new_block = trio.Event()
-        self._timers.start_soon(self._next_height)
+
+    def _commit_of(self, height: int) -> Commit | None:
+        if height == 0:
+            return None
+        commit = self._recent_commits.get(height)
+        if commit is None:
+            fb = self.chain.store.finalized(height)
+            commit = fb.commit if fb else None
+        return commit
 
     async def _next_height(self) -> None:
         """Tendermint's timeout_commit: pace heights at the target block time."""
@@ -333,6 +387,20 @@ class ChainService:
 
     def decode_consensus(self, data: bytes) -> ProposalMessage | Vote:
         return decode(data, (ProposalMessage, Vote))
+
+
+class _Finalizer:
+    """What :func:`aipg.stake.sync.sync_from` drives: our height and our finalize step."""
+
+    def __init__(self, service: ChainService):
+        self.service = service
+
+    @property
+    def height(self) -> int:
+        return self.service.state.height
+
+    def finalize(self, block: Block, commit: Commit) -> None:
+        self.service.finalize(block, commit)
 
 
 def _describe(msg: ProposalMessage | Vote) -> str:

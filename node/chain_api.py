@@ -78,7 +78,31 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
             return error_response(e)
         return json_response({"tx_id": txid.hex(), "accepted": True})
 
+    async def block(request: Request):
+        text = request.path_params["height"]
+        if not text.isdigit() or len(text) > 18:
+            return error_response(invalid("a block height is a non-negative integer", "height"))
+        height = int(text)
+        fb = node.chain.chain.store.finalized(height) if height > 0 else None
+        if fb is None:
+            return error_response(ApiError(404, f"no finalized block at height {height}", param="height", code="block_not_found"))
+        b = fb.block
+        return json_response(
+            {
+                "height": b.height,
+                "hash": b.hash.hex(),
+                "parent_hash": b.header.parent_hash.hex(),
+                "time_ms": b.header.time_ms,
+                "proposer": b.header.proposer.hex(),
+                "transactions": len(b.body.transactions),
+                "certificates": [c.receipt.job_id.hex() for c in b.body.certificates],
+                "frauds": [f.receipt.job_id.hex() for f in b.body.frauds],
+                "commit_signers": len(fb.commit.precommits),
+            }
+        )
+
     app.router.routes[0:0] = [
+        Route("/api/v1/blocks/{height}", block, methods=["GET"]),
         Route("/api/v1/accounts/{address}", account, methods=["GET"]),
         Route("/api/v1/txs", submit_tx, methods=["POST"]),
     ]

@@ -36,6 +36,7 @@ class NodeConfig:
     free_tier_per_minute: int = 30
     host_model: tuple[str, ...] = ()  # model ids or model directories (worker role)
     threads: int = 0  # ONNX intra-op threads; 0 = one per core
+    worker: bool = True  # claim and run jobs for hosted models (false: host them to verify only)
     validator: bool = False  # vote in consensus and committees (needs 10,000 AIPG bonded)
     genesis: str = ""  # genesis file; empty: the one saved in the data dir
     log_level: str = "info"
@@ -144,6 +145,9 @@ def render_default_config() -> str:
 
 # Models to host and run jobs for (worker role): model ids or model directories.
 # host_model = []
+
+# Claim and run jobs for the hosted models; false hosts them only to verify others' work.
+# worker = true
 
 # ONNX Runtime intra-op threads for jobs; 0: one per core.
 # threads = 0

@@ -19,7 +19,7 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import DIFFUSION, LLM, DiffusionParams, SamplingParams, model_id_text
-from aipg.pouw import Claim, Job, PouwError, Tier, job_id
+from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
 from aipg.pouw.schedule import JobState, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
     UNITS_PER_AIPG,
@@ -104,7 +104,10 @@ class GatewayService:
 
     async def _tick(self) -> None:
         now = self.node.now_ms()
-        for assignment in self.scheduler.tick(now, self.node.chain.height):
+        height = self.node.chain.height
+        if height < COMMITTEE_LOOKAHEAD:
+            return  # no committee can be seeded yet: jobs wait for the chain's first blocks
+        for assignment in self.scheduler.tick(now, height):
             worker = PeerId.from_public_key(assignment.worker)
             try:
                 answer = await self.node.send_job(assignment.worker, encode(assignment), 5.0)

@@ -109,7 +109,8 @@ class Node:
         return now_ms()
 
     async def on_local_job(self, job) -> None:
-        """A job this node's gateway published: gossip does not deliver it back to us."""
+        """A job from ``jobs`` or from this node's own gateway (gossip does not deliver
+        our own messages back to us): the worker may claim it."""
         if self.worker is not None:
             await self.worker.on_job(job)
 
@@ -139,6 +140,13 @@ class Node:
             "hosted_models": [m.id_text for m in self.catalog.hosted()],
             "queue": self.worker.in_flight if self.worker else 0,
             "mempool": len(self.chain.mempool),
+            "supply": {
+                "genesis_units": s.genesis.supply,
+                "minted_units": s.minted,
+                "burned_units": s.burned,
+                "work_pool_units": s.work_pool,
+                "escrowed_units": sum(e.amount for e in s.escrows.values()),
+            },
             "work": self.tracker.counts(),
         }
 

@@ -22,8 +22,8 @@ from aipg.gossip import PubsubMessage, ValidationResult
 from aipg.models import ModelAnnouncement, ModelError
 from aipg.pouw import Assignment, Claim, Job, LatentRequest, PouwError, Verdict, validate_job
 from aipg.stake.block import ProposalMessage, Vote
+from aipg.stake.chain import Chain
 from aipg.stake.signrecord import SqliteSignRecord
-from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer
@@ -31,7 +31,7 @@ from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer
 from .catalog import ModelCatalog
 from .chain import ChainService
 from .gateway import GatewayService
-from .messages import PROTO_JOB, JobAck, WorkReport, topic
+from .messages import PROTO_JOB, PROTO_SYNC, JobAck, WorkReport, topic
 from .verifier import VerifierService
 from .work import WorkTracker
 from .worker import WorkerService
@@ -49,7 +49,7 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
     node.tracker = WorkTracker(_LazyChainView(node))
     node.catalog = load_catalog(node)
     node.chain = ChainService(
-        load_state(node),
+        open_chain(node),
         node.host,
         node.identity if node.config.validator else None,
         SqliteSignRecord(node.data_dir.root / "signrecord.sqlite"),
@@ -58,15 +58,16 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
     )
     await nursery.start(node.chain.run)
     node.send_job = lambda key, data, timeout: send_job_message(node, key, data, timeout)
-    node.worker = WorkerService(
-        node.identity,
-        node.host,
-        node.catalog,
-        node.now_ms,
-        node.send_job,
-        cheat_tokens=node.faults.cheat_tokens,
-    )
-    await nursery.start(node.worker.run)
+    if node.config.worker:
+        node.worker = WorkerService(
+            node.identity,
+            node.host,
+            node.catalog,
+            node.now_ms,
+            node.send_job,
+            cheat_tokens=node.faults.cheat_tokens,
+        )
+        await nursery.start(node.worker.run)
     if node.config.validator:
         node.verifier = VerifierService(
             node.identity,
@@ -94,8 +95,11 @@ def load_catalog(node: Node) -> ModelCatalog:
     return catalog
 
 
-def load_state(node: Node) -> State:
-    return State.from_genesis(node.genesis)
+def open_chain(node: Node) -> Chain:
+    """The node's chain store (created from genesis on first start)."""
+    chain = Chain.open(node.data_dir.chain_file, node.genesis)
+    log.info("chain store at height %d", chain.height)
+    return chain
 
 
 class _LazyChainView:
@@ -182,7 +186,7 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
     consumers = {
         "consensus": lambda d: node.chain.on_consensus_message(decode(d, (ProposalMessage, Vote))),
         "txs": lambda d: _sync(node.chain.on_tx, decode(d, Transaction)),
-        "jobs": lambda d: node.worker.on_job(decode(d, Job)),
+        "jobs": lambda d: node.on_local_job(decode(d, Job)),
         "receipts": lambda d: on_report(node, decode(d, WorkReport)),
         "verdicts": lambda d: _sync(on_verdict, node, decode(d, Verdict)),
         "models": lambda d: _sync(node.catalog.announce, decode(d, ModelAnnouncement).manifest),
@@ -195,6 +199,7 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
     host.set_request_handler(
         PROTO_JOB, lambda peer, data: on_job_request(node, peer, data), max_request_size=1 << 20
     )
+    host.set_request_handler(PROTO_SYNC, node.chain.serve_sync, max_request_size=1024)
 
 
 async def _sync(fn, *args) -> None:
@@ -262,6 +267,8 @@ async def on_job_request(node: Node, peer: PeerId, data: bytes) -> bytes:
             node.gateway.on_report(msg)
             await on_report(node, msg)
             return encode(JobAck(True))
+        if node.worker is None:
+            return encode(JobAck(False, "this node runs no jobs"))
         if isinstance(msg, Assignment):
             return encode(await node.worker.on_assignment(msg))
         return encode(node.worker.on_latent_request(msg))

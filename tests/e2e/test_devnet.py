@@ -1,0 +1,256 @@
+"""End to end: real `aipg-node join` processes on 127.0.0.1, driven like a user would.
+
+Each test plans a fresh devnet (4 validators that also host the demo models), starts the
+processes, talks to node 0's gateway through the official ``openai`` client and raw
+HTTP, and reads the result back from the API and from the nodes' chain stores.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trio
+
+from aipg.node.apikeys import ApiKeyStore
+from aipg.node.datadir import DataDir
+from aipg.node.devnet import Devnet, plan_devnet
+from aipg.node.devnet_run import aipg_job_id, build_demo_models
+from aipg.stake.genesis import load_genesis
+from aipg.stake.store import ChainStore
+from aipg.stake.tx import TxKind
+from aipg.wire import Address
+
+pytestmark = pytest.mark.slow
+
+NODES = 4
+BLOCK_TIME_MS = 1000
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> dict[str, str]:
+    return build_demo_models(tmp_path_factory.mktemp("models"))
+
+
+def plan(tmp_path: Path, models: dict[str, str]):
+    p = plan_devnet(tmp_path / "devnet", NODES, block_time_ms=BLOCK_TIME_MS)
+    for n in p.nodes:
+        n.host_models = sorted(models.values())
+    p.save()
+    return p
+
+
+async def get(url: str) -> dict:
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.get(url)
+        r.raise_for_status()
+        return r.json()
+
+
+async def wait_for(predicate, what: str, timeout: float = 90.0, poll: float = 0.25):
+    """Poll another process's state (over HTTP) until ``predicate()`` returns truthy."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def job_in_block(api: str, job_id: str, timeout: float = 90.0) -> dict:
+    async def check():
+        view = await get(f"{api}/api/v1/jobs/{job_id}")
+        return view if view.get("block_height") is not None else None
+
+    return await wait_for(check, f"job {job_id[:12]} in a finalized block", timeout)
+
+
+def openai_client(api: str, key: str = "free") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{api}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+# ------------------------------------------------------------------ tokenomics replay
+
+
+def expected_balances(store_path: Path, genesis_path: Path) -> tuple[dict[bytes, int], dict[bytes, int], int]:
+    """Replay the finalized chain with plain arithmetic from the genesis parameters:
+    the operations share, the work pool (carried forward, paid by work units), the
+    validators' share (proposer bonus, the rest by stake, dust to the proposer), and
+    escrows (locked by the payer, paid to the worker on certification)."""
+    genesis = load_genesis(genesis_path)
+    p = genesis.params
+    balances = {a.address: a.amount for a in genesis.allocations}
+    stakes = {v.public_key: v.stake for v in genesis.validators}
+    total_stake = sum(stakes.values())
+    pool = 0
+    escrows: dict[bytes, tuple[bytes, int]] = {}
+    store = ChainStore(store_path, genesis)
+    height = store.height
+    try:
+        for fb in store.finalized_range(1, height):
+            block = fb.block
+            proposer = Address.from_public_key(block.header.proposer).raw
+            for tx in block.body.transactions:
+                balances[tx.sender] -= tx.fee
+                balances[proposer] = balances.get(proposer, 0) + tx.fee
+                assert tx.kind in (TxKind.ESCROW, TxKind.TRANSFER), "the test sends no other kind"
+                balances[tx.sender] -= tx.amount
+                if tx.kind == TxKind.ESCROW:
+                    escrows[tx.job_id] = (tx.sender, tx.amount)
+                else:
+                    balances[tx.recipient] = balances.get(tx.recipient, 0) + tx.amount
+            work: dict[bytes, int] = {}
+            for cert in block.body.certificates:
+                worker = Address.from_public_key(cert.receipt.signer).raw
+                if cert.receipt.job_id in escrows:
+                    balances[worker] = balances.get(worker, 0) + escrows.pop(cert.receipt.job_id)[1]
+                work[worker] = work.get(worker, 0) + cert.receipt.work_units
+            assert not block.body.frauds, "an honest devnet convicts nobody"
+            assert block.height < p.halving_interval  # a test devnet never leaves era 0
+            reward = p.block_reward
+            operations = reward * p.operations_share_bps // 10_000
+            rest = reward - operations
+            to_work = rest * p.work_share_bps // 10_000
+            to_validators = rest - to_work
+            balances[genesis.operations_wallet] = balances.get(genesis.operations_wallet, 0) + operations
+            pool += to_work
+            if work:
+                total = sum(work.values())
+                start_pool = pool
+                for addr in sorted(work):
+                    share = start_pool * work[addr] // total
+                    balances[addr] = balances.get(addr, 0) + share
+                    pool -= share
+            bonus = to_validators * p.proposer_bonus_bps // 10_000
+            paid = 0
+            for key, stake in stakes.items():
+                share = (to_validators - bonus) * stake // total_stake
+                addr = Address.from_public_key(key).raw
+                balances[addr] = balances.get(addr, 0) + share
+                paid += share
+            balances[proposer] += bonus + (to_validators - bonus) - paid
+        state = store.load_state()
+    finally:
+        store.close()
+    actual = {addr: acct.balance for addr, acct in state.accounts.items()}
+    assert state.work_pool == pool
+    assert state.minted == p.block_reward * height
+    return {a: b for a, b in balances.items() if b}, {a: b for a, b in actual.items() if b}, height
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, models_dir):
+    p = plan(tmp_path, models_dir)
+    api_key = ApiKeyStore(DataDir.resolve(p.nodes[0].data_dir)).add("e2e client", p.client_key)
+    client_address = p.client_address
+    async with Devnet(p) as devnet:
+        await devnet.start()
+        api = devnet.node(0).api_url
+        models = {m["kind"]: m for m in (await get(f"{api}/v1/models"))["data"]}
+        assert set(models) == {"llm", "diffusion"}
+        client_before = (await get(f"{api}/api/v1/accounts/{client_address}"))["balance_units"]
+
+        free = openai_client(api)
+        paid = openai_client(api, api_key)
+        completion = await free.completions.create(model=models["llm"]["id"], prompt="The grid pays for", max_tokens=12, seed=3)
+        assert completion.choices[0].text and completion.usage.completion_tokens >= 1
+        stream = await free.chat.completions.create(
+            model=models["llm"]["id"], messages=[{"role": "user", "content": "hello"}], max_tokens=10, stream=True, seed=4
+        )
+        pieces, streamed_id = [], ""
+        async for chunk in stream:
+            streamed_id = aipg_job_id(chunk) or streamed_id
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+        assert "".join(pieces)
+        image = await free.images.generate(model=models["diffusion"]["id"], prompt="a lighthouse", size="64x64", response_format="b64_json")
+        assert base64.b64decode(image.data[0].b64_json).startswith(b"\x89PNG\r\n\x1a\n")
+        paid_completion = await paid.completions.create(model=models["llm"]["id"], prompt="Validators check", max_tokens=8, seed=5)
+
+        jobs = [aipg_job_id(completion), streamed_id, aipg_job_id(image), aipg_job_id(paid_completion)]
+        assert all(jobs), jobs
+        views = [await job_in_block(api, j) for j in jobs]
+        for view in views:
+            assert view["status"] == "paid"
+            valid = [v for v in view["verdicts"] if v["valid"]]
+            assert 3 * len(valid) >= 2 * len(view["committee"]), view
+        paid_view = views[-1]
+        assert paid_view["tier"] == "paid"
+        client_after = (await get(f"{api}/api/v1/accounts/{client_address}"))["balance_units"]
+        fee_units = client_before - client_after
+        assert fee_units > 0 and paid_view["fee"] != "0"
+
+        # Bad requests get 4xx JSON errors, never a 5xx.
+        async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+            cases = [
+                (http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400),
+                (http.post("/v1/completions", json={"model": "no-such-model", "prompt": "x"}), 404),
+                (http.post("/v1/completions", json={"model": models["llm"]["id"], "prompt": "word " * 5000, "max_tokens": 4}), 400),
+                (http.post("/v1/completions", json={"model": models["llm"]["id"], "prompt": "x"}, headers={"Authorization": "Bearer aipg-sk-wrong"}), 401),
+                (http.get("/api/v1/jobs/" + "ab" * 32), 404),
+            ]
+            for request, status in cases:
+                r = await request
+                assert r.status_code == status, (r.status_code, r.text[:200])
+                assert "message" in r.json()["error"]
+
+        # A validator killed with SIGKILL restarts, syncs and agrees on every block.
+        await devnet.kill_node(2)
+        before = (await get(f"{api}/api/v1/status"))["height"]
+        await wait_for(lambda: _height_at_least(api, before + 3), "the chain to go on without node 2")
+        restarted = await devnet.start_node(2)
+        target = (await get(f"{api}/api/v1/status"))["height"]
+        await wait_for(lambda: _height_at_least(restarted.api_url, target), "node 2 to catch up", timeout=60)
+        for h in sorted({1, before - 1, before + 1, target}):
+            a = await get(f"{api}/api/v1/blocks/{h}")
+            b = await get(f"{restarted.api_url}/api/v1/blocks/{h}")
+            assert a["hash"] == b["hash"], h
+
+    # With every process stopped, the balances are exactly what the tokenomics say.
+    node0 = DataDir.resolve(p.nodes[0].data_dir)
+    expected, actual, height = expected_balances(node0.chain_file, Path(p.genesis))
+    assert height >= 5
+    assert actual == expected
+
+
+async def _height_at_least(api: str, height: int) -> bool:
+    try:
+        return (await get(f"{api}/api/v1/status"))["height"] >= height
+    except httpx.HTTPError:
+        return False
+
+
+async def test_a_cheating_worker_is_caught_slashed_and_the_paid_client_refunded(tmp_path, models_dir):
+    p = plan(tmp_path, models_dir)
+    api_key = ApiKeyStore(DataDir.resolve(p.nodes[0].data_dir)).add("e2e client", p.client_key)
+    cheater = 3
+    extra = {i: ["--no-worker"] for i in range(NODES) if i != cheater}
+    extra[cheater] = ["--fault-cheat-tokens"]
+    genesis = load_genesis(p.genesis)
+    async with Devnet(p, extra_args=extra) as devnet:
+        await devnet.start()
+        api = devnet.node(0).api_url
+        llm = next(m for m in (await get(f"{api}/v1/models"))["data"] if m["kind"] == "llm")
+        client_before = (await get(f"{api}/api/v1/accounts/{p.client_address}"))["balance_units"]
+        cheater_address = p.nodes[cheater].address
+        bonded_before = (await get(f"{api}/api/v1/accounts/{cheater_address}"))["bonded_units"]
+
+        r = await openai_client(api, api_key).completions.create(model=llm["id"], prompt="Validators check every", max_tokens=8, seed=9)
+        view = await job_in_block(api, aipg_job_id(r))
+        assert view["status"] == "slashed", view
+        assert view["worker"] == p.nodes[cheater].peer_id
+        invalid = [v for v in view["verdicts"] if not v["valid"]]
+        assert 3 * len(invalid) > len(view["committee"]), view
+
+        bonded_after = (await get(f"{api}/api/v1/accounts/{cheater_address}"))["bonded_units"]
+        slashed = bonded_before * genesis.params.fraud_slash_bps // 10_000
+        assert bonded_after == bonded_before - slashed
+        client_after = (await get(f"{api}/api/v1/accounts/{p.client_address}"))["balance_units"]
+        # The escrowed fee comes back with the client's share of the slashed bond.
+        assert client_after == client_before + slashed * genesis.params.fraud_refund_bps // 10_000
