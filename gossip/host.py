@@ -124,6 +124,7 @@ class _Conn:
         self.bucket = bucket
         self.closed = trio.Event()
         self.identified = trio.Event()  # set on Identify, or when the connection ends
+        self.last_seen = trio.current_time()  # when the last frame arrived (keepalive)
         self.scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.dropped = 0
@@ -155,6 +156,7 @@ class GossipHost:
             peer_exchange=self._on_peer_exchange,
             peer_info=self._peer_info,
             seed=self.config.seed,
+            on_heartbeat=self._maintenance,
         )
         self._rng = random.Random(self.config.seed)
         self._conns: dict[PeerId, _Conn] = {}
@@ -179,7 +181,6 @@ class GossipHost:
                     bound = await self.transport.listen(nursery, addr, self._handle_inbound)
                     self.listen_addrs += [a.with_peer_id(self.peer_id) for a in bound]
                 await nursery.start(self.router.run)
-                nursery.start_soon(self._maintenance)
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._keep_connected, addr)
                 task_status.started()
@@ -585,6 +586,7 @@ class GossipHost:
                 log.debug("connection to %s broke: %s", conn.peer, e)
                 self.router.score.add_penalty(conn.peer)
                 return
+            conn.last_seen = trio.current_time()
             try:
                 frame = decode(data, FRAME_TYPES)
             except WireError as e:
@@ -624,8 +626,16 @@ class GossipHost:
         return False
 
     async def _pinger(self, conn: _Conn) -> None:
+        """Keepalive: ping only a connection that has been silent for ``ping_interval``.
+
+        The dialer's side pings first; the listener's waits twice as long, so on an idle
+        link usually one ping (and its pong) per interval crosses it, and none on a busy one.
+        """
+        interval = self.config.ping_interval * (1 if conn.outbound else 2)
         while True:
-            await trio.sleep(self.config.ping_interval)
+            await trio.sleep_until(conn.last_seen + interval)
+            if trio.current_time() - conn.last_seen < interval:
+                continue  # traffic arrived meanwhile: the peer is alive
             try:
                 await self._ping(conn, self.config.ping_timeout)
             except RequestTimeout:
@@ -696,12 +706,10 @@ class GossipHost:
 
     # --- maintenance -------------------------------------------------------------------
 
-    async def _maintenance(self) -> None:
-        """Each heartbeat: disconnect graylisted peers, trim above the high watermark."""
-        while True:
-            await trio.sleep(self.config.gossipsub.heartbeat_interval)
-            self._disconnect_graylisted()
-            self._trim_connections()
+    def _maintenance(self) -> None:
+        """After each router heartbeat: drop graylisted peers, trim above the high watermark."""
+        self._disconnect_graylisted()
+        self._trim_connections()
 
     def _disconnect_graylisted(self) -> None:
         now = trio.current_time()

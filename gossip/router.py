@@ -158,6 +158,7 @@ class GossipSubRouter:
         peer_exchange: Callable[[PeerId, list[PeerInfo]], None] = lambda _p, _infos: None,
         peer_info: Callable[[PeerId], PeerInfo | None] = lambda _p: None,
         seed: int | None = None,
+        on_heartbeat: Callable[[], None] = lambda: None,
     ):
         self.identity = identity
         self.peer_id = identity.peer_id
@@ -166,6 +167,7 @@ class GossipSubRouter:
         self.score = PeerScore(score_params)
         self.stats = RouterStats()
         self._send_rpc = send_rpc
+        self._on_heartbeat = on_heartbeat
         self._peer_exchange = peer_exchange
         self._peer_info = peer_info
         self._rng = random.Random(seed)
@@ -605,6 +607,7 @@ class GossipSubRouter:
         self._mcache.shift()
         self._seen.expire(now)
         self.score.refresh(now, self.params.seen_ttl)
+        self._on_heartbeat()
         done, self.heartbeat_done = self.heartbeat_done, trio.Event()
         done.set()
 
