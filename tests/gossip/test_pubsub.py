@@ -166,3 +166,32 @@ async def test_fanout_publish_without_flood(nursery, autojump_clock):
     with trio.fail_after(10):
         for s in subs:
             assert (await s.receive()).data == b"via fanout"
+
+
+async def test_prune_with_peer_exchange_leads_to_new_connections(nursery, autojump_clock):
+    network = MemoryNetwork()
+    small = GossipSubParams(heartbeat_interval=0.1, D=2, D_lo=1, D_hi=3, D_score=1, D_out=0)
+    (hub,) = await start_hosts(
+        nursery, 1, network=network, make_config=lambda i: config(i, gossipsub=small)
+    )
+    others = await start_hosts(nursery, 6, network=network, first=10)
+    for h in [hub, *others]:
+        h.subscribe(T)
+    for o in others:
+        await o.connect(hub.listen_addrs[0])
+    await until(hub, lambda: len(hub.router.mesh_peers(T)) >= 2, 10)
+
+    def newcomer_config(i):
+        cfg = config(i)
+        cfg.thresholds.accept_px_threshold = 0.0  # trust the hub's peer exchange at once
+        return cfg
+
+    (newcomer,) = await start_hosts(
+        nursery, 1, network=network, first=50, make_config=newcomer_config
+    )
+    newcomer.subscribe(T)
+    await newcomer.connect(hub.listen_addrs[0])
+    # the hub's mesh is full: it PRUNEs the newcomer and names other peers to dial instead
+    others_ids = {o.peer_id for o in others}
+    await until(newcomer, lambda: others_ids & set(newcomer.connected_peers()), 20)
+    await until(newcomer, lambda: newcomer.router.mesh_peers(T) & others_ids, 20)
