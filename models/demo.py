@@ -180,7 +180,11 @@ class _Graph:
     def silu(self, x: str) -> str:
         return self.op("Mul", [x, self.op("Sigmoid", [x])])
 
-    def model(self, name: str, inputs, outputs) -> bytes:
+    def model(self, name: str, inputs, outputs, *, half_io: bool = False) -> bytes:
+        """Serialize the graph. ``half_io`` makes every float input and output float16 at
+        the boundary (as fp16 exports are), computing in float32 inside."""
+        if half_io:
+            inputs, outputs = self._half_boundary(inputs, outputs)
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
         model = helper.make_model(
             graph,
@@ -191,6 +195,33 @@ class _Graph:
         )
         onnx.checker.check_model(model)
         return model.SerializeToString(deterministic=True)
+
+    def _half_boundary(self, inputs, outputs):
+        new_inputs, new_outputs, casts = [], [], []
+        for vi in inputs:
+            if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+                new_inputs.append(vi)
+                continue
+            inner = vi.name + "_f32"
+            for node in self.nodes:
+                node.input[:] = [inner if i == vi.name else i for i in node.input]
+            casts.append(helper.make_node("Cast", [vi.name], [inner], to=TensorProto.FLOAT))
+            new_inputs.append(_io(vi.name, TensorProto.FLOAT16, _dims(vi)))
+        self.nodes[:0] = casts
+        for vi in outputs:
+            if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+                new_outputs.append(vi)
+                continue
+            inner = vi.name + "_f32"
+            for node in self.nodes:
+                node.output[:] = [inner if o == vi.name else o for o in node.output]
+            self.nodes.append(helper.make_node("Cast", [inner], [vi.name], to=TensorProto.FLOAT16))
+            new_outputs.append(_io(vi.name, TensorProto.FLOAT16, _dims(vi)))
+        return new_inputs, new_outputs
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
 def seeded_uniform(seed: int, name: str, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -415,6 +446,7 @@ def build_demo_diffusion(
     channels: int = 32,
     text_dim: int = 64,
     text_length: int = 16,
+    half_io: bool = False,
     name: str = "aipg-demo-diffusion",
     version: str = "1",
 ) -> Path:
@@ -423,15 +455,16 @@ def build_demo_diffusion(
     Writes the Stable Diffusion layout: ``text_encoder/model.onnx`` (input_ids int32 ->
     last_hidden_state), ``unet/model.onnx`` (sample, timestep int64, encoder_hidden_states
     -> out_sample), ``vae_decoder/model.onnx`` (latent_sample -> sample, 8x upscale),
-    ``tokenizer/tokenizer.model`` and ``manifest.json``. Knobs as in :func:`build_demo_llm`.
+    ``tokenizer/tokenizer.model`` and ``manifest.json``. Knobs as in :func:`build_demo_llm`;
+    ``half_io=True`` makes every float input and output float16, as fp16 exports have them.
     """
     if min(channels, text_dim, text_length) < 1:
         raise ModelError("demo diffusion: sizes must be positive")
     s = DiffusionShape(channels=channels, text_dim=text_dim, text_length=text_length)
     out = Path(out_dir)
-    _write(out / "text_encoder/model.onnx", _text_encoder_graph(s, seed, dtype))
-    _write(out / "unet/model.onnx", _unet_graph(s, seed, dtype))
-    _write(out / "vae_decoder/model.onnx", _vae_decoder_graph(s, seed, dtype))
+    _write(out / "text_encoder/model.onnx", _text_encoder_graph(s, seed, dtype, half_io))
+    _write(out / "unet/model.onnx", _unet_graph(s, seed, dtype, half_io))
+    _write(out / "vae_decoder/model.onnx", _vae_decoder_graph(s, seed, dtype, half_io))
     _write(out / "tokenizer" / TOKENIZER_FILE, train_demo_tokenizer(s.vocab))
     manifest = Manifest(
         name=name,
@@ -465,7 +498,7 @@ def build_demo_diffusion(
     return out
 
 
-def _text_encoder_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
+def _text_encoder_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
     g = _Graph(seed, dtype)
     ids = g.op("Cast", ["input_ids"], to=TensorProto.INT64)
     h = g.op("Gather", [g.weight("te.token_embedding", (s.vocab, s.text_dim), 1.0), ids])
@@ -491,6 +524,7 @@ def _text_encoder_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
         "aipg_demo_text_encoder",
         [_io("input_ids", TensorProto.INT32, ["batch", s.text_length])],
         [_io("last_hidden_state", TensorProto.FLOAT, ["batch", s.text_length, s.text_dim])],
+        half_io=half_io,
     )
 
 
@@ -519,7 +553,7 @@ def _timestep_embedding(g: _Graph, s: DiffusionShape) -> str:
     return g.op("Unsqueeze", [emb, g.const("ax23", np.array([2, 3], np.int64))])
 
 
-def _unet_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
+def _unet_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
     g = _Graph(seed, dtype)
     c = s.channels
     x = g.op(
@@ -558,10 +592,11 @@ def _unet_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
             _io("encoder_hidden_states", TensorProto.FLOAT, ["batch", s.text_length, s.text_dim]),
         ],
         [_io("out_sample", TensorProto.FLOAT, latent)],
+        half_io=half_io,
     )
 
 
-def _vae_decoder_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
+def _vae_decoder_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
     g = _Graph(seed, dtype)
     c = s.channels
     x = g.silu(_conv(g, "latent_sample", "vae.conv_in", s.latent_channels, c))
@@ -575,6 +610,7 @@ def _vae_decoder_graph(s: DiffusionShape, seed: int, dtype: str) -> bytes:
         "aipg_demo_vae_decoder",
         [_io("latent_sample", TensorProto.FLOAT, ["batch", s.latent_channels, "height", "width"])],
         [_io("sample", TensorProto.FLOAT, ["batch", 3, "image_height", "image_width"])],
+        half_io=half_io,
     )
 
 

@@ -41,7 +41,8 @@ __all__ = [
 
 _NOISE_DOMAIN = b"aipg/latent-noise/1\0"
 _ORT_INT = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-_ORT_NUM = {**_ORT_INT, "tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_NUM = {**_ORT_INT, **_ORT_FLOAT}
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ class DiffusionRunner:
         self._check_dims()
         self._ids_dtype = _input_dtype(self.text_encoder, "input_ids", _ORT_INT)
         self._timestep_dtype = _input_dtype(self.unet, "timestep", _ORT_NUM)
+        # fp16 exports take and return float16 at the boundary; the trajectory stays float32.
+        self._sample_dtype = _input_dtype(self.unet, "sample", _ORT_FLOAT)
+        self._text_dtype = _input_dtype(self.unet, "encoder_hidden_states", _ORT_FLOAT)
+        self._vae_dtype = _input_dtype(self.vae_decoder, "latent_sample", _ORT_FLOAT)
         self._latent_scale = np.float32(self.interface.latent_scale_micro / 1e6)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
         self._schedules: dict[int, DdimSchedule] = {}
@@ -282,11 +287,12 @@ class DiffusionRunner:
         sample = np.concatenate([latent] * batch) if batch > 1 else latent
         timestep = np.full((batch,), schedule.timesteps[index], dtype=self._timestep_dtype)
         feeds = {
-            "sample": sample,
+            "sample": sample.astype(self._sample_dtype, copy=False),
             "timestep": timestep,
-            "encoder_hidden_states": conditioning.embeddings,
+            "encoder_hidden_states": conditioning.embeddings.astype(self._text_dtype, copy=False),
         }
         (noise,) = run_session(self.unet, ["out_sample"], feeds, "unet")
+        noise = noise.astype(np.float32, copy=False)
         if conditioning.guided:
             uncond, cond = noise[0:1], noise[1:2]
             noise = uncond + conditioning.guidance * (cond - uncond)
@@ -294,8 +300,11 @@ class DiffusionRunner:
 
     def decode(self, latent: np.ndarray) -> bytes:
         """PNG bytes of the image decoded from a final ``latent``."""
-        feeds = {"latent_sample": latent / self._latent_scale}
-        (image,) = run_session(self.vae_decoder, ["sample"], feeds, "vae_decoder")
+        scaled = (latent / self._latent_scale).astype(self._vae_dtype, copy=False)
+        (image,) = run_session(
+            self.vae_decoder, ["sample"], {"latent_sample": scaled}, "vae_decoder"
+        )
+        image = image.astype(np.float32, copy=False)
         pixels = np.clip(image[0] * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
         rgb = np.round(pixels * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0)
         out = io.BytesIO()

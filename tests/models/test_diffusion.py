@@ -12,6 +12,7 @@ from aipg.models import (
     DiffusionRunner,
     ModelError,
     SessionFactory,
+    build_demo_diffusion,
     seeded_gaussian,
 )
 from aipg.wire import WireError
@@ -128,3 +129,17 @@ def test_runtime_failures_of_a_graph_are_model_errors(diffusion_runner):
     latent = diffusion_runner.initial_latent(1, PARAMS)
     with pytest.raises(ModelError, match="unet failed to run"):
         diffusion_runner.step(latent, 0, bad, PARAMS)
+
+
+def test_half_precision_io_exports_run_and_stay_deterministic(tmp_path, diffusion_runner):
+    half = DiffusionRunner(build_demo_diffusion(tmp_path / "fp16io", half_io=True))
+    assert {i.type for i in half.unet.get_inputs()} >= {"tensor(float16)"}
+    events = []
+    result = half.generate(PROMPT, PARAMS, seed=11, on_step=events.append)
+    assert result.latents_final.dtype == np.float32
+    assert half.generate(PROMPT, PARAMS, seed=11).png == result.png
+    conditioning = half.encode_prompt(PROMPT, PARAMS)
+    assert np.array_equal(half.step(events[2].latent, 3, conditioning, PARAMS), events[3].latent)
+    # Same weights, rounded at the boundary: close to the float32 model, not equal.
+    exact = diffusion_runner.generate(PROMPT, PARAMS, seed=11).latents_final
+    assert not np.array_equal(exact, result.latents_final)
