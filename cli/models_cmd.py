@@ -124,7 +124,9 @@ def _guarded(command):
         try:
             return command(args)
         except (ModelError, WireError, _UsageError, OSError) as e:
-            message = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.filename else e
+            message = e
+            if isinstance(e, OSError) and e.strerror and e.filename:
+                message = f"{e.strerror}: {e.filename}"
             print(f"{PROG}: {message}", file=sys.stderr)
             return 1
 
@@ -367,9 +369,13 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    from aipg.node.datadir import DataDir
+
     rows = []
-    for mid in store.model_ids():
+    # Listing must not create a data dir that is not there.
+    has_store = DataDir.resolve(args.data_dir).blobs_dir.is_dir()
+    store = _store(args) if has_store else None
+    for mid in store.model_ids() if store else []:
         manifest = store.manifest(mid)
         missing = len(store.missing_files(mid))
         rows.append(
