@@ -106,7 +106,7 @@ async def test_cli_fetch_pulls_a_model_from_a_real_node(nursery, tmp_path, llm_d
     command = [
         sys.executable,
         "-m",
-        "aipg.cli.models_cmd",
+        "aipg.cli",
         "models",
         "fetch",
         model_id_text(mid),

@@ -8,7 +8,7 @@ import sys
 
 def models(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "aipg.cli.models_cmd", "models", *args],
+        [sys.executable, "-m", "aipg.cli", "models", *args],
         capture_output=True,
         text=True,
         timeout=120,
