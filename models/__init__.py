@@ -6,7 +6,7 @@
   ``ModelAnnouncement`` (signed, for ``/aipg/1/models``).
 - :mod:`.store`      -- ``BlobStore`` (``blobs/sha256/<hex>``, atomic writes, verify) and
   ``ModelStore`` (hosted models on top of it).
-- :mod:`.blob`       -- the ``/aipg/1/blob`` protocol: ``BlobServer.handle`` and the resumable
+- :mod:`.blob`       -- the ``blob`` request/response protocol: ``BlobServer.handle`` and the resumable
   ``BlobFetcher`` over an injected ``request`` function; ``fetch_manifest``, ``fetch_model``.
 - :mod:`.session`    -- ``SessionFactory``, the one place that builds onnxruntime sessions,
   and the ``ExecutionProfile`` record receipts carry.

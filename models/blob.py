@@ -64,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BLOB_PROTOCOL = "/aipg/1/blob"
+# Request/response protocols are named like the node names its others ("job", "sync").
+BLOB_PROTOCOL = "blob"
 # 1 MiB bounds one response's memory on both sides; 512 KiB chunks keep a resume cheap.
 MAX_CHUNK_SIZE = 1 << 20
 DEFAULT_CHUNK_SIZE = 512 << 10
