@@ -226,3 +226,22 @@ async def test_concurrent_fetches_of_one_blob_fetch_it_once(tmp_path, blob):
             nursery.start_soon(fetch_one)
     assert len(set(results)) == 1 and results[0].read_bytes() == data
     assert net.bytes_requested == len(data)
+
+
+async def test_a_corrupted_file_is_removed_and_fetched_again(tmp_path, llm_dir):
+    publisher = ModelStore(tmp_path / "publisher")
+    mid = publisher.add_model_dir(llm_dir)
+    host = ModelStore(tmp_path / "host")
+    host.add_model_dir(llm_dir)
+    decoder = host.manifest(mid).files[0]
+    path = host.blobs.path(decoder.sha256)
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        LlmRunner(host.open_model(mid))
+    assert host.verify_model(mid) == [decoder]
+    net = Network()
+    net.add("pub", publisher.blobs)
+    fetcher = BlobFetcher(host.blobs, net.request, chunk_size=CHUNK, retry_backoff=0)
+    await fetch_model(host, host.manifest(mid), fetcher, ["pub"])
+    assert net.bytes_requested == decoder.size  # only the bad file came again
+    assert LlmRunner(host.open_model(mid)).model.model_id == mid
