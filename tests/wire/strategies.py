@@ -35,6 +35,8 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
     if origin is tuple:
         item = typing.get_args(base)[0]
         limit = min(_CAP // 4, DEFAULT_MAX_ITEMS if max_len is None else max_len)
+        if _is_record(item):
+            limit = min(limit, 2)  # records nest records: keep the trees small
         return st.lists(for_annotation(item), max_size=limit).map(tuple)
     if base is bool:
         return st.booleans()
@@ -50,6 +52,13 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
     if hasattr(base, "__wire_tag__"):
         return records(base)
     raise TypeError(f"no strategy for {annotation}")
+
+
+def _is_record(annotation: Any) -> bool:
+    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        base = next(a for a in typing.get_args(base) if a is not type(None))
+    return hasattr(base, "__wire_tag__")
 
 
 def records(cls: type) -> st.SearchStrategy[Any]:
