@@ -137,6 +137,7 @@ def _guarded(command):
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
+    """``models build-demo OUT_DIR``: build both demo models, print their dirs and ids."""
     from aipg.models import build_demo, load_model_dir, model_id_text
 
     llm, diffusion = build_demo(Path(args.out_dir))
@@ -156,6 +157,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``models run MODEL_DIR --prompt ...``: one job; the text or a PNG, and the output hash."""
     from aipg.models import LLM, load_model_dir
 
     model = load_model_dir(args.model_dir)
@@ -273,6 +275,7 @@ def _id(mid: bytes) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """``models check MODEL_DIR``: hashes, interface, determinism; exit 1 on any failure."""
     from aipg.models import ModelError, load_model_dir
 
     model = load_model_dir(args.model_dir)
@@ -363,12 +366,14 @@ def _store(args: argparse.Namespace):
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    """``models add MODEL_DIR``: copy a model into the store, hash-checked; print its id."""
     mid = _store(args).add_model_dir(Path(args.model_dir))
     print(_id(mid))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``models list``: the models in the store and whether all their files are there."""
     from aipg.node.datadir import DataDir
 
     rows = []
@@ -397,6 +402,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    """``models fetch MODEL_ID --peer ADDR``: fetch a model from peers into the store."""
     import trio
 
     from aipg.wire import Multiaddr, parse_content_id

@@ -80,6 +80,8 @@ RequestFn = Callable[[Any, str, bytes, float], Awaitable[bytes]]
 
 
 class BlobStatus:
+    """``BlobResponse.status`` values."""
+
     OK = 0
     NOT_FOUND = 1
     BAD_RANGE = 2

@@ -215,6 +215,7 @@ class DiffusionRunner:
             raise ModelError(f"steps must be at most {d.train_timesteps}, got {params.steps}")
 
     def schedule(self, params: DiffusionParams) -> DdimSchedule:
+        """The DDIM schedule for ``params.steps`` (built once per step count)."""
         if params.steps not in self._schedules:
             self._schedules[params.steps] = DdimSchedule(self.interface, params.steps)
         return self._schedules[params.steps]
@@ -257,6 +258,7 @@ class DiffusionRunner:
         return seeded_gaussian(seed, self.latent_shape(params))
 
     def latent_shape(self, params: DiffusionParams) -> tuple[int, int, int, int]:
+        """(1, channels, height / scale, width / scale)."""
         f = self.interface.vae_scale_factor
         return (1, self.interface.latent_channels, params.height // f, params.width // f)
 

@@ -118,6 +118,7 @@ class LlmRunner:
 
     @property
     def context_length(self) -> int:
+        """Most tokens (prompt and output) one sequence may hold."""
         return self.interface.context_length
 
     # -- the two entry points -----------------------------------------------------------

@@ -211,6 +211,7 @@ def check_manifest(manifest: Manifest) -> None:
 
 
 def check_kind(manifest: Manifest) -> None:
+    """Raise ModelError unless the kind is known and its interface present and sane."""
     if manifest.kind == LLM:
         if manifest.llm is None or manifest.diffusion is not None:
             raise ModelError("an llm manifest must have an llm interface and no diffusion one")
@@ -236,6 +237,7 @@ def check_kind(manifest: Manifest) -> None:
 
 
 def check_files(files: tuple[ModelFile, ...]) -> None:
+    """Raise ModelError for repeated roles or paths, empty roles, absurd sizes, bad paths."""
     roles = [f.role for f in files]
     if len(set(roles)) != len(roles):
         raise ModelError(f"manifest lists a role twice: {sorted(roles)}")
@@ -265,6 +267,7 @@ def check_relative_path(path: str) -> None:
 
 
 def check_roles(manifest: Manifest) -> None:
+    """Raise ModelError unless the kind's required roles and the tokenizer's file exist."""
     have = {f.role for f in manifest.files}
     missing = [r for r in REQUIRED_ROLES[manifest.kind] if r not in have]
     if missing:
@@ -372,9 +375,11 @@ class ModelDir:
 
     @property
     def model_id(self) -> ModelId:
+        """sha256 of the canonical manifest."""
         return model_id(self.manifest)
 
     def entry(self, role: str) -> ModelFile:
+        """The manifest entry for ``role``; ModelError when there is none."""
         for f in self.manifest.files:
             if f.role == role:
                 return f

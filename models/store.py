@@ -49,12 +49,15 @@ class BlobStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: bytes) -> Path:
+        """Where the complete blob ``digest`` is (or would be)."""
         return self.root / "sha256" / _hex(digest)
 
     def partial_path(self, digest: bytes) -> Path:
+        """Where a fetch of ``digest`` keeps what it has so far."""
         return self.root / "partial" / _hex(digest)
 
     def has(self, digest: bytes) -> bool:
+        """Whether the complete blob is stored (not whether it is intact: see verify)."""
         return self.path(digest).is_file()
 
     def size(self, digest: bytes) -> int | None:
@@ -127,6 +130,7 @@ class BlobStore:
         return good
 
     def remove(self, digest: bytes) -> None:
+        """Delete a stored blob (no error when absent)."""
         with contextlib.suppress(FileNotFoundError):
             self.path(digest).unlink()
 
