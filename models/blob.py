@@ -25,6 +25,7 @@ from aipg.wire import (
     U8,
     U64,
     Hash32,
+    Identity,
     MaxLen,
     Range,
     Record,
@@ -111,7 +112,9 @@ class BlobResponse(Record):
 # -- announcements -------------------------------------------------------------------------
 
 
-def sign_announcement(manifest: Manifest, identity, timestamp_ms: int) -> ModelAnnouncement:
+def sign_announcement(
+    manifest: Manifest, identity: Identity, timestamp_ms: int
+) -> ModelAnnouncement:
     """A publisher's signed announcement of ``manifest`` (checked first)."""
     check_manifest(manifest)
     return sign(ModelAnnouncement(manifest=manifest, timestamp_ms=timestamp_ms), identity)
