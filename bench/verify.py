@@ -214,7 +214,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100, help="trials per fraud row")
     ap.add_argument("--honest", type=int, default=1000, help="honest LLM trials")
-    ap.add_argument("--reps", type=int, default=5, help="jobs per cost ratio")
+    ap.add_argument("--reps", type=int, default=9, help="jobs per cost ratio (median)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         llm = build_llm_models(Path(tmp) / "llm")
