@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aipg.models import SamplingParams
-from aipg.pouw import Certificate, FraudEvidence, Job, Receipt, Verdict, job_id
+from aipg.pouw import Certificate, FraudEvidence, Job, Receipt, Verdict, job_id, records
 from aipg.wire import WireError, decode, encode, is_signed_by_signer, require_signature
 
 from .world import World
@@ -18,8 +18,6 @@ W = World()
 
 
 def test_every_pouw_tag_is_in_its_range():
-    from aipg.pouw import records
-
     types = [
         v
         for v in vars(records).values()

@@ -11,13 +11,21 @@ from aipg.models import DiffusionParams, SamplingParams, choose_token
 from aipg.pouw import (
     Certificate,
     LatentReply,
+    LatentRequest,
     PouwError,
     VerdictReason,
     VoteCollector,
     receipt_id,
     validate_certificate,
 )
-from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
+from aipg.pouw.commitment import latent_digest
+from aipg.pouw.execute import (
+    LatentStore,
+    diffusion_result,
+    llm_result,
+    run_diffusion_job,
+    run_llm_job,
+)
 from aipg.pouw.records import output_hash_image
 from aipg.pouw.validate import make_challenge
 from aipg.pouw.verify import (
@@ -92,8 +100,6 @@ def test_llm_binding_failures_are_named(llm_models):
     cut = result.replace(commitment_data=result.commitment_data[:-8])
     assert verify_llm(llm_models.real, job, a, cut).reason == VerdictReason.COMMITMENT
     # Stopping early (fewer tokens, no end-of-sequence) breaks the stop rule.
-    from aipg.pouw.execute import llm_result
-
     short = llm_result(
         job,
         a,
@@ -117,10 +123,6 @@ def test_runner_must_host_the_jobs_model(llm_models):
         run_llm_job(llm_models.other, job, a, W.worker)
     with pytest.raises(PouwError, match="another worker"):
         run_llm_job(llm_models.real, job, a, W.gateway)
-
-
-def serve_from(store):
-    return store.serve
 
 
 def test_diffusion_job_end_to_end(diffusion_models):
@@ -174,10 +176,17 @@ def test_diffusion_tampering_is_caught(diffusion_models):
     check = verify_diffusion(models.real, job, a, forged, store.serve, challenge)
     assert check.reason == VerdictReason.DECODE
 
-    # Not a PNG at all.
-    junk = result.replace(image=b"\x89PNG\r\n\x1a\nnot really")
+    # Not a PNG at all: unbound, then bound by a re-signed receipt.
+    junk_png = b"\x89PNG\r\n\x1a\nnot really"
+    junk = result.replace(image=junk_png)
     check = verify_diffusion(models.real, job, a, junk, store.serve, challenge)
     assert check.reason == VerdictReason.BINDING  # its hash no longer matches the receipt
+    receipt = sign(result.receipt.replace(output_hash=output_hash_image(junk_png)), W.worker)
+    junk = junk.replace(receipt=receipt)
+    store.put(receipt_id(receipt), latents)
+    challenge = make_challenge(W.validators[0], receipt_id(receipt))
+    check = verify_diffusion(models.real, job, a, junk, store.serve, challenge)
+    assert check.reason == VerdictReason.DECODE and "PNG" in check.detail
 
 
 def test_latent_store_bounds_and_errors():
@@ -185,8 +194,6 @@ def test_latent_store_bounds_and_errors():
     x = [np.zeros((1, 4, 8, 8), np.float32)]
     for i in range(3):
         store.put(bytes([i]) * 32, x)
-    from aipg.pouw import LatentRequest
-
     with pytest.raises(PouwError, match="no latents"):
         store.serve(LatentRequest(receipt_id=bytes(32), steps=(0,)))
     with pytest.raises(PouwError, match="out of range"):
@@ -265,9 +272,6 @@ def test_nan_latents_do_not_pass_as_within_tolerance(diffusion_models):
     for x in latents[1:-1]:
         x[0, 0, 0, 0] = np.nan
     png = models.real.decode(latents[-1])
-    from aipg.pouw.commitment import latent_digest
-    from aipg.pouw.execute import diffusion_result
-
     _, _, h, w = models.real.latent_shape(params)
     result = diffusion_result(
         job, a, W.worker, models.real.profile, h * w, png, [latent_digest(x) for x in latents]
