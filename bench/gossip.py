@@ -110,14 +110,32 @@ async def main(args) -> dict:
             hosts.append(host)
         subs = [h.subscribe(T) for h in hosts]
 
+        per_message = [0] * args.messages
+        completed = 0
+        completion = trio.Event()
+
         async def collect(i: int, sub) -> None:
-            nonlocal count
+            nonlocal count, completed, completion
             log = received[i]
             async for item in sub:
-                log.append((int.from_bytes(item.data[:8], "big"), time.perf_counter()))
+                k = int.from_bytes(item.data[:8], "big")
+                log.append((k, time.perf_counter()))
                 count += 1
+                per_message[k] += 1
+                if per_message[k] == args.nodes - 1:
+                    completed += 1
+                    completion.set()
+                    completion = trio.Event()
                 if count >= total_wanted:
                     done.set()
+
+        async def wait_for_window(published: int) -> None:
+            """Flat out means: keep --window messages in flight, no more (more only drops)."""
+            while published - completed >= args.window:
+                with trio.move_on_after(args.stall):
+                    await completion.wait()
+                    continue
+                return  # nothing completed for a while: a message was lost; go on
 
         for i, sub in enumerate(subs):
             nursery.start_soon(collect, i, sub)
@@ -166,6 +184,7 @@ async def main(args) -> dict:
             if args.rate > 0:
                 await trio.sleep_until(_trio_deadline(first_publish, k / args.rate))
             else:
+                await wait_for_window(k)
                 await _wait_for_room(hosts[a])
             publish_at[k] = time.perf_counter()
             await hosts[a].publish(T, k.to_bytes(8, "big") + pad)
@@ -179,6 +198,7 @@ async def main(args) -> dict:
                 if count == before:
                     break
         cpu = time.process_time() - cpu0
+        dropped = sum(c.dropped for h in hosts for c in h._conns.values())
         nursery.cancel_scope.cancel()
 
     latencies = []
@@ -205,6 +225,7 @@ async def main(args) -> dict:
         "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
         "delivered_per_s": round(per_s, 1),
         "duplicates_per_message": round(duplicates / args.messages, 2),
+        "dropped_frames": dropped,
         "cpu_s_per_1k_delivered": round(cpu / max(1, delivered) * 1000, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "reference_verify_per_s": round(verify_rate),
@@ -238,6 +259,7 @@ def parse_args(argv=None):
     p.add_argument("--extra", type=int, default=3, help="extra dials per node beyond the tree")
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--queue", type=int, default=512, help="per-peer outbound queue")
+    p.add_argument("--window", type=int, default=64, help="--rate 0: messages in flight at most")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mesh-timeout", type=float, default=30.0)
     p.add_argument("--drain-timeout", type=float, default=600.0)

@@ -592,6 +592,7 @@ class GossipSubRouter:
         """Maintain meshes and fanout, emit gossip, settle promises, decay scores."""
         now = self._now()
         self._heartbeats += 1
+        self.score.refresh(now, self.params.seen_ttl)
         out: dict[PeerId, _Outgoing] = {}
         for topic in list(self.mesh):
             self._maintain_mesh(topic, now, out)
@@ -606,7 +607,6 @@ class GossipSubRouter:
             state.ihaves_this_beat = state.ids_asked_this_beat = state.iwant_served_this_beat = 0
         self._mcache.shift()
         self._seen.expire(now)
-        self.score.refresh(now, self.params.seen_ttl)
         self._on_heartbeat()
         done, self.heartbeat_done = self.heartbeat_done, trio.Event()
         done.set()

@@ -283,7 +283,10 @@ class PeerScore:
             stats.behaviour_penalty = _decay(
                 stats.behaviour_penalty, p.behaviour_penalty_decay, zero
             )
-        self._cache.clear()
+        # Recompute every score now, in one pass: the heartbeat that follows reads them
+        # all (mesh upkeep, graylisting), and until the next refresh only penalties
+        # invalidate an entry.
+        self._cache = {peer: self._compute(peer, st) for peer, st in self._peers.items()}
         cutoff = now - delivery_ttl
         stale = []
         for mid, d in self._deliveries.items():  # insertion order is arrival order
