@@ -61,6 +61,7 @@ IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 PRODUCER = "aipg-node demo"
 LICENSE = "Apache-2.0"
 TOKENIZER_FILE = "tokenizer.model"
+EXTERNAL_DATA_FILE = "model.onnx_data"
 VOCAB_SIZE = 768
 DTYPES = ("float32", "float16", "int8")
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 3
@@ -237,6 +238,19 @@ def _io(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
+def _write_external(path: Path, model_bytes: bytes, location: str) -> None:
+    """Write a model with its weights in ``location`` next to it (as exports over 2 GB are)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        onnx.load_from_string(model_bytes),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -273,6 +287,7 @@ def build_demo_llm(
     context: int = 384,
     kv_cache: bool = True,
     merged: bool = False,
+    external_data: bool = False,
     name: str = "aipg-demo-llm",
     version: str = "1",
 ) -> Path:
@@ -282,22 +297,31 @@ def build_demo_llm(
     False), ``tokenizer.model`` and ``manifest.json``. Change ``seed`` for a model of the
     same shape with other weights, ``dtype="float16"`` (or ``"int8"``) for cheaper weights, and the
     sizes for a smaller "draft" model with the same vocabulary; ``merged=True`` adds the
-    ``use_cache_branch`` input of optimum's merged decoders. Raises ModelError for bad sizes.
+    ``use_cache_branch`` input of optimum's merged decoders; ``external_data=True`` keeps the
+    weights in ``model.onnx_data`` (role ``decoder.data``), as large exports do. Raises
+    ModelError for bad sizes.
     """
     shape = LlmShape(layers, d_model, heads, d_ff, context)
     if min(layers, d_model, heads, d_ff) < 1 or d_model % heads or context < 8:
         raise ModelError("demo llm: need positive sizes, d_model divisible by heads, context >= 8")
     out = Path(out_dir)
-    _write(out / "model.onnx", _llm_graph(shape, seed, dtype, kv_cache, merged))
+    graph = _llm_graph(shape, seed, dtype, kv_cache, merged)
+    files = []
+    if external_data:
+        _write_external(out / "model.onnx", graph, EXTERNAL_DATA_FILE)
+        files.append(file_entry(out, "decoder.data", EXTERNAL_DATA_FILE))
+    else:
+        _write(out / "model.onnx", graph)
     _write(out / TOKENIZER_FILE, train_demo_tokenizer(shape.vocab))
+    files[:0] = [
+        file_entry(out, "decoder", "model.onnx"),
+        file_entry(out, "tokenizer", TOKENIZER_FILE),
+    ]
     manifest = Manifest(
         name=name,
         version=version,
         kind=LLM,
-        files=(
-            file_entry(out, "decoder", "model.onnx"),
-            file_entry(out, "tokenizer", TOKENIZER_FILE),
-        ),
+        files=tuple(files),
         tokenizer=_tokenizer_info(),
         llm=LlmInterface(
             num_layers=layers,

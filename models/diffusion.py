@@ -176,7 +176,7 @@ class DiffusionRunner:
         self._schedules: dict[int, DdimSchedule] = {}
 
     def _session(self, role: str, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
-        session = self.factory.create(self.model.read_verified(role))
+        session = self.factory.create_for(self.model, role)
         have_in = [i.name for i in session.get_inputs()]
         have_out = [o.name for o in session.get_outputs()]
         if sorted(have_in) != sorted(inputs) or outputs[0] not in have_out:

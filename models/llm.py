@@ -108,7 +108,7 @@ class LlmRunner:
         )
         if self.tokenizer.vocab_size > self.interface.vocab_size:
             raise ModelError("tokenizer vocabulary is larger than the model's vocab_size")
-        self.session = self.factory.create(self.model.read_verified("decoder"))
+        self.session = self.factory.create_for(self.model, "decoder")
         self._graph = _check_graph(self.session, self.interface)
         self.use_kv_cache = use_kv_cache and self._graph.kv_cache
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)

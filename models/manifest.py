@@ -406,10 +406,40 @@ class ModelDir:
             raise ModelError(f"{entry.path} ({role}): sha256 does not match the manifest")
         return data
 
+    def verify_file(self, role: str) -> Path:
+        """Check the file for ``role`` by streaming it through sha256 (for files too large to
+        hold twice in memory); returns its path. Raises ModelError like read_verified."""
+        entry = self.entry(role)
+        path = self.paths[role]
+        h = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                size = f.tell()
+        except OSError as e:
+            raise ModelError(f"{entry.path} ({role}): cannot read: {e.strerror}") from None
+        if size != entry.size:
+            raise ModelError(
+                f"{entry.path} ({role}): size {size} does not match the manifest's {entry.size}"
+            )
+        if h.digest() != entry.sha256:
+            raise ModelError(f"{entry.path} ({role}): sha256 does not match the manifest")
+        return path
+
+    def data_roles(self, role: str) -> list[str]:
+        """The roles of ``role``'s ONNX external-data files (``<role>.data``, ``<role>.data.N``)."""
+        prefix = role + ".data"
+        return [
+            f.role
+            for f in self.manifest.files
+            if f.role == prefix or f.role.startswith(prefix + ".")
+        ]
+
     def verify_all(self) -> None:
         """Raise ModelError unless every file is present with the right size and hash."""
         for f in self.manifest.files:
-            self.read_verified(f.role)
+            self.verify_file(f.role)
 
 
 def load_model_dir(root: Path | str) -> ModelDir:

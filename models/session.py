@@ -36,6 +36,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from aipg.wire import U8, U16, Hash32, MaxLen, Record, record
 
 from .errors import ModelError
+from .manifest import ModelDir
 
 __all__ = [
     "CPU",
@@ -45,6 +46,7 @@ __all__ = [
     "ExecutionProfile",
     "SessionFactory",
     "cuda_is_usable",
+    "external_locations",
     "run_session",
 ]
 
@@ -156,6 +158,37 @@ class SessionFactory:
             what = model if isinstance(model, Path) else "model bytes"
             raise ModelError(f"cannot load ONNX model {what}: {_first_line(e)}") from None
 
+    def create_for(self, model: ModelDir, role: str) -> ort.InferenceSession:
+        """A session for the ONNX file of ``role``, every byte of it hash-checked first.
+
+        A self-contained file is read once, checked, and the same bytes are loaded. A file
+        whose weights live in external data must have them listed as ``<role>.data`` roles
+        in the manifest, next to it as the graph names them; they are checked and the model
+        is loaded from its path. External data the manifest does not list is refused: from
+        bytes, onnxruntime would look for it relative to the working directory.
+        """
+        data_roles = model.data_roles(role)
+        if not data_roles:
+            data = model.read_verified(role)
+            if locations := external_locations(data):
+                raise ModelError(
+                    f"{model.entry(role).path} ({role}) keeps weights in external data "
+                    f"({sorted(locations)[0]!r}) that the manifest does not list as {role}.data"
+                )
+            return self.create(data)
+        path = model.verify_file(role)
+        listed = {model.paths[r].resolve() for r in data_roles}
+        for r in data_roles:
+            model.verify_file(r)
+        with path.open("rb") as f:
+            wanted = {(path.parent / loc).resolve() for loc in external_locations(f.read())}
+        if not wanted <= listed:
+            raise ModelError(
+                f"{model.entry(role).path} ({role}) names external data files "
+                f"the manifest does not list as {role}.data"
+            )
+        return self.create(path)
+
     def profile(self, model_id: bytes) -> ExecutionProfile:
         """The execution profile of sessions from this factory running ``model_id``."""
         return ExecutionProfile(
@@ -166,6 +199,40 @@ class SessionFactory:
             deterministic_compute=True,
             model_id=model_id,
         )
+
+
+def external_locations(model_bytes: bytes) -> set[str]:
+    """The external-data file names an ONNX model refers to (empty when self-contained).
+    Raises ModelError when the bytes are not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.ModelProto.FromString(model_bytes)
+    except DecodeError:
+        raise ModelError("not an ONNX model (protobuf does not parse)") from None
+    return {
+        entry.value
+        for tensor in _all_tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+
+
+def _all_tensors(graph):
+    """Every tensor of a graph: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
 
 
 def run_session(

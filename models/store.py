@@ -6,6 +6,7 @@ Layout under the blobs dir (``<data dir>/blobs``)::
     partial/<hex>    a blob being fetched (resumable; never served, never loaded)
     tmp/             temporary files of atomic writes
     models/<hex>     an empty marker: the blob <hex> is a manifest of a hosted model
+    views/<hex>/     a hosted model's blobs hard-linked under their manifest paths
 
 Writes are atomic: a temporary file in the same filesystem, fsync, rename, fsync of the
 directory, so a crash leaves either the whole blob or none. The hash is checked before a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,7 +214,29 @@ class ModelStore:
         manifest = self.manifest(mid)
         if missing := [f.path for f in manifest.files if not self.blobs.has(f.sha256)]:
             raise ModelError(f"model {manifest.name!r} is missing file(s): {', '.join(missing)}")
-        return ModelDir(manifest, {f.role: self.blobs.path(f.sha256) for f in manifest.files})
+        view = self._view(mid, manifest)
+        return ModelDir(manifest, {f.role: view / f.path for f in manifest.files})
+
+    def _view(self, mid: bytes, manifest: Manifest) -> Path:
+        """``views/<id>/``: the model's blobs hard-linked under their manifest paths, so the
+        model reads as the directory it was published from (ONNX external data is found
+        next to its graph). Links are renewed when a blob was replaced since."""
+        root = self.blobs.root / "views" / _hex(mid)
+        for entry in manifest.files:  # paths were checked to stay inside the directory
+            target, blob = root / entry.path, self.blobs.path(entry.sha256)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(target, blob):
+                    continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(target.name + ".link")
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            try:
+                os.link(blob, staging)
+            except OSError:  # a filesystem without hard links: copy (blobs are immutable)
+                shutil.copyfile(blob, staging)
+            os.replace(staging, target)
+        return root
 
     def verify_model(self, mid: bytes) -> list[ModelFile]:
         """Rehash every file; corrupt ones are removed. Returns the files to fetch again."""

@@ -167,3 +167,38 @@ def test_merged_decoder_gets_use_cache_branch(tmp_path, llm_runner):
         merged.generate(ids, params, 1).token_ids == llm_runner.generate(ids, params, 1).token_ids
     )
     assert np.array_equal(merged.prefill(ids), llm_runner.prefill(ids))
+
+
+def test_external_data_must_be_listed_and_intact(tmp_path, llm_runner):
+    source = build_demo_llm(tmp_path / "ext", external_data=True)
+    ids = llm_runner.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=10)
+    assert (
+        LlmRunner(source).generate(ids, params, 1).token_ids
+        == llm_runner.generate(ids, params, 1).token_ids
+    )
+
+    unlisted = copy_with_manifest(
+        source, tmp_path / "unlisted", lambda m: m.update(files=m["files"][:2])
+    )
+    with pytest.raises(ModelError, match="external data"):
+        LlmRunner(unlisted)
+
+    corrupt = copy_with_manifest(source, tmp_path / "corrupt", lambda m: None)
+    data = bytearray((corrupt / "model.onnx_data").read_bytes())
+    data[-1] ^= 1
+    (corrupt / "model.onnx_data").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        LlmRunner(corrupt)
+
+
+def test_external_data_named_by_the_graph_must_be_the_listed_file(tmp_path):
+    source = build_demo_llm(tmp_path / "ext", external_data=True)
+
+    def list_another_file(m):
+        m["files"][2]["path"] = "other.bin"
+
+    target = copy_with_manifest(source, tmp_path / "other", list_another_file)
+    shutil.copy(target / "model.onnx_data", target / "other.bin")
+    with pytest.raises(ModelError, match="does not list"):
+        LlmRunner(target)

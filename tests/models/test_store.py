@@ -83,3 +83,28 @@ def test_add_model_dir_refuses_a_lying_manifest(tmp_path, llm_dir):
     with pytest.raises(ModelError, match=r"tokenizer\.model"):
         store.add_model_dir(copy)
     assert store.model_ids() == []
+
+
+def test_models_with_external_data_load_from_the_store(tmp_path, llm_runner):
+    from aipg.models import build_demo_llm
+
+    source = build_demo_llm(tmp_path / "ext", external_data=True)
+    store = ModelStore(tmp_path / "blobs")
+    mid = store.add_model_dir(source)
+    model = store.open_model(mid)
+    assert model.paths["decoder.data"].parent == model.paths["decoder"].parent
+    runner = LlmRunner(model)
+    ids = runner.tokenizer.encode("external data")
+    params = SamplingParams(max_tokens=8)
+    assert (
+        runner.generate(ids, params, 2).token_ids == llm_runner.generate(ids, params, 2).token_ids
+    )
+    # A corrupt data blob is caught on load, removed by verify, and the view renewed after.
+    data = store.manifest(mid).files[-1]
+    blob = store.blobs.path(data.sha256)
+    blob.write_bytes(b"\0" * data.size)
+    with pytest.raises(ModelError, match=r"model\.onnx_data"):
+        LlmRunner(store.open_model(mid))
+    assert store.verify_model(mid) == [data]
+    store.blobs.put_file(source / "model.onnx_data", data.sha256)
+    LlmRunner(store.open_model(mid))
