@@ -61,7 +61,9 @@ def llm_ratio(runner, reps: int) -> tuple[float, float, float]:
     """Median validator/worker CPU ratio for 128 generated tokens (sampled at
     temperature 0.7), bytes per token, and the worker's CPU seconds."""
     ratios, per_token, worker_s = [], [], []
-    for i in range(reps):
+    for i in range(4 * reps):
+        if len(ratios) == reps:
+            break
         job = W.llm_job(
             model_id=runner.model.model_id,
             prompt=f"benchmark prompt number {i} about the grid",
@@ -70,7 +72,8 @@ def llm_ratio(runner, reps: int) -> tuple[float, float, float]:
         )
         a = W.assignment(job)
         work, result = cpu(lambda job=job, a=a: run_llm_job(runner, job, a, W.worker))
-        assert result.receipt.output_tokens == 128
+        if result.receipt.output_tokens != 128:
+            continue  # this seed drew end-of-sequence early: not a 128-token job
         check_s, check = cpu(lambda job=job, a=a, r=result: verify_llm(runner, job, a, r))
         assert check.valid, check
         ratios.append(check_s / work)
