@@ -47,6 +47,7 @@ def bare_llm_loop(
 ) -> list[int]:
     """Greedy decoding with nothing but onnxruntime and numpy."""
     names = [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    outputs = ["logits", *(n.replace("past_key_values", "present") for n in names)]
     past = [np.zeros((1, heads, 0, head_dim), np.float32)] * len(names)
     ids = np.asarray([prompt], np.int64)
     length, tokens = 0, []
@@ -58,7 +59,7 @@ def bare_llm_loop(
             "position_ids": np.arange(length, total, dtype=np.int64)[None, :],
         }
         feeds.update(zip(names, past, strict=True))
-        out = session.run(None, feeds)
+        out = session.run(outputs, feeds)
         token = int(np.argmax(out[0][0, -1]))
         tokens.append(token)
         past, length, ids = out[1:], total, np.asarray([[token]], np.int64)
