@@ -155,7 +155,14 @@ class HeightMachine:
     # --- inputs ---------------------------------------------------------------------------
 
     def start(self) -> list[Effect]:
-        self._start_round(0)
+        """Start round 0, or, after a restart in the middle of this height, the round after
+        the last one we signed in, with the lock we had (from the sign-record)."""
+        first = 0
+        last = self.sign_record.last()
+        if last is not None and last.height == self.height:
+            first = last.round + 1
+            self.locked_round, self.locked_hash = last.locked_round, last.locked_hash
+        self._start_round(first)
         return self._run()
 
     def on_proposal(self, msg: ProposalMessage) -> list[Effect]:

@@ -1,0 +1,252 @@
+"""The async shell around consensus: a trio service that feeds a :class:`Consensus`
+machine with network messages and timeouts, proposes and checks blocks against the
+:class:`Chain`, and finalizes decided blocks into the store.
+
+It does no networking itself: messages arrive on a receive channel (the node's gossip
+handler for the ``consensus`` topic feeds it) and go out through an injected
+``publish(data)`` coroutine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import trio
+
+from aipg.pouw import Certificate, FraudEvidence
+from aipg.wire import Identity, WireError, decode, encode
+
+from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
+from .builder import make_block
+from .chain import Chain
+from .consensus import Broadcast, Consensus, Decide, Evidence, ScheduleTimeout, Timeouts
+from .ledger import apply_block
+from .signrecord import SignRecord
+from .state import State
+from .tx import Transaction
+from .types import LedgerError
+
+# A proposal from further in the future than this is invalid (clock skew allowance).
+MAX_CLOCK_DRIFT_MS = 10_000
+EVENT_BUFFER = 1024
+MAX_HELPED = 64  # heights per height change we send to peers that are behind
+
+
+@dataclass
+class BlockContents:
+    """What a proposer puts in its block (from the node's mempool and pouw pools)."""
+
+    transactions: Sequence[Transaction] = ()
+    certificates: Sequence[Certificate] = ()
+    frauds: Sequence[FraudEvidence] = ()
+
+
+Contents = Callable[[State], BlockContents]
+
+
+@dataclass
+class ChainApp:
+    """The ledger side of consensus: builds proposals and validates blocks on ``chain``."""
+
+    chain: Chain
+    me: bytes
+    clock_ms: Callable[[], int]
+    contents: Contents = lambda state: BlockContents()
+    last_commit: Commit | None = None
+    evidence: list[DoubleSignEvidence] = field(default_factory=list)
+    _checked: dict[bytes, State | None] = field(default_factory=dict)
+
+    def propose(self, height: int, round_: int) -> Block:
+        s = self.chain.state
+        c = self.contents(s)
+        time_ms = max(self.clock_ms(), s.time_ms + 1)
+        evidence = [e for e in self.evidence if e.vote_a.height <= s.height]
+        for ev in (evidence, []):  # evidence that no longer applies is dropped
+            block = make_block(
+                s,
+                self.me,
+                time_ms=time_ms,
+                last_commit=self.last_commit,
+                transactions=c.transactions,
+                certificates=c.certificates,
+                frauds=c.frauds,
+                double_signs=ev[:8],
+            )
+            if self.valid(block):
+                return block
+        return block
+
+    def valid(self, block: Block) -> bool:
+        h = block.hash
+        if h not in self._checked:
+            self._checked[h] = self._apply(block)
+        return self._checked[h] is not None
+
+    def _apply(self, block: Block) -> State | None:
+        if block.header.time_ms > self.clock_ms() + MAX_CLOCK_DRIFT_MS:
+            return None
+        try:
+            return apply_block(self.chain.state, block)
+        except LedgerError:
+            return None
+
+    def finalize(self, block: Block, commit: Commit) -> None:
+        self.chain.finalize(block, commit)
+        self.last_commit = commit
+        self._checked.clear()
+        horizon = self.chain.height - self.chain.state.params.unbonding_period
+        self.evidence = [e for e in self.evidence if e.vote_a.height >= horizon]
+        applied = {(e.vote_a.signer, e.vote_a.height) for e in block.body.double_signs}
+        self.evidence = [
+            e for e in self.evidence if (e.vote_a.signer, e.vote_a.height) not in applied
+        ]
+
+
+class ConsensusDriver:
+    """Runs consensus for one validator (or a non-voting follower, ``identity=None``).
+
+    ``publish`` sends encoded consensus messages to the network. Owns nothing but its
+    tasks; the chain and the sign-record belong to the caller."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        identity: Identity | None,
+        sign_record: SignRecord,
+        publish: Callable[[bytes], Awaitable[None]],
+        *,
+        timeouts: Timeouts | None = None,
+        contents: Contents | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ):
+        self.chain = chain
+        self.publish = publish
+        self.clock_ms = clock_ms or (lambda: int(trio.current_time() * 1000))
+        last = chain.store.finalized(chain.height) if chain.height else None
+        self.app = ChainApp(
+            chain,
+            identity.public_bytes if identity else b"",
+            self.clock_ms,
+            contents or (lambda state: BlockContents()),
+            last.commit if last else None,
+        )
+        self.consensus = Consensus(
+            chain_id=chain.state.chain_id,
+            height=chain.height + 1,
+            validators=chain.state.validators,
+            app=self.app,
+            identity=identity,
+            sign_record=sign_record,
+            timeouts=timeouts or Timeouts.from_params(chain.state.params),
+        )
+        self._height_changed = trio.Event()
+        self._helped: set[int] = set()
+        self._own: list[bytes] = []  # our messages at the current height
+        t = timeouts or Timeouts.from_params(chain.state.params)
+        self.rebroadcast_ms = 2 * (t.propose_ms + 2 * t.vote_ms)
+        self._events_send, self._events = trio.open_memory_channel(EVENT_BUFFER)
+
+    async def wait_for_height(self, height: int) -> None:
+        """Return once the chain has finalized ``height``."""
+        while self.chain.height < height:
+            await self._height_changed.wait()
+
+    async def run(
+        self,
+        inbox: trio.abc.ReceiveChannel[bytes],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Run until cancelled. Malformed messages from ``inbox`` are dropped."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._forward, inbox)
+            nursery.start_soon(self._rebroadcast)
+            await self._carry_out(self.consensus.start())
+            task_status.started()
+            async for kind, item in self._events:
+                if kind == "timeout":
+                    effects = self.consensus.on_timeout(item.height, item.round, item.step)
+                elif kind == "finalized":
+                    effects = self._catch_up(item)
+                else:
+                    effects = await self._on_message(item)
+                await self._carry_out(effects)
+        raise AssertionError("unreachable: the event channel never closes")
+
+    async def _forward(self, inbox: trio.abc.ReceiveChannel[bytes]) -> None:
+        async for data in inbox:
+            try:
+                msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
+            except WireError:
+                continue  # gossip's validator scores the sender; here it is just dropped
+            kind = "finalized" if isinstance(msg, FinalizedBlock) else "message"
+            await self._events_send.send((kind, msg))
+
+    async def _on_message(self, msg: ProposalMessage | Vote) -> list:
+        height = msg.proposal.height if isinstance(msg, ProposalMessage) else msg.height
+        if height < self.consensus.height:
+            await self._help_behind(height)
+            return []
+        return self.consensus.on_message(msg)
+
+    async def _help_behind(self, height: int) -> None:
+        """Someone still votes on a height we finalized: send that block and its commit
+        (once per height; they verify the commit before using it)."""
+        if height in self._helped or len(self._helped) > MAX_HELPED:
+            return
+        self._helped.add(height)
+        fb = self.chain.store.finalized(height)
+        if fb is not None:
+            await self.publish(encode(fb))
+
+    def _catch_up(self, fb: FinalizedBlock) -> list:
+        """A finalized block of the height we are deciding, from a peer that is ahead."""
+        if fb.block.height != self.consensus.height:
+            return []
+        try:
+            self.app.finalize(fb.block, fb.commit)  # verifies the commit certificate
+        except LedgerError:
+            return []
+        self._new_height()
+        return self.consensus.next_height(self.chain.state.validators)
+
+    def _new_height(self) -> None:
+        self._helped.clear()
+        self._own.clear()
+        self._height_changed.set()
+        self._height_changed = trio.Event()
+
+    async def _rebroadcast(self) -> NoReturn:
+        """Re-send our own messages of a height that makes no progress: a peer that missed
+        them (it was restarting, catching up, or the network dropped them) would otherwise
+        wait forever. Peers drop duplicates before any signature check."""
+        period = self.rebroadcast_ms / 1000
+        while True:
+            height = self.chain.height
+            await trio.sleep(period)
+            if self.chain.height == height:
+                for data in list(self._own):
+                    await self.publish(data)
+
+    async def _timer(self, timeout: ScheduleTimeout) -> None:
+        await trio.sleep(timeout.delay_ms / 1000)
+        await self._events_send.send(("timeout", timeout))
+
+    async def _carry_out(self, effects) -> None:
+        while effects:
+            effect, *effects = effects
+            if isinstance(effect, Broadcast):
+                data = encode(effect.message)
+                self._own.append(data)
+                await self.publish(data)
+            elif isinstance(effect, ScheduleTimeout):
+                self._nursery.start_soon(self._timer, effect)
+            elif isinstance(effect, Evidence):
+                self.app.evidence.append(effect.evidence)
+            elif isinstance(effect, Decide):
+                self.app.finalize(effect.block, effect.commit)
+                self._new_height()
+                effects = self.consensus.next_height(self.chain.state.validators) + effects
