@@ -78,6 +78,17 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
     p.set_defaults(func=cmd_unstake)
 
     p = sub.add_parser(
+        "publish",
+        parents=[node_parent],
+        help="publish a model directory: the node stores, hosts and announces it",
+        description="Hand MODEL_DIR (a manifest.json and its files) to the node running on this "
+        "machine: it checks every file's hash, stores the files, hosts the model and announces it "
+        "on the mesh, from where other nodes fetch it (`aipg-node join --host-model MODEL_ID`).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
         "submit",
         parents=[node_parent],
         help="run a job on the network and print the result (and its verification)",
@@ -244,6 +255,16 @@ def cmd_unstake(args: argparse.Namespace) -> int:
         )
     answer = _send_tx(args, "UNBOND", amount=amount)
     return _print_tx_answer(answer, f"unbonding of {format_amount(amount)} AIPG")
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.model_dir)
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        raise CliError(f"{args.model_dir} is not a model directory (no manifest.json)")
+    r = NodeClient(args.node).post("/api/v1/models/publish", {"path": path})
+    print(f"published {r['name']} ({r['kind']}): {r['model_id']}")
+    print(f"other nodes can host it with: aipg-node join --host-model {r['model_id']}", file=sys.stderr)
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

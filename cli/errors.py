@@ -1,5 +1,6 @@
 """Errors the CLI shows as one line (no traceback)."""
 
+from aipg.models import ModelError
 from aipg.node.config import ConfigError
 from aipg.node.datadir import DataDirError
 from aipg.wire import KeyFileError, WireError
@@ -12,6 +13,7 @@ class CliError(Exception):
 # Exceptions whose message is written for the user: shown as `aipg-node: <message>`.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CliError,
+    ModelError,
     ConfigError,
     DataDirError,
     KeyFileError,

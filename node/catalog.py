@@ -73,6 +73,10 @@ class ModelCatalog:
         """Host the model in directory ``path``; checks every file's hash now."""
         md = load_model_dir(path)
         md.verify_all()
+        return self.host_model(md)
+
+    def host_model(self, md: ModelDir) -> KnownModel:
+        """Host a model whose files are at hand (runners re-check hashes as they load)."""
         known = KnownModel(md.manifest, md, int(time.time()))
         existing = self._models.get(known.id)
         if existing is not None and existing.model_dir is not None:

@@ -1,4 +1,5 @@
-"""Native chain routes of the HTTP API: accounts and signed transactions.
+"""Native routes of the HTTP API the node adds: accounts, transactions, blocks, and
+publishing a model.
 
 ``GET /api/v1/accounts/{address}`` — balance, bond, unbonding and next nonce.
 ``POST /api/v1/txs`` with ``{"tx": "<base64 of a signed Transaction>"}`` — checked
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
+from aipg.models import ModelError
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import Address, WireError, decode, format_amount
@@ -101,7 +105,28 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
             }
         )
 
+    async def publish(request: Request):
+        try:
+            peer = ipaddress.ip_address(request.client.host if request.client else "0.0.0.0")
+        except ValueError:
+            peer = ipaddress.ip_address("0.0.0.0")
+        if not peer.is_loopback:
+            return error_response(ApiError(403, "models are published from the node's own machine", code="forbidden"))
+        try:
+            body = await read_json_object(request, MAX_TX_BODY)
+            path = body.get("path")
+            if not isinstance(path, str) or not path:
+                raise invalid("expected {\"path\": \"<model directory>\"}", "path")
+            try:
+                model = await node.models.publish(Path(path))
+            except ModelError as e:
+                raise invalid(f"cannot publish {path}: {e}", "path") from None
+        except ApiError as e:
+            return error_response(e)
+        return json_response({"model_id": model.id_text, "name": model.manifest.name, "kind": model.kind})
+
     app.router.routes[0:0] = [
+        Route("/api/v1/models/publish", publish, methods=["POST"]),
         Route("/api/v1/blocks/{height}", block, methods=["GET"]),
         Route("/api/v1/accounts/{address}", account, methods=["GET"]),
         Route("/api/v1/txs", submit_tx, methods=["POST"]),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from aipg.models import load_model_dir, model_id_text
 from aipg.stake.genesis import MAINNET_PARAMS, ChainParams, make_genesis, save_genesis
 from aipg.wire import UNITS_PER_AIPG, Identity, Units, save_identity
 
@@ -131,6 +132,9 @@ def plan_devnet(
         progress("building the demo models")
         models = build_models(root / "models")
 
+    # Node 0 hosts the models from their directories and announces them; the others
+    # host them by id, fetching the files from peers over the blob protocol.
+    model_ids = sorted(model_id_text(load_model_dir(d).model_id) for d in models.values())
     plans = []
     for i in range(nodes):
         progress(f"creating node {i}")
@@ -142,7 +146,7 @@ def plan_devnet(
                 data_dir=str(dd.root),
                 peer_id=str(ident.peer_id),
                 address=str(ident.address),
-                host_models=sorted(models.values()),
+                host_models=sorted(models.values()) if i == 0 else model_ids,
             )
         )
     identities = [DataDir.resolve(p.data_dir).load_identity() for p in plans]
@@ -261,6 +265,23 @@ class Devnet:
         for i in range(len(self.plan.nodes)):
             progress(f"starting node {i}")
             await self.start_node(i)
+
+    async def wait_models_hosted(self, timeout: float = 120.0) -> None:
+        """Wait until every running node hosts every model it was asked to host."""
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as http:
+            with trio.move_on_after(timeout):
+                while True:
+                    pending = []
+                    for n in self.nodes:
+                        status = (await http.get(n.api_url + "/api/v1/status")).json()
+                        if len(status["hosted_models"]) < len(n.plan.host_models):
+                            pending.append(n.plan.index)
+                    if not pending:
+                        return
+                    await trio.sleep(0.25)  # polling other processes over HTTP
+        raise DevnetError(f"node(s) {pending} did not fetch their models within {timeout:.0f} s")
 
     def node(self, index: int) -> RunningNode:
         return next(n for n in self.nodes if n.plan.index == index)

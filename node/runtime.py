@@ -72,6 +72,7 @@ class Node:
         self.host: GossipHost | None = None
         self.tracker = None
         self.catalog = None
+        self.models = None
         self.chain = None
         self.worker = None
         self.verifier = None
@@ -116,6 +117,7 @@ class Node:
 
     def status(self) -> dict:
         """The JSON-ready status the API serves at /api/v1/status."""
+        from aipg.models import model_id_text
         from aipg.wire import PeerId, format_amount
 
         s = self.chain.state
@@ -138,6 +140,7 @@ class Node:
             "min_validator_stake_units": s.params.min_validator_stake,
             "is_validator": self.identity.public_bytes in s.validators,
             "hosted_models": [m.id_text for m in self.catalog.hosted()],
+            "fetching_models": {model_id_text(k): v for k, v in self.models.fetching.items()},
             "queue": self.worker.in_flight if self.worker else 0,
             "mempool": len(self.chain.mempool),
             "supply": {

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from aipg.gossip import PubsubMessage, ValidationResult
-from aipg.models import ModelAnnouncement, ModelError
+from aipg.models import ModelError, check_announcement
 from aipg.pouw import Assignment, Claim, Job, LatentRequest, PouwError, Verdict, validate_job
 from aipg.stake.block import ProposalMessage, Vote
 from aipg.stake.chain import Chain
@@ -31,7 +31,8 @@ from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer
 from .catalog import ModelCatalog
 from .chain import ChainService
 from .gateway import GatewayService
-from .messages import PROTO_JOB, PROTO_SYNC, JobAck, WorkReport, topic
+from .messages import PROTO_BLOB, PROTO_JOB, PROTO_SYNC, JobAck, WorkReport, topic
+from .models_service import ModelService
 from .verifier import VerifierService
 from .work import WorkTracker
 from .worker import WorkerService
@@ -47,7 +48,7 @@ ACCEPT, REJECT, IGNORE = ValidationResult.ACCEPT, ValidationResult.REJECT, Valid
 async def start_services(node: Node, nursery: trio.Nursery) -> None:
     """Build and start every service of ``node`` in ``nursery``, in dependency order."""
     node.tracker = WorkTracker(_LazyChainView(node))
-    node.catalog = load_catalog(node)
+    node.catalog = ModelCatalog(node.config.threads)
     node.chain = ChainService(
         open_chain(node),
         node.host,
@@ -57,6 +58,8 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
         node.now_ms,
     )
     await nursery.start(node.chain.run)
+    node.models = ModelService(node.identity, node.host, node.catalog, node.data_dir.blobs_dir)
+    await nursery.start(node.models.run, node.config.host_model)
     node.send_job = lambda key, data, timeout: send_job_message(node, key, data, timeout)
     if node.config.worker:
         node.worker = WorkerService(
@@ -82,17 +85,6 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
     register_gossip(node, nursery)
     if node.config.api:
         await start_api(node, nursery)
-
-
-def load_catalog(node: Node) -> ModelCatalog:
-    catalog = ModelCatalog(node.config.threads)
-    for spec in node.config.host_model:
-        try:
-            model = catalog.host(spec)
-        except ModelError as e:
-            raise ModelError(f"--host-model {spec}: {e}") from None
-        log.info("hosting %s (%s)", model.manifest.name, model.id_text)
-    return catalog
 
 
 def open_chain(node: Node) -> Chain:
@@ -171,9 +163,10 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
             raise WireError("bad signature on a verdict")
 
     def check_model(data: bytes) -> None:
-        ann = decode(data, ModelAnnouncement)
-        if not is_signed_by_signer(ann):
-            raise WireError("bad signature on a model announcement")
+        try:
+            check_announcement(data)
+        except ModelError as e:
+            raise WireError(str(e)) from None
 
     checks = {
         "consensus": check_consensus,
@@ -189,17 +182,20 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
         "jobs": lambda d: node.on_local_job(decode(d, Job)),
         "receipts": lambda d: on_report(node, decode(d, WorkReport)),
         "verdicts": lambda d: _sync(on_verdict, node, decode(d, Verdict)),
-        "models": lambda d: _sync(node.catalog.announce, decode(d, ModelAnnouncement).manifest),
+        "models": None,
     }
     for name, check in checks.items():
         host.set_topic_validator(topic(name), _validator(check), timeout=5.0)
-        nursery.start_soon(_consume, node, name, consumers[name])
+        if consumers[name] is not None:
+            nursery.start_soon(_consume, node, name, consumers[name])
+    nursery.start_soon(_consume_announcements, node)
     node.waiting_reports = []
     nursery.start_soon(retry_waiting_reports, node)
     host.set_request_handler(
         PROTO_JOB, lambda peer, data: on_job_request(node, peer, data), max_request_size=1 << 20
     )
     host.set_request_handler(PROTO_SYNC, node.chain.serve_sync, max_request_size=1024)
+    host.set_request_handler(PROTO_BLOB, node.models.serve_blob, max_request_size=1024)
 
 
 async def _sync(fn, *args) -> None:
@@ -217,6 +213,15 @@ async def _consume(node: Node, name: str, handle) -> None:
 
 # Reports whose committee seed block is not final here yet, retried on each new block.
 MAX_WAITING_REPORTS = 1024
+
+
+async def _consume_announcements(node: Node) -> None:
+    with node.host.subscribe(topic("models")) as sub:
+        async for delivered in sub:
+            try:
+                node.models.on_announcement(check_announcement(delivered.data), delivered.author)
+            except (WireError, ModelError) as e:
+                log.info("dropped a model announcement: %s", e)
 
 
 async def on_report(node: Node, report: WorkReport) -> None:

@@ -36,11 +36,9 @@ def models_dir(tmp_path_factory) -> dict[str, str]:
 
 
 def plan(tmp_path: Path, models: dict[str, str]):
-    p = plan_devnet(tmp_path / "devnet", NODES, block_time_ms=BLOCK_TIME_MS)
-    for n in p.nodes:
-        n.host_models = sorted(models.values())
-    p.save()
-    return p
+    """A fresh devnet whose node 0 hosts the (prebuilt) demo models from their
+    directories; the other nodes fetch them by id from the mesh."""
+    return plan_devnet(tmp_path / "devnet", NODES, block_time_ms=BLOCK_TIME_MS, build_models=lambda _dir: models)
 
 
 async def get(url: str) -> dict:
@@ -151,6 +149,7 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
     client_address = p.client_address
     async with Devnet(p) as devnet:
         await devnet.start()
+        await devnet.wait_models_hosted()
         api = devnet.node(0).api_url
         models = {m["kind"]: m for m in (await get(f"{api}/v1/models"))["data"]}
         assert set(models) == {"llm", "diffusion"}
@@ -235,6 +234,7 @@ async def test_a_cheating_worker_is_caught_slashed_and_the_paid_client_refunded(
     genesis = load_genesis(p.genesis)
     async with Devnet(p, extra_args=extra) as devnet:
         await devnet.start()
+        await devnet.wait_models_hosted()
         api = devnet.node(0).api_url
         llm = next(m for m in (await get(f"{api}/v1/models"))["data"] if m["kind"] == "llm")
         client_before = (await get(f"{api}/api/v1/accounts/{p.client_address}"))["balance_units"]
