@@ -67,8 +67,10 @@ class PeerScoreParams:
         ipaddress.ip_network("::1/128"),
     )
     # P7: protocol misbehaviour (broken IWANT promises, GRAFT in backoff, bad frames).
+    # The first few count nothing: an honest peer under load can be late with an IWANT
+    # reply, and that must not cost it the mesh (go-libp2p deployments use about 6).
     behaviour_penalty_weight: float = -10.0
-    behaviour_penalty_threshold: float = 0.0
+    behaviour_penalty_threshold: float = 6.0
     behaviour_penalty_decay: float = 0.99
     decay_interval: float = 1.0
     decay_to_zero: float = 0.01

@@ -143,7 +143,7 @@ def test_p7_behaviour_penalty_over_threshold_decays():
 def test_a_bad_score_is_retained_after_disconnect_then_forgotten():
     ps = PeerScore(PeerScoreParams(retain_score=10.0))
     ps.add_peer(A, None)
-    ps.add_penalty(A, 5.0)
+    ps.add_penalty(A, 10.0)
     bad = ps.score(A)
     assert bad < 0
     ps.remove_peer(A, now=0.0)
