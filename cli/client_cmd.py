@@ -285,7 +285,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.seed is not None:
             body["seed"] = args.seed
         r = client.post("/v1/images/generations", body)
-        job_id = r.get("id") or r.get("job_id")
+        job_id = (r.get("aipg") or {}).get("job_id", "")
         png = base64.b64decode(r["data"][0]["b64_json"])
         path = args.out or f"{job_id}.png"
         with open(path, "wb") as f:
@@ -301,7 +301,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.seed is not None:
             body["seed"] = args.seed
         r = client.post("/v1/completions", body)
-        job_id = r["id"]
+        job_id = (r.get("aipg") or {}).get("job_id", "")
         out |= {"job_id": job_id, "text": r["choices"][0]["text"], "usage": r.get("usage")}
     if args.wait_verified:
         out["job"] = _wait_verified(client, job_id, args.timeout)

@@ -8,6 +8,7 @@ HTTP, and reads the result back from the API and from the nodes' chain stores.
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from aipg.node.devnet_run import aipg_job_id, build_demo_models
 from aipg.stake.genesis import load_genesis
 from aipg.stake.store import ChainStore
 from aipg.stake.tx import TxKind
-from aipg.wire import Address
+from aipg.wire import Address, load_identity
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +200,17 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
                 assert r.status_code == status, (r.status_code, r.text[:200])
                 assert "message" in r.json()["error"]
 
+        # The CLI talks to the node: a fresh account cannot bond below the validator
+        # minimum, and `submit --wait-verified` follows a job to its block.
+        client_dir = DataDir.resolve(tmp_path / "client")
+        client_dir.init(load_identity(p.client_key))
+        r = await aipg_cli("stake", "5000", "--data-dir", str(client_dir.root), "--node", api)
+        assert r.returncode == 1
+        assert "a validator needs at least 10,000 AIPG (you have 0 bonded)" in r.stderr.decode()
+        r = await aipg_cli("submit", "--model", "aipg-demo-llm", "--prompt", "hi", "--max-tokens", "4", "--wait-verified", "--node", api)
+        assert r.returncode == 0, r.stderr
+        assert "certified in block" in r.stderr.decode()
+
         # A validator killed with SIGKILL restarts, syncs and agrees on every block.
         await devnet.kill_node(2)
         before = (await get(f"{api}/api/v1/status"))["height"]
@@ -216,6 +228,10 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
     expected, actual, height = expected_balances(node0.chain_file, Path(p.genesis))
     assert height >= 5
     assert actual == expected
+
+
+async def aipg_cli(*args: str):
+    return await trio.run_process([sys.executable, "-m", "aipg.cli", *args], capture_stdout=True, capture_stderr=True, check=False)
 
 
 async def _height_at_least(api: str, height: int) -> bool:
