@@ -63,6 +63,35 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
     exp.add_argument("--out", metavar="FILE", help="write raw protobuf bytes to FILE (mode 0600)")
     exp.set_defaults(func=cmd_export)
 
+    add_apikey_parser(sub, data_dir_parent)
+
+
+def add_apikey_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "apikey",
+        parents=[data_dir_parent],
+        help="create a paid-tier API key on this gateway",
+        description="Bind a new API key to the account whose key file is given: paid-tier requests "
+        "with `Authorization: Bearer <key>` escrow their fees from that account. The gateway keeps "
+        "the account key (custodial) and only a hash of the API key; the key is printed once. A "
+        "running node picks the key up at its next request.",
+    )
+    p.add_argument("--account-key", required=True, metavar="FILE", help="the paying account's key file (mode 0600)")
+    p.add_argument("--name", default="client", help="a label for the key (default: client)")
+    p.set_defaults(func=cmd_apikey)
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from aipg.node.apikeys import ApiKeyStore
+
+    data_dir = DataDir.resolve(args.data_dir)
+    if not data_dir.exists():
+        raise CliError(f"no node in {data_dir.root}: run `aipg-node init` first")
+    key = ApiKeyStore(data_dir).add(args.name, args.account_key)
+    print(key)
+    print("shown once: keep it; requests send it as `Authorization: Bearer <key>`", file=sys.stderr)
+    return 0
+
 
 def identity_summary(identity: Identity) -> dict[str, str]:
     return {

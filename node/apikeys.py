@@ -45,12 +45,16 @@ class ApiKeyStore:
     def __init__(self, data_dir: DataDir):
         self.path = Path(data_dir.root) / API_KEYS_FILE
         self._clients: dict[str, PaidClient] = {}
+        self._mtime: int | None = None
         self.reload()
 
     def reload(self) -> None:
+        """Read the key file (again); keys added by ``aipg-node apikey add`` while the
+        node runs take effect at the next request."""
         if not self.path.exists():
-            self._clients = {}
+            self._clients, self._mtime = {}, None
             return
+        self._mtime = self.path.stat().st_mtime_ns
         raw = json.loads(self.path.read_text())
         self._clients = {
             digest: PaidClient(entry["name"], load_identity(entry["key_file"]))
@@ -59,7 +63,7 @@ class ApiKeyStore:
 
     def add(self, name: str, key_file: str | Path) -> str:
         """Register the account of ``key_file``; returns the new API key (shown once)."""
-        identity = load_identity(key_file)
+        load_identity(key_file)  # a clear KeyFileError now, not at the first paid request
         api_key = KEY_PREFIX + secrets.token_urlsafe(24)
         raw = json.loads(self.path.read_text()) if self.path.exists() else {}
         raw[_digest(api_key)] = {"name": name, "key_file": str(Path(key_file).resolve())}
@@ -68,15 +72,25 @@ class ApiKeyStore:
         with os.fdopen(fd, "w") as f:
             json.dump(raw, f, indent=2)
         os.replace(tmp, self.path)
-        self._clients[_digest(api_key)] = PaidClient(name, identity)
+        self.reload()
         return api_key
 
+    def _refresh(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self._mtime:
+            self.reload()
+
     def by_address(self, address: str) -> PaidClient | None:
+        self._refresh()
         return next((c for c in self._clients.values() if c.address == address), None)
 
     def authenticate(self, api_key: str) -> PaidClient | None:
         if not api_key.startswith(KEY_PREFIX) or len(api_key) > 128:
             return None
+        self._refresh()
         digest = _digest(api_key)
         for known, client in self._clients.items():
             if hmac.compare_digest(known, digest):
