@@ -20,9 +20,11 @@ import msgpack
 import trio
 
 from aipg.wire import U64, MaxLen, Range, Record, WireError, decode, encode, record
+from aipg.wire.keys import verify_signatures
 
 from .block import FinalizedBlock
 from .chain import Chain
+from .sigbatch import finalized_signatures
 from .store import ChainStore
 from .types import LedgerError
 
@@ -113,6 +115,7 @@ async def sync_from(
     batch: int = 128,
     timeout: float = 10.0,
     until: int | None = None,
+    verify_map: Callable | None = None,
 ) -> int:
     """Fetch, verify and apply blocks from ``peer`` until it has nothing newer (or
     ``until`` is reached). Returns how many blocks were applied.
@@ -120,6 +123,8 @@ async def sync_from(
     Raises SyncError when the peer's answer is malformed, not what was asked for, or
     fails verification (blocks applied before that stay applied: each was verified).
     ``request`` errors (timeouts, closed connections) propagate unchanged.
+    With ``verify_map`` (a process pool's ``map``), each batch's signatures are checked
+    up front on every core (:mod:`aipg.stake.sigbatch`).
     """
     applied = 0
     while until is None or chain.height < until:
@@ -134,6 +139,10 @@ async def sync_from(
             break
         if len(resp.blocks) > want:
             raise SyncError(f"peer {peer}: sent {len(resp.blocks)} blocks, {want} were asked for")
+        if verify_map is not None:
+            verify_signatures(
+                [t for fb in resp.blocks for t in finalized_signatures(fb)], verify_map
+            )
         for fb in resp.blocks:
             try:
                 chain.finalize(fb.block, fb.commit)

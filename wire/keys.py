@@ -8,8 +8,10 @@ key made by another libp2p implementation (``aipg-node keys import``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -150,8 +152,30 @@ def _public_key(public_bytes: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public_bytes)
 
 
-def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``data``."""
+# Signatures verified recently. A vote or verdict is checked when it arrives by gossip
+# and again inside the block that carries it; the second check is a lookup. Only
+# successes are kept, keyed by (public key, signature, sha256 of the message).
+VERIFIED_CACHE_SIZE = 1 << 17
+_verified: dict[bytes, None] = {}
+
+
+def _verified_key(public_key: bytes, signature: bytes, data: bytes) -> bytes:
+    return bytes(public_key) + bytes(signature) + hashlib.sha256(data).digest()
+
+
+def _remember(key: bytes) -> None:
+    if len(_verified) >= VERIFIED_CACHE_SIZE:
+        del _verified[next(iter(_verified))]  # the oldest entry
+    _verified[key] = None
+
+
+def forget_verified() -> None:
+    """Empty the cache of verified signatures (benchmarks measure cold checks)."""
+    _verified.clear()
+
+
+def _verify_uncached(item: tuple[bytes, bytes, bytes]) -> bool:
+    public_key, signature, data = item
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
     try:
@@ -159,6 +183,33 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``data``."""
+    key = _verified_key(public_key, signature, data)
+    if key in _verified:
+        return True
+    if not _verify_uncached((public_key, signature, data)):
+        return False
+    _remember(key)
+    return True
+
+
+def verify_signatures(
+    items: Sequence[tuple[bytes, bytes, bytes]], map_: Callable = map
+) -> list[bool]:
+    """Verify many (public key, signature, message) triples, skipping those verified
+    recently, and remember the successes. ``map_`` runs the checks: the builtin ``map``,
+    or a process pool's ``map`` to spread them over cores (Ed25519 holds the GIL)."""
+    keys = [_verified_key(*item) for item in items]
+    todo = [i for i, k in enumerate(keys) if k not in _verified]
+    results = [True] * len(items)
+    for i, ok in zip(todo, map_(_verify_uncached, [items[i] for i in todo]), strict=True):
+        results[i] = ok
+        if ok:
+            _remember(keys[i])
+    return results
 
 
 def save_identity(

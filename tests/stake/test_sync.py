@@ -95,3 +95,23 @@ def test_server_rejects_malformed_requests(tmp_path, source):
     # The hand-built response is exactly the canonical encoding.
     assert server.handle(encode(SyncRequest(2, 100))) == encode(resp)
     peer_chain.close()
+
+
+async def test_sync_with_bulk_signature_checks(tmp_path, source):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aipg.wire.keys import forget_verified
+
+    peer_chain = _served_chain(tmp_path, source, 12)
+    server = SyncServer(peer_chain.store)
+
+    async def request(peer, protocol, data, timeout):
+        return server.handle(data)
+
+    forget_verified()
+    fresh = Chain.open(tmp_path / "fresh.sqlite", source.genesis)
+    with ThreadPoolExecutor(2) as pool:
+        assert await sync_from(fresh, request, "p", batch=5, verify_map=pool.map) == 12
+    assert state_hash(fresh.state) == state_hash(peer_chain.state)
+    fresh.close()
+    peer_chain.close()

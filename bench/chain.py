@@ -1,0 +1,298 @@
+"""Ledger, sync and consensus throughput.
+
+    python bench/chain.py [--certs 1000] [--sync-blocks 500] [--heights 5] [--rounds 3]
+
+Prints one JSON object as its last line:
+
+- ``block_1000_certs_s``: decode, validate and apply one block carrying 1,000 PoUW
+  certificates of 5 verdicts each (target <= 1.0 s), its signatures checked up front by
+  a process per core (``verify_processes``); ``block_1000_certs_serial_s`` is the same in
+  one process. Both cold (the verified-signature cache emptied). ``ed25519_verify_us`` (raw
+  ``cryptography`` verifies on this machine, same run) and ``certs_block_verifies`` (the
+  signatures such a block holds) give the reference: ``signature_share`` is the part of
+  the block time that is bare signature checking.
+- ``sync_blocks_per_s``: a fresh store syncing empty blocks with commit certificates of
+  7 validators from a peer's store through the sync protocol (target >= 500), in one
+  process; ``sync_blocks_per_s_parallel_verify`` checks each batch's signatures on a
+  process per core first.
+- ``consensus_heights_per_s``: the Tendermint state machines of 100 validators in the
+  in-process simulation, no network delay.
+
+Medians over ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aipg.models import ExecutionProfile, SamplingParams
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Assignment,
+    Certificate,
+    Job,
+    Receipt,
+    VerdictReason,
+    assignment_id,
+    committee_for,
+    job_id,
+    make_verdict,
+    params_hash,
+    work_units,
+)
+from aipg.pouw.records import input_hash_llm, output_hash_tokens
+from aipg.stake.block import Block
+from aipg.stake.builder import make_block, make_commit
+from aipg.stake.chain import Chain
+from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
+from aipg.stake.ledger import apply_block
+from aipg.stake.sigbatch import preverify_block
+from aipg.stake.simulation import Behaviour, Scenario, Simulation
+from aipg.stake.state import State
+from aipg.stake.sync import SyncServer, sync_from
+from aipg.wire import UNITS_PER_AIPG, Identity, decode, encode, sign
+from aipg.wire.keys import forget_verified
+
+AIPG = UNITS_PER_AIPG
+CHAIN = "aipg-bench-1"
+
+
+def ident(i: int) -> Identity:
+    return Identity.from_seed(i.to_bytes(32, "big"))
+
+
+def genesis_with(validators: list[Identity], users: list[Identity]):
+    return make_genesis(
+        CHAIN,
+        operations_wallet=ident(99).address,
+        allocations=[(u.address, 1_000_000 * AIPG) for u in users],
+        validators=[(v.public_bytes, 10_000 * AIPG, "") for v in validators],
+        params=MAINNET_PARAMS.replace(target_block_time_ms=1_000),
+        genesis_time_ms=1_000,
+    )
+
+
+def extend(state: State, validators: list[Identity], n: int, last_commit=None):
+    """Append ``n`` empty blocks; returns (state, blocks, commits)."""
+    blocks, commits = [], []
+    for _ in range(n):
+        block = make_block(
+            state,
+            state.validators.proposer(),
+            time_ms=state.time_ms + 1_000,
+            last_commit=last_commit,
+        )
+        state = apply_block(state, block)
+        last_commit = make_commit(CHAIN, block.height, block.hash, validators)
+        blocks.append(block)
+        commits.append(last_commit)
+    return state, blocks, commits
+
+
+# --- block with 1,000 certificates -----------------------------------------------------
+
+
+def certificate(state: State, keys: dict[bytes, Identity], worker: Identity, n: int) -> Certificate:
+    gateway = ident(500)
+    job = sign(
+        Job(
+            model_id=b"m" * 32,
+            prompt="hello grid",
+            llm=SamplingParams(max_tokens=16),
+            diffusion=None,
+            seed=n,
+            tier=0,
+            fee=0,
+            client=bytes(20),
+            cost_milli=1000,
+            created_ms=state.time_ms,
+            deadline_ms=state.time_ms + 600_000,
+            nonce=n,
+        ),
+        gateway,
+    )
+    a = sign(Assignment(job_id(job), worker.public_bytes, state.height, 0, 0, 1), gateway)
+    counts = dict(prompt_tokens=3, output_tokens=4, steps=0, latent_pixels=0)
+    r = sign(
+        Receipt(
+            job_id=job_id(job),
+            model_id=job.model_id,
+            assignment_id=assignment_id(a),
+            input_hash=input_hash_llm([5, 6, 7]),
+            params_hash=params_hash(job),
+            seed=job.seed,
+            profile=ExecutionProfile("1.0", "CPUExecutionProvider", 99, 1, True, job.model_id),
+            output_hash=output_hash_tokens([9, 10, 11, 12]),
+            **counts,
+            work_units=work_units(job.kind, job.cost_milli, **counts),
+            elapsed_ms=100,
+            first_output_ms=10,
+            commitment=bytes(32),
+        ),
+        worker,
+    )
+    snapshot = state.validator_snapshot_at(state.height - COMMITTEE_LOOKAHEAD)
+    committee = committee_for(job_id(job), a, snapshot, state.block_hash_at, size=5)
+    verdicts = tuple(
+        make_verdict(keys[k], r, VerdictReason.OK, recomputed=b"check") for k in sorted(committee)
+    )
+    return Certificate(job, a, r, verdicts)
+
+
+def bench_certificates(n_certs: int, rounds: int) -> dict:
+    validators = [ident(i + 1) for i in range(7)]
+    workers = [ident(1000 + i) for i in range(50)]
+    state = State.from_genesis(genesis_with(validators, []))
+    state, _, commits = extend(state, validators, 3)
+    keys = {v.public_bytes: v for v in validators}
+    certs = [certificate(state, keys, workers[i % len(workers)], i) for i in range(n_certs)]
+    block = make_block(
+        state,
+        state.validators.proposer(),
+        time_ms=state.time_ms + 1_000,
+        last_commit=commits[-1],
+        certificates=certs,
+    )
+    data = encode(block)
+    serial, parallel = [], []
+    workers = os.cpu_count() or 1
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pool_map = functools.partial(pool.map, chunksize=256)
+        list(pool_map(abs, range(workers)))  # start the workers before timing
+        for _ in range(rounds):
+            for times, map_ in ((serial, None), (parallel, pool_map)):
+                forget_verified()  # cold: nothing verified before
+                t0 = time.perf_counter()
+                received = decode(data, Block)
+                if map_ is not None:
+                    preverify_block(received, map_)
+                after = apply_block(state, received)
+                times.append(time.perf_counter() - t0)
+    assert len(after.certified) == n_certs
+    # Reference in the same run: bare Ed25519 verifies of the block's signatures.
+    v = certs[0].verdicts[0]
+    from aipg.wire import signing_bytes
+
+    msg = signing_bytes(v)
+    key = Ed25519PublicKey.from_public_bytes(v.signer)
+    t0 = time.perf_counter()
+    for _ in range(2_000):
+        key.verify(v.signature, msg)
+    verify_us = (time.perf_counter() - t0) / 2_000 * 1e6
+    # Per certificate: job, assignment, receipt, and per verdict its signature and challenge.
+    verifies = n_certs * (3 + 2 * 5) + len(commits[-1].precommits)
+    block_s = statistics.median(serial)
+    return {
+        "block_1000_certs_s": round(statistics.median(parallel) * 1000 / n_certs, 4),
+        "block_1000_certs_serial_s": round(block_s * 1000 / n_certs, 4),
+        "verify_processes": workers,
+        "block_certs": n_certs,
+        "block_bytes": len(data),
+        "ed25519_verify_us": round(verify_us, 1),
+        "certs_block_verifies": verifies,
+        "signature_share": round(verifies * verify_us / 1e6 / block_s, 3),
+    }
+
+
+# --- sync --------------------------------------------------------------------------------
+
+
+def bench_sync(n_blocks: int, rounds: int) -> dict:
+    validators = [ident(i + 1) for i in range(7)]
+    genesis = genesis_with(validators, [])
+    _, blocks, commits = extend(State.from_genesis(genesis), validators, n_blocks)
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        peer = Chain.open(Path(tmp) / "peer.sqlite", genesis)
+        for b, c in zip(blocks, commits, strict=True):
+            peer.finalize(b, c)
+        server = SyncServer(peer.store)
+
+        async def request(peer_id, protocol, data, timeout):
+            return server.handle(data)
+
+        workers = os.cpu_count() or 1
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool_map = functools.partial(pool.map, chunksize=64)
+        list(pool_map(abs, range(workers)))  # start the workers before timing
+        rates_parallel = []
+        for r in range(rounds):
+            for out, map_ in ((rates, None), (rates_parallel, pool_map)):
+                fresh = Chain.open(Path(tmp) / f"fresh{r}{map_ is None}.sqlite", genesis)
+
+                async def run(fresh=fresh, map_=map_):
+                    return await sync_from(fresh, request, "peer", batch=256, verify_map=map_)
+
+                forget_verified()  # cold: building the chain verified these votes already
+                t0 = time.perf_counter()
+                applied = trio.run(run)
+                out.append(applied / (time.perf_counter() - t0))
+                assert fresh.height == n_blocks
+                fresh.close()
+        pool.shutdown()
+        peer.close()
+    return {
+        "sync_blocks_per_s": round(statistics.median(rates), 1),
+        "sync_blocks_per_s_parallel_verify": round(statistics.median(rates_parallel), 1),
+        "sync_blocks": n_blocks,
+    }
+
+
+# --- consensus ---------------------------------------------------------------------------
+
+
+def bench_consensus(n_validators: int, heights: int, rounds: int) -> dict:
+    rates = []
+    for r in range(rounds):
+        sc = Scenario(
+            seed=r,
+            n=n_validators,
+            stakes=[10_000] * n_validators,
+            behaviours=[Behaviour.HONEST] * n_validators,
+            gst_ms=0,
+            drop_rate=0.0,
+            max_delay_ms=0,
+            pre_gst_delay_ms=0,
+            partition=None,
+            heights=heights,
+        )
+        sim = Simulation(sc, relay=False)  # no losses: nothing to relay
+        t0 = time.perf_counter()
+        assert sim.run()
+        rates.append(heights / (time.perf_counter() - t0))
+    return {
+        "consensus_heights_per_s": round(statistics.median(rates), 2),
+        "consensus_validators": n_validators,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--certs", type=int, default=1000)
+    ap.add_argument("--sync-blocks", type=int, default=500)
+    ap.add_argument("--validators", type=int, default=100)
+    ap.add_argument("--heights", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    out = {}
+    out.update(bench_certificates(args.certs, args.rounds))
+    out.update(bench_sync(args.sync_blocks, args.rounds))
+    out.update(bench_consensus(args.validators, args.heights, args.rounds))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
