@@ -68,6 +68,9 @@ def process_header(s: State, block: Block, *, check_state_hash: bool) -> None:
         raise LedgerError(f"block {h.height} does not extend the chain (wrong parent hash)")
     if h.time_ms <= s.time_ms:
         raise LedgerError(f"block time {h.time_ms} is not after its parent's {s.time_ms}")
+    # Any validator may be the proposer: a block decided in a later round can be the one
+    # an earlier round's proposer built (Tendermint re-proposes its valid value); which
+    # proposer may propose in which round is checked by consensus, on the signed Proposal.
     if h.proposer not in s.validators:
         raise LedgerError(f"block {h.height} proposer {h.proposer.hex()[:16]} is not a validator")
     if h.body_hash != body_hash(block.body):
@@ -401,6 +404,7 @@ def check_double_sign(s: State, ev: DoubleSignEvidence) -> bytes:
         raise LedgerError(
             f"double-sign evidence for height {a.height} is too old or from the future"
         )
+    # One punishment per validator and height, however many rounds it equivocated in.
     key = b"ds" + a.signer + a.height.to_bytes(8, "big")
     if key in s.punished:
         raise LedgerError("this double sign was already punished")
