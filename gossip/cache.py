@@ -84,3 +84,28 @@ class MessageCache:
             self._msgs.pop(msg_id, None)
             self._requests.pop(msg_id, None)
         self._windows.insert(0, [])
+
+
+class RecentIds:
+    """The last ``capacity`` message ids one peer is known to have (it sent them to us).
+
+    The writer consults it just before sending: a message the peer sent us in the
+    meantime is dropped from what we were about to forward to it, since it has it.
+    """
+
+    __slots__ = ("_capacity", "_ids")
+
+    def __init__(self, capacity: int = 2048):
+        self._capacity = capacity
+        self._ids: dict[bytes, None] = {}
+
+    def __contains__(self, msg_id: bytes) -> bool:
+        return msg_id in self._ids
+
+    def add(self, msg_id: bytes) -> None:
+        ids = self._ids
+        if msg_id in ids:
+            return
+        if len(ids) >= self._capacity:
+            del ids[next(iter(ids))]
+        ids[msg_id] = None

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import msgpack
 import trio
 
-from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, encode
+from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, encode, sha256
 from aipg.wire.codec import Record, _to_wire
 
 from .config import PROTOCOL_VERSION, GossipConfig
@@ -350,7 +350,8 @@ class GossipHost:
             raise HandshakeError("the address belongs to ourselves")
         conn = self._new_conn(secure, outbound=True)
         refusal = await self._nursery.start(self._run_connection, conn)
-        if refusal:
+        if refusal and self._conns.get(secure.remote_peer) in (None, conn):
+            # (a refused duplicate is no failure: we are connected through the other one)
             raise ConnectionRefused(f"{secure.remote_peer}: {refusal}")
         return secure.remote_peer
 
@@ -560,7 +561,7 @@ class GossipHost:
                         batch.append(recv.receive_nowait())
                     except trio.WouldBlock:
                         break
-                for frame in _merge(batch):
+                for frame in _merge(batch, self.router.known_to(conn.peer)):
                     if frame is _CLOSE:
                         conn.scope.cancel()
                         return
@@ -735,13 +736,14 @@ class GossipHost:
             self._close(self._conns[peer], "trimming connections")
 
 
-def _merge(batch: list[object]) -> list[object]:
+def _merge(batch: list[object], known=None) -> list[object]:
     """Encode ``batch``: consecutive pubsub RPCs become as few frames as the limits allow.
 
+    Messages whose id is in ``known`` (the peer sent them to us meanwhile) are left out.
     Returns encoded frames, and the ``_CLOSE`` sentinel where it was queued.
     """
     out: list[object] = []
-    acc = _RpcAccumulator()
+    acc = _RpcAccumulator(known)
     for item in batch:
         if type(item) is not Rpc:
             out += acc.flush()
@@ -757,9 +759,10 @@ def _merge(batch: list[object]) -> list[object]:
 class _RpcAccumulator:
     """Merges RPCs and encodes the result exactly as ``encode(Rpc(...))`` would."""
 
-    __slots__ = ("graft", "ihave", "iwant", "msgs", "prune", "size", "subs")
+    __slots__ = ("graft", "ihave", "iwant", "known", "msgs", "prune", "size", "subs")
 
-    def __init__(self) -> None:
+    def __init__(self, known=None) -> None:
+        self.known = known
         self.subs: list = []
         self.msgs: list[bytes] = []
         self.ihave: list = []
@@ -796,7 +799,11 @@ class _RpcAccumulator:
 
     def add(self, rpc: Rpc) -> None:
         self.subs += rpc.subscriptions
-        self.msgs += rpc.messages
+        known = self.known
+        if known is None or not rpc.messages:
+            self.msgs += rpc.messages
+        else:
+            self.msgs += [m for m in rpc.messages if sha256(m) not in known]
         self.size += self._weight(rpc)
         ctl = rpc.control
         if ctl is not None:
@@ -826,7 +833,7 @@ class _RpcAccumulator:
             control,
         ]
         frame = msgpack.packb(wire, use_bin_type=True)
-        self.__init__()
+        self.__init__(self.known)
         return [frame]
 
 

@@ -27,7 +27,7 @@ import trio
 from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer, sha256, sign
 from aipg.wire.keys import Identity
 
-from .cache import MessageCache, SeenCache
+from .cache import MessageCache, RecentIds, SeenCache
 from .config import GossipSubParams, PeerScoreParams, PeerScoreThresholds
 from .messages import (
     ControlGraft,
@@ -119,6 +119,7 @@ class Subscription:
 class _PeerState:
     outbound: bool
     topics: set[str] = dataclasses.field(default_factory=set)
+    has: RecentIds = dataclasses.field(default_factory=RecentIds)
     ihaves_this_beat: int = 0
     ids_asked_this_beat: int = 0
     iwant_served_this_beat: int = 0
@@ -227,6 +228,11 @@ class GossipSubRouter:
                 self.score.prune(peer, topic)
             self.fanout.get(topic, set()).discard(peer)
         self.score.remove_peer(peer, self._now())
+
+    def known_to(self, peer: PeerId) -> RecentIds | None:
+        """Ids of messages ``peer`` recently sent us (so it has them); None if unknown."""
+        state = self.peers.get(peer)
+        return state.has if state is not None else None
 
     def peer_score(self, peer: PeerId) -> float:
         return self.score.score(peer)
@@ -339,7 +345,7 @@ class GossipSubRouter:
         for sub in rpc.subscriptions:
             self._handle_subscription(peer, state, sub)
         for msg in rpc.messages:
-            self._handle_message(peer, msg)
+            self._handle_message(peer, state, msg)
         if rpc.control is not None:
             self._handle_control(peer, state, rpc.control)
 
@@ -360,9 +366,10 @@ class GossipSubRouter:
                 self.score.prune(peer, sub.topic)
             self.fanout.get(sub.topic, set()).discard(peer)
 
-    def _handle_message(self, peer: PeerId, encoded: bytes) -> None:
+    def _handle_message(self, peer: PeerId, state: _PeerState, encoded: bytes) -> None:
         mid = sha256(encoded)
         now = self._now()
+        state.has.add(mid)
         if mid in self._seen:
             self._promises.pop(mid, None)
             self.stats.duplicates += 1

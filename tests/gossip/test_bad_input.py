@@ -93,6 +93,7 @@ async def test_spammer_is_graylisted_and_disconnected_while_honest_delivery_stay
         await spammer.publish(T, b"spam %d" % k)
     victims = honest[:4]
     await until(honest[0], lambda: not any(v.is_connected(spammer.peer_id) for v in victims), 10)
+    await until(honest[0], lambda: not any(spammer.is_connected(v.peer_id) for v in victims), 10)
     for v in victims:
         assert v.peer_score(spammer.peer_id) < v.config.thresholds.graylist_threshold
         assert v.router.stats.rejected >= 3
