@@ -62,7 +62,10 @@ class ChainService:
         sign_record,
         tracker: WorkTracker,
         now_ms: Callable[[], int],
+        *,
+        double_sign: bool = False,
     ):
+        self.double_sign = double_sign
         self.chain = chain
         state = chain.state
         self.host = host
@@ -234,6 +237,12 @@ class ChainService:
     # -- the async shell ----------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.chain.close()  # the last committed block stays; nothing is half-written
+
+    async def _run(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._timers = nursery
             task_status.started()
@@ -302,6 +311,12 @@ class ChainService:
             if isinstance(effect, Broadcast):
                 self._own.append(effect.message)
                 await self.host.publish(topic("consensus"), encode(effect.message))
+                if self.double_sign and isinstance(effect.message, Vote) and self.identity:
+                    from .faults import conflicting_prevote
+
+                    twin = conflicting_prevote(self.identity, effect.message)
+                    if twin is not None:
+                        await self.host.publish(topic("consensus"), encode(twin))
                 # Gossip does not deliver our own messages back to us.
                 await self._carry_out(self.consensus.on_message(effect.message))
             elif isinstance(effect, ScheduleTimeout):

@@ -101,6 +101,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
                 "transactions": len(b.body.transactions),
                 "certificates": [c.receipt.job_id.hex() for c in b.body.certificates],
                 "frauds": [f.receipt.job_id.hex() for f in b.body.frauds],
+                "double_signs": [e.vote_a.signer.hex() for e in b.body.double_signs],
                 "commit_signers": len(fb.commit.precommits),
             }
         )

@@ -93,6 +93,7 @@ class GatewayService:
             ),
         )
         self.api_keys = ApiKeyStore(node.data_dir)
+        node.tracker.on_outcome.append(self._on_outcome)
         self.jobs: dict[bytes, GatewayJob] = {}
         self._nonce = secrets.randbits(48)
 
@@ -120,6 +121,15 @@ class GatewayService:
             if not entry.done.is_set() and self.scheduler.state(jid) is JobState.FAILED:
                 entry.failed = "no worker finished the job before its deadline"
                 entry.done.set()
+
+    def _on_outcome(self, tracked) -> None:
+        """A committee decided on a job: certified work raises the worker's reputation
+        here, proven fraud bars the worker from this gateway's jobs."""
+        worker = tracked.report.result.receipt.signer
+        if tracked.certified:
+            self.scheduler.on_certified(worker)
+        else:
+            self.scheduler.on_fraud(worker)
 
     # -- job protocol (claims and results from workers) ----------------------------------
 

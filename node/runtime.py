@@ -189,6 +189,15 @@ class Node:
                 self.worker.executed if self.worker else 0,
             ),
         ]
+        g = self.host.router.stats
+        gossip = {
+            "published": g.published,
+            "delivered": g.delivered,
+            "duplicates": g.duplicates,
+            "rejected": g.rejected,
+            "ignored": g.ignored,
+        }
+        out.append(Metric.by_label("aipg_gossip_messages", "Gossip messages by fate.", "counter", "fate", gossip))
         if self.verifier is not None:
             out.append(
                 Metric.by_label(

@@ -56,6 +56,7 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
         SqliteSignRecord(node.data_dir.root / "signrecord.sqlite"),
         node.tracker,
         node.now_ms,
+        double_sign=node.faults.double_sign,
     )
     await nursery.start(node.chain.run)
     node.models = ModelService(node.identity, node.host, node.catalog, node.data_dir.blobs_dir)
@@ -69,6 +70,7 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
             node.now_ms,
             node.send_job,
             cheat_tokens=node.faults.cheat_tokens,
+            swap_weights=node.faults.swap_weights,
         )
         await nursery.start(node.worker.run)
     if node.config.validator:

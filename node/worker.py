@@ -44,6 +44,7 @@ class WorkerService:
         send_job,
         *,
         cheat_tokens: bool = False,
+        swap_weights: bool = False,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -53,6 +54,8 @@ class WorkerService:
         self.catalog = catalog
         self.now_ms = now_ms
         self.cheat_tokens = cheat_tokens
+        self.swap_weights = swap_weights
+        self._swapped: dict[bytes, object] = {}
         self.latents = LatentStore()
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._send, self._queue = trio.open_memory_channel[Assignment](MAX_QUEUE)
@@ -129,7 +132,10 @@ class WorkerService:
         job = self._jobs[assignment.job_id]
         model = self.catalog.get(job.model_id)
         assert model is not None
-        runner = await trio.to_thread.run_sync(self.catalog.runner, model)
+        if self.swap_weights:
+            runner = await trio.to_thread.run_sync(self._swapped_runner, model)
+        else:
+            runner = await trio.to_thread.run_sync(self.catalog.runner, model)
         try:
             if model.kind == LLM:
                 result = await trio.to_thread.run_sync(
@@ -160,6 +166,17 @@ class WorkerService:
         log.info(
             "job %s done: %d work units", assignment.job_id.hex()[:12], result.receipt.work_units
         )
+
+    def _swapped_runner(self, model):
+        """Test-only fault: a runner with other weights of the same shape."""
+        from aipg.models import DiffusionRunner, LlmRunner
+
+        from .faults import swapped_weights
+
+        if model.id not in self._swapped:
+            cls = LlmRunner if model.kind == LLM else DiffusionRunner
+            self._swapped[model.id] = cls(swapped_weights(model), threads=self.catalog.threads)
+        return self._swapped[model.id]
 
     def _cheat(self, result: Result) -> Result:
         """Test-only fault: change the last output token and sign the altered receipt."""

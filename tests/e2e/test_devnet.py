@@ -200,6 +200,11 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
                 assert r.status_code == status, (r.status_code, r.text[:200])
                 assert "message" in r.json()["error"]
 
+        async with httpx.AsyncClient(timeout=30) as http:
+            metrics = (await http.get(f"{api}/metrics")).text
+        for family in ("aipg_height", "aipg_peers", "aipg_gateway_jobs", "aipg_verifications", "aipg_gossip_messages"):
+            assert f"# TYPE {family}" in metrics, family
+
         # The CLI talks to the node: a fresh account cannot bond below the validator
         # minimum, and `submit --wait-verified` follows a job to its block.
         client_dir = DataDir.resolve(tmp_path / "client")
@@ -241,32 +246,61 @@ async def _height_at_least(api: str, height: int) -> bool:
         return False
 
 
-async def test_a_cheating_worker_is_caught_slashed_and_the_paid_client_refunded(tmp_path, models_dir):
+async def test_byzantine_nodes_are_caught_slashed_and_the_paid_client_refunded(tmp_path, models_dir):
+    """Node 1 runs jobs with swapped weights, node 3 alters output tokens, node 2
+    double-signs prevotes; node 0 is an honest gateway. Both cheating workers are
+    convicted by their committees and slashed, the paid client gets its fees back with a
+    share of each slashed bond, and the double signer is slashed from evidence."""
     p = plan(tmp_path, models_dir)
     api_key = ApiKeyStore(DataDir.resolve(p.nodes[0].data_dir)).add("e2e client", p.client_key)
-    cheater = 3
-    extra = {i: ["--no-worker"] for i in range(NODES) if i != cheater}
-    extra[cheater] = ["--fault-cheat-tokens"]
-    genesis = load_genesis(p.genesis)
+    extra = {
+        0: ["--no-worker"],
+        1: ["--fault-swap-weights"],
+        2: ["--no-worker", "--fault-double-sign"],
+        3: ["--fault-cheat-tokens"],
+    }
+    params = load_genesis(p.genesis).params
     async with Devnet(p, extra_args=extra) as devnet:
         await devnet.start()
         await devnet.wait_models_hosted()
         api = devnet.node(0).api_url
         llm = next(m for m in (await get(f"{api}/v1/models"))["data"] if m["kind"] == "llm")
-        client_before = (await get(f"{api}/api/v1/accounts/{p.client_address}"))["balance_units"]
-        cheater_address = p.nodes[cheater].address
-        bonded_before = (await get(f"{api}/api/v1/accounts/{cheater_address}"))["bonded_units"]
 
-        r = await openai_client(api, api_key).completions.create(model=llm["id"], prompt="Validators check every", max_tokens=8, seed=9)
-        view = await job_in_block(api, aipg_job_id(r))
-        assert view["status"] == "slashed", view
-        assert view["worker"] == p.nodes[cheater].peer_id
-        invalid = [v for v in view["verdicts"] if not v["valid"]]
-        assert 3 * len(invalid) > len(view["committee"]), view
+        async def account(i: int | None = None) -> dict:
+            address = p.client_address if i is None else p.nodes[i].address
+            return await get(f"{api}/api/v1/accounts/{address}")
 
-        bonded_after = (await get(f"{api}/api/v1/accounts/{cheater_address}"))["bonded_units"]
-        slashed = bonded_before * genesis.params.fraud_slash_bps // 10_000
-        assert bonded_after == bonded_before - slashed
-        client_after = (await get(f"{api}/api/v1/accounts/{p.client_address}"))["balance_units"]
-        # The escrowed fee comes back with the client's share of the slashed bond.
-        assert client_after == client_before + slashed * genesis.params.fraud_refund_bps // 10_000
+        client_before = (await account())["balance_units"]
+        cheaters = {p.nodes[1].peer_id: 1, p.nodes[3].peer_id: 3}
+        bonds_before = {i: (await account(i))["bonded_units"] for i in cheaters.values()}
+        refunds = 0
+        convicted = set()
+        for prompt in ("Validators check every", "A worker that cheats"):
+            # After the first conviction the gateway bars that worker: the second job goes
+            # to the other cheater.
+            r = await openai_client(api, api_key).completions.create(model=llm["id"], prompt=prompt, max_tokens=8, seed=9)
+            view = await job_in_block(api, aipg_job_id(r))
+            assert view["status"] == "slashed", view
+            invalid = [v for v in view["verdicts"] if not v["valid"]]
+            assert 3 * len(invalid) > len(view["committee"]), view
+            i = cheaters[view["worker"]]
+            convicted.add(i)
+            slashed = bonds_before[i] * params.fraud_slash_bps // 10_000
+            refunds += slashed * params.fraud_refund_bps // 10_000
+        assert convicted == {1, 3}
+        for i in convicted:
+            slashed = bonds_before[i] * params.fraud_slash_bps // 10_000
+            assert (await account(i))["bonded_units"] == bonds_before[i] - slashed
+        # Each escrowed fee comes back with the client's share of the slashed bond.
+        assert (await account())["balance_units"] == client_before + refunds
+
+        async def double_sign_in_a_block():
+            height = (await get(f"{api}/api/v1/status"))["height"]
+            for h in range(1, height + 1):
+                if (await get(f"{api}/api/v1/blocks/{h}"))["double_signs"]:
+                    return h
+            return None
+
+        await wait_for(double_sign_in_a_block, "double-sign evidence in a block", timeout=60, poll=1.0)
+        node2 = await account(2)
+        assert node2["bonded_units"] < 20_000 * 10**8

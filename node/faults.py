@@ -1,0 +1,62 @@
+"""Test-only misbehaviour (``aipg-node join --fault-*``), so end-to-end tests can show
+the network catching a cheating worker or a Byzantine validator. Nothing here runs
+unless a fault flag was given; ``join --help`` lists them under "testing only".
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from aipg.models import LLM, ModelDir, build_demo_diffusion, build_demo_llm
+from aipg.stake.block import Vote, VoteStep
+from aipg.stake.builder import make_vote
+from aipg.wire import Identity
+
+from .catalog import KnownModel
+
+log = logging.getLogger("aipg.node.faults")
+
+SWAPPED_SEED_OFFSET = 1  # "other weights of the same shape": the demo builder, another seed
+
+
+class _UncheckedModelDir(ModelDir):
+    """A model directory that skips the hash check: the cheat runs files its manifest
+    does not describe while claiming the manifest's model id."""
+
+    def read_verified(self, role: str) -> bytes:
+        return self.paths[role].read_bytes()
+
+
+def swapped_weights(model: KnownModel) -> ModelDir:
+    """The demo model of ``model``'s kind built from another seed (same shapes, other
+    weights), under ``model``'s manifest. Works for models built by the demo builders."""
+    out = Path(tempfile.mkdtemp(prefix="aipg-swapped-"))
+    if model.kind == LLM:
+        built = build_demo_llm(out / "llm", seed=_demo_seed("DEMO_LLM_SEED") + SWAPPED_SEED_OFFSET)
+    else:
+        built = build_demo_diffusion(out / "diffusion", seed=_demo_seed("DEMO_DIFFUSION_SEED") + SWAPPED_SEED_OFFSET)
+    from aipg.models import load_model_dir
+
+    variant = load_model_dir(built)
+    paths = {role: variant.paths[role] for role in variant.paths}
+    log.warning("FAULT: running %s with swapped weights", model.manifest.name)
+    return _UncheckedModelDir(model.manifest, paths)
+
+
+def _demo_seed(name: str) -> int:
+    from aipg.models import demo
+
+    return getattr(demo, name)
+
+
+def conflicting_prevote(identity: Identity, vote: Vote) -> Vote | None:
+    """A second prevote of ours for the same height and round, for another block (nil
+    when the first was for a block, and the reverse): a double sign. Signed without the
+    sign-record, which would refuse it."""
+    if vote.step != VoteStep.PREVOTE:
+        return None
+    other = bytes(32) if vote.block_hash != bytes(32) else b"\x01" * 32
+    log.warning("FAULT: double-signing a prevote at height %d round %d", vote.height, vote.round)
+    return make_vote(identity, vote.chain_id, vote.height, vote.round, VoteStep.PREVOTE, other)
