@@ -42,7 +42,8 @@ __all__ = [
 def apply_block(state: State, block: Block, *, check_state_hash: bool = True) -> State:
     """The state after ``block``. Raises LedgerError (and leaves ``state`` as it was)."""
     s = state.copy()
-    process_header(s, block, check_state_hash=check_state_hash)
+    parent_state_hash = state_hash(state) if check_state_hash else None
+    process_header(s, block, parent_state_hash)
     process_last_commit(s, block)
     process_transactions(s, block)
     work = process_certificates(s, block.body.certificates)
@@ -58,7 +59,7 @@ def apply_block(state: State, block: Block, *, check_state_hash: bool = True) ->
 # --- header and commit ------------------------------------------------------------------
 
 
-def process_header(s: State, block: Block, *, check_state_hash: bool) -> None:
+def process_header(s: State, block: Block, parent_state_hash: bytes | None) -> None:
     h = block.header
     if h.chain_id != s.chain_id:
         raise LedgerError(f"block is for chain {h.chain_id!r}, not {s.chain_id!r}")
@@ -75,7 +76,7 @@ def process_header(s: State, block: Block, *, check_state_hash: bool) -> None:
         raise LedgerError(f"block {h.height} proposer {h.proposer.hex()[:16]} is not a validator")
     if h.body_hash != body_hash(block.body):
         raise LedgerError(f"block {h.height} body does not match its header's body hash")
-    if check_state_hash and h.parent_state_hash != state_hash(s):
+    if parent_state_hash is not None and h.parent_state_hash != parent_state_hash:
         raise LedgerError(f"block {h.height} was built on a different state (state hash)")
     s.height = Height(h.height)
     s.time_ms = h.time_ms

@@ -256,13 +256,28 @@ def decode_row(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+# ``block_hashes`` is left out of the state hash: it only repeats the hashes of the
+# chain's last blocks, which every header already commits to through ``parent_hash``,
+# and hashing its ~1,400 rows would be most of the cost of hashing a small state.
+HASHED_TABLES = tuple(t for t in TABLES if t != "block_hashes")
+
+
 def state_hash(state: State) -> bytes:
-    """sha256 over the scalars and every table in key order (``dirty`` excluded)."""
+    """sha256 over the scalars and every table but ``block_hashes``, in key order.
+
+    Remembered on the state object: a state is never changed once the ledger returned it
+    (the ledger works on copies), so the hash of a finished state is computed once.
+    """
+    cached = state.__dict__.get("_state_hash")
+    if cached is not None and cached[0] == state.height:
+        return cached[1]
     parts = [state.genesis.hash, state.scalars()]
-    for table in TABLES:
+    for table in HASHED_TABLES:
         rows = getattr(state, table)
         parts.append(msgpack.packb([[k, rows[k]] for k in sorted(rows)], use_bin_type=True))
-    return sha256(b"".join(sha256(p) for p in parts))
+    digest = sha256(b"".join(sha256(p) for p in parts))
+    state.__dict__["_state_hash"] = (state.height, digest)
+    return digest
 
 
 def height_key(height: int) -> bytes:
