@@ -195,3 +195,45 @@ async def test_prune_with_peer_exchange_leads_to_new_connections(nursery, autoju
     others_ids = {o.peer_id for o in others}
     await until(newcomer, lambda: others_ids & set(newcomer.connected_peers()), 20)
     await until(newcomer, lambda: newcomer.router.mesh_peers(T) & others_ids, 20)
+
+
+async def test_a_peer_outside_every_mesh_gets_messages_by_ihave_iwant(nursery, autojump_clock):
+    network = MemoryNetwork()
+    publisher, relay = await start_hosts(nursery, 2, network=network)
+    # D_hi = 0: the loner refuses every GRAFT, so gossip is its only way to hear anything
+    lonely = GossipSubParams(heartbeat_interval=0.1, D=0, D_lo=0, D_hi=0, D_score=0, D_out=0)
+    (loner,) = await start_hosts(
+        nursery, 1, network=network, first=30, make_config=lambda i: config(i, gossipsub=lonely)
+    )
+    publisher.subscribe(T)
+    relay.subscribe(T)
+    sub = loner.subscribe(T)
+    await publisher.connect(relay.listen_addrs[0])
+    await relay.connect(loner.listen_addrs[0])
+    await until(relay, lambda: publisher.peer_id in relay.router.mesh_peers(T), 10)
+    await until(relay, lambda: T in loner.router.peers[relay.peer_id].topics, 10)
+    for _ in range(3):  # the relay GRAFTs the loner, which PRUNEs it right back
+        await relay.router.heartbeat_done.wait()
+    assert loner.peer_id not in relay.router.mesh_peers(T)
+    await publisher.publish(T, b"heard through gossip")
+    with trio.fail_after(10):
+        got = await sub.receive()
+    assert got.data == b"heard through gossip" and got.forwarder == relay.peer_id
+    assert relay.router.stats.iwant_served == 1
+    assert not loner.router.mesh_peers(T) and loner.peer_id not in relay.router.mesh_peers(T)
+
+
+async def test_fanout_expires_after_its_ttl(nursery, autojump_clock):
+    network = MemoryNetwork()
+    params = GossipSubParams(heartbeat_interval=0.5, flood_publish=False, fanout_ttl=5.0)
+    a, b = await start_hosts(
+        nursery, 2, network=network, make_config=lambda i: config(i, gossipsub=params)
+    )
+    b.subscribe(T)
+    await a.connect(b.listen_addrs[0])
+    await until(a, lambda: a.router.topic_peers.get(T), 10)
+    await a.publish(T, b"x")
+    assert a.router.fanout[T] == {b.peer_id}
+    start = trio.current_time()
+    await until(a, lambda: T not in a.router.fanout, 20)
+    assert trio.current_time() - start >= 5.0
