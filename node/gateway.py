@@ -49,7 +49,7 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
-from .messages import JobAck, WorkReport, topic
+from .messages import JobAck, WorkerStatus, WorkReport, topic
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -63,6 +63,7 @@ MAX_OPEN_JOBS = 256
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
+WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
 
 
 @dataclass
@@ -95,6 +96,8 @@ class GatewayService:
         self.api_keys = ApiKeyStore(node.data_dir)
         node.tracker.on_outcome.append(self._on_outcome)
         self.jobs: dict[bytes, GatewayJob] = {}
+        # model id -> {worker key: last status time (ms)}, from the workers topic
+        self.workers: dict[bytes, dict[bytes, int]] = {}
         self._nonce = secrets.randbits(48)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -146,6 +149,21 @@ class GatewayService:
         entry.report = report
         entry.done.set()
 
+    # -- workers topic -------------------------------------------------------------------
+
+    async def on_worker_status(self, status: WorkerStatus) -> None:
+        now = self.node.now_ms()
+        for mid in status.models:
+            self.workers.setdefault(mid, {})[status.signer] = now
+        # A worker that stopped serving a model is forgotten at its next status.
+        for mid, seen in self.workers.items():
+            if mid not in status.models:
+                seen.pop(status.signer, None)
+
+    def live_workers(self, mid: bytes) -> int:
+        horizon = self.node.now_ms() - WORKER_STATUS_TTL_MS
+        return sum(1 for t in self.workers.get(mid, {}).values() if t >= horizon)
+
     # -- Gateway protocol: models ----------------------------------------------------------
 
     def _info(self, m: KnownModel) -> ModelInfo:
@@ -170,6 +188,8 @@ class GatewayService:
             raise UnknownModel(f"the model {name_or_id!r} does not exist")
         if m.kind != kind:
             raise BadRequest(f"{m.manifest.name} is a {m.kind} model", "model")
+        if not self.live_workers(m.id):
+            raise Overloaded(f"no worker serves {m.manifest.name} right now; try again later", retry_after_s=5)
         return m
 
     def count_tokens(self, model: ModelInfo, text: str) -> int:

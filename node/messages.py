@@ -12,7 +12,18 @@ from typing import Annotated
 
 from aipg.pouw import Assignment, Job, Result
 from aipg.pouw.records import MAX_IMAGE_BYTES
-from aipg.wire import MaxLen, Record, record
+from aipg.wire import (
+    NO_SIGNATURE,
+    NO_SIGNER,
+    U16,
+    U64,
+    Hash32,
+    MaxLen,
+    PublicKeyBytes,
+    Record,
+    SignatureBytes,
+    record,
+)
 
 TOPIC_PREFIX = "/aipg/1/"
 TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers")
@@ -44,3 +55,15 @@ class JobAck(Record):
 
     ok: bool
     reason: Annotated[str, MaxLen(200)] = ""
+
+
+@record(tag=502)
+class WorkerStatus(Record):
+    """A worker's periodic, signed word on ``workers``: the models it runs jobs for and
+    how busy it is. Gateways route only to models some live worker serves."""
+
+    models: Annotated[tuple[Hash32, ...], MaxLen(64)]
+    queue: U16
+    timestamp_ms: U64
+    signer: PublicKeyBytes = NO_SIGNER
+    signature: SignatureBytes = NO_SIGNATURE

@@ -3,8 +3,9 @@
 Start order (each with ``await nursery.start(...)``, so a service is ready before the
 next one uses it)::
 
-    chain store + ledger  ->  gossip host  ->  chain service (consensus, mempool, sync)
-      ->  worker (hosted models)  ->  verifier (committees)  ->  gateway (jobs)
+    gossip host  ->  chain service (store, consensus, mempool, sync)
+      ->  models (store, blob protocol, announcements, fetches)  ->  gateway (jobs)
+      ->  worker (hosted models)  ->  verifier (committees)  ->  topic handlers
       ->  HTTP API  ->  run file (addresses, for devnets and scripts)
 
 SIGINT / SIGTERM cancel the nursery: in-flight jobs are abandoned (their gateways

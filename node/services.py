@@ -2,8 +2,9 @@
 
 ``start_services`` reads like the node's table of contents::
 
-    chain state  ->  work tracker  ->  model catalog  ->  chain service
-      ->  worker  ->  verifier  ->  gateway  ->  gossip handlers  ->  HTTP API
+    work tracker  ->  model catalog  ->  chain service (store, consensus, sync)
+      ->  models (store, blob, announcements)  ->  gateway  ->  worker  ->  verifier
+      ->  gossip handlers  ->  HTTP API
 
 Topic validators run the cheap checks of :mod:`aipg.pouw` and :mod:`aipg.stake` on every
 message before gossip forwards it (REJECT costs the forwarder score, IGNORE drops
@@ -31,7 +32,7 @@ from aipg.wire import PeerId, WireError, decode, encode, is_signed_by_signer
 from .catalog import ModelCatalog
 from .chain import ChainService
 from .gateway import GatewayService
-from .messages import PROTO_BLOB, PROTO_JOB, PROTO_SYNC, JobAck, WorkReport, topic
+from .messages import PROTO_BLOB, PROTO_JOB, PROTO_SYNC, JobAck, WorkerStatus, WorkReport, topic
 from .models_service import ModelService
 from .verifier import VerifierService
 from .work import WorkTracker
@@ -46,7 +47,9 @@ ACCEPT, REJECT, IGNORE = ValidationResult.ACCEPT, ValidationResult.REJECT, Valid
 
 
 async def start_services(node: Node, nursery: trio.Nursery) -> None:
-    """Build and start every service of ``node`` in ``nursery``, in dependency order."""
+    """Build and start every service of ``node`` in ``nursery``, in dependency order:
+    chain -> models -> gateway -> worker (reports to the gateway) -> verifier -> gossip
+    handlers -> HTTP API."""
     node.tracker = WorkTracker(_LazyChainView(node))
     node.catalog = ModelCatalog(node.config.threads)
     node.chain = ChainService(
@@ -62,6 +65,8 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
     node.models = ModelService(node.identity, node.host, node.catalog, node.data_dir.blobs_dir)
     await nursery.start(node.models.run, node.config.host_model)
     node.send_job = lambda key, data, timeout: send_job_message(node, key, data, timeout)
+    node.gateway = GatewayService(node, node.host, node.catalog)
+    await nursery.start(node.gateway.run)
     if node.config.worker:
         node.worker = WorkerService(
             node.identity,
@@ -69,6 +74,7 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
             node.catalog,
             node.now_ms,
             node.send_job,
+            lambda status: node.gateway.on_worker_status(status),
             cheat_tokens=node.faults.cheat_tokens,
             swap_weights=node.faults.swap_weights,
         )
@@ -82,8 +88,6 @@ async def start_services(node: Node, nursery: trio.Nursery) -> None:
             random_votes=node.faults.random_votes,
         )
         await nursery.start(node.verifier.run)
-    node.gateway = GatewayService(node, node.host, node.catalog)
-    await nursery.start(node.gateway.run)
     register_gossip(node, nursery)
     if node.config.api:
         await start_api(node, nursery)
@@ -164,6 +168,11 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
         if not is_signed_by_signer(v):
             raise WireError("bad signature on a verdict")
 
+    def check_worker_status(data: bytes) -> None:
+        status = decode(data, WorkerStatus)
+        if not is_signed_by_signer(status):
+            raise WireError("bad signature on a worker status")
+
     def check_model(data: bytes) -> None:
         try:
             check_announcement(data)
@@ -177,6 +186,7 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
         "receipts": check_report,
         "verdicts": check_verdict,
         "models": check_model,
+        "workers": check_worker_status,
     }
     consumers = {
         "consensus": lambda d: node.chain.on_consensus_message(decode(d, (ProposalMessage, Vote))),
@@ -185,6 +195,7 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
         "receipts": lambda d: on_report(node, decode(d, WorkReport)),
         "verdicts": lambda d: _sync(on_verdict, node, decode(d, Verdict)),
         "models": None,
+        "workers": lambda d: node.gateway.on_worker_status(decode(d, WorkerStatus)),
     }
     for name, check in checks.items():
         host.set_topic_validator(topic(name), _validator(check), timeout=5.0)

@@ -26,12 +26,13 @@ from aipg.pouw.records import output_hash_tokens
 from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
-from .messages import JobAck, WorkReport, topic
+from .messages import JobAck, WorkerStatus, WorkReport, topic
 
 log = logging.getLogger("aipg.node.worker")
 
 MAX_KNOWN_JOBS = 2048
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
+STATUS_INTERVAL_S = 5.0
 
 
 class WorkerService:
@@ -42,6 +43,7 @@ class WorkerService:
         catalog: ModelCatalog,
         now_ms,
         send_job,
+        on_status,
         *,
         cheat_tokens: bool = False,
         swap_weights: bool = False,
@@ -49,6 +51,7 @@ class WorkerService:
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
         self.send_job = send_job
+        self.on_status = on_status
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -67,7 +70,19 @@ class WorkerService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._executor)
+            nursery.start_soon(self._announce_status)
             task_status.started()
+
+    def status(self) -> WorkerStatus:
+        models = tuple(sorted(m.id for m in self.catalog.hosted()))[:64]
+        return sign(WorkerStatus(models, min(self.in_flight, 65535), self.now_ms()), self.identity)
+
+    async def _announce_status(self) -> None:
+        """Tell gateways what this worker serves, now and every STATUS_INTERVAL_S."""
+        while True:
+            await self.on_status(self.status())  # our own gateway too
+            await self.host.publish(topic("workers"), encode(self.status()))
+            await trio.sleep(STATUS_INTERVAL_S)
 
     # -- jobs topic ---------------------------------------------------------------------
 
