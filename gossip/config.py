@@ -138,6 +138,8 @@ class GossipConfig:
     high_water: int = 48
     dial_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    # Inbound connections still in their handshake; more are dropped unanswered.
+    max_pending_handshakes: int = 64
     redial_backoff_base: float = 1.0
     redial_backoff_max: float = 60.0
     redial_jitter: float = 0.2

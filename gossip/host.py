@@ -164,6 +164,7 @@ class GossipHost:
         self._banned: dict[PeerId, float] = {}
         self._handlers: dict[str, _Handler] = {}
         self._request_ids = itertools.count(1)
+        self._pending_handshakes = 0
         self._ping_nonces = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -414,6 +415,9 @@ class GossipHost:
     # --- accepting -----------------------------------------------------------------------
 
     async def _handle_inbound(self, raw) -> None:
+        if self._pending_handshakes >= self.config.max_pending_handshakes:
+            return  # a flood of half-open connections: drop them before any crypto
+        self._pending_handshakes += 1
         try:
             secure = await secure_inbound(
                 raw,
@@ -424,6 +428,8 @@ class GossipHost:
         except (HandshakeError, TransportError, DecryptError) as e:
             log.debug("inbound handshake failed: %s", e)
             return
+        finally:
+            self._pending_handshakes -= 1
         await self._run_connection(self._new_conn(secure, outbound=False))
 
     def _new_conn(self, secure: SecureConnection, *, outbound: bool) -> _Conn:

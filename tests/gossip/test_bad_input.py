@@ -23,7 +23,7 @@ from aipg.gossip.messages import (
 from aipg.gossip.transport import MemoryTransport
 from aipg.wire import encode, sign
 
-from .helpers import Inbox, connect_edges, start_hosts, until
+from .helpers import Inbox, config, connect_edges, start_hosts, until
 
 pytestmark = pytest.mark.timeout(60)
 T = topic("txs")
@@ -199,3 +199,20 @@ async def test_garbage_handshakes_do_not_hurt_the_listener(nursery, autojump_clo
         await conn.aclose()
     (peer,) = await start_hosts(nursery, 1, network=network, first=77)
     assert await peer.connect(host.listen_addrs[0]) == host.peer_id
+
+
+async def test_half_open_connection_flood_is_bounded(nursery, autojump_clock):
+    network = MemoryNetwork()
+    (host,) = await start_hosts(
+        nursery, 1, network=network, make_config=lambda i: config(i, max_pending_handshakes=4)
+    )
+    transport = MemoryTransport(network)
+    silent = [await transport.dial(nursery, host.listen_addrs[0]) for _ in range(10)]
+    await trio.sleep(0.01)
+    assert host._pending_handshakes == 4  # the other six were dropped at once
+    (peer,) = await start_hosts(nursery, 1, network=network, first=88)
+    await trio.sleep(host.config.handshake_timeout + 1)  # the silent ones time out
+    assert host._pending_handshakes == 0
+    assert await peer.connect(host.listen_addrs[0]) == host.peer_id
+    for conn in silent:
+        await conn.aclose()
