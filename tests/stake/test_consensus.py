@@ -2,6 +2,8 @@
 randomized network schedules with Byzantine validators."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aipg.stake.block import ProposalMessage, Vote, VoteStep
 from aipg.stake.consensus import (
@@ -265,3 +267,20 @@ def test_double_sign_evidence_from_the_network_slashes():
     s = apply_block(chain.state, chain.build(double_signs=[evidence[0]]))
     assert s.bond(chain.validators[3].public_bytes).stake < stake
     assert s.bond(chain.validators[3].public_bytes).jailed_until > s.height
+
+
+@settings(max_examples=60, deadline=None)
+@given(powers=st.lists(st.integers(1, 50), min_size=1, max_size=8))
+def test_proposer_frequency_follows_voting_power(powers):
+    """Over as many heights as the total power, each validator proposes its power's
+    worth of blocks, give or take one (CometBFT's weighted round robin)."""
+    vs = ValidatorSet.new({bytes([i]) * 32: p for i, p in enumerate(powers)})
+    total = vs.total_power
+    for _ in range(total * 2):  # let the priorities settle
+        vs = vs.advanced(1)
+    counts = {}
+    for _ in range(total):
+        counts[vs.proposer()] = counts.get(vs.proposer(), 0) + 1
+        vs = vs.advanced(1)
+    for i, p in enumerate(powers):
+        assert abs(counts.get(bytes([i]) * 32, 0) - p) <= 1
