@@ -32,7 +32,16 @@ Public API::
 Topics are ``/aipg/1/<name>``; protocols are short names (``sync``, ``blob``, ``job``).
 Messages are signed by their author (StrictSign) and identified by the sha256 of their
 canonical encoding; only messages ACCEPTed by the topic validator (or of a topic with no
-validator) are delivered and forwarded.
+validator) are delivered and forwarded. A :class:`Delivered` carries ``topic``,
+``data``, ``author`` (the signer's peer ID), ``forwarder`` (the peer it came from),
+``message_id`` and the ``message`` record. A node's own messages are not delivered to
+its own subscriptions.
+
+Layout: ``noise`` (the XX handshake, sans I/O) → ``secure`` (the session over frames)
+→ ``transport`` (websockets, memory) → ``host`` (connections, identify, ping,
+request/response, limits) → ``router`` (GossipSub) with ``score`` (P1-P7) and
+``cache`` (seen-cache, mcache). Wire records (tags 100-199) are in ``messages``;
+every limit and weight is in ``config``.
 """
 
 from .config import (

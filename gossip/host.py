@@ -25,8 +25,11 @@ from collections.abc import Awaitable, Callable
 import msgpack
 import trio
 
-from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, encode, sha256
-from aipg.wire.codec import Record, _to_wire
+from aipg.wire import Identity, Multiaddr, PeerId, Record, WireError, decode, encode, sha256
+
+# The writer encodes merged RPCs itself, without building and re-validating an Rpc
+# record per frame; the codec's record-to-array step keeps its bytes exactly encode()'s.
+from aipg.wire.codec import _to_wire
 
 from .config import PROTOCOL_VERSION, GossipConfig
 from .errors import (
