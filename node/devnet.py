@@ -267,7 +267,8 @@ class Devnet:
             await self.start_node(i)
 
     async def wait_models_hosted(self, timeout: float = 120.0) -> None:
-        """Wait until every running node hosts every model it was asked to host."""
+        """Wait until every running node hosts every model it was asked to host, and the
+        gateway (node 0) has heard from a live worker for each of them."""
         import httpx
 
         async with httpx.AsyncClient(timeout=10) as http:
@@ -276,7 +277,9 @@ class Devnet:
                     pending = []
                     for n in self.nodes:
                         status = (await http.get(n.api_url + "/api/v1/status")).json()
-                        if len(status["hosted_models"]) < len(n.plan.host_models):
+                        fetched = len(status["hosted_models"]) >= len(n.plan.host_models)
+                        served = n.plan.index != 0 or all(status["live_workers"].values())
+                        if not (fetched and served):
                             pending.append(n.plan.index)
                     if not pending:
                         return

@@ -141,6 +141,7 @@ class Node:
             "min_validator_stake_units": s.params.min_validator_stake,
             "is_validator": self.identity.public_bytes in s.validators,
             "hosted_models": [m.id_text for m in self.catalog.hosted()],
+            "live_workers": {m.id_text: self.gateway.live_workers(m.id) for m in self.catalog.all()},
             "fetching_models": {model_id_text(k): v for k, v in self.models.fetching.items()},
             "queue": self.worker.in_flight if self.worker else 0,
             "mempool": len(self.chain.mempool),

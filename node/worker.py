@@ -32,7 +32,7 @@ log = logging.getLogger("aipg.node.worker")
 
 MAX_KNOWN_JOBS = 2048
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
-STATUS_INTERVAL_S = 5.0
+STATUS_INTERVAL_S = 2.0
 
 
 class WorkerService:
