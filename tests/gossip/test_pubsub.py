@@ -10,7 +10,7 @@ import trio
 from aipg.gossip import GossipHost, MemoryNetwork, MemoryTransport, ValidationResult, topic
 from aipg.gossip.config import GossipSubParams
 
-from .helpers import Inbox, config, connect_edges, sparse_edges, start_hosts, until
+from .helpers import Inbox, config, connect_edges, identity, sparse_edges, start_hosts, until
 
 pytestmark = pytest.mark.timeout(120)
 T = topic("receipts")
@@ -237,3 +237,42 @@ async def test_fanout_expires_after_its_ttl(nursery, autojump_clock):
     start = trio.current_time()
     await until(a, lambda: T not in a.router.fanout, 20)
     assert trio.current_time() - start >= 5.0
+
+
+async def test_opportunistic_grafting_adds_a_better_peer(nursery, autojump_clock):
+    network = MemoryNetwork()
+    good_id = identity(70).peer_id
+
+    def chooser_config(i):
+        cfg = config(
+            i,
+            gossipsub=GossipSubParams(
+                heartbeat_interval=0.1,
+                D=2,
+                D_lo=1,
+                D_hi=3,
+                D_score=1,
+                D_out=0,
+                opportunistic_graft_ticks=20,
+            ),
+        )
+        cfg.score.app_specific_score = lambda p: 20.0 if p == good_id else 0.0
+        return cfg
+
+    (chooser,) = await start_hosts(nursery, 1, network=network, make_config=chooser_config)
+    plain = await start_hosts(nursery, 3, network=network, first=10)
+    passive = GossipSubParams(heartbeat_interval=0.1, D=0, D_lo=0, D_score=0, D_out=0)
+    (good,) = await start_hosts(
+        nursery, 1, network=network, first=70, make_config=lambda i: config(i, gossipsub=passive)
+    )
+    for h in [chooser, *plain, good]:
+        h.subscribe(T)
+    for h in plain:
+        await chooser.connect(h.listen_addrs[0])
+    await until(chooser, lambda: len(chooser.router.mesh_peers(T)) >= 2, 10)
+    await chooser.connect(good.listen_addrs[0])
+    await until(chooser, lambda: T in chooser.router.peers[good.peer_id].topics, 10)
+    # the mesh is within [D_lo, D_hi]: only the opportunistic round (every 20th beat) adds
+    # the high-scoring peer, because the mesh's median score is below the threshold
+    await until(chooser, lambda: good.peer_id in chooser.router.mesh_peers(T), 10)
+    assert chooser.router._heartbeats % 20 == 0
