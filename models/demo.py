@@ -65,6 +65,10 @@ EXTERNAL_DATA_FILE = "model.onnx_data"
 VOCAB_SIZE = 768
 DTYPES = ("float32", "float16", "int8")
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 3
+UNET_BLOCKS = 2
+# At most 14 channels (a 3x3 reduction of <= 126 terms: one block whatever the threads).
+VAE_NARROW = 12
+VAE_OUT_GAIN = 4.0
 
 
 # -- tokenizer -----------------------------------------------------------------------------
@@ -454,7 +458,7 @@ def _decoder_layer(g: _Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: 
 class DiffusionShape:
     """Sizes of the demo diffusion model."""
 
-    channels: int = 32
+    channels: int = 96
     text_dim: int = 64
     text_length: int = 16
     latent_channels: int = 4
@@ -467,7 +471,7 @@ def build_demo_diffusion(
     *,
     seed: int = DEMO_DIFFUSION_SEED,
     dtype: str = "float32",
-    channels: int = 32,
+    channels: int = 96,
     text_dim: int = 64,
     text_length: int = 16,
     half_io: bool = False,
@@ -552,13 +556,14 @@ def _text_encoder_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool)
     )
 
 
-def _conv(g: _Graph, x: str, name: str, c_in: int, c_out: int) -> str:
-    w = g.weight(name + ".weight", (c_out, c_in, 3, 3), 1 / math.sqrt(9 * c_in))
+def _conv(g: _Graph, x: str, name: str, c_in: int, c_out: int, gain: float = 1.0) -> str:
+    w = g.weight(name + ".weight", (c_out, c_in, 3, 3), gain / math.sqrt(9 * c_in))
     b = g.weight(name + ".bias", (c_out,), 0.02)
     return g.op("Conv", [x, w, b], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
 
 
 def _timestep_embedding(g: _Graph, s: DiffusionShape) -> str:
+    """[B, channels] embedding of the int64 ``timestep`` (sinusoids, then an MLP)."""
     half = s.time_dim // 2
     # Powers of two: exact in float32 on every machine (no libm in the model's bytes).
     freqs = np.ldexp(np.float32(1), -np.arange(half)).astype(np.float32)
@@ -568,43 +573,75 @@ def _timestep_embedding(g: _Graph, s: DiffusionShape) -> str:
     )
     args = g.op("Mul", [t, g.const("time_freqs", freqs.reshape(1, half))])
     emb = g.op("Concat", [g.op("Sin", [args]), g.op("Cos", [args])], axis=1)
-    emb = g.linear(
-        g.silu(g.linear(emb, "unet.time1", s.time_dim, s.channels)),
-        "unet.time2",
-        s.channels,
-        s.channels,
+    return g.silu(
+        g.linear(
+            g.silu(g.linear(emb, "unet.time1", s.time_dim, s.channels)),
+            "unet.time2",
+            s.channels,
+            s.channels,
+        )
     )
-    return g.op("Unsqueeze", [emb, g.const("ax23", np.array([2, 3], np.int64))])
 
 
-def _unet_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
-    g = _Graph(seed, dtype)
+# Residual convs keep the activations' scale (uniform weights of variance 1/fan-in).
+_RES_GAIN = math.sqrt(3.0)
+
+
+def _res_block(g: _Graph, x: str, emb: str | None, name: str, c: int) -> str:
+    """SD's ResnetBlock2D without the group norms: x + conv(silu(conv(silu(x)) + temb))."""
+    h = _conv(g, g.silu(x), name + ".conv1", c, c, gain=_RES_GAIN)
+    if emb is not None:
+        # Each block projects the time embedding to its own per-channel shift, as SD does.
+        shift = g.op(
+            "Unsqueeze",
+            [
+                g.linear(emb, name + ".time", c, c),
+                g.const(g.name("ax23"), np.array([2, 3], np.int64)),
+            ],
+        )
+        h = g.op("Add", [h, shift])
+    return g.op("Add", [x, _conv(g, g.silu(h), name + ".conv2", c, c, gain=_RES_GAIN)])
+
+
+def _cross_attention(g: _Graph, x: str, s: DiffusionShape, name: str) -> str:
+    """Every latent pixel attends to the text tokens (one head), residually."""
     c = s.channels
-    x = g.op(
-        "Add", [_conv(g, "sample", "unet.conv_in", s.latent_channels, c), _timestep_embedding(g, s)]
-    )
-    x = g.silu(x)
-    # Cross-attention from every latent pixel to the text tokens (one head).
     spatial = g.op("Shape", [x])
     tokens = g.op(
         "Transpose",
-        [g.op("Reshape", [x, g.const("flat", np.array([0, c, -1], np.int64))])],
+        [g.op("Reshape", [x, g.const(g.name("flat"), np.array([0, c, -1], np.int64))])],
         perm=[0, 2, 1],
     )
-    q = g.linear(g.layer_norm(tokens, "unet.attn.ln", c), "unet.attn.q", c, c)
-    k = g.linear("encoder_hidden_states", "unet.attn.k", s.text_dim, c)
-    v = g.linear("encoder_hidden_states", "unet.attn.v", s.text_dim, c)
+    q = g.linear(g.layer_norm(tokens, name + ".ln", c), name + ".q", c, c)
+    k = g.linear("encoder_hidden_states", name + ".k", s.text_dim, c)
+    v = g.linear("encoder_hidden_states", name + ".v", s.text_dim, c)
     scores = g.op(
         "Mul",
         [
             g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 2, 1])]),
-            g.const("attn_scale", np.array(1 / math.sqrt(c), np.float32)),
+            g.const(g.name("attn_scale"), np.array(1 / math.sqrt(c), np.float32)),
         ],
     )
-    attn = g.linear(g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v]), "unet.attn.o", c, c)
+    attn = g.linear(g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v]), name + ".o", c, c)
     tokens = g.op("Add", [tokens, attn])
-    x = g.op("Reshape", [g.op("Transpose", [tokens], perm=[0, 2, 1]), spatial])
-    x = g.op("Add", [x, _conv(g, g.silu(_conv(g, x, "unet.res1", c, c)), "unet.res2", c, c)])
+    return g.op("Reshape", [g.op("Transpose", [tokens], perm=[0, 2, 1]), spatial])
+
+
+def _unet_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
+    """conv_in, (res block + cross-attention) x UNET_BLOCKS, a mid res block, conv_out.
+
+    As in Stable Diffusion, the UNet is where a job's compute goes: a guided step (two
+    forward passes) costs about twice the VAE decode and far more than the text encoder,
+    and a step has enough work per latent pixel not to be dominated by per-call overhead.
+    """
+    g = _Graph(seed, dtype)
+    c = s.channels
+    emb = _timestep_embedding(g, s)
+    x = _conv(g, "sample", "unet.conv_in", s.latent_channels, c)
+    for i in range(UNET_BLOCKS):
+        x = _res_block(g, x, emb, f"unet.down{i}.res", c)
+        x = _cross_attention(g, x, s, f"unet.down{i}.attn")
+    x = _res_block(g, x, emb, "unet.mid.res", c)
     out = _conv(g, g.silu(x), "unet.conv_out", c, s.latent_channels)
     g.nodes.append(helper.make_node("Identity", [out], ["out_sample"]))
     latent = ["batch", s.latent_channels, "height", "width"]
@@ -621,14 +658,29 @@ def _unet_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> byte
 
 
 def _vae_decoder_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) -> bytes:
+    """conv_in, a mid conv, three (2x upsample, conv) stages with another conv at 4x,
+    conv_out, tanh: about one UNet forward pass of work (SD's decoder costs one to a few).
+
+    Two constraints keep the decoded image the same bits on every honest validator.
+    Convolutions over 16 or more channels run only at 4x and 8x, where a side is at
+    least 16 pixels: onnxruntime's CPU convolution of one image smaller than that splits
+    its reduction by thread count (the bits change between 1 and 2 threads). And there
+    are no residual adds: at optimization level 99 onnxruntime fuses an add into the
+    convolution before it, which rounds differently.
+    """
     g = _Graph(seed, dtype)
-    c = s.channels
-    x = g.silu(_conv(g, "latent_sample", "vae.conv_in", s.latent_channels, c))
+    narrow, c4, c8 = VAE_NARROW, max(1, s.channels // 4), max(1, s.channels // 8)
+    x = _conv(g, "latent_sample", "vae.conv_in", s.latent_channels, narrow)
+    x = g.silu(_conv(g, g.silu(x), "vae.mid", narrow, narrow))
     scales = g.const("up2", np.array([1, 1, 2, 2], np.float32))
-    for i in range(3):  # 3 doublings: the 8x of SD's VAE
+    c = narrow
+    for i, c_out in enumerate((narrow, c4, c8)):  # 3 doublings: the 8x of SD's VAE
         x = g.op("Resize", [x, "", scales], mode="nearest")
-        x = g.silu(_conv(g, x, f"vae.up{i}", c, c))
-    out = g.op("Tanh", [_conv(g, x, "vae.conv_out", c, 3)])
+        x = g.silu(_conv(g, x, f"vae.up{i}", c, c_out))
+        c = c_out
+        if i == 1:
+            x = g.silu(_conv(g, x, f"vae.up{i}.conv", c, c))
+    out = g.op("Tanh", [_conv(g, x, "vae.conv_out", c, 3, gain=VAE_OUT_GAIN)])
     g.nodes.append(helper.make_node("Identity", [out], ["sample"]))
     return g.model(
         "aipg_demo_vae_decoder",

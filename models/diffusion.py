@@ -302,6 +302,13 @@ class DiffusionRunner:
 
     def decode(self, latent: np.ndarray) -> bytes:
         """PNG bytes of the image decoded from a final ``latent``."""
+        out = io.BytesIO()
+        Image.fromarray(self.decode_pixels(latent), "RGB").save(out, format="PNG", compress_level=6)
+        return out.getvalue()
+
+    def decode_pixels(self, latent: np.ndarray) -> np.ndarray:
+        """The 8-bit RGB pixels (height, width, 3) decoded from a final ``latent``: what
+        :meth:`decode` encodes, for a check that compares pixels without encoding a PNG."""
         scaled = (latent / self._latent_scale).astype(self._vae_dtype, copy=False)
         (image,) = run_session(
             self.vae_decoder, ["sample"], {"latent_sample": scaled}, "vae_decoder"
@@ -309,9 +316,7 @@ class DiffusionRunner:
         image = image.astype(np.float32, copy=False)
         pixels = np.clip(image[0] * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
         rgb = np.round(pixels * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0)
-        out = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(out, format="PNG", compress_level=6)
-        return out.getvalue()
+        return np.ascontiguousarray(rgb)
 
     def _token_row(self, text: str) -> np.ndarray:
         """[bos] + ids + [eos], cut to the text length and padded (as CLIP's tokenizer does)."""

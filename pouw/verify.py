@@ -454,11 +454,12 @@ def _fetch_latents(
 
 
 def _check_decode(runner: DiffusionRunner, final: np.ndarray, image: bytes) -> Check | None:
-    """The worker's PNG is (within rounding) the image decoded from the final latent."""
-    png = runner.decode(final)
-    if png == image:  # the common case: same provider, same encoder, same bytes
-        return None
-    ours = _pixels(png)
+    """The worker's PNG is (within rounding) the image decoded from the final latent.
+
+    Pixels are compared, not PNG bytes: reading the worker's PNG costs a fraction of
+    encoding our own (which the check would then have to read back when bytes differ).
+    """
+    ours = runner.decode_pixels(final)
     try:
         theirs = _pixels(image)
     except Exception as e:  # Pillow raises many types on hostile bytes; all mean "bad PNG"
