@@ -565,6 +565,9 @@ def build_app(
             GatewayError: _gateway_error,
         },
     )
+    # An API answers what it was asked: a path with a trailing slash is a 404 in JSON,
+    # not a redirect that clients (and the fuzz test) would have to follow.
+    app.router.redirect_slashes = False
     app.state.api = api
     return app
 

@@ -22,7 +22,7 @@ import trio
 from aipg.gossip import PubsubMessage, ValidationResult
 from aipg.models import ModelError, check_announcement
 from aipg.pouw import Assignment, Claim, Job, LatentRequest, PouwError, Verdict, validate_job
-from aipg.stake.block import ProposalMessage, Vote
+from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.tx import Transaction
@@ -145,7 +145,11 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
     chain_id = node.genesis.chain_id
 
     def check_consensus(data: bytes) -> None:
-        msg = decode(data, (ProposalMessage, Vote))
+        msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
+        if isinstance(msg, FinalizedBlock):  # its commit is verified before it is used
+            if msg.block.header.chain_id != chain_id:
+                raise WireError("finalized block of another chain")
+            return
         signed = msg.proposal if isinstance(msg, ProposalMessage) else msg
         if signed.chain_id != chain_id:
             raise WireError("consensus message of another chain")
@@ -189,7 +193,7 @@ def register_gossip(node: Node, nursery: trio.Nursery) -> None:
         "workers": check_worker_status,
     }
     consumers = {
-        "consensus": lambda d: node.chain.on_consensus_message(decode(d, (ProposalMessage, Vote))),
+        "consensus": node.chain.on_consensus_data,
         "txs": lambda d: _sync(node.chain.on_tx, decode(d, Transaction)),
         "jobs": lambda d: node.on_local_job(decode(d, Job)),
         "receipts": lambda d: on_report(node, decode(d, WorkReport)),

@@ -55,6 +55,9 @@ class ChainApp:
     clock_ms: Callable[[], int]
     contents: Contents = lambda state: BlockContents()
     last_commit: Commit | None = None
+    # Called after every finalized block with the state before it (the node settles
+    # what the block carried: job rewards, included work, spent transactions).
+    on_finalized: Callable[[Block, Commit, State], None] | None = None
     evidence: list[DoubleSignEvidence] = field(default_factory=list)
     _checked: dict[bytes, State | None] = field(default_factory=dict)
 
@@ -93,8 +96,12 @@ class ChainApp:
             return None
 
     def finalize(self, block: Block, commit: Commit) -> None:
+        """Verify, apply and store ``block`` (from consensus, a peer's help or sync)."""
+        before = self.chain.state
         self.chain.finalize(block, commit)
         self.last_commit = commit
+        if self.on_finalized is not None:
+            self.on_finalized(block, commit, before)
         self._checked.clear()
         horizon = self.chain.height - self.chain.state.params.unbonding_period
         self.evidence = [e for e in self.evidence if e.vote_a.height >= horizon]
@@ -120,8 +127,15 @@ class ConsensusDriver:
         timeouts: Timeouts | None = None,
         contents: Contents | None = None,
         clock_ms: Callable[[], int] | None = None,
+        on_finalized: Callable[[Block, Commit, State], None] | None = None,
+        block_interval_ms: int = 0,
     ):
+        """``block_interval_ms`` paces heights: after a decision the next height starts
+        no sooner than that long after the previous one started (Tendermint's
+        timeout_commit), so blocks come at the chain's target pace rather than as fast
+        as the validators can vote."""
         self.chain = chain
+        self.block_interval_ms = block_interval_ms
         self.publish = publish
         self.clock_ms = clock_ms or (lambda: int(trio.current_time() * 1000))
         last = chain.store.finalized(chain.height) if chain.height else None
@@ -131,22 +145,19 @@ class ConsensusDriver:
             self.clock_ms,
             contents or (lambda state: BlockContents()),
             last.commit if last else None,
+            on_finalized,
         )
-        self.consensus = Consensus(
-            chain_id=chain.state.chain_id,
-            height=chain.height + 1,
-            validators=chain.state.validators,
-            app=self.app,
-            identity=identity,
-            sign_record=sign_record,
-            timeouts=timeouts or Timeouts.from_params(chain.state.params),
-        )
+        self._identity = identity
+        self._sign_record = sign_record
+        self._timeouts = timeouts or Timeouts.from_params(chain.state.params)
+        self.consensus = self._new_consensus()
         self._height_changed = trio.Event()
         self._helped: set[int] = set()
         self._own: list[bytes] = []  # our messages at the current height
         t = timeouts or Timeouts.from_params(chain.state.params)
         self.rebroadcast_ms = 2 * (t.propose_ms + 2 * t.vote_ms)
         self._events_send, self._events = trio.open_memory_channel(EVENT_BUFFER)
+        self._height_started_ms = self.clock_ms()
 
     async def wait_for_height(self, height: int) -> None:
         """Return once the chain has finalized ``height``."""
@@ -169,6 +180,8 @@ class ConsensusDriver:
             async for kind, item in self._events:
                 if kind == "timeout":
                     effects = self.consensus.on_timeout(item.height, item.round, item.step)
+                elif kind == "resync":
+                    effects = self._resync()
                 elif kind == "finalized":
                     effects = self._catch_up(item)
                 else:
@@ -213,6 +226,36 @@ class ConsensusDriver:
         self._new_height()
         return self.consensus.next_height(self.chain.state.validators)
 
+    def request_resync(self) -> None:
+        """The chain moved on outside consensus (the node applied blocks from sync):
+        restart consensus at the height after the chain's last block."""
+        self._events_send.send_nowait(("resync", None))
+
+    def _resync(self) -> list:
+        if self.chain.height < self.consensus.height:
+            return []
+        self._new_height()
+        self.consensus = self._new_consensus()
+        return self.consensus.start()
+
+    def _new_consensus(self) -> Consensus:
+        """A consensus machine for the height after the chain's last block."""
+        return Consensus(
+            chain_id=self.chain.state.chain_id,
+            height=self.chain.height + 1,
+            validators=self.chain.state.validators,
+            app=self.app,
+            identity=self._identity,
+            sign_record=self._sign_record,
+            timeouts=self._timeouts,
+        )
+
+    async def _pace(self) -> None:
+        wait_ms = self._height_started_ms + self.block_interval_ms - self.clock_ms()
+        if wait_ms > 0:
+            await trio.sleep(wait_ms / 1000)
+        self._height_started_ms = self.clock_ms()
+
     def _new_height(self) -> None:
         self._helped.clear()
         self._own.clear()
@@ -249,4 +292,5 @@ class ConsensusDriver:
             elif isinstance(effect, Decide):
                 self.app.finalize(effect.block, effect.commit)
                 self._new_height()
+                await self._pace()
                 effects = self.consensus.next_height(self.chain.state.validators) + effects
