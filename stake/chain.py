@@ -20,6 +20,7 @@ class Chain:
     def __init__(self, store: ChainStore):
         self.store = store
         self.state: State = store.load_state()
+        self._last_commit: Commit | None = None
 
     @classmethod
     def open(cls, path: str | Path, genesis: Genesis) -> Chain:
@@ -35,9 +36,10 @@ class Chain:
         if block.height != self.state.height + 1:
             raise LedgerError(f"block {block.height} does not follow height {self.state.height}")
         verify_commit(commit, self.state.validators, self.state.chain_id, block.height, block.hash)
-        new_state = apply_block(self.state, block)
+        new_state = apply_block(self.state, block, verified_parent_commit=self._last_commit)
         self.store.commit(block, commit, new_state)
         self.state = new_state
+        self._last_commit = commit  # verified above: the next block usually carries it
         return new_state
 
     # What pouw's committee sampling needs (DESIGN.md: committees are drawn from the
