@@ -71,7 +71,7 @@ from .router import (
     ValidationResult,
     Validator,
 )
-from .secure import SecureConnection, secure_inbound, secure_outbound
+from .secure import NoiseIdentity, SecureConnection, secure_inbound, secure_outbound
 from .transport import Transport
 
 log = logging.getLogger("aipg.gossip")
@@ -148,6 +148,7 @@ class GossipHost:
     ):
         self.identity = identity
         self.peer_id = identity.peer_id
+        self._noise = NoiseIdentity(identity)
         self.config = config or GossipConfig()
         self.transport = transport
         self.router = GossipSubRouter(
@@ -341,7 +342,7 @@ class GossipHost:
         try:
             secure = await secure_outbound(
                 raw,
-                self.identity,
+                self._noise,
                 expected,
                 max_message_size=self.config.max_message_size,
                 timeout=self.config.handshake_timeout,
@@ -424,7 +425,7 @@ class GossipHost:
         try:
             secure = await secure_inbound(
                 raw,
-                self.identity,
+                self._noise,
                 max_message_size=self.config.max_message_size,
                 timeout=self.config.handshake_timeout,
             )

@@ -145,3 +145,15 @@ async def test_token_bucket(autojump_clock):
     assert trio.current_time() - start == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError):
         await bucket.take(4)
+
+
+async def test_large_requests_cross_the_secure_channel_in_fragments(nursery):
+    a, b = await start_hosts(nursery, 2)  # real websockets: each Noise fragment is one frame
+    await a.connect(b.listen_addrs[0])
+
+    async def reverse(peer, data):
+        return data[::-1]
+
+    b.set_request_handler("blob", reverse, max_request_size=1 << 20)
+    payload = bytes(range(256)) * 1200  # 300 KiB: five Noise messages each way
+    assert await a.request(b.peer_id, "blob", payload, timeout=10) == payload[::-1]
