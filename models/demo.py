@@ -65,7 +65,7 @@ EXTERNAL_DATA_FILE = "model.onnx_data"
 VOCAB_SIZE = 768
 DTYPES = ("float32", "float16", "int8")
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 3
-UNET_BLOCKS = 2
+UNET_BLOCKS = 3
 # At most 14 channels (a 3x3 reduction of <= 126 terms: one block whatever the threads).
 VAE_NARROW = 12
 VAE_OUT_GAIN = 4.0
@@ -458,7 +458,7 @@ def _decoder_layer(g: _Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: 
 class DiffusionShape:
     """Sizes of the demo diffusion model."""
 
-    channels: int = 96
+    channels: int = 128
     text_dim: int = 64
     text_length: int = 16
     latent_channels: int = 4
@@ -471,7 +471,7 @@ def build_demo_diffusion(
     *,
     seed: int = DEMO_DIFFUSION_SEED,
     dtype: str = "float32",
-    channels: int = 96,
+    channels: int = 128,
     text_dim: int = 64,
     text_length: int = 16,
     half_io: bool = False,
@@ -669,7 +669,7 @@ def _vae_decoder_graph(s: DiffusionShape, seed: int, dtype: str, half_io: bool) 
     convolution before it, which rounds differently.
     """
     g = _Graph(seed, dtype)
-    narrow, c4, c8 = VAE_NARROW, max(1, s.channels // 4), max(1, s.channels // 8)
+    narrow, c4, c8 = VAE_NARROW, max(1, s.channels // 4), max(1, 3 * s.channels // 16)
     x = _conv(g, "latent_sample", "vae.conv_in", s.latent_channels, narrow)
     x = g.silu(_conv(g, g.silu(x), "vae.mid", narrow, narrow))
     scales = g.const("up2", np.array([1, 1, 2, 2], np.float32))

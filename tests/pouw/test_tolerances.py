@@ -11,7 +11,7 @@ import numpy as np
 
 from aipg.models import DiffusionParams, SamplingParams
 from aipg.pouw.commitment import TOPK, VALUE_TOLERANCE
-from aipg.pouw.verify import STEP_TOLERANCE
+from aipg.pouw.verify import IMAGE_TOLERANCE, STEP_TOLERANCE
 
 # Honest variation must stay this far below the tolerance (measured: ~40x for LLM
 # logits, ~10x for diffusion steps; bench/verify.py prints both).
@@ -58,5 +58,7 @@ def test_diffusion_step_tolerance_margin(diffusion_models):
             x = runner.step(latents[s], s, cond, params)
             scale = max(1.0, float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))))
             worst = max(worst, float(np.abs(x - latents[s + 1]).max()) / scale)
-        assert runner.decode(latents[-1]) == out.png  # decoding is bit-identical
+        # Same bits across thread counts; a fused convolution (level 99) may flip a rounding.
+        ours = runner.decode_pixels(latents[-1]).astype(np.int16)
+        assert np.abs(ours - ref.decode_pixels(latents[-1])).max() <= IMAGE_TOLERANCE
     assert worst * STEP_MARGIN <= STEP_TOLERANCE, worst
