@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -104,6 +105,11 @@ class RecentIdsMachine(RuleBasedStateMachine):
             assert (mid in self.ids) == (mid in self.model)
 
 
+# No per-example deadline: a shared CI machine can stall any single example.
+_settings = settings(deadline=None, max_examples=50)
+MessageCacheMachine.TestCase.settings = _settings
+SeenCacheMachine.TestCase.settings = _settings
+RecentIdsMachine.TestCase.settings = _settings
 TestMessageCache = MessageCacheMachine.TestCase
 TestSeenCache = SeenCacheMachine.TestCase
 TestRecentIds = RecentIdsMachine.TestCase
