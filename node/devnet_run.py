@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,15 +269,29 @@ def run_devnet_cli(
         file=out,
         flush=True,
     )
-    try:
-        return trio.run(
-            lambda: drive_devnet(
-                plan, jobs=jobs, exit_when_done=exit_when_done, timeout=timeout, out=out
-            )
-        )
-    except KeyboardInterrupt:
-        print("stopped", file=out)
-        return 130
+    work = drive_devnet(plan, jobs=jobs, exit_when_done=exit_when_done, timeout=timeout, out=out)
+    return trio.run(_until_signal, work, out)
+
+
+async def _until_signal(work, out: TextIO) -> int:
+    """Run ``work``; SIGINT (Ctrl-C) or SIGTERM cancels it, which stops every node the
+    devnet started (the nodes run in sessions of their own, so the terminal's signal
+    reaches only us)."""
+    result = 130
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                nonlocal result
+                result = await work
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for signum in signals:
+                print(f"\n{signal.Signals(signum).name}: stopping every node", file=out, flush=True)
+                nursery.cancel_scope.cancel()
+                break
+    return result
 
 
 def summary_json(plan: DevnetPlan) -> str:
