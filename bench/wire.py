@@ -87,6 +87,11 @@ def main() -> None:
     payload = signing_bytes(signed)
     raw_key = Ed25519PublicKey.from_public_bytes(ident.public_bytes)
 
+    def encode_fresh() -> None:
+        # Records cache their wire form; measure encoding one that was not encoded yet.
+        object.__delattr__(signed, "_wire_cache")
+        encode(signed)
+
     def full_check() -> None:
         forget_verified()  # measure cold checks: a new message's signature is not cached
         require_signature(decode(blob, BenchReceipt))
@@ -99,7 +104,8 @@ def main() -> None:
         k: [] for k in ("encode", "decode", "sign", "verify", "full", "raw")
     }
     for _ in range(args.rounds):
-        results["encode"].append(rate(lambda: encode(signed), args.n))
+        encode(signed)
+        results["encode"].append(rate(encode_fresh, args.n))
         results["decode"].append(rate(lambda: decode(blob, BenchReceipt), args.n))
         results["sign"].append(rate(lambda: sign(rec, ident), args.n // 3))
         results["verify"].append(rate(verify, args.n // 3))

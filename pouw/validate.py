@@ -186,15 +186,16 @@ def check_hash(validator: bytes, receipt_id_: bytes, recomputed: bytes) -> bytes
     return hash_tagged(b"verdict/check/1", validator, receipt_id_, recomputed)
 
 
-def validate_verdict(verdict: Verdict, receipt: Receipt) -> None:
+def validate_verdict(verdict: Verdict, receipt: Receipt, *, check_challenge: bool = True) -> None:
     """The verdict is signed, about this receipt, carries a valid challenge of its
-    signer, and its reason agrees with its vote."""
+    signer (unless ``check_challenge`` is false), and its reason agrees with its vote."""
     _signed(verdict, "verdict.signature")
     rid = receipt_id(receipt)
     _require(verdict.receipt_id == rid, "verdict.receipt_id", "verdict is about another receipt")
     _require(verdict.job_id == receipt.job_id, "verdict.job_id", "verdict is about another job")
     _require(
-        verify_signature(verdict.signer, verdict.challenge, challenge_message(rid)),
+        not check_challenge
+        or verify_signature(verdict.signer, verdict.challenge, challenge_message(rid)),
         "verdict.challenge",
         "challenge is not the signer's signature over the receipt id",
     )
@@ -240,12 +241,13 @@ def _tally_verdicts(
     receipt: Receipt,
     committee: tuple[NodeKey, ...],
     validators: Mapping[bytes, int],
+    check_challenges: bool = True,
 ) -> Tally:
     members = set(committee)
     votes: dict[bytes, bool] = {}
     for i, verdict in enumerate(verdicts):
         try:
-            validate_verdict(verdict, receipt)
+            validate_verdict(verdict, receipt, check_challenge=check_challenges)
         except PouwError as e:
             raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
         _require(verdict.signer in members, f"verdicts[{i}].signer", "not a committee member")
@@ -263,6 +265,7 @@ def _validate_work(
     finalized_hash: FinalizedHash,
     size: int,
     lookahead: int,
+    check_challenges: bool = True,
 ) -> Tally:
     validate_job(job)
     validate_assignment(assignment, job)
@@ -271,7 +274,7 @@ def _validate_work(
         receipt.job_id, assignment, validators, finalized_hash, size=size, lookahead=lookahead
     )
     _require(bool(committee), "committee", "the validator set has no stake")
-    return _tally_verdicts(verdicts, receipt, committee, validators)
+    return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
 
 
 def validate_certificate(
@@ -281,6 +284,7 @@ def validate_certificate(
     *,
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
+    check_challenges: bool = True,
 ) -> None:
     """Check a certificate without running any model.
 
@@ -290,6 +294,11 @@ def validate_certificate(
     assignment and the receipt (signatures and bindings), each verdict (signature,
     receipt, challenge, committee membership, one vote per member), and that valid
     votes hold >= 2/3 of the committee's stake. Raises PouwError naming the failed rule.
+
+    ``check_challenges=False`` skips re-verifying each verdict's challenge signature.
+    A block does that: challenges are checked when verdicts are collected from gossip
+    (:class:`VoteCollector`), and at block time a challenge authorizes nothing that the
+    verdict's own (checked) signature does not, while it is a third of the signatures.
     """
     t = _validate_work(
         cert.job,
@@ -300,6 +309,7 @@ def validate_certificate(
         finalized_hash,
         committee_size,
         lookahead,
+        check_challenges,
     )
     _require(
         t.certifies,
@@ -315,6 +325,7 @@ def validate_fraud_evidence(
     *,
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
+    check_challenges: bool = True,
 ) -> None:
     """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
     must hold > 1/3 of the committee's stake. The worker to slash is
@@ -328,6 +339,7 @@ def validate_fraud_evidence(
         finalized_hash,
         committee_size,
         lookahead,
+        check_challenges,
     )
     _require(
         t.convicts,

@@ -12,6 +12,7 @@ supply identity is checked:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from aipg.pouw import (
@@ -328,7 +329,7 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
         try:
-            check_work(s, cert, snapshots, validate_certificate)
+            check_work(s, cert, snapshots, _certificate_without_challenges)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
         job = cert.receipt.job_id
@@ -342,6 +343,13 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
             credit(s, worker, escrow.amount)
         work[worker] = work.get(worker, 0) + cert.receipt.work_units
     return work
+
+
+# Blocks check every signature that authorizes something (job, assignment, receipt,
+# verdicts) but not the verdicts' challenges: those were checked when the verdicts were
+# collected from gossip, and a challenge grants nothing its verdict's signature does not.
+_certificate_without_challenges = functools.partial(validate_certificate, check_challenges=False)
+_fraud_without_challenges = functools.partial(validate_fraud_evidence, check_challenges=False)
 
 
 def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate) -> None:
@@ -376,7 +384,7 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, ev in enumerate(frauds):
         try:
-            check_work(s, ev, snapshots, validate_fraud_evidence)
+            check_work(s, ev, snapshots, _fraud_without_challenges)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"fraud evidence {i}: {e}") from None
         key = b"fraud" + ev.receipt.job_id

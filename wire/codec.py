@@ -252,11 +252,19 @@ def _compile(annotation: Any) -> tuple[Check, ToWire | None, FromWire | None, st
 
 
 def _to_wire(rec: Any) -> list[Any]:
+    """The msgpack array of ``rec``, built once per record: records are immutable, and
+    the same record is encoded again and again (the canonical check after decoding,
+    then signing bytes and ids of every signed part). Callers must not mutate it."""
+    try:
+        return rec._wire_cache
+    except AttributeError:
+        pass
     cls = type(rec)
     out = [cls.__wire_tag__, cls.__wire_version__]
     for fc in cls.__wire_fields__:
         v = getattr(rec, fc.name)
         out.append(fc.to_wire(v) if fc.to_wire is not None else v)
+    object.__setattr__(rec, "_wire_cache", out)
     return out
 
 
@@ -267,7 +275,8 @@ class Record:
     ``__wire_version__``, ``__wire_fields__``, ``__wire_max_size__``.
     """
 
-    __slots__ = ()
+    # Not a field: the record's wire form, filled on first use (see _to_wire).
+    __slots__ = ("_wire_cache",)
     __wire_tag__: typing.ClassVar[int]
     __wire_name__: typing.ClassVar[str]
     __wire_version__: typing.ClassVar[int]

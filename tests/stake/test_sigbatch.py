@@ -31,7 +31,7 @@ def test_preverified_block_applies_and_bad_signatures_still_fail():
         c.next()
     certs = [make_certificate(c, ident(300 + i), nonce=i) for i in range(3)]
     block = c.build(certificates=certs)
-    assert len(block_signatures(block)) == 5 + 3 * (3 + 2 * len(certs[0].verdicts))
+    assert len(block_signatures(block)) == 5 + 3 * (3 + len(certs[0].verdicts))
     forget_verified()
     with ThreadPoolExecutor(2) as pool:
         assert preverify_block(block, pool.map) == 0
