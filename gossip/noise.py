@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from aipg.wire import Identity, PeerId, WireError, verify_signature
 from aipg.wire.keys import public_key_from_protobuf, public_key_protobuf
+from aipg.wire.protobuf import read_varint, write_varint
 
 from .errors import DecryptError, HandshakeError
 
@@ -277,38 +278,18 @@ class XXHandshake:
 # --- libp2p's handshake payload ------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise HandshakeError("truncated varint in the handshake payload")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise HandshakeError("varint too long in the handshake payload")
+    try:
+        return read_varint(data, pos)
+    except WireError as e:
+        raise HandshakeError(f"{e} in the handshake payload") from None
 
 
 def make_identity_payload(identity: Identity, static_public: bytes) -> bytes:
     """The protobuf ``NoiseHandshakePayload`` proving ``identity`` owns ``static_public``."""
     key = public_key_protobuf(identity.public_bytes)
     sig = identity.sign(LIBP2P_STATIC_KEY_PREFIX + static_public)
-    return b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(sig)) + sig
+    return b"\x0a" + write_varint(len(key)) + key + b"\x12" + write_varint(len(sig)) + sig
 
 
 def _parse_payload(payload: bytes) -> tuple[bytes, bytes]:

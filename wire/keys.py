@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import WireError
+from .protobuf import read_varint
 
 KEY_TYPE_ED25519 = 1
 PUBLIC_KEY_SIZE = 32
@@ -29,33 +30,18 @@ class KeyFileError(Exception):
     """A key file is missing, unreadable, malformed or unsafe; the message says how to fix it."""
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise WireError("truncated varint in key protobuf")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise WireError("varint too long in key protobuf")
-
-
 def _parse_key_protobuf(data: bytes) -> tuple[int, bytes]:
     """Parse libp2p's ``{Type = 1 (enum); Data = 2 (bytes)}`` message strictly."""
     key_type: int | None = None
     key_data: bytes | None = None
     pos = 0
     while pos < len(data):
-        tag, pos = _read_varint(data, pos)
+        tag, pos = read_varint(data, pos)
         field, wire_type = tag >> 3, tag & 7
         if field == 1 and wire_type == 0 and key_type is None:
-            key_type, pos = _read_varint(data, pos)
+            key_type, pos = read_varint(data, pos)
         elif field == 2 and wire_type == 2 and key_data is None:
-            n, pos = _read_varint(data, pos)
+            n, pos = read_varint(data, pos)
             if pos + n > len(data):
                 raise WireError("truncated key data in key protobuf")
             key_data, pos = data[pos : pos + n], pos + n
