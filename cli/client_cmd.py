@@ -263,7 +263,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise CliError(f"{args.model_dir} is not a model directory (no manifest.json)")
     r = NodeClient(args.node).post("/api/v1/models/publish", {"path": path})
     print(f"published {r['name']} ({r['kind']}): {r['model_id']}")
-    print(f"other nodes can host it with: aipg-node join --host-model {r['model_id']}", file=sys.stderr)
+    print(
+        f"other nodes can host it with: aipg-node join --host-model {r['model_id']}",
+        file=sys.stderr,
+    )
     return 0
 
 

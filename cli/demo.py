@@ -22,7 +22,9 @@ from aipg.node.devnet_run import run_devnet_cli
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aipg-node-demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default="demo-out", help="where the devnet lives (default: demo-out, replaced)")
+    ap.add_argument(
+        "--dir", default="demo-out", help="where the devnet lives (default: demo-out, replaced)"
+    )
     ap.add_argument("--nodes", type=int, default=4, help="node processes (default 4)")
     ap.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1)")
     ap.add_argument("--timeout", type=float, default=170.0, help="give up after this many seconds")

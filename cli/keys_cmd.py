@@ -66,7 +66,9 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
     add_apikey_parser(sub, data_dir_parent)
 
 
-def add_apikey_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.ArgumentParser) -> None:
+def add_apikey_parser(
+    sub: argparse._SubParsersAction, data_dir_parent: argparse.ArgumentParser
+) -> None:
     p = sub.add_parser(
         "apikey",
         parents=[data_dir_parent],
@@ -76,7 +78,12 @@ def add_apikey_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse
         "the account key (custodial) and only a hash of the API key; the key is printed once. A "
         "running node picks the key up at its next request.",
     )
-    p.add_argument("--account-key", required=True, metavar="FILE", help="the paying account's key file (mode 0600)")
+    p.add_argument(
+        "--account-key",
+        required=True,
+        metavar="FILE",
+        help="the paying account's key file (mode 0600)",
+    )
     p.add_argument("--name", default="client", help="a label for the key (default: client)")
     p.set_defaults(func=cmd_apikey)
 

@@ -136,7 +136,10 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         help="exit once the jobs are certified in finalized blocks",
     )
     d.add_argument(
-        "--timeout", type=float, default=600.0, help="with --jobs: give up on them after this many seconds (default 600)"
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="with --jobs: give up on them after this many seconds (default 600)",
     )
     d.set_defaults(func=cmd_devnet)
 

@@ -265,11 +265,18 @@ class ChainService:
                 if self.chain.height >= self._highest_seen:
                     break
                 try:
-                    applied = await sync_from(_Finalizer(self), self.host.request, peer, timeout=10.0)
+                    applied = await sync_from(
+                        _Finalizer(self), self.host.request, peer, timeout=10.0
+                    )
                 except (SyncError, GossipError) as e:
                     log.info("sync from %s failed: %s", peer.short(), e)
                     continue
-                log.info("synced %d block(s) from %s; height %d", applied, peer.short(), self.chain.height)
+                log.info(
+                    "synced %d block(s) from %s; height %d",
+                    applied,
+                    peer.short(),
+                    self.chain.height,
+                )
             self.driver.request_resync()
         finally:
             self._syncing = False
@@ -311,7 +318,9 @@ def _job_rewards(block: Block, before: State) -> dict[bytes, int]:
     out = {}
     for c in certs:
         escrow = before.escrows.get(c.receipt.job_id)
-        out[c.receipt.job_id] = pool * c.receipt.work_units // total + (escrow.amount if escrow else 0)
+        out[c.receipt.job_id] = pool * c.receipt.work_units // total + (
+            escrow.amount if escrow else 0
+        )
     return out
 
 

@@ -89,7 +89,14 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
         height = int(text)
         fb = node.chain.chain.store.finalized(height) if height > 0 else None
         if fb is None:
-            return error_response(ApiError(404, f"no finalized block at height {height}", param="height", code="block_not_found"))
+            return error_response(
+                ApiError(
+                    404,
+                    f"no finalized block at height {height}",
+                    param="height",
+                    code="block_not_found",
+                )
+            )
         b = fb.block
         return json_response(
             {
@@ -112,19 +119,23 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
         except ValueError:
             peer = ipaddress.ip_address("0.0.0.0")
         if not peer.is_loopback:
-            return error_response(ApiError(403, "models are published from the node's own machine", code="forbidden"))
+            return error_response(
+                ApiError(403, "models are published from the node's own machine", code="forbidden")
+            )
         try:
             body = await read_json_object(request, MAX_TX_BODY)
             path = body.get("path")
             if not isinstance(path, str) or not path:
-                raise invalid("expected {\"path\": \"<model directory>\"}", "path")
+                raise invalid('expected {"path": "<model directory>"}', "path")
             try:
                 model = await node.models.publish(Path(path))
             except ModelError as e:
                 raise invalid(f"cannot publish {path}: {e}", "path") from None
         except ApiError as e:
             return error_response(e)
-        return json_response({"model_id": model.id_text, "name": model.manifest.name, "kind": model.kind})
+        return json_response(
+            {"model_id": model.id_text, "name": model.manifest.name, "kind": model.kind}
+        )
 
     app.router.routes[0:0] = [
         Route("/api/v1/models/publish", publish, methods=["POST"]),

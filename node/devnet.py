@@ -164,7 +164,9 @@ def plan_devnet(
     )
     genesis_path = root / "genesis.toml"
     # Every node waits for genesis time before consensus: leave time to start them all.
-    genesis = genesis.replace(genesis_time_ms=time.time_ns() // 1_000_000 + GENESIS_DELAY_MS_PER_NODE * nodes + 2_000)
+    genesis = genesis.replace(
+        genesis_time_ms=time.time_ns() // 1_000_000 + GENESIS_DELAY_MS_PER_NODE * nodes + 2_000
+    )
     save_genesis(genesis, genesis_path)
     plan = DevnetPlan(
         root=str(root),

@@ -200,7 +200,11 @@ async def drive_devnet(
     async with Devnet(plan) as devnet:
         t0 = time.monotonic()
         await devnet.start(progress=lambda m: print(f"  {m}", file=out, flush=True))
-        print("  waiting for nodes 1.. to fetch the published models over the blob protocol", file=out, flush=True)
+        print(
+            "  waiting for nodes 1.. to fetch the published models over the blob protocol",
+            file=out,
+            flush=True,
+        )
         await devnet.wait_models_hosted()
         print(
             f"{len(devnet.nodes)} nodes up in {time.monotonic() - t0:.1f} s; gateway {devnet.node(0).api_url}",

@@ -36,7 +36,9 @@ def swapped_weights(model: KnownModel) -> ModelDir:
     if model.kind == LLM:
         built = build_demo_llm(out / "llm", seed=_demo_seed("DEMO_LLM_SEED") + SWAPPED_SEED_OFFSET)
     else:
-        built = build_demo_diffusion(out / "diffusion", seed=_demo_seed("DEMO_DIFFUSION_SEED") + SWAPPED_SEED_OFFSET)
+        built = build_demo_diffusion(
+            out / "diffusion", seed=_demo_seed("DEMO_DIFFUSION_SEED") + SWAPPED_SEED_OFFSET
+        )
     from aipg.models import load_model_dir
 
     variant = load_model_dir(built)

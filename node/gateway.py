@@ -117,9 +117,19 @@ class GatewayService:
                 answer = await self.node.send_job(assignment.worker, encode(assignment), 5.0)
                 ack = decode(answer, JobAck)
                 if not ack.ok:
-                    log.info("worker %s refused job %s: %s", worker.short(), assignment.job_id.hex()[:12], ack.reason)
+                    log.info(
+                        "worker %s refused job %s: %s",
+                        worker.short(),
+                        assignment.job_id.hex()[:12],
+                        ack.reason,
+                    )
             except (GossipError, WireError) as e:
-                log.info("assignment of job %s to %s not delivered: %s", assignment.job_id.hex()[:12], worker.short(), e)
+                log.info(
+                    "assignment of job %s to %s not delivered: %s",
+                    assignment.job_id.hex()[:12],
+                    worker.short(),
+                    e,
+                )
         for jid, entry in list(self.jobs.items()):
             if not entry.done.is_set() and self.scheduler.state(jid) is JobState.FAILED:
                 entry.failed = "no worker finished the job before its deadline"
@@ -189,7 +199,9 @@ class GatewayService:
         if m.kind != kind:
             raise BadRequest(f"{m.manifest.name} is a {m.kind} model", "model")
         if not self.live_workers(m.id):
-            raise Overloaded(f"no worker serves {m.manifest.name} right now; try again later", retry_after_s=5)
+            raise Overloaded(
+                f"no worker serves {m.manifest.name} right now; try again later", retry_after_s=5
+            )
         return m
 
     def count_tokens(self, model: ModelInfo, text: str) -> int:

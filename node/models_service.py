@@ -44,7 +44,9 @@ FETCH_RETRY_S = 2.0
 
 
 class ModelService:
-    def __init__(self, identity: Identity, host: GossipHost, catalog: ModelCatalog, blobs_dir: Path):
+    def __init__(
+        self, identity: Identity, host: GossipHost, catalog: ModelCatalog, blobs_dir: Path
+    ):
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -97,7 +99,13 @@ class ModelService:
                     else:
                         manifest = self.store.manifest(mid)
                     self.fetching[mid] = "0%"
-                    await fetch_model(self.store, manifest, self.fetcher, peers, self._progress(mid, manifest.name))
+                    await fetch_model(
+                        self.store,
+                        manifest,
+                        self.fetcher,
+                        peers,
+                        self._progress(mid, manifest.name),
+                    )
                     self.fetching.pop(mid, None)
                     model = self._host(mid)
                     await self._announce(model)

@@ -141,7 +141,9 @@ class Node:
             "min_validator_stake_units": s.params.min_validator_stake,
             "is_validator": self.identity.public_bytes in s.validators,
             "hosted_models": [m.id_text for m in self.catalog.hosted()],
-            "live_workers": {m.id_text: self.gateway.live_workers(m.id) for m in self.catalog.all()},
+            "live_workers": {
+                m.id_text: self.gateway.live_workers(m.id) for m in self.catalog.all()
+            },
             "fetching_models": {model_id_text(k): v for k, v in self.models.fetching.items()},
             "queue": self.worker.in_flight if self.worker else 0,
             "mempool": len(self.chain.mempool),
@@ -199,7 +201,11 @@ class Node:
             "rejected": g.rejected,
             "ignored": g.ignored,
         }
-        out.append(Metric.by_label("aipg_gossip_messages", "Gossip messages by fate.", "counter", "fate", gossip))
+        out.append(
+            Metric.by_label(
+                "aipg_gossip_messages", "Gossip messages by fate.", "counter", "fate", gossip
+            )
+        )
         if self.verifier is not None:
             out.append(
                 Metric.by_label(

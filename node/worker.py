@@ -172,7 +172,11 @@ class WorkerService:
         try:
             ack = decode(await self.send_job(job.signer, data, 10.0), JobAck)
             if not ack.ok:
-                log.warning("gateway refused the result of job %s: %s", assignment.job_id.hex()[:12], ack.reason)
+                log.warning(
+                    "gateway refused the result of job %s: %s",
+                    assignment.job_id.hex()[:12],
+                    ack.reason,
+                )
         except (GossipError, WireError) as e:
             log.info(
                 "result of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e

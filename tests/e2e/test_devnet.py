@@ -39,7 +39,9 @@ def models_dir(tmp_path_factory) -> dict[str, str]:
 def plan(tmp_path: Path, models: dict[str, str]):
     """A fresh devnet whose node 0 hosts the (prebuilt) demo models from their
     directories; the other nodes fetch them by id from the mesh."""
-    return plan_devnet(tmp_path / "devnet", NODES, block_time_ms=BLOCK_TIME_MS, build_models=lambda _dir: models)
+    return plan_devnet(
+        tmp_path / "devnet", NODES, block_time_ms=BLOCK_TIME_MS, build_models=lambda _dir: models
+    )
 
 
 async def get(url: str) -> dict:
@@ -75,7 +77,9 @@ def openai_client(api: str, key: str = "free") -> openai.AsyncOpenAI:
 # ------------------------------------------------------------------ tokenomics replay
 
 
-def expected_balances(store_path: Path, genesis_path: Path) -> tuple[dict[bytes, int], dict[bytes, int], int]:
+def expected_balances(
+    store_path: Path, genesis_path: Path
+) -> tuple[dict[bytes, int], dict[bytes, int], int]:
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
     the operations share, the work pool (carried forward, paid by work units), the
     validators' share (proposer bonus, the rest by stake, dust to the proposer), and
@@ -115,7 +119,9 @@ def expected_balances(store_path: Path, genesis_path: Path) -> tuple[dict[bytes,
             rest = reward - operations
             to_work = rest * p.work_share_bps // 10_000
             to_validators = rest - to_work
-            balances[genesis.operations_wallet] = balances.get(genesis.operations_wallet, 0) + operations
+            balances[genesis.operations_wallet] = (
+                balances.get(genesis.operations_wallet, 0) + operations
+            )
             pool += to_work
             if work:
                 total = sum(work.values())
@@ -158,10 +164,16 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
 
         free = openai_client(api)
         paid = openai_client(api, api_key)
-        completion = await free.completions.create(model=models["llm"]["id"], prompt="The grid pays for", max_tokens=12, seed=3)
+        completion = await free.completions.create(
+            model=models["llm"]["id"], prompt="The grid pays for", max_tokens=12, seed=3
+        )
         assert completion.choices[0].text and completion.usage.completion_tokens >= 1
         stream = await free.chat.completions.create(
-            model=models["llm"]["id"], messages=[{"role": "user", "content": "hello"}], max_tokens=10, stream=True, seed=4
+            model=models["llm"]["id"],
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=10,
+            stream=True,
+            seed=4,
         )
         pieces, streamed_id = [], ""
         async for chunk in stream:
@@ -169,11 +181,23 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
         assert "".join(pieces)
-        image = await free.images.generate(model=models["diffusion"]["id"], prompt="a lighthouse", size="64x64", response_format="b64_json")
+        image = await free.images.generate(
+            model=models["diffusion"]["id"],
+            prompt="a lighthouse",
+            size="64x64",
+            response_format="b64_json",
+        )
         assert base64.b64decode(image.data[0].b64_json).startswith(b"\x89PNG\r\n\x1a\n")
-        paid_completion = await paid.completions.create(model=models["llm"]["id"], prompt="Validators check", max_tokens=8, seed=5)
+        paid_completion = await paid.completions.create(
+            model=models["llm"]["id"], prompt="Validators check", max_tokens=8, seed=5
+        )
 
-        jobs = [aipg_job_id(completion), streamed_id, aipg_job_id(image), aipg_job_id(paid_completion)]
+        jobs = [
+            aipg_job_id(completion),
+            streamed_id,
+            aipg_job_id(image),
+            aipg_job_id(paid_completion),
+        ]
         assert all(jobs), jobs
         views = [await job_in_block(api, j) for j in jobs]
         for view in views:
@@ -189,10 +213,34 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
         # Bad requests get 4xx JSON errors, never a 5xx.
         async with httpx.AsyncClient(base_url=api, timeout=30) as http:
             cases = [
-                (http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400),
+                (
+                    http.post(
+                        "/v1/completions",
+                        content=b"{not json",
+                        headers={"content-type": "application/json"},
+                    ),
+                    400,
+                ),
                 (http.post("/v1/completions", json={"model": "no-such-model", "prompt": "x"}), 404),
-                (http.post("/v1/completions", json={"model": models["llm"]["id"], "prompt": "word " * 5000, "max_tokens": 4}), 400),
-                (http.post("/v1/completions", json={"model": models["llm"]["id"], "prompt": "x"}, headers={"Authorization": "Bearer aipg-sk-wrong"}), 401),
+                (
+                    http.post(
+                        "/v1/completions",
+                        json={
+                            "model": models["llm"]["id"],
+                            "prompt": "word " * 5000,
+                            "max_tokens": 4,
+                        },
+                    ),
+                    400,
+                ),
+                (
+                    http.post(
+                        "/v1/completions",
+                        json={"model": models["llm"]["id"], "prompt": "x"},
+                        headers={"Authorization": "Bearer aipg-sk-wrong"},
+                    ),
+                    401,
+                ),
                 (http.get("/api/v1/jobs/" + "ab" * 32), 404),
             ]
             for request, status in cases:
@@ -202,7 +250,13 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
 
         async with httpx.AsyncClient(timeout=30) as http:
             metrics = (await http.get(f"{api}/metrics")).text
-        for family in ("aipg_height", "aipg_peers", "aipg_gateway_jobs", "aipg_verifications", "aipg_gossip_messages"):
+        for family in (
+            "aipg_height",
+            "aipg_peers",
+            "aipg_gateway_jobs",
+            "aipg_verifications",
+            "aipg_gossip_messages",
+        ):
             assert f"# TYPE {family}" in metrics, family
 
         # The CLI talks to the node: a fresh account cannot bond below the validator
@@ -212,17 +266,32 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
         r = await aipg_cli("stake", "5000", "--data-dir", str(client_dir.root), "--node", api)
         assert r.returncode == 1
         assert "a validator needs at least 10,000 AIPG (you have 0 bonded)" in r.stderr.decode()
-        r = await aipg_cli("submit", "--model", "aipg-demo-llm", "--prompt", "hi", "--max-tokens", "4", "--wait-verified", "--node", api)
+        r = await aipg_cli(
+            "submit",
+            "--model",
+            "aipg-demo-llm",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "4",
+            "--wait-verified",
+            "--node",
+            api,
+        )
         assert r.returncode == 0, r.stderr
         assert "certified in block" in r.stderr.decode()
 
         # A validator killed with SIGKILL restarts, syncs and agrees on every block.
         await devnet.kill_node(2)
         before = (await get(f"{api}/api/v1/status"))["height"]
-        await wait_for(lambda: _height_at_least(api, before + 3), "the chain to go on without node 2")
+        await wait_for(
+            lambda: _height_at_least(api, before + 3), "the chain to go on without node 2"
+        )
         restarted = await devnet.start_node(2)
         target = (await get(f"{api}/api/v1/status"))["height"]
-        await wait_for(lambda: _height_at_least(restarted.api_url, target), "node 2 to catch up", timeout=60)
+        await wait_for(
+            lambda: _height_at_least(restarted.api_url, target), "node 2 to catch up", timeout=60
+        )
         for h in sorted({1, before - 1, before + 1, target}):
             a = await get(f"{api}/api/v1/blocks/{h}")
             b = await get(f"{restarted.api_url}/api/v1/blocks/{h}")
@@ -236,7 +305,12 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
 
 
 async def aipg_cli(*args: str):
-    return await trio.run_process([sys.executable, "-m", "aipg.cli", *args], capture_stdout=True, capture_stderr=True, check=False)
+    return await trio.run_process(
+        [sys.executable, "-m", "aipg.cli", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
 
 
 async def _height_at_least(api: str, height: int) -> bool:
@@ -246,7 +320,9 @@ async def _height_at_least(api: str, height: int) -> bool:
         return False
 
 
-async def test_byzantine_nodes_are_caught_slashed_and_the_paid_client_refunded(tmp_path, models_dir):
+async def test_byzantine_nodes_are_caught_slashed_and_the_paid_client_refunded(
+    tmp_path, models_dir
+):
     """Node 1 runs jobs with swapped weights, node 3 alters output tokens, node 2
     double-signs prevotes; node 0 is an honest gateway. Both cheating workers are
     convicted by their committees and slashed, the paid client gets its fees back with a
@@ -278,7 +354,9 @@ async def test_byzantine_nodes_are_caught_slashed_and_the_paid_client_refunded(t
         for prompt in ("Validators check every", "A worker that cheats"):
             # After the first conviction the gateway bars that worker: the second job goes
             # to the other cheater.
-            r = await openai_client(api, api_key).completions.create(model=llm["id"], prompt=prompt, max_tokens=8, seed=9)
+            r = await openai_client(api, api_key).completions.create(
+                model=llm["id"], prompt=prompt, max_tokens=8, seed=9
+            )
             view = await job_in_block(api, aipg_job_id(r))
             assert view["status"] == "slashed", view
             invalid = [v for v in view["verdicts"] if not v["valid"]]
@@ -301,6 +379,8 @@ async def test_byzantine_nodes_are_caught_slashed_and_the_paid_client_refunded(t
                     return h
             return None
 
-        await wait_for(double_sign_in_a_block, "double-sign evidence in a block", timeout=60, poll=1.0)
+        await wait_for(
+            double_sign_in_a_block, "double-sign evidence in a block", timeout=60, poll=1.0
+        )
         node2 = await account(2)
         assert node2["bonded_units"] < 20_000 * 10**8

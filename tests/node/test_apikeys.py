@@ -37,7 +37,16 @@ def test_apikey_command(tmp_path):
     gateway = DataDir.resolve(tmp_path / "gw")
     gateway.init()
     r = subprocess.run(
-        [sys.executable, "-m", "aipg.cli", "apikey", "--data-dir", str(gateway.root), "--account-key", str(gateway.key_file)],
+        [
+            sys.executable,
+            "-m",
+            "aipg.cli",
+            "apikey",
+            "--data-dir",
+            str(gateway.root),
+            "--account-key",
+            str(gateway.key_file),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

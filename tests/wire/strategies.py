@@ -55,7 +55,9 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
 
 
 def _is_record(annotation: Any) -> bool:
-    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    base = (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
     if typing.get_origin(base) in (typing.Union, types.UnionType):
         base = next(a for a in typing.get_args(base) if a is not type(None))
     return hasattr(base, "__wire_tag__")
