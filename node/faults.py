@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 from aipg.models import LLM, ModelDir, build_demo_diffusion, build_demo_llm
+from aipg.pouw import Result
+from aipg.pouw.records import output_hash_tokens
 from aipg.stake.block import Vote, VoteStep
 from aipg.stake.builder import make_vote
-from aipg.wire import Identity
+from aipg.wire import Identity, sign
 
 from .catalog import KnownModel
 
@@ -51,6 +53,16 @@ def _demo_seed(name: str) -> int:
     from aipg.models import demo
 
     return getattr(demo, name)
+
+
+def altered_last_token(result: Result, identity: Identity) -> Result:
+    """The worker's result with its last output token changed and the receipt re-signed
+    to match: a worker that returns other tokens than its model generated."""
+    tokens = list(result.output_token_ids)
+    tokens[-1] = (tokens[-1] + 1) % 256 + 3
+    log.warning("FAULT: altering an output token of job %s", result.receipt.job_id.hex()[:12])
+    receipt = sign(result.receipt.replace(output_hash=output_hash_tokens(tokens)), identity)
+    return result.replace(receipt=receipt, output_token_ids=tuple(tokens))
 
 
 def conflicting_prevote(identity: Identity, vote: Vote) -> Vote | None:

@@ -20,12 +20,12 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM, ModelError
-from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, Result, job_id
+from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, job_id
 from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
-from aipg.pouw.records import output_hash_tokens
 from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
+from .faults import altered_last_token
 from .messages import JobAck, WorkerStatus, WorkReport, topic
 
 log = logging.getLogger("aipg.node.worker")
@@ -157,7 +157,7 @@ class WorkerService:
                     run_llm_job, runner, job, assignment, self.identity
                 )
                 if self.cheat_tokens:
-                    result = self._cheat(result)
+                    result = altered_last_token(result, self.identity)
             else:
                 result, latents = await trio.to_thread.run_sync(
                     run_diffusion_job, runner, job, assignment, self.identity
@@ -196,12 +196,3 @@ class WorkerService:
             cls = LlmRunner if model.kind == LLM else DiffusionRunner
             self._swapped[model.id] = cls(swapped_weights(model), threads=self.catalog.threads)
         return self._swapped[model.id]
-
-    def _cheat(self, result: Result) -> Result:
-        """Test-only fault: change the last output token and sign the altered receipt."""
-        tokens = list(result.output_token_ids)
-        tokens[-1] = (tokens[-1] + 1) % 256 + 3
-        receipt = sign(
-            result.receipt.replace(output_hash=output_hash_tokens(tokens)), self.identity
-        )
-        return result.replace(receipt=receipt, output_token_ids=tuple(tokens))
