@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from aipg.gossip import GossipError, GossipHost
-from aipg.models import DIFFUSION, LLM, DiffusionParams, SamplingParams, model_id_text
+from aipg.models import DIFFUSION, LLM, SamplingParams, model_id_text
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
 from aipg.pouw.schedule import JobState, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
@@ -273,17 +273,7 @@ class GatewayService:
 
     async def generate_image(self, req: ImageRequest) -> ImageResult:
         model = self._model(req.model, DIFFUSION)
-        defaults = model.manifest.default_diffusion or DiffusionParams()
-        width, height = req.size or (defaults.width, defaults.height)
-        params = DiffusionParams(
-            steps=req.steps or defaults.steps,
-            guidance_milli=defaults.guidance_milli
-            if req.guidance_milli is None
-            else req.guidance_milli,
-            width=width,
-            height=height,
-            negative_prompt=req.negative_prompt,
-        )
+        params = req.diffusion_params(model.manifest.default_diffusion)
         fee = PAID_FEE_PER_STEP * params.steps if req.tier == "paid" else 0
         entry = await self._submit(
             model, req.prompt, None, params, req.seed, req.tier, req.account, req.client, fee

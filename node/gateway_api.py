@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from aipg.models import DiffusionParams
+
 from .metrics import Metric
 
 __all__ = [
@@ -131,6 +133,19 @@ class ImageRequest:
     account: PaidAccount | None
     client: str
     negative_prompt: str = ""
+
+    def diffusion_params(self, defaults: DiffusionParams | None) -> DiffusionParams:
+        """The job's parameters: what the client asked for, the model's defaults for the
+        rest (``defaults`` None: the built-in ones)."""
+        d = defaults or DiffusionParams()
+        width, height = self.size or (d.width, d.height)
+        return DiffusionParams(
+            steps=self.steps or d.steps,
+            guidance_milli=d.guidance_milli if self.guidance_milli is None else self.guidance_milli,
+            width=width,
+            height=height,
+            negative_prompt=self.negative_prompt,
+        )
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from aipg.models import (
     build_demo_llm,
     model_id_text,
 )
-from aipg.models.manifest import DiffusionParams
 from aipg.node.api import ApiAddress, build_app, serve_api
 from aipg.node.gateway_api import (
     BadRequest,
@@ -191,17 +190,7 @@ class RunnerGateway:
         runner = self._runner(req.model)
         assert isinstance(runner, DiffusionRunner)
         self.requests.append(req)
-        default = runner.model.manifest.default_diffusion
-        width, height = req.size or (default.width, default.height)
-        params = DiffusionParams(
-            steps=req.steps or default.steps,
-            guidance_milli=default.guidance_milli
-            if req.guidance_milli is None
-            else req.guidance_milli,
-            width=width,
-            height=height,
-            negative_prompt=req.negative_prompt,
-        )
+        params = req.diffusion_params(runner.model.manifest.default_diffusion)
         try:
             runner.check_params(params)
         except ModelError as e:
