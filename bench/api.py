@@ -33,8 +33,8 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner gateway
 
 from aipg.models import build_demo_diffusion, build_demo_llm
-from aipg.node.api import build_app, serve_api
-from aipg.node.gateway_api import CompletionRequest
+from aipg.node.http.app import build_app, serve_api
+from aipg.node.services.gateway_api import CompletionRequest
 from tests.node.apikit import RunnerGateway
 
 MAX_TOKENS = 16
@@ -50,7 +50,7 @@ async def timed(fn) -> float:
 async def bench(rounds: int, root: Path) -> dict:
     gateway = RunnerGateway(build_demo_llm(root / "llm"), build_demo_diffusion(root / "diff"))
     model = gateway.resolve_model("aipg-demo-llm")
-    app = build_app(gateway, free_tier_per_minute=1_000_000)
+    app = build_app(gateway, gateway, free_tier_per_minute=1_000_000)
     body = {"model": model.id, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
     direct_req = CompletionRequest(
         model=model.id,

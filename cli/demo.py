@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from aipg.node.devnet import DevnetError
-from aipg.node.devnet_run import run_devnet_cli
+from aipg.devnet.plan import DevnetError
+from aipg.devnet.run import run_devnet_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,8 +164,9 @@ def _config_from(args: argparse.Namespace, data_dir) -> NodeConfig:
 def cmd_join(args: argparse.Namespace) -> int:
     import trio
 
+    from aipg.node.app import Node, run_until_signal, setup_logging
     from aipg.node.datadir import DataDir
-    from aipg.node.runtime import Faults, Node, run_until_signal, setup_logging
+    from aipg.node.services.faults import Faults
     from aipg.stake.genesis import load_genesis, save_genesis
 
     data_dir = DataDir.resolve(args.data_dir)
@@ -202,7 +203,7 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    from aipg.node.devnet_run import run_devnet_cli
+    from aipg.devnet.run import run_devnet_cli
 
     if args.nodes < 1:
         raise CliError("--nodes must be at least 1")

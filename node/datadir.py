@@ -31,6 +31,8 @@ CONFIG_FILE = "config.toml"
 CHAIN_FILE = "chain.sqlite"
 BLOBS_DIR = "blobs"
 LOGS_DIR = "logs"
+RUN_FILE = "run.json"  # written while the node runs, removed when it stops
+SIGN_RECORD_FILE = "signrecord.sqlite"  # what this validator signed (never sign twice)
 
 
 class DataDirError(Exception):
@@ -73,6 +75,15 @@ class DataDir:
     @property
     def logs_dir(self) -> Path:
         return self.root / LOGS_DIR
+
+    @property
+    def run_file(self) -> Path:
+        """Where a running node writes its addresses (for devnets and scripts)."""
+        return self.root / RUN_FILE
+
+    @property
+    def sign_record_file(self) -> Path:
+        return self.root / SIGN_RECORD_FILE
 
     def exists(self) -> bool:
         return self.key_file.exists()

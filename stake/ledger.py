@@ -322,10 +322,12 @@ def slash(s: State, key: bytes, bps: int) -> int:
 # --- useful work -----------------------------------------------------------------------
 
 
-def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[bytes, int]:
-    """Check each certificate, pay its escrow to the worker, and return the work units
-    certified in this block by worker account."""
-    work: dict[bytes, int] = {}
+def process_certificates(
+    s: State, certificates: Iterable[Certificate]
+) -> dict[bytes, tuple[bytes, int]]:
+    """Check each certificate, pay its escrow to the worker, and return the work
+    certified in this block: job id -> (worker account, work units)."""
+    work: dict[bytes, tuple[bytes, int]] = {}
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
         try:
@@ -341,7 +343,8 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
         if escrow is not None:  # the paid tier: the locked fee goes to the worker
             s.put("escrows", job, None)
             credit(s, worker, escrow.amount)
-        work[worker] = work.get(worker, 0) + cert.receipt.work_units
+            s.paid[job] = escrow.amount
+        work[job] = (worker, cert.receipt.work_units)
     return work
 
 
@@ -443,7 +446,9 @@ def check_double_sign(s: State, ev: DoubleSignEvidence) -> bytes:
 # --- rewards and epochs -----------------------------------------------------------------
 
 
-def process_rewards(s: State, block: Block, work: dict[bytes, int] | None = None) -> None:
+def process_rewards(
+    s: State, block: Block, work: dict[bytes, tuple[bytes, int]] | None = None
+) -> None:
     """Mint the block reward and split it: operations wallet, work pool, validators."""
     reward = s.emission.block_reward(s.height)
     s.minted += reward
@@ -454,17 +459,20 @@ def process_rewards(s: State, block: Block, work: dict[bytes, int] | None = None
     pay_validators(s, split.validators, block.header.proposer)
 
 
-def pay_work(s: State, work: dict[bytes, int]) -> None:
-    """Pay the whole pool out by work units; with no work it carries forward.
-    Rounding dust stays in the pool."""
-    total = sum(work.values())
+def pay_work(s: State, work: dict[bytes, tuple[bytes, int]]) -> None:
+    """Pay the whole pool out, to each job's worker by the job's work units (in job id
+    order); with no work it carries forward. Rounding dust stays in the pool. What each
+    job was paid is in ``s.paid``."""
+    total = sum(units for _, units in work.values())
     if not total:
         return
     pool = s.work_pool
-    for address in sorted(work):
-        share = pool * work[address] // total
-        credit(s, address, share)
+    for job in sorted(work):
+        worker, units = work[job]
+        share = pool * units // total
+        credit(s, worker, share)
         s.work_pool -= share
+        s.paid[job] = s.paid.get(job, 0) + share
 
 
 def pay_validators(s: State, amount: int, proposer: bytes) -> None:

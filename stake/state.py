@@ -85,6 +85,10 @@ class State:
     epochs: dict[bytes, tuple[tuple[bytes, int], ...]]
     block_hashes: dict[bytes, bytes]
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
+    # What each job certified by the block that led to this state paid its worker (its
+    # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
+    # hashed nor stored: it describes the last block, not the ledger.
+    paid: dict[bytes, int] = dataclasses.field(default_factory=dict)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -120,7 +124,7 @@ class State:
     def copy(self) -> State:
         """A copy to apply the next block to; its ``dirty`` sets start empty."""
         tables = {t: dict(getattr(self, t)) for t in TABLES}
-        return dataclasses.replace(self, **tables, dirty=_no_dirt())
+        return dataclasses.replace(self, **tables, dirty=_no_dirt(), paid={})
 
     # --- views ----------------------------------------------------------------------------
 

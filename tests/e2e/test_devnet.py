@@ -16,10 +16,10 @@ import openai
 import pytest
 import trio
 
+from aipg.devnet.plan import Devnet, plan_devnet
+from aipg.devnet.run import aipg_job_id, build_demo_models
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.datadir import DataDir
-from aipg.node.devnet import Devnet, plan_devnet
-from aipg.node.devnet_run import aipg_job_id, build_demo_models
 from aipg.stake.genesis import load_genesis
 from aipg.stake.store import ChainStore
 from aipg.stake.tx import TxKind
@@ -81,7 +81,7 @@ def expected_balances(
     store_path: Path, genesis_path: Path
 ) -> tuple[dict[bytes, int], dict[bytes, int], int]:
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
-    the operations share, the work pool (carried forward, paid by work units), the
+    the operations share, the work pool (carried forward, paid to each job by its work units), the
     validators' share (proposer bonus, the rest by stake, dust to the proposer), and
     escrows (locked by the payer, paid to the worker on certification)."""
     genesis = load_genesis(genesis_path)
@@ -106,12 +106,12 @@ def expected_balances(
                     escrows[tx.job_id] = (tx.sender, tx.amount)
                 else:
                     balances[tx.recipient] = balances.get(tx.recipient, 0) + tx.amount
-            work: dict[bytes, int] = {}
+            work: dict[bytes, tuple[bytes, int]] = {}  # job id -> (worker, work units)
             for cert in block.body.certificates:
                 worker = Address.from_public_key(cert.receipt.signer).raw
                 if cert.receipt.job_id in escrows:
                     balances[worker] = balances.get(worker, 0) + escrows.pop(cert.receipt.job_id)[1]
-                work[worker] = work.get(worker, 0) + cert.receipt.work_units
+                work[cert.receipt.job_id] = (worker, cert.receipt.work_units)
             assert not block.body.frauds, "an honest devnet convicts nobody"
             assert block.height < p.halving_interval  # a test devnet never leaves era 0
             reward = p.block_reward
@@ -123,11 +123,12 @@ def expected_balances(
                 balances.get(genesis.operations_wallet, 0) + operations
             )
             pool += to_work
-            if work:
-                total = sum(work.values())
+            if work:  # each job by its work units, in job id order
+                total = sum(units for _, units in work.values())
                 start_pool = pool
-                for addr in sorted(work):
-                    share = start_pool * work[addr] // total
+                for job in sorted(work):
+                    addr, units = work[job]
+                    share = start_pool * units // total
                     balances[addr] = balances.get(addr, 0) + share
                     pool -= share
             bonus = to_validators * p.proposer_bonus_bps // 10_000

@@ -28,8 +28,9 @@ from aipg.models import (
     build_demo_llm,
     model_id_text,
 )
-from aipg.node.api import ApiAddress, build_app, serve_api
-from aipg.node.gateway_api import (
+from aipg.node.http.app import ApiAddress, build_app, serve_api
+from aipg.node.metrics import Metric
+from aipg.node.services.gateway_api import (
     BadRequest,
     CompletionRequest,
     CompletionResult,
@@ -43,7 +44,6 @@ from aipg.node.gateway_api import (
     TextCallback,
     UnknownModel,
 )
-from aipg.node.metrics import Metric
 
 WORKER = "12D3KooWApiTestWorker"
 PRICE_PER_TOKEN = 10  # base units
@@ -58,7 +58,7 @@ class Account:
 
 
 class RunnerGateway:
-    """A :class:`aipg.node.gateway_api.Gateway` that runs jobs itself.
+    """A :class:`aipg.node.services.gateway_api.Gateway` that runs jobs itself.
 
     ``accounts`` maps API keys to (account, balance in base units). ``max_in_flight``
     jobs may run at once; more raise Overloaded. ``gate``, when given, is awaited by
@@ -324,4 +324,4 @@ class FakeClock:
 
 
 def app_for(gateway, *, per_minute: int = 10_000, clock=None, **kwargs):
-    return build_app(gateway, free_tier_per_minute=per_minute, clock=clock, **kwargs)
+    return build_app(gateway, gateway, free_tier_per_minute=per_minute, clock=clock, **kwargs)

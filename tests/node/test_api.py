@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
 from aipg.models import SamplingParams
-from aipg.node.api import ApiAddress, build_app, json_response, serve_api
-from aipg.node.gateway_api import JobFailed, UnknownModel
-from aipg.node.openapi import NODE_PATHS
+from aipg.node.http.app import ApiAddress, build_app, serve_api
+from aipg.node.http.openapi import NODE_PATHS
+from aipg.node.http.responses import json_response
+from aipg.node.services.gateway_api import JobFailed, UnknownModel
 
 from .apikit import (
     PAID,
@@ -569,13 +570,13 @@ async def test_metrics_are_prometheus_text(api):
     assert tokens["free"] == 2
 
 
-async def test_routes_the_node_adds_later_are_observed_under_their_own_name(gateway):
-    app = app_for(gateway)
-
+async def test_extra_routes_are_observed_under_their_own_name(gateway):
     async def account(request):
         return json_response({"address": request.path_params["address"]})
 
-    app.router.routes[0:0] = [Route("/api/v1/accounts/{address}", account, methods=["GET"])]
+    app = app_for(
+        gateway, extra_routes=[Route("/api/v1/accounts/{address}", account, methods=["GET"])]
+    )
     async with running_api(app) as api, http(api) as h:
         response = await h.get("/api/v1/accounts/aipg1x")
         assert response.json() == {"address": "aipg1x"} and response.headers["x-request-id"]
@@ -587,7 +588,7 @@ async def test_openapi_document_is_valid_and_covers_every_route(api, gateway):
     async with http(api) as h:
         document = (await h.get("/openapi.json")).json()
     validate(document)
-    app = build_app(gateway, free_tier_per_minute=1)
+    app = build_app(gateway, gateway, free_tier_per_minute=1)
     routes = {r.path.replace(":path}", "}") for r in app.routes}
     assert routes | NODE_PATHS == set(document["paths"])
 

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aipg.node.gateway_api import BadRequest, Overloaded, StreamText
+from aipg.node.services.gateway_api import BadRequest, Overloaded, StreamText
 
 
 def stream(pieces: list[str], stop: tuple[str, ...]) -> tuple[list[str], str]:

@@ -5,7 +5,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aipg.node.ratelimit import KeyedLimiter, RateLimited, TokenBucket
+from aipg.node.http.ratelimit import KeyedLimiter, RateLimited, TokenBucket
 
 from .apikit import FakeClock
 

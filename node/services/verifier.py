@@ -10,12 +10,12 @@ worker role, and committees are small.
 from __future__ import annotations
 
 import logging
-import random
 
 import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM
+from aipg.node.protocol.messages import PROTO_JOB, WorkReport, topic
 from aipg.pouw import (
     LatentReply,
     LatentRequest,
@@ -28,7 +28,7 @@ from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
 from .catalog import ModelCatalog
-from .messages import PROTO_JOB, WorkReport, topic
+from .faults import random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
@@ -87,13 +87,8 @@ class VerifierService:
         await self.host.publish(topic("verdicts"), encode(verdict))
 
     async def _check(self, report: WorkReport) -> Check:
-        if self.random_votes:  # test-only fault: vote without checking
-            ok = random.random() < 0.5
-            return Check(
-                VerdictReason.OK if ok else VerdictReason.TOKEN_MISMATCH,
-                detail="random vote",
-                recomputed=b"",
-            )
+        if self.random_votes:
+            return random_check()
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(

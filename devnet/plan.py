@@ -29,13 +29,11 @@ from pathlib import Path
 import trio
 
 from aipg.models import load_model_dir, model_id_text
+from aipg.node.datadir import RUN_FILE, DataDir
 from aipg.stake.genesis import MAINNET_PARAMS, ChainParams, make_genesis, save_genesis
 from aipg.wire import UNITS_PER_AIPG, Identity, Units, save_identity
 
-from .datadir import DataDir
-
 MARKER = "devnet.json"
-RUN_FILE = "run.json"
 VALIDATOR_STAKE = Units(20_000 * UNITS_PER_AIPG)
 NODE_BALANCE = Units(5_000 * UNITS_PER_AIPG)
 CLIENT_BALANCE = Units(1_000 * UNITS_PER_AIPG)

@@ -19,9 +19,10 @@ from typing import Any, TextIO
 import httpx
 import trio
 
-from .apikeys import ApiKeyStore
-from .datadir import DataDir
-from .devnet import Devnet, DevnetError, DevnetPlan, plan_devnet
+from aipg.node.apikeys import ApiKeyStore
+from aipg.node.datadir import DataDir
+
+from .plan import Devnet, DevnetError, DevnetPlan, plan_devnet
 
 LLM_PROMPTS = (
     "The grid pays for useful work",

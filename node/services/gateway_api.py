@@ -1,6 +1,6 @@
 """The interface between the HTTP API and the node: what a gateway does for a client.
 
-The API (``node/api.py``) parses and validates every request, then calls a
+The API (:mod:`aipg.node.http`) parses and validates every request, then calls a
 :class:`Gateway`. The gateway turns requests into jobs on the network (or, in tests, runs
 the models directly) and raises the errors below for what the client must be told. These
 are plain frozen dataclasses, not wire records: they never leave the process.
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from aipg.models import DiffusionParams
-
-from .metrics import Metric
+from aipg.node.metrics import Metric
 
 __all__ = [
     "BadRequest",
@@ -40,6 +39,7 @@ __all__ = [
     "JobFailed",
     "ModelInfo",
     "ModelKind",
+    "NodeView",
     "Overloaded",
     "PaidAccount",
     "StreamText",
@@ -198,6 +198,14 @@ class Gateway(Protocol):
         height), or None if the gateway does not know it."""
         ...
 
+    def authenticate(self, api_key: str) -> PaidAccount | None:
+        """The account ``api_key`` is bound to, or None for an unknown key."""
+        ...
+
+
+class NodeView(Protocol):
+    """What the HTTP API shows of the whole node (not only its gateway)."""
+
     def status(self) -> dict:
         """A JSON-ready node status: peers, height, finalized block, validators, hosted
         models, queue."""
@@ -205,10 +213,6 @@ class Gateway(Protocol):
 
     def metrics(self) -> list[Metric]:
         """The node's metrics (peers, height, jobs by state, verifications, gossip)."""
-        ...
-
-    def authenticate(self, api_key: str) -> PaidAccount | None:
-        """The account ``api_key`` is bound to, or None for an unknown key."""
         ...
 
 

@@ -1,7 +1,7 @@
 """The gateway role: turn client requests into signed jobs, schedule them on workers,
 and follow them to their certificates and blocks.
 
-Implements :class:`aipg.node.gateway_api.Gateway` for the HTTP API. A request becomes
+Implements :class:`aipg.node.services.gateway_api.Gateway` for the HTTP API. A request becomes
 a Job signed by this node, gossiped on ``jobs``; workers' Claims and Results arrive on
 the ``job`` protocol; the pure :class:`aipg.pouw.Scheduler` picks the worker and
 reassigns on timeout. Paid-tier jobs escrow their fee from the client's account (a
@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import DIFFUSION, LLM, SamplingParams, model_id_text
+from aipg.node.apikeys import ApiKeyStore
+from aipg.node.protocol.jobs import SendJob
+from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
 from aipg.pouw.schedule import JobState, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
     UNITS_PER_AIPG,
     Address,
+    Identity,
     PeerId,
     WireError,
     decode,
@@ -32,7 +37,6 @@ from aipg.wire import (
     sign,
 )
 
-from .apikeys import ApiKeyStore
 from .catalog import KnownModel, ModelCatalog
 from .gateway_api import (
     BadRequest,
@@ -49,10 +53,7 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
-from .messages import JobAck, WorkerStatus, WorkReport, topic
-
-if TYPE_CHECKING:
-    from .runtime import Node
+from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.gateway")
 
@@ -76,15 +77,47 @@ class GatewayJob:
     failed: str = ""
 
 
+class GatewayChain(Protocol):
+    """What the gateway reads from the chain and asks of it (the chain service)."""
+
+    @property
+    def height(self) -> int: ...
+
+    def bond_of(self, key: bytes) -> int: ...
+
+    def work_paid(self, job_id: bytes) -> int | None: ...
+
+    async def escrow(self, payer: Identity, job_id: bytes, fee: int) -> None: ...
+
+
 class GatewayService:
-    def __init__(self, node: Node, host: GossipHost, catalog: ModelCatalog):
-        self.node = node
-        self.identity = node.identity
+    """``send_job`` reaches workers on the ``job`` protocol; ``local_jobs`` hands each
+    new job to this node's own worker (gossip does not deliver our own messages back)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: GossipHost,
+        catalog: ModelCatalog,
+        chain: GatewayChain,
+        tracker: WorkTracker,
+        api_keys: ApiKeyStore,
+        send_job: SendJob,
+        local_jobs: Callable[[Job], Awaitable[None]],
+        now_ms: Callable[[], int],
+    ):
+        self.identity = identity
         self.host = host
         self.catalog = catalog
+        self.chain = chain
+        self.tracker = tracker
+        self.api_keys = api_keys
+        self.send_job = send_job
+        self.local_jobs = local_jobs
+        self.now_ms = now_ms
         self.scheduler = Scheduler(
-            self.identity,
-            bond_of=lambda key: node.chain.bond_of(key),
+            identity,
+            bond_of=chain.bond_of,
             # Paid jobs go to workers with a bond and at least a newcomer's reputation.
             config=SchedulerConfig(
                 claim_window_ms=150,
@@ -93,8 +126,7 @@ class GatewayService:
                 trusted_min_reputation=ReputationConfig().initial,
             ),
         )
-        self.api_keys = ApiKeyStore(node.data_dir)
-        node.tracker.on_outcome.append(self._on_outcome)
+        tracker.on_outcome.append(self._on_outcome)
         self.jobs: dict[bytes, GatewayJob] = {}
         # model id -> {worker key: last status time (ms)}, from the workers topic
         self.workers: dict[bytes, dict[bytes, int]] = {}
@@ -107,14 +139,14 @@ class GatewayService:
             await self._tick()
 
     async def _tick(self) -> None:
-        now = self.node.now_ms()
-        height = self.node.chain.height
+        now = self.now_ms()
+        height = self.chain.height
         if height < COMMITTEE_LOOKAHEAD:
             return  # no committee can be seeded yet: jobs wait for the chain's first blocks
         for assignment in self.scheduler.tick(now, height):
             worker = PeerId.from_public_key(assignment.worker)
             try:
-                answer = await self.node.send_job(assignment.worker, encode(assignment), 5.0)
+                answer = await self.send_job(assignment.worker, encode(assignment), 5.0)
                 ack = decode(answer, JobAck)
                 if not ack.ok:
                     log.info(
@@ -135,7 +167,7 @@ class GatewayService:
                 entry.failed = "no worker finished the job before its deadline"
                 entry.done.set()
 
-    def _on_outcome(self, tracked) -> None:
+    def _on_outcome(self, tracked: TrackedWork) -> None:
         """A committee decided on a job: certified work raises the worker's reputation
         here, proven fraud bars the worker from this gateway's jobs."""
         worker = tracked.report.result.receipt.signer
@@ -147,22 +179,22 @@ class GatewayService:
     # -- job protocol (claims and results from workers) ----------------------------------
 
     def on_claim(self, claim: Claim) -> None:
-        self.scheduler.on_claim(claim, self.node.now_ms())
+        self.scheduler.on_claim(claim, self.now_ms())
 
     def on_report(self, report: WorkReport) -> None:
         jid = report.result.receipt.job_id
         entry = self.jobs.get(jid)
         if entry is None:
             raise PouwError("report.job_id", "not a job of this gateway")
-        self.node.tracker.check_report(report)
-        self.scheduler.on_receipt(report.result.receipt, self.node.now_ms())
+        self.tracker.check_report(report)
+        self.scheduler.on_receipt(report.result.receipt, self.now_ms())
         entry.report = report
         entry.done.set()
 
     # -- workers topic -------------------------------------------------------------------
 
     async def on_worker_status(self, status: WorkerStatus) -> None:
-        now = self.node.now_ms()
+        now = self.now_ms()
         for mid in status.models:
             self.workers.setdefault(mid, {})[status.signer] = now
         # A worker that stopped serving a model is forgotten at its next status.
@@ -171,7 +203,7 @@ class GatewayService:
                 seen.pop(status.signer, None)
 
     def live_workers(self, mid: bytes) -> int:
-        horizon = self.node.now_ms() - WORKER_STATUS_TTL_MS
+        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
         return sum(1 for t in self.workers.get(mid, {}).values() if t >= horizon)
 
     # -- Gateway protocol: models ----------------------------------------------------------
@@ -297,7 +329,7 @@ class GatewayService:
             paid = self.api_keys.by_address(account.address) if account else None
             if paid is None:
                 raise InsufficientFunds("the paid tier needs an API key bound to an account")
-        now = self.node.now_ms()
+        now = self.now_ms()
         self._nonce += 1
         job = sign(
             Job(
@@ -324,12 +356,12 @@ class GatewayService:
         self.scheduler.submit(job, now)
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.
-        await self.node.on_local_job(job)
+        await self.local_jobs(job)
         return entry
 
     async def _escrow(self, paid, job: Job) -> None:
         try:
-            await self.node.chain.escrow(paid.identity, job_id(job), job.fee)
+            await self.chain.escrow(paid.identity, job_id(job), job.fee)
         except ValueError as e:
             raise InsufficientFunds(
                 f"cannot escrow the {format_amount(job.fee)} AIPG fee from {Address(job.client)}: {e}"
@@ -350,7 +382,7 @@ class GatewayService:
         except ValueError:
             return None
         entry = self.jobs.get(jid)
-        tracked = self.node.tracker.for_job(jid)
+        tracked = self.tracker.for_job(jid)
         if entry is None and tracked is None:
             return None
         job = entry.job if entry else tracked.report.job
@@ -397,13 +429,21 @@ class GatewayService:
                 }
             view["block_height"] = tracked.block_height
             if tracked.block_height is not None:
-                paid = self.node.chain.work_paid(jid)
+                paid = self.chain.work_paid(jid)
                 view["reward"] = format_amount(paid) if paid is not None else None
         elif entry is not None and entry.report is not None:
             view["worker"] = str(PeerId.from_public_key(entry.report.result.receipt.signer))
         return view
 
-    def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked) -> str:
+    def jobs_by_state(self) -> dict[str, int]:
+        """How many of this gateway's jobs are in each state (for /metrics)."""
+        out: dict[str, int] = {}
+        for jid, entry in self.jobs.items():
+            state = self._status_of(jid, entry, self.tracker.for_job(jid))
+            out[state] = out.get(state, 0) + 1
+        return out
+
+    def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked: TrackedWork | None) -> str:
         if tracked is not None:
             if tracked.block_height is not None:
                 return "paid" if tracked.certified else "slashed"
@@ -420,9 +460,3 @@ class GatewayService:
             except PouwError:
                 return "unknown"
         return "unknown"
-
-    def status(self) -> dict:
-        return self.node.status()
-
-    def metrics(self):
-        return self.node.metrics()

@@ -9,7 +9,7 @@ store, the sign-record and block sync. This module connects them to the node:
   to help a node that is behind) go to the driver; what it publishes goes to gossip;
 - the driver paces heights at the genesis' target block time;
 - a proposal carries the mempool's valid transactions and the certificates and fraud
-  evidence the :class:`~aipg.node.work.WorkTracker` has decided but no block has yet;
+  evidence the :class:`~aipg.node.services.work.WorkTracker` has decided but no block has yet;
 - each finalized block settles what it carried: job rewards (for the API), included
   work (for the tracker), spent transactions (for the mempool);
 - consensus starts at genesis time, so the genesis validators begin height 1 together;
@@ -22,27 +22,23 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import trio
 
 from aipg.gossip import GossipError, GossipHost
+from aipg.node.protocol.messages import topic
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
 from aipg.stake.ledger import apply_transaction, check_transaction
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
-from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import Transaction, TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.wire import Address, Identity, WireError, decode, encode, require_signature
 from aipg.wire.codec import record_digest
 
-from .messages import topic
-
-if TYPE_CHECKING:
-    from .work import WorkTracker
+from .work import WorkTracker
 
 log = logging.getLogger("aipg.node.chain")
 
@@ -95,24 +91,18 @@ class ChainService:
     def state(self) -> State:
         return self.chain.state
 
-    # -- queries (WorkTracker's ChainView, gateway, API) ------------------------------------
+    # -- queries (gateway, API) -------------------------------------------------------------
 
     @property
     def height(self) -> int:
         return self.state.height
 
-    @property
-    def committee_size(self) -> int:
-        return self.state.params.committee_size
-
-    def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
-        return self.state.validator_snapshot_at(height)
-
-    def finalized_hash(self, height: int) -> bytes | None:
-        return self.chain.block_hash_at(height)
-
     def bond_of(self, key: bytes) -> int:
         return self.state.bond(key).stake
+
+    async def wait_for_block(self) -> None:
+        """Return when the next block is final here."""
+        await self.new_block.wait()
 
     def work_paid(self, job_id: bytes) -> int | None:
         return self.job_rewards.get(job_id)
@@ -190,10 +180,10 @@ class ChainService:
         certs = [c for c in certs if c.receipt.job_id not in state.certified]
         return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS])
 
-    def _settle(self, block: Block, commit: Commit, before: State) -> None:
-        """After a block is final: record its job rewards, mark its work included,
-        drop its transactions from the mempool."""
-        self.job_rewards.update(_job_rewards(block, before))
+    def _settle(self, block: Block, commit: Commit, _before: State) -> None:
+        """After a block is final: record what its jobs were paid (the ledger's own
+        figures), mark its work included, drop its transactions from the mempool."""
+        self.job_rewards.update(self.state.paid)
         for cert in block.body.certificates:
             self.tracker.mark_included(cert.receipt.job_id, block.height)
         for ev in block.body.frauds:
@@ -291,6 +281,23 @@ class ChainService:
             log.debug("tx from gossip refused: %s", e)
 
 
+class FinalizedChain:
+    """The work tracker's view of a chain store: what committees are drawn from."""
+
+    def __init__(self, chain: Chain):
+        self.chain = chain
+
+    @property
+    def committee_size(self) -> int:
+        return self.chain.state.params.committee_size
+
+    def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
+        return self.chain.state.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int) -> bytes | None:
+        return self.chain.block_hash_at(height)
+
+
 class _Finalizer:
     """What :func:`aipg.stake.sync.sync_from` drives: our height, and the driver's one
     finalize step (so synced blocks are settled like decided ones)."""
@@ -304,24 +311,6 @@ class _Finalizer:
 
     def finalize(self, block: Block, commit: Commit) -> None:
         self.service.driver.app.finalize(block, commit)
-
-
-def _job_rewards(block: Block, before: State) -> dict[bytes, int]:
-    """What each certified job in ``block`` paid its worker: its share of the work pool
-    by work units, plus its escrowed fee (paid tier)."""
-    certs = block.body.certificates
-    if not certs:
-        return {}
-    reward = before.emission.block_reward(block.height)
-    pool = before.work_pool + split_reward(before.params, reward).work
-    total = sum(c.receipt.work_units for c in certs)
-    out = {}
-    for c in certs:
-        escrow = before.escrows.get(c.receipt.job_id)
-        out[c.receipt.job_id] = pool * c.receipt.work_units // total + (
-            escrow.amount if escrow else 0
-        )
-    return out
 
 
 def _tx_id(tx: Transaction) -> bytes:

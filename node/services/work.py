@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import trio
+
+from aipg.node.protocol.gossip import check_report
+from aipg.node.protocol.messages import WorkReport
 from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
@@ -26,12 +31,7 @@ from aipg.pouw import (
     VoteCollector,
     committee_for,
     receipt_id,
-    validate_assignment,
-    validate_job,
-    validate_receipt,
 )
-
-from .messages import WorkReport
 
 log = logging.getLogger("aipg.node.work")
 
@@ -59,10 +59,11 @@ class TrackedWork:
         return isinstance(self.outcome, FraudEvidence)
 
 
-class ChainView:
+class ChainView(Protocol):
     """What the tracker reads from the chain (implemented by the chain service)."""
 
-    committee_size: int
+    @property
+    def committee_size(self) -> int: ...
 
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
 
@@ -83,10 +84,7 @@ class WorkTracker:
 
     def check_report(self, report: WorkReport) -> None:
         """Cheap checks of a report (signatures and bindings); raises PouwError."""
-        result = report.result
-        validate_job(report.job)
-        validate_assignment(report.assignment, report.job)
-        validate_receipt(result.receipt, report.job, report.assignment)
+        check_report(report)
 
     def committee(self, report: WorkReport) -> tuple[tuple[bytes, ...], Mapping[bytes, int]]:
         """The report's committee and the stakes it is drawn from; raises PouwError while
@@ -191,3 +189,61 @@ class WorkTracker:
             t = self._by_receipt.pop(oldest)
             if self._by_job.get(t.job_id) == oldest:
                 del self._by_job[t.job_id]
+
+
+class Verifier(Protocol):
+    """What the intake hands new work to (the validator's committee role)."""
+
+    def consider(self, tracked: TrackedWork) -> None: ...
+
+
+# Reports whose committee seed block is not final here yet, retried on each new block.
+MAX_WAITING_REPORTS = 1024
+
+
+class WorkIntake:
+    """Where reports and verdicts enter the tracker, from gossip and from the ``job``
+    protocol alike.
+
+    A report whose committee cannot be computed yet (its seed block is not final on this
+    node) waits, at most ``MAX_WAITING_REPORTS`` of them, and is retried after each new
+    block; a new report goes to the verifier, which checks it if this node is on its
+    committee.
+    """
+
+    def __init__(
+        self,
+        tracker: WorkTracker,
+        verifier: Verifier | None,
+        wait_for_block: Callable[[], Awaitable[None]],
+    ):
+        self.tracker = tracker
+        self.verifier = verifier
+        self.wait_for_block = wait_for_block
+        self.waiting: list[WorkReport] = []
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Retry the waiting reports after each new block, until cancelled."""
+        task_status.started()
+        while True:
+            await self.wait_for_block()
+            waiting, self.waiting = self.waiting, []
+            for report in waiting:
+                await self.on_report(report)
+
+    async def on_report(self, report: WorkReport) -> None:
+        try:
+            tracked, new = self.tracker.add_report(report)
+        except PouwError as e:
+            if len(self.waiting) < MAX_WAITING_REPORTS:
+                self.waiting.append(report)
+            log.debug("report waits for the chain: %s", e)
+            return
+        if new and self.verifier is not None:
+            self.verifier.consider(tracked)
+
+    async def on_verdict(self, verdict: Verdict) -> None:
+        try:
+            self.tracker.add_verdict(verdict)
+        except PouwError as e:
+            log.info("dropped a verdict: %s", e)

@@ -20,13 +20,13 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM, ModelError
+from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
 from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, job_id
 from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
 from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
 from .faults import altered_last_token
-from .messages import JobAck, WorkerStatus, WorkReport, topic
 
 log = logging.getLogger("aipg.node.worker")
 

@@ -1,4 +1,4 @@
-"""Native routes of the HTTP API the node adds: accounts, transactions, blocks, and
+"""The HTTP API's chain and model routes: accounts, transactions, blocks, and
 publishing a model.
 
 ``GET /api/v1/accounts/{address}`` — balance, bond, unbonding and next nonce.
@@ -13,33 +13,54 @@ import base64
 import binascii
 import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
 from aipg.models import ModelError
+from aipg.node.services.catalog import KnownModel
+from aipg.stake.chain import Chain
+from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import Address, WireError, decode, format_amount
 
-from .api import ApiError, error_response, invalid, json_response, read_json_object
-
-if TYPE_CHECKING:
-    from .runtime import Node
+from .request import read_json_object
+from .responses import ApiError, error_response, invalid, json_response
 
 MAX_TX_BODY = 64 * 1024
 
 
-def add_chain_routes(app: Starlette, node: Node) -> None:
+class ChainApi(Protocol):
+    """What these routes read from and send to the chain (the chain service)."""
+
+    chain: Chain
+
+    @property
+    def state(self) -> State: ...
+
+    def next_nonce(self, address: bytes) -> int: ...
+
+    async def submit_tx(self, tx: Transaction) -> bytes: ...
+
+
+class ModelPublisher(Protocol):
+    """What the publish route asks of the node's models (the model service)."""
+
+    async def publish(self, path: Path) -> KnownModel: ...
+
+
+def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
+    """The routes, bound to the node's chain and model services."""
+
     async def account(request: Request):
         text = request.path_params["address"]
         try:
             address = Address.from_string(text)
         except WireError as e:
             return error_response(invalid(f"not an account address: {e}", "address"))
-        s = node.chain.state
+        s = chain.state
         acct = s.account(address.raw)
         bonded = unbonding = 0
         for key, bond in s.bonds.items():
@@ -55,7 +76,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
                 "bonded_units": bonded,
                 "unbonding": format_amount(unbonding),
                 "unbonding_units": unbonding,
-                "next_nonce": node.chain.next_nonce(address.raw),
+                "next_nonce": chain.next_nonce(address.raw),
                 "height": s.height,
             }
         )
@@ -75,7 +96,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
             except WireError as e:
                 raise invalid(f"not a transaction: {e}", "tx") from None
             try:
-                txid = await node.chain.submit_tx(tx)
+                txid = await chain.submit_tx(tx)
             except LedgerError as e:
                 raise invalid(f"transaction refused: {e}", "tx", "tx_refused") from None
         except ApiError as e:
@@ -87,7 +108,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
         if not text.isdigit() or len(text) > 18:
             return error_response(invalid("a block height is a non-negative integer", "height"))
         height = int(text)
-        fb = node.chain.chain.store.finalized(height) if height > 0 else None
+        fb = chain.chain.store.finalized(height) if height > 0 else None
         if fb is None:
             return error_response(
                 ApiError(
@@ -128,7 +149,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
             if not isinstance(path, str) or not path:
                 raise invalid('expected {"path": "<model directory>"}', "path")
             try:
-                model = await node.models.publish(Path(path))
+                model = await models.publish(Path(path))
             except ModelError as e:
                 raise invalid(f"cannot publish {path}: {e}", "path") from None
         except ApiError as e:
@@ -137,7 +158,7 @@ def add_chain_routes(app: Starlette, node: Node) -> None:
             {"model_id": model.id_text, "name": model.manifest.name, "kind": model.kind}
         )
 
-    app.router.routes[0:0] = [
+    return [
         Route("/api/v1/models/publish", publish, methods=["POST"]),
         Route("/api/v1/blocks/{height}", block, methods=["GET"]),
         Route("/api/v1/accounts/{address}", account, methods=["GET"]),

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import trio
 from starlette.types import Message, Receive, Scope, Send
 
-from .api_request import ApiError, error_response, json_bytes
-from .gateway_api import CompletionResult, TextCallback
-from .metrics import Gauge
+from aipg.node.metrics import Gauge
+from aipg.node.services.gateway_api import CompletionResult, TextCallback
+
+from .responses import ApiError, error_response, json_bytes
 
 log = logging.getLogger("aipg.node.api")
 

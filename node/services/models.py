@@ -32,10 +32,10 @@ from aipg.models import (
     model_id_text,
     sign_announcement,
 )
+from aipg.node.protocol.messages import topic
 from aipg.wire import Identity, PeerId, WireError, encode, parse_content_id
 
 from .catalog import KnownModel, ModelCatalog
-from .messages import topic
 
 log = logging.getLogger("aipg.node.models")
 

@@ -6,12 +6,15 @@ unless a fault flag was given; ``join --help`` lists them under "testing only".
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from aipg.models import LLM, ModelDir, build_demo_diffusion, build_demo_llm
-from aipg.pouw import Result
+from aipg.pouw import Result, VerdictReason
 from aipg.pouw.records import output_hash_tokens
+from aipg.pouw.verify import Check
 from aipg.stake.block import Vote, VoteStep
 from aipg.stake.builder import make_vote
 from aipg.wire import Identity, sign
@@ -19,6 +22,20 @@ from aipg.wire import Identity, sign
 from .catalog import KnownModel
 
 log = logging.getLogger("aipg.node.faults")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Which test-only misbehaviour a node runs with (all off on a real node)."""
+
+    cheat_tokens: bool = False  # worker: alter one output token after generating
+    swap_weights: bool = False  # worker: run a model with other weights of the same shape
+    random_votes: bool = False  # validator: vote valid/invalid at random without checking
+    double_sign: bool = False  # validator: sign two conflicting prevotes at each height
+
+    def any(self) -> bool:
+        return self.cheat_tokens or self.swap_weights or self.random_votes or self.double_sign
+
 
 SWAPPED_SEED_OFFSET = 1  # "other weights of the same shape": the demo builder, another seed
 
@@ -74,3 +91,13 @@ def conflicting_prevote(identity: Identity, vote: Vote) -> Vote | None:
     other = bytes(32) if vote.block_hash != bytes(32) else b"\x01" * 32
     log.warning("FAULT: double-signing a prevote at height %d round %d", vote.height, vote.round)
     return make_vote(identity, vote.chain_id, vote.height, vote.round, VoteStep.PREVOTE, other)
+
+
+def random_check() -> Check:
+    """A check's outcome drawn at random, without checking: a validator voting blind."""
+    ok = random.random() < 0.5
+    return Check(
+        VerdictReason.OK if ok else VerdictReason.TOKEN_MISMATCH,
+        detail="random vote",
+        recomputed=b"",
+    )

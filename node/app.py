@@ -1,0 +1,425 @@
+"""The running node: the composition root, the one place that knows every service.
+
+:meth:`Node.run` builds each service with the narrow interfaces it needs and starts it
+with ``await nursery.start(...)``, so a service is ready (listening, subscribed) before
+the next one uses it::
+
+    gossip host  ->  chain (store, consensus, mempool, sync)  ->  models (store, blob
+      protocol, announcements, fetches)  ->  gateway  ->  worker  ->  verifier
+      ->  work intake  ->  job / sync / blob protocols  ->  topic consumers  ->  HTTP API
+      ->  run file (addresses, for devnets and scripts)
+
+SIGINT / SIGTERM cancel the nursery: in-flight jobs are abandoned (their gateways
+reassign them after the deadline), connections close, the chain store closes after
+its last committed block. Nothing accepted is lost: blocks commit atomically, and a
+validator records each vote durably before it sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from aipg.gossip import Delivered, GossipConfig, GossipHost, Transport, WebsocketTransport
+from aipg.models import ModelError, check_announcement, model_id_text
+from aipg.pouw import Job, PouwError, Verdict
+from aipg.stake.chain import Chain
+from aipg.stake.genesis import Genesis
+from aipg.stake.signrecord import SqliteSignRecord
+from aipg.stake.tx import Transaction
+from aipg.stake.types import LedgerError
+from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, format_amount
+
+from .apikeys import ApiKeyStore
+from .config import NodeConfig
+from .datadir import DataDir
+from .metrics import Metric
+from .protocol.gossip import topic_checks, topic_validator
+from .protocol.jobs import JobProtocol
+from .protocol.messages import PROTO_BLOB, PROTO_SYNC, WorkerStatus, WorkReport, topic
+from .services.catalog import ModelCatalog
+from .services.chain import ChainService, FinalizedChain
+from .services.faults import Faults
+from .services.gateway import GatewayService
+from .services.models import ModelService
+from .services.verifier import VerifierService
+from .services.work import WorkIntake, WorkTracker
+from .services.worker import WorkerService
+
+log = logging.getLogger("aipg.node")
+
+Consumer = Callable[[Delivered], Awaitable[None]]
+TOPIC_VALIDATION_TIMEOUT_S = 5.0
+MAX_SYNC_REQUEST = 1024  # a height range
+MAX_BLOB_REQUEST = 1024  # a blob id and a chunk index
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Node:
+    """One node. Build it, then ``await nursery.start(node.run)``.
+
+    ``transport`` carries the gossip host's connections: websockets by default, a
+    :class:`aipg.gossip.MemoryTransport` for in-process tests.
+    """
+
+    data_dir: DataDir
+    config: NodeConfig
+    genesis: Genesis
+    faults: Faults = field(default_factory=Faults)
+    transport: Transport = field(default_factory=WebsocketTransport)
+    identity: Identity = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity = self.data_dir.load_identity()
+        self.api_url = ""
+        self.started = trio.Event()
+        # Built by run(), in start order; a worker and a verifier only when configured.
+        self.host: GossipHost
+        self.chain: ChainService
+        self.tracker: WorkTracker
+        self.catalog: ModelCatalog
+        self.models: ModelService
+        self.gateway: GatewayService
+        self.worker: WorkerService | None = None
+        self.verifier: VerifierService | None = None
+        self.intake: WorkIntake
+
+    def gossip_config(self) -> GossipConfig:
+        return GossipConfig(
+            listen=[Multiaddr.parse(a) for a in self.config.listen],
+            bootstrap=[Multiaddr.parse(a) for a in self.config.bootstrap],
+            max_peers=self.config.max_peers,
+            high_water=max(2, min(48, self.config.max_peers - 2)),
+            low_water=max(1, min(32, self.config.max_peers // 2)),
+        )
+
+    @staticmethod
+    def now_ms() -> int:
+        return now_ms()
+
+    # -- start ------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run every service until cancelled; ``started()`` once the node serves."""
+        log.info("node %s starting (chain %s)", self.identity.peer_id, self.genesis.chain_id)
+        async with trio.open_nursery() as nursery:
+            self.host = GossipHost(self.identity, self.gossip_config(), transport=self.transport)
+            await nursery.start(self.host.run)
+            await self._start_chain(nursery)
+            await self._start_models(nursery)
+            jobs = JobProtocol(self.host, self.identity)
+            await self._start_roles(nursery, jobs)
+            self._serve_protocols(jobs)
+            await self._start_consumers(nursery)
+            if self.config.api:
+                await self._start_api(nursery)
+            self.write_run_file()
+            log.info("node ready: %s", ", ".join(str(a) for a in self.host.listen_addrs))
+            self.started.set()
+            task_status.started()
+
+    async def _start_chain(self, nursery: trio.Nursery) -> None:
+        chain = Chain.open(self.data_dir.chain_file, self.genesis)
+        log.info("chain store at height %d", chain.height)
+        self.tracker = WorkTracker(FinalizedChain(chain))
+        self.chain = ChainService(
+            chain,
+            self.host,
+            self.identity if self.config.validator else None,
+            SqliteSignRecord(self.data_dir.sign_record_file),
+            self.tracker,
+            now_ms,
+            double_sign=self.faults.double_sign,
+        )
+        await nursery.start(self.chain.run)
+
+    async def _start_models(self, nursery: trio.Nursery) -> None:
+        self.catalog = ModelCatalog(self.config.threads)
+        self.models = ModelService(self.identity, self.host, self.catalog, self.data_dir.blobs_dir)
+        await nursery.start(self.models.run, self.config.host_model)
+
+    async def _start_roles(self, nursery: trio.Nursery, jobs: JobProtocol) -> None:
+        """Gateway, then worker (it reports to the gateway), verifier and work intake."""
+        self.gateway = GatewayService(
+            self.identity,
+            self.host,
+            self.catalog,
+            self.chain,
+            self.tracker,
+            ApiKeyStore(self.data_dir),
+            jobs.send,
+            self._local_job,
+            now_ms,
+        )
+        await nursery.start(self.gateway.run)
+        if self.config.worker:
+            self.worker = WorkerService(
+                self.identity,
+                self.host,
+                self.catalog,
+                now_ms,
+                jobs.send,
+                self.gateway.on_worker_status,
+                cheat_tokens=self.faults.cheat_tokens,
+                swap_weights=self.faults.swap_weights,
+            )
+            await nursery.start(self.worker.run)
+        if self.config.validator:
+            self.verifier = VerifierService(
+                self.identity,
+                self.host,
+                self.catalog,
+                self.tracker,
+                random_votes=self.faults.random_votes,
+            )
+            await nursery.start(self.verifier.run)
+        self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
+        await nursery.start(self.intake.run)
+
+    def _serve_protocols(self, jobs: JobProtocol) -> None:
+        jobs.serve(self.gateway, self.worker, self.intake.on_report)
+        self.host.set_request_handler(
+            PROTO_SYNC, self.chain.serve_sync, max_request_size=MAX_SYNC_REQUEST
+        )
+        self.host.set_request_handler(
+            PROTO_BLOB, self.models.serve_blob, max_request_size=MAX_BLOB_REQUEST
+        )
+
+    async def _local_job(self, job: Job) -> None:
+        """A job from ``jobs`` or from this node's own gateway (gossip does not deliver
+        our own messages back to us): the worker may claim it."""
+        if self.worker is not None:
+            await self.worker.on_job(job)
+
+    # -- gossip -----------------------------------------------------------------------
+
+    async def _start_consumers(self, nursery: trio.Nursery) -> None:
+        """Every topic's validator, then its consumer, each subscribed before the node
+        reports it is ready."""
+        for name, check in topic_checks(self.genesis.chain_id).items():
+            self.host.set_topic_validator(
+                topic(name), topic_validator(check), timeout=TOPIC_VALIDATION_TIMEOUT_S
+            )
+        consumers: dict[str, Consumer] = {
+            "consensus": self._on_consensus,
+            "txs": self._on_tx,
+            "jobs": self._on_job,
+            "receipts": self._on_report,
+            "verdicts": self._on_verdict,
+            "models": self._on_model,
+            "workers": self._on_worker_status,
+        }
+        for name, consume in consumers.items():
+            await nursery.start(self._consume, name, consume)
+
+    async def _consume(
+        self, name: str, consume: Consumer, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self.host.subscribe(topic(name)) as sub:
+            task_status.started()
+            async for delivered in sub:
+                try:
+                    await consume(delivered)
+                except (WireError, PouwError, LedgerError, ModelError) as e:
+                    log.info("dropped a message on %s: %s", name, e)
+
+    async def _on_consensus(self, m: Delivered) -> None:
+        await self.chain.on_consensus_data(m.data)
+
+    async def _on_tx(self, m: Delivered) -> None:
+        self.chain.on_tx(decode(m.data, Transaction))
+
+    async def _on_job(self, m: Delivered) -> None:
+        await self._local_job(decode(m.data, Job))
+
+    async def _on_report(self, m: Delivered) -> None:
+        await self.intake.on_report(decode(m.data, WorkReport))
+
+    async def _on_verdict(self, m: Delivered) -> None:
+        await self.intake.on_verdict(decode(m.data, Verdict))
+
+    async def _on_model(self, m: Delivered) -> None:
+        self.models.on_announcement(check_announcement(m.data), m.author)
+
+    async def _on_worker_status(self, m: Delivered) -> None:
+        await self.gateway.on_worker_status(decode(m.data, WorkerStatus))
+
+    # -- HTTP API ---------------------------------------------------------------------
+
+    async def _start_api(self, nursery: trio.Nursery) -> None:
+        from .http.app import build_app, serve_api  # Starlette and Hypercorn: API nodes only
+        from .http.routes_chain import chain_routes
+
+        host, _, port = self.config.api.rpartition(":")
+        app = build_app(
+            self.gateway,
+            self,
+            extra_routes=chain_routes(self.chain, self.models),
+            free_tier_per_minute=self.config.free_tier_per_minute,
+        )
+        bound = await nursery.start(serve_api, app, host, int(port))
+        self.api_url = bound.url
+        log.info("HTTP API on %s", self.api_url)
+
+    # -- views (NodeView for the HTTP API) --------------------------------------------
+
+    def status(self) -> dict:
+        """The JSON-ready status the API serves at /api/v1/status."""
+        s = self.chain.state
+        validators = [
+            {"peer_id": str(PeerId.from_public_key(v.key)), "stake": format_amount(v.power)}
+            for v in s.validators.validators
+        ]
+        return {
+            "peer_id": str(self.identity.peer_id),
+            "address": str(self.identity.address),
+            "chain_id": s.chain_id,
+            "height": s.height,
+            "finalized_hash": s.last_block_hash.hex(),
+            "block_time_ms": s.params.target_block_time_ms,
+            "peers": [str(p) for p in self.host.connected_peers()],
+            "listen": [str(a) for a in self.host.listen_addrs],
+            "validators": validators,
+            "total_stake": format_amount(s.validators.total_power),
+            "min_validator_stake": format_amount(s.params.min_validator_stake),
+            "min_validator_stake_units": s.params.min_validator_stake,
+            "is_validator": self.identity.public_bytes in s.validators,
+            "hosted_models": [m.id_text for m in self.catalog.hosted()],
+            "live_workers": {
+                m.id_text: self.gateway.live_workers(m.id) for m in self.catalog.all()
+            },
+            "fetching_models": {model_id_text(k): v for k, v in self.models.fetching.items()},
+            "queue": self.worker.in_flight if self.worker else 0,
+            "mempool": len(self.chain.mempool),
+            "supply": {
+                "genesis_units": s.genesis.supply,
+                "minted_units": s.minted,
+                "burned_units": s.burned,
+                "work_pool_units": s.work_pool,
+                "escrowed_units": sum(e.amount for e in s.escrows.values()),
+            },
+            "work": self.tracker.counts(),
+        }
+
+    def metrics(self) -> list[Metric]:
+        """The node's own metrics for /metrics (the API adds its request metrics)."""
+        g = self.host.router.stats
+        out = [
+            Metric.single(
+                "aipg_peers", "Connected peers.", "gauge", len(self.host.connected_peers())
+            ),
+            Metric.single(
+                "aipg_height", "Height of the last finalized block.", "gauge", self.chain.height
+            ),
+            Metric.single(
+                "aipg_mempool_transactions",
+                "Transactions waiting for a block.",
+                "gauge",
+                len(self.chain.mempool),
+            ),
+            Metric.by_label(
+                "aipg_gateway_jobs",
+                "Jobs of this gateway by state.",
+                "gauge",
+                "state",
+                self.gateway.jobs_by_state(),
+            ),
+            Metric.by_label(
+                "aipg_work",
+                "Work reports tracked, by outcome.",
+                "gauge",
+                "outcome",
+                self.tracker.counts(),
+            ),
+            Metric.single(
+                "aipg_worker_jobs_executed",
+                "Jobs this worker executed.",
+                "counter",
+                self.worker.executed if self.worker else 0,
+            ),
+            Metric.by_label(
+                "aipg_gossip_messages",
+                "Gossip messages by fate.",
+                "counter",
+                "fate",
+                {
+                    "published": g.published,
+                    "delivered": g.delivered,
+                    "duplicates": g.duplicates,
+                    "rejected": g.rejected,
+                    "ignored": g.ignored,
+                },
+            ),
+        ]
+        if self.verifier is not None:
+            out.append(
+                Metric.by_label(
+                    "aipg_verifications",
+                    "Verdicts this validator gave.",
+                    "counter",
+                    "outcome",
+                    self.verifier.outcomes,
+                )
+            )
+        return out
+
+    # -- run file ---------------------------------------------------------------------
+
+    def write_run_file(self) -> None:
+        """Write where this node listens, atomically, for devnets and scripts."""
+        info = {
+            "peer_id": str(self.identity.peer_id),
+            "pid": os.getpid(),
+            "listen": [str(a) for a in self.host.listen_addrs],
+            "api_url": self.api_url,
+            "started_ms": now_ms(),
+        }
+        path = self.data_dir.run_file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+
+    def remove_run_file(self) -> None:
+        self.data_dir.run_file.unlink(missing_ok=True)
+
+
+async def run_until_signal(node: Node) -> None:
+    """Run ``node`` until SIGINT or SIGTERM, then shut it down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+        finally:
+            node.remove_run_file()
+    log.info("node stopped")
+
+
+def setup_logging(data_dir: DataDir, level: str) -> None:
+    data_dir.logs_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(),
+        logging.FileHandler(data_dir.logs_dir / "node.log.txt"),
+    ]
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    # Hypercorn logs every request at INFO; keep access logs at debug.
+    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)

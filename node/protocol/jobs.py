@@ -1,0 +1,110 @@
+"""The ``job`` request/response protocol: how gateways, workers and validators talk
+about one job.
+
+=====================  =============  ========================================
+request                 served by      answer
+=====================  =============  ========================================
+``Claim``               gateway        ``JobAck``
+``WorkReport``          gateway        ``JobAck`` (then tracked like gossip's)
+``Assignment``          worker         ``JobAck``
+``LatentRequest``       worker         ``LatentReply``
+=====================  =============  ========================================
+
+A message to this node itself (its worker claiming its own gateway's job) is handled in
+process, never sent over the network. A request this node cannot serve is answered with
+a refusing ``JobAck`` saying why; it never raises to the peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aipg.gossip import GossipHost
+from aipg.pouw import Assignment, Claim, LatentReply, LatentRequest, PouwError
+from aipg.wire import Identity, PeerId, WireError, decode, encode
+
+from .messages import PROTO_JOB, JobAck, WorkReport
+
+log = logging.getLogger("aipg.node.jobs")
+
+MAX_JOB_REQUEST = 1 << 20  # claims, assignments, latent requests and work reports
+
+SendJob = Callable[[bytes, bytes, float], Awaitable[bytes]]
+"""``send_job(to_key, data, timeout) -> answer``: a ``job`` message to the node with
+public key ``to_key``. Raises GossipError when it cannot be delivered."""
+
+
+class GatewayEnd(Protocol):
+    """What a gateway serves on ``job``."""
+
+    def on_claim(self, claim: Claim) -> None: ...
+
+    def on_report(self, report: WorkReport) -> None: ...
+
+
+class WorkerEnd(Protocol):
+    """What a worker serves on ``job``."""
+
+    async def on_assignment(self, assignment: Assignment) -> JobAck: ...
+
+    def on_latent_request(self, request: LatentRequest) -> LatentReply: ...
+
+
+class JobProtocol:
+    """Sends and serves ``job`` messages for one node.
+
+    Build it first (the services need :meth:`send`), then :meth:`serve` once the
+    gateway, the worker (None on a node that runs no jobs) and the report intake exist.
+    """
+
+    def __init__(self, host: GossipHost, identity: Identity):
+        self.host = host
+        self.identity = identity
+        self._gateway: GatewayEnd | None = None
+        self._worker: WorkerEnd | None = None
+        self._on_report: Callable[[WorkReport], Awaitable[None]] | None = None
+
+    def serve(
+        self,
+        gateway: GatewayEnd,
+        worker: WorkerEnd | None,
+        on_report: Callable[[WorkReport], Awaitable[None]],
+    ) -> None:
+        """Register the handlers and start answering ``job`` requests."""
+        self._gateway, self._worker, self._on_report = gateway, worker, on_report
+        self.host.set_request_handler(PROTO_JOB, self.handle, max_request_size=MAX_JOB_REQUEST)
+
+    async def send(self, to_key: bytes, data: bytes, timeout: float) -> bytes:
+        if to_key == self.identity.public_bytes:
+            return await self.handle(self.identity.peer_id, data)
+        return await self.host.request(
+            PeerId.from_public_key(to_key), PROTO_JOB, data, timeout=timeout
+        )
+
+    async def handle(self, peer: PeerId, data: bytes) -> bytes:
+        """Answer one ``job`` request from ``peer``."""
+        try:
+            return encode(
+                await self._answer(decode(data, (Claim, Assignment, WorkReport, LatentRequest)))
+            )
+        except (WireError, PouwError) as e:
+            log.info("job request from %s refused: %s", peer.short(), e)
+            return encode(JobAck(False, str(e)[:200]))
+
+    async def _answer(self, msg) -> JobAck | LatentReply:
+        if self._gateway is None or self._on_report is None:
+            return JobAck(False, "this node is starting")
+        if isinstance(msg, Claim):
+            self._gateway.on_claim(msg)
+            return JobAck(True)
+        if isinstance(msg, WorkReport):
+            self._gateway.on_report(msg)
+            await self._on_report(msg)
+            return JobAck(True)
+        if self._worker is None:
+            return JobAck(False, "this node runs no jobs")
+        if isinstance(msg, Assignment):
+            return await self._worker.on_assignment(msg)
+        return self._worker.on_latent_request(msg)
