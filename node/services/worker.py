@@ -64,6 +64,7 @@ class WorkerService:
         self._send, self._queue = trio.open_memory_channel[Assignment](MAX_QUEUE)
         self.in_flight = 0
         self.executed = 0
+        self.latents_served = 0  # latent requests answered (validators re-running steps)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -132,7 +133,9 @@ class WorkerService:
         return JobAck(True)
 
     def on_latent_request(self, request: LatentRequest) -> LatentReply:
-        return self.latents.serve(request)
+        reply = self.latents.serve(request)
+        self.latents_served += 1
+        return reply
 
     # -- execution ----------------------------------------------------------------------
 

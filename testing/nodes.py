@@ -1,0 +1,136 @@
+"""Whole nodes in one trio run: real services, real SQLite stores, the in-memory transport.
+
+:func:`open_node_world` starts ``n`` :class:`aipg.node.app.Node` objects on one
+:class:`aipg.gossip.MemoryNetwork`, each with its own data dir, all validators of a fresh
+genesis whose first block comes at once. Tests drive the services directly (the
+gateway's ``complete``, the tracker, the chain) and wait on the nodes' own events, so a
+job's whole path — gateway, claim, assignment, worker, report, committee, certificate,
+block — runs in process, without HTTP or subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from aipg.devnet.plan import devnet_params
+from aipg.gossip import MemoryNetwork, MemoryTransport
+from aipg.node.app import Node
+from aipg.node.config import NodeConfig
+from aipg.node.datadir import DataDir
+from aipg.node.services.faults import Faults
+from aipg.node.services.gateway_api import CompletionRequest
+from aipg.stake.genesis import make_genesis
+from aipg.wire import UNITS_PER_AIPG, Identity
+
+LOOPBACK_WS = "/ip4/127.0.0.1/tcp/0/ws"
+VALIDATOR_STAKE = 10_000 * UNITS_PER_AIPG
+BALANCE = 1_000 * UNITS_PER_AIPG
+BLOCK_TIME_MS = 250
+MAX_BOOTSTRAP = 3  # as the devnet: each node dials the first three (a full mesh up to 4)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """How one node of a world runs: its roles and its test-only faults."""
+
+    worker: bool = True
+    validator: bool = True
+    faults: Faults = Faults()
+
+
+@dataclass
+class NodeWorld:
+    nodes: list[Node]
+    network: MemoryNetwork
+
+    async def wait_for_height(self, height: int, timeout: float = 30.0) -> None:
+        """Until every node has finalized ``height``."""
+        with trio.fail_after(timeout):
+            for node in self.nodes:
+                while node.chain.height < height:
+                    await node.chain.wait_for_block()
+
+    async def wait_for_worker(self, gateway: Node, model_id: bytes, timeout: float = 30.0):
+        """Until ``gateway`` has heard a live worker announce ``model_id``."""
+        with trio.fail_after(timeout):
+            while not gateway.gateway.live_workers(model_id):
+                await gateway.chain.wait_for_block()
+
+    async def wait_for_block_with(self, node: Node, job_id: bytes, timeout: float = 60.0):
+        """Until ``node`` has seen ``job_id``'s outcome carried by a finalized block;
+        returns the tracked work."""
+        with trio.fail_after(timeout):
+            while True:
+                tracked = node.tracker.for_job(job_id)
+                if tracked is not None and tracked.block_height is not None:
+                    return tracked
+                await node.chain.wait_for_block()
+
+
+@contextlib.asynccontextmanager
+async def open_node_world(
+    root: Path, specs: Sequence[NodeSpec], models: Sequence[Path]
+) -> AsyncIterator[NodeWorld]:
+    """Start one node per spec under ``root``, each hosting ``models`` (directories);
+    node 0 first, the others bootstrapping from the first three. Cancelled on exit."""
+    dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
+    identities = [d.init() for d in dirs]
+    genesis = make_genesis(
+        "aipg-inprocess",
+        operations_wallet=Identity.from_seed(b"\x07" * 32).address,
+        allocations=[(ident.address, BALANCE) for ident in identities],
+        validators=[
+            (ident.public_bytes, VALIDATOR_STAKE, f"node{i}") for i, ident in enumerate(identities)
+        ],
+        params=devnet_params(BLOCK_TIME_MS, len(specs)),
+        genesis_time_ms=time.time_ns() // 1_000_000,
+    )
+    network = MemoryNetwork()
+    nodes: list[Node] = []
+    async with trio.open_nursery() as nursery:
+        bootstrap: tuple[str, ...] = ()
+        for data_dir, spec in zip(dirs, specs, strict=True):
+            config = NodeConfig(
+                listen=(LOOPBACK_WS,),
+                bootstrap=bootstrap,
+                api="",
+                host_model=tuple(str(m) for m in models),
+                threads=1,
+                worker=spec.worker,
+                validator=spec.validator,
+            )
+            node = Node(data_dir, config, genesis, spec.faults, MemoryTransport(network))
+            await nursery.start(node.run)
+            nodes.append(node)
+            if len(bootstrap) < MAX_BOOTSTRAP:
+                first = node.host.listen_addrs[0]
+                bootstrap = (*bootstrap, f"{first}/p2p/{node.identity.peer_id}")
+        world = NodeWorld(nodes, network)
+        await world.wait_for_height(1)
+        yield world
+        nursery.cancel_scope.cancel()
+
+
+def completion(model: str, prompt: str, *, max_tokens: int = 8, seed: int = 7) -> CompletionRequest:
+    """A free-tier, greedy completion request as the HTTP API would hand it over."""
+    return CompletionRequest(
+        model=model,
+        prompt_ids=None,
+        prompt=prompt,
+        chat=False,
+        max_tokens=max_tokens,
+        temperature_milli=0,
+        top_k=0,
+        top_p_milli=1000,
+        seed=seed,
+        stop=(),
+        tier="free",
+        account=None,
+        client="127.0.0.1",
+    )
