@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint layers bench install clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aipg-node needs Python >= 3.11 (found " + sys.version.split()[0] + ")")'
@@ -20,11 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m aipg.cli.demo --dir $(DEMO_DIR)
 
-lint: $(STAMP)
+# Imports only point down the layers of DESIGN.md, and no modules import in a circle.
+layers: $(STAMP)
+	$(BIN)/python tools/check_layers.py
+
+lint: layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP)
+test: layers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

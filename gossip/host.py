@@ -113,7 +113,9 @@ class _Pending:
 class _Conn:
     """One live, authenticated connection and the state the host keeps about it."""
 
-    def __init__(self, secure: SecureConnection, outbound: bool, queue_size: int, bucket):
+    def __init__(
+        self, secure: SecureConnection, outbound: bool, queue_size: int, bucket: TokenBucket
+    ):
         self.secure = secure
         self.peer = secure.remote_peer
         self.outbound = outbound
@@ -684,7 +686,7 @@ class GossipHost:
             self.router.score.add_penalty(conn.peer, 0.5)
         elif (
             conn.inflight >= self.config.max_concurrent_requests_per_peer
-            or not conn.bucket.take_nowait()
+            or not conn.bucket.try_take()
         ):
             status = STATUS_RATE_LIMITED
         if status is not None:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from aipg.wire import Identity, PeerId, WireError, verify_signature
-from aipg.wire.keys import public_key_from_protobuf, public_key_protobuf
+from aipg.wire.keyproto import public_key_from_protobuf, public_key_protobuf
 from aipg.wire.protobuf import read_varint, write_varint
 
 from .errors import DecryptError, HandshakeError

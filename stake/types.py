@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import NewType
 
-Height = NewType("Height", int)
+from aipg.pouw import Height  # declared once, in pouw; re-exported for stake's modules
+
+__all__ = [
+    "BPS",
+    "NIL_HASH",
+    "BlockHash",
+    "Bps",
+    "Height",
+    "LedgerError",
+    "Round",
+    "ValidatorKey",
+    "bps_of",
+]
+
 Round = NewType("Round", int)
 BlockHash = NewType("BlockHash", bytes)
 ValidatorKey = NewType("ValidatorKey", bytes)  # a 32-byte Ed25519 public key

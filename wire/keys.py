@@ -1,4 +1,4 @@
-"""Ed25519 identities: generation, key files, libp2p's protobuf key encoding.
+"""Ed25519 identities: generation, key files (libp2p's protobuf key encoding), signatures.
 
 A node has one identity. Its private key lives in a key file readable only by its
 owner (mode 0600); we refuse to load one that others can read, as ssh does.
@@ -18,59 +18,16 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .account import Address
 from .errors import WireError
-from .protobuf import read_varint
+from .keyproto import KEY_TYPE_ED25519, PUBLIC_KEY_SIZE, key_protobuf, parse_key_protobuf
+from .peerid import PeerId
 
-KEY_TYPE_ED25519 = 1
-PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 
 
 class KeyFileError(Exception):
     """A key file is missing, unreadable, malformed or unsafe; the message says how to fix it."""
-
-
-def _parse_key_protobuf(data: bytes) -> tuple[int, bytes]:
-    """Parse libp2p's ``{Type = 1 (enum); Data = 2 (bytes)}`` message strictly."""
-    key_type: int | None = None
-    key_data: bytes | None = None
-    pos = 0
-    while pos < len(data):
-        tag, pos = read_varint(data, pos)
-        field, wire_type = tag >> 3, tag & 7
-        if field == 1 and wire_type == 0 and key_type is None:
-            key_type, pos = read_varint(data, pos)
-        elif field == 2 and wire_type == 2 and key_data is None:
-            n, pos = read_varint(data, pos)
-            if pos + n > len(data):
-                raise WireError("truncated key data in key protobuf")
-            key_data, pos = data[pos : pos + n], pos + n
-        else:
-            raise WireError(f"unexpected field {field} (wire type {wire_type}) in key protobuf")
-    if key_type is None or key_data is None:
-        raise WireError("key protobuf needs both Type and Data")
-    return key_type, key_data
-
-
-def _key_protobuf(key_type: int, key_data: bytes) -> bytes:
-    assert len(key_data) < 128
-    return bytes([0x08, key_type, 0x12, len(key_data)]) + key_data
-
-
-def public_key_protobuf(public_key: bytes) -> bytes:
-    """libp2p's protobuf ``PublicKey`` for a raw 32-byte Ed25519 public key."""
-    if len(public_key) != PUBLIC_KEY_SIZE:
-        raise WireError(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
-    return _key_protobuf(KEY_TYPE_ED25519, public_key)
-
-
-def public_key_from_protobuf(data: bytes) -> bytes:
-    key_type, key_data = _parse_key_protobuf(data)
-    if key_type != KEY_TYPE_ED25519:
-        raise WireError(f"only Ed25519 keys (type 1) are supported, got type {key_type}")
-    if len(key_data) != PUBLIC_KEY_SIZE:
-        raise WireError(f"an Ed25519 public key is 32 bytes, got {len(key_data)}")
-    return key_data
 
 
 class Identity:
@@ -96,7 +53,7 @@ class Identity:
     @classmethod
     def from_libp2p_protobuf(cls, data: bytes) -> Identity:
         """Load libp2p's protobuf ``PrivateKey`` (Ed25519: seed || public key)."""
-        key_type, key_data = _parse_key_protobuf(data)
+        key_type, key_data = parse_key_protobuf(data)
         if key_type != KEY_TYPE_ED25519:
             raise WireError(f"only Ed25519 keys (type 1) are supported, got type {key_type}")
         # 64 bytes is seed || public; some old keys repeat the public key (96 bytes).
@@ -108,22 +65,18 @@ class Identity:
         return ident
 
     def to_libp2p_protobuf(self) -> bytes:
-        return _key_protobuf(KEY_TYPE_ED25519, self.seed + self.public_bytes)
+        return key_protobuf(KEY_TYPE_ED25519, self.seed + self.public_bytes)
 
     @property
     def seed(self) -> bytes:
         return self._private.private_bytes_raw()
 
     @property
-    def peer_id(self):  # -> PeerId (import here: peerid imports keys)
-        from .peerid import PeerId
-
+    def peer_id(self) -> PeerId:
         return PeerId.from_public_key(self.public_bytes)
 
     @property
-    def address(self):  # -> Address
-        from .account import Address
-
+    def address(self) -> Address:
         return Address.from_public_key(self.public_bytes)
 
     def sign(self, data: bytes) -> bytes:

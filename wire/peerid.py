@@ -12,7 +12,7 @@ from typing import Annotated
 from .base58 import b58decode, b58encode
 from .codec import Len
 from .errors import WireError
-from .keys import public_key_from_protobuf, public_key_protobuf
+from .keyproto import public_key_from_protobuf, public_key_protobuf
 
 MULTIHASH_IDENTITY = 0x00
 # identity multihash of the 36-byte Ed25519 public key protobuf

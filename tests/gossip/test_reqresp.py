@@ -14,7 +14,6 @@ from aipg.gossip import (
     RemoteError,
     RequestTimeout,
     RequestTooLarge,
-    TokenBucket,
 )
 
 from .helpers import config, start_hosts
@@ -135,16 +134,6 @@ async def test_pending_request_fails_when_the_peer_goes_away(nursery, autojump_c
     nursery.start_soon(close_b)
     with pytest.raises(PeerDisconnected):
         await a.request(b.peer_id, "sync", b"", timeout=30)
-
-
-async def test_token_bucket(autojump_clock):
-    bucket = TokenBucket(rate=2.0, capacity=3)
-    assert [bucket.take_nowait() for _ in range(4)] == [True, True, True, False]
-    start = trio.current_time()
-    await bucket.take()
-    assert trio.current_time() - start == pytest.approx(0.5, abs=0.01)
-    with pytest.raises(ValueError):
-        await bucket.take(4)
 
 
 async def test_large_requests_cross_the_secure_channel_in_fragments(nursery):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from aipg.wire import Identity, KeyFileError, PeerId, WireError, load_identity, save_identity
 from aipg.wire.base58 import b58decode, b58encode
-from aipg.wire.keys import public_key_from_protobuf
+from aipg.wire.keyproto import public_key_from_protobuf
 
 # Test vectors of the libp2p peer-id spec (peer-ids/peer-ids.md, "Test vectors").
 SPEC_ED25519_PRIVATE = bytes.fromhex(
