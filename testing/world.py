@@ -1,5 +1,5 @@
-"""A small signed world for pouw tests: a gateway, workers, validators and a chain of
-finalized block hashes, with builders for every record of one job's life."""
+"""A small signed pouw world: a gateway, a worker, validators and a chain of finalized
+block hashes, with builders for every record of one job's life."""
 
 from __future__ import annotations
 
