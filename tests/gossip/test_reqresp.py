@@ -16,8 +16,7 @@ from aipg.gossip import (
     RequestTooLarge,
     TokenBucket,
 )
-
-from .helpers import config, start_hosts
+from aipg.testing.gossipkit import config, start_hosts
 
 pytestmark = pytest.mark.timeout(60)
 
