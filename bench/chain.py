@@ -39,135 +39,39 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aipg.models import ExecutionProfile, SamplingParams
-from aipg.pouw import (
-    COMMITTEE_LOOKAHEAD,
-    Assignment,
-    Certificate,
-    Job,
-    Receipt,
-    VerdictReason,
-    assignment_id,
-    committee_for,
-    job_id,
-    make_verdict,
-    params_hash,
-    work_units,
-)
-from aipg.pouw.records import input_hash_llm, output_hash_tokens
 from aipg.stake.block import Block
-from aipg.stake.builder import make_block, make_commit
 from aipg.stake.chain import Chain
-from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
+from aipg.stake.genesis import MAINNET_PARAMS
 from aipg.stake.ledger import apply_block
 from aipg.stake.sigbatch import preverify_block
 from aipg.stake.simulation import Behaviour, Scenario, Simulation
-from aipg.stake.state import State
 from aipg.stake.sync import SyncServer, sync_from
-from aipg.wire import UNITS_PER_AIPG, Identity, decode, encode, sign
+from aipg.testing.chainkit import TestChain, ident, make_certificate
+from aipg.wire import decode, encode
 from aipg.wire.keys import forget_verified
 
-AIPG = UNITS_PER_AIPG
-CHAIN = "aipg-bench-1"
+# Mainnet's epochs and periods (no validator-set change while measuring), 1 s blocks.
+BENCH_PARAMS = MAINNET_PARAMS.replace(target_block_time_ms=1_000)
 
 
-def ident(i: int) -> Identity:
-    return Identity.from_seed(i.to_bytes(32, "big"))
-
-
-def genesis_with(validators: list[Identity], users: list[Identity]):
-    return make_genesis(
-        CHAIN,
-        operations_wallet=ident(99).address,
-        allocations=[(u.address, 1_000_000 * AIPG) for u in users],
-        validators=[(v.public_bytes, 10_000 * AIPG, "") for v in validators],
-        params=MAINNET_PARAMS.replace(target_block_time_ms=1_000),
-        genesis_time_ms=1_000,
-    )
-
-
-def extend(state: State, validators: list[Identity], n: int, last_commit=None):
-    """Append ``n`` empty blocks; returns (state, blocks, commits)."""
-    blocks, commits = [], []
-    for _ in range(n):
-        block = make_block(
-            state,
-            state.validators.proposer(),
-            time_ms=state.time_ms + 1_000,
-            last_commit=last_commit,
-        )
-        state = apply_block(state, block)
-        last_commit = make_commit(CHAIN, block.height, block.hash, validators)
-        blocks.append(block)
-        commits.append(last_commit)
-    return state, blocks, commits
+def bench_chain(n_blocks: int) -> TestChain:
+    """7 validators and one user (the client of the certificates' jobs), then ``n_blocks``
+    empty blocks, each committed by every validator."""
+    chain = TestChain(n_validators=7, n_users=1, params=BENCH_PARAMS)
+    for _ in range(n_blocks):
+        chain.next()
+    return chain
 
 
 # --- block with 1,000 certificates -----------------------------------------------------
 
 
-def certificate(state: State, keys: dict[bytes, Identity], worker: Identity, n: int) -> Certificate:
-    gateway = ident(500)
-    job = sign(
-        Job(
-            model_id=b"m" * 32,
-            prompt="hello grid",
-            llm=SamplingParams(max_tokens=16),
-            diffusion=None,
-            seed=n,
-            tier=0,
-            fee=0,
-            client=bytes(20),
-            cost_milli=1000,
-            created_ms=state.time_ms,
-            deadline_ms=state.time_ms + 600_000,
-            nonce=n,
-        ),
-        gateway,
-    )
-    a = sign(Assignment(job_id(job), worker.public_bytes, state.height, 0, 0, 1), gateway)
-    counts = dict(prompt_tokens=3, output_tokens=4, steps=0, latent_pixels=0)
-    r = sign(
-        Receipt(
-            job_id=job_id(job),
-            model_id=job.model_id,
-            assignment_id=assignment_id(a),
-            input_hash=input_hash_llm([5, 6, 7]),
-            params_hash=params_hash(job),
-            seed=job.seed,
-            profile=ExecutionProfile("1.0", "CPUExecutionProvider", 99, 1, True, job.model_id),
-            output_hash=output_hash_tokens([9, 10, 11, 12]),
-            **counts,
-            work_units=work_units(job.kind, job.cost_milli, **counts),
-            elapsed_ms=100,
-            first_output_ms=10,
-            commitment=bytes(32),
-        ),
-        worker,
-    )
-    snapshot = state.validator_snapshot_at(state.height - COMMITTEE_LOOKAHEAD)
-    committee = committee_for(job_id(job), a, snapshot, state.block_hash_at, size=5)
-    verdicts = tuple(
-        make_verdict(keys[k], r, VerdictReason.OK, recomputed=b"check") for k in sorted(committee)
-    )
-    return Certificate(job, a, r, verdicts)
-
-
 def bench_certificates(n_certs: int, rounds: int) -> dict:
-    validators = [ident(i + 1) for i in range(7)]
+    chain = bench_chain(3)
     workers = [ident(1000 + i) for i in range(50)]
-    state = State.from_genesis(genesis_with(validators, []))
-    state, _, commits = extend(state, validators, 3)
-    keys = {v.public_bytes: v for v in validators}
-    certs = [certificate(state, keys, workers[i % len(workers)], i) for i in range(n_certs)]
-    block = make_block(
-        state,
-        state.validators.proposer(),
-        time_ms=state.time_ms + 1_000,
-        last_commit=commits[-1],
-        certificates=certs,
-    )
-    data = encode(block)
+    certs = [make_certificate(chain, workers[i % len(workers)], nonce=i) for i in range(n_certs)]
+    state, commits = chain.state, chain.commits
+    data = encode(chain.build(certificates=certs))
     serial, parallel = [], []
     workers = os.cpu_count() or 1
     ctx = multiprocessing.get_context("fork")
@@ -220,9 +124,8 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
 
 
 def bench_sync(n_blocks: int, rounds: int) -> dict:
-    validators = [ident(i + 1) for i in range(7)]
-    genesis = genesis_with(validators, [])
-    _, blocks, commits = extend(State.from_genesis(genesis), validators, n_blocks)
+    chain = bench_chain(n_blocks)
+    genesis, blocks, commits = chain.genesis, chain.blocks, chain.commits
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         peer = Chain.open(Path(tmp) / "peer.sqlite", genesis)

@@ -36,31 +36,12 @@ import time
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aipg.gossip import (
-    GossipConfig,
-    GossipError,
-    GossipHost,
-    MemoryNetwork,
-    MemoryTransport,
-    WebsocketTransport,
-    topic,
-)
+from aipg.gossip import GossipError, GossipHost, MemoryNetwork, topic
 from aipg.gossip.config import GossipSubParams
-from aipg.wire import Identity, Multiaddr
+from aipg.testing.gossipkit import config, sparse_edges, start_hosts
+from aipg.wire import Identity
 
 T = topic("bench")
-
-
-def sparse_edges(n: int, extra: int, rng: random.Random) -> list[tuple[int, int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    edges = {(order[i], order[rng.randrange(i)]) for i in range(1, n)}
-    for a in range(n):
-        for _ in range(extra):
-            b = rng.randrange(n)
-            if a != b and (a, b) not in edges and (b, a) not in edges:
-                edges.add((a, b))
-    return sorted(edges)
 
 
 def reference_verify_rate(seconds: float = 0.3) -> float:
@@ -113,7 +94,7 @@ async def main(args) -> dict:
     if not args.share_verify_cache:
         unshare_verify_cache()
     rng = random.Random(args.seed)
-    network = MemoryNetwork()
+    network = MemoryNetwork() if args.transport == "memory" else None  # None: websockets
     params = GossipSubParams(heartbeat_interval=args.heartbeat)
     received: list[list[tuple[int, float]]] = [[] for _ in range(args.nodes)]
     publish_at: dict[int, float] = {}
@@ -122,21 +103,21 @@ async def main(args) -> dict:
     count = 0
 
     async with trio.open_nursery() as nursery:
-        hosts: list[GossipHost] = []
-        for i in range(args.nodes):
-            transport = WebsocketTransport() if args.transport == "ws" else MemoryTransport(network)
-            cfg = GossipConfig(
-                listen=[Multiaddr.parse("/ip4/127.0.0.1/tcp/0/ws")],
+        hosts = await start_hosts(
+            nursery,
+            args.nodes,
+            network=network,
+            make_config=lambda i: config(
+                args.seed * 100003 + i,
                 gossipsub=params,
                 max_peers=max(64, args.nodes),
                 high_water=max(48, args.nodes),
                 low_water=max(32, args.nodes),
                 outbound_queue=args.queue,
-                seed=args.seed * 100003 + i,
-            )
-            host = GossipHost(Identity.from_seed(rng.randbytes(32)), cfg, transport=transport)
-            await nursery.start(host.run)
-            hosts.append(host)
+            ),
+            make_identity=lambda _: Identity.from_seed(rng.randbytes(32)),
+            first=0,
+        )
         subs = [h.subscribe(T) for h in hosts]
 
         per_message = [0] * args.messages

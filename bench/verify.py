@@ -26,30 +26,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the fraud matrix lives with the tests
-
-from aipg.models import DiffusionParams, LlmRunner, SamplingParams, build_demo_llm  # noqa: E402
-from aipg.pouw import receipt_id  # noqa: E402
-from aipg.pouw.commitment import TIE_TOLERANCE, VALUE_TOLERANCE  # noqa: E402
-from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job  # noqa: E402
-from aipg.pouw.validate import make_challenge  # noqa: E402
-from aipg.pouw.verify import (  # noqa: E402
+from aipg.models import DiffusionParams, LlmRunner, SamplingParams, build_demo_llm
+from aipg.pouw import receipt_id
+from aipg.pouw.commitment import TIE_TOLERANCE, VALUE_TOLERANCE
+from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
+from aipg.pouw.validate import make_challenge
+from aipg.pouw.verify import (
     IMAGE_TOLERANCE,
     STEP_TOLERANCE,
     verify_diffusion,
     verify_llm,
 )
-from tests.pouw.demo import build_diffusion_models, build_llm_models  # noqa: E402
-from tests.pouw.matrix import FraudMatrix, as_json  # noqa: E402
-from tests.pouw.world import World  # noqa: E402
+from aipg.testing.fraud_matrix import FraudMatrix, as_json
+from aipg.testing.models import build_diffusion_models, build_llm_models
+from aipg.testing.world import World
 
 W = World()
 

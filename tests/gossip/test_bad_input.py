@@ -21,9 +21,8 @@ from aipg.gossip.messages import (
     Rpc,
 )
 from aipg.gossip.transport import MemoryTransport
+from aipg.testing.gossipkit import Inbox, config, connect_edges, start_hosts, until
 from aipg.wire import encode, sign
-
-from .helpers import Inbox, config, connect_edges, start_hosts, until
 
 pytestmark = pytest.mark.timeout(60)
 T = topic("txs")

@@ -16,8 +16,7 @@ from aipg.gossip import (
     topic,
 )
 from aipg.gossip.config import AGENT_VERSION
-
-from .helpers import Inbox, config, identity, start_hosts, until
+from aipg.testing.gossipkit import Inbox, config, identity, start_hosts, until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,15 @@ import trio
 
 from aipg.gossip import GossipHost, MemoryNetwork, MemoryTransport, ValidationResult, topic
 from aipg.gossip.config import GossipSubParams
-
-from .helpers import Inbox, config, connect_edges, identity, sparse_edges, start_hosts, until
+from aipg.testing.gossipkit import (
+    Inbox,
+    config,
+    connect_edges,
+    identity,
+    sparse_edges,
+    start_hosts,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 T = topic("receipts")
@@ -54,7 +61,7 @@ async def test_20_nodes_on_websockets_deliver_every_message_exactly_once(nursery
     hosts = await start_hosts(nursery, 20)
     for h in hosts:
         h.subscribe(T)
-    await connect_edges(hosts, sparse_edges(20, 2, seed=1))
+    await connect_edges(hosts, sparse_edges(20, 2, random.Random(1)))
     await until(hosts[0], lambda: _mesh_ok(hosts, 4, 12), 20)
     await _publish_and_check(nursery, hosts, 40, seed=2, timeout=20)
 
@@ -69,7 +76,7 @@ async def test_300_nodes_in_memory_full_delivery_and_mesh_degrees(nursery, autoj
     )
     for h in hosts:
         h.subscribe(T)
-    await connect_edges(hosts, sparse_edges(300, 3, seed=3))
+    await connect_edges(hosts, sparse_edges(300, 3, random.Random(3)))
     await until(hosts[0], lambda: _mesh_ok(hosts, 4, 12), 60)
     degrees = [len(h.router.mesh_peers(T)) for h in hosts]
     assert min(degrees) >= 4 and max(degrees) <= 12

@@ -15,8 +15,7 @@ from aipg.gossip import (
     RequestTimeout,
     RequestTooLarge,
 )
-
-from .helpers import config, start_hosts
+from aipg.testing.gossipkit import config, start_hosts
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,8 +6,7 @@ import pytest
 
 from aipg.gossip.config import PeerScoreParams, TopicScoreParams
 from aipg.gossip.score import PeerScore
-
-from .helpers import identity
+from aipg.testing.gossipkit import identity
 
 T = "/aipg/1/txs"
 A, B, C = (identity(i).peer_id for i in (1, 2, 3))

@@ -8,26 +8,20 @@ import sys
 import pytest
 import trio
 
-from aipg.gossip import GossipConfig, GossipError, GossipHost, WebsocketTransport
-from aipg.gossip.config import GossipSubParams
+from aipg.gossip import GossipError, GossipHost, WebsocketTransport
 from aipg.models.blob import BLOB_PROTOCOL, BlobFetcher, BlobServer
 from aipg.models.store import BlobStore
-from aipg.wire import Identity, Multiaddr
+from aipg.testing.gossipkit import config, identity
 
 pytestmark = pytest.mark.timeout(60)
 
-LOOPBACK = Multiaddr.parse("/ip4/127.0.0.1/tcp/0/ws")
 CHUNK = 64 << 10
 DROP_AFTER = 6
 
 
 def make_host(seed: int) -> GossipHost:
-    config = GossipConfig(
-        listen=[LOOPBACK], seed=seed, gossipsub=GossipSubParams(heartbeat_interval=0.1)
-    )
-    return GossipHost(
-        Identity.from_seed(bytes([seed]) * 32), config, transport=WebsocketTransport()
-    )
+    """Host ``seed`` on websockets (a new one with the same seed is the node restarted)."""
+    return GossipHost(identity(seed), config(seed), transport=WebsocketTransport())
 
 
 async def test_fetch_over_two_real_nodes_survives_a_dropped_connection(nursery, tmp_path):

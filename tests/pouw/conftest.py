@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .demo import build_diffusion_models, build_llm_models
+from aipg.testing.models import build_diffusion_models, build_llm_models
 
 
 @pytest.fixture(scope="session")

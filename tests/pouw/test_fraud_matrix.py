@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .matrix import FraudMatrix
+from aipg.testing.fraud_matrix import FraudMatrix
 
 TRIALS = 100
 

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from aipg.models import SamplingParams
 from aipg.pouw import Certificate, FraudEvidence, Job, Receipt, Verdict, job_id, records
+from aipg.testing.world import World
 from aipg.wire import WireError, decode, encode, is_signed_by_signer, require_signature
-
-from .world import World
 
 W = World()
 

@@ -9,9 +9,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from aipg.pouw import Claim, PouwError, Tier, job_id
 from aipg.pouw.schedule import JobState, Reputation, Scheduler, SchedulerConfig
+from aipg.testing.world import World, identity
 from aipg.wire import UNITS_PER_AIPG, sign
-
-from .world import World, identity
 
 W = World()
 WORKERS = [identity(f"sched-worker-{i}") for i in range(4)]

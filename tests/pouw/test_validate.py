@@ -17,9 +17,8 @@ from aipg.pouw import (
     validate_certificate,
     validate_fraud_evidence,
 )
+from aipg.testing.world import World, identity
 from aipg.wire import sign
-
-from .world import World, identity
 
 W = World()
 

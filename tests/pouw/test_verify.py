@@ -35,9 +35,8 @@ from aipg.pouw.verify import (
     verify_diffusion,
     verify_llm,
 )
+from aipg.testing.world import World
 from aipg.wire import decode, encode, sign
-
-from .world import World
 
 W = World()
 

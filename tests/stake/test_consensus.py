@@ -24,8 +24,7 @@ from aipg.stake.signrecord import (
 )
 from aipg.stake.simulation import Behaviour, Scenario, Simulation, random_scenario, sim_block
 from aipg.stake.validators import ValidatorSet
-
-from .chainkit import CHAIN, TestChain, ident
+from aipg.testing.chainkit import CHAIN, TestChain, ident
 
 # --- proposer selection -------------------------------------------------------------------
 

@@ -9,8 +9,7 @@ from aipg.stake.driver import BlockContents, ConsensusDriver
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.state import state_hash
 from aipg.stake.tx import TxKind, make_tx
-
-from .chainkit import CHAIN, TestChain
+from aipg.testing.chainkit import CHAIN, TestChain
 
 
 async def test_four_validators_finalize_blocks_with_transactions(tmp_path, autojump_clock):

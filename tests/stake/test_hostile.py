@@ -10,9 +10,8 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.state import state_hash
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
+from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate
 from aipg.wire import WireError, decode, encode
-
-from .chainkit import CHAIN, TestChain, ident, make_certificate
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from aipg.stake.state import state_hash
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
-
-from .chainkit import AIPG, CHAIN, TestChain, ident
+from aipg.testing.chainkit import AIPG, CHAIN, TestChain, ident
 
 
 def tx(chain, who, kind, *, nonce=None, **kw):

@@ -8,9 +8,8 @@ import pytest
 from aipg.stake.ledger import apply_block
 from aipg.stake.sigbatch import block_signatures, preverify_block
 from aipg.stake.types import LedgerError
+from aipg.testing.chainkit import TestChain, ident, make_certificate
 from aipg.wire.keys import forget_verified, verify_signature, verify_signatures
-
-from .chainkit import TestChain, ident, make_certificate
 
 
 def test_verify_signatures_caches_only_successes():

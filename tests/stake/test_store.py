@@ -12,8 +12,7 @@ from aipg.stake.chain import Chain
 from aipg.stake.state import state_hash
 from aipg.stake.store import ChainStore, StoreError
 from aipg.stake.types import LedgerError
-
-from .chainkit import TestChain, reference_chain
+from aipg.testing.chainkit import TestChain, reference_chain
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from aipg.stake.sync import (
     SyncServer,
     sync_from,
 )
+from aipg.testing.chainkit import reference_chain
 from aipg.wire import WireError, decode, encode
-
-from .chainkit import reference_chain
 
 
 @pytest.fixture(scope="module")

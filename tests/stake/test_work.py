@@ -7,8 +7,7 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
-
-from .chainkit import AIPG, CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.testing.chainkit import AIPG, CHAIN, TestChain, ident, make_certificate, make_fraud
 
 
 def _chain(n=5):

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aipg.testing.strategies import records
 from aipg.wire import WireError, all_record_types, decode, encode
 from aipg.wire.codec import MAX_MESSAGE_SIZE
 
 from .records_for_tests import Inner, Outer, Small, VoteA
-from .strategies import records
 
 PACKAGES = ("wire", "gossip", "models", "pouw", "stake", "node", "cli")
 

@@ -1,4 +1,6 @@
-"""Hypothesis strategies derived from record declarations, for every registered type."""
+"""Hypothesis strategies derived from record declarations, for every registered type.
+
+The one module of the kit that needs hypothesis (the ``dev`` extra)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Demo models for the pouw tests: the real model, its fraud variants, and runners.
+"""The demo models as the fraud matrix needs them: the real model under every honest
+configuration, and the cheaper or different models a cheating worker would run.
 
-Every variant is built once per test session into a tmp dir (they build in well under
-a second each). The variants are the fraud matrix's cheaper or different models:
-other weights (same shape), fp16 weights, int8-quantized weights, a smaller draft model
-with the same vocabulary.
+The variants: other weights (same shape), fp16 weights, int8-quantized weights, and a
+smaller draft model with the same vocabulary. Each builds from seeded weights in well
+under a second; the pouw tests build them once per session, bench/verify.py once a run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared helpers for the gossip tests: start hosts, wire topologies, wait on events."""
+"""Gossip meshes for tests and benchmarks: start hosts, wire topologies, wait on events."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ LOOPBACK = Multiaddr.parse("/ip4/127.0.0.1/tcp/0/ws")
 
 
 def identity(i: int) -> Identity:
+    """Host ``i``'s identity (its seed is ``i`` as 4 bytes, 8 times)."""
     return Identity.from_seed(i.to_bytes(4, "big") * 8)
 
 
 def config(i: int = 0, **changes) -> GossipConfig:
+    """A host listening on 127.0.0.1 with 0.1 s heartbeats and random seed ``i``;
+    ``changes`` replaces fields."""
     gs = changes.pop("gossipsub", None) or GossipSubParams(heartbeat_interval=0.1)
     changes.setdefault("listen", [LOOPBACK])
     return GossipConfig(gossipsub=gs, seed=i, **changes)
@@ -32,21 +35,23 @@ async def start_hosts(
     *,
     network: MemoryNetwork | None = None,
     make_config: Callable[[int], GossipConfig] = config,
+    make_identity: Callable[[int], Identity] = identity,
     first: int = 1,
 ) -> list[GossipHost]:
-    """Start ``n`` hosts (websockets on 127.0.0.1, or in ``network``)."""
+    """Start hosts ``first .. first + n - 1`` in ``nursery``, in order, each with
+    ``make_identity(i)`` and ``make_config(i)``: on websockets, or in ``network``."""
     hosts = []
     for i in range(first, first + n):
         transport = MemoryTransport(network) if network is not None else WebsocketTransport()
-        host = GossipHost(identity(i), make_config(i), transport=transport)
+        host = GossipHost(make_identity(i), make_config(i), transport=transport)
         await nursery.start(host.run)
         hosts.append(host)
     return hosts
 
 
-def sparse_edges(n: int, extra: int, seed: int) -> list[tuple[int, int]]:
-    """A random spanning tree plus about ``extra`` more dials per node."""
-    rng = random.Random(seed)
+def sparse_edges(n: int, extra: int, rng: random.Random) -> list[tuple[int, int]]:
+    """Dials (a, b) between ``n`` nodes, drawn from ``rng``: a random spanning tree (so
+    the mesh is connected) plus about ``extra`` more dials per node."""
     order = list(range(n))
     rng.shuffle(order)
     edges = {(order[i], order[rng.randrange(i)]) for i in range(1, n)}
@@ -59,6 +64,7 @@ def sparse_edges(n: int, extra: int, seed: int) -> list[tuple[int, int]]:
 
 
 async def connect_edges(hosts: list[GossipHost], edges: list[tuple[int, int]]) -> None:
+    """Dial every edge (a dials b) at once; returns when all are connected."""
     async with trio.open_nursery() as nursery:
         for a, b in edges:
             nursery.start_soon(hosts[a].connect, hosts[b].listen_addrs[0])

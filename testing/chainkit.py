@@ -1,12 +1,17 @@
-"""A small test chain: validators, funded users, and a way to append committed blocks."""
+"""A small chain for tests and benchmarks: validators, funded users, and a way to append
+committed blocks; and certificates and fraud evidence for its blocks."""
 
 from __future__ import annotations
 
+from aipg.pouw import COMMITTEE_LOOKAHEAD, Certificate, FraudEvidence, committee_for, job_id
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.state import State
+from aipg.stake.tx import TxKind, make_tx
 from aipg.wire import UNITS_PER_AIPG, Identity
+
+from .world import signed_assignment, signed_job, signed_receipt, signed_verdict
 
 AIPG = UNITS_PER_AIPG
 CHAIN = "aipg-test-1"
@@ -24,7 +29,9 @@ def ident(i: int) -> Identity:
 
 
 class TestChain:
-    """Validators ``ident(1..n)``, users ``ident(100..)`` with 1,000,000 AIPG each."""
+    """Validators ``ident(1..n)`` bonded with ``stakes`` (10,000 AIPG each unless given),
+    users ``ident(100..)`` with 1,000,000 AIPG each, the operations wallet ``ident(99)``,
+    and ``params`` (the short periods of ``TEST_PARAMS`` unless given)."""
 
     __test__ = False
 
@@ -79,71 +86,34 @@ class TestChain:
 # --- pouw records for blocks ------------------------------------------------------------
 
 
-def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: bool = True):
-    """A job assigned to ``worker`` at the chain's current height, its receipt, and the
-    verdicts of its whole committee (valid or not). Returns (job, assignment, receipt,
-    verdicts)."""
-    from aipg.models import ExecutionProfile, SamplingParams
-    from aipg.pouw import (
-        COMMITTEE_LOOKAHEAD,
-        Assignment,
-        Job,
-        Receipt,
-        VerdictReason,
-        assignment_id,
-        committee_for,
-        job_id,
-        make_verdict,
-        params_hash,
-        work_units,
-    )
-    from aipg.pouw.records import input_hash_llm, output_hash_tokens
-    from aipg.wire import sign
-
+def make_work(chain: TestChain, worker: Identity, *, nonce: int = 0, fee: int = 0, valid=True):
+    """A job from the chain's first user, assigned to ``worker`` at the chain's current
+    height, its receipt, and the verdicts of its whole committee (valid or not). A
+    ``fee`` makes it a paid job; ``nonce`` tells jobs apart, and varies the output tokens
+    the receipt claims (so that jobs pay differently). Returns (job, assignment,
+    receipt, verdicts)."""
     gateway = ident(500)
-    job = sign(
-        Job(
-            model_id=b"m" * 32,
-            prompt="hello grid",
-            llm=SamplingParams(max_tokens=16),
-            diffusion=None,
-            seed=7,
-            tier=1 if fee else 0,
-            fee=fee,
-            client=chain.users[0].address.raw,
-            cost_milli=1000,
-            created_ms=chain.state.time_ms,
-            deadline_ms=chain.state.time_ms + 60_000,
-            nonce=nonce,
-        ),
+    job = signed_job(
         gateway,
+        model_id=b"m" * 32,
+        tier=1 if fee else 0,
+        fee=fee,
+        client=chain.users[0].address.raw,
+        created_ms=chain.state.time_ms,
+        deadline_ms=chain.state.time_ms + 60_000,
+        nonce=nonce,
     )
     height = max(COMMITTEE_LOOKAHEAD, chain.state.height)
-    a = sign(
-        Assignment(job_id(job), worker.public_bytes, height, 0, job.created_ms, job.deadline_ms),
+    a = signed_assignment(
         gateway,
-    )
-    counts = dict(prompt_tokens=3, output_tokens=4 + nonce % 5, steps=0, latent_pixels=0)
-    r = sign(
-        Receipt(
-            job_id=job_id(job),
-            model_id=job.model_id,
-            assignment_id=assignment_id(a),
-            input_hash=input_hash_llm([5, 6, 7]),
-            params_hash=params_hash(job),
-            seed=job.seed,
-            profile=ExecutionProfile("1.0", "CPUExecutionProvider", 99, 1, True, job.model_id),
-            output_hash=output_hash_tokens([9, 10, 11, 12]),
-            **counts,
-            work_units=work_units(job.kind, job.cost_milli, **counts),
-            elapsed_ms=100,
-            first_output_ms=10,
-            commitment=bytes(32),
-        ),
+        job,
         worker,
+        height=height,
+        assigned_ms=job.created_ms,
+        deadline_ms=job.deadline_ms,
     )
-    seed_height = height - COMMITTEE_LOOKAHEAD
-    snapshot = chain.state.validator_snapshot_at(seed_height)
+    r = signed_receipt(worker, job, a, extra_output_tokens=nonce % 5)
+    snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
         job_id(job),
         a,
@@ -151,29 +121,20 @@ def make_work(chain: TestChain, worker, *, nonce: int = 0, fee: int = 0, valid: 
         chain.state.block_hash_at,
         size=chain.state.params.committee_size,
     )
-    reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
-    verdicts = tuple(
-        make_verdict(chain.keys[k], r, reason, recomputed=b"check") for k in sorted(committee)
-    )
+    verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee))
     return job, a, r, verdicts
 
 
-def make_certificate(chain: TestChain, worker, **kw):
-    from aipg.pouw import Certificate
-
+def make_certificate(chain: TestChain, worker: Identity, **kw) -> Certificate:
     return Certificate(*make_work(chain, worker, **kw))
 
 
-def make_fraud(chain: TestChain, worker, **kw):
-    from aipg.pouw import FraudEvidence
-
+def make_fraud(chain: TestChain, worker: Identity, **kw) -> FraudEvidence:
     return FraudEvidence(*make_work(chain, worker, valid=False, **kw))
 
 
 def reference_chain(n_blocks: int) -> TestChain:
     """A deterministic chain with transfers, bonds and certificates in its blocks."""
-    from aipg.stake.tx import TxKind, make_tx
-
     c = TestChain(n_validators=4, n_users=4)
     for h in range(1, n_blocks + 1):
         a, b = c.users[h % 4], c.users[(h + 1) % 4]

@@ -25,7 +25,7 @@ from aipg.pouw.verify import verify_diffusion, verify_llm
 from aipg.pouw.work import work_units
 from aipg.wire import Identity, sign
 
-from .demo import DiffusionModels, LlmModels
+from .models import DiffusionModels, LlmModels
 from .world import World, identity
 
 WORDS = [
