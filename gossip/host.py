@@ -356,10 +356,12 @@ class GossipHost:
             await raw.aclose()
             raise HandshakeError("the address belongs to ourselves")
         conn = self._new_conn(secure, outbound=True)
-        refusal = await self._nursery.start(self._run_connection, conn)
-        if refusal and self._conns.get(secure.remote_peer) in (None, conn):
-            # (a refused duplicate is no failure: we are connected through the other one)
-            raise ConnectionRefused(f"{secure.remote_peer}: {refusal}")
+        try:
+            await self._nursery.start(self._run_connection, conn)
+        except ConnectionRefused:
+            if self._conns.get(secure.remote_peer) in (None, conn):
+                raise
+            # a refused duplicate is no failure: we are connected through the other one
         return secure.remote_peer
 
     def _check_not_banned(self, peer: PeerId) -> None:
@@ -436,7 +438,10 @@ class GossipHost:
             return
         finally:
             self._pending_handshakes -= 1
-        await self._run_connection(self._new_conn(secure, outbound=False))
+        try:
+            await self._run_connection(self._new_conn(secure, outbound=False))
+        except ConnectionRefused as e:
+            log.debug("inbound connection refused: %s", e)
 
     def _new_conn(self, secure: SecureConnection, *, outbound: bool) -> _Conn:
         bucket = TokenBucket(self.config.request_rate, self.config.request_burst)
@@ -471,15 +476,20 @@ class GossipHost:
     # --- one connection ------------------------------------------------------------------
 
     async def _run_connection(self, conn: _Conn, *, task_status=trio.TASK_STATUS_IGNORED):
-        """Serve ``conn`` until it closes. ``task_status`` gets None, or why it was refused."""
+        """Serve ``conn`` until it closes. Reports ``started()`` once the peer has
+        identified itself; raises ConnectionRefused instead (before ``started``) when
+        either side refuses the connection or it closes during setup."""
         refusal = self._admission(conn)
         if refusal is None and not self._register(conn):
             refusal = "duplicate connection"
         try:
             if refusal is not None:
                 await self._refuse(conn, refusal)
-                task_status.started(None if refusal == "duplicate connection" else refusal)
-                return
+                if refusal == "duplicate connection":  # connected through the other one
+                    task_status.started()
+                    return
+                raise ConnectionRefused(f"{conn.peer}: {refusal}")
+            reported = False
             async with trio.open_nursery() as nursery:
                 conn.nursery, conn.scope = nursery, nursery.cancel_scope
                 nursery.start_soon(self._writer, conn)
@@ -488,20 +498,18 @@ class GossipHost:
                 self._enqueue(conn, self._identify_for(conn))
                 old, self.peer_connected = self.peer_connected, trio.Event()
                 old.set()
-                # The dialer returns once the peer has identified itself, or with the
-                # reason it said goodbye instead (banned, too many peers).
-                reported = False
-                try:
-                    with trio.move_on_after(self.config.handshake_timeout):
-                        await conn.identified.wait()
-                    reason = None if conn.identify else conn.goodbye or "no identify from the peer"
-                    task_status.started(reason)
+                # The dialer returns once the peer has identified itself, or raises with
+                # the reason it said goodbye instead (banned, too many peers).
+                with trio.move_on_after(self.config.handshake_timeout):
+                    await conn.identified.wait()
+                if conn.identify:
+                    task_status.started()
                     reported = True
-                    if reason is not None:
-                        nursery.cancel_scope.cancel()
-                finally:
-                    if not reported:
-                        task_status.started(conn.goodbye or "connection closed during setup")
+                else:
+                    nursery.cancel_scope.cancel()
+            if not reported:
+                reason = conn.goodbye or "no identify from the peer"
+                raise ConnectionRefused(f"{conn.peer}: {reason}")
         finally:
             if self._conns.get(conn.peer) is conn:
                 del self._conns[conn.peer]
