@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the runner gateway
-
 from aipg.models import build_demo_diffusion, build_demo_llm
 from aipg.node.http.app import build_app, serve_api
 from aipg.node.services.gateway_api import CompletionRequest
-from tests.node.apikit import RunnerGateway
+from aipg.testing.apikit import RunnerGateway
 
 MAX_TOKENS = 16
 PROMPT = "The validators check the receipt and sign their verdicts."

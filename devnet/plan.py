@@ -30,7 +30,7 @@ import trio
 
 from aipg.models import load_model_dir, model_id_text
 from aipg.node.datadir import RUN_FILE, DataDir
-from aipg.stake.genesis import MAINNET_PARAMS, ChainParams, make_genesis, save_genesis
+from aipg.stake.genesis import devnet_params, make_genesis, save_genesis
 from aipg.wire import UNITS_PER_AIPG, Identity, Units, save_identity
 
 MARKER = "devnet.json"
@@ -76,22 +76,6 @@ class DevnetPlan:
         raw = json.loads((root / MARKER).read_text())
         raw["nodes"] = [DevnetNodePlan(**n) for n in raw["nodes"]]
         return cls(**raw)
-
-
-def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
-    """Mainnet parameters with devnet timing: short blocks, short periods, a committee
-    that fits the number of validators."""
-    return MAINNET_PARAMS.replace(
-        target_block_time_ms=block_time_ms,
-        unbonding_period=50,
-        epoch_length=10,
-        committee_size=min(MAINNET_PARAMS.committee_size, max(1, nodes - 1)),
-        jail_period=20,
-        escrow_period=200,
-        timeout_propose_ms=max(500, block_time_ms),
-        timeout_vote_ms=max(250, block_time_ms // 2),
-        timeout_delta_ms=250,
-    )
 
 
 def _clear_root(root: Path) -> None:

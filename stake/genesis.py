@@ -99,6 +99,22 @@ MAINNET_PARAMS = ChainParams(
 )
 
 
+def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
+    """Mainnet parameters with devnet timing: short blocks, short periods, a committee
+    that fits the number of validators."""
+    return MAINNET_PARAMS.replace(
+        target_block_time_ms=block_time_ms,
+        unbonding_period=50,
+        epoch_length=10,
+        committee_size=min(MAINNET_PARAMS.committee_size, max(1, nodes - 1)),
+        jail_period=20,
+        escrow_period=200,
+        timeout_propose_ms=max(500, block_time_ms),
+        timeout_vote_ms=max(250, block_time_ms // 2),
+        timeout_delta_ms=250,
+    )
+
+
 @record(tag=401)
 class Allocation(Record):
     """A balance at genesis (carried over from the PoW era)."""

@@ -13,19 +13,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from aipg.devnet.plan import devnet_params
 from aipg.gossip import MemoryNetwork, MemoryTransport
 from aipg.node.app import Node
 from aipg.node.config import NodeConfig
 from aipg.node.datadir import DataDir
 from aipg.node.services.faults import Faults
 from aipg.node.services.gateway_api import CompletionRequest
-from aipg.stake.genesis import make_genesis
+from aipg.stake.genesis import devnet_params, make_genesis
 from aipg.wire import UNITS_PER_AIPG, Identity
 
 LOOPBACK_WS = "/ip4/127.0.0.1/tcp/0/ws"
@@ -41,7 +40,7 @@ class NodeSpec:
 
     worker: bool = True
     validator: bool = True
-    faults: Faults = Faults()
+    faults: Faults = field(default_factory=Faults)
 
 
 @dataclass

@@ -23,8 +23,7 @@ from aipg.node.http.app import ApiAddress, build_app, serve_api
 from aipg.node.http.openapi import NODE_PATHS
 from aipg.node.http.responses import json_response
 from aipg.node.services.gateway_api import JobFailed, UnknownModel
-
-from .apikit import (
+from aipg.testing.apikit import (
     PAID,
     PAID_KEY,
     POOR_KEY,

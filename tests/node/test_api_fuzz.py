@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from .apikit import PAID_KEY, POOR_KEY, app_for, demo_models, make_gateway
+from aipg.testing.apikit import PAID_KEY, POOR_KEY, app_for, demo_models, make_gateway
 
 __all__ = ["demo_models"]
 

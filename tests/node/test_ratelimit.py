@@ -6,8 +6,7 @@ The bucket itself (aipg.gossip.TokenBucket) is tested in tests/gossip/test_ratel
 import pytest
 
 from aipg.node.http.ratelimit import KeyedLimiter, RateLimited
-
-from .apikit import FakeClock
+from aipg.testing.apikit import FakeClock
 
 
 def test_keyed_limiter_refuses_with_the_wait_and_takes_nothing():
