@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint layers bench install clean
+.PHONY: demo test lint layers check-install bench install clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aipg-node needs Python >= 3.11 (found " + sys.version.split()[0] + ")")'
@@ -31,6 +31,10 @@ lint: layers
 test: layers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The built wheel with [cpu] only, in a fresh venv: every command runs without dev extras.
+check-install:
+	PY=$(PY) bash tools/check_install.sh
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -188,6 +188,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"chain       {s.get('chain_id')}  height {s.get('height')}  finalized {s.get('finalized_hash', '')[:16]}"
     )
+    for addr in s.get("listen", []):  # what other operators pass as --bootstrap
+        print(f"listening   {addr}/p2p/{s.get('peer_id')}")
     print(f"peers       {len(s.get('peers', []))}")
     vals = s.get("validators", [])
     print(f"validators  {len(vals)} (total stake {s.get('total_stake', '?')} AIPG)")

@@ -19,6 +19,15 @@ from pathlib import Path
 from aipg.devnet.plan import DevnetError
 from aipg.devnet.run import run_devnet_cli
 
+NEXT_STEPS = """
+what to try next:
+  .venv/bin/aipg-node devnet --nodes 4                        a devnet that keeps running
+      (then, in another terminal, on the URL it prints:)
+  .venv/bin/aipg-node status --node http://127.0.0.1:PORT     height, peers, bootstrap address
+  .venv/bin/aipg-node submit --help                           send your own job, wait for its block
+  .venv/bin/aipg-node join --help                             run a node of your own
+  docs/design.md                                              how the pieces fit together"""
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aipg-node-demo", description=__doc__.splitlines()[0])
@@ -45,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if status == 0:
         print(f"\ndemo finished in {time.monotonic() - t0:.0f} s")
+        print(NEXT_STEPS.format(dir=args.dir))
     return status
 
 

@@ -1,8 +1,8 @@
 """`aipg-node devnet` and `make demo`: plan, start, drive and watch a local devnet.
 
-The jobs go through the gateway's OpenAI-compatible API with the official ``openai``
-client, the way any user's tools would send them; their fate (receipt, verdicts,
-certificate, block) is read back from the native API.
+The jobs go through the gateway's OpenAI-compatible API as plain HTTP (the end-to-end
+tests send the same requests with the official ``openai`` client); their fate (receipt,
+verdicts, certificate, block) is read back from the native API.
 """
 
 from __future__ import annotations
@@ -75,56 +75,60 @@ class DevnetDriver:
         r.raise_for_status()
         return {m.get("kind", "llm"): m for m in r.json()["data"]}
 
-    def _openai(self, paid: bool):
-        import openai
+    async def _post(self, path: str, body: dict, paid: bool) -> dict:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if paid else {}
+        r = await self.http.post(path, json=body, headers=headers, timeout=120.0)
+        if r.status_code != 200:
+            raise DevnetError(f"POST {path} answered {r.status_code}: {r.text[:300]}")
+        return r.json()
 
-        key = self.api_key if paid else "free-tier"
-        return openai.OpenAI(
-            base_url=self.gateway + "/v1", api_key=key, max_retries=0, timeout=120.0
-        )
+    async def _stream_chat(self, body: dict) -> tuple[str, str]:
+        """A streamed chat completion: (job id, text), read event by event."""
+        text, jid = [], ""
+        async with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                raise DevnetError(f"streamed chat answered {r.status_code}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                jid = (chunk.get("aipg") or {}).get("job_id", jid)
+                for choice in chunk.get("choices", []):
+                    text.append(choice.get("delta", {}).get("content") or "")
+        return jid, "".join(text)
 
     async def run_job(self, job: DemoJob, models: dict[str, dict], image_path: Path) -> None:
         paid = job.tier == "paid"
-        client = self._openai(paid)
-        headers = {} if paid else {"Authorization": ""}
         if job.kind == "image":
-            model = models["diffusion"]["id"]
-            r = await trio.to_thread.run_sync(
-                lambda: client.with_options(default_headers=headers).images.generate(
-                    model=model, prompt=IMAGE_PROMPT, size="64x64", response_format="b64_json", n=1
-                )
+            r = await self._post(
+                "/v1/images/generations",
+                {
+                    "model": models["diffusion"]["id"],
+                    "prompt": IMAGE_PROMPT,
+                    "size": "64x64",
+                    "response_format": "b64_json",
+                    "n": 1,
+                },
+                paid,
             )
-            image_path.write_bytes(base64.b64decode(r.data[0].b64_json))
-            job.job_id = aipg_job_id(r)
+            image_path.write_bytes(base64.b64decode(r["data"][0]["b64_json"]))
+            job.job_id = r["aipg"]["job_id"]
             job.output = f"image written to {image_path}"
         elif job.label.startswith("stream"):
-            model = models["llm"]["id"]
-
-            def stream() -> tuple[str, str]:
-                chunks = client.with_options(default_headers=headers).chat.completions.create(
-                    model=model,
-                    messages=[{"role": "user", "content": LLM_PROMPTS[1]}],
-                    max_tokens=24,
-                    stream=True,
-                    seed=11,
-                )
-                text, jid = [], ""
-                for chunk in chunks:
-                    jid = aipg_job_id(chunk) or jid
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        text.append(chunk.choices[0].delta.content)
-                return jid, "".join(text)
-
-            job.job_id, job.output = await trio.to_thread.run_sync(stream)
-        else:
-            model = models["llm"]["id"]
-            prompt = LLM_PROMPTS[2] if paid else LLM_PROMPTS[0]
-            r = await trio.to_thread.run_sync(
-                lambda: client.with_options(default_headers=headers).completions.create(
-                    model=model, prompt=prompt, max_tokens=24, seed=5
-                )
+            job.job_id, job.output = await self._stream_chat(
+                {
+                    "model": models["llm"]["id"],
+                    "messages": [{"role": "user", "content": LLM_PROMPTS[1]}],
+                    "max_tokens": 24,
+                    "stream": True,
+                    "seed": 11,
+                }
             )
-            job.job_id, job.output = aipg_job_id(r), r.choices[0].text
+        else:
+            prompt = LLM_PROMPTS[2] if paid else LLM_PROMPTS[0]
+            body = {"model": models["llm"]["id"], "prompt": prompt, "max_tokens": 24, "seed": 5}
+            r = await self._post("/v1/completions", body, paid)
+            job.job_id, job.output = r["aipg"]["job_id"], r["choices"][0]["text"]
         self.say(f"  {job.label:<10} {job.tier:<5} job {job.job_id[:18]}…  {job.output[:60]!r}")
 
     async def wait_certified(self, jobs: list[DemoJob], deadline: float) -> None:
