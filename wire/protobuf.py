@@ -30,8 +30,10 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
         b = data[pos]
         pos += 1
         value |= (b & 0x7F) << shift
+        if value >> MAX_VARINT_BITS:  # a tenth byte's bits reach past bit 62
+            raise WireError("varint longer than 63 bits")
         if not b & 0x80:
             return value, pos
         shift += 7
-        if shift > MAX_VARINT_BITS:
+        if shift > MAX_VARINT_BITS:  # an eleventh byte, even of zero bits
             raise WireError("varint longer than 63 bits")

@@ -26,3 +26,10 @@ def test_truncated_and_overlong_varints():
         read_varint(b"\x80\x80", 0)
     with pytest.raises(WireError, match="63 bits"):
         read_varint(b"\xff" * 10 + b"\x01", 0)
+
+
+def test_a_ten_byte_varint_past_63_bits_is_refused():
+    # 2**63 as a varint: nine continuation bytes of zeros, then 0x01 (found by hypothesis)
+    with pytest.raises(WireError, match="63 bits"):
+        read_varint(b"\x80" * 9 + b"\x01", 0)
+    assert read_varint(b"\xff" * 8 + b"\x7f", 0) == (2**63 - 1, 9)
