@@ -23,7 +23,7 @@ from aipg.node.datadir import DataDir
 from aipg.stake.genesis import load_genesis
 from aipg.stake.store import ChainStore
 from aipg.stake.tx import TxKind
-from aipg.wire import Address, load_identity
+from aipg.wire import Address, load_identity, parse_amount
 
 pytestmark = pytest.mark.slow
 
@@ -79,11 +79,12 @@ def openai_client(api: str, key: str = "free") -> openai.AsyncOpenAI:
 
 def expected_balances(
     store_path: Path, genesis_path: Path
-) -> tuple[dict[bytes, int], dict[bytes, int], int]:
+) -> tuple[dict[bytes, int], dict[bytes, int], int, dict[bytes, int]]:
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
     the operations share, the work pool (carried forward, paid to each job by its work units), the
     validators' share (proposer bonus, the rest by stake, dust to the proposer), and
-    escrows (locked by the payer, paid to the worker on certification)."""
+    escrows (locked by the payer, paid to the worker on certification). Returns the
+    expected and actual balances, the height, and what each certified job paid."""
     genesis = load_genesis(genesis_path)
     p = genesis.params
     balances = {a.address: a.amount for a in genesis.allocations}
@@ -91,6 +92,7 @@ def expected_balances(
     total_stake = sum(stakes.values())
     pool = 0
     escrows: dict[bytes, tuple[bytes, int]] = {}
+    job_paid: dict[bytes, int] = {}
     store = ChainStore(store_path, genesis)
     height = store.height
     try:
@@ -109,8 +111,11 @@ def expected_balances(
             work: dict[bytes, tuple[bytes, int]] = {}  # job id -> (worker, work units)
             for cert in block.body.certificates:
                 worker = Address.from_public_key(cert.receipt.signer).raw
+                job_paid[cert.receipt.job_id] = 0
                 if cert.receipt.job_id in escrows:
-                    balances[worker] = balances.get(worker, 0) + escrows.pop(cert.receipt.job_id)[1]
+                    fee = escrows.pop(cert.receipt.job_id)[1]
+                    balances[worker] = balances.get(worker, 0) + fee
+                    job_paid[cert.receipt.job_id] = fee
                 work[cert.receipt.job_id] = (worker, cert.receipt.work_units)
             assert not block.body.frauds, "an honest devnet convicts nobody"
             assert block.height < p.halving_interval  # a test devnet never leaves era 0
@@ -130,6 +135,7 @@ def expected_balances(
                     addr, units = work[job]
                     share = start_pool * units // total
                     balances[addr] = balances.get(addr, 0) + share
+                    job_paid[job] += share
                     pool -= share
             bonus = to_validators * p.proposer_bonus_bps // 10_000
             paid = 0
@@ -145,7 +151,8 @@ def expected_balances(
     actual = {addr: acct.balance for addr, acct in state.accounts.items()}
     assert state.work_pool == pool
     assert state.minted == p.block_reward * height
-    return {a: b for a, b in balances.items() if b}, {a: b for a, b in actual.items() if b}, height
+    expected = {a: b for a, b in balances.items() if b}
+    return expected, {a: b for a, b in actual.items() if b}, height, job_paid
 
 
 # ------------------------------------------------------------------------------ tests
@@ -300,9 +307,12 @@ async def test_honest_devnet_runs_verifies_pays_and_survives_a_crash(tmp_path, m
 
     # With every process stopped, the balances are exactly what the tokenomics say.
     node0 = DataDir.resolve(p.nodes[0].data_dir)
-    expected, actual, height = expected_balances(node0.chain_file, Path(p.genesis))
+    expected, actual, height, job_paid = expected_balances(node0.chain_file, Path(p.genesis))
     assert height >= 5
     assert actual == expected
+    # The reward the API reported for each job is what the replay says the block paid it.
+    for view in views:
+        assert parse_amount(view["reward"]) == job_paid[bytes.fromhex(view["id"])], view["id"]
 
 
 async def aipg_cli(*args: str):
