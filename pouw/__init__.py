@@ -11,7 +11,8 @@ Entry points:
   :class:`Result`, :class:`Verdict`, :class:`Certificate`, :class:`FraudEvidence`;
 - :func:`validate_certificate` / :func:`validate_fraud_evidence`: the cheap checks a
   block runs (signatures, bindings, committee membership, quorum; no model run);
-- :func:`sample_committee`, :func:`committee_for`: who verifies a job;
+- :func:`committee_for` (:class:`Committee`, :func:`draw_committee`): who verifies a job,
+  without its worker, gateway or client; abstentions seat reserves;
 - :func:`work_units`: what a job's work is worth;
 - :class:`Scheduler`: the gateway's claims / assignment / reassignment state machine;
 - :func:`run_llm_job` / :func:`run_diffusion_job` (worker) and :func:`verify_llm` /
@@ -21,10 +22,14 @@ Entry points:
 from .committee import (
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
+    Committee,
     Tally,
     committee_seed,
+    draw_committee,
+    reserves,
     sample_committee,
     tally,
+    tally_seated,
 )
 from .errors import PouwError
 from .execute import LatentStore, run_diffusion_job, run_llm_job
@@ -51,8 +56,10 @@ from .schedule import JobState, Reputation, ReputationConfig, Scheduler, Schedul
 from .types import Height, JobId, Millis, ModelId, NodeKey, ReceiptId, Stake, WorkUnits
 from .validate import (
     FinalizedHash,
+    abstains,
     check_hash,
     committee_for,
+    interested,
     make_challenge,
     validate_assignment,
     validate_certificate,
@@ -72,6 +79,7 @@ __all__ = [
     "Certificate",
     "Check",
     "Claim",
+    "Committee",
     "FinalizedHash",
     "FraudEvidence",
     "Height",
@@ -100,21 +108,26 @@ __all__ = [
     "VerdictReason",
     "VoteCollector",
     "WorkUnits",
+    "abstains",
     "assignment_id",
     "check_hash",
     "committee_for",
     "committee_seed",
     "diffusion_work_units",
+    "draw_committee",
+    "interested",
     "job_id",
     "llm_work_units",
     "make_challenge",
     "make_verdict",
     "params_hash",
     "receipt_id",
+    "reserves",
     "run_diffusion_job",
     "run_llm_job",
     "sample_committee",
     "tally",
+    "tally_seated",
     "validate_assignment",
     "validate_certificate",
     "validate_fraud_evidence",

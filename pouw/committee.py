@@ -13,8 +13,17 @@ with a worker could still try many job nonces against a known block hash; the co
 that grows with the stake an attacker must gather in one committee, and is the
 residual risk of any seed fixed before the work.
 
-Quorum: valid votes holding >= 2/3 of the committee's stake make a Certificate;
-invalid votes holding > 1/3 make FraudEvidence. The two cannot both hold.
+Conflicts of interest: the job's worker, its gateway (the job's signer) and its client
+are never drawn; they are removed from the validator set before the draw.
+
+Abstentions: a member that cannot check the work (it does not host the model, or the
+worker did not serve what the check needs) says so with an UNAVAILABLE verdict. That is
+no vote: its seat passes to the next reserve in draw order. A committee of ``size`` has
+``reserves(size)`` reserves; it decides only while it has ``size`` seated members, so a
+job whose members cannot check it stays undecided and unpaid, never convicted.
+
+Quorum, over the seated members: valid votes holding >= 2/3 of their stake make a
+Certificate; invalid votes holding > 1/3 make FraudEvidence. The two cannot both hold.
 """
 
 from __future__ import annotations
@@ -27,6 +36,52 @@ from .types import NodeKey, Stake
 
 COMMITTEE_LOOKAHEAD = 2  # blocks between the seed block and the assignment height
 COMMITTEE_SIZE = 5  # default committee size (a chain parameter; genesis may change it)
+
+
+def reserves(size: int) -> int:
+    """How many reserves a committee of ``size`` draws: ``2 * (size // 3)``.
+
+    As many as withholding allows. A worker that starves every honest member of its
+    data (so they abstain) is judged by the seated reserves: it needs all ``size`` seats
+    of ``size + reserves`` draws. With this many reserves that is never likelier than
+    holding 2/3 of an ordinary committee, for any stake share up to 1/3; one more and it
+    is (tests/pouw/test_committee.py checks both exactly). Committees of 1 or 2 get none.
+    """
+    return 2 * (size // 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Committee:
+    """A job's committee: candidates in draw order, of which the first ``size`` that
+    have not abstained are seated and vote."""
+
+    candidates: tuple[NodeKey, ...]
+    size: int  # seats: the requested size, or every eligible validator when fewer
+
+    def seated(self, abstained: Iterable[bytes] = ()) -> tuple[NodeKey, ...]:
+        """The voting members once ``abstained`` have stepped aside; fewer than
+        ``size`` when the reserves ran out (then the committee cannot decide)."""
+        out = set(abstained)
+        return tuple(k for k in self.candidates if k not in out)[: self.size]
+
+    @property
+    def members(self) -> tuple[NodeKey, ...]:
+        """The seated members before anyone abstains."""
+        return self.candidates[: self.size]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.candidates
+
+
+def draw_committee(
+    validators: Mapping[bytes, int], seed: bytes, size: int, excluded: Iterable[bytes] = ()
+) -> Committee:
+    """The committee of ``size`` seats (plus its reserves) drawn by ``seed`` from
+    ``validators`` without the ``excluded`` keys."""
+    out = set(excluded)
+    eligible = {k: s for k, s in validators.items() if k not in out}
+    candidates = sample_committee(eligible, seed, size + reserves(size))
+    return Committee(candidates, min(size, len(candidates)))
 
 
 def committee_seed(finalized_block_hash: bytes, job_id: bytes) -> bytes:
@@ -62,6 +117,18 @@ def sample_committee(
     return tuple(chosen)
 
 
+def tally_seated(
+    committee: Committee, validators: Mapping[bytes, int], votes: Mapping[bytes, bool | None]
+) -> Tally:
+    """Tally ``votes`` (candidate key -> valid?, or None for an abstention) over the
+    seated members. A committee short of seats decides nothing (its tally says so)."""
+    seated = committee.seated(k for k, v in votes.items() if v is None)
+    t = tally(seated, validators, {k: v for k, v in votes.items() if v is not None})
+    if len(seated) < committee.size:
+        return Tally(t.committee_stake, Stake(0), Stake(0), short=True)
+    return t
+
+
 @dataclasses.dataclass(frozen=True)
 class Tally:
     """Committee stake behind each kind of vote."""
@@ -69,6 +136,7 @@ class Tally:
     committee_stake: Stake
     valid_stake: Stake
     invalid_stake: Stake
+    short: bool = False  # too many abstentions: fewer seated members than seats
 
     @property
     def certifies(self) -> bool:

@@ -9,17 +9,18 @@ failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from aipg.wire import Identity, WireError, require_signature, verify_signature
+from aipg.wire import Address, Identity, WireError, require_signature, verify_signature
 
 from .committee import (
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
+    Committee,
     Tally,
     committee_seed,
-    sample_committee,
-    tally,
+    draw_committee,
+    tally_seated,
 )
 from .errors import PouwError
 from .records import (
@@ -36,14 +37,15 @@ from .records import (
     params_hash,
     receipt_id,
 )
-from .types import NodeKey
 from .work import work_units
 
 __all__ = [
     "FinalizedHash",
+    "abstains",
     "challenge_message",
     "check_hash",
     "committee_for",
+    "interested",
     "make_challenge",
     "validate_assignment",
     "validate_certificate",
@@ -214,16 +216,17 @@ def validate_verdict(verdict: Verdict, receipt: Receipt, *, check_challenge: boo
 
 
 def committee_for(
-    job_id_: bytes,
+    job: Job,
     assignment: Assignment,
     validators: Mapping[bytes, int],
     finalized_hash: FinalizedHash,
     *,
     size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
-) -> tuple[NodeKey, ...]:
+) -> Committee:
     """The committee of a job, from the finalized block ``lookahead`` below the
-    assignment height and the validator-set snapshot at that block."""
+    assignment height and the validator-set snapshot at that block, without the job's
+    worker, gateway and client (nobody checks work they have a stake in)."""
     seed_height = assignment.height - lookahead
     _require(seed_height >= 0, "assignment.height", "assignment is too early for a committee")
     block_hash = finalized_hash(seed_height)
@@ -233,27 +236,51 @@ def committee_for(
         f"no finalized block at the committee seed height {seed_height}",
     )
     assert block_hash is not None
-    return sample_committee(validators, committee_seed(block_hash, job_id_), size)
+    return draw_committee(
+        validators,
+        committee_seed(block_hash, job_id(job)),
+        size,
+        interested(job, assignment, validators),
+    )
+
+
+def interested(job: Job, assignment: Assignment, keys: Iterable[bytes]) -> set[bytes]:
+    """The keys among ``keys`` with a stake in the job: its worker, its gateway, and
+    any whose account is the job's client."""
+    out = {bytes(assignment.worker), bytes(job.signer)}
+    out.update(k for k in keys if Address.from_public_key(k).raw == job.client)
+    return out
+
+
+def abstains(verdict: Verdict) -> bool:
+    """An UNAVAILABLE verdict is no vote: the member could not check the work."""
+    return verdict.reason == VerdictReason.UNAVAILABLE
 
 
 def _tally_verdicts(
     verdicts: tuple[Verdict, ...],
     receipt: Receipt,
-    committee: tuple[NodeKey, ...],
+    committee: Committee,
     validators: Mapping[bytes, int],
     check_challenges: bool = True,
 ) -> Tally:
-    members = set(committee)
-    votes: dict[bytes, bool] = {}
+    votes: dict[bytes, bool | None] = {}
     for i, verdict in enumerate(verdicts):
         try:
             validate_verdict(verdict, receipt, check_challenge=check_challenges)
         except PouwError as e:
             raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
-        _require(verdict.signer in members, f"verdicts[{i}].signer", "not a committee member")
+        _require(verdict.signer in committee, f"verdicts[{i}].signer", "not a committee member")
         _require(verdict.signer not in votes, f"verdicts[{i}].signer", "member voted twice")
-        votes[verdict.signer] = verdict.valid
-    return tally(committee, validators, votes)
+        votes[verdict.signer] = None if abstains(verdict) else verdict.valid
+    seated = committee.seated(k for k, v in votes.items() if v is None)
+    for i, verdict in enumerate(verdicts):
+        _require(
+            abstains(verdict) or verdict.signer in seated,
+            f"verdicts[{i}].signer",
+            "a reserve whose seat no abstention opened",
+        )
+    return tally_seated(committee, validators, votes)
 
 
 def _validate_work(
@@ -271,9 +298,9 @@ def _validate_work(
     validate_assignment(assignment, job)
     validate_receipt(receipt, job, assignment)
     committee = committee_for(
-        receipt.job_id, assignment, validators, finalized_hash, size=size, lookahead=lookahead
+        job, assignment, validators, finalized_hash, size=size, lookahead=lookahead
     )
-    _require(bool(committee), "committee", "the validator set has no stake")
+    _require(bool(committee.candidates), "committee", "no eligible validator has stake")
     return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
 
 
@@ -311,6 +338,7 @@ def validate_certificate(
         lookahead,
         check_challenges,
     )
+    _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.certifies,
         "quorum",
@@ -341,6 +369,7 @@ def validate_fraud_evidence(
         lookahead,
         check_challenges,
     )
+    _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.convicts,
         "quorum",

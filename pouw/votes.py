@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from aipg.wire import Identity, sign
 
-from .committee import tally
+from .committee import Committee, tally_seated
 from .errors import PouwError
 from .records import (
     Assignment,
@@ -24,8 +24,7 @@ from .records import (
     VerdictReason,
     receipt_id,
 )
-from .types import NodeKey
-from .validate import check_hash, make_challenge, validate_verdict
+from .validate import abstains, check_hash, make_challenge, validate_verdict
 
 __all__ = ["VoteCollector", "make_verdict"]
 
@@ -68,7 +67,8 @@ class VoteCollector:
     Built with the job, assignment and receipt (already validated) and the committee
     with its stakes. :meth:`add` returns the Certificate or FraudEvidence once one is
     decided (and keeps returning it), else None; it raises PouwError for a verdict that
-    must be dropped (bad signature, not a member, about another receipt).
+    must be dropped (bad signature, not a candidate, about another receipt, a changed
+    vote). An abstention seats the next reserve; a reserve's vote counts once seated.
     """
 
     def __init__(
@@ -76,21 +76,21 @@ class VoteCollector:
         job: Job,
         assignment: Assignment,
         receipt: Receipt,
-        committee: tuple[NodeKey, ...],
+        committee: Committee,
         validators: Mapping[bytes, int],
     ):
         self.job = job
         self.assignment = assignment
         self.receipt = receipt
         self.committee = committee
-        self._stakes = {k: validators[k] for k in committee}
+        self._stakes = {k: validators[k] for k in committee.candidates}
         self._verdicts: dict[bytes, Verdict] = {}
         self.outcome: Certificate | FraudEvidence | None = None
 
     def add(self, verdict: Verdict) -> Certificate | FraudEvidence | None:
         validate_verdict(verdict, self.receipt)
         if verdict.signer not in self._stakes:
-            raise PouwError("verdict.signer", "not a member of this receipt's committee")
+            raise PouwError("verdict.signer", "not a candidate of this receipt's committee")
         if verdict.signer in self._verdicts:
             if self._verdicts[verdict.signer] != verdict:
                 raise PouwError("verdict.signer", "member already voted differently")
@@ -100,15 +100,25 @@ class VoteCollector:
             self.outcome = self._decide()
         return self.outcome
 
+    def seated(self) -> tuple[bytes, ...]:
+        """Who votes now: the first seats of the draw, less those who abstained."""
+        return self.committee.seated(k for k, v in self._verdicts.items() if abstains(v))
+
     def _decide(self) -> Certificate | FraudEvidence | None:
-        votes = {k: v.valid for k, v in self._verdicts.items()}
-        t = tally(self.committee, self._stakes, votes)
+        votes = {k: None if abstains(v) else v.valid for k, v in self._verdicts.items()}
+        t = tally_seated(self.committee, self._stakes, votes)
         if t.certifies:
-            return Certificate(self.job, self.assignment, self.receipt, self._sorted(True))
+            return Certificate(self.job, self.assignment, self.receipt, self._evidence(True))
         if t.convicts:
-            return FraudEvidence(self.job, self.assignment, self.receipt, self._sorted(False))
+            return FraudEvidence(self.job, self.assignment, self.receipt, self._evidence(False))
         return None
 
-    def _sorted(self, valid: bool) -> tuple[Verdict, ...]:
-        # Only the deciding side's votes, in key order: the smallest canonical record.
-        return tuple(v for k, v in sorted(self._verdicts.items()) if v.valid == valid)
+    def _evidence(self, valid: bool) -> tuple[Verdict, ...]:
+        # The seated members' votes on the deciding side, and the abstentions that
+        # seated them, in key order: the smallest record a third party can re-tally.
+        seated = set(self.seated())
+        return tuple(
+            v
+            for k, v in sorted(self._verdicts.items())
+            if abstains(v) or (k in seated and v.valid == valid)
+        )

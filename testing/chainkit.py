@@ -3,7 +3,7 @@ committed blocks; and certificates and fraud evidence for its blocks."""
 
 from __future__ import annotations
 
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Certificate, FraudEvidence, committee_for, job_id
+from aipg.pouw import COMMITTEE_LOOKAHEAD, Certificate, FraudEvidence, committee_for
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -115,13 +115,13 @@ def make_work(chain: TestChain, worker: Identity, *, nonce: int = 0, fee: int = 
     r = signed_receipt(worker, job, a, extra_output_tokens=nonce % 5)
     snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
-        job_id(job),
+        job,
         a,
         snapshot,
         chain.state.block_hash_at,
         size=chain.state.params.committee_size,
     )
-    verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee))
+    verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee.members))
     return job, a, r, verdicts
 
 

@@ -161,7 +161,7 @@ class World:
         return signed_receipt(self.worker, job, assignment, **over)
 
     def committee(self, job: Job, assignment: Assignment, size: int = 5):
-        return committee_for(job_id(job), assignment, self.stakes, self.finalized_hash, size=size)
+        return committee_for(job, assignment, self.stakes, self.finalized_hash, size=size)
 
     def verdict(self, key: bytes, receipt: Receipt, valid: bool = True) -> Verdict:
         return signed_verdict(self.by_key[key], receipt, valid)
@@ -171,5 +171,5 @@ class World:
         a = self.assignment(job)
         r = self.receipt(job, a)
         committee = self.committee(job, a, size)
-        verdicts = tuple(self.verdict(k, r) for k in sorted(committee))
+        verdicts = tuple(self.verdict(k, r) for k in sorted(committee.members))
         return Certificate(job, a, r, verdicts)

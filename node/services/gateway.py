@@ -413,7 +413,7 @@ class GatewayService:
             }
             view["worker"] = view["receipt"]["worker"]
             view["work_units"] = receipt.work_units
-            view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.committee]
+            view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.seated()]
             view["verdicts"] = [
                 {
                     "validator": str(PeerId.from_public_key(k)),

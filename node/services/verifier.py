@@ -10,6 +10,7 @@ worker role, and committees are small.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import trio
 
@@ -21,6 +22,7 @@ from aipg.pouw import (
     LatentRequest,
     PouwError,
     VerdictReason,
+    abstains,
     make_challenge,
     receipt_id,
 )
@@ -32,6 +34,8 @@ from .faults import random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
+
+MAX_CONSIDERED = 4096  # receipts this validator queued (each is verified once)
 
 
 class VerifierService:
@@ -50,7 +54,8 @@ class VerifierService:
         self.tracker = tracker
         self.random_votes = random_votes
         self._send, self._queue = trio.open_memory_channel[TrackedWork](256)
-        self.outcomes = {"valid": 0, "invalid": 0, "skipped": 0}
+        self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
+        self._considered: OrderedDict[bytes, None] = OrderedDict()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -58,9 +63,14 @@ class VerifierService:
             await self._verify(tracked)
 
     def consider(self, tracked: TrackedWork) -> None:
-        """Queue a tracked report for verification when this validator is on its committee."""
-        if self.identity.public_bytes not in tracked.committee:
+        """Queue a tracked report for verification when this validator is seated on its
+        committee (once per receipt: an abstention may seat it later)."""
+        me = self.identity.public_bytes
+        if me not in tracked.seated() or tracked.receipt_id in self._considered:
             return
+        self._considered[tracked.receipt_id] = None
+        while len(self._considered) > MAX_CONSIDERED:
+            self._considered.popitem(last=False)
         try:
             self._send.send_nowait(tracked)
         except trio.WouldBlock:
@@ -73,11 +83,12 @@ class VerifierService:
         report = tracked.report
         check = await self._check(report)
         verdict = verdict_for(self.identity, report.result, check)
-        self.outcomes["valid" if verdict.valid else "invalid"] += 1
+        outcome = "abstained" if abstains(verdict) else "valid" if verdict.valid else "invalid"
+        self.outcomes[outcome] += 1
         log.info(
             "verdict on job %s: %s%s",
             tracked.job_id.hex()[:12],
-            "valid" if verdict.valid else "INVALID",
+            {"valid": "valid", "invalid": "INVALID", "abstained": "abstains"}[outcome],
             "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
         )
         try:

@@ -25,10 +25,12 @@ from aipg.node.protocol.messages import WorkReport
 from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
+    Committee,
     FraudEvidence,
     PouwError,
     Verdict,
     VoteCollector,
+    abstains,
     committee_for,
     receipt_id,
 )
@@ -40,8 +42,8 @@ log = logging.getLogger("aipg.node.work")
 class TrackedWork:
     report: WorkReport
     receipt_id: bytes
-    committee: tuple[bytes, ...] = ()
-    collector: VoteCollector | None = None
+    committee: Committee
+    collector: VoteCollector
     verdicts: dict[bytes, Verdict] = field(default_factory=dict)
     outcome: Certificate | FraudEvidence | None = None
     block_height: int | None = None
@@ -57,6 +59,10 @@ class TrackedWork:
     @property
     def fraud(self) -> bool:
         return isinstance(self.outcome, FraudEvidence)
+
+    def seated(self) -> tuple[bytes, ...]:
+        """The members who vote now (abstentions have seated reserves)."""
+        return self.collector.seated()
 
 
 class ChainView(Protocol):
@@ -86,7 +92,7 @@ class WorkTracker:
         """Cheap checks of a report (signatures and bindings); raises PouwError."""
         check_report(report)
 
-    def committee(self, report: WorkReport) -> tuple[tuple[bytes, ...], Mapping[bytes, int]]:
+    def committee(self, report: WorkReport) -> tuple[Committee, Mapping[bytes, int]]:
         """The report's committee and the stakes it is drawn from; raises PouwError while
         the seed block is not final here yet."""
         seed_height = report.assignment.height - COMMITTEE_LOOKAHEAD
@@ -94,7 +100,7 @@ class WorkTracker:
         if validators is None:
             raise PouwError("assignment.height", f"no validator set known at height {seed_height}")
         members = committee_for(
-            report.result.receipt.job_id,
+            report.job,
             report.assignment,
             validators,
             self.chain.finalized_hash,
@@ -110,10 +116,10 @@ class WorkTracker:
         if tracked is not None:
             return tracked, False
         members, validators = self.committee(report)
-        tracked = TrackedWork(report, rid, members)
-        tracked.collector = VoteCollector(
+        collector = VoteCollector(
             report.job, report.assignment, report.result.receipt, members, validators
         )
+        tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
         self._by_job[tracked.job_id] = rid
         self._trim()
@@ -133,7 +139,6 @@ class WorkTracker:
             while len(self._early) > self.max_early:
                 self._early.popitem(last=False)
             return None
-        assert tracked.collector is not None
         decided_before = tracked.outcome is not None
         outcome = tracked.collector.add(verdict)
         tracked.verdicts[verdict.signer] = verdict
@@ -247,3 +252,7 @@ class WorkIntake:
             self.tracker.add_verdict(verdict)
         except PouwError as e:
             log.info("dropped a verdict: %s", e)
+            return
+        tracked = self.tracker.for_receipt(verdict.receipt_id)
+        if tracked is not None and self.verifier is not None and abstains(verdict):
+            self.verifier.consider(tracked)  # the abstention may have seated us

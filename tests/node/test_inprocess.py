@@ -46,8 +46,12 @@ async def test_a_gateway_job_is_run_by_a_worker_certified_by_its_committee_and_p
         job_id = bytes.fromhex(result.job_id)
         tracked = await world.wait_for_block_with(gateway, job_id)
         assert tracked.certified
-        committee = set(tracked.committee)
+        committee = set(tracked.seated())
         assert committee and set(tracked.verdicts) <= committee
+        # Neither the gateway nor the worker sits on the job's committee.
+        assert {gateway.identity.public_bytes, worker.identity.public_bytes}.isdisjoint(
+            tracked.committee.candidates
+        )
         assert all(v.valid for v in tracked.verdicts.values())
         # Every validator that re-checked it is on the committee and ran a real check.
         checked = sum(n.verifier.outcomes["valid"] for n in world.nodes if n.verifier)

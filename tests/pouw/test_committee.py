@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
+from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aipg.pouw import committee_seed, sample_committee, tally
+from aipg.pouw import (
+    committee_for,
+    committee_seed,
+    draw_committee,
+    reserves,
+    sample_committee,
+    tally,
+    tally_seated,
+)
+from aipg.testing.world import identity, signed_assignment, signed_job
 
 keys = st.binary(min_size=32, max_size=32)
 validator_sets = st.dictionaries(keys, st.integers(0, 10**15), min_size=0, max_size=30)
@@ -77,3 +88,74 @@ def test_quorum_boundaries():
     assert not tally(v, v, {b"a" * 32: True}).certifies
     assert not tally(v, v, {b"a" * 32: False}).convicts  # exactly 1/3 is not > 1/3
     assert tally(v, v, {b"a" * 32: False, b"b" * 32: False}).convicts
+
+
+# --- conflicts of interest, abstentions, reserves ------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    roles=st.lists(st.integers(0, 11), min_size=3, max_size=3),
+    seed=st.integers(0, 2**32),
+)
+def test_a_job_is_never_checked_by_its_worker_gateway_or_client(n, roles, seed):
+    """Whoever of the validators is the job's worker, gateway or client (even one key in
+    all three roles), the draw leaves them out."""
+    validators = [identity(f"v{i}") for i in range(n)]
+    worker, gateway, client = (validators[r % n] for r in roles)
+    stakes = {v.public_bytes: 10**12 for v in validators}
+    job = signed_job(gateway, client=client.address.raw, nonce=seed)
+    a = signed_assignment(gateway, job, worker, height=5)
+    committee = committee_for(job, a, stakes, lambda h: b"\x01" * 32, size=5)
+    interested = {worker.public_bytes, gateway.public_bytes, client.public_bytes}
+    assert not interested & set(committee.candidates)
+    assert len(committee.candidates) == min(n - len(interested), 5 + reserves(5))
+
+
+def test_an_abstention_seats_the_next_reserve_and_no_one_else():
+    stakes = {bytes([i]) * 32: 1 for i in range(12)}
+    c = draw_committee(stakes, b"\x05" * 32, 5)
+    assert len(c.candidates) == 7 and c.members == c.candidates[:5]
+    first, second = c.candidates[0], c.candidates[1]
+    assert c.seated([first]) == c.candidates[1:6]
+    assert c.seated([first, second]) == c.candidates[2:7]
+    assert len(c.seated(c.candidates[:3])) == 4  # the reserves ran out: a short committee
+    votes = {k: True for k in c.candidates[3:7]} | {k: None for k in c.candidates[:3]}
+    t = tally_seated(c, stakes, votes)
+    assert t.short and not t.certifies and not t.convicts
+
+
+@settings(max_examples=200, deadline=None)
+@given(votes=st.lists(st.sampled_from([None, True, False]), min_size=7, max_size=7))
+def test_abstentions_never_count_as_invalid(votes):
+    stakes = {bytes([i]) * 32: 1 for i in range(7)}
+    c = draw_committee(stakes, b"\x06" * 32, 5)
+    cast = dict(zip(c.candidates, votes, strict=True))
+    t = tally_seated(c, stakes, cast)
+    honest = {k: v for k, v in cast.items() if v is not False}  # nobody voted invalid
+    assert not tally_seated(c, stakes, honest).convicts
+    if t.convicts:
+        seated = c.seated(k for k, v in cast.items() if v is None)
+        assert 3 * sum(cast[k] is False for k in seated) > len(seated)
+
+
+def _at_least(n: int, k: int, p: Fraction) -> Fraction:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_withholding_data_never_beats_an_ordinary_committee():
+    """An attacker holding stake share p <= 1/3 (equal stakes, draws as independent
+    trials) certifies forged work in an ordinary committee by holding 2/3 of its seats.
+    Starving every honest member of data makes them abstain, so the seated reserves
+    decide: then it needs every seat of size + reserves(size) draws. That is never
+    likelier, and one more reserve would make it so."""
+    shares = [Fraction(i, 30) for i in range(1, 11)]  # 1/30 .. 1/3
+    for size in range(1, 21):
+        quorum = -(-2 * size // 3)  # ceil(2/3 size) seats certify
+        r = reserves(size)
+        for p in shares:
+            assert _at_least(size + r, size, p) <= _at_least(size, quorum, p), (size, p)
+        assert any(  # the bound is tight: one more reserve helps the attacker
+            _at_least(size + r + 1, size, p) > _at_least(size, quorum, p) for p in shares
+        ), size

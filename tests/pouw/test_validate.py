@@ -73,12 +73,50 @@ def test_each_broken_rule_is_named(mutate, what):
 
 
 def test_verdict_from_outside_the_committee_is_refused():
-    cert = W.certificate()
-    members = {v.signer for v in cert.verdicts}
-    outsider = next(v for v in W.validators if v.public_bytes not in members)
+    big = World(n_validators=10)
+    cert = big.certificate()
+    committee = big.committee(cert.job, cert.assignment)
+    outsider = next(v for v in big.validators if v.public_bytes not in committee)
     bad = make_verdict(outsider, cert.receipt, VerdictReason.OK, recomputed=b"x")
     with pytest.raises(PouwError, match="not a committee member"):
-        check(cert.replace(verdicts=(*cert.verdicts[:4], bad)))
+        validate_certificate(
+            cert.replace(verdicts=(*cert.verdicts[:4], bad)), big.stakes, big.finalized_hash
+        )
+
+
+def _abstain(validator, receipt):
+    return make_verdict(validator, receipt, VerdictReason.UNAVAILABLE, recomputed=b"")
+
+
+def test_an_abstention_seats_a_reserve_whose_vote_then_certifies():
+    cert = W.certificate()
+    c = W.committee(cert.job, cert.assignment)
+    away, reserve = c.members[0], c.candidates[len(c.members)]
+    votes = {k: W.verdict(k, cert.receipt) for k in c.members[1:]}
+    votes[away] = _abstain(W.by_key[away], cert.receipt)
+    votes[reserve] = W.verdict(reserve, cert.receipt)
+    check(cert.replace(verdicts=tuple(v for _, v in sorted(votes.items()))))
+    # Without the abstention the reserve has no seat: its vote is refused.
+    del votes[away]
+    with pytest.raises(PouwError, match="reserve whose seat no abstention opened"):
+        check(cert.replace(verdicts=tuple(v for _, v in sorted(votes.items()))))
+
+
+def test_abstentions_alone_neither_certify_nor_convict():
+    cert = W.certificate()
+    c = W.committee(cert.job, cert.assignment)
+    abstentions = tuple(_abstain(W.by_key[k], cert.receipt) for k in sorted(c.candidates))
+    with pytest.raises(PouwError, match="empty seats"):
+        check(cert.replace(verdicts=abstentions))
+    with pytest.raises(PouwError, match="empty seats"):
+        validate_fraud_evidence(
+            FraudEvidence(cert.job, cert.assignment, cert.receipt, abstentions),
+            W.stakes,
+            W.finalized_hash,
+        )
+    # And the collector, fed every abstention, decides nothing.
+    collector = VoteCollector(cert.job, cert.assignment, cert.receipt, c, W.stakes)
+    assert all(collector.add(v) is None for v in abstentions)
 
 
 def test_copied_verdict_under_another_key_is_refused():
@@ -108,12 +146,13 @@ def test_vote_collector_decides_certificate_or_fraud():
     a = W.assignment(job)
     r = W.receipt(job, a)
     committee = W.committee(job, a)
+    members = committee.members
     stakes = W.stakes
-    total = sum(stakes[k] for k in committee)
+    total = sum(stakes[k] for k in members)
     # Certificate: add valid votes (largest stake first) until >= 2/3.
     col = VoteCollector(job, a, r, committee, stakes)
     acc = 0
-    for k in sorted(committee, key=lambda k: -stakes[k]):
+    for k in sorted(members, key=lambda k: -stakes[k]):
         out = col.add(W.verdict(k, r, True))
         acc += stakes[k]
         assert (out is not None) == (3 * acc >= 2 * total)
@@ -123,7 +162,7 @@ def test_vote_collector_decides_certificate_or_fraud():
     check(out)
     # Fraud: invalid votes until > 1/3.
     col = VoteCollector(job, a, r, committee, stakes)
-    for k in sorted(committee, key=lambda k: -stakes[k]):
+    for k in sorted(members, key=lambda k: -stakes[k]):
         out = col.add(W.verdict(k, r, False))
         if out is not None:
             break
@@ -140,17 +179,18 @@ def test_collector_and_validator_agree(votes, height):
     a = W.assignment(job, height=height)
     r = W.receipt(job, a)
     committee = W.committee(job, a)
+    members = committee.members
     col = VoteCollector(job, a, r, committee, W.stakes)
     out = None
-    for k, v in zip(committee, votes, strict=False):
+    for k, v in zip(members, votes, strict=False):
         out = col.add(W.verdict(k, r, v)) or out
     if isinstance(out, Certificate):
         check(out)
     elif isinstance(out, FraudEvidence):
         validate_fraud_evidence(out, W.stakes, W.finalized_hash)
     else:
-        t_valid = sum(W.stakes[k] for k, v in zip(committee, votes, strict=False) if v)
-        total = sum(W.stakes[k] for k in committee)
+        t_valid = sum(W.stakes[k] for k, v in zip(members, votes, strict=False) if v)
+        total = sum(W.stakes[k] for k in members)
         assert 3 * t_valid < 2 * total
     assert job_id(job) == r.job_id
     assert identity("worker").public_bytes == r.signer

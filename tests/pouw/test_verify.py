@@ -69,7 +69,7 @@ def test_llm_job_end_to_end_certificate(llm_models):
     committee = W.committee(job, a)
     collector = VoteCollector(job, a, r, committee, W.stakes)
     cert = None
-    for key in committee:
+    for key in committee.members:
         check = verify_llm(llm_models.real, job, a, result)
         assert check.valid, check
         cert = collector.add(verdict_for(W.by_key[key], result, check)) or cert
