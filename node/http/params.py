@@ -24,6 +24,9 @@ from .responses import invalid, show
 # One job generates at most this many tokens (aipg.models.MAX_TOKENS).
 MAX_TOKENS_LIMIT = 8192
 MAX_TEMPERATURE = 2.0  # OpenAI's range
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's default: the model's own distribution
+MAX_TOP_P = 1.0  # a probability mass
+DEFAULT_TOP_P = MAX_TOP_P  # nucleus sampling off
 MAX_TOP_K = 1 << 20
 MAX_STOP_STRINGS = 4  # OpenAI's limit (the sampling record allows 8)
 MAX_STOP_BYTES = 64  # SamplingParams: a stop string is at most 64 bytes
@@ -32,10 +35,12 @@ MAX_NAME_CHARS = 256  # model names, user ids, message names
 MAX_IMAGE_PROMPT_CHARS = 4000
 MAX_NEGATIVE_PROMPT_BYTES = 1024  # DiffusionParams.negative_prompt
 MAX_IMAGE_SIDE = 2048
+IMAGE_SIDE_STEP = 8  # sides are multiples of this, as latent diffusion models expect
 MAX_DIFFUSION_STEPS = 500  # DiffusionParams.steps
 MAX_GUIDANCE = 100.0  # DiffusionParams.guidance_milli / 1000
 MAX_PROMPT_IDS = MAX_TOKENS_LIMIT * 4
-SEED_LIMIT = 1 << 64
+TOKEN_ID_LIMIT = 1 << 32  # token ids are unsigned 32-bit
+SEED_LIMIT = 1 << 64  # seeds are unsigned 64-bit
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})\Z")
 
 # -- the pieces of an LLM request -------------------------------------------------------
@@ -61,8 +66,8 @@ def parse_sampling(fields: Fields, *, max_tokens_keys: tuple[str, ...]) -> Sampl
         if given is not None:
             max_tokens = given
     fields.integer("n", 1, 1)
-    temperature = fields.number("temperature", 0.0, MAX_TEMPERATURE, 1.0)
-    top_p = fields.number("top_p", 0.0, 1.0, 1.0)
+    temperature = fields.number("temperature", 0.0, MAX_TEMPERATURE, DEFAULT_TEMPERATURE)
+    top_p = fields.number("top_p", 0.0, MAX_TOP_P, DEFAULT_TOP_P)
     return Sampling(
         max_tokens=max_tokens,
         temperature_milli=round(temperature * 1000),
@@ -75,7 +80,8 @@ def parse_sampling(fields: Fields, *, max_tokens_keys: tuple[str, ...]) -> Sampl
 
 
 def parse_stop(fields: Fields) -> tuple[str, ...]:
-    """``stop``: a string or a list of up to 4 non-empty strings of at most 64 bytes."""
+    """``stop``: a string or a list of up to MAX_STOP_STRINGS non-empty strings of at most
+    MAX_STOP_BYTES bytes."""
     value = fields.raw("stop")
     if value is None:
         return ()
@@ -103,7 +109,7 @@ def parse_stream(fields: Fields) -> tuple[bool, bool]:
         raise invalid("stream_options must be an object", "stream_options")
     if not stream:
         raise invalid("stream_options is only allowed with stream: true", "stream_options")
-    inner = Fields(options, frozenset({"include_usage", "include_obfuscation"}), "stream_options.")
+    inner = Fields(options, STREAM_OPTION_FIELDS, "stream_options.")
     inner.neutral("include_obfuscation", False)
     return True, inner.boolean("include_usage")
 
@@ -132,12 +138,14 @@ def parse_prompt(fields: Fields) -> tuple[str, list[int] | None]:
 def check_ids(ids: list[int]) -> list[int]:
     if len(ids) > MAX_PROMPT_IDS:
         raise invalid(f"prompt has more than {MAX_PROMPT_IDS} token ids", "prompt")
-    if any(not 0 <= t < 1 << 32 for t in ids):
-        raise invalid("token ids must be from 0 to 2**32 - 1", "prompt")
+    if any(not 0 <= t < TOKEN_ID_LIMIT for t in ids):
+        raise invalid(f"token ids must be from 0 to {TOKEN_ID_LIMIT - 1}", "prompt")
     return list(ids)
 
 
-_CHAT_ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+STREAM_OPTION_FIELDS = frozenset({"include_usage", "include_obfuscation"})
 
 
 def parse_messages(fields: Fields) -> list[dict]:
@@ -155,11 +163,11 @@ def parse_messages(fields: Fields) -> list[dict]:
 def parse_message(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise invalid(f"{where} must be an object", where)
-    fields = Fields(value, frozenset({"role", "content", "name"}), f"{where}.")
+    fields = Fields(value, MESSAGE_FIELDS, f"{where}.")
     role = fields.text("role", required=True)
-    if role not in _CHAT_ROLES:
+    if role not in CHAT_ROLES:
         raise invalid(
-            f"{where}.role must be one of {', '.join(_CHAT_ROLES)} (tools are not supported)",
+            f"{where}.role must be one of {', '.join(CHAT_ROLES)} (tools are not supported)",
             f"{where}.role",
         )
     fields.text("name", max_chars=MAX_NAME_CHARS)
@@ -195,10 +203,8 @@ def image_request(fields: Fields, info: ModelInfo, caller: Caller) -> ImageReque
     if not prompt.strip():
         raise invalid("prompt must not be empty", "prompt")
     fields.integer("n", 1, 1)
-    fields.choice("response_format", ("b64_json",), "b64_json")
-    fields.choice("quality", ("standard", "auto"), "auto")
-    fields.choice("style", ("natural", "vivid"), "natural")
-    fields.choice("output_format", ("png",), "png")
+    for key, (allowed, default) in IMAGE_CHOICES.items():
+        fields.choice(key, allowed, default)
     fields.text("user", max_chars=MAX_NAME_CHARS)
     guidance = fields.number("guidance_scale", 0.0, MAX_GUIDANCE, math.nan)
     negative = fields.text("negative_prompt")
@@ -221,7 +227,8 @@ def image_request(fields: Fields, info: ModelInfo, caller: Caller) -> ImageReque
 
 
 def parse_size(fields: Fields) -> tuple[int, int] | None:
-    """``size`` "WIDTHxHEIGHT": sides multiples of 8 from 8 to 2048 (None: model default)."""
+    """``size`` "WIDTHxHEIGHT": sides multiples of IMAGE_SIDE_STEP up to MAX_IMAGE_SIDE
+    (None: the model's default)."""
     text = fields.text("size", default="auto")
     if text == "auto":
         return None
@@ -230,15 +237,19 @@ def parse_size(fields: Fields) -> tuple[int, int] | None:
         raise invalid(f"size must be 'WIDTHxHEIGHT' such as '256x256', got {show(text)}", "size")
     width, height = int(match[1]), int(match[2])
     for side in (width, height):
-        if not 8 <= side <= MAX_IMAGE_SIDE or side % 8:
+        if not IMAGE_SIDE_STEP <= side <= MAX_IMAGE_SIDE or side % IMAGE_SIDE_STEP:
             raise invalid(
-                f"image sides must be multiples of 8 from 8 to {MAX_IMAGE_SIDE}, got {text}",
+                f"image sides must be multiples of {IMAGE_SIDE_STEP} from {IMAGE_SIDE_STEP} "
+                f"to {MAX_IMAGE_SIDE}, got {text}",
                 "size",
             )
     return width, height
 
 
 # -- what the LLM routes accept -------------------------------------------------------------
+
+
+RESPONSE_FORMATS = ("text",)  # no JSON mode: a worker's output is not constrained
 
 
 def check_response_format(fields: Fields) -> None:
@@ -248,7 +259,7 @@ def check_response_format(fields: Fields) -> None:
     if not isinstance(value, dict):
         raise invalid("response_format must be an object", "response_format")
     inner = Fields(value, frozenset({"type"}), "response_format.")
-    inner.choice("type", ("text",), "text")
+    inner.choice("type", RESPONSE_FORMATS, "text")
 
 
 def fit_context(
@@ -344,3 +355,11 @@ IMAGE_FIELDS = frozenset(
         "steps", "guidance_scale", "seed", "negative_prompt", "output_format",
     }
 )  # fmt: skip
+# The image fields that name one of a few choices: (allowed, default). Whatever is asked,
+# the answer is one base64 PNG.
+IMAGE_CHOICES = {
+    "response_format": (("b64_json",), "b64_json"),
+    "quality": (("standard", "auto"), "auto"),
+    "style": (("natural", "vivid"), "natural"),
+    "output_format": (("png",), "png"),
+}

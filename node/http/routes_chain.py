@@ -5,6 +5,9 @@ publishing a model.
 ``POST /api/v1/txs`` with ``{"tx": "<base64 of a signed Transaction>"}`` — checked
 against the ledger (with the mempool ahead of it), kept and gossiped; a refused
 transaction is a 400 saying why (the ledger's own words).
+``GET /api/v1/blocks/{height}`` — a finalized block's header and contents, summarised.
+``POST /api/v1/models/publish`` with ``{"path": "<model directory>"}`` — from the node's
+own machine only: the node stores, hosts and announces the model.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .request import read_json_object
 from .responses import ApiError, error_response, invalid, json_response
 
 MAX_TX_BODY = 64 * 1024
+MAX_HEIGHT_DIGITS = 18  # any such height fits an int64
 
 
 class ChainApi(Protocol):
@@ -105,7 +109,8 @@ def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
 
     async def block(request: Request):
         text = request.path_params["height"]
-        if not text.isdigit() or len(text) > 18:
+        # isascii: str.isdigit() also takes digits such as "²" that int() refuses
+        if not (text.isascii() and text.isdigit()) or len(text) > MAX_HEIGHT_DIGITS:
             return error_response(invalid("a block height is a non-negative integer", "height"))
         height = int(text)
         fb = chain.chain.store.finalized(height) if height > 0 else None

@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from aipg.models import SamplingParams
 from aipg.node.http.app import ApiAddress, build_app, serve_api
-from aipg.node.http.openapi import NODE_PATHS
 from aipg.node.http.responses import json_response
+from aipg.node.http.routes_chain import chain_routes
 from aipg.node.services.gateway_api import JobFailed, UnknownModel
 from aipg.testing.apikit import (
     PAID,
@@ -587,9 +587,16 @@ async def test_openapi_document_is_valid_and_covers_every_route(api, gateway):
     async with http(api) as h:
         document = (await h.get("/openapi.json")).json()
     validate(document)
-    app = build_app(gateway, gateway, free_tier_per_minute=1)
+    app = build_app(gateway, gateway, extra_routes=chain_routes(None, None), free_tier_per_minute=1)
     routes = {r.path.replace(":path}", "}") for r in app.routes}
-    assert routes | NODE_PATHS == set(document["paths"])
+    assert routes == set(document["paths"])
+
+
+@pytest.mark.parametrize("height", ["%C2%B2", "-1", "1" * 19])  # "²": isdigit, not int()
+async def test_a_block_height_is_up_to_18_ascii_digits(gateway, height):
+    app = app_for(gateway, extra_routes=chain_routes(None, None))  # refused before the chain
+    async with running_api(app) as api, http(api) as h:
+        assert_error(await h.get(f"/api/v1/blocks/{height}"), 400, param="height")
 
 
 async def test_status_is_the_gateways(api, gateway):
