@@ -1,7 +1,9 @@
-"""`aipg-node models build-demo | run | check | add | list`: offline model commands.
+"""`aipg-node models build-demo | run | check | add | list | fetch`: model commands.
 
 :func:`add_parser` registers ``models`` on the top-level subparsers; every command sets
-``func(args) -> int``. Errors a user can fix are one line on stderr and exit status 1.
+``func(args) -> int``. The offline commands that build, run and check a model directory are
+here; those of the data dir's store (add, list, and fetch from peers) are in
+:mod:`.models_store`. Errors a user can fix are one line on stderr and exit status 1.
 This module also runs on its own (``python -m aipg.cli.models_cmd models ...``).
 """
 
@@ -15,11 +17,10 @@ import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-PROG = "aipg-node"
+from .models_common import PROG, UsageError, id_text
+from .models_store import ProgressBar, cmd_add, cmd_fetch, cmd_list
 
-
-class _UsageError(Exception):
-    """A bad command-line value; shown as one line."""
+__all__ = ["ProgressBar", "add_parser", "main"]  # ProgressBar: re-exported from .models_store
 
 
 def add_parser(
@@ -123,7 +124,7 @@ def _guarded(command):
 
         try:
             return command(args)
-        except (ModelError, WireError, _UsageError, OSError) as e:
+        except (ModelError, WireError, UsageError, OSError) as e:
             message = e
             if isinstance(e, OSError) and e.strerror and e.filename:
                 message = f"{e.strerror}: {e.filename}"
@@ -183,7 +184,7 @@ def _refuse_flags(args: argparse.Namespace, flags: tuple[str, ...], kind: str) -
     given = [f for f in flags if getattr(args, f) not in (None, [])]
     if given:
         names = ", ".join("--" + f.replace("_", "-") for f in given)
-        raise _UsageError(f"{names} do(es) not apply to a {kind} model")
+        raise UsageError(f"{names} do(es) not apply to a {kind} model")
 
 
 def _run_llm(model, args: argparse.Namespace) -> dict:
@@ -201,7 +202,7 @@ def _run_llm(model, args: argparse.Namespace) -> dict:
     prompt_ids = runner.tokenizer.encode(args.prompt)
     out = runner.generate(prompt_ids, params, args.seed)
     return {
-        "model_id": _id(model.model_id),
+        "model_id": id_text(model.model_id),
         "text": out.text,
         "tokens": out.token_ids,
         "prompt_tokens": len(prompt_ids),
@@ -231,7 +232,7 @@ def _run_diffusion(model, args: argparse.Namespace) -> dict:
     out = runner.generate(args.prompt, params, args.seed)
     Path(args.out).write_bytes(out.png)
     return {
-        "model_id": _id(model.model_id),
+        "model_id": id_text(model.model_id),
         "image": str(args.out),
         "output_hash": "sha256:" + hashlib.sha256(out.png).hexdigest(),
         "width": params.width,
@@ -259,16 +260,10 @@ def _milli(text: str | None, flag: str, default: int) -> int:
     try:
         value = Decimal(text) * 1000
     except InvalidOperation:
-        raise _UsageError(f"{flag} must be a number, got {text!r}") from None
+        raise UsageError(f"{flag} must be a number, got {text!r}") from None
     if not value.is_finite() or value != value.to_integral_value() or value < 0:
-        raise _UsageError(f"{flag} must be >= 0 with at most 3 decimals, got {text!r}")
+        raise UsageError(f"{flag} must be >= 0 with at most 3 decimals, got {text!r}")
     return int(value)
-
-
-def _id(mid: bytes) -> str:
-    from aipg.models import model_id_text
-
-    return model_id_text(mid)
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -279,7 +274,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from aipg.models import ModelError, load_model_dir
 
     model = load_model_dir(args.model_dir)
-    report: dict = {"model_id": _id(model.model_id), "name": model.manifest.name}
+    report: dict = {"model_id": id_text(model.model_id), "name": model.manifest.name}
     report["files"] = files = {}
     for entry in model.manifest.files:
         try:
@@ -353,141 +348,6 @@ def _determinism(model) -> dict:
         "same_run_equal": same(job(1)),
         "threads_equal": same(job(2)),
     }
-
-
-# -- store -------------------------------------------------------------------------------------
-
-
-def _store(args: argparse.Namespace):
-    from aipg.models.store import ModelStore
-    from aipg.node.datadir import DataDir
-
-    return ModelStore(DataDir.resolve(args.data_dir).blobs_dir)
-
-
-def cmd_add(args: argparse.Namespace) -> int:
-    """``models add MODEL_DIR``: copy a model into the store, hash-checked; print its id."""
-    mid = _store(args).add_model_dir(Path(args.model_dir))
-    print(_id(mid))
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """``models list``: the models in the store and whether all their files are there."""
-    from aipg.node.datadir import DataDir
-
-    rows = []
-    # Listing must not create a data dir that is not there.
-    has_store = DataDir.resolve(args.data_dir).blobs_dir.is_dir()
-    store = _store(args) if has_store else None
-    for mid in store.model_ids() if store else []:
-        manifest = store.manifest(mid)
-        missing = len(store.missing_files(mid))
-        rows.append(
-            {
-                "model_id": _id(mid),
-                "name": manifest.name,
-                "version": manifest.version,
-                "kind": manifest.kind,
-                "complete": missing == 0,
-            }
-        )
-    if args.json:
-        print(json.dumps({"models": rows}))
-    else:
-        for r in rows:
-            state = "" if r["complete"] else "  (incomplete)"
-            print(f"{r['model_id']}  {r['kind']:<9} {r['name']} {r['version']}{state}")
-    return 0
-
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    """``models fetch MODEL_ID --peer ADDR``: fetch a model from peers into the store."""
-    import trio
-
-    from aipg.wire import Multiaddr, parse_content_id
-
-    mid = parse_content_id(args.model_id)
-    peers = [Multiaddr.parse(text) for text in args.peer]
-    if any(p.peer_id is None for p in peers):
-        raise _UsageError("--peer must end with /p2p/<peer id> so the peer is authenticated")
-    store = _store(args)
-    bar = ProgressBar(sys.stderr)
-    trio.run(_fetch, store, mid, peers, args.timeout, bar)
-    bar.finish()
-    if args.json:
-        print(json.dumps({"model_id": _id(mid), "name": store.manifest(mid).name}))
-    else:
-        print(_id(mid))
-    return 0
-
-
-async def _fetch(store, mid: bytes, addrs: list, timeout: float, bar: ProgressBar) -> None:
-    """Run a short-lived gossip host (a throwaway identity: fetching needs no node key)."""
-    import trio
-
-    from aipg.gossip import GossipConfig, GossipError, GossipHost, WebsocketTransport
-    from aipg.models import ModelError
-    from aipg.models.blob import BlobFetcher, fetch_manifest, fetch_model
-    from aipg.wire import Identity, WireError
-
-    host = GossipHost(Identity.generate(), GossipConfig(), transport=WebsocketTransport())
-
-    async def work() -> None:
-        peers = []
-        for addr in addrs:
-            try:
-                peers.append(await host.connect(addr))
-            except GossipError as e:
-                print(f"{PROG}: cannot reach {addr}: {e}", file=sys.stderr)
-        if not peers:
-            raise _UsageError("none of the peers could be reached")
-        fetcher = BlobFetcher(
-            store.blobs, host.request, timeout=timeout, transport_errors=(GossipError,)
-        )
-        manifest = await fetch_manifest(fetcher, mid, peers)
-        await fetch_model(store, manifest, fetcher, peers, bar.update)
-
-    # Errors are carried out of the nursery by hand so they stay one-line errors instead of
-    # an exception group.
-    error: Exception | None = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
-        try:
-            await work()
-        except (ModelError, WireError, GossipError, _UsageError, OSError) as e:
-            error = e
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise _UsageError(str(error))
-
-
-class ProgressBar:
-    """A one-line progress bar on a terminal; silent when the stream is not one."""
-
-    WIDTH = 30
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.shown = False
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        filled = self.WIDTH * done // total
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        mib = 1 << 20
-        self.stream.write(
-            f"\r[{bar}] {100 * done // total:3d}%  {done / mib:.1f}/{total / mib:.1f} MiB"
-        )
-        self.stream.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,31 +5,28 @@ commit, transactions, evidence, rewards, epoch. A block is invalid exactly when 
 these checks fails; :class:`LedgerError` says which and why, and the input state is never
 touched (the block is applied to a copy).
 
-Money moves only through :func:`credit` and :func:`debit`, and after every block the
-supply identity is checked:
+Money moves only through :func:`~.money.credit` and :func:`~.money.debit`, and after every
+block the supply identity is checked:
 ``balances + bonds + unbonding + escrows + work pool == genesis supply + minted - burned``.
+
+The steps too long to sit here have modules of their own: :mod:`.tx_apply` (each
+transaction kind's check and effect) and :mod:`.useful_work` (certificates and fraud).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
-from aipg.pouw import (
-    COMMITTEE_LOOKAHEAD,
-    Certificate,
-    FraudEvidence,
-    PouwError,
-    validate_certificate,
-    validate_fraud_evidence,
-)
+from aipg.pouw import COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
-from .state import Account, Bond, Escrow, State, height_key, state_hash
+from .money import credit, slash
+from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
-from .tx import Transaction, TxKind
+from .tx_apply import apply_transaction, check_transaction, process_transactions
 from .types import Height, LedgerError, bps_of
+from .useful_work import process_certificates, process_frauds
 from .validators import ValidatorSet
 
 __all__ = [
@@ -144,264 +141,6 @@ def verify_commit(
     for vote in commit.precommits:  # signatures last: the expensive check
         if not is_signed_by_signer(vote):
             raise LedgerError(f"commit for block {height} has a badly signed precommit")
-
-
-# --- transactions ------------------------------------------------------------------------
-
-
-def process_transactions(s: State, block: Block) -> None:
-    for i, tx in enumerate(block.body.transactions):
-        try:
-            apply_transaction(s, tx, block.header.proposer)
-        except LedgerError as e:
-            raise LedgerError(f"transaction {i}: {e}") from None
-
-
-def apply_transaction(s: State, tx: Transaction, proposer: bytes) -> None:
-    """Check ``tx`` against ``s`` and apply it (fee to ``proposer``). Raises LedgerError
-    before changing anything."""
-    check_transaction(s, tx)
-    sender = tx.sender
-    acct = s.account(sender)
-    s.put("accounts", sender, Account(acct.balance - tx.fee, acct.nonce + 1))
-    credit(s, Address.from_public_key(proposer).raw, tx.fee)
-    _OPERATIONS[TxKind(tx.kind)](s, tx)
-
-
-def check_transaction(s: State, tx: Transaction) -> None:
-    """Raise LedgerError saying why ``tx`` cannot be applied to ``s`` (the mempool's check)."""
-    if tx.chain_id != s.chain_id:
-        raise LedgerError(f"signed for chain {tx.chain_id!r}, not {s.chain_id!r}")
-    if tx.kind not in _OPERATIONS:
-        raise LedgerError(f"unknown transaction kind {tx.kind}")
-    acct = s.account(tx.sender)
-    if tx.nonce != acct.nonce:
-        raise LedgerError(f"nonce {tx.nonce}, expected {acct.nonce}")
-    spend = tx.fee + (tx.amount if tx.kind in _SPENDS_AMOUNT else 0)
-    if spend > acct.balance:
-        raise LedgerError(f"balance {acct.balance} cannot pay {spend} (amount and fee)")
-    _CHECKS[TxKind(tx.kind)](s, tx)
-    if not is_signed_by_signer(tx):
-        raise LedgerError("bad signature")
-
-
-def _check_transfer(s: State, tx: Transaction) -> None:
-    if tx.amount == 0:
-        raise LedgerError("a transfer needs a positive amount")
-
-
-def _check_bond(s: State, tx: Transaction) -> None:
-    if tx.amount == 0:
-        raise LedgerError("a bond needs a positive amount")
-
-
-def _check_unbond(s: State, tx: Transaction) -> None:
-    bonded = s.bond(tx.signer).stake
-    if tx.amount == 0 or tx.amount > bonded:
-        raise LedgerError(f"cannot unbond {tx.amount}: {bonded} is bonded")
-
-
-def _check_withdraw(s: State, tx: Transaction) -> None:
-    if not any(release <= s.height for release, _ in s.unbonding.get(tx.signer, ())):
-        raise LedgerError("nothing has finished unbonding yet")
-
-
-def _check_escrow(s: State, tx: Transaction) -> None:
-    if tx.amount == 0:
-        raise LedgerError("an escrow needs a positive amount")
-    if tx.job_id in s.escrows or tx.job_id in s.certified:
-        raise LedgerError(f"job {tx.job_id.hex()[:16]} already has an escrow or a certificate")
-
-
-def _check_reclaim(s: State, tx: Transaction) -> None:
-    escrow = s.escrows.get(tx.job_id)
-    if escrow is None:
-        raise LedgerError(f"no escrow for job {tx.job_id.hex()[:16]}")
-    if escrow.payer != tx.sender:
-        raise LedgerError("only the payer can reclaim an escrow")
-    if s.height < escrow.expires_at:
-        raise LedgerError(f"the escrow is locked until height {escrow.expires_at}")
-
-
-def _transfer(s: State, tx: Transaction) -> None:
-    debit(s, tx.sender, tx.amount)
-    credit(s, tx.recipient, tx.amount)
-
-
-def _bond(s: State, tx: Transaction) -> None:
-    debit(s, tx.sender, tx.amount)
-    b = s.bond(tx.signer)
-    s.put("bonds", tx.signer, Bond(b.stake + tx.amount, b.jailed_until))
-
-
-def _unbond(s: State, tx: Transaction) -> None:
-    b = s.bond(tx.signer)
-    s.put(
-        "bonds",
-        tx.signer,
-        Bond(b.stake - tx.amount, b.jailed_until) if b.stake > tx.amount else None,
-    )
-    release = s.height + s.params.unbonding_period
-    queue = (*s.unbonding.get(tx.signer, ()), (release, tx.amount))
-    s.put("unbonding", tx.signer, queue)
-
-
-def _withdraw(s: State, tx: Transaction) -> None:
-    queue = s.unbonding[tx.signer]
-    released = sum(amount for release, amount in queue if release <= s.height)
-    rest = tuple(e for e in queue if e[0] > s.height)
-    s.put("unbonding", tx.signer, rest or None)
-    credit(s, tx.sender, released)
-
-
-def _escrow(s: State, tx: Transaction) -> None:
-    debit(s, tx.sender, tx.amount)
-    expires = s.height + s.params.escrow_period
-    s.put("escrows", tx.job_id, Escrow(tx.sender, tx.amount, expires))
-
-
-def _reclaim(s: State, tx: Transaction) -> None:
-    escrow = s.escrows[tx.job_id]
-    s.put("escrows", tx.job_id, None)
-    credit(s, escrow.payer, escrow.amount)
-
-
-_OPERATIONS = {
-    TxKind.TRANSFER: _transfer,
-    TxKind.BOND: _bond,
-    TxKind.UNBOND: _unbond,
-    TxKind.WITHDRAW: _withdraw,
-    TxKind.ESCROW: _escrow,
-    TxKind.RECLAIM: _reclaim,
-}
-_CHECKS = {
-    TxKind.TRANSFER: _check_transfer,
-    TxKind.BOND: _check_bond,
-    TxKind.UNBOND: _check_unbond,
-    TxKind.WITHDRAW: _check_withdraw,
-    TxKind.ESCROW: _check_escrow,
-    TxKind.RECLAIM: _check_reclaim,
-}
-_SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW}
-
-
-# --- money ------------------------------------------------------------------------------
-
-
-def credit(s: State, address: bytes, amount: int) -> None:
-    if amount:
-        a = s.account(address)
-        s.put("accounts", address, Account(a.balance + amount, a.nonce))
-
-
-def debit(s: State, address: bytes, amount: int) -> None:
-    a = s.account(address)
-    if amount > a.balance:
-        raise LedgerError(f"balance {a.balance} is less than {amount}")
-    if amount:
-        s.put("accounts", address, Account(a.balance - amount, a.nonce))
-
-
-def slash(s: State, key: bytes, bps: int) -> int:
-    """Take ``bps`` of ``key``'s bond and of its unbonding entries (unbonding is no escape).
-    Returns the amount taken; the caller decides where it goes."""
-    taken = 0
-    b = s.bond(key)
-    if b.stake:
-        cut = bps_of(b.stake, bps)
-        s.put("bonds", key, Bond(b.stake - cut, b.jailed_until))
-        taken += cut
-    queue = s.unbonding.get(key)
-    if queue:
-        cuts = [bps_of(amount, bps) for _, amount in queue]
-        s.put("unbonding", key, tuple((r, a - c) for (r, a), c in zip(queue, cuts, strict=True)))
-        taken += sum(cuts)
-    return taken
-
-
-# --- useful work -----------------------------------------------------------------------
-
-
-def process_certificates(
-    s: State, certificates: Iterable[Certificate]
-) -> dict[bytes, tuple[bytes, int]]:
-    """Check each certificate, pay its escrow to the worker, and return the work
-    certified in this block: job id -> (worker account, work units)."""
-    work: dict[bytes, tuple[bytes, int]] = {}
-    snapshots: dict[int, dict[bytes, int]] = {}
-    for i, cert in enumerate(certificates):
-        try:
-            check_work(s, cert, snapshots, _certificate_without_challenges)
-        except (LedgerError, PouwError) as e:
-            raise LedgerError(f"certificate {i}: {e}") from None
-        job = cert.receipt.job_id
-        if job in s.certified:
-            raise LedgerError(f"certificate {i}: job {job.hex()[:16]} was already certified")
-        s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
-        worker = Address.from_public_key(cert.receipt.signer).raw
-        escrow = s.escrows.get(job)
-        if escrow is not None:  # the paid tier: the locked fee goes to the worker
-            s.put("escrows", job, None)
-            credit(s, worker, escrow.amount)
-            s.paid[job] = escrow.amount
-        work[job] = (worker, cert.receipt.work_units)
-    return work
-
-
-# Blocks check every signature that authorizes something (job, assignment, receipt,
-# verdicts) but not the verdicts' challenges: those were checked when the verdicts were
-# collected from gossip, and a challenge grants nothing its verdict's signature does not.
-_certificate_without_challenges = functools.partial(validate_certificate, check_challenges=False)
-_fraud_without_challenges = functools.partial(validate_fraud_evidence, check_challenges=False)
-
-
-def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate) -> None:
-    """Run pouw's cheap validation of a certificate or fraud evidence against the
-    validator set its committee was drawn from. Raises LedgerError or PouwError."""
-    seed_height = cert.assignment.height - COMMITTEE_LOOKAHEAD
-    if not 0 <= seed_height < s.height:
-        raise LedgerError(f"committee seed height {seed_height} is not a finalized block")
-    if s.height - cert.assignment.height > s.params.escrow_period:
-        raise LedgerError(f"assignment at height {cert.assignment.height} is too old")
-    if s.time_ms > certification_deadline(s, cert.job.deadline_ms):
-        raise LedgerError("the job's deadline passed too long ago to be certified")
-    epoch = s.epoch_of(seed_height)
-    snapshot = snapshots.get(epoch)
-    if snapshot is None:
-        snapshot = s.validator_snapshot_at(seed_height)
-        if snapshot is None:
-            raise LedgerError(f"no validator set is kept for height {seed_height}")
-        snapshots[epoch] = snapshot
-    validate(cert, snapshot, s.block_hash_at, committee_size=s.params.committee_size)
-
-
-def certification_deadline(s: State, job_deadline_ms: int) -> int:
-    """The last block time at which a job can be certified (or its fraud proven): its
-    deadline plus the escrow period. After it, its ``certified`` entry can be forgotten."""
-    return job_deadline_ms + s.params.escrow_period * s.params.target_block_time_ms
-
-
-def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
-    """Slash each convicted worker's bond; refund the job's escrow to its payer together
-    with a share of what was slashed; burn the rest."""
-    snapshots: dict[int, dict[bytes, int]] = {}
-    for i, ev in enumerate(frauds):
-        try:
-            check_work(s, ev, snapshots, _fraud_without_challenges)
-        except (LedgerError, PouwError) as e:
-            raise LedgerError(f"fraud evidence {i}: {e}") from None
-        key = b"fraud" + ev.receipt.job_id
-        if key in s.punished:
-            raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
-        s.put("punished", key, s.height)
-        slashed = slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
-        escrow = s.escrows.get(ev.receipt.job_id)
-        refund = 0
-        if escrow is not None:
-            s.put("escrows", ev.receipt.job_id, None)
-            refund = bps_of(slashed, s.params.fraud_refund_bps)
-            credit(s, escrow.payer, escrow.amount + refund)
-        s.burned += slashed - refund
 
 
 # --- evidence ---------------------------------------------------------------------------

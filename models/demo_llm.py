@@ -1,0 +1,207 @@
+"""The demo LLM: a tiny decoder with the layout Hugging Face optimum exports (KV cache optional)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from .demo_graph import LICENSE, Graph, value_info, write_external, write_file
+from .demo_tokenizer import TOKENIZER_FILE, VOCAB_SIZE, demo_tokenizer_info, train_demo_tokenizer
+from .errors import ModelError
+from .manifest import LLM, LlmInterface, Manifest, file_entry, write_manifest
+from .sampling import SamplingParams
+
+DEMO_LLM_SEED = 1
+EXTERNAL_DATA_FILE = "model.onnx_data"
+
+
+@dataclass(frozen=True)
+class LlmShape:
+    """Sizes of a demo decoder."""
+
+    layers: int = 2
+    d_model: int = 96
+    heads: int = 4
+    d_ff: int = 256
+    context: int = 384
+    vocab: int = VOCAB_SIZE
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
+
+def build_demo_llm(
+    out_dir: Path | str,
+    *,
+    seed: int = DEMO_LLM_SEED,
+    dtype: str = "float32",
+    layers: int = 2,
+    d_model: int = 96,
+    heads: int = 4,
+    d_ff: int = 256,
+    context: int = 384,
+    kv_cache: bool = True,
+    merged: bool = False,
+    external_data: bool = False,
+    name: str = "aipg-demo-llm",
+    version: str = "1",
+) -> Path:
+    """Build the demo decoder into ``out_dir`` (created) and return it.
+
+    Writes ``model.onnx`` (optimum decoder interface, with KV cache unless ``kv_cache`` is
+    False), ``tokenizer.model`` and ``manifest.json``. Change ``seed`` for a model of the
+    same shape with other weights, ``dtype="float16"`` (or ``"int8"``) for cheaper weights, and the
+    sizes for a smaller "draft" model with the same vocabulary; ``merged=True`` adds the
+    ``use_cache_branch`` input of optimum's merged decoders; ``external_data=True`` keeps the
+    weights in ``model.onnx_data`` (role ``decoder.data``), as large exports do. Raises
+    ModelError for bad sizes.
+    """
+    shape = LlmShape(layers, d_model, heads, d_ff, context)
+    if min(layers, d_model, heads, d_ff) < 1 or d_model % heads or context < 8:
+        raise ModelError("demo llm: need positive sizes, d_model divisible by heads, context >= 8")
+    out = Path(out_dir)
+    graph = _llm_graph(shape, seed, dtype, kv_cache, merged)
+    files = []
+    if external_data:
+        write_external(out / "model.onnx", graph, EXTERNAL_DATA_FILE)
+        files.append(file_entry(out, "decoder.data", EXTERNAL_DATA_FILE))
+    else:
+        write_file(out / "model.onnx", graph)
+    write_file(out / TOKENIZER_FILE, train_demo_tokenizer(shape.vocab))
+    files[:0] = [
+        file_entry(out, "decoder", "model.onnx"),
+        file_entry(out, "tokenizer", TOKENIZER_FILE),
+    ]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        kind=LLM,
+        files=tuple(files),
+        tokenizer=demo_tokenizer_info(),
+        llm=LlmInterface(
+            num_layers=layers,
+            num_heads=heads,
+            head_dim=shape.head_dim,
+            vocab_size=shape.vocab,
+            context_length=context,
+            kv_cache=kv_cache,
+        ),
+        diffusion=None,
+        default_sampling=SamplingParams(max_tokens=64),
+        default_diffusion=None,
+        license=LICENSE,
+    )
+    write_manifest(out, manifest)
+    return out
+
+
+def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool) -> bytes:
+    g = Graph(seed, dtype)
+    inputs = [
+        value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+    ]
+    outputs = [value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", s.vocab])]
+    kv_shape = ["batch_size", s.heads, "past_sequence_length", s.head_dim]
+    present_shape = ["batch_size", s.heads, "total_sequence_length", s.head_dim]
+    for i in range(s.layers if kv_cache else 0):
+        for kind in ("key", "value"):
+            inputs.append(value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape))
+            outputs.append(value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape))
+
+    tok = g.op("Gather", [g.weight("wte", (s.vocab, s.d_model), 0.5), "input_ids"])
+    pos = g.op("Gather", [g.weight("wpe", (s.context, s.d_model), 0.1), "position_ids"])
+    h = g.op("Add", [tok, pos])
+    if merged:
+        # optimum's merged decoders take use_cache_branch; this one reads it (times zero)
+        # so that a runner which forgets to feed it fails.
+        inputs.append(value_info("use_cache_branch", TensorProto.BOOL, [1]))
+        flag = g.op("Cast", ["use_cache_branch"], to=TensorProto.FLOAT)
+        h = g.op("Add", [h, g.op("Mul", [flag, g.const("zero_flag", np.array(0.0, np.float32))])])
+    bias = _attention_bias(g)
+    for i in range(s.layers):
+        h = _decoder_layer(g, s, h, bias, i, kv_cache)
+    h = g.layer_norm(h, "ln_f", s.d_model)
+    g.nodes.append(
+        helper.make_node(
+            "MatMul",
+            [h, g.weight("lm_head", (s.d_model, s.vocab), 2.0 / math.sqrt(s.d_model))],
+            ["logits"],
+            name="lm_head_matmul",
+        )
+    )
+    return g.model("aipg_demo_llm", inputs, outputs)
+
+
+def _attention_bias(g: Graph) -> str:
+    """[B, 1, S, T] additive mask: key j is visible to a query at position p iff j <= p and
+    attention_mask[j] is 1 (positions are absolute, so this holds with and without cache)."""
+    total = g.op("Shape", ["attention_mask"], start=1, end=2)
+    total = g.op("Squeeze", [total, g.const("axis0", np.array([0], np.int64))])
+    keys = g.op(
+        "Range",
+        [
+            g.const("zero_i64", np.array(0, np.int64)),
+            total,
+            g.const("one_i64", np.array(1, np.int64)),
+        ],
+    )
+    query_pos = g.op("Unsqueeze", ["position_ids", g.const("axis2", np.array([2], np.int64))])
+    causal = g.op("LessOrEqual", [keys, query_pos])
+    mask = g.op("Unsqueeze", ["attention_mask", g.const("axis1", np.array([1], np.int64))])
+    visible = g.op("And", [causal, g.op("Cast", [mask], to=TensorProto.BOOL)])
+    bias = g.op(
+        "Where",
+        [
+            visible,
+            g.const("zero_f", np.array(0.0, np.float32)),
+            g.const("neg_inf", np.array(-1e9, np.float32)),
+        ],
+    )
+    return g.op("Unsqueeze", [bias, "axis1"])
+
+
+def _split_heads(g: Graph, x: str, s: LlmShape) -> str:
+    shape = g.const(g.name("heads_shape"), np.array([0, 0, s.heads, s.head_dim], np.int64))
+    return g.op("Transpose", [g.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+
+
+def _decoder_layer(g: Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: bool) -> str:
+    p = f"h{i}"
+    x = g.layer_norm(h, f"{p}.ln_1", s.d_model)
+    q = _split_heads(g, g.linear(x, f"{p}.q", s.d_model, s.d_model), s)
+    k = _split_heads(g, g.linear(x, f"{p}.k", s.d_model, s.d_model), s)
+    v = _split_heads(g, g.linear(x, f"{p}.v", s.d_model, s.d_model), s)
+    if kv_cache:
+        g.nodes.append(
+            helper.make_node(
+                "Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2
+            )
+        )
+        g.nodes.append(
+            helper.make_node(
+                "Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2
+            )
+        )
+        k, v = f"present.{i}.key", f"present.{i}.value"
+    scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    scale = g.const(g.name("attn_scale"), np.array(1.0 / math.sqrt(s.head_dim), np.float32))
+    scores = g.op("Add", [g.op("Mul", [scores, scale]), bias])
+    attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
+    merged = g.op(
+        "Reshape",
+        [
+            g.op("Transpose", [attn], perm=[0, 2, 1, 3]),
+            g.const(g.name("merge"), np.array([0, 0, s.d_model], np.int64)),
+        ],
+    )
+    h = g.op("Add", [h, g.linear(merged, f"{p}.o", s.d_model, s.d_model)])
+    x = g.layer_norm(h, f"{p}.ln_2", s.d_model)
+    ff = g.linear(g.silu(g.linear(x, f"{p}.fc1", s.d_model, s.d_ff)), f"{p}.fc2", s.d_ff, s.d_model)
+    return g.op("Add", [h, ff])
