@@ -29,10 +29,11 @@ import trio
 
 from aipg.gossip import Delivered, GossipConfig, GossipHost, Transport, WebsocketTransport
 from aipg.models import ModelError, check_announcement, model_id_text
-from aipg.pouw import Job, PouwError, Verdict
+from aipg.pouw import Committee, Job, PouwError, Verdict
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import Genesis
 from aipg.stake.signrecord import SqliteSignRecord
+from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, format_amount
@@ -207,7 +208,8 @@ class Node:
     async def _start_consumers(self, nursery: trio.Nursery) -> None:
         """Every topic's validator, then its consumer, each subscribed before the node
         reports it is ready."""
-        for name, check in topic_checks(self.genesis.chain_id).items():
+        view = _CheckView(self.chain, self.tracker)
+        for name, check in topic_checks(self.genesis.chain_id, view).items():
             self.host.set_topic_validator(
                 topic(name), topic_validator(check), timeout=TOPIC_VALIDATION_TIMEOUT_S
             )
@@ -392,6 +394,23 @@ class Node:
 
     def remove_run_file(self) -> None:
         self.data_dir.run_file.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _CheckView:
+    """What the topic checks read of this node: its finalized state and the committees
+    of the receipts it tracks."""
+
+    chain: ChainService
+    tracker: WorkTracker
+
+    @property
+    def state(self) -> State:
+        return self.chain.state
+
+    def committee_of(self, receipt_id: bytes) -> Committee | None:
+        tracked = self.tracker.for_receipt(receipt_id)
+        return tracked.committee if tracked is not None else None
 
 
 async def run_until_signal(node: Node) -> None:

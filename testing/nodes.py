@@ -41,6 +41,8 @@ class NodeSpec:
     worker: bool = True
     validator: bool = True
     faults: Faults = field(default_factory=Faults)
+    hosts: bool = True  # host the world's models (False: knows them only by announcement)
+    stake: int = VALIDATOR_STAKE
 
 
 @dataclass
@@ -74,20 +76,25 @@ class NodeWorld:
 
 @contextlib.asynccontextmanager
 async def open_node_world(
-    root: Path, specs: Sequence[NodeSpec], models: Sequence[Path]
+    root: Path, specs: Sequence[NodeSpec], models: Sequence[Path], *, committee_size: int = 0
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
-    node 0 first, the others bootstrapping from the first three. Cancelled on exit."""
+    node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
+    the devnet's) seats per committee. Cancelled on exit."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
+    params = devnet_params(BLOCK_TIME_MS, len(specs))
+    if committee_size:
+        params = params.replace(committee_size=committee_size)
     identities = [d.init() for d in dirs]
     genesis = make_genesis(
         "aipg-inprocess",
         operations_wallet=Identity.from_seed(b"\x07" * 32).address,
         allocations=[(ident.address, BALANCE) for ident in identities],
         validators=[
-            (ident.public_bytes, VALIDATOR_STAKE, f"node{i}") for i, ident in enumerate(identities)
+            (ident.public_bytes, spec.stake, f"node{i}")
+            for i, (ident, spec) in enumerate(zip(identities, specs, strict=True))
         ],
-        params=devnet_params(BLOCK_TIME_MS, len(specs)),
+        params=params,
         genesis_time_ms=time.time_ns() // 1_000_000,
     )
     network = MemoryNetwork()
@@ -99,7 +106,7 @@ async def open_node_world(
                 listen=(LOOPBACK_WS,),
                 bootstrap=bootstrap,
                 api="",
-                host_model=tuple(str(m) for m in models),
+                host_model=tuple(str(m) for m in models) if spec.hosts else (),
                 threads=1,
                 worker=spec.worker,
                 validator=spec.validator,

@@ -1,20 +1,31 @@
 """Topic validators: the cheap checks every message passes before gossip forwards it.
 
 Each topic has one check that decodes the message and runs the pure checks of
-:mod:`aipg.pouw` and :mod:`aipg.stake` (signatures, bindings, chain id). A check raises
-``WireError`` / ``PouwError`` / ``LedgerError`` for a message that must be rejected (the
-forwarder loses score) and :class:`Stale` for one that is well-formed but of no use now
-(dropped quietly). Consumers then act only on what was accepted.
+:mod:`aipg.pouw` and :mod:`aipg.stake` (signatures, bindings, chain id, and what the
+node's own chain and work tracker can tell). A check raises ``WireError`` /
+``PouwError`` / ``LedgerError`` for a message that must be rejected (the forwarder loses
+score) and :class:`Stale` for one that is well-formed but of no use now (dropped
+quietly, not forwarded). Consumers then act only on what was accepted, so nothing is
+forwarded that this node could have found false:
+
+- a finalized block for the next height is forwarded only with a commit certificate
+  of the current validator set; one for a height we have, or too far ahead to check,
+  is dropped (sync fetches those, verifying every commit);
+- a vote or proposal at the height being decided must come from a current validator;
+- a verdict on a receipt this node tracks must come from a candidate of its committee;
+  one on a receipt not seen yet must at least come from a current validator.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aipg.gossip import PubsubMessage, ValidationResult
 from aipg.models import ModelError, check_announcement
 from aipg.pouw import (
+    Committee,
     Job,
     PouwError,
     Verdict,
@@ -23,6 +34,8 @@ from aipg.pouw import (
     validate_receipt,
 )
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
+from aipg.stake.ledger import verify_commit
+from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import PeerId, WireError, decode, is_signed_by_signer
@@ -48,20 +61,45 @@ def check_report(report: WorkReport) -> None:
     validate_receipt(report.result.receipt, report.job, report.assignment)
 
 
-def topic_checks(chain_id: str) -> dict[str, Check]:
+class NodeView(Protocol):
+    """What the checks read of the node: its finalized state and the committees of the
+    receipts its tracker follows."""
+
+    @property
+    def state(self) -> State: ...
+
+    def committee_of(self, receipt_id: bytes) -> Committee | None: ...
+
+
+def check_finalized_block(fb: FinalizedBlock, state: State) -> None:
+    """A finalized block gossiped to help nodes that are behind: worth forwarding only
+    when it is the next block and carries a commit of the current validator set."""
+    height = fb.block.height
+    if fb.block.header.chain_id != state.chain_id:
+        raise WireError("finalized block of another chain")
+    if height != state.height + 1:
+        raise Stale(f"finalized block {height} (we are at {state.height})")
+    verify_commit(fb.commit, state.validators, state.chain_id, height, fb.block.hash)
+
+
+def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
     """The check of each topic (by short name) for a node of chain ``chain_id``."""
 
     def consensus(data: bytes) -> None:
         msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
-        if isinstance(msg, FinalizedBlock):  # its commit is verified before it is used
-            if msg.block.header.chain_id != chain_id:
-                raise WireError("finalized block of another chain")
+        if isinstance(msg, FinalizedBlock):
+            check_finalized_block(msg, node.state)
             return
         signed = msg.proposal if isinstance(msg, ProposalMessage) else msg
         if signed.chain_id != chain_id:
             raise WireError("consensus message of another chain")
         if not is_signed_by_signer(signed):
             raise WireError("bad signature on a consensus message")
+        state = node.state
+        if signed.signer not in state.validators:
+            if signed.height == state.height + 1:
+                raise WireError("consensus message from a non-validator")
+            raise Stale("consensus message from outside the current validator set")
 
     def txs(data: bytes) -> None:
         if decode(data, Transaction).chain_id != chain_id:
@@ -74,8 +112,14 @@ def topic_checks(chain_id: str) -> dict[str, Check]:
         check_report(decode(data, WorkReport))
 
     def verdicts(data: bytes) -> None:
-        if not is_signed_by_signer(decode(data, Verdict)):
+        verdict = decode(data, Verdict)
+        if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
+        committee = node.committee_of(verdict.receipt_id)
+        if committee is not None and verdict.signer not in committee:
+            raise PouwError("verdict.signer", "not a candidate of the receipt's committee")
+        if committee is None and verdict.signer not in node.state.validators:
+            raise Stale("verdict from outside the validator set on a receipt not seen yet")
 
     def workers(data: bytes) -> None:
         if not is_signed_by_signer(decode(data, WorkerStatus)):

@@ -9,13 +9,18 @@ execution, report, committee and block, waiting on the nodes' own block events.
 from __future__ import annotations
 
 import pytest
+import trio
 
+from aipg.gossip import GossipConfig, GossipHost, MemoryTransport
 from aipg.models import build_demo_diffusion, build_demo_llm, load_model_dir
+from aipg.node.protocol.messages import topic
 from aipg.node.services.faults import Faults
 from aipg.node.services.gateway_api import ImageRequest
 from aipg.pouw import VerdictReason
-from aipg.testing.nodes import NodeSpec, completion, open_node_world
-from aipg.wire import PeerId
+from aipg.stake.block import FinalizedBlock
+from aipg.stake.builder import make_block, make_commit
+from aipg.testing.nodes import VALIDATOR_STAKE, NodeSpec, completion, open_node_world
+from aipg.wire import Identity, Multiaddr, PeerId, encode
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +122,85 @@ async def test_verifiers_fetch_an_image_jobs_latents_from_its_worker_and_certify
         assert tracked.certified and all(v.valid for v in tracked.verdicts.values())
         # The members re-ran steps from latents they fetched from the worker on ``job``.
         assert worker.worker is not None and worker.worker.latents_served > 0
+
+
+async def test_a_forged_finalized_block_is_rejected_scored_down_and_never_forwarded(
+    tmp_path, llm_dir
+):
+    """A stranger with many keys and no stake gossips a 'finalized' block for the next
+    height under a commit it signed itself: the node it reaches rejects it at the topic
+    validator (the stranger's score drops), acts on nothing and forwards nothing."""
+    specs = [NodeSpec(worker=False)] * 3
+    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+        target, others = world.nodes[0], world.nodes[1:]
+        attacker = GossipHost(
+            Identity.generate(),
+            GossipConfig(
+                listen=[],
+                bootstrap=[
+                    Multiaddr.parse(f"{target.host.listen_addrs[0]}/p2p/{target.identity.peer_id}")
+                ],
+            ),
+            transport=MemoryTransport(world.network),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(attacker.run)
+            strangers = [Identity.generate() for _ in range(8)]
+            rejected_before = target.host.router.stats.rejected
+            others_before = [n.host.router.stats.rejected for n in others]
+            with trio.fail_after(30):
+                while target.host.router.stats.rejected == rejected_before:
+                    state = target.chain.state  # forge the next block of the chain as it is
+                    block = make_block(
+                        state,
+                        state.validators.proposer(),
+                        time_ms=state.time_ms + 1,
+                        last_commit=target.chain.chain.store.finalized(state.height).commit
+                        if state.height
+                        else None,
+                    )
+                    commit = make_commit(state.chain_id, block.height, block.hash, strangers)
+                    await attacker.publish(
+                        topic("consensus"), encode(FinalizedBlock(block, commit))
+                    )
+                    await target.host.router.heartbeat_done.wait()
+            assert target.host.peer_score(attacker.peer_id) < 0
+            assert target.chain.chain.store.finalized(block.height) is None or (
+                target.chain.chain.store.finalized(block.height).block.hash != block.hash
+            )  # the forged block was never applied
+            # Nobody else saw it: the target forwarded nothing it rejected (by their next
+            # heartbeat a forwarded copy would have been validated, and rejected, there).
+            for n in others:
+                await n.host.router.heartbeat_done.wait()
+            assert [n.host.router.stats.rejected for n in others] == others_before
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_validator_that_cannot_check_abstains_and_the_job_still_certifies(
+    tmp_path, llm_dir
+):
+    """A seated member that does not host the model says so; its seat passes to a
+    reserve, the job certifies, and the honest worker keeps its whole bond."""
+    model = load_model_dir(llm_dir)
+    # The non-hosting validator holds most of the stake, so the stake-weighted draw
+    # seats it first on (nearly) every committee.
+    blind = NodeSpec(worker=False, hosts=False, stake=1000 * VALIDATOR_STAKE)
+    specs = [NodeSpec(worker=False), NodeSpec(), blind, *[NodeSpec(worker=False)] * 3]
+    async with open_node_world(tmp_path, specs, [llm_dir], committee_size=3) as world:
+        gateway, worker, blind_node = world.nodes[0], world.nodes[1], world.nodes[2]
+        await world.wait_for_worker(gateway, model.model_id)
+        bond = gateway.chain.bond_of(worker.identity.public_bytes)
+        for attempt in range(3):
+            result = await gateway.gateway.complete(completion("aipg-demo-llm", f"try {attempt}"))
+            tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+            assert tracked.certified and not tracked.fraud
+            if blind_node.identity.public_bytes in tracked.committee.members:
+                break
+        else:
+            pytest.fail("the heavy validator was never drawn onto a committee")
+        abstention = tracked.verdicts[blind_node.identity.public_bytes]
+        assert abstention.reason == VerdictReason.UNAVAILABLE
+        assert blind_node.identity.public_bytes not in tracked.seated()
+        assert len(tracked.seated()) == 3  # a reserve took the seat and voted
+        assert all(tracked.verdicts[k].valid for k in tracked.seated())
+        assert gateway.chain.bond_of(worker.identity.public_bytes) == bond
