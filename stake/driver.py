@@ -9,6 +9,7 @@ handler for the ``consensus`` topic feeds it) and go out through an injected
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -23,10 +24,13 @@ from .builder import make_block
 from .chain import Chain
 from .consensus import Broadcast, Consensus, Decide, Evidence, ScheduleTimeout, Timeouts
 from .ledger import apply_block
+from .proposal import Candidates, prepare_block
 from .signrecord import SignRecord
 from .state import State
 from .tx import Transaction
 from .types import LedgerError
+
+log = logging.getLogger("aipg.stake.driver")
 
 # A proposal from further in the future than this is invalid (clock skew allowance).
 MAX_CLOCK_DRIFT_MS = 10_000
@@ -36,7 +40,8 @@ MAX_HELPED = 64  # heights per height change we send to peers that are behind
 
 @dataclass
 class BlockContents:
-    """What a proposer puts in its block (from the node's mempool and pouw pools)."""
+    """What a proposer would like in its block (its mempool and pouw pools, in order of
+    preference); :func:`~aipg.stake.proposal.prepare_block` keeps what applies."""
 
     transactions: Sequence[Transaction] = ()
     certificates: Sequence[Certificate] = ()
@@ -58,28 +63,31 @@ class ChainApp:
     # Called after every finalized block with the state before it (the node settles
     # what the block carried: job rewards, included work, spent transactions).
     on_finalized: Callable[[Block, Commit, State], None] | None = None
+    # Called with the candidates a proposal left out and the ledger's reason for each
+    # (the node stops offering work that can never be included).
+    on_refused: Callable[[list[tuple[object, str]]], None] | None = None
     evidence: list[DoubleSignEvidence] = field(default_factory=list)
     _checked: dict[bytes, State | None] = field(default_factory=dict)
 
     def propose(self, height: int, round_: int) -> Block:
+        """Our block for the next height: the candidates that apply (see
+        :func:`~aipg.stake.proposal.prepare_block`); never one our ledger rejects."""
         s = self.chain.state
         c = self.contents(s)
         time_ms = max(self.clock_ms(), s.time_ms + 1)
         evidence = [e for e in self.evidence if e.vote_a.height <= s.height]
-        for ev in (evidence, []):  # evidence that no longer applies is dropped
-            block = make_block(
-                s,
-                self.me,
-                time_ms=time_ms,
-                last_commit=self.last_commit,
-                transactions=c.transactions,
-                certificates=c.certificates,
-                frauds=c.frauds,
-                double_signs=ev[:8],
-            )
-            if self.valid(block):
-                return block
-        return block
+        candidates = Candidates(c.transactions, c.certificates, c.frauds, evidence)
+        prepared = prepare_block(
+            s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit
+        )
+        refused = {id(item) for item, _ in prepared.refused}
+        self.evidence = [e for e in self.evidence if id(e) not in refused]
+        if prepared.refused and self.on_refused is not None:
+            self.on_refused(prepared.refused)
+        if self.valid(prepared.block):
+            return prepared.block
+        log.error("height %d: the prepared block does not apply; proposing it empty", height)
+        return make_block(s, self.me, time_ms=time_ms, last_commit=self.last_commit)
 
     def valid(self, block: Block) -> bool:
         h = block.hash
@@ -128,6 +136,7 @@ class ConsensusDriver:
         contents: Contents | None = None,
         clock_ms: Callable[[], int] | None = None,
         on_finalized: Callable[[Block, Commit, State], None] | None = None,
+        on_refused: Callable[[list[tuple[object, str]]], None] | None = None,
         block_interval_ms: int = 0,
     ):
         """``block_interval_ms`` paces heights: after a decision the next height starts
@@ -146,6 +155,7 @@ class ConsensusDriver:
             contents or (lambda state: BlockContents()),
             last.commit if last else None,
             on_finalized,
+            on_refused,
         )
         self._identity = identity
         self._sign_record = sign_record

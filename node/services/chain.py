@@ -27,6 +27,7 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
+from aipg.pouw import Certificate, FraudEvidence
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -84,6 +85,7 @@ class ChainService:
             contents=self._contents,
             clock_ms=now_ms,
             on_finalized=self._settle,
+            on_refused=self._refused,
             block_interval_ms=chain.state.params.target_block_time_ms,
         )
 
@@ -166,28 +168,25 @@ class ChainService:
     # -- consensus ------------------------------------------------------------------------
 
     def _contents(self, state: State) -> BlockContents:
-        """What this node proposes: valid mempool transactions and decided work."""
-        scratch = state.copy()
-        proposer = self.identity.public_bytes if self.identity else bytes(32)
-        txs = []
-        for tx in list(self.mempool.values())[:MAX_BLOCK_TXS]:
-            try:
-                apply_transaction(scratch, tx, proposer)
-                txs.append(tx)
-            except LedgerError:
-                continue
+        """What this node would propose: mempool transactions and decided work, in
+        arrival order; the driver keeps what applies (stake's ``prepare_block``)."""
         certs, frauds = self.tracker.pending_outcomes()
-        certs = [c for c in certs if c.receipt.job_id not in state.certified]
+        txs = list(self.mempool.values())[:MAX_BLOCK_TXS]
         return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS])
+
+    def _refused(self, refused: list[tuple[object, str]]) -> None:
+        """Work a proposal left out can never be included: the tracker stops offering
+        it. (Transactions stay: a nonce gap or a balance may close.)"""
+        for item, reason in refused:
+            if isinstance(item, Certificate | FraudEvidence):
+                self.tracker.set_aside(item, reason)
 
     def _settle(self, block: Block, commit: Commit, _before: State) -> None:
         """After a block is final: record what its jobs were paid (the ledger's own
         figures), mark its work included, drop its transactions from the mempool."""
         self.job_rewards.update(self.state.paid)
-        for cert in block.body.certificates:
-            self.tracker.mark_included(cert.receipt.job_id, block.height)
-        for ev in block.body.frauds:
-            self.tracker.mark_included(ev.receipt.job_id, block.height)
+        for outcome in (*block.body.certificates, *block.body.frauds):
+            self.tracker.mark_included(outcome, block.height)
         included = {_tx_id(tx) for tx in block.body.transactions}
         for txid in [t for t in self.mempool if t in included]:
             del self.mempool[txid]

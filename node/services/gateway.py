@@ -428,6 +428,8 @@ class GatewayService:
                     "kind": "certificate" if tracked.certified else "fraud_evidence"
                 }
             view["block_height"] = tracked.block_height
+            if tracked.set_aside:
+                view["unpaid_reason"] = tracked.set_aside
             if tracked.block_height is not None:
                 paid = self.chain.work_paid(jid)
                 view["reward"] = format_amount(paid) if paid is not None else None
@@ -447,6 +449,8 @@ class GatewayService:
         if tracked is not None:
             if tracked.block_height is not None:
                 return "paid" if tracked.certified else "slashed"
+            if tracked.set_aside:
+                return "unpaid"  # decided, but no block can carry it (view: unpaid_reason)
             if tracked.outcome is not None:
                 return "certified" if tracked.certified else "fraud"
             return "verifying"

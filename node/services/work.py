@@ -47,6 +47,7 @@ class TrackedWork:
     verdicts: dict[bytes, Verdict] = field(default_factory=dict)
     outcome: Certificate | FraudEvidence | None = None
     block_height: int | None = None
+    set_aside: str = ""  # why no block will ever carry this outcome (empty: it may)
 
     @property
     def job_id(self) -> bytes:
@@ -63,6 +64,10 @@ class TrackedWork:
     def seated(self) -> tuple[bytes, ...]:
         """The members who vote now (abstentions have seated reserves)."""
         return self.collector.seated()
+
+
+def kind_of(outcome: Certificate | FraudEvidence) -> str:
+    return "certificate" if isinstance(outcome, Certificate) else "fraud evidence"
 
 
 class ChainView(Protocol):
@@ -82,7 +87,7 @@ class WorkTracker:
         self.max_tracked = max_tracked
         self.max_early = max_early
         self._by_receipt: OrderedDict[bytes, TrackedWork] = OrderedDict()
-        self._by_job: dict[bytes, bytes] = {}
+        self._by_job: dict[bytes, list[bytes]] = {}  # job id -> its receipts, in arrival order
         self._early: OrderedDict[bytes, list[Verdict]] = OrderedDict()
         self.on_outcome: list[Callable[[TrackedWork], None]] = []
 
@@ -121,7 +126,7 @@ class WorkTracker:
         )
         tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
-        self._by_job[tracked.job_id] = rid
+        self._by_job.setdefault(tracked.job_id, []).append(rid)
         self._trim()
         for verdict in self._early.pop(rid, []):
             try:
@@ -153,10 +158,26 @@ class WorkTracker:
                 callback(tracked)
         return outcome
 
-    def mark_included(self, job_id: bytes, height: int) -> None:
-        rid = self._by_job.get(job_id)
-        if rid is not None and rid in self._by_receipt:
-            self._by_receipt[rid].block_height = height
+    def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
+        """Block ``height`` carried ``outcome``. Outcomes of the same kind for the job's
+        other receipts (a worker's second receipt, a reassigned job's late first worker)
+        are set aside: the ledger pays or punishes a job once."""
+        rid = receipt_id(outcome.receipt)
+        kind = type(outcome)
+        for other in self._by_job.get(outcome.receipt.job_id, []):
+            t = self._by_receipt[other]
+            if other == rid:
+                t.block_height = height
+            elif isinstance(t.outcome, kind) and t.block_height is None:
+                t.set_aside = f"block {height} carried another receipt of this job"
+
+    def set_aside(self, outcome: Certificate | FraudEvidence, reason: str) -> None:
+        """A proposal found ``outcome`` can never be included (the ledger's ``reason``):
+        stop offering it."""
+        t = self._by_receipt.get(receipt_id(outcome.receipt))
+        if t is not None and t.block_height is None:
+            t.set_aside = reason
+            log.info("job %s: %s set aside: %s", t.job_id.hex()[:12], kind_of(outcome), reason)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -164,13 +185,15 @@ class WorkTracker:
         """Decided outcomes no block has carried yet (oldest first)."""
         certs, frauds = [], []
         for t in self._by_receipt.values():
-            if t.block_height is None and t.outcome is not None:
+            if t.block_height is None and t.outcome is not None and not t.set_aside:
                 (certs if t.certified else frauds).append(t.outcome)
         return certs, frauds
 
     def for_job(self, job_id: bytes) -> TrackedWork | None:
-        rid = self._by_job.get(job_id)
-        return self._by_receipt.get(rid) if rid else None
+        """The job's receipt a block carried, else the first one that arrived."""
+        tracked = [self._by_receipt[rid] for rid in self._by_job.get(job_id, [])]
+        included = [t for t in tracked if t.block_height is not None]
+        return (included or tracked or [None])[0]
 
     def for_receipt(self, rid: bytes) -> TrackedWork | None:
         return self._by_receipt.get(rid)
@@ -192,8 +215,11 @@ class WorkTracker:
         while len(self._by_receipt) > self.max_tracked:
             oldest = next(iter(self._by_receipt))
             t = self._by_receipt.pop(oldest)
-            if self._by_job.get(t.job_id) == oldest:
-                del self._by_job[t.job_id]
+            receipts = self._by_job.get(t.job_id, [])
+            if oldest in receipts:
+                receipts.remove(oldest)
+            if not receipts:
+                self._by_job.pop(t.job_id, None)
 
 
 class Verifier(Protocol):

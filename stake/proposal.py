@@ -1,0 +1,146 @@
+"""Building a block that cannot halt the chain (CometBFT's PrepareProposal).
+
+A proposer's candidates come from its mempool and its work tracker, which strangers
+fill: two certificates for one job, a certificate the verifiers accepted but the ledger
+refuses (a deadline or an assignment too old), evidence that was already punished.
+One such item in a block makes every honest validator reject the block, and a proposer
+that keeps carrying it stalls every round it leads.
+
+:func:`prepare_block` therefore applies each candidate, in the order
+:func:`~aipg.stake.ledger.apply_block` will, to a scratch copy of the state the block
+builds, and keeps only those that apply; a job appears at most once among the
+certificates and once among the fraud evidence; the body stays within the block's
+limits. It returns the block and what it refused (with the ledger's reason), so the
+caller can stop offering those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aipg.pouw import Certificate, FraudEvidence
+from aipg.wire import encode
+
+from .block import (
+    MAX_BLOCK_BYTES,
+    MAX_BLOCK_CERTIFICATES,
+    MAX_BLOCK_EVIDENCE,
+    MAX_BLOCK_TXS,
+    Block,
+    Commit,
+    DoubleSignEvidence,
+)
+from .builder import make_block
+from .ledger import process_double_signs, process_header, process_last_commit
+from .state import State
+from .tx import Transaction
+from .tx_apply import apply_transaction
+from .types import LedgerError
+from .useful_work import process_certificates, process_frauds
+
+# Room left in a block's byte budget for its header, its parent's commit and framing.
+BLOCK_BYTES_RESERVED = 1 << 20
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What a proposer would like to include, in its order of preference."""
+
+    transactions: Sequence[Transaction] = ()
+    certificates: Sequence[Certificate] = ()
+    frauds: Sequence[FraudEvidence] = ()
+    double_signs: Sequence[DoubleSignEvidence] = ()
+
+
+@dataclass
+class Prepared:
+    """A block the ledger accepts, and the candidates left out with the reason why."""
+
+    block: Block
+    refused: list[tuple[object, str]] = field(default_factory=list)
+
+
+def prepare_block(
+    state: State,
+    proposer: bytes,
+    candidates: Candidates,
+    *,
+    time_ms: int,
+    last_commit: Commit | None,
+) -> Prepared:
+    """The block ``proposer`` proposes on ``state``: every candidate that applies, in
+    ledger order (transactions, certificates, double signs, frauds). Raises LedgerError
+    only when no block at all can be built here (a wrong time or proposer)."""
+    scratch = state.copy()
+    shell = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit)
+    process_header(scratch, shell, None)
+    process_last_commit(scratch, shell, last_commit)
+    budget = _Budget(MAX_BLOCK_BYTES - BLOCK_BYTES_RESERVED)
+    refused: list[tuple[object, str]] = []
+
+    def keep(items, limit, apply: Callable[[object], None], key=None) -> list:
+        kept, seen = [], set()
+        for item in items:
+            if len(kept) >= limit:
+                break  # the rest waits for the next block
+            k = key(item) if key else None
+            if k is not None and k in seen:
+                refused.append((item, "another one for this job is in the block"))
+                continue
+            if not budget.fits(item):
+                continue  # too big for what is left: maybe the next block
+            try:
+                apply(item)
+            except LedgerError as e:
+                refused.append((item, str(e)))
+                continue
+            budget.take(item)
+            kept.append(item)
+            if k is not None:
+                seen.add(k)
+        return kept
+
+    txs = keep(
+        candidates.transactions, MAX_BLOCK_TXS, lambda tx: apply_transaction(scratch, tx, proposer)
+    )
+    certs = keep(
+        candidates.certificates,
+        MAX_BLOCK_CERTIFICATES,
+        lambda c: process_certificates(scratch, [c]),
+        key=lambda c: c.receipt.job_id,
+    )
+    doubles = keep(
+        candidates.double_signs,
+        MAX_BLOCK_EVIDENCE,
+        lambda ev: process_double_signs(scratch, [ev]),
+        key=lambda ev: (ev.vote_a.signer, ev.vote_a.height, ev.vote_a.round, ev.vote_a.step),
+    )
+    frauds = keep(
+        candidates.frauds,
+        MAX_BLOCK_EVIDENCE,
+        lambda ev: process_frauds(scratch, [ev]),
+        key=lambda ev: ev.receipt.job_id,
+    )
+    block = make_block(
+        state,
+        proposer,
+        time_ms=time_ms,
+        last_commit=last_commit,
+        transactions=txs,
+        certificates=certs,
+        double_signs=doubles,
+        frauds=frauds,
+    )
+    return Prepared(block, refused)
+
+
+class _Budget:
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def fits(self, item: object) -> bool:
+        return len(encode(item)) <= self.left
+
+    def take(self, item: object) -> None:
+        self.left -= len(encode(item))

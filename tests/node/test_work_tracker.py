@@ -1,0 +1,71 @@
+"""The work tracker: a job is offered to blocks once, whatever the number of receipts.
+
+Reports and verdicts are real signed records on a real chain (aipg.testing.chainkit);
+only the outputs inside each result are empty, since the tracker never reads them.
+"""
+
+from __future__ import annotations
+
+from aipg.node.protocol.messages import WorkReport
+from aipg.node.services.work import WorkTracker
+from aipg.pouw import Result
+from aipg.testing.chainkit import TestChain, ident, make_work
+
+
+class ChainOf:
+    """The tracker's view of a TestChain."""
+
+    def __init__(self, chain: TestChain):
+        self.c = chain
+
+    @property
+    def committee_size(self) -> int:
+        return self.c.state.params.committee_size
+
+    def validator_snapshot_at(self, height: int):
+        return self.c.state.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int):
+        return self.c.state.block_hash_at(height)
+
+
+def _chain() -> TestChain:
+    c = TestChain(n_validators=4)
+    for _ in range(3):
+        c.next()
+    return c
+
+
+def _track(tracker: WorkTracker, c: TestChain, worker, nonce: int):
+    job, assignment, receipt, verdicts = make_work(c, worker, nonce=nonce)
+    result = Result(receipt, (), (), "", b"", b"", ())
+    tracked, new = tracker.add_report(WorkReport(job, assignment, result))
+    assert new
+    for v in verdicts:
+        tracker.add_verdict(v)
+    assert tracked.certified
+    return tracked
+
+
+def test_a_second_receipt_for_a_carried_job_is_set_aside():
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    first = _track(tracker, c, ident(300), nonce=1)
+    late = _track(tracker, c, ident(301), nonce=1)  # a reassigned job's late first worker
+    other = _track(tracker, c, ident(302), nonce=2)
+    certs, _ = tracker.pending_outcomes()
+    assert len(certs) == 3
+    tracker.mark_included(late.outcome, height=4)  # whichever a block carried
+    certs, _ = tracker.pending_outcomes()
+    assert certs == [other.outcome]
+    assert first.set_aside and not late.set_aside and late.block_height == 4
+    assert tracker.for_job(first.job_id) is late  # the job's view is the paid receipt
+
+
+def test_work_a_proposal_refused_is_never_offered_again():
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    stale = _track(tracker, c, ident(303), nonce=3)
+    tracker.set_aside(stale.outcome, "assignment at height 3 is too old")
+    assert tracker.pending_outcomes() == ([], [])
+    assert stale.set_aside == "assignment at height 3 is too old"

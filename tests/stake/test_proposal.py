@@ -1,0 +1,145 @@
+"""Blocks that cannot be halted: a proposer keeps only the candidates that apply.
+
+Strangers fill a proposer's pools: two certificates for one job (a worker that signed
+two receipts, or a reassigned job whose first worker finished late), a certificate the
+verifiers accepted but the ledger refuses (its assignment too old), evidence already
+punished. Each test offers such candidates, with a real ledger, and checks that every
+block still applies and the chain goes on.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from aipg.stake.chain import Chain
+from aipg.stake.consensus import Timeouts
+from aipg.stake.driver import BlockContents, ConsensusDriver
+from aipg.stake.ledger import apply_block
+from aipg.stake.proposal import Candidates, prepare_block
+from aipg.stake.signrecord import SqliteSignRecord
+from aipg.stake.tx import TxKind, make_tx
+from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate, make_fraud
+
+
+def _chain() -> TestChain:
+    c = TestChain(n_validators=4)
+    for _ in range(3):
+        c.next()
+    return c
+
+
+def _prepare(c: TestChain, candidates: Candidates):
+    return prepare_block(
+        c.state,
+        c.state.validators.proposer(),
+        candidates,
+        time_ms=c.state.time_ms + 1_000,
+        last_commit=c.last_commit(),
+    )
+
+
+def test_two_certificates_for_one_job_pay_it_once():
+    c = _chain()
+    first = make_certificate(c, ident(300), nonce=1)
+    late = make_certificate(c, ident(301), nonce=1)  # the same job, another worker's receipt
+    assert first.receipt.job_id == late.receipt.job_id and first != late
+    prepared = _prepare(c, Candidates(certificates=[first, late]))
+    assert prepared.block.body.certificates == (first,)
+    assert [reason for _, reason in prepared.refused] == [
+        "another one for this job is in the block"
+    ]
+    c.commit(prepared.block)  # the block applies
+    again = _prepare(c, Candidates(certificates=[late]))  # next block: already certified
+    assert again.block.body.certificates == ()
+    assert "already certified" in again.refused[0][1]
+    c.commit(again.block)
+
+
+def test_a_certificate_the_ledger_refuses_is_left_out_with_its_reason():
+    c = _chain()
+    stale = make_certificate(c, ident(302), nonce=2)
+    for _ in range(c.state.params.escrow_period + 1):
+        c.next()
+    fresh = make_certificate(c, ident(303), nonce=3)
+    payment = make_tx(c.users[1], CHAIN, TxKind.TRANSFER, 0, amount=5, recipient=c.users[2].address)
+    broke = make_tx(ident(904), CHAIN, TxKind.TRANSFER, 0, amount=5, recipient=c.users[2].address)
+    prepared = _prepare(c, Candidates(transactions=[broke, payment], certificates=[stale, fresh]))
+    body = prepared.block.body
+    assert body.certificates == (fresh,) and body.transactions == (payment,)
+    reasons = dict((id(item), reason) for item, reason in prepared.refused)
+    assert "too old" in reasons[id(stale)]
+    assert id(broke) in reasons
+    apply_block(c.state, prepared.block)
+
+
+def test_fraud_evidence_is_kept_once_per_job_and_never_after_it_was_punished():
+    c = _chain()
+    fraud = make_fraud(c, ident(305), nonce=4)
+    twin = make_fraud(c, ident(306), nonce=4)  # the same job, another receipt convicted
+    prepared = _prepare(c, Candidates(frauds=[fraud, twin]))
+    assert len(prepared.block.body.frauds) == 1
+    c.commit(prepared.block)
+    after = _prepare(c, Candidates(frauds=[fraud]))
+    assert after.block.body.frauds == () and "already punished" in after.refused[0][1]
+
+
+async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizing(
+    tmp_path, autojump_clock
+):
+    """Every proposer offers, at every height, two certificates for one job and one the
+    ledger refuses as too old: blocks keep coming, and the job is paid exactly once."""
+    world = TestChain(n_validators=4)
+    chains = [Chain.open(tmp_path / f"v{i}.sqlite", world.genesis) for i in range(4)]
+    offered: dict[str, object] = {}
+
+    def contents(state):
+        if state.height < 2:
+            return BlockContents()
+        world.state = state  # build the work on the chain the validators are deciding
+        if not offered:
+            offered["a"] = make_certificate(world, ident(310), nonce=7)
+            offered["b"] = make_certificate(world, ident(311), nonce=7)
+            offered["old"] = make_certificate(world, ident(312), nonce=8)
+        stale_enough = (
+            state.height > offered["old"].assignment.height + world.genesis.params.escrow_period
+        )
+        late = [offered["old"]] if stale_enough else []
+        return BlockContents(certificates=[offered["a"], offered["b"], *late])
+
+    inboxes = [trio.open_memory_channel(1000) for _ in range(4)]
+
+    def publisher(i):
+        async def publish(data: bytes) -> None:
+            for j, (send, _) in enumerate(inboxes):
+                if j != i:
+                    await send.send(data)
+
+        return publish
+
+    drivers = [
+        ConsensusDriver(
+            chains[i],
+            world.validators[i],
+            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
+            publisher(i),
+            timeouts=Timeouts(1_000, 500, 250),
+            contents=contents,
+        )
+        for i in range(4)
+    ]
+    target = 2 + world.genesis.params.escrow_period + 4
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            for i, d in enumerate(drivers):
+                await nursery.start(d.run, inboxes[i][1])
+            for d in drivers:
+                await d.wait_for_height(target)
+            nursery.cancel_scope.cancel()
+    job = offered["a"].receipt.job_id
+    carried = [
+        cert.receipt.job_id
+        for h in range(1, target + 1)
+        for cert in chains[0].store.finalized(h).block.body.certificates
+    ]
+    assert carried.count(job) == 1
+    assert offered["old"].receipt.job_id not in carried  # offered only once too old
