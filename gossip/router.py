@@ -196,13 +196,18 @@ class GossipSubRouter:
         """Run the heartbeat and own the validation tasks until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            task_status.started()
-            # A random phase, so that nodes started together do not all beat at once.
-            interval = self.params.heartbeat_interval
-            await trio.sleep(self._rng.uniform(0.1, 1.0) * interval)
-            while True:
-                self.heartbeat()
-                await trio.sleep(interval)
+            try:
+                task_status.started()
+                # A random phase, so that nodes started together do not all beat at once.
+                interval = self.params.heartbeat_interval
+                await trio.sleep(self._rng.uniform(0.1, 1.0) * interval)
+                while True:
+                    self.heartbeat()
+                    await trio.sleep(interval)
+            finally:
+                # Closing: messages still arriving are ignored, not validated in a
+                # nursery that no longer takes tasks.
+                self._nursery = None
 
     def _now(self) -> float:
         return trio.current_time()
