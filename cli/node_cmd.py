@@ -103,6 +103,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="validator: sign two conflicting prevotes per height",
     )
+    test.add_argument(
+        "--fault-double-receipt",
+        action="store_true",
+        help="worker: also gossip a second, altered receipt for each LLM job",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -195,6 +200,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         swap_weights=args.fault_swap_weights,
         random_votes=args.fault_random_votes,
         double_sign=args.fault_double_sign,
+        double_receipt=args.fault_double_receipt,
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

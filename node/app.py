@@ -174,6 +174,7 @@ class Node:
                 self.gateway.on_worker_status,
                 cheat_tokens=self.faults.cheat_tokens,
                 swap_weights=self.faults.swap_weights,
+                double_receipt=self.faults.double_receipt,
             )
             await nursery.start(self.worker.run)
         if self.config.validator:

@@ -328,6 +328,17 @@ class FraudEvidence(Record):
     verdicts: Annotated[tuple[Verdict, ...], MaxLen(MAX_COMMITTEE)]
 
 
+@record(tag=312)
+class EquivocationEvidence(Record):
+    """Two receipts one worker signed for one assignment, computing different outputs:
+    at most one can be what the job computes, so the worker signed work it did not do.
+    (Receipts that differ only in their timings are one computation reported twice, not
+    equivocation.) Anyone may submit it; ``receipt_a`` has the smaller receipt id."""
+
+    receipt_a: Receipt
+    receipt_b: Receipt
+
+
 # ----------------------------------------------------------------- ids and hashes
 
 

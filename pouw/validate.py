@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from aipg.wire import Address, Identity, WireError, require_signature, verify_signature
+from aipg.wire import (
+    NO_SIGNATURE,
+    Address,
+    Identity,
+    WireError,
+    require_signature,
+    verify_signature,
+)
 
 from .committee import (
     COMMITTEE_LOOKAHEAD,
@@ -26,6 +33,7 @@ from .errors import PouwError
 from .records import (
     Assignment,
     Certificate,
+    EquivocationEvidence,
     FraudEvidence,
     Job,
     Receipt,
@@ -45,10 +53,12 @@ __all__ = [
     "challenge_message",
     "check_hash",
     "committee_for",
+    "computes_differently",
     "interested",
     "make_challenge",
     "validate_assignment",
     "validate_certificate",
+    "validate_equivocation",
     "validate_fraud_evidence",
     "validate_job",
     "validate_receipt",
@@ -344,6 +354,29 @@ def validate_certificate(
         "quorum",
         f"valid votes hold {t.valid_stake} of {t.committee_stake} committee stake (< 2/3)",
     )
+
+
+def computes_differently(a: Receipt, b: Receipt) -> bool:
+    """Whether two receipts for one assignment claim different results (anything but
+    the timings differs)."""
+    untimed = {"elapsed_ms": 0, "first_output_ms": 0, "signature": NO_SIGNATURE}
+    return a.replace(**untimed) != b.replace(**untimed)
+
+
+def validate_equivocation(evidence: EquivocationEvidence) -> None:
+    """Check that one worker signed two receipts computing different results for one
+    assignment. Needs no chain state beyond the worker's key. Raises PouwError."""
+    a, b = evidence.receipt_a, evidence.receipt_b
+    _signed(a, "receipt_a.signature")
+    _signed(b, "receipt_b.signature")
+    _require(a.signer == b.signer, "receipt_b.signer", "the receipts have different signers")
+    _require(
+        a.assignment_id == b.assignment_id and a.job_id == b.job_id,
+        "receipt_b.assignment_id",
+        "the receipts are for different assignments",
+    )
+    _require(receipt_id(a) < receipt_id(b), "receipt_a", "receipts not in receipt id order")
+    _require(computes_differently(a, b), "receipt_b", "the receipts report one computation")
 
 
 def validate_fraud_evidence(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from aipg.pouw import Certificate, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -96,6 +96,7 @@ class BlockBody(Record):
     certificates: Annotated[tuple[Certificate, ...], MaxLen(MAX_BLOCK_CERTIFICATES)]
     double_signs: Annotated[tuple[DoubleSignEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
     frauds: Annotated[tuple[FraudEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
+    equivocations: Annotated[tuple[EquivocationEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from aipg.pouw import Certificate, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
 from aipg.wire import Identity, sign
 
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
@@ -24,6 +24,7 @@ def make_block(
     certificates: Sequence[Certificate] = (),
     double_signs: Sequence[DoubleSignEvidence] = (),
     frauds: Sequence[FraudEvidence] = (),
+    equivocations: Sequence[EquivocationEvidence] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in."""
     body = BlockBody(
@@ -32,6 +33,7 @@ def make_block(
         certificates=tuple(certificates),
         double_signs=tuple(double_signs),
         frauds=tuple(frauds),
+        equivocations=tuple(equivocations),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import trio
 
-from aipg.pouw import Certificate, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
 from aipg.wire import Identity, WireError, decode, encode
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
@@ -46,6 +46,7 @@ class BlockContents:
     transactions: Sequence[Transaction] = ()
     certificates: Sequence[Certificate] = ()
     frauds: Sequence[FraudEvidence] = ()
+    equivocations: Sequence[EquivocationEvidence] = ()
 
 
 Contents = Callable[[State], BlockContents]
@@ -76,7 +77,7 @@ class ChainApp:
         c = self.contents(s)
         time_ms = max(self.clock_ms(), s.time_ms + 1)
         evidence = [e for e in self.evidence if e.vote_a.height <= s.height]
-        candidates = Candidates(c.transactions, c.certificates, c.frauds, evidence)
+        candidates = Candidates(c.transactions, c.certificates, c.frauds, evidence, c.equivocations)
         prepared = prepare_block(
             s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit
         )

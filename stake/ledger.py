@@ -21,6 +21,7 @@ from aipg.pouw import COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
+from .equivocation import process_equivocations
 from .money import credit, slash
 from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
@@ -59,6 +60,7 @@ def apply_block(
     work = process_certificates(s, block.body.certificates)
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)
+    process_equivocations(s, block.body.equivocations)
     process_rewards(s, block, work)
     process_epoch(s)
     record_block(s, block)

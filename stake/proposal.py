@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from aipg.pouw import Certificate, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
 from aipg.wire import encode
 
 from .block import (
@@ -32,6 +32,7 @@ from .block import (
     DoubleSignEvidence,
 )
 from .builder import make_block
+from .equivocation import process_equivocations
 from .ledger import process_double_signs, process_header, process_last_commit
 from .state import State
 from .tx import Transaction
@@ -51,6 +52,7 @@ class Candidates:
     certificates: Sequence[Certificate] = ()
     frauds: Sequence[FraudEvidence] = ()
     double_signs: Sequence[DoubleSignEvidence] = ()
+    equivocations: Sequence[EquivocationEvidence] = ()
 
 
 @dataclass
@@ -122,6 +124,12 @@ def prepare_block(
         lambda ev: process_frauds(scratch, [ev]),
         key=lambda ev: ev.receipt.job_id,
     )
+    equivocations = keep(
+        candidates.equivocations,
+        MAX_BLOCK_EVIDENCE,
+        lambda ev: process_equivocations(scratch, [ev]),
+        key=lambda ev: ev.receipt_a.assignment_id,
+    )
     block = make_block(
         state,
         proposer,
@@ -131,6 +139,7 @@ def prepare_block(
         certificates=certs,
         double_signs=doubles,
         frauds=frauds,
+        equivocations=equivocations,
     )
     return Prepared(block, refused)
 

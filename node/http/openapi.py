@@ -275,6 +275,7 @@ _SCHEMAS = {
             "certificates": _array(_STR, description="job ids of the certified receipts, hex"),
             "frauds": _array(_STR, description="job ids of the fraud proofs, hex"),
             "double_signs": _array(_STR, description="public keys of the double signers, hex"),
+            "equivocations": _array(_STR, description="jobs whose worker signed two results"),
             "commit_signers": {"type": "integer", "description": "precommits in its commit"},
         }
     ),

@@ -135,6 +135,7 @@ def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
                 "certificates": [c.receipt.job_id.hex() for c in b.body.certificates],
                 "frauds": [f.receipt.job_id.hex() for f in b.body.frauds],
                 "double_signs": [e.vote_a.signer.hex() for e in b.body.double_signs],
+                "equivocations": [e.receipt_a.job_id.hex() for e in b.body.equivocations],
                 "commit_signers": len(fb.commit.precommits),
             }
         )

@@ -27,7 +27,7 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
-from aipg.pouw import Certificate, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -172,7 +172,8 @@ class ChainService:
         arrival order; the driver keeps what applies (stake's ``prepare_block``)."""
         certs, frauds = self.tracker.pending_outcomes()
         txs = list(self.mempool.values())[:MAX_BLOCK_TXS]
-        return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS])
+        equivocations = self.tracker.pending_equivocations()
+        return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS], equivocations)
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
         """Work a proposal left out can never be included: the tracker stops offering
@@ -180,6 +181,8 @@ class ChainService:
         for item, reason in refused:
             if isinstance(item, Certificate | FraudEvidence):
                 self.tracker.set_aside(item, reason)
+            elif isinstance(item, EquivocationEvidence):
+                self.tracker.settle_equivocation(item)
 
     def _settle(self, block: Block, commit: Commit, _before: State) -> None:
         """After a block is final: record what its jobs were paid (the ledger's own
@@ -187,16 +190,20 @@ class ChainService:
         self.job_rewards.update(self.state.paid)
         for outcome in (*block.body.certificates, *block.body.frauds):
             self.tracker.mark_included(outcome, block.height)
+        for evidence in block.body.equivocations:
+            self.tracker.settle_equivocation(evidence)
         included = {_tx_id(tx) for tx in block.body.transactions}
         for txid in [t for t in self.mempool if t in included]:
             del self.mempool[txid]
         log.info(
-            "block %d: %d tx, %d certificate(s), %d fraud(s), %d double sign(s); proposer %s",
+            "block %d: %d tx, %d certificate(s), %d fraud(s), %d double sign(s), "
+            "%d equivocation(s); proposer %s",
             block.height,
             len(block.body.transactions),
             len(block.body.certificates),
             len(block.body.frauds),
             len(block.body.double_signs),
+            len(block.body.equivocations),
             block.header.proposer.hex()[:8],
         )
         self.new_block.set()

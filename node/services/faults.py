@@ -32,9 +32,16 @@ class Faults:
     swap_weights: bool = False  # worker: run a model with other weights of the same shape
     random_votes: bool = False  # validator: vote valid/invalid at random without checking
     double_sign: bool = False  # validator: sign two conflicting prevotes at each height
+    double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
 
     def any(self) -> bool:
-        return self.cheat_tokens or self.swap_weights or self.random_votes or self.double_sign
+        return (
+            self.cheat_tokens
+            or self.swap_weights
+            or self.random_votes
+            or self.double_sign
+            or self.double_receipt
+        )
 
 
 SWAPPED_SEED_OFFSET = 1  # "other weights of the same shape": the demo builder, another seed

@@ -26,12 +26,14 @@ from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
     Committee,
+    EquivocationEvidence,
     FraudEvidence,
     PouwError,
     Verdict,
     VoteCollector,
     abstains,
     committee_for,
+    computes_differently,
     receipt_id,
 )
 
@@ -90,6 +92,10 @@ class WorkTracker:
         self._by_job: dict[bytes, list[bytes]] = {}  # job id -> its receipts, in arrival order
         self._early: OrderedDict[bytes, list[Verdict]] = OrderedDict()
         self.on_outcome: list[Callable[[TrackedWork], None]] = []
+        # (assignment id, worker) -> its first receipt's id: a second receipt computing
+        # something else is equivocation, kept as evidence until a block carries it.
+        self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._equivocations: OrderedDict[bytes, EquivocationEvidence] = OrderedDict()
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -127,6 +133,7 @@ class WorkTracker:
         tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
         self._by_job.setdefault(tracked.job_id, []).append(rid)
+        self._check_equivocation(tracked)
         self._trim()
         for verdict in self._early.pop(rid, []):
             try:
@@ -170,6 +177,37 @@ class WorkTracker:
                 t.block_height = height
             elif isinstance(t.outcome, kind) and t.block_height is None:
                 t.set_aside = f"block {height} carried another receipt of this job"
+
+    def _check_equivocation(self, tracked: TrackedWork) -> None:
+        receipt = tracked.report.result.receipt
+        key = (receipt.assignment_id, receipt.signer)
+        first = self._by_assignment.setdefault(key, tracked.receipt_id)
+        self._by_assignment.move_to_end(key)
+        while len(self._by_assignment) > self.max_tracked:
+            self._by_assignment.popitem(last=False)
+        earlier = self._by_receipt.get(first)
+        if earlier is None or first == tracked.receipt_id:
+            return
+        other = earlier.report.result.receipt
+        if not computes_differently(other, receipt) or receipt.assignment_id in self._equivocations:
+            return
+        a, b = sorted((other, receipt), key=receipt_id)
+        self._equivocations[receipt.assignment_id] = EquivocationEvidence(a, b)
+        while len(self._equivocations) > self.max_early:
+            self._equivocations.popitem(last=False)
+        log.warning(
+            "worker %s signed two receipts for one assignment of job %s: equivocation",
+            receipt.signer.hex()[:12],
+            tracked.job_id.hex()[:12],
+        )
+
+    def pending_equivocations(self) -> list[EquivocationEvidence]:
+        """Equivocation evidence no block has carried yet (oldest first)."""
+        return list(self._equivocations.values())
+
+    def settle_equivocation(self, evidence: EquivocationEvidence) -> None:
+        """A block carried ``evidence``, or a proposal found it can never be carried."""
+        self._equivocations.pop(evidence.receipt_a.assignment_id, None)
 
     def set_aside(self, outcome: Certificate | FraudEvidence, reason: str) -> None:
         """A proposal found ``outcome`` can never be included (the ledger's ``reason``):

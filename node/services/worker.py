@@ -47,6 +47,7 @@ class WorkerService:
         *,
         cheat_tokens: bool = False,
         swap_weights: bool = False,
+        double_receipt: bool = False,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -57,6 +58,7 @@ class WorkerService:
         self.catalog = catalog
         self.now_ms = now_ms
         self.cheat_tokens = cheat_tokens
+        self.double_receipt = double_receipt
         self.swap_weights = swap_weights
         self._swapped: dict[bytes, object] = {}
         self.latents = LatentStore()
@@ -185,6 +187,9 @@ class WorkerService:
                 "result of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e
             )
         await self.host.publish(topic("receipts"), data)
+        if self.double_receipt and model.kind == LLM:  # test-only fault: equivocate
+            twin = WorkReport(job, assignment, altered_last_token(result, self.identity))
+            await self.host.publish(topic("receipts"), encode(twin))
         log.info(
             "job %s done: %d work units", assignment.job_id.hex()[:12], result.receipt.work_units
         )

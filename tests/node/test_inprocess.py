@@ -204,3 +204,23 @@ async def test_a_validator_that_cannot_check_abstains_and_the_job_still_certifie
         assert len(tracked.seated()) == 3  # a reserve took the seat and voted
         assert all(tracked.verdicts[k].valid for k in tracked.seated())
         assert gateway.chain.bond_of(worker.identity.public_bytes) == bond
+
+
+async def test_a_worker_that_signs_two_receipts_for_one_assignment_is_slashed(tmp_path, llm_dir):
+    model = load_model_dir(llm_dir)
+    equivocator = NodeSpec(faults=Faults(double_receipt=True))
+    specs = [NodeSpec(worker=False), equivocator, NodeSpec(worker=False), NodeSpec(worker=False)]
+    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+        gateway, worker = world.nodes[0], world.nodes[1]
+        await world.wait_for_worker(gateway, model.model_id)
+        bond = gateway.chain.bond_of(worker.identity.public_bytes)
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "twice"))
+
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        key = b"equivocation" + tracked.report.result.receipt.assignment_id
+        with trio.fail_after(60):
+            while key not in gateway.chain.state.punished:
+                await gateway.chain.wait_for_block()
+        assert gateway.chain.bond_of(worker.identity.public_bytes) < bond
+        assert gateway.tracker.pending_equivocations() == []  # carried once, then settled

@@ -9,8 +9,10 @@ block still applies and the chain goes on.
 
 from __future__ import annotations
 
+import pytest
 import trio
 
+from aipg.pouw import EquivocationEvidence, receipt_id
 from aipg.stake.chain import Chain
 from aipg.stake.consensus import Timeouts
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -18,7 +20,9 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.tx import TxKind, make_tx
+from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.wire import sign
 
 
 def _chain() -> TestChain:
@@ -143,3 +147,26 @@ async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizi
     ]
     assert carried.count(job) == 1
     assert offered["old"].receipt.job_id not in carried  # offered only once too old
+
+
+def test_an_equivocating_worker_is_slashed_once():
+    c = _chain()
+    worker = ident(320)
+    bond = make_tx(
+        c.users[3], CHAIN, TxKind.TRANSFER, 0, amount=20_000 * 10**8, recipient=worker.address
+    )
+    c.next(transactions=[bond])
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=10_000 * 10**8)])
+    cert = make_certificate(c, worker, nonce=9)
+    twin = sign(cert.receipt.replace(output_hash=b"\x05" * 32), worker)
+    a, b = sorted((cert.receipt, twin), key=receipt_id)
+    evidence = EquivocationEvidence(a, b)
+    before = c.state.bond(worker.public_bytes).stake
+    prepared = _prepare(c, Candidates(equivocations=[evidence, evidence]))
+    assert prepared.block.body.equivocations == (evidence,)
+    s = c.commit(prepared.block)
+    assert s.bond(worker.public_bytes).stake == before - before * s.params.fraud_slash_bps // 10_000
+    again = _prepare(c, Candidates(equivocations=[evidence]))
+    assert again.block.body.equivocations == () and "already punished" in again.refused[0][1]
+    with pytest.raises(LedgerError, match="already punished"):
+        apply_block(c.state, c.build(equivocations=[evidence]))
