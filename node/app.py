@@ -50,6 +50,7 @@ from .services.chain import ChainService, FinalizedChain
 from .services.faults import Faults
 from .services.gateway import GatewayService
 from .services.models import ModelService
+from .services.reputation import ReputationStore
 from .services.verifier import VerifierService
 from .services.work import WorkIntake, WorkTracker
 from .services.worker import WorkerService
@@ -152,6 +153,8 @@ class Node:
 
     async def _start_roles(self, nursery: trio.Nursery, jobs: JobProtocol) -> None:
         """Gateway, then worker (it reports to the gateway), verifier and work intake."""
+        reputation = ReputationStore(self.data_dir.reputation_file)
+        nursery.start_soon(_close_when_cancelled, reputation)
         self.gateway = GatewayService(
             self.identity,
             self.host,
@@ -162,6 +165,7 @@ class Node:
             jobs.send,
             self._local_job,
             now_ms,
+            reputation=reputation.reputation(),
         )
         await nursery.start(self.gateway.run)
         if self.config.worker:
@@ -427,6 +431,14 @@ async def run_until_signal(node: Node) -> None:
         finally:
             node.remove_run_file()
     log.info("node stopped")
+
+
+async def _close_when_cancelled(resource) -> None:
+    """Own ``resource`` for the nursery's lifetime: close it when the node stops."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        resource.close()
 
 
 def setup_logging(data_dir: DataDir, level: str) -> None:

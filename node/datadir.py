@@ -5,7 +5,9 @@ Layout::
     <data dir>/
         node.key        Ed25519 identity, libp2p protobuf encoding, mode 0600
         config.toml     settings; every key can be overridden by a flag
-        chain.sqlite    blocks, state and the validator sign-record
+        chain.sqlite    blocks and state
+        signrecord.sqlite  what this validator signed
+        reputation.sqlite  the gateway's worker scores and bans
         blobs/sha256/   content-addressed model files
         logs/
 
@@ -33,6 +35,7 @@ BLOBS_DIR = "blobs"
 LOGS_DIR = "logs"
 RUN_FILE = "run.json"  # written while the node runs, removed when it stops
 SIGN_RECORD_FILE = "signrecord.sqlite"  # what this validator signed (never sign twice)
+REPUTATION_FILE = "reputation.sqlite"  # the gateway's worker scores and bans
 
 
 class DataDirError(Exception):
@@ -84,6 +87,10 @@ class DataDir:
     @property
     def sign_record_file(self) -> Path:
         return self.root / SIGN_RECORD_FILE
+
+    @property
+    def reputation_file(self) -> Path:
+        return self.root / REPUTATION_FILE
 
     def exists(self) -> bool:
         return self.key_file.exists()

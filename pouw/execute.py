@@ -17,6 +17,7 @@ import numpy as np
 from aipg.models import DiffusionRunner, ExecutionProfile, LlmRunner, StepEvent, TokenEvent
 from aipg.wire import Identity, sign
 
+from .bounds import evict_over
 from .commitment import chain_head, commit_topk, latent_digest, llm_commitment_hash
 from .errors import PouwError
 from .records import (
@@ -234,6 +235,11 @@ def _check_job(job: Job, assignment: Assignment, identity: Identity, model_id: b
         raise PouwError("job.model_id", "this runner hosts another model")
 
 
+# Diffusion receipts whose latents a worker keeps: a worker runs one job at a time, so
+# this many covers the receipts its committees are still checking (a few blocks' worth).
+MAX_KEPT_LATENTS = 64
+
+
 class LatentStore:
     """The latents of a worker's diffusion receipts, kept until each receipt is final.
 
@@ -242,15 +248,17 @@ class LatentStore:
     receipts awaiting certification).
     """
 
-    def __init__(self, capacity: int = 64):
+    def __init__(self, capacity: int = MAX_KEPT_LATENTS):
         self.capacity = capacity
         self._latents: OrderedDict[bytes, list[bytes]] = OrderedDict()
 
     def put(self, receipt_id_: bytes, latents: Sequence[np.ndarray]) -> None:
         self._latents[receipt_id_] = [np.ascontiguousarray(x, "<f4").tobytes() for x in latents]
         self._latents.move_to_end(receipt_id_)
-        while len(self._latents) > self.capacity:
-            self._latents.popitem(last=False)
+        evict_over(self._latents, self.capacity)
+
+    def __len__(self) -> int:
+        return len(self._latents)
 
     def put_result(self, result: Result, latents: Sequence[np.ndarray]) -> None:
         self.put(receipt_id(result.receipt), latents)

@@ -14,17 +14,22 @@ Rules:
 - an assignment that brings no result by its deadline is a timeout: the worker's
   reputation drops and the job is reassigned to another claimant, until the job's own
   deadline or ``max_attempts``;
-- reputation rises on certified work and falls to zero (a ban) on proven fraud.
+- reputation rises on certified work and falls to zero (a ban) on proven fraud;
+- both tables are bounded: finished jobs beyond ``max_jobs`` are forgotten oldest first,
+  and reputation keeps the ``max_scores`` most recently seen workers and the
+  ``max_bans`` latest bans (a ban outlives any number of newcomers).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from aipg.wire import UNITS_PER_AIPG, Identity, WireError, require_signature, sign
 
+from .bounds import evict_over
 from .errors import PouwError
 from .records import Assignment, Claim, Job, Receipt, Tier, job_id
 from .types import JobId, Millis, NodeKey
@@ -32,6 +37,7 @@ from .types import JobId, Millis, NodeKey
 __all__ = [
     "JobState",
     "Reputation",
+    "ReputationChange",
     "ReputationConfig",
     "Scheduler",
     "SchedulerConfig",
@@ -47,34 +53,86 @@ class ReputationConfig:
     success: int = 10  # per certified receipt: slow to earn
     timeout: int = 50  # per missed deadline: five successes to win back
     # Proven fraud sets the score to 0, which bars the worker from every assignment.
+    # Workers with a score of their own, least recently seen forgotten first: a forgotten
+    # worker is a newcomer again, which costs an honest one little and a stranger nothing.
+    max_scores: int = 65_536
+    # Bans, oldest forgotten first; each one took a committee's conviction, so this many
+    # is far more than any gateway meets, and newcomers never push a ban out.
+    max_bans: int = 65_536
+
+
+# What a Reputation reports for each change: the worker and its new score (0: banned),
+# or None when the worker is forgotten (the node's store writes it through).
+ReputationChange = Callable[[bytes, int | None], None]
 
 
 class Reputation:
-    """Per-worker reputation scores (a pure table; the node persists it)."""
+    """Per-worker reputation scores: a pure, bounded table. ``known`` seeds it (worker,
+    score), least recently seen first; ``on_change`` hears every change, so that the node
+    can persist bans and scores across restarts."""
 
-    def __init__(self, config: ReputationConfig | None = None):
+    def __init__(
+        self,
+        config: ReputationConfig | None = None,
+        *,
+        known: Iterable[tuple[bytes, int]] = (),
+        on_change: ReputationChange | None = None,
+    ):
         self.config = config or ReputationConfig()
-        self._scores: dict[bytes, int] = {}
+        self.on_change = on_change
+        self._scores: OrderedDict[bytes, int] = OrderedDict()  # least recently seen first
+        self._bans: OrderedDict[bytes, None] = OrderedDict()  # oldest ban first
+        for worker, score in known:
+            if score == 0:
+                self._bans[worker] = None
+            else:
+                self._scores[worker] = max(1, min(self.config.maximum, score))
+        self._trim()
+
+    def __len__(self) -> int:
+        return len(self._scores) + len(self._bans)
 
     def score(self, worker: bytes) -> int:
+        if worker in self._bans:
+            return 0
         return self._scores.get(worker, self.config.initial)
 
     def banned(self, worker: bytes) -> bool:
-        return self.score(worker) == 0
+        return worker in self._bans
 
     def on_success(self, worker: bytes) -> None:
         if not self.banned(worker):
             self._set(worker, self.score(worker) + self.config.success)
 
     def on_timeout(self, worker: bytes) -> None:
-        # A timeout never bans by itself: 0 is reserved for proven fraud.
-        self._set(worker, max(1, self.score(worker) - self.config.timeout))
+        # A timeout never bans by itself (0 is reserved for proven fraud), nor lifts a ban.
+        if not self.banned(worker):
+            self._set(worker, max(1, self.score(worker) - self.config.timeout))
 
     def on_fraud(self, worker: bytes) -> None:
-        self._scores[worker] = 0
+        self._scores.pop(worker, None)
+        self._bans[worker] = None
+        self._bans.move_to_end(worker)
+        self._changed(worker, 0)
+        self._trim()
 
     def _set(self, worker: bytes, value: int) -> None:
-        self._scores[worker] = max(0, min(self.config.maximum, value))
+        self._scores[worker] = max(1, min(self.config.maximum, value))
+        self._scores.move_to_end(worker)
+        self._changed(worker, self._scores[worker])
+        self._trim()
+
+    def _trim(self) -> None:
+        for table, bound in (
+            (self._scores, self.config.max_scores),
+            (self._bans, self.config.max_bans),
+        ):
+            for worker, _ in evict_over(table, bound):
+                self._changed(worker, None)
+
+    def _changed(self, worker: bytes, score: int | None) -> None:
+        if self.on_change is not None:
+            self.on_change(worker, score)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +142,11 @@ class SchedulerConfig:
     max_attempts: int = 3
     trusted_min_bond: int = 1_000 * UNITS_PER_AIPG
     trusted_min_reputation: int = 600
+    # Jobs in the table; beyond it the oldest done or failed job is forgotten. Open jobs
+    # are never dropped: the gateway admits at most its MAX_OPEN_JOBS, well below this.
+    max_jobs: int = 1024
+    # Claims kept per job; later claims are refused (a job needs only a few claimants).
+    max_claims: int = 64
 
 
 class JobState(enum.Enum):
@@ -105,7 +168,7 @@ class _Entry:
 
 
 class Scheduler:
-    """The gateway's job table.
+    """The gateway's job table (bounded: ``config.max_jobs``).
 
     ``identity`` signs assignments (it must be the key that signed the jobs);
     ``bond_of`` returns a worker's bonded stake (from the ledger) for the trust rule.
@@ -122,18 +185,23 @@ class Scheduler:
         self.identity = identity
         self.bond_of = bond_of
         self.config = config or SchedulerConfig()
-        self.reputation = reputation or Reputation()
-        self._jobs: dict[bytes, _Entry] = {}
+        self.reputation = reputation if reputation is not None else Reputation()
+        self._jobs: OrderedDict[bytes, _Entry] = OrderedDict()
 
     # -- inputs --------------------------------------------------------------------------
 
     def submit(self, job: Job, now: Millis) -> JobId:
-        """Track a job this gateway signed. Raises PouwError for a foreign or known job."""
+        """Track a job this gateway signed, forgetting the oldest finished jobs beyond
+        ``config.max_jobs``. Raises PouwError for a foreign or known job, or when the
+        table is full of open jobs."""
         if job.signer != self.identity.public_bytes:
             raise PouwError("job.signer", "a gateway schedules only the jobs it signed")
         jid = job_id(job)
         if jid in self._jobs:
             raise PouwError("job", "job already submitted")
+        evict_over(self._jobs, self.config.max_jobs - 1, _finished)
+        if len(self._jobs) >= self.config.max_jobs:
+            raise PouwError("job", f"{len(self._jobs)} jobs are open; try again later")
         self._jobs[jid] = _Entry(job, now)
         return jid
 
@@ -153,6 +221,8 @@ class Scheduler:
             raise PouwError("claim.model_id", "worker claims to host another model")
         if self.reputation.banned(claim.signer):
             raise PouwError("claim.signer", "worker is banned for fraud")
+        if claim.signer not in entry.claims and len(entry.claims) >= self.config.max_claims:
+            raise PouwError("claim.job_id", "job has enough claims")
         entry.claims[claim.signer] = claim
 
     def on_receipt(self, receipt: Receipt, now: Millis) -> None:
@@ -260,8 +330,15 @@ class Scheduler:
         entry = self._jobs.get(jid)
         return entry.assignment if entry else None
 
+    def __len__(self) -> int:
+        return len(self._jobs)
+
     def forget(self, jid: bytes) -> None:
         """Drop a finished (done or failed) job from the table."""
         entry = self._jobs.get(jid)
         if entry is not None and entry.state in (JobState.DONE, JobState.FAILED):
             del self._jobs[jid]
+
+
+def _finished(entry: _Entry) -> bool:
+    return entry.state in (JobState.DONE, JobState.FAILED)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,15 @@ from aipg.models import (
     model_id,
     model_id_text,
 )
+from aipg.pouw.bounds import evict_over
 from aipg.wire import WireError, parse_content_id
 
 # Work units per token (LLM) or per step and latent pixel (diffusion), x 1000, for a
 # model whose manifest names no cost factor: 1 unit per token, 1/1000 unit per pixel-step.
 DEFAULT_COST_MILLI = {LLM: 1000, DIFFUSION: 1}
+# Models known only by announcement: anyone may announce any manifest, so beyond this
+# the least recently announced goes first. Hosted models are never evicted.
+MAX_ANNOUNCED_MODELS = 256
 
 
 @dataclass
@@ -62,11 +67,14 @@ class KnownModel:
 
 
 class ModelCatalog:
-    """Thread-safe for runner creation (runners are used from worker threads)."""
+    """Thread-safe for runner creation (runners are used from worker threads). Bounded:
+    every hosted model, and at most MAX_ANNOUNCED_MODELS announced ones."""
 
     def __init__(self, threads: int = 0):
         self.threads = threads or None
-        self._models: dict[bytes, KnownModel] = {}
+        self._models: OrderedDict[bytes, KnownModel] = (
+            OrderedDict()
+        )  # least recently announced first
         self._lock = threading.Lock()
 
     def host(self, path: str | Path) -> KnownModel:
@@ -85,11 +93,19 @@ class ModelCatalog:
         return known
 
     def announce(self, manifest: Manifest) -> KnownModel:
-        """Record a model announced by a publisher (not hosted here)."""
+        """Record a model announced by a publisher (not hosted here), forgetting the least
+        recently announced beyond MAX_ANNOUNCED_MODELS."""
         mid = model_id(manifest)
         if mid not in self._models:
             self._models[mid] = KnownModel(manifest, None, int(time.time()))
-        return self._models[mid]
+        self._models.move_to_end(mid)
+        model = self._models[mid]
+        hosted = sum(1 for m in self._models.values() if m.model_dir is not None)
+        evict_over(self._models, hosted + MAX_ANNOUNCED_MODELS, lambda m: m.model_dir is None)
+        return model
+
+    def __len__(self) -> int:
+        return len(self._models)
 
     def get(self, mid: bytes) -> KnownModel | None:
         return self._models.get(mid)

@@ -28,6 +28,7 @@ import trio
 from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
 from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw.bounds import evict_over
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -47,6 +48,9 @@ MAX_MEMPOOL = 10_000
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
+# What recent jobs were paid, for the API (the ledger has the payments themselves): the
+# oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
+MAX_JOB_REWARDS = 65_536
 
 
 class ChainService:
@@ -72,7 +76,7 @@ class ChainService:
         self.double_sign = double_sign
         self.sync_server = SyncServer(chain.store)
         self.mempool: OrderedDict[bytes, Transaction] = OrderedDict()
-        self.job_rewards: dict[bytes, int] = {}
+        self.job_rewards: OrderedDict[bytes, int] = OrderedDict()  # oldest paid first
         self.new_block = trio.Event()
         self._highest_seen = chain.height
         self._syncing = False
@@ -188,6 +192,7 @@ class ChainService:
         """After a block is final: record what its jobs were paid (the ledger's own
         figures), mark its work included, drop its transactions from the mempool."""
         self.job_rewards.update(self.state.paid)
+        evict_over(self.job_rewards, MAX_JOB_REWARDS)
         for outcome in (*block.body.certificates, *block.body.frauds):
             self.tracker.mark_included(outcome, block.height)
         for evidence in block.body.equivocations:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,7 +25,8 @@ from aipg.node.apikeys import ApiKeyStore
 from aipg.node.protocol.jobs import SendJob
 from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
-from aipg.pouw.schedule import JobState, ReputationConfig, Scheduler, SchedulerConfig
+from aipg.pouw.bounds import evict_over
+from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
     UNITS_PER_AIPG,
     Address,
@@ -59,7 +61,15 @@ log = logging.getLogger("aipg.node.gateway")
 
 JOB_DEADLINE_MS = 90_000  # a job not done by then fails (its escrow can be reclaimed)
 TICK_S = 0.1
-MAX_OPEN_JOBS = 256
+MAX_OPEN_JOBS = 256  # jobs clients wait on; beyond this a new one is refused (Overloaded)
+# Jobs kept for GET /api/v1/jobs: beyond this the oldest finished job is forgotten (the
+# tracker still knows its receipt). Open jobs are never evicted: MAX_OPEN_JOBS bounds them.
+MAX_GATEWAY_JOBS = 4 * MAX_OPEN_JOBS
+# The workers table: models (only models the catalog knows can be asked for) and workers
+# per model, the least recently heard dropped first; entries older than the status TTL go
+# at the model's next status.
+MAX_WORKER_MODELS = 512
+MAX_WORKERS_PER_MODEL = 256
 # Paid tier: the fee a job escrows, per generated token / per diffusion step.
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
@@ -105,7 +115,11 @@ class GatewayService:
         send_job: SendJob,
         local_jobs: Callable[[Job], Awaitable[None]],
         now_ms: Callable[[], int],
+        *,
+        reputation: Reputation | None = None,
     ):
+        """``reputation``: the workers' scores and bans this gateway starts from (the
+        node's, loaded from its data dir; a fresh table when None)."""
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -125,11 +139,13 @@ class GatewayService:
                 trusted_min_bond=TRUSTED_MIN_BOND,
                 trusted_min_reputation=ReputationConfig().initial,
             ),
+            reputation=reputation,
         )
         tracker.on_outcome.append(self._on_outcome)
-        self.jobs: dict[bytes, GatewayJob] = {}
-        # model id -> {worker key: last status time (ms)}, from the workers topic
-        self.workers: dict[bytes, dict[bytes, int]] = {}
+        self.jobs: OrderedDict[bytes, GatewayJob] = OrderedDict()  # oldest first
+        # model id -> {worker key: last status time (ms)}, from the workers topic; both
+        # levels least recently heard first
+        self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self._nonce = secrets.randbits(48)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -163,9 +179,15 @@ class GatewayService:
                     e,
                 )
         for jid, entry in list(self.jobs.items()):
-            if not entry.done.is_set() and self.scheduler.state(jid) is JobState.FAILED:
+            if not entry.done.is_set() and self._failed(jid):
                 entry.failed = "no worker finished the job before its deadline"
                 entry.done.set()
+
+    def _failed(self, jid: bytes) -> bool:
+        try:
+            return self.scheduler.state(jid) is JobState.FAILED
+        except PouwError:
+            return True  # the scheduler forgets only finished jobs: this one failed
 
     def _on_outcome(self, tracked: TrackedWork) -> None:
         """A committee decided on a job: certified work raises the worker's reputation
@@ -195,12 +217,24 @@ class GatewayService:
 
     async def on_worker_status(self, status: WorkerStatus) -> None:
         now = self.now_ms()
+        horizon = now - WORKER_STATUS_TTL_MS
         for mid in status.models:
-            self.workers.setdefault(mid, {})[status.signer] = now
+            if self.catalog.get(mid) is None:
+                continue  # nobody announced it: no client can ask for it
+            seen = self.workers.setdefault(mid, OrderedDict())
+            self.workers.move_to_end(mid)
+            seen[status.signer] = now
+            seen.move_to_end(status.signer)
+            while seen and next(iter(seen.values())) < horizon:
+                seen.popitem(last=False)  # expired: the least recently heard go first
+            evict_over(seen, MAX_WORKERS_PER_MODEL)
+        evict_over(self.workers, MAX_WORKER_MODELS)
         # A worker that stopped serving a model is forgotten at its next status.
-        for mid, seen in self.workers.items():
+        for mid, seen in list(self.workers.items()):
             if mid not in status.models:
                 seen.pop(status.signer, None)
+                if not seen:
+                    del self.workers[mid]
 
     def live_workers(self, mid: bytes) -> int:
         horizon = self.now_ms() - WORKER_STATUS_TTL_MS
@@ -353,6 +387,7 @@ class GatewayService:
             await self._escrow(paid, job)
         entry = GatewayJob(job, tier, client)
         self.jobs[jid] = entry
+        evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
         self.scheduler.submit(job, now)
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.

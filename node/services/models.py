@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from aipg.models import (
     sign_announcement,
 )
 from aipg.node.protocol.messages import topic
+from aipg.pouw.bounds import evict_over
 from aipg.wire import Identity, PeerId, WireError, encode, parse_content_id
 
 from .catalog import KnownModel, ModelCatalog
@@ -41,6 +43,9 @@ log = logging.getLogger("aipg.node.models")
 
 ANNOUNCE_INTERVAL_S = 10.0
 FETCH_RETRY_S = 2.0
+# Peers remembered per model as its announcers (asked first for its files), the least
+# recently heard dropped first: a few are enough to fetch from, and strangers are free.
+MAX_ANNOUNCERS_PER_MODEL = 16
 
 
 class ModelService:
@@ -53,7 +58,9 @@ class ModelService:
         self.store = ModelStore(blobs_dir)
         self.server = BlobServer(self.store.blobs)
         self.fetcher = BlobFetcher(self.store.blobs, host.request, transport_errors=(GossipError,))
-        self.announcers: dict[bytes, set[PeerId]] = {}
+        # model id -> its announcers, least recently heard first; only models the catalog
+        # knows (so bounded as the catalog is)
+        self.announcers: dict[bytes, OrderedDict[PeerId, None]] = {}
         self.fetching: dict[bytes, str] = {}  # model id -> progress text
         self._nursery: trio.Nursery | None = None
 
@@ -145,7 +152,12 @@ class ModelService:
 
     def on_announcement(self, ann: ModelAnnouncement, author: PeerId) -> None:
         model = self.catalog.announce(ann.manifest)
-        self.announcers.setdefault(model.id, set()).add(author)
+        peers = self.announcers.setdefault(model.id, OrderedDict())
+        peers[author] = None
+        peers.move_to_end(author)
+        evict_over(peers, MAX_ANNOUNCERS_PER_MODEL)
+        for mid in [m for m in self.announcers if self.catalog.get(m) is None]:
+            del self.announcers[mid]  # the catalog forgot the model
 
     # -- blob protocol ---------------------------------------------------------------------
 

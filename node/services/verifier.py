@@ -26,6 +26,7 @@ from aipg.pouw import (
     make_challenge,
     receipt_id,
 )
+from aipg.pouw.bounds import evict_over
 from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
@@ -35,7 +36,10 @@ from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
 
-MAX_CONSIDERED = 4096  # receipts this validator queued (each is verified once)
+MAX_CONSIDERED = 4096  # receipts this validator queued (each is verified once), oldest first
+# Reports waiting for this validator's check; when full, a new one is skipped (its vote
+# is missing and the rest of the committee decides) rather than block gossip.
+VERIFY_QUEUE = 256
 
 
 class VerifierService:
@@ -53,7 +57,7 @@ class VerifierService:
         self.catalog = catalog
         self.tracker = tracker
         self.random_votes = random_votes
-        self._send, self._queue = trio.open_memory_channel[TrackedWork](256)
+        self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
         self._considered: OrderedDict[bytes, None] = OrderedDict()
 
@@ -69,8 +73,7 @@ class VerifierService:
         if me not in tracked.seated() or tracked.receipt_id in self._considered:
             return
         self._considered[tracked.receipt_id] = None
-        while len(self._considered) > MAX_CONSIDERED:
-            self._considered.popitem(last=False)
+        evict_over(self._considered, MAX_CONSIDERED)
         try:
             self._send.send_nowait(tracked)
         except trio.WouldBlock:

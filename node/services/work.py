@@ -6,8 +6,9 @@ decide: a Certificate (>= 2/3 of the committee's stake valid) or FraudEvidence (
 invalid). Decided outcomes wait in :meth:`WorkTracker.pending_outcomes` for a proposer to
 put them in a block; once a block carries one, it is marked with its height.
 
-Memory is bounded: at most ``max_tracked`` reports (the oldest finished ones go first)
-and ``max_early`` verdicts that arrived before their report.
+Memory is bounded: at most ``max_tracked`` reports (the oldest finished ones go first,
+then the oldest undecided, and only then decided work no block has carried yet) and
+``max_early`` verdicts that arrived before their report (the oldest receipt's go first).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from aipg.pouw import (
     computes_differently,
     receipt_id,
 )
+from aipg.pouw.bounds import evict_over
+from aipg.wire import encode
 
 log = logging.getLogger("aipg.node.work")
 
@@ -63,6 +66,11 @@ class TrackedWork:
     def fraud(self) -> bool:
         return isinstance(self.outcome, FraudEvidence)
 
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen to it: a block carried it, or none ever will."""
+        return self.block_height is not None or bool(self.set_aside)
+
     def seated(self) -> tuple[bytes, ...]:
         """The members who vote now (abstentions have seated reserves)."""
         return self.collector.seated()
@@ -83,14 +91,28 @@ class ChainView(Protocol):
     def finalized_hash(self, height: int) -> bytes | None: ...
 
 
+# Reports tracked: a few minutes of a busy network's work, finished ones evicted first.
+MAX_TRACKED = 4096
+# Verdicts held for reports not seen yet (gossip may deliver a verdict before its report).
+MAX_EARLY_VERDICTS = 4096
+
+
 class WorkTracker:
-    def __init__(self, chain: ChainView, *, max_tracked: int = 4096, max_early: int = 4096):
+    def __init__(
+        self,
+        chain: ChainView,
+        *,
+        max_tracked: int = MAX_TRACKED,
+        max_early: int = MAX_EARLY_VERDICTS,
+    ):
         self.chain = chain
         self.max_tracked = max_tracked
         self.max_early = max_early
         self._by_receipt: OrderedDict[bytes, TrackedWork] = OrderedDict()
         self._by_job: dict[bytes, list[bytes]] = {}  # job id -> its receipts, in arrival order
-        self._early: OrderedDict[bytes, list[Verdict]] = OrderedDict()
+        # receipt id -> {validator: its verdict}, oldest receipt first
+        self._early: OrderedDict[bytes, dict[bytes, Verdict]] = OrderedDict()
+        self._early_count = 0
         self.on_outcome: list[Callable[[TrackedWork], None]] = []
         # (assignment id, worker) -> its first receipt's id: a second receipt computing
         # something else is equivocation, kept as evidence until a block carries it.
@@ -135,7 +157,9 @@ class WorkTracker:
         self._by_job.setdefault(tracked.job_id, []).append(rid)
         self._check_equivocation(tracked)
         self._trim()
-        for verdict in self._early.pop(rid, []):
+        early = self._early.pop(rid, {})
+        self._early_count -= len(early)
+        for verdict in early.values():
             try:
                 self.add_verdict(verdict)
             except PouwError as e:
@@ -147,9 +171,7 @@ class WorkTracker:
         verdict that must be dropped (bad signature, not a member, a changed vote)."""
         tracked = self._by_receipt.get(verdict.receipt_id)
         if tracked is None:
-            self._early.setdefault(verdict.receipt_id, []).append(verdict)
-            while len(self._early) > self.max_early:
-                self._early.popitem(last=False)
+            self._hold_early(verdict)
             return None
         decided_before = tracked.outcome is not None
         outcome = tracked.collector.add(verdict)
@@ -249,13 +271,37 @@ class WorkTracker:
                 out["fraud"] += 1
         return out
 
+    def early_verdicts(self) -> int:
+        """How many verdicts wait for their report."""
+        return self._early_count
+
+    def __len__(self) -> int:
+        return len(self._by_receipt)
+
+    def _hold_early(self, verdict: Verdict) -> None:
+        """Keep a verdict until its report arrives: one per validator and receipt, at
+        most ``max_early`` in all, the oldest receipt's dropped first."""
+        held = self._early.setdefault(verdict.receipt_id, {})
+        self._early_count += verdict.signer not in held
+        held[verdict.signer] = verdict
+        while self._early_count > self.max_early:
+            _, dropped = self._early.popitem(last=False)
+            self._early_count -= len(dropped)
+
     def _trim(self) -> None:
-        while len(self._by_receipt) > self.max_tracked:
-            oldest = next(iter(self._by_receipt))
-            t = self._by_receipt.pop(oldest)
+        """Evict beyond ``max_tracked``: finished work first, then undecided reports, and
+        only then decided outcomes no block has carried (they are owed a payment)."""
+        evicted = evict_over(
+            self._by_receipt,
+            self.max_tracked,
+            lambda t: t.finished,
+            lambda t: t.outcome is None,
+            lambda t: True,
+        )
+        for rid, t in evicted:
             receipts = self._by_job.get(t.job_id, [])
-            if oldest in receipts:
-                receipts.remove(oldest)
+            if rid in receipts:
+                receipts.remove(rid)
             if not receipts:
                 self._by_job.pop(t.job_id, None)
 
@@ -266,8 +312,11 @@ class Verifier(Protocol):
     def consider(self, tracked: TrackedWork) -> None: ...
 
 
-# Reports whose committee seed block is not final here yet, retried on each new block.
+# Reports whose committee seed block is not final here yet, retried on each new block:
+# at most this many, and this many bytes (a report carries its outputs: up to a MiB),
+# the oldest dropped first.
 MAX_WAITING_REPORTS = 1024
+MAX_WAITING_BYTES = 64 << 20
 
 
 class WorkIntake:
@@ -275,9 +324,9 @@ class WorkIntake:
     protocol alike.
 
     A report whose committee cannot be computed yet (its seed block is not final on this
-    node) waits, at most ``MAX_WAITING_REPORTS`` of them, and is retried after each new
-    block; a new report goes to the verifier, which checks it if this node is on its
-    committee.
+    node) waits, at most ``MAX_WAITING_REPORTS`` of them and ``MAX_WAITING_BYTES`` in
+    all (the oldest dropped first), and is retried after each new block; a new report
+    goes to the verifier, which checks it if this node is on its committee.
     """
 
     def __init__(
@@ -289,27 +338,39 @@ class WorkIntake:
         self.tracker = tracker
         self.verifier = verifier
         self.wait_for_block = wait_for_block
-        self.waiting: list[WorkReport] = []
+        # receipt id -> (report, its encoded size), oldest first
+        self.waiting: OrderedDict[bytes, tuple[WorkReport, int]] = OrderedDict()
+        self.waiting_bytes = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Retry the waiting reports after each new block, until cancelled."""
         task_status.started()
         while True:
             await self.wait_for_block()
-            waiting, self.waiting = self.waiting, []
-            for report in waiting:
+            waiting, self.waiting, self.waiting_bytes = self.waiting, OrderedDict(), 0
+            for report, _ in waiting.values():
                 await self.on_report(report)
 
     async def on_report(self, report: WorkReport) -> None:
         try:
             tracked, new = self.tracker.add_report(report)
         except PouwError as e:
-            if len(self.waiting) < MAX_WAITING_REPORTS:
-                self.waiting.append(report)
+            self._wait(report)
             log.debug("report waits for the chain: %s", e)
             return
         if new and self.verifier is not None:
             self.verifier.consider(tracked)
+
+    def _wait(self, report: WorkReport) -> None:
+        rid = receipt_id(report.result.receipt)
+        if rid in self.waiting:
+            return  # the same report, by gossip and by the job protocol
+        size = len(encode(report))
+        self.waiting[rid] = (report, size)
+        self.waiting_bytes += size
+        while len(self.waiting) > MAX_WAITING_REPORTS or self.waiting_bytes > MAX_WAITING_BYTES:
+            _, (_, dropped) = self.waiting.popitem(last=False)
+            self.waiting_bytes -= dropped
 
     async def on_verdict(self, verdict: Verdict) -> None:
         try:

@@ -22,6 +22,7 @@ from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM, ModelError
 from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
 from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, job_id
+from aipg.pouw.bounds import evict_over
 from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
 from aipg.wire import Identity, WireError, decode, encode, sign
 
@@ -30,6 +31,8 @@ from .faults import altered_last_token
 
 log = logging.getLogger("aipg.node.worker")
 
+# Jobs seen on ``jobs`` for hosted models (an assignment must name one), oldest dropped
+# first; an assignment already queued carries its job, so eviction never loses work.
 MAX_KNOWN_JOBS = 2048
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 STATUS_INTERVAL_S = 2.0
@@ -63,7 +66,7 @@ class WorkerService:
         self._swapped: dict[bytes, object] = {}
         self.latents = LatentStore()
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
-        self._send, self._queue = trio.open_memory_channel[Assignment](MAX_QUEUE)
+        self._send, self._queue = trio.open_memory_channel[tuple[Assignment, Job]](MAX_QUEUE)
         self.in_flight = 0
         self.executed = 0
         self.latents_served = 0  # latent requests answered (validators re-running steps)
@@ -99,8 +102,7 @@ class WorkerService:
             return
         jid = job_id(job)
         self._jobs[jid] = job
-        while len(self._jobs) > MAX_KNOWN_JOBS:
-            self._jobs.popitem(last=False)
+        evict_over(self._jobs, MAX_KNOWN_JOBS)
         claim = sign(
             Claim(
                 job_id=jid,
@@ -128,7 +130,7 @@ class WorkerService:
         if assignment.worker != self.identity.public_bytes:
             return JobAck(False, "assigned to another worker")
         try:
-            self._send.send_nowait(assignment)
+            self._send.send_nowait((assignment, job))
         except trio.WouldBlock:
             return JobAck(False, "worker queue is full")
         self.in_flight += 1
@@ -142,14 +144,13 @@ class WorkerService:
     # -- execution ----------------------------------------------------------------------
 
     async def _executor(self) -> None:
-        async for assignment in self._queue:
+        async for assignment, job in self._queue:
             try:
-                await self._execute(assignment)
+                await self._execute(assignment, job)
             finally:
                 self.in_flight -= 1
 
-    async def _execute(self, assignment: Assignment) -> None:
-        job = self._jobs[assignment.job_id]
+    async def _execute(self, assignment: Assignment, job: Job) -> None:
         model = self.catalog.get(job.model_id)
         assert model is not None
         if self.swap_weights:
