@@ -44,10 +44,21 @@ class Escrow(NamedTuple):
     expires_at: int
 
 
+def escrow_key(job_id: bytes, payer: bytes) -> bytes:
+    """The ``escrows`` row of ``payer``'s escrow for ``job_id``.
+
+    Keyed by job *and* payer: anyone may lock a fee under any job id (a job id is public
+    once its escrow is gossiped), but only the escrow of the job's own client pays it,
+    so nobody can take a job's slot first and leave it unpayable.
+    """
+    return job_id + payer
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
 # key → value tables. unbonding: key → ((release_height, amount), ...);
+# escrows: escrow_key(job id, payer) → Escrow;
 # certified: job id → last block time it could be certified (forgotten after); punished: evidence key → height punished;
 # epochs: epoch index (8 bytes) → ((validator key, power), ...), the sets pouw committees
 # were drawn from; block_hashes: height (8 bytes) → hash, for committee seeds.

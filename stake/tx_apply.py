@@ -10,7 +10,7 @@ from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block
 from .money import credit, debit
-from .state import Account, Bond, Escrow, State
+from .state import Account, Bond, Escrow, State, escrow_key
 from .tx import Transaction, TxKind
 from .types import LedgerError
 
@@ -75,16 +75,17 @@ def _check_withdraw(s: State, tx: Transaction) -> None:
 def _check_escrow(s: State, tx: Transaction) -> None:
     if tx.amount == 0:
         raise LedgerError("an escrow needs a positive amount")
-    if tx.job_id in s.escrows or tx.job_id in s.certified:
-        raise LedgerError(f"job {tx.job_id.hex()[:16]} already has an escrow or a certificate")
+    job = tx.job_id.hex()[:16]
+    if escrow_key(tx.job_id, tx.sender) in s.escrows:
+        raise LedgerError(f"job {job} already has an escrow from this account")
+    if tx.job_id in s.certified:
+        raise LedgerError(f"job {job} is already certified: an escrow now would pay nobody")
 
 
 def _check_reclaim(s: State, tx: Transaction) -> None:
-    escrow = s.escrows.get(tx.job_id)
+    escrow = s.escrows.get(escrow_key(tx.job_id, tx.sender))
     if escrow is None:
-        raise LedgerError(f"no escrow for job {tx.job_id.hex()[:16]}")
-    if escrow.payer != tx.sender:
-        raise LedgerError("only the payer can reclaim an escrow")
+        raise LedgerError(f"this account has no escrow for job {tx.job_id.hex()[:16]}")
     if s.height < escrow.expires_at:
         raise LedgerError(f"the escrow is locked until height {escrow.expires_at}")
 
@@ -123,12 +124,13 @@ def _withdraw(s: State, tx: Transaction) -> None:
 def _escrow(s: State, tx: Transaction) -> None:
     debit(s, tx.sender, tx.amount)
     expires = s.height + s.params.escrow_period
-    s.put("escrows", tx.job_id, Escrow(tx.sender, tx.amount, expires))
+    s.put("escrows", escrow_key(tx.job_id, tx.sender), Escrow(tx.sender, tx.amount, expires))
 
 
 def _reclaim(s: State, tx: Transaction) -> None:
-    escrow = s.escrows[tx.job_id]
-    s.put("escrows", tx.job_id, None)
+    key = escrow_key(tx.job_id, tx.sender)
+    escrow = s.escrows[key]
+    s.put("escrows", key, None)
     credit(s, escrow.payer, escrow.amount)
 
 

@@ -2,6 +2,11 @@
 
 Both are checked with pouw's cheap validation against the validator set the job's
 committee was drawn from (:func:`check_work`).
+
+A paid-tier job is paid only from its own escrow: the one its ``client`` locked under
+its job id, covering its ``fee`` (:func:`job_escrow`). The fee is the most the job may
+cost (``max_tokens`` times the price); the worker is paid for the output tokens its
+receipt counts and the rest goes back to the payer (:func:`fee_charged`).
 """
 
 from __future__ import annotations
@@ -13,41 +18,75 @@ from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
     FraudEvidence,
+    Job,
     PouwError,
+    Receipt,
+    Tier,
     validate_certificate,
     validate_fraud_evidence,
 )
 from aipg.wire import Address
 
 from .money import credit, slash
-from .state import State
+from .state import Escrow, State, escrow_key
 from .types import LedgerError, bps_of
 
 
 def process_certificates(
     s: State, certificates: Iterable[Certificate]
 ) -> dict[bytes, tuple[bytes, int]]:
-    """Check each certificate, pay its escrow to the worker, and return the work
-    certified in this block: job id -> (worker account, work units)."""
+    """Check each certificate, settle a paid job's escrow (the fee for its output to the
+    worker, the rest back to the payer), and return the work certified in this block:
+    job id -> (worker account, work units)."""
     work: dict[bytes, tuple[bytes, int]] = {}
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
-        try:
+        try:  # every check before the first write: a refused certificate changes nothing
             check_work(s, cert, snapshots, _certificate_without_challenges)
+            job = cert.receipt.job_id
+            if job in s.certified:
+                raise LedgerError(f"job {job.hex()[:16]} was already certified")
+            escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
-        job = cert.receipt.job_id
-        if job in s.certified:
-            raise LedgerError(f"certificate {i}: job {job.hex()[:16]} was already certified")
         s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
         worker = Address.from_public_key(cert.receipt.signer).raw
-        escrow = s.escrows.get(job)
-        if escrow is not None:  # the paid tier: the locked fee goes to the worker
-            s.put("escrows", job, None)
-            credit(s, worker, escrow.amount)
-            s.paid[job] = escrow.amount
+        if escrow is not None:
+            charged = fee_charged(cert.job, cert.receipt)
+            s.put("escrows", escrow_key(job, escrow.payer), None)
+            credit(s, worker, charged)
+            credit(s, escrow.payer, escrow.amount - charged)
+            s.paid[job] = charged
         work[job] = (worker, cert.receipt.work_units)
     return work
+
+
+def job_escrow(s: State, job: Job, jid: bytes) -> Escrow:
+    """The escrow that pays paid-tier ``job`` (id ``jid``): its client's, covering its
+    fee. Raises LedgerError naming the rule it breaks. An escrow another account locked
+    under the same job id pays nothing (that account can reclaim it)."""
+    escrow = s.escrows.get(escrow_key(jid, job.client))
+    if escrow is None:
+        raise LedgerError(
+            f"paid job {jid.hex()[:16]} has no escrow from its client {Address(job.client)}"
+        )
+    if escrow.amount < job.fee:
+        raise LedgerError(
+            f"paid job {jid.hex()[:16]}: the escrow of {escrow.amount} does not cover "
+            f"the job's fee of {job.fee}"
+        )
+    return escrow
+
+
+def fee_charged(job: Job, receipt: Receipt) -> int:
+    """What a paid job costs its client: its fee pro rata to the output tokens the
+    receipt counts (``fee`` is ``max_tokens`` times the price per token; certified
+    receipts count 1 … ``max_tokens`` tokens), or the whole fee for an image (its steps
+    are fixed in advance). Never more than ``job.fee``."""
+    if job.llm is None:
+        return job.fee
+    tokens = min(receipt.output_tokens, job.llm.max_tokens)
+    return job.fee * tokens // job.llm.max_tokens
 
 
 # Blocks check every signature that authorizes something (job, assignment, receipt,
@@ -84,8 +123,8 @@ def certification_deadline(s: State, job_deadline_ms: int) -> int:
 
 
 def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
-    """Slash each convicted worker's bond; refund the job's escrow to its payer together
-    with a share of what was slashed; burn the rest."""
+    """Slash each convicted worker's bond; refund a paid job's escrow (its client's) to
+    the client together with a share of what was slashed; burn the rest."""
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, ev in enumerate(frauds):
         try:
@@ -97,10 +136,11 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
             raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
         s.put("punished", key, s.height)
         slashed = slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
-        escrow = s.escrows.get(ev.receipt.job_id)
+        key = escrow_key(ev.receipt.job_id, ev.job.client)
+        escrow = s.escrows.get(key) if ev.job.tier == Tier.PAID else None
         refund = 0
-        if escrow is not None:
-            s.put("escrows", ev.receipt.job_id, None)
+        if escrow is not None:  # the client's own escrow, whatever it covers, comes back
+            s.put("escrows", key, None)
             refund = bps_of(slashed, s.params.fraud_refund_bps)
             credit(s, escrow.payer, escrow.amount + refund)
         s.burned += slashed - refund

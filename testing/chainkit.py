@@ -3,6 +3,7 @@ committed blocks; and certificates and fraud evidence for its blocks."""
 
 from __future__ import annotations
 
+from aipg.models import SamplingParams
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Certificate, FraudEvidence, committee_for
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
@@ -11,7 +12,7 @@ from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
 from aipg.wire import UNITS_PER_AIPG, Identity
 
-from .world import signed_assignment, signed_job, signed_receipt, signed_verdict
+from .world import OUTPUT_IDS, signed_assignment, signed_job, signed_receipt, signed_verdict
 
 AIPG = UNITS_PER_AIPG
 CHAIN = "aipg-test-1"
@@ -86,19 +87,31 @@ class TestChain:
 # --- pouw records for blocks ------------------------------------------------------------
 
 
-def make_work(chain: TestChain, worker: Identity, *, nonce: int = 0, fee: int = 0, valid=True):
-    """A job from the chain's first user, assigned to ``worker`` at the chain's current
-    height, its receipt, and the verdicts of its whole committee (valid or not). A
-    ``fee`` makes it a paid job; ``nonce`` tells jobs apart, and varies the output tokens
-    the receipt claims (so that jobs pay differently). Returns (job, assignment,
-    receipt, verdicts)."""
+def make_work(
+    chain: TestChain,
+    worker: Identity,
+    *,
+    nonce: int = 0,
+    fee: int = 0,
+    valid=True,
+    client: Identity | None = None,
+    max_tokens: int = 16,
+    output_tokens: int | None = None,
+):
+    """A job from ``client`` (the chain's first user unless given) for ``max_tokens``,
+    assigned to ``worker`` at the chain's current height, its receipt, and the verdicts
+    of its whole committee (valid or not). A ``fee`` makes it a paid job; ``nonce``
+    tells jobs apart, and varies the output tokens the receipt claims (4 + nonce % 5,
+    so that jobs pay differently) unless ``output_tokens`` is given. Returns (job,
+    assignment, receipt, verdicts)."""
     gateway = ident(500)
     job = signed_job(
         gateway,
         model_id=b"m" * 32,
+        llm=SamplingParams(max_tokens=max_tokens),
         tier=1 if fee else 0,
         fee=fee,
-        client=chain.users[0].address.raw,
+        client=(client or chain.users[0]).address.raw,
         created_ms=chain.state.time_ms,
         deadline_ms=chain.state.time_ms + 60_000,
         nonce=nonce,
@@ -112,7 +125,8 @@ def make_work(chain: TestChain, worker: Identity, *, nonce: int = 0, fee: int = 
         assigned_ms=job.created_ms,
         deadline_ms=job.deadline_ms,
     )
-    r = signed_receipt(worker, job, a, extra_output_tokens=nonce % 5)
+    claimed = len(OUTPUT_IDS) + nonce % 5 if output_tokens is None else output_tokens
+    r = signed_receipt(worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS))
     snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
         job,

@@ -19,13 +19,14 @@ from pathlib import Path
 import trio
 
 from aipg.gossip import MemoryNetwork, MemoryTransport
+from aipg.node.apikeys import ApiKeyStore
 from aipg.node.app import Node
 from aipg.node.config import NodeConfig
 from aipg.node.datadir import DataDir
 from aipg.node.services.faults import Faults
-from aipg.node.services.gateway_api import CompletionRequest
+from aipg.node.services.gateway_api import CompletionRequest, PaidAccount
 from aipg.stake.genesis import devnet_params, make_genesis
-from aipg.wire import UNITS_PER_AIPG, Identity
+from aipg.wire import UNITS_PER_AIPG, Identity, save_identity
 
 LOOPBACK_WS = "/ip4/127.0.0.1/tcp/0/ws"
 VALIDATOR_STAKE = 10_000 * UNITS_PER_AIPG
@@ -76,11 +77,17 @@ class NodeWorld:
 
 @contextlib.asynccontextmanager
 async def open_node_world(
-    root: Path, specs: Sequence[NodeSpec], models: Sequence[Path], *, committee_size: int = 0
+    root: Path,
+    specs: Sequence[NodeSpec],
+    models: Sequence[Path],
+    *,
+    committee_size: int = 0,
+    accounts: Sequence[tuple[Identity, int]] = (),
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
-    the devnet's) seats per committee. Cancelled on exit."""
+    the devnet's) seats per committee; ``accounts`` are funded at genesis with the given
+    amounts (for the paid tier: see :func:`add_paid_account`). Cancelled on exit."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     params = devnet_params(BLOCK_TIME_MS, len(specs))
     if committee_size:
@@ -89,7 +96,10 @@ async def open_node_world(
     genesis = make_genesis(
         "aipg-inprocess",
         operations_wallet=Identity.from_seed(b"\x07" * 32).address,
-        allocations=[(ident.address, BALANCE) for ident in identities],
+        allocations=[
+            *((ident.address, BALANCE) for ident in identities),
+            *((ident.address, amount) for ident, amount in accounts),
+        ],
         validators=[
             (ident.public_bytes, spec.stake, f"node{i}")
             for i, (ident, spec) in enumerate(zip(identities, specs, strict=True))
@@ -123,8 +133,26 @@ async def open_node_world(
         nursery.cancel_scope.cancel()
 
 
-def completion(model: str, prompt: str, *, max_tokens: int = 8, seed: int = 7) -> CompletionRequest:
-    """A free-tier, greedy completion request as the HTTP API would hand it over."""
+def add_paid_account(gateway: Node, identity: Identity, name: str = "client") -> PaidAccount:
+    """Custody ``identity``'s account at ``gateway``, as ``aipg-node apikey add`` does:
+    its key file in the gateway's data dir, an entry in ``api_keys.json``. Returns the
+    account a paid request names (what the HTTP API resolves the API key to)."""
+    key_file = Path(gateway.data_dir.root) / f"{name}.key"
+    save_identity(identity, key_file)
+    ApiKeyStore(gateway.data_dir).add(name, key_file)
+    return PaidAccount(str(identity.address), name)
+
+
+def completion(
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int = 8,
+    seed: int = 7,
+    account: PaidAccount | None = None,
+) -> CompletionRequest:
+    """A greedy completion request as the HTTP API would hand it over: free tier, or
+    paid from ``account``."""
     return CompletionRequest(
         model=model,
         prompt_ids=None,
@@ -136,7 +164,7 @@ def completion(model: str, prompt: str, *, max_tokens: int = 8, seed: int = 7) -
         top_p_milli=1000,
         seed=seed,
         stop=(),
-        tier="free",
-        account=None,
+        tier="paid" if account else "free",
+        account=account,
         client="127.0.0.1",
     )

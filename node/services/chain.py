@@ -11,7 +11,10 @@ store, the sign-record and block sync. This module connects them to the node:
 - a proposal carries the mempool's valid transactions and the certificates and fraud
   evidence the :class:`~aipg.node.services.work.WorkTracker` has decided but no block has yet;
 - each finalized block settles what it carried: job rewards (for the API), included
-  work (for the tracker), spent transactions (for the mempool);
+  work (for the tracker), spent transactions (for the :class:`~.mempool.Mempool`, which
+  replays the rest on the new state and re-signs displaced custodial escrows);
+- nonces of the accounts this node signs for (the paid tier's) are picked in one place,
+  :meth:`ChainService.escrow`, one account at a time and gossiped in nonce order;
 - consensus starts at genesis time, so the genesis validators begin height 1 together;
 - a node far behind (started late, restarted) fetches and verifies the missing blocks
   with ``sync`` from a peer, then consensus resumes at its new height.
@@ -27,24 +30,22 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence, Tier
 from aipg.pouw.bounds import evict_over
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
-from aipg.stake.ledger import apply_transaction, check_transaction
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
-from aipg.stake.tx import Transaction, TxKind, make_tx
+from aipg.stake.tx import Transaction, TxKind
 from aipg.stake.types import LedgerError
-from aipg.wire import Address, Identity, WireError, decode, encode, require_signature
-from aipg.wire.codec import record_digest
+from aipg.wire import Identity, decode, encode
 
+from .mempool import Mempool
 from .work import WorkTracker
 
 log = logging.getLogger("aipg.node.chain")
 
-MAX_MEMPOOL = 10_000
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
@@ -75,7 +76,8 @@ class ChainService:
         self.now_ms = now_ms
         self.double_sign = double_sign
         self.sync_server = SyncServer(chain.store)
-        self.mempool: OrderedDict[bytes, Transaction] = OrderedDict()
+        self.mempool = Mempool(chain.state, identity.public_bytes if identity else bytes(32))
+        self._account_locks: dict[bytes, trio.Lock] = {}  # custodial accounts (api_keys.json)
         self.job_rewards: OrderedDict[bytes, int] = OrderedDict()  # oldest paid first
         self.new_block = trio.Event()
         self._highest_seen = chain.height
@@ -115,59 +117,37 @@ class ChainService:
 
     def next_nonce(self, address: bytes) -> int:
         """The account's next nonce, counting its transactions waiting in the mempool."""
-        nonce = self.state.account(address).nonce
-        pending = [tx.nonce for tx in self.mempool.values() if tx.sender == address]
-        return max([nonce, *(n + 1 for n in pending)])
+        return self.mempool.next_nonce(address)
 
     # -- transactions -----------------------------------------------------------------------
 
     async def submit_tx(self, tx: Transaction) -> bytes:
         """Check ``tx`` against the state (with the mempool ahead of it), keep it and
         gossip it. Returns its id; raises LedgerError saying why it is refused."""
-        txid = self._admit(tx)
+        txid = self.mempool.admit(tx)
         await self.host.publish(topic("txs"), encode(tx))
         return txid
 
-    def _admit(self, tx: Transaction) -> bytes:
-        try:
-            require_signature(tx)
-        except WireError as e:
-            raise LedgerError(f"transaction {e.reason}") from None
-        txid = _tx_id(tx)
-        if txid in self.mempool:
-            return txid
-        if len(self.mempool) >= MAX_MEMPOOL:
-            raise LedgerError("the mempool is full; try again in a few blocks")
-        scratch = self._state_with_mempool()
-        check_transaction(scratch, tx)
-        self.mempool[txid] = tx
-        return txid
-
-    def _state_with_mempool(self) -> State:
-        s = self.state.copy()
-        for tx in self.mempool.values():
-            try:
-                check_transaction(s, tx)
-                apply_transaction(s, tx, self.identity.public_bytes if self.identity else bytes(32))
-            except LedgerError:
-                continue
-        return s
-
     async def escrow(self, payer: Identity, job_id: bytes, fee: int) -> None:
-        """Lock a paid job's fee from ``payer``'s account (a signed ESCROW transaction).
-        Raises ValueError saying why the ledger refuses it."""
-        tx = make_tx(
-            payer,
-            self.state.chain_id,
-            TxKind.ESCROW,
-            self.next_nonce(Address.from_public_key(payer.public_bytes).raw),
-            amount=fee,
-            job_id=job_id,
-        )
-        try:
-            await self.submit_tx(tx)
-        except LedgerError as e:
-            raise ValueError(str(e)) from None
+        """Lock a paid job's fee from ``payer``'s account: an ESCROW transaction signed
+        at the account's next nonce, in the mempool and on ``txs`` when this returns.
+        Raises ValueError with the ledger's reason when it is refused (no nonce is used).
+
+        One account at a time, until its transaction is gossiped: nonces are allocated
+        without a gap and leave in nonce order, so peers' mempools take them in turn."""
+        lock = self._account_locks.setdefault(payer.address.raw, trio.Lock())
+        async with lock:
+            try:
+                tx = self.mempool.sign(
+                    payer, self.state.chain_id, TxKind.ESCROW, amount=fee, job_id=job_id
+                )
+            except LedgerError as e:
+                raise ValueError(str(e)) from None
+            await self.host.publish(topic("txs"), encode(tx))
+
+    async def _gossip_txs(self, txs: list[Transaction]) -> None:
+        for tx in txs:
+            await self.host.publish(topic("txs"), encode(tx))
 
     # -- consensus ------------------------------------------------------------------------
 
@@ -175,31 +155,42 @@ class ChainService:
         """What this node would propose: mempool transactions and decided work, in
         arrival order; the driver keeps what applies (stake's ``prepare_block``)."""
         certs, frauds = self.tracker.pending_outcomes()
-        txs = list(self.mempool.values())[:MAX_BLOCK_TXS]
+        txs = self.mempool.transactions()[:MAX_BLOCK_TXS]
         equivocations = self.tracker.pending_equivocations()
         return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS], equivocations)
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
         """Work a proposal left out can never be included: the tracker stops offering
-        it. (Transactions stay: a nonce gap or a balance may close.)"""
+        it, except a paid job's certificate whose escrow waits in the mempool (D31: it
+        is includable from the escrow's block on). Transactions stay until a block
+        settles the mempool."""
         for item, reason in refused:
+            if isinstance(item, Certificate) and self._escrow_on_its_way(item):
+                continue
             if isinstance(item, Certificate | FraudEvidence):
                 self.tracker.set_aside(item, reason)
             elif isinstance(item, EquivocationEvidence):
                 self.tracker.settle_equivocation(item)
 
+    def _escrow_on_its_way(self, cert: Certificate) -> bool:
+        job = cert.job
+        return job.tier == Tier.PAID and self.mempool.escrow_pending(
+            cert.receipt.job_id, job.client
+        )
+
     def _settle(self, block: Block, commit: Commit, _before: State) -> None:
         """After a block is final: record what its jobs were paid (the ledger's own
-        figures), mark its work included, drop its transactions from the mempool."""
+        figures), mark its work included, settle the mempool on the new state (and
+        gossip the escrows it re-signed)."""
         self.job_rewards.update(self.state.paid)
         evict_over(self.job_rewards, MAX_JOB_REWARDS)
         for outcome in (*block.body.certificates, *block.body.frauds):
             self.tracker.mark_included(outcome, block.height)
         for evidence in block.body.equivocations:
             self.tracker.settle_equivocation(evidence)
-        included = {_tx_id(tx) for tx in block.body.transactions}
-        for txid in [t for t in self.mempool if t in included]:
-            del self.mempool[txid]
+        resigned = self.mempool.settle(self.state, block.body.transactions)
+        if resigned:
+            self._nursery.start_soon(self._gossip_txs, resigned)
         log.info(
             "block %d: %d tx, %d certificate(s), %d fraud(s), %d double sign(s), "
             "%d equivocation(s); proposer %s",
@@ -286,10 +277,7 @@ class ChainService:
         return self.sync_server.handle(request)
 
     def on_tx(self, tx: Transaction) -> None:
-        try:
-            self._admit(tx)
-        except LedgerError as e:
-            log.debug("tx from gossip refused: %s", e)
+        self.mempool.offer(tx)
 
 
 class FinalizedChain:
@@ -322,7 +310,3 @@ class _Finalizer:
 
     def finalize(self, block: Block, commit: Commit) -> None:
         self.service.driver.app.finalize(block, commit)
-
-
-def _tx_id(tx: Transaction) -> bytes:
-    return record_digest(tx)

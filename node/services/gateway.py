@@ -4,8 +4,9 @@ and follow them to their certificates and blocks.
 Implements :class:`aipg.node.services.gateway_api.Gateway` for the HTTP API. A request becomes
 a Job signed by this node, gossiped on ``jobs``; workers' Claims and Results arrive on
 the ``job`` protocol; the pure :class:`aipg.pouw.Scheduler` picks the worker and
-reassigns on timeout. Paid-tier jobs escrow their fee from the client's account (a
-signed ESCROW transaction) before they are published.
+reassigns on timeout. A paid-tier job escrows its fee from the client's account (a
+signed ESCROW transaction) first: it is published and scheduled only once the escrow is
+in the mempool (D32), and a refused escrow fails the request (402) before any work.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ MAX_GATEWAY_JOBS = 4 * MAX_OPEN_JOBS
 # at the model's next status.
 MAX_WORKER_MODELS = 512
 MAX_WORKERS_PER_MODEL = 256
-# Paid tier: the fee a job escrows, per generated token / per diffusion step.
+# Paid tier: the price per generated token / per diffusion step. An LLM job escrows
+# max_tokens x the price and is charged for the tokens it generated (D34).
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
@@ -383,18 +385,20 @@ class GatewayService:
             self.identity,
         )
         jid = job_id(job)
-        if paid is not None:
+        if paid is not None:  # nothing is published or scheduled before its escrow (D32)
             await self._escrow(paid, job)
         entry = GatewayJob(job, tier, client)
         self.jobs[jid] = entry
         evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
-        self.scheduler.submit(job, now)
+        self.scheduler.submit(job, self.now_ms())
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)
         return entry
 
     async def _escrow(self, paid, job: Job) -> None:
+        """Lock ``job``'s fee from the paid client's account; raises InsufficientFunds
+        (402) with the ledger's reason when it is refused."""
         try:
             await self.chain.escrow(paid.identity, job_id(job), job.fee)
         except ValueError as e:

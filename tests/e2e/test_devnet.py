@@ -20,6 +20,7 @@ from aipg.devnet.plan import Devnet, plan_devnet
 from aipg.devnet.run import aipg_job_id, build_demo_models
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.datadir import DataDir
+from aipg.pouw import Tier
 from aipg.stake.genesis import load_genesis
 from aipg.stake.store import ChainStore
 from aipg.stake.tx import TxKind
@@ -83,7 +84,8 @@ def expected_balances(
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
     the operations share, the work pool (carried forward, paid to each job by its work units), the
     validators' share (proposer bonus, the rest by stake, dust to the proposer), and
-    escrows (locked by the payer, paid to the worker on certification). Returns the
+    escrows (locked by the payer; on certification of a paid job its client's escrow
+    pays the worker the fee pro rata to the output tokens, the rest back). Returns the
     expected and actual balances, the height, and what each certified job paid."""
     genesis = load_genesis(genesis_path)
     p = genesis.params
@@ -91,7 +93,7 @@ def expected_balances(
     stakes = {v.public_key: v.stake for v in genesis.validators}
     total_stake = sum(stakes.values())
     pool = 0
-    escrows: dict[bytes, tuple[bytes, int]] = {}
+    escrows: dict[tuple[bytes, bytes], int] = {}  # (job id, payer) -> amount
     job_paid: dict[bytes, int] = {}
     store = ChainStore(store_path, genesis)
     height = store.height
@@ -105,16 +107,20 @@ def expected_balances(
                 assert tx.kind in (TxKind.ESCROW, TxKind.TRANSFER), "the test sends no other kind"
                 balances[tx.sender] -= tx.amount
                 if tx.kind == TxKind.ESCROW:
-                    escrows[tx.job_id] = (tx.sender, tx.amount)
+                    escrows[tx.job_id, tx.sender] = tx.amount
                 else:
                     balances[tx.recipient] = balances.get(tx.recipient, 0) + tx.amount
             work: dict[bytes, tuple[bytes, int]] = {}  # job id -> (worker, work units)
             for cert in block.body.certificates:
                 worker = Address.from_public_key(cert.receipt.signer).raw
                 job_paid[cert.receipt.job_id] = 0
-                if cert.receipt.job_id in escrows:
-                    fee = escrows.pop(cert.receipt.job_id)[1]
+                if cert.job.tier == Tier.PAID:
+                    amount = escrows.pop((cert.receipt.job_id, cert.job.client))
+                    fee = cert.job.fee  # an image costs its whole fee, text its tokens
+                    if cert.job.llm is not None:
+                        fee = fee * cert.receipt.output_tokens // cert.job.llm.max_tokens
                     balances[worker] = balances.get(worker, 0) + fee
+                    balances[cert.job.client] += amount - fee
                     job_paid[cert.receipt.job_id] = fee
                 work[cert.receipt.job_id] = (worker, cert.receipt.work_units)
             assert not block.body.frauds, "an honest devnet convicts nobody"

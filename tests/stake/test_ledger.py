@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from aipg.stake.block import DoubleSignEvidence, VoteStep
 from aipg.stake.builder import make_commit, make_vote
 from aipg.stake.ledger import apply_block, apply_transaction, check_transaction
-from aipg.stake.state import state_hash
+from aipg.stake.state import escrow_key, state_hash
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
@@ -84,19 +84,21 @@ def test_escrow_lock_and_reclaim_after_expiry():
     alice, bob = c.users[0], c.users[1]
     job = b"j" * 32
     c.next(transactions=[tx(c, alice, TxKind.ESCROW, amount=7 * AIPG, job_id=job)])
-    assert c.state.escrows[job].amount == 7 * AIPG
-    with pytest.raises(LedgerError, match="already has an escrow"):
-        check_transaction(c.state, tx(c, bob, TxKind.ESCROW, amount=1, job_id=job))
+    assert c.state.escrows[escrow_key(job, alice.address.raw)].amount == 7 * AIPG
+    with pytest.raises(LedgerError, match="already has an escrow from this account"):
+        check_transaction(c.state, tx(c, alice, TxKind.ESCROW, amount=1, job_id=job))
+    # Another account's escrow under the same job id takes nobody's slot (D30).
+    check_transaction(c.state, tx(c, bob, TxKind.ESCROW, amount=1, job_id=job))
     with pytest.raises(LedgerError, match="locked until"):
         check_transaction(c.state, tx(c, alice, TxKind.RECLAIM, job_id=job))
-    with pytest.raises(LedgerError, match="only the payer"):
+    with pytest.raises(LedgerError, match="this account has no escrow"):
         check_transaction(c.state, tx(c, bob, TxKind.RECLAIM, job_id=job))
     for _ in range(3):
         c.next()
     bal = c.state.balance(alice.address)
     c.next(transactions=[tx(c, alice, TxKind.RECLAIM, job_id=job)])
     assert c.state.balance(alice.address) == bal + 7 * AIPG
-    assert job not in c.state.escrows
+    assert not c.state.escrows
 
 
 def test_last_commit_is_required_and_verified():

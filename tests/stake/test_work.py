@@ -21,18 +21,22 @@ def test_certificates_pay_work_units_and_escrow():
     c = _chain()
     w1, w2 = ident(300), ident(301)
     alice = c.users[0]
-    cert1 = make_certificate(c, w1, nonce=1, fee=3 * AIPG)
+    cert1 = make_certificate(c, w1, nonce=1, fee=3 * AIPG)  # 5 of 16 tokens generated
     cert2 = make_certificate(c, w2, nonce=2)
     escrow = make_tx(alice, CHAIN, TxKind.ESCROW, 0, amount=3 * AIPG, job_id=cert1.receipt.job_id)
     c.next(transactions=[escrow])
     pool_before = c.state.work_pool
+    alice_before = c.state.balance(alice.address)
     s = c.next(certificates=[cert1, cert2])
     u1, u2 = cert1.receipt.work_units, cert2.receipt.work_units
     pool = pool_before + split_reward(s.params, 500 * AIPG).work
-    assert s.balance(w1.address) == 3 * AIPG + pool * u1 // (u1 + u2)
+    charged = 3 * AIPG * 5 // 16
+    assert s.balance(w1.address) == charged + pool * u1 // (u1 + u2)
     assert s.balance(w2.address) == pool * u2 // (u1 + u2)
+    assert s.balance(alice.address) == alice_before + 3 * AIPG - charged
     assert s.work_pool == pool - pool * u1 // (u1 + u2) - pool * u2 // (u1 + u2)
-    assert cert1.receipt.job_id not in s.escrows
+    assert s.paid[cert1.receipt.job_id] == charged + pool * u1 // (u1 + u2)
+    assert not s.escrows
     with pytest.raises(LedgerError, match="already certified"):
         apply_block(s, c.build(certificates=[cert2]))
 
