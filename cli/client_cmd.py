@@ -1,5 +1,5 @@
 """Commands that talk to a running node's HTTP API: status, balance, transfer, stake,
-unstake, submit.
+unstake, unjail, submit.
 
 Signed transactions are built and signed here, with the key in ``--data-dir`` (the
 node's own key doubles as its account), and sent to the node, which checks them
@@ -76,6 +76,18 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
     p.add_argument("amount", metavar="AMOUNT")
     p.add_argument("--fee", default="0.001")
     p.set_defaults(func=cmd_unstake)
+
+    p = sub.add_parser(
+        "unjail",
+        parents=signed,
+        help="bring a validator jailed for downtime back (after its jail period)",
+        description="Send UNJAIL, signed with --data-dir's key. A validator that missed too many "
+        "blocks is jailed for the chain's downtime jail period; once that is over, this returns it "
+        "to the validator set from the next epoch boundary. Run the node with --validator first, "
+        "or it is jailed again.",
+    )
+    p.add_argument("--fee", default="0.001")
+    p.set_defaults(func=cmd_unjail)
 
     p = sub.add_parser(
         "publish",
@@ -257,6 +269,20 @@ def cmd_unstake(args: argparse.Namespace) -> int:
         )
     answer = _send_tx(args, "UNBOND", amount=amount)
     return _print_tx_answer(answer, f"unbonding of {format_amount(amount)} AIPG")
+
+
+def cmd_unjail(args: argparse.Namespace) -> int:
+    account = _account(NodeClient(args.node), str(_identity(args).address))
+    until, height = account.get("downtime_jailed_until"), int(account["height"])
+    if until is None:
+        raise CliError("cannot unjail: this validator is not jailed for downtime (nothing to do)")
+    if height < until:
+        raise CliError(
+            f"cannot unjail yet: jailed for downtime until height {until} (the chain is at "
+            f"{height}); try again in {until - height} block(s)"
+        )
+    answer = _send_tx(args, "UNJAIL")
+    return _print_tx_answer(answer, "unjail (a validator again from the next epoch boundary)")
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

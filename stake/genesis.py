@@ -40,6 +40,9 @@ Positive = Annotated[int, Range(1, 2**63 - 1)]
 
 MAX_ALLOCATIONS = 1_000_000  # every PoW-era balance carries over
 MAX_GENESIS_VALIDATORS = 10_000
+# A liveness window is a bitmap of this many bits per validator with misses in it
+# (12.5 KB at most); longer windows would make every state hash slow.
+MAX_SIGNED_BLOCKS_WINDOW = 100_000
 
 
 class GenesisError(Exception):
@@ -72,6 +75,14 @@ class ChainParams(Record):
     timeout_propose_ms: Positive
     timeout_vote_ms: Positive
     timeout_delta_ms: U64  # each round's timeouts grow by this much
+    # Liveness (stake/liveness.py): the last ``signed_blocks_window`` heights of each
+    # validator are counted; one that signed less than ``min_signed_per_window_bps`` of
+    # them is jailed for ``downtime_jail_period`` blocks, slashed ``downtime_slash_bps``,
+    # and needs an UNJAIL transaction to return.
+    signed_blocks_window: Annotated[int, Range(1, MAX_SIGNED_BLOCKS_WINDOW)]
+    min_signed_per_window_bps: BpsField  # 0 turns liveness jailing off
+    downtime_jail_period: Positive
+    downtime_slash_bps: BpsField
 
 
 MAINNET_PARAMS = ChainParams(
@@ -96,6 +107,10 @@ MAINNET_PARAMS = ChainParams(
     timeout_propose_ms=3_000,
     timeout_vote_ms=1_000,
     timeout_delta_ms=500,
+    signed_blocks_window=720,  # 12 hours of 60 s blocks
+    min_signed_per_window_bps=500,  # jailed after missing more than 95 % of them
+    downtime_jail_period=60,  # an hour; it returns at the epoch boundary after its UNJAIL
+    downtime_slash_bps=0,  # downtime is a fault, not an attack: jailing is the cost
 )
 
 
@@ -112,6 +127,10 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         timeout_propose_ms=max(500, block_time_ms),
         timeout_vote_ms=max(250, block_time_ms // 2),
         timeout_delta_ms=250,
+        # Long enough that a node restarted in a test is never jailed, short enough to
+        # see a stopped one jailed within minutes (after 96 missed blocks).
+        signed_blocks_window=100,
+        downtime_jail_period=20,
     )
 
 

@@ -1,16 +1,17 @@
 """The state transition: ``apply_block(state, block) -> state``.
 
 Reads like a table of contents (as the beacon chain's ``process_block``): header, last
-commit, transactions, evidence, rewards, epoch. A block is invalid exactly when one of
-these checks fails; :class:`LedgerError` says which and why, and the input state is never
-touched (the block is applied to a copy).
+commit, liveness, transactions, evidence, rewards, epoch. A block is invalid exactly when
+one of these checks fails; :class:`LedgerError` says which and why, and the input state
+is never touched (the block is applied to a copy).
 
 Money moves only through :func:`~.money.credit` and :func:`~.money.debit`, and after every
 block the supply identity is checked:
 ``balances + bonds + unbonding + escrows + work pool == genesis supply + minted - burned``.
 
-The steps too long to sit here have modules of their own: :mod:`.tx_apply` (each
-transaction kind's check and effect) and :mod:`.useful_work` (certificates and fraud).
+The steps too long to sit here have modules of their own: :mod:`.liveness` (missed
+blocks and downtime jailing), :mod:`.tx_apply` (each transaction kind's check and
+effect) and :mod:`.useful_work` (certificates and fraud).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .equivocation import process_equivocations
+from .liveness import process_liveness, without_jailed
 from .money import credit, slash
 from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
@@ -56,6 +58,7 @@ def apply_block(
     parent_state_hash = state_hash(state) if check_state_hash else None
     process_header(s, block, parent_state_hash)
     process_last_commit(s, block, verified_parent_commit)
+    process_liveness(s, block)
     process_transactions(s, block)
     work = process_certificates(s, block.body.certificates)
     process_double_signs(s, block.body.double_signs)
@@ -230,7 +233,9 @@ def pay_validators(s: State, amount: int, proposer: bytes) -> None:
 
 
 def process_epoch(s: State) -> None:
-    """Rotate validator sets. At epoch boundaries membership follows the bonds."""
+    """Rotate validator sets. At epoch boundaries membership follows the bonds; a
+    validator jailed for downtime leaves at once (every height it would lead waits for
+    a propose timeout), while the epoch's committee snapshot stays as it was."""
     s.last_validators = s.validators
     vset = s.validators
     if s.height % s.params.epoch_length == 0:
@@ -238,7 +243,7 @@ def process_epoch(s: State) -> None:
         rows = tuple((v.key, v.power) for v in vset.validators)
         s.put("epochs", height_key(s.epoch_of(s.height + 1)), rows)
         prune_expired(s)
-    s.validators = vset.advanced(1)
+    s.validators = without_jailed(s, vset).advanced(1)
 
 
 def record_block(s: State, block: Block) -> None:

@@ -34,6 +34,7 @@ from .block import (
 from .builder import make_block
 from .equivocation import process_equivocations
 from .ledger import process_double_signs, process_header, process_last_commit
+from .liveness import process_liveness
 from .state import State
 from .tx import Transaction
 from .tx_apply import apply_transaction
@@ -78,6 +79,7 @@ def prepare_block(
     shell = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit)
     process_header(scratch, shell, None)
     process_last_commit(scratch, shell, last_commit)
+    process_liveness(scratch, shell)  # a downtime slash changes what UNBOND may take
     budget = _Budget(MAX_BLOCK_BYTES - BLOCK_BYTES_RESERVED)
     refused: list[tuple[object, str]] = []
 

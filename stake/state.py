@@ -1,6 +1,7 @@
-"""The ledger state: accounts, bonds, unbonding queues, escrows, pools, validator sets.
+"""The ledger state: accounts, bonds, unbonding queues, escrows, pools, validator sets,
+liveness.
 
-A state is a handful of scalars plus six tables (``dict[bytes, tuple]``). Table values are
+A state is a handful of scalars plus nine tables (``dict[bytes, tuple]``). Table values are
 immutable tuples, so :meth:`State.copy` is a shallow copy of each table and the ledger
 replaces entries rather than mutating them. Each copy tracks which keys changed
 (``dirty``) so the chain store writes only those rows.
@@ -54,6 +55,15 @@ def escrow_key(job_id: bytes, payer: bytes) -> bytes:
     return job_id + payer
 
 
+class Liveness(NamedTuple):
+    """A validator's missed heights in the liveness window, or its downtime jail
+    (:mod:`.liveness`). No row: nothing missed in the window, not jailed."""
+
+    missed: int  # set bits of ``bitmap``
+    bitmap: bytes  # bit (height % window) set: missed that height; b"" when missed is 0
+    jailed_until: int  # 0, or jailed for downtime: an UNJAIL is valid from this height
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -63,6 +73,7 @@ EMPTY_BOND = Bond(0, 0)
 # epochs: epoch index (8 bytes) → ((validator key, power), ...), the sets pouw committees
 # were drawn from; block_hashes: height (8 bytes) → hash, for committee seeds.
 # The last two keep only what a certificate young enough to be included can refer to.
+# liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 TABLES = (
     "accounts",
     "bonds",
@@ -72,8 +83,14 @@ TABLES = (
     "punished",
     "epochs",
     "block_hashes",
+    "liveness",
 )
-_TUPLE_TYPES: dict[str, Any] = {"accounts": Account, "bonds": Bond, "escrows": Escrow}
+_TUPLE_TYPES: dict[str, Any] = {
+    "accounts": Account,
+    "bonds": Bond,
+    "escrows": Escrow,
+    "liveness": Liveness,
+}
 
 
 @dataclasses.dataclass
@@ -95,6 +112,7 @@ class State:
     punished: dict[bytes, int]
     epochs: dict[bytes, tuple[tuple[bytes, int], ...]]
     block_hashes: dict[bytes, bytes]
+    liveness: dict[bytes, Liveness]
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
@@ -127,6 +145,7 @@ class State:
             punished={},
             epochs={height_key(0): _snapshot_rows(vset)},
             block_hashes={height_key(0): genesis.hash},
+            liveness={},
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))
@@ -196,13 +215,21 @@ class State:
         return self.block_hashes.get(height_key(height))
 
     def validator_powers(self) -> dict[bytes, int]:
-        """Who should be a validator now: unjailed bonds of at least the minimum stake."""
+        """Who should be a validator now: bonds of at least the minimum stake, neither
+        jailed for double-signing nor waiting to unjail after downtime."""
         minimum = self.params.min_validator_stake
         return {
             k: b.stake
             for k, b in self.bonds.items()
-            if b.stake >= minimum and b.jailed_until <= self.height
+            if b.stake >= minimum
+            and b.jailed_until <= self.height
+            and not self.downtime_jailed_until(k)
         }
+
+    def downtime_jailed_until(self, key: bytes) -> int:
+        """0, or the height from which ``key`` may send UNJAIL (jailed for downtime)."""
+        row = self.liveness.get(key)
+        return row.jailed_until if row is not None else 0
 
     # --- writes (through these, so ``dirty`` is right) -------------------------------------
 

@@ -1,4 +1,4 @@
-"""Transactions: transfer, bond, unbond, withdraw, and the paid-tier job escrow.
+"""Transactions: transfer, bond, unbond, withdraw, unjail, and the paid-tier job escrow.
 
 One signed record type with a ``kind``, so a mempool orders any account's transactions
 by nonce alone. Every transaction names the chain (no replay across chains), carries
@@ -42,6 +42,7 @@ class TxKind(enum.IntEnum):
     WITHDRAW = 4  # every released unbonding entry back to the balance
     ESCROW = 5  # lock ``amount`` as the fee of paid-tier job ``job_id``
     RECLAIM = 6  # take back the escrow of ``job_id`` once it expired uncertified
+    UNJAIL = 7  # a validator jailed for downtime returns (after its jail period)
 
 
 @record(tag=410)

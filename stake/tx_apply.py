@@ -9,6 +9,7 @@ from __future__ import annotations
 from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block
+from .liveness import check_unjail, unjail
 from .money import credit, debit
 from .state import Account, Bond, Escrow, State, escrow_key
 from .tx import Transaction, TxKind
@@ -141,6 +142,7 @@ _OPERATIONS = {
     TxKind.WITHDRAW: _withdraw,
     TxKind.ESCROW: _escrow,
     TxKind.RECLAIM: _reclaim,
+    TxKind.UNJAIL: unjail,
 }
 _CHECKS = {
     TxKind.TRANSFER: _check_transfer,
@@ -149,5 +151,6 @@ _CHECKS = {
     TxKind.WITHDRAW: _check_withdraw,
     TxKind.ESCROW: _check_escrow,
     TxKind.RECLAIM: _check_reclaim,
+    TxKind.UNJAIL: check_unjail,
 }
 _SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW}

@@ -70,9 +70,14 @@ class TestChain:
             **body,
         )
 
-    def commit(self, block):
-        """Apply ``block`` and sign its commit with every current validator."""
-        signers = [self.keys[v.key] for v in self.state.validators.validators if v.key in self.keys]
+    def commit(self, block, absent=()):
+        """Apply ``block`` and sign its commit with every current validator but the
+        ``absent`` keys (validators that are down: their precommits are missing)."""
+        signers = [
+            self.keys[v.key]
+            for v in self.state.validators.validators
+            if v.key in self.keys and v.key not in absent
+        ]
         new_state = apply_block(self.state, block)
         commit = make_commit(CHAIN, block.header.height, block.hash, signers)
         self.state = new_state
@@ -80,8 +85,8 @@ class TestChain:
         self.commits.append(commit)
         return new_state
 
-    def next(self, **body):
-        return self.commit(self.build(**body))
+    def next(self, absent=(), **body):
+        return self.commit(self.build(**body), absent)
 
 
 # --- pouw records for blocks ------------------------------------------------------------

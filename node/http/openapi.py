@@ -257,6 +257,10 @@ _SCHEMAS = {
             "unbonding_units": _INT,
             "next_nonce": _INT,
             "height": _INT,
+            "downtime_jailed_until": {
+                "type": ["integer", "null"],
+                "description": "jailed for downtime: UNJAIL is valid from this height",
+            },
         }
     ),
     "TxRequest": _object(

@@ -1,7 +1,8 @@
 """The HTTP API's chain and model routes: accounts, transactions, blocks, and
 publishing a model.
 
-``GET /api/v1/accounts/{address}`` — balance, bond, unbonding and next nonce.
+``GET /api/v1/accounts/{address}`` — balance, bond, unbonding, next nonce, and the
+height from which a validator jailed for downtime may unjail (null when it is not).
 ``POST /api/v1/txs`` with ``{"tx": "<base64 of a signed Transaction>"}`` — checked
 against the ledger (with the mempool ahead of it), kept and gossiped; a refused
 transaction is a 400 saying why (the ledger's own words).
@@ -67,10 +68,12 @@ def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
         s = chain.state
         acct = s.account(address.raw)
         bonded = unbonding = 0
+        downtime_jailed_until = None
         for key, bond in s.bonds.items():
             if Address.from_public_key(key) == address:
                 bonded = bond.stake
                 unbonding = s.unbonding_total(key)
+                downtime_jailed_until = s.downtime_jailed_until(key) or None
         return json_response(
             {
                 "address": str(address),
@@ -82,6 +85,7 @@ def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
                 "unbonding_units": unbonding,
                 "next_nonce": chain.next_nonce(address.raw),
                 "height": s.height,
+                "downtime_jailed_until": downtime_jailed_until,
             }
         )
 

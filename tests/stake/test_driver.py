@@ -9,7 +9,7 @@ from aipg.stake.driver import BlockContents, ConsensusDriver
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.state import state_hash
 from aipg.stake.tx import TxKind, make_tx
-from aipg.testing.chainkit import CHAIN, TestChain
+from aipg.testing.chainkit import CHAIN, TEST_PARAMS, TestChain
 
 
 async def test_four_validators_finalize_blocks_with_transactions(tmp_path, autojump_clock):
@@ -87,3 +87,80 @@ async def test_four_validators_finalize_blocks_with_transactions(tmp_path, autoj
         assert len({c.store.block_hash_at(h) for c in chains}) == 1
     for c in chains:
         c.close()
+
+
+TIMEOUTS = Timeouts(1_000, 500, 250)
+PROPOSE_S = TIMEOUTS.propose_ms / 1000
+
+
+async def run_with_one_down(tmp_path, params, heights: int):
+    """Four validators of ``params``, validator 2 down from the start, until ``heights``
+    are final; returns the state, the down validator's key and how long each height took."""
+    tmp_path.mkdir()
+    world = TestChain(n_validators=4, params=params)
+    chains = [Chain.open(tmp_path / f"v{i}.sqlite", world.genesis) for i in range(4)]
+    inboxes = [trio.open_memory_channel(1000) for _ in range(4)]
+    live = [0, 1, 3]
+    finalized_at: dict[int, float] = {}
+
+    def publisher(i):
+        async def publish(data: bytes) -> None:
+            for j in live:
+                if j != i:
+                    await inboxes[j][0].send(data)
+
+        return publish
+
+    def on_finalized(block, commit, before):
+        finalized_at[block.height] = trio.current_time()
+
+    drivers = {
+        i: ConsensusDriver(
+            chains[i],
+            world.validators[i],
+            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
+            publisher(i),
+            timeouts=TIMEOUTS,
+            on_finalized=on_finalized if i == 0 else None,
+        )
+        for i in live
+    }
+    start = trio.current_time()
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            for i in live:
+                await nursery.start(drivers[i].run, inboxes[i][1])
+            for i in live:
+                await drivers[i].wait_for_height(heights)
+            nursery.cancel_scope.cancel()
+    key = world.validators[2].public_bytes
+    for h in range(1, heights + 1):
+        assert len({chains[i].store.block_hash_at(h) for i in live}) == 1
+        assert chains[0].store.finalized(h).block.header.proposer != key
+    state = chains[0].state
+    for c in chains:
+        c.close()
+    took = {h: finalized_at[h] - finalized_at.get(h - 1, start) for h in finalized_at}
+    return state, key, took
+
+
+async def test_a_validator_down_from_the_start_is_jailed_and_heights_stop_waiting_for_it(
+    tmp_path, autojump_clock
+):
+    # Jailed at its fifth miss of an 8-height window: out of the set from height 7 on.
+    params = TEST_PARAMS.replace(
+        signed_blocks_window=8, min_signed_per_window_bps=5_000, downtime_jail_period=5
+    )
+    s, key, took = await run_with_one_down(tmp_path / "on", params, 24)
+    assert s.downtime_jailed_until(key) == 6 + params.downtime_jail_period
+    assert key not in s.validators and len(s.validators) == 3
+    # Before the jailing its proposer turns cost a propose timeout each; after it, no
+    # height waits for it (on the deterministic clock, every other height takes no time).
+    assert max(took[h] for h in range(1, 7)) >= PROPOSE_S
+    assert max(took[h] for h in range(7, 25)) < PROPOSE_S
+
+    # The same network without liveness jailing keeps waiting for it, height after height.
+    off = params.replace(min_signed_per_window_bps=0)
+    s, key, took = await run_with_one_down(tmp_path / "off", off, 24)
+    assert key in s.validators
+    assert sum(took[h] >= PROPOSE_S for h in range(7, 25)) >= 3
