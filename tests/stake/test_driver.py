@@ -3,13 +3,11 @@ in-memory network, and a deterministic clock."""
 
 import trio
 
-from aipg.stake.chain import Chain
-from aipg.stake.consensus import Timeouts
-from aipg.stake.driver import BlockContents, ConsensusDriver
-from aipg.stake.signrecord import SqliteSignRecord
+from aipg.stake.driver import BlockContents
 from aipg.stake.state import state_hash
 from aipg.stake.tx import TxKind, make_tx
 from aipg.testing.chainkit import CHAIN, TEST_PARAMS, TestChain
+from aipg.testing.drivers import TIMEOUTS, DriverNet
 
 
 async def test_four_validators_finalize_blocks_with_transactions(tmp_path, autojump_clock):
@@ -21,75 +19,27 @@ async def test_four_validators_finalize_blocks_with_transactions(tmp_path, autoj
         pending = [payment] if state.account(alice.address.raw).nonce == 0 else []
         return BlockContents(transactions=pending)
 
-    chains = [Chain.open(tmp_path / f"v{i}.sqlite", world.genesis) for i in range(4)]
-    inboxes = [trio.open_memory_channel(1000) for _ in range(4)]
-    silent = {3}  # one validator (1/4 of the power) is down: the rest still finalize
-
-    def publisher(i):
-        async def publish(data: bytes) -> None:
-            for j, (send, _) in enumerate(inboxes):
-                if j != i and j not in silent:
-                    await send.send(data)
-
-        return publish
-
-    drivers = [
-        ConsensusDriver(
-            chains[i],
-            world.validators[i],
-            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
-            publisher(i),
-            timeouts=Timeouts(1_000, 500, 250),
-            contents=contents,
-        )
-        for i in range(4)
-    ]
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            for i, d in enumerate(drivers):
-                if i not in silent:
-                    await nursery.start(d.run, inboxes[i][1])
-            for i, d in enumerate(drivers):
-                if i not in silent:
-                    await d.wait_for_height(4)
-            nursery.cancel_scope.cancel()
-    live = [chains[i] for i in range(4) if i not in silent]
-    for h in range(1, 5):
-        assert len({c.store.block_hash_at(h) for c in live}) == 1
+    # One validator (1/4 of the power) is down: the rest still finalize.
+    net = DriverNet(world, tmp_path, down={3})
+    net.build(contents=contents)
+    await net.run_until(4)
+    assert net.agree_up_to(4)
+    live = [net.chains[i] for i in net.live]
     assert len({state_hash(c.store.load_state()) for c in live if c.height == live[0].height}) == 1
     s = live[0].state
     assert s.balance(bob.address) == 1_000_000 * 10**8 + 123
 
     # Restart everyone from their stores and sign-records (which remember what each
     # signed at the height they were in): they carry on without double-signing.
-    inboxes[:] = [trio.open_memory_channel(1000) for _ in range(4)]
-    silent.clear()
-    restarted = [
-        ConsensusDriver(
-            chains[i],
-            world.validators[i],
-            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
-            publisher(i),
-            timeouts=Timeouts(1_000, 500, 250),
-        )
-        for i in range(4)
-    ]
-    assert chains[3].height == 0  # it was down: it catches up from its peers' answers
-    target = max(c.height for c in chains) + 3
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            for i, d in enumerate(restarted):
-                await nursery.start(d.run, inboxes[i][1])
-            for d in restarted:
-                await d.wait_for_height(target)
-            nursery.cancel_scope.cancel()
-    for h in range(1, target + 1):
-        assert len({c.store.block_hash_at(h) for c in chains}) == 1
-    for c in chains:
-        c.close()
+    net.down.clear()
+    net.build()
+    assert net.chains[3].height == 0  # it was down: it catches up from its peers' answers
+    target = max(c.height for c in net.chains) + 3
+    await net.run_until(target)
+    assert net.agree_up_to(target)
+    net.close()
 
 
-TIMEOUTS = Timeouts(1_000, 500, 250)
 PROPOSE_S = TIMEOUTS.propose_ms / 1000
 
 
@@ -98,48 +48,21 @@ async def run_with_one_down(tmp_path, params, heights: int):
     are final; returns the state, the down validator's key and how long each height took."""
     tmp_path.mkdir()
     world = TestChain(n_validators=4, params=params)
-    chains = [Chain.open(tmp_path / f"v{i}.sqlite", world.genesis) for i in range(4)]
-    inboxes = [trio.open_memory_channel(1000) for _ in range(4)]
-    live = [0, 1, 3]
+    net = DriverNet(world, tmp_path, down={2})
     finalized_at: dict[int, float] = {}
-
-    def publisher(i):
-        async def publish(data: bytes) -> None:
-            for j in live:
-                if j != i:
-                    await inboxes[j][0].send(data)
-
-        return publish
 
     def on_finalized(block, commit, before):
         finalized_at[block.height] = trio.current_time()
 
-    drivers = {
-        i: ConsensusDriver(
-            chains[i],
-            world.validators[i],
-            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
-            publisher(i),
-            timeouts=TIMEOUTS,
-            on_finalized=on_finalized if i == 0 else None,
-        )
-        for i in live
-    }
+    net.build(timeouts=TIMEOUTS, on_finalized=on_finalized)
     start = trio.current_time()
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            for i in live:
-                await nursery.start(drivers[i].run, inboxes[i][1])
-            for i in live:
-                await drivers[i].wait_for_height(heights)
-            nursery.cancel_scope.cancel()
+    await net.run_until(heights)
     key = world.validators[2].public_bytes
+    assert net.agree_up_to(heights)
     for h in range(1, heights + 1):
-        assert len({chains[i].store.block_hash_at(h) for i in live}) == 1
-        assert chains[0].store.finalized(h).block.header.proposer != key
-    state = chains[0].state
-    for c in chains:
-        c.close()
+        assert net.chains[0].store.finalized(h).block.header.proposer != key
+    state = net.chains[0].state
+    net.close()
     took = {h: finalized_at[h] - finalized_at.get(h - 1, start) for h in finalized_at}
     return state, key, took
 

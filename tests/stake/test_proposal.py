@@ -10,18 +10,15 @@ block still applies and the chain goes on.
 from __future__ import annotations
 
 import pytest
-import trio
 
 from aipg.pouw import EquivocationEvidence, receipt_id
-from aipg.stake.chain import Chain
-from aipg.stake.consensus import Timeouts
-from aipg.stake.driver import BlockContents, ConsensusDriver
+from aipg.stake.driver import BlockContents
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
-from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.testing.drivers import DriverNet
 from aipg.wire import sign
 
 
@@ -93,7 +90,6 @@ async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizi
     """Every proposer offers, at every height, two certificates for one job and one the
     ledger refuses as too old: blocks keep coming, and the job is paid exactly once."""
     world = TestChain(n_validators=4)
-    chains = [Chain.open(tmp_path / f"v{i}.sqlite", world.genesis) for i in range(4)]
     offered: dict[str, object] = {}
 
     def contents(state):
@@ -110,40 +106,15 @@ async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizi
         late = [offered["old"]] if stale_enough else []
         return BlockContents(certificates=[offered["a"], offered["b"], *late])
 
-    inboxes = [trio.open_memory_channel(1000) for _ in range(4)]
-
-    def publisher(i):
-        async def publish(data: bytes) -> None:
-            for j, (send, _) in enumerate(inboxes):
-                if j != i:
-                    await send.send(data)
-
-        return publish
-
-    drivers = [
-        ConsensusDriver(
-            chains[i],
-            world.validators[i],
-            SqliteSignRecord(tmp_path / f"sign{i}.sqlite"),
-            publisher(i),
-            timeouts=Timeouts(1_000, 500, 250),
-            contents=contents,
-        )
-        for i in range(4)
-    ]
+    net = DriverNet(world, tmp_path)
+    net.build(contents=contents)
     target = 2 + world.genesis.params.escrow_period + 4
-    with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            for i, d in enumerate(drivers):
-                await nursery.start(d.run, inboxes[i][1])
-            for d in drivers:
-                await d.wait_for_height(target)
-            nursery.cancel_scope.cancel()
+    await net.run_until(target)
     job = offered["a"].receipt.job_id
     carried = [
         cert.receipt.job_id
         for h in range(1, target + 1)
-        for cert in chains[0].store.finalized(h).block.body.certificates
+        for cert in net.chains[0].store.finalized(h).block.body.certificates
     ]
     assert carried.count(job) == 1
     assert offered["old"].receipt.job_id not in carried  # offered only once too old
