@@ -49,6 +49,7 @@ from .services.catalog import ModelCatalog
 from .services.chain import ChainService, FinalizedChain
 from .services.faults import Faults
 from .services.gateway import GatewayService
+from .services.latents import DiskLatentStore
 from .services.models import ModelService
 from .services.reputation import ReputationStore
 from .services.verifier import VerifierService
@@ -173,6 +174,7 @@ class Node:
                 self.identity,
                 self.host,
                 self.catalog,
+                DiskLatentStore(self.data_dir.latents_dir),
                 now_ms,
                 jobs.send,
                 self.gateway.on_worker_status,
@@ -181,6 +183,9 @@ class Node:
                 double_receipt=self.faults.double_receipt,
             )
             await nursery.start(self.worker.run)
+            too_old = self.genesis.params.escrow_period  # no block certifies older work
+            worker = self.worker
+            self.chain.on_block.append(lambda block: worker.on_block(block, too_old))
         if self.config.validator:
             self.verifier = VerifierService(
                 self.identity,

@@ -33,6 +33,7 @@ CONFIG_FILE = "config.toml"
 CHAIN_FILE = "chain.sqlite"
 BLOBS_DIR = "blobs"
 LOGS_DIR = "logs"
+LATENTS_DIR = "latents"
 RUN_FILE = "run.json"  # written while the node runs, removed when it stops
 SIGN_RECORD_FILE = "signrecord.sqlite"  # what this validator signed (never sign twice)
 REPUTATION_FILE = "reputation.sqlite"  # the gateway's worker scores and bans
@@ -78,6 +79,11 @@ class DataDir:
     @property
     def logs_dir(self) -> Path:
         return self.root / LOGS_DIR
+
+    @property
+    def latents_dir(self) -> Path:
+        """The worker's diffusion latents, kept until each receipt is final."""
+        return self.root / LATENTS_DIR
 
     @property
     def run_file(self) -> Path:

@@ -80,6 +80,7 @@ class ChainService:
         self._account_locks: dict[bytes, trio.Lock] = {}  # custodial accounts (api_keys.json)
         self.job_rewards: OrderedDict[bytes, int] = OrderedDict()  # oldest paid first
         self.new_block = trio.Event()
+        self.on_block: list[Callable[[Block], None]] = []  # after each block is settled
         self._highest_seen = chain.height
         self._syncing = False
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
@@ -191,6 +192,8 @@ class ChainService:
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
+        for hook in self.on_block:
+            hook(block)
         log.info(
             "block %d: %d tx, %d certificate(s), %d fraud(s), %d double sign(s), "
             "%d equivocation(s); proposer %s",

@@ -7,8 +7,9 @@
    executes in a worker thread (one job at a time per model: an ONNX session is not
    shared between concurrent runs, and parallel jobs on 2 cores only slow each other).
 3. The Result goes back to the gateway, and the WorkReport (job, assignment, result) is
-   gossiped on ``receipts`` for the committee. Diffusion latents stay in the
-   LatentStore for validators to re-run steps from, until the receipt is final.
+   gossiped on ``receipts`` for the committee. Diffusion latents are kept on disk
+   (:class:`~.latents.DiskLatentStore`) for validators to re-run steps from, until a
+   block makes the receipt final.
 """
 
 from __future__ import annotations
@@ -21,13 +22,24 @@ import trio
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM, ModelError
 from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
-from aipg.pouw import Assignment, Claim, Job, LatentReply, LatentRequest, PouwError, job_id
+from aipg.pouw import (
+    Assignment,
+    Claim,
+    Job,
+    LatentReply,
+    LatentRequest,
+    PouwError,
+    job_id,
+    receipt_id,
+)
 from aipg.pouw.bounds import evict_over
-from aipg.pouw.execute import LatentStore, run_diffusion_job, run_llm_job
+from aipg.pouw.execute import run_diffusion_job, run_llm_job
+from aipg.stake.block import Block
 from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
 from .faults import altered_last_token
+from .latents import DiskLatentStore
 
 log = logging.getLogger("aipg.node.worker")
 
@@ -44,6 +56,7 @@ class WorkerService:
         identity: Identity,
         host: GossipHost,
         catalog: ModelCatalog,
+        latents: DiskLatentStore,
         now_ms,
         send_job,
         on_status,
@@ -64,7 +77,7 @@ class WorkerService:
         self.double_receipt = double_receipt
         self.swap_weights = swap_weights
         self._swapped: dict[bytes, object] = {}
-        self.latents = LatentStore()
+        self.latents = latents
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._send, self._queue = trio.open_memory_channel[tuple[Assignment, Job]](MAX_QUEUE)
         self.in_flight = 0
@@ -136,6 +149,14 @@ class WorkerService:
         self.in_flight += 1
         return JobAck(True)
 
+    def on_block(self, block: Block, too_old: int) -> None:
+        """A finalized block: release the latents of the receipts it made final."""
+        final = [
+            receipt_id(outcome.receipt)
+            for outcome in (*block.body.certificates, *block.body.frauds)
+        ]
+        self.latents.settle(final, block.height, too_old)
+
     def on_latent_request(self, request: LatentRequest) -> LatentReply:
         reply = self.latents.serve(request)
         self.latents_served += 1
@@ -168,7 +189,7 @@ class WorkerService:
                 result, latents = await trio.to_thread.run_sync(
                     run_diffusion_job, runner, job, assignment, self.identity
                 )
-                self.latents.put_result(result, latents)
+                self.latents.put_result(result, latents, assignment.height)
         except (ModelError, PouwError) as e:
             log.warning("job %s failed: %s", assignment.job_id.hex()[:12], e)
             return

@@ -30,6 +30,7 @@ from aipg.node.services.catalog import ModelCatalog
 from aipg.node.services.chain import ChainService, _Finalizer
 from aipg.node.services.gateway import GatewayService
 from aipg.node.services.gateway_api import JobFailed, Overloaded
+from aipg.node.services.latents import DiskLatentStore
 from aipg.node.services.models import ModelService
 from aipg.node.services.verifier import VerifierService
 from aipg.node.services.work import WorkIntake, WorkTracker
@@ -341,7 +342,7 @@ async def test_waiting_reports_are_bounded_by_count_and_by_bytes(monkeypatch):
 # -- the worker and the verifier ----------------------------------------------------------
 
 
-async def test_a_queued_assignment_survives_a_flood_of_jobs(llm_dir, monkeypatch):
+async def test_a_queued_assignment_survives_a_flood_of_jobs(llm_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(worker_mod, "MAX_KNOWN_JOBS", 8)
     catalog = ModelCatalog()
     model = catalog.host_model(load_model_dir(llm_dir))
@@ -355,7 +356,8 @@ async def test_a_queued_assignment_survives_a_flood_of_jobs(llm_dir, monkeypatch
     async def on_status(status) -> None:
         pass
 
-    worker = WorkerService(me, Host(), catalog, Clock(), send_job, on_status)
+    latents = DiskLatentStore(tmp_path / "latents")
+    worker = WorkerService(me, Host(), catalog, latents, Clock(), send_job, on_status)
     job = signed_job(gateway, model_id=model.id, llm=SamplingParams(max_tokens=2), nonce=1)
     await worker.on_job(job)
     assignment = signed_assignment(gateway, job, me, height=3)
