@@ -38,10 +38,14 @@ validator) are delivered and forwarded. A :class:`Delivered` carries ``topic``,
 its own subscriptions.
 
 Layout: ``noise`` (the XX handshake, sans I/O) → ``secure`` (the session over frames)
-→ ``transport`` (websockets, memory) → ``host`` (connections, identify, ping,
-request/response, limits) → ``router`` (GossipSub) with ``score`` (P1-P7) and
-``cache`` (seen-cache, mcache). Wire records (tags 100-199) are in ``messages``;
-every limit and weight is in ``config``.
+→ ``transport`` (websockets, memory) → ``host`` (connection lifecycle: dialing,
+accepting, admission, identify, trimming) with ``connection`` (one connection's reader,
+writer and pinger), ``rpcbatch`` (merging queued RPCs into frames) and ``reqresp``
+(request/response) → ``router`` (GossipSub: subscriptions, publish, the message path,
+the heartbeat) with ``mesh`` (mesh and fanout upkeep, GRAFT/PRUNE), ``ihave``
+(IHAVE/IWANT gossip and promises), ``pubsub`` (the types they share), ``score``
+(P1-P7) and ``cache`` (seen-cache, mcache). Wire records (tags 100-199) are in
+``messages``; every limit and weight is in ``config``.
 """
 
 from .config import (
@@ -70,8 +74,9 @@ from .errors import (
 )
 from .host import GossipHost, RequestHandler
 from .messages import PubsubMessage
+from .pubsub import Delivered, MessageId, ValidationResult, message_id
 from .ratelimit import TokenBucket
-from .router import Delivered, MessageId, Subscription, ValidationResult, message_id
+from .router import Subscription
 from .transport import MemoryNetwork, MemoryTransport, Transport, WebsocketTransport
 
 

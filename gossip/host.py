@@ -1,4 +1,4 @@
-"""The gossip host: connection manager, request/response, and the GossipSub router.
+"""The gossip host: the connection manager, and the facade over pubsub and request/response.
 
 One :class:`GossipHost` per node. ``await nursery.start(host.run)`` listens, starts
 the router's heartbeat and keeps the bootstrap peers connected; every task it starts
@@ -6,140 +6,52 @@ the router's heartbeat and keeps the bootstrap peers connected; every task it st
 validators) lives in its nursery, so cancelling that nursery or ``await host.aclose()``
 closes every connection.
 
-Per connection: the Noise handshake authenticates the peer; then one **reader** task
-decodes frames (a bad frame costs the peer score; too many close the connection) and
-dispatches them, and one **writer** task drains a bounded queue, merging queued pubsub
-RPCs into one frame. There is at most one connection per peer: when two exist (both
-sides dialed at once) the one dialed by the lower peer ID wins on both sides.
+This module holds connection lifecycle: dialing (bootstrap redial, peer exchange),
+accepting, admission (bans, ``max_peers``), Identify, and trimming after each heartbeat.
+There is at most one connection per peer: when two exist (both sides dialed at once)
+the one dialed by the lower peer ID wins on both sides. Each connection's reader,
+writer and pinger are in :mod:`.connection`, the batching of its outbound RPCs in
+:mod:`.rpcbatch`, request/response in :mod:`.reqresp`, pubsub in :mod:`.router`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
 
-import msgpack
 import trio
 
-from aipg.wire import Identity, Multiaddr, PeerId, Record, WireError, decode, encode, sha256
-
-# The writer encodes merged RPCs itself, without building and re-validating an Rpc
-# record per frame; the codec's record-to-array step keeps its bytes exactly encode()'s.
-from aipg.wire.codec import _to_wire
+from aipg.wire import Identity, Multiaddr, PeerId, WireError, encode
 
 from .config import PROTOCOL_VERSION, GossipConfig
+from .connection import CLOSE_GRACE, Connection, ConnectionIO, close, enqueue
 from .errors import (
     ConnectionClosed,
     ConnectionRefused,
     DecryptError,
     GossipError,
     HandshakeError,
-    NoHandler,
     NotConnected,
-    PeerDisconnected,
-    RateLimited,
-    RemoteError,
-    RequestTimeout,
-    RequestTooLarge,
     TransportError,
 )
 from .messages import (
-    FRAME_TYPES,
     MAX_REQUEST_DATA,
-    MAX_RPC_MESSAGES,
-    ControlMessage,
     Goodbye,
     Identify,
     PeerInfo,
-    Ping,
-    Pong,
     PubsubMessage,
-    Request,
-    Response,
     Rpc,
 )
+from .pubsub import Delivered, MessageId, ValidationResult, Validator
 from .ratelimit import TokenBucket
-from .router import (
-    Delivered,
-    GossipSubRouter,
-    MessageId,
-    Subscription,
-    ValidationResult,
-    Validator,
-)
+from .reqresp import RequestHandler, RequestResponse
+from .router import GossipSubRouter, Subscription
 from .secure import NoiseIdentity, SecureConnection, secure_inbound, secure_outbound
 from .transport import Transport
 
 log = logging.getLogger("aipg.gossip")
-
-RequestHandler = Callable[[PeerId, bytes], Awaitable[bytes]]
-
-STATUS_OK = 0
-STATUS_NO_HANDLER = 1
-STATUS_TOO_LARGE = 2
-STATUS_RATE_LIMITED = 3
-STATUS_ERROR = 4
-_STATUS_ERRORS = {
-    STATUS_NO_HANDLER: (NoHandler, "the peer has no handler for {p!r}"),
-    STATUS_TOO_LARGE: (RequestTooLarge, "the request is over the peer's size limit for {p!r}"),
-    STATUS_RATE_LIMITED: (RateLimited, "the peer rate-limited our {p!r} requests"),
-    STATUS_ERROR: (RemoteError, "the peer's {p!r} handler failed or timed out"),
-}
-_CLOSE = object()  # writer-queue sentinel: flush what is queued, then close
-CLOSE_GRACE = 2.0
-WRITE_COALESCE = 0.002
-WRITE_BUSY_WINDOW = 0.02
-# Merged RPCs stay well under the frame limit.
-_MERGE_BYTES = 1 << 20
-
-
-@dataclasses.dataclass
-class _Handler:
-    fn: RequestHandler
-    max_request_size: int
-    max_response_size: int
-
-
-@dataclasses.dataclass
-class _Pending:
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    response: Response | None = None
-
-
-class _Conn:
-    """One live, authenticated connection and the state the host keeps about it."""
-
-    def __init__(
-        self, secure: SecureConnection, outbound: bool, queue_size: int, bucket: TokenBucket
-    ):
-        self.secure = secure
-        self.peer = secure.remote_peer
-        self.outbound = outbound
-        self.send_q, self.recv_q = trio.open_memory_channel[object](queue_size)
-        self.pending: dict[int, _Pending] = {}
-        self.pongs: dict[int, trio.Event] = {}
-        self.identify: Identify | None = None
-        self.goodbye: str | None = None
-        self.bad_frames = 0
-        self.inflight = 0
-        self.bucket = bucket
-        self.closed = trio.Event()
-        self.identified = trio.Event()  # set on Identify, or when the connection ends
-        self.last_seen = trio.current_time()  # when the last frame arrived (keepalive)
-        self.scope: trio.CancelScope | None = None
-        self.nursery: trio.Nursery | None = None
-        self.dropped = 0
-
-    @property
-    def ip(self) -> str | None:
-        addr = self.secure.remote_addr
-        if addr is None:
-            return None
-        return addr.value_for("ip4") or addr.value_for("ip6")
 
 
 class GossipHost:
@@ -164,14 +76,13 @@ class GossipHost:
             seed=self.config.seed,
             on_heartbeat=self._maintenance,
         )
+        self._requests = RequestResponse(self.config, self.router.score)
+        self._io = ConnectionIO(self.config, self.router, self._requests.on_request)
         self._rng = random.Random(self.config.seed)
-        self._conns: dict[PeerId, _Conn] = {}
+        self._conns: dict[PeerId, Connection] = {}
         self._dialing: dict[PeerId, trio.Event] = {}
         self._banned: dict[PeerId, float] = {}
-        self._handlers: dict[str, _Handler] = {}
-        self._request_ids = itertools.count(1)
         self._pending_handshakes = 0
-        self._ping_nonces = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self.listen_addrs: list[Multiaddr] = []
@@ -255,9 +166,7 @@ class GossipHost:
         Requests over ``max_request_size`` are refused (and cost the sender score);
         a handler that raises or exceeds ``config.handler_timeout`` answers an error.
         """
-        if not 0 < max_request_size <= MAX_REQUEST_DATA:
-            raise ValueError(f"max_request_size must be in 1..{MAX_REQUEST_DATA}")
-        self._handlers[protocol] = _Handler(handler, max_request_size, max_response_size)
+        self._requests.set_handler(protocol, handler, max_request_size, max_response_size)
 
     async def request(
         self, peer: PeerId, protocol: str, data: bytes, timeout: float | None = None
@@ -270,37 +179,14 @@ class GossipHost:
         conn = self._conns.get(peer)
         if conn is None:
             raise NotConnected(f"not connected to {peer}")
-        if len(data) > MAX_REQUEST_DATA:
-            raise RequestTooLarge(f"request of {len(data)} bytes is over {MAX_REQUEST_DATA}")
-        rid = next(self._request_ids)
-        pending = conn.pending[rid] = _Pending()
-        timeout = self.config.request_timeout if timeout is None else timeout
-        try:
-            with trio.fail_after(timeout):
-                await conn.send_q.send(Request(request_id=rid, protocol=protocol, data=data))
-                await pending.done.wait()
-        except trio.TooSlowError:
-            raise RequestTimeout(
-                f"{protocol!r} request to {peer} timed out after {timeout}s"
-            ) from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise PeerDisconnected(f"connection to {peer} closed") from None
-        finally:
-            conn.pending.pop(rid, None)
-        resp = pending.response
-        if resp is None:
-            raise PeerDisconnected(f"connection to {peer} closed before the {protocol!r} response")
-        if resp.status == STATUS_OK:
-            return resp.data
-        err, text = _STATUS_ERRORS.get(resp.status, (RemoteError, "unknown status for {p!r}"))
-        raise err(text.format(p=protocol))
+        return await self._requests.request(conn, protocol, data, timeout)
 
     async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
         """Round-trip time to ``peer`` in seconds; raises NotConnected or RequestTimeout."""
         conn = self._conns.get(peer)
         if conn is None:
             raise NotConnected(f"not connected to {peer}")
-        return await self._ping(conn, timeout)
+        return await self._io.ping(conn, timeout)
 
     # --- dialing -----------------------------------------------------------------------
 
@@ -443,11 +329,11 @@ class GossipHost:
         except ConnectionRefused as e:
             log.debug("inbound connection refused: %s", e)
 
-    def _new_conn(self, secure: SecureConnection, *, outbound: bool) -> _Conn:
+    def _new_conn(self, secure: SecureConnection, *, outbound: bool) -> Connection:
         bucket = TokenBucket(self.config.request_rate, self.config.request_burst)
-        return _Conn(secure, outbound, self.config.outbound_queue, bucket)
+        return Connection(secure, outbound, self.config.outbound_queue, bucket)
 
-    def _admission(self, conn: _Conn) -> str | None:
+    def _admission(self, conn: Connection) -> str | None:
         """Why ``conn`` may not join (banned, full), or None."""
         try:
             self._check_not_banned(conn.peer)
@@ -457,7 +343,7 @@ class GossipHost:
             return "too many peers"
         return None
 
-    def _register(self, conn: _Conn) -> bool:
+    def _register(self, conn: Connection) -> bool:
         """Make ``conn`` the peer's connection, or refuse it as the duplicate."""
         existing = self._conns.get(conn.peer)
         if existing is not None:
@@ -465,17 +351,17 @@ class GossipHost:
                 return False
             self._conns[conn.peer] = conn  # the new one wins the tie-break
             self.router.remove_peer(conn.peer)
-            self._close(existing, "duplicate connection")
+            close(existing, "duplicate connection")
         self._conns[conn.peer] = conn
         self.router.add_peer(conn.peer, outbound=conn.outbound, ip=conn.ip)
         return True
 
-    def _initiator(self, conn: _Conn) -> bytes:
+    def _initiator(self, conn: Connection) -> bytes:
         return (self.peer_id if conn.outbound else conn.peer).raw
 
     # --- one connection ------------------------------------------------------------------
 
-    async def _run_connection(self, conn: _Conn, *, task_status=trio.TASK_STATUS_IGNORED):
+    async def _run_connection(self, conn: Connection, *, task_status=trio.TASK_STATUS_IGNORED):
         """Serve ``conn`` until it closes. Reports ``started()`` once the peer has
         identified itself; raises ConnectionRefused instead (before ``started``) when
         either side refuses the connection or it closes during setup."""
@@ -492,10 +378,10 @@ class GossipHost:
             reported = False
             async with trio.open_nursery() as nursery:
                 conn.nursery, conn.scope = nursery, nursery.cancel_scope
-                nursery.start_soon(self._writer, conn)
-                nursery.start_soon(self._pinger, conn)
-                nursery.start_soon(self._reader, conn)
-                self._enqueue(conn, self._identify_for(conn))
+                nursery.start_soon(self._io.writer, conn)
+                nursery.start_soon(self._io.pinger, conn)
+                nursery.start_soon(self._io.reader, conn)
+                enqueue(conn, self._identify_for(conn))
                 old, self.peer_connected = self.peer_connected, trio.Event()
                 old.set()
                 # The dialer returns once the peer has identified itself, or raises with
@@ -521,209 +407,25 @@ class GossipHost:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await conn.secure.aclose()
 
-    async def _refuse(self, conn: _Conn, reason: str) -> None:
+    async def _refuse(self, conn: Connection, reason: str) -> None:
         with trio.move_on_after(CLOSE_GRACE):
             with contextlib.suppress(TransportError, ConnectionClosed):
                 await conn.secure.send(encode(Goodbye(reason=reason)))
 
-    def _identify_for(self, conn: _Conn) -> Identify:
+    def _identify_for(self, conn: Connection) -> Identify:
         observed = str(conn.secure.remote_addr) if conn.secure.remote_addr else ""
         return Identify(
             protocol_version=PROTOCOL_VERSION,
             agent_version=self.config.agent_version[:128],
             listen_addrs=tuple(str(a.without_peer_id()) for a in self.listen_addrs[:16]),
             observed_addr=observed[:256],
-            protocols=tuple(sorted(self._handlers))[:64],
+            protocols=tuple(self._requests.protocols())[:64],
         )
-
-    def _close(self, conn: _Conn, reason: str) -> None:
-        """Say goodbye and close ``conn`` once what is queued is flushed (bounded)."""
-        try:
-            conn.send_q.send_nowait(Goodbye(reason=reason))
-            conn.send_q.send_nowait(_CLOSE)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            if conn.scope is not None:
-                conn.scope.cancel()
-            return
-        if conn.scope is not None:
-            conn.scope.deadline = min(conn.scope.deadline, trio.current_time() + CLOSE_GRACE)
-
-    def _enqueue(self, conn: _Conn, frame: object) -> bool:
-        try:
-            conn.send_q.send_nowait(frame)
-            return True
-        except trio.WouldBlock:
-            conn.dropped += 1
-            return False
-        except trio.ClosedResourceError:
-            return False
 
     def _send_rpc(self, peer: PeerId, rpc: Rpc) -> None:
         conn = self._conns.get(peer)
         if conn is not None:
-            self._enqueue(conn, rpc)
-
-    async def _writer(self, conn: _Conn) -> None:
-        recv = conn.recv_q
-        last_send = -1.0
-        try:
-            while True:
-                batch = [await recv.receive()]
-                # Busy (we sent moments ago): pause briefly so the frames of a burst pile
-                # up and leave merged, saving most per-frame cost (syscalls, websocket
-                # framing, task switches). Idle: send at once, adding no latency.
-                if trio.current_time() - last_send < WRITE_BUSY_WINDOW:
-                    await trio.sleep(WRITE_COALESCE)
-                else:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                while len(batch) < 512:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                for frame in _merge(batch, self.router.known_to(conn.peer)):
-                    if frame is _CLOSE:
-                        conn.scope.cancel()
-                        return
-                    await conn.secure.send(frame)
-                last_send = trio.current_time()
-        except (TransportError, trio.EndOfChannel, trio.ClosedResourceError):
-            conn.scope.cancel()
-
-    async def _reader(self, conn: _Conn) -> None:
-        try:
-            await self._read_frames(conn)
-        finally:
-            conn.identified.set()
-            conn.scope.cancel()
-
-    async def _read_frames(self, conn: _Conn) -> None:
-        while True:
-            try:
-                data = await conn.secure.receive()
-            except ConnectionClosed:
-                return
-            except (TransportError, DecryptError) as e:
-                log.debug("connection to %s broke: %s", conn.peer, e)
-                self.router.score.add_penalty(conn.peer)
-                return
-            conn.last_seen = trio.current_time()
-            try:
-                frame = decode(data, FRAME_TYPES)
-            except WireError as e:
-                conn.bad_frames += 1
-                self.router.score.add_penalty(conn.peer)
-                log.debug("bad frame from %s: %s", conn.peer, e)
-                if conn.bad_frames > self.config.max_bad_frames:
-                    self._close(conn, "too many malformed frames")
-                continue
-            if self._dispatch(conn, frame):
-                return
-
-    def _dispatch(self, conn: _Conn, frame: Record) -> bool:
-        """Handle one frame; True when the peer said goodbye."""
-        kind = type(frame)
-        if kind is Rpc:
-            self.router.handle_rpc(conn.peer, frame)
-        elif kind is Request:
-            self._on_request(conn, frame)
-        elif kind is Response:
-            pending = conn.pending.get(frame.request_id)
-            if pending is not None and pending.response is None:
-                pending.response = frame
-                pending.done.set()
-        elif kind is Ping:
-            self._enqueue(conn, Pong(nonce=frame.nonce))
-        elif kind is Pong:
-            event = conn.pongs.pop(frame.nonce, None)
-            if event is not None:
-                event.set()
-        elif kind is Identify:
-            conn.identify = frame
-            conn.identified.set()
-        elif kind is Goodbye:
-            conn.goodbye = frame.reason
-            return True
-        return False
-
-    async def _pinger(self, conn: _Conn) -> None:
-        """Keepalive: ping only a connection that has been silent for ``ping_interval``.
-
-        The dialer's side pings first; the listener's waits twice as long, so on an idle
-        link usually one ping (and its pong) per interval crosses it, and none on a busy one.
-        """
-        interval = self.config.ping_interval * (1 if conn.outbound else 2)
-        while True:
-            await trio.sleep_until(conn.last_seen + interval)
-            if trio.current_time() - conn.last_seen < interval:
-                continue  # traffic arrived meanwhile: the peer is alive
-            try:
-                await self._ping(conn, self.config.ping_timeout)
-            except RequestTimeout:
-                log.debug("%s stopped answering pings", conn.peer)
-                conn.scope.cancel()
-                return
-
-    async def _ping(self, conn: _Conn, timeout: float) -> float:
-        nonce = next(self._ping_nonces)
-        event = conn.pongs[nonce] = trio.Event()
-        start = trio.current_time()
-        try:
-            with trio.fail_after(timeout):
-                await conn.send_q.send(Ping(nonce=nonce))
-                await event.wait()
-        except trio.TooSlowError:
-            raise RequestTimeout(f"no pong from {conn.peer} within {timeout}s") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise PeerDisconnected(f"connection to {conn.peer} closed") from None
-        finally:
-            conn.pongs.pop(nonce, None)
-        if conn.closed.is_set():
-            raise PeerDisconnected(f"connection to {conn.peer} closed")
-        return trio.current_time() - start
-
-    # --- serving requests ------------------------------------------------------------------
-
-    def _on_request(self, conn: _Conn, req: Request) -> None:
-        handler = self._handlers.get(req.protocol)
-        status = None
-        if handler is None:
-            status = STATUS_NO_HANDLER
-        elif len(req.data) > handler.max_request_size:
-            status = STATUS_TOO_LARGE
-            self.router.score.add_penalty(conn.peer, 0.5)
-        elif (
-            conn.inflight >= self.config.max_concurrent_requests_per_peer
-            or not conn.bucket.try_take()
-        ):
-            status = STATUS_RATE_LIMITED
-        if status is not None:
-            self._enqueue(conn, Response(request_id=req.request_id, status=status, data=b""))
-            return
-        conn.inflight += 1
-        conn.nursery.start_soon(self._serve_request, conn, handler, req)
-
-    async def _serve_request(self, conn: _Conn, handler: _Handler, req: Request) -> None:
-        status, data = STATUS_ERROR, b""
-        try:
-            with trio.move_on_after(self.config.handler_timeout):
-                result = await handler.fn(conn.peer, req.data)
-                if not isinstance(result, bytes):
-                    log.error("%r handler returned %s, not bytes", req.protocol, type(result))
-                elif len(result) > handler.max_response_size:
-                    log.error(
-                        "%r handler's response of %d bytes is over its limit",
-                        req.protocol,
-                        len(result),
-                    )
-                else:
-                    status, data = STATUS_OK, result
-        except Exception:  # the handler is application code: its bug must not kill the host
-            log.exception("%r handler failed serving %s", req.protocol, conn.peer)
-        finally:
-            conn.inflight -= 1
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await conn.send_q.send(Response(request_id=req.request_id, status=status, data=data))
+            enqueue(conn, rpc)
 
     # --- maintenance -------------------------------------------------------------------
 
@@ -742,7 +444,7 @@ class GossipHost:
                     self.router.peer_score(peer),
                 )
                 self._banned[peer] = now + self.config.ban_duration
-                self._close(conn, "graylisted")
+                close(conn, "graylisted")
 
     def _trim_connections(self) -> None:
         cfg = self.config
@@ -753,108 +455,7 @@ class GossipHost:
             self._conns, key=lambda p: (p in in_mesh, self.router.peer_score(p), self._rng.random())
         )
         for peer in ranked[: len(self._conns) - cfg.low_water]:
-            self._close(self._conns[peer], "trimming connections")
-
-
-def _merge(batch: list[object], known=None) -> list[object]:
-    """Encode ``batch``: consecutive pubsub RPCs become as few frames as the limits allow.
-
-    Messages whose id is in ``known`` (the peer sent them to us meanwhile) are left out.
-    Returns encoded frames, and the ``_CLOSE`` sentinel where it was queued.
-    """
-    out: list[object] = []
-    acc = _RpcAccumulator(known)
-    for item in batch:
-        if type(item) is not Rpc:
-            out += acc.flush()
-            out.append(item if item is _CLOSE or type(item) is bytes else encode(item))
-            continue
-        if not acc.fits(item):
-            out += acc.flush()
-        acc.add(item)
-    out += acc.flush()
-    return out
-
-
-class _RpcAccumulator:
-    """Merges RPCs and encodes the result exactly as ``encode(Rpc(...))`` would."""
-
-    __slots__ = ("graft", "ihave", "iwant", "known", "msgs", "prune", "size", "subs")
-
-    def __init__(self, known=None) -> None:
-        self.known = known
-        self.subs: list = []
-        self.msgs: list[bytes] = []
-        self.ihave: list = []
-        self.iwant: list = []
-        self.graft: list = []
-        self.prune: list = []
-        self.size = 0
-
-    @staticmethod
-    def _weight(rpc: Rpc) -> int:
-        size = sum(map(len, rpc.messages))
-        ctl = rpc.control
-        if ctl is not None and (ctl.ihave or ctl.iwant):
-            ids = sum(len(c.message_ids) for c in ctl.ihave)
-            ids += sum(len(c.message_ids) for c in ctl.iwant)
-            size += ids * 34
-        return size
-
-    def fits(self, rpc: Rpc) -> bool:
-        ctl = rpc.control
-        if len(self.msgs) + len(rpc.messages) > MAX_RPC_MESSAGES:
-            return False
-        if (
-            self.size + self._weight(rpc) > _MERGE_BYTES
-            or len(self.subs) + len(rpc.subscriptions) > 256
-        ):
-            return False
-        return ctl is None or (
-            len(self.ihave) + len(ctl.ihave) <= 64
-            and len(self.iwant) + len(ctl.iwant) <= 64
-            and len(self.graft) + len(ctl.graft) <= 256
-            and len(self.prune) + len(ctl.prune) <= 256
-        )
-
-    def add(self, rpc: Rpc) -> None:
-        self.subs += rpc.subscriptions
-        known = self.known
-        if known is None or not rpc.messages:
-            self.msgs += rpc.messages
-        else:
-            self.msgs += [m for m in rpc.messages if sha256(m) not in known]
-        self.size += self._weight(rpc)
-        ctl = rpc.control
-        if ctl is not None:
-            self.ihave += ctl.ihave
-            self.iwant += ctl.iwant
-            self.graft += ctl.graft
-            self.prune += ctl.prune
-
-    def flush(self) -> list[bytes]:
-        if not (self.subs or self.msgs or self.ihave or self.iwant or self.graft or self.prune):
-            return []
-        control = None
-        if self.ihave or self.iwant or self.graft or self.prune:
-            control = [
-                ControlMessage.__wire_tag__,
-                ControlMessage.__wire_version__,
-                [_to_wire(x) for x in self.ihave],
-                [_to_wire(x) for x in self.iwant],
-                [_to_wire(x) for x in self.graft],
-                [_to_wire(x) for x in self.prune],
-            ]
-        wire = [
-            Rpc.__wire_tag__,
-            Rpc.__wire_version__,
-            [_to_wire(x) for x in self.subs],
-            self.msgs,
-            control,
-        ]
-        frame = msgpack.packb(wire, use_bin_type=True)
-        self.__init__(self.known)
-        return [frame]
+            close(self._conns[peer], "trimming connections")
 
 
 def _guarded_validator(validator: Validator) -> Validator:

@@ -7,7 +7,6 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aipg.gossip.host import _merge
 from aipg.gossip.messages import (
     FRAME_TYPES,
     ControlGraft,
@@ -19,6 +18,7 @@ from aipg.gossip.messages import (
     Rpc,
     SubOpts,
 )
+from aipg.gossip.rpcbatch import merge_rpcs
 from aipg.wire import WireError, decode, encode
 
 topics = st.sampled_from(["/aipg/1/txs", "/aipg/1/jobs", "/aipg/1/receipts"])
@@ -46,7 +46,7 @@ rpcs = st.builds(
 @settings(max_examples=60, deadline=None)
 @given(st.lists(rpcs | st.builds(Ping, nonce=st.integers(0, 2**64 - 1)), min_size=1, max_size=12))
 def test_merged_frames_decode_to_the_same_content_in_order(batch):
-    frames = _merge(batch)
+    frames = merge_rpcs(batch)
     decoded = [decode(f, FRAME_TYPES) for f in frames]
     assert all(len(f) <= 4 << 20 for f in frames)
 
