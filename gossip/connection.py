@@ -222,7 +222,7 @@ class ConnectionIO:
         interval = self.config.ping_interval * (1 if conn.outbound else 2)
         while True:
             await trio.sleep_until(conn.last_seen + interval)
-            if trio.current_time() - conn.last_seen < interval:
+            if not silent_since(trio.current_time(), conn.last_seen, interval):
                 continue  # traffic arrived meanwhile: the peer is alive
             try:
                 await self.ping(conn, self.config.ping_timeout)
@@ -248,3 +248,11 @@ class ConnectionIO:
         if conn.closed.is_set():
             raise PeerDisconnected(f"connection to {conn.peer} closed")
         return trio.current_time() - start
+
+
+def silent_since(now: float, last_seen: float, interval: float) -> bool:
+    """Whether a connection last heard from at ``last_seen`` has been silent for
+    ``interval`` at ``now``. Compared with the deadline itself, as ``sleep_until`` set it:
+    ``now - last_seen < interval`` can hold at the deadline through float rounding, and
+    the keepalive loop then spun without ever blocking."""
+    return now >= last_seen + interval

@@ -171,3 +171,15 @@ async def test_websocket_transport_refuses_oversize_frames(nursery):
         await got.wait()
     assert received == [b"x" * 100]
     await conn.aclose()
+
+
+def test_the_keepalive_deadline_is_compared_as_it_was_set():
+    """At the deadline a connection is silent, whatever float rounding says of the
+    difference (these numbers made the keepalive loop spin forever)."""
+    from aipg.gossip.connection import silent_since
+
+    last, interval = 15.057571252642584, 15.0
+    deadline = last + interval
+    assert deadline - last < interval  # the rounding that used to bite
+    assert silent_since(deadline, last, interval)
+    assert not silent_since(deadline - 1e-9, last, interval)
