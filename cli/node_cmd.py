@@ -108,6 +108,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="worker: also gossip a second, altered receipt for each LLM job",
     )
+    test.add_argument(
+        "--fault-flip-verdicts",
+        action="store_true",
+        help="validator: also gossip the opposite of each verdict",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -201,6 +206,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         random_votes=args.fault_random_votes,
         double_sign=args.fault_double_sign,
         double_receipt=args.fault_double_receipt,
+        flip_verdicts=args.fault_flip_verdicts,
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

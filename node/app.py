@@ -193,6 +193,7 @@ class Node:
                 self.catalog,
                 self.tracker,
                 random_votes=self.faults.random_votes,
+                flip_verdicts=self.faults.flip_verdicts,
             )
             await nursery.start(self.verifier.run)
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)

@@ -37,6 +37,7 @@ from .records import (
     Assignment,
     Certificate,
     Claim,
+    ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
     Job,
@@ -65,11 +66,13 @@ from .validate import (
     make_challenge,
     validate_assignment,
     validate_certificate,
+    validate_conflicting_verdicts,
     validate_equivocation,
     validate_fraud_evidence,
     validate_job,
     validate_receipt,
     validate_verdict,
+    votes_differ,
 )
 from .verify import Check, verdict_for, verify_diffusion, verify_llm
 from .votes import VoteCollector, make_verdict
@@ -83,6 +86,7 @@ __all__ = [
     "Check",
     "Claim",
     "Committee",
+    "ConflictingVerdicts",
     "EquivocationEvidence",
     "FinalizedHash",
     "FraudEvidence",
@@ -135,6 +139,7 @@ __all__ = [
     "tally_seated",
     "validate_assignment",
     "validate_certificate",
+    "validate_conflicting_verdicts",
     "validate_equivocation",
     "validate_fraud_evidence",
     "validate_job",
@@ -143,5 +148,6 @@ __all__ = [
     "verdict_for",
     "verify_diffusion",
     "verify_llm",
+    "votes_differ",
     "work_units",
 ]

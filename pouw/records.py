@@ -339,6 +339,16 @@ class EquivocationEvidence(Record):
     receipt_b: Receipt
 
 
+@record(tag=313)
+class ConflictingVerdicts(Record):
+    """Two verdicts one validator signed on one receipt with different votes: a
+    committee member that voted both ways (double-sign-like; its bond is slashed).
+    ``verdict_a`` sorts first by its encoding's digest."""
+
+    verdict_a: Verdict
+    verdict_b: Verdict
+
+
 # ----------------------------------------------------------------- ids and hashes
 
 

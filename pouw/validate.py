@@ -19,6 +19,7 @@ from aipg.wire import (
     require_signature,
     verify_signature,
 )
+from aipg.wire.codec import record_digest
 
 from .committee import (
     COMMITTEE_LOOKAHEAD,
@@ -33,6 +34,7 @@ from .errors import PouwError
 from .records import (
     Assignment,
     Certificate,
+    ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
     Job,
@@ -58,11 +60,13 @@ __all__ = [
     "make_challenge",
     "validate_assignment",
     "validate_certificate",
+    "validate_conflicting_verdicts",
     "validate_equivocation",
     "validate_fraud_evidence",
     "validate_job",
     "validate_receipt",
     "validate_verdict",
+    "votes_differ",
 ]
 
 # height -> hash of the finalized block at that height, or None when there is none (yet).
@@ -377,6 +381,28 @@ def validate_equivocation(evidence: EquivocationEvidence) -> None:
     )
     _require(receipt_id(a) < receipt_id(b), "receipt_a", "receipts not in receipt id order")
     _require(computes_differently(a, b), "receipt_b", "the receipts report one computation")
+
+
+def votes_differ(a: Verdict, b: Verdict) -> bool:
+    """Whether two verdicts vote differently (valid, invalid for a reason, abstain);
+    another ``detail`` text alone is the same vote."""
+    return (a.valid, a.reason) != (b.valid, b.reason)
+
+
+def validate_conflicting_verdicts(evidence: ConflictingVerdicts) -> None:
+    """Check that one validator signed two different votes on one receipt. Needs no
+    chain state beyond the validator's key. Raises PouwError."""
+    a, b = evidence.verdict_a, evidence.verdict_b
+    _signed(a, "verdict_a.signature")
+    _signed(b, "verdict_b.signature")
+    _require(a.signer == b.signer, "verdict_b.signer", "the verdicts have different signers")
+    _require(
+        a.receipt_id == b.receipt_id,
+        "verdict_b.receipt_id",
+        "the verdicts are on different receipts",
+    )
+    _require(record_digest(a) < record_digest(b), "verdict_a", "verdicts not in digest order")
+    _require(votes_differ(a, b), "verdict_b", "the verdicts cast the same vote")
 
 
 def validate_fraud_evidence(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -97,6 +97,9 @@ class BlockBody(Record):
     double_signs: Annotated[tuple[DoubleSignEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
     frauds: Annotated[tuple[FraudEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)]
     equivocations: Annotated[tuple[EquivocationEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    conflicting_verdicts: Annotated[
+        tuple[ConflictingVerdicts, ...], MaxLen(MAX_BLOCK_EVIDENCE)
+    ] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
 from aipg.wire import Identity, sign
 
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
@@ -25,6 +25,7 @@ def make_block(
     double_signs: Sequence[DoubleSignEvidence] = (),
     frauds: Sequence[FraudEvidence] = (),
     equivocations: Sequence[EquivocationEvidence] = (),
+    conflicting_verdicts: Sequence[ConflictingVerdicts] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in."""
     body = BlockBody(
@@ -34,6 +35,7 @@ def make_block(
         double_signs=tuple(double_signs),
         frauds=tuple(frauds),
         equivocations=tuple(equivocations),
+        conflicting_verdicts=tuple(conflicting_verdicts),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import trio
 
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
 from aipg.wire import Identity, WireError, decode, encode
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
@@ -47,6 +47,7 @@ class BlockContents:
     certificates: Sequence[Certificate] = ()
     frauds: Sequence[FraudEvidence] = ()
     equivocations: Sequence[EquivocationEvidence] = ()
+    conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
 
 
 Contents = Callable[[State], BlockContents]
@@ -77,7 +78,14 @@ class ChainApp:
         c = self.contents(s)
         time_ms = max(self.clock_ms(), s.time_ms + 1)
         evidence = [e for e in self.evidence if e.vote_a.height <= s.height]
-        candidates = Candidates(c.transactions, c.certificates, c.frauds, evidence, c.equivocations)
+        candidates = Candidates(
+            transactions=c.transactions,
+            certificates=c.certificates,
+            frauds=c.frauds,
+            double_signs=evidence,
+            equivocations=c.equivocations,
+            conflicting_verdicts=c.conflicting_verdicts,
+        )
         prepared = prepare_block(
             s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit
         )

@@ -1,20 +1,31 @@
-"""Equivocation: a worker that signed two receipts computing different results for one
-assignment is slashed like a convicted worker.
+"""Equivocation, by workers and by committee members.
+
+- A worker that signed two receipts computing different results for one assignment is
+  slashed like a convicted worker (``fraud_slash_bps``), once per assignment.
+- A validator that signed two different votes on one receipt is slashed and jailed like
+  a double signer in consensus (``double_sign_slash_bps``, ``jail_period``), once per
+  receipt: a member that votes both ways lets each side count it, so one job could be
+  both paid and its worker slashed.
 
 No committee is needed: the two signatures are the proof (pouw's
-:func:`~aipg.pouw.validate_equivocation`). Evidence is accepted while the assignment is
-younger than the unbonding period, so a worker cannot unbond before it is punished, and
-once per assignment.
+:func:`~aipg.pouw.validate_equivocation` and
+:func:`~aipg.pouw.validate_conflicting_verdicts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aipg.pouw import EquivocationEvidence, PouwError, validate_equivocation
+from aipg.pouw import (
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    PouwError,
+    validate_conflicting_verdicts,
+    validate_equivocation,
+)
 
 from .money import slash
-from .state import State
+from .state import Bond, State
 from .types import LedgerError
 
 
@@ -35,4 +46,29 @@ def check_equivocation(s: State, ev: EquivocationEvidence, i: int = 0) -> bytes:
     key = b"equivocation" + ev.receipt_a.assignment_id
     if key in s.punished:
         raise LedgerError(f"equivocation {i}: this equivocation was already punished")
+    return key
+
+
+def process_conflicting_verdicts(s: State, evidence: Iterable[ConflictingVerdicts]) -> None:
+    """Check each piece of evidence; slash (burned) and jail the validator that voted
+    both ways."""
+    for i, ev in enumerate(evidence):
+        key = check_conflicting_verdicts(s, ev, i)
+        s.put("punished", key, s.height)
+        offender = ev.verdict_a.signer
+        s.burned += slash(s, offender, s.params.double_sign_slash_bps)
+        b = s.bond(offender)
+        if b.stake:
+            s.put("bonds", offender, Bond(b.stake, s.height + s.params.jail_period))
+
+
+def check_conflicting_verdicts(s: State, ev: ConflictingVerdicts, i: int = 0) -> bytes:
+    """The evidence's punishment key; LedgerError naming the rule it breaks."""
+    try:
+        validate_conflicting_verdicts(ev)
+    except PouwError as e:
+        raise LedgerError(f"conflicting verdicts {i}: {e}") from None
+    key = b"verdicts" + ev.verdict_a.signer + ev.verdict_a.receipt_id
+    if key in s.punished:
+        raise LedgerError(f"conflicting verdicts {i}: already punished")
     return key

@@ -22,7 +22,7 @@ from aipg.pouw import COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
-from .equivocation import process_equivocations
+from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
 from .state import Bond, State, height_key, state_hash
@@ -64,6 +64,7 @@ def apply_block(
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)
     process_equivocations(s, block.body.equivocations)
+    process_conflicting_verdicts(s, block.body.conflicting_verdicts)
     process_rewards(s, block, work)
     process_epoch(s)
     record_block(s, block)

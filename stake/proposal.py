@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence
+from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
 from aipg.wire import encode
 
 from .block import (
@@ -32,7 +32,7 @@ from .block import (
     DoubleSignEvidence,
 )
 from .builder import make_block
-from .equivocation import process_equivocations
+from .equivocation import process_conflicting_verdicts, process_equivocations
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
 from .state import State
@@ -54,6 +54,7 @@ class Candidates:
     frauds: Sequence[FraudEvidence] = ()
     double_signs: Sequence[DoubleSignEvidence] = ()
     equivocations: Sequence[EquivocationEvidence] = ()
+    conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
 
 
 @dataclass
@@ -132,6 +133,12 @@ def prepare_block(
         lambda ev: process_equivocations(scratch, [ev]),
         key=lambda ev: ev.receipt_a.assignment_id,
     )
+    conflicting = keep(
+        candidates.conflicting_verdicts,
+        MAX_BLOCK_EVIDENCE,
+        lambda ev: process_conflicting_verdicts(scratch, [ev]),
+        key=lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
+    )
     block = make_block(
         state,
         proposer,
@@ -142,6 +149,7 @@ def prepare_block(
         double_signs=doubles,
         frauds=frauds,
         equivocations=equivocations,
+        conflicting_verdicts=conflicting,
     )
     return Prepared(block, refused)
 

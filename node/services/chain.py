@@ -30,7 +30,13 @@ import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
-from aipg.pouw import Certificate, EquivocationEvidence, FraudEvidence, Tier
+from aipg.pouw import (
+    Certificate,
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    FraudEvidence,
+    Tier,
+)
 from aipg.pouw.bounds import evict_over
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
@@ -157,8 +163,13 @@ class ChainService:
         arrival order; the driver keeps what applies (stake's ``prepare_block``)."""
         certs, frauds = self.tracker.pending_outcomes()
         txs = self.mempool.transactions()[:MAX_BLOCK_TXS]
-        equivocations = self.tracker.pending_equivocations()
-        return BlockContents(txs, certs[:MAX_BLOCK_CERTS], frauds[:MAX_BLOCK_CERTS], equivocations)
+        return BlockContents(
+            txs,
+            certs[:MAX_BLOCK_CERTS],
+            frauds[:MAX_BLOCK_CERTS],
+            self.tracker.pending_equivocations(),
+            self.tracker.pending_conflicts(),
+        )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
         """Work a proposal left out can never be included: the tracker stops offering
@@ -172,6 +183,8 @@ class ChainService:
                 self.tracker.set_aside(item, reason)
             elif isinstance(item, EquivocationEvidence):
                 self.tracker.settle_equivocation(item)
+            elif isinstance(item, ConflictingVerdicts):
+                self.tracker.settle_conflict(item)
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -189,6 +202,8 @@ class ChainService:
             self.tracker.mark_included(outcome, block.height)
         for evidence in block.body.equivocations:
             self.tracker.settle_equivocation(evidence)
+        for conflict in block.body.conflicting_verdicts:
+            self.tracker.settle_conflict(conflict)
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aipg.models import LLM, ModelDir, build_demo_diffusion, build_demo_llm
-from aipg.pouw import Result, VerdictReason
+from aipg.pouw import Receipt, Result, Verdict, VerdictReason, make_verdict
 from aipg.pouw.records import output_hash_tokens
 from aipg.pouw.verify import Check
 from aipg.stake.block import Vote, VoteStep
@@ -33,6 +33,7 @@ class Faults:
     random_votes: bool = False  # validator: vote valid/invalid at random without checking
     double_sign: bool = False  # validator: sign two conflicting prevotes at each height
     double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
+    flip_verdicts: bool = False  # validator: also gossip the opposite verdict
 
     def any(self) -> bool:
         return (
@@ -41,6 +42,7 @@ class Faults:
             or self.random_votes
             or self.double_sign
             or self.double_receipt
+            or self.flip_verdicts
         )
 
 
@@ -108,3 +110,10 @@ def random_check() -> Check:
         detail="random vote",
         recomputed=b"",
     )
+
+
+def flipped_verdict(identity: Identity, receipt: Receipt, verdict: Verdict) -> Verdict:
+    """The opposite of ``verdict`` on ``receipt``, signed again: a member voting both ways."""
+    reason = VerdictReason.TOKEN_MISMATCH if verdict.valid else VerdictReason.OK
+    log.warning("FAULT: voting both ways on receipt %s", verdict.receipt_id.hex()[:12])
+    return make_verdict(identity, receipt, reason, recomputed=b"flipped")

@@ -31,7 +31,7 @@ from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
 from .catalog import ModelCatalog
-from .faults import random_check
+from .faults import flipped_verdict, random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
@@ -51,12 +51,14 @@ class VerifierService:
         tracker: WorkTracker,
         *,
         random_votes: bool = False,
+        flip_verdicts: bool = False,
     ):
         self.identity = identity
         self.host = host
         self.catalog = catalog
         self.tracker = tracker
         self.random_votes = random_votes
+        self.flip_verdicts = flip_verdicts
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
         self._considered: OrderedDict[bytes, None] = OrderedDict()
@@ -99,6 +101,9 @@ class VerifierService:
         except PouwError as e:
             log.warning("own verdict rejected: %s", e)
         await self.host.publish(topic("verdicts"), encode(verdict))
+        if self.flip_verdicts:  # test-only fault: vote the other way too
+            flipped = flipped_verdict(self.identity, report.result.receipt, verdict)
+            await self.host.publish(topic("verdicts"), encode(flipped))
 
     async def _check(self, report: WorkReport) -> Check:
         if self.random_votes:

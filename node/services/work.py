@@ -27,6 +27,7 @@ from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
     Committee,
+    ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
     PouwError,
@@ -36,9 +37,12 @@ from aipg.pouw import (
     committee_for,
     computes_differently,
     receipt_id,
+    validate_verdict,
+    votes_differ,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.wire import encode
+from aipg.wire.codec import record_digest
 
 log = logging.getLogger("aipg.node.work")
 
@@ -118,6 +122,7 @@ class WorkTracker:
         # something else is equivocation, kept as evidence until a block carries it.
         self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._equivocations: OrderedDict[bytes, EquivocationEvidence] = OrderedDict()
+        self._conflicts: OrderedDict[bytes, ConflictingVerdicts] = OrderedDict()
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -173,6 +178,9 @@ class WorkTracker:
         if tracked is None:
             self._hold_early(verdict)
             return None
+        first = tracked.verdicts.get(verdict.signer)
+        if first is not None and votes_differ(first, verdict):
+            self._record_conflict(first, verdict)
         decided_before = tracked.outcome is not None
         outcome = tracked.collector.add(verdict)
         tracked.verdicts[verdict.signer] = verdict
@@ -221,6 +229,34 @@ class WorkTracker:
             "worker %s signed two receipts for one assignment of job %s: equivocation",
             receipt.signer.hex()[:12],
             tracked.job_id.hex()[:12],
+        )
+
+    def _record_conflict(self, first: Verdict, second: Verdict) -> None:
+        """A member voted both ways on one receipt: evidence for a block (it is slashed
+        like a double signer); the second vote itself is dropped by the collector."""
+        try:
+            validate_verdict(second, self._by_receipt[second.receipt_id].report.result.receipt)
+        except PouwError:
+            return  # not a real second vote of this member
+        a, b = sorted((first, second), key=record_digest)
+        key = b"verdicts" + a.signer + a.receipt_id
+        if key not in self._conflicts:
+            self._conflicts[key] = ConflictingVerdicts(a, b)
+            evict_over(self._conflicts, self.max_early)
+            log.warning(
+                "validator %s voted both ways on receipt %s",
+                a.signer.hex()[:12],
+                a.receipt_id.hex()[:12],
+            )
+
+    def pending_conflicts(self) -> list[ConflictingVerdicts]:
+        """Conflicting-verdict evidence no block has carried yet (oldest first)."""
+        return list(self._conflicts.values())
+
+    def settle_conflict(self, evidence: ConflictingVerdicts) -> None:
+        """A block carried ``evidence``, or a proposal found it can never be carried."""
+        self._conflicts.pop(
+            b"verdicts" + evidence.verdict_a.signer + evidence.verdict_a.receipt_id, None
         )
 
     def pending_equivocations(self) -> list[EquivocationEvidence]:

@@ -224,3 +224,23 @@ async def test_a_worker_that_signs_two_receipts_for_one_assignment_is_slashed(tm
                 await gateway.chain.wait_for_block()
         assert gateway.chain.bond_of(worker.identity.public_bytes) < bond
         assert gateway.tracker.pending_equivocations() == []  # carried once, then settled
+
+
+async def test_a_validator_that_votes_both_ways_is_slashed_and_jailed(tmp_path, llm_dir):
+    model = load_model_dir(llm_dir)
+    flipper = NodeSpec(worker=False, faults=Faults(flip_verdicts=True))
+    specs = [NodeSpec(worker=False), NodeSpec(), flipper, NodeSpec(worker=False)]
+    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+        gateway, flip_node = world.nodes[0], world.nodes[2]
+        key = flip_node.identity.public_bytes
+        await world.wait_for_worker(gateway, model.model_id)
+        bond = gateway.chain.state.bond(key).stake
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "both ways"))
+
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert key in tracked.committee.members  # two eligible validators: both seated
+        with trio.fail_after(60):
+            while gateway.chain.state.bond(key).stake == bond:
+                await gateway.chain.wait_for_block()
+        assert gateway.chain.state.bond(key).jailed_until > gateway.chain.height

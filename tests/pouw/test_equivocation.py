@@ -1,4 +1,5 @@
-"""Equivocation evidence: two receipts one worker signed for one assignment."""
+"""Equivocation evidence: two receipts one worker signed for one assignment, and two
+votes one committee member signed on one receipt."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aipg.pouw import (
+    ConflictingVerdicts,
     EquivocationEvidence,
     PouwError,
+    VerdictReason,
     computes_differently,
+    make_verdict,
     receipt_id,
+    validate_conflicting_verdicts,
     validate_equivocation,
 )
 from aipg.testing.world import World, identity
 from aipg.wire import sign
+from aipg.wire.codec import record_digest
 
 W = World()
 
@@ -60,3 +66,28 @@ def test_evidence_must_be_one_signer_one_assignment_in_order():
     x, y = sorted((a, forged), key=receipt_id)
     with pytest.raises(PouwError, match="signature"):
         validate_equivocation(EquivocationEvidence(x, y))
+
+
+def _verdicts(first_reason, second_reason, second_signer=None):
+    job = W.llm_job(seed=3)
+    receipt = W.receipt(job, W.assignment(job))
+    member = W.validators[0]
+    a = make_verdict(member, receipt, first_reason, recomputed=b"one")
+    b = make_verdict(second_signer or member, receipt, second_reason, recomputed=b"two")
+    return tuple(sorted((a, b), key=record_digest))
+
+
+def test_a_member_voting_both_ways_is_evidence():
+    a, b = _verdicts(VerdictReason.OK, VerdictReason.TOKEN_MISMATCH)
+    validate_conflicting_verdicts(ConflictingVerdicts(a, b))
+    with pytest.raises(PouwError, match="digest order"):
+        validate_conflicting_verdicts(ConflictingVerdicts(b, a))
+
+
+def test_the_same_vote_twice_or_two_members_is_no_conflict():
+    a, b = _verdicts(VerdictReason.OK, VerdictReason.OK)  # other check data, same vote
+    with pytest.raises(PouwError, match="same vote"):
+        validate_conflicting_verdicts(ConflictingVerdicts(a, b))
+    a, b = _verdicts(VerdictReason.OK, VerdictReason.TOKEN_MISMATCH, W.validators[1])
+    with pytest.raises(PouwError, match="different signers"):
+        validate_conflicting_verdicts(ConflictingVerdicts(a, b))

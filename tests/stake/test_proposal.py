@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import pytest
 
-from aipg.pouw import EquivocationEvidence, receipt_id
+from aipg.pouw import (
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    VerdictReason,
+    make_verdict,
+    receipt_id,
+)
 from aipg.stake.driver import BlockContents
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
@@ -20,6 +26,7 @@ from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate, make_fraud
 from aipg.testing.drivers import DriverNet
 from aipg.wire import sign
+from aipg.wire.codec import record_digest
 
 
 def _chain() -> TestChain:
@@ -141,3 +148,21 @@ def test_an_equivocating_worker_is_slashed_once():
     assert again.block.body.equivocations == () and "already punished" in again.refused[0][1]
     with pytest.raises(LedgerError, match="already punished"):
         apply_block(c.state, c.build(equivocations=[evidence]))
+
+
+def test_a_validator_that_voted_both_ways_is_slashed_and_jailed_once():
+    c = _chain()
+    cert = make_certificate(c, ident(330), nonce=11)
+    member = c.keys[cert.verdicts[0].signer]
+    flipped = make_verdict(member, cert.receipt, VerdictReason.TOKEN_MISMATCH, recomputed=b"")
+    a, b = sorted((cert.verdicts[0], flipped), key=record_digest)
+    evidence = ConflictingVerdicts(a, b)
+    before = c.state.bond(member.public_bytes).stake
+    prepared = _prepare(c, Candidates(conflicting_verdicts=[evidence, evidence]))
+    assert prepared.block.body.conflicting_verdicts == (evidence,)
+    s = c.commit(prepared.block)
+    bond = s.bond(member.public_bytes)
+    assert bond.stake == before - before * s.params.double_sign_slash_bps // 10_000
+    assert bond.jailed_until == s.height + s.params.jail_period
+    again = _prepare(c, Candidates(conflicting_verdicts=[evidence]))
+    assert again.block.body.conflicting_verdicts == () and "already punished" in again.refused[0][1]
