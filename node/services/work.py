@@ -233,11 +233,17 @@ class WorkTracker:
 
     def _record_conflict(self, first: Verdict, second: Verdict) -> None:
         """A member voted both ways on one receipt: evidence for a block (it is slashed
-        like a double signer); the second vote itself is dropped by the collector."""
+        like a double signer); the second vote itself is dropped by the collector. An
+        outcome the member helped decide is set aside: nodes that heard its votes in
+        the other order decided the other way, so neither side may act on it."""
+        tracked = self._by_receipt[second.receipt_id]
         try:
-            validate_verdict(second, self._by_receipt[second.receipt_id].report.result.receipt)
+            validate_verdict(second, tracked.report.result.receipt)
         except PouwError:
             return  # not a real second vote of this member
+        decided_by = {v.signer for v in tracked.outcome.verdicts} if tracked.outcome else set()
+        if first.signer in decided_by:
+            self.set_aside(tracked.outcome, "a member of its deciding side voted both ways")
         a, b = sorted((first, second), key=record_digest)
         key = b"verdicts" + a.signer + a.receipt_id
         if key not in self._conflicts:

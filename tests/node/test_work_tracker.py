@@ -6,9 +6,11 @@ only the outputs inside each result are empty, since the tracker never reads the
 
 from __future__ import annotations
 
+import pytest
+
 from aipg.node.protocol.messages import WorkReport
 from aipg.node.services.work import WorkTracker
-from aipg.pouw import Result
+from aipg.pouw import PouwError, Result, VerdictReason, make_verdict
 from aipg.testing.chainkit import TestChain, ident, make_work
 
 
@@ -69,3 +71,21 @@ def test_work_a_proposal_refused_is_never_offered_again():
     tracker.set_aside(stale.outcome, "assignment at height 3 is too old")
     assert tracker.pending_outcomes() == ([], [])
     assert stale.set_aside == "assignment at height 3 is too old"
+
+
+def test_an_outcome_decided_by_a_member_that_voted_both_ways_is_set_aside():
+    """A member tells half the network 'valid' and the other half 'invalid': the node
+    keeps the evidence against the member and acts on neither outcome."""
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    tracked = _track(tracker, c, ident(304), nonce=5)  # certified by every member
+    member = c.keys[tracked.outcome.verdicts[0].signer]
+    flipped = make_verdict(
+        member, tracked.report.result.receipt, VerdictReason.TOKEN_MISMATCH, recomputed=b""
+    )
+    with pytest.raises(PouwError, match="voted differently"):
+        tracker.add_verdict(flipped)
+    assert tracker.pending_outcomes() == ([], [])
+    assert tracked.set_aside == "a member of its deciding side voted both ways"
+    (evidence,) = tracker.pending_conflicts()
+    assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {member.public_bytes}
