@@ -113,6 +113,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="validator: also gossip the opposite of each verdict",
     )
+    test.add_argument(
+        "--fault-accuse",
+        action="store_true",
+        help="validator: vote every receipt invalid without checking",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -207,6 +212,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         double_sign=args.fault_double_sign,
         double_receipt=args.fault_double_receipt,
         flip_verdicts=args.fault_flip_verdicts,
+        accuse=args.fault_accuse,
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

@@ -29,7 +29,8 @@ import trio
 
 from aipg.gossip import Delivered, GossipConfig, GossipHost, Transport, WebsocketTransport
 from aipg.models import ModelError, check_announcement, model_id_text
-from aipg.pouw import Committee, Job, PouwError, Verdict
+from aipg.pouw import Job, PouwError, Verdict
+from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import Genesis
 from aipg.stake.signrecord import SqliteSignRecord
@@ -194,10 +195,12 @@ class Node:
                 self.tracker,
                 random_votes=self.faults.random_votes,
                 flip_verdicts=self.faults.flip_verdicts,
+                accuse=self.faults.accuse,
             )
             await nursery.start(self.verifier.run)
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
         await nursery.start(self.intake.run)
+        self.chain.on_block.append(self._open_reviews)
 
     def _serve_protocols(self, jobs: JobProtocol) -> None:
         jobs.serve(self.gateway, self.worker, self.intake.on_report)
@@ -207,6 +210,19 @@ class Node:
         self.host.set_request_handler(
             PROTO_BLOB, self.models.serve_blob, max_request_size=MAX_BLOB_REQUEST
         )
+
+    def _open_reviews(self, block: Block) -> None:
+        """The fraud evidence ``block`` carried opens reviews: draw each committee, and
+        re-check the work when this validator sits on one."""
+        if not block.body.frauds:
+            return
+        validators = self.chain.state.validator_snapshot_at(block.height)
+        if validators is None:
+            return
+        for evidence in block.body.frauds:
+            tracked = self.tracker.start_review(evidence, block.hash, validators)
+            if tracked is not None and self.verifier is not None:
+                self.verifier.consider_review(tracked)
 
     async def _local_job(self, job: Job) -> None:
         """A job from ``jobs`` or from this node's own gateway (gossip does not deliver
@@ -419,9 +435,15 @@ class _CheckView:
     def state(self) -> State:
         return self.chain.state
 
-    def committee_of(self, receipt_id: bytes) -> Committee | None:
+    def may_vote(self, receipt_id: bytes, signer: bytes) -> bool | None:
         tracked = self.tracker.for_receipt(receipt_id)
-        return tracked.committee if tracked is not None else None
+        if tracked is None:
+            return None
+        if signer in tracked.voters():
+            return True
+        # Reviewers are drawn when a block opens the conviction, which this node may
+        # not have yet: any current validator may be one.
+        return tracked.fraud and signer in self.chain.state.validators
 
 
 async def run_until_signal(node: Node) -> None:

@@ -349,6 +349,17 @@ class ConflictingVerdicts(Record):
     verdict_b: Verdict
 
 
+@record(tag=314, max_size=4 << 20)
+class FraudReview(Record):
+    """A review committee's verdicts on a conviction a block carried: the fraud evidence
+    and the reviewers' verdicts on the same receipt. Two thirds of the review's seated
+    stake invalid uphold the conviction (the worker is slashed); two thirds valid
+    overturn it (the accusers are slashed instead)."""
+
+    evidence: FraudEvidence
+    verdicts: Annotated[tuple[Verdict, ...], MaxLen(2 * MAX_COMMITTEE)]
+
+
 # ----------------------------------------------------------------- ids and hashes
 
 

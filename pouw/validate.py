@@ -37,6 +37,7 @@ from .records import (
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
+    FraudReview,
     Job,
     Receipt,
     Verdict,
@@ -58,6 +59,8 @@ __all__ = [
     "computes_differently",
     "interested",
     "make_challenge",
+    "review_committee",
+    "review_seed",
     "validate_assignment",
     "validate_certificate",
     "validate_conflicting_verdicts",
@@ -65,6 +68,7 @@ __all__ = [
     "validate_fraud_evidence",
     "validate_job",
     "validate_receipt",
+    "validate_review",
     "validate_verdict",
     "votes_differ",
 ]
@@ -403,6 +407,57 @@ def validate_conflicting_verdicts(evidence: ConflictingVerdicts) -> None:
     )
     _require(record_digest(a) < record_digest(b), "verdict_a", "verdicts not in digest order")
     _require(votes_differ(a, b), "verdict_b", "the verdicts cast the same vote")
+
+
+def review_seed(block_hash: bytes, receipt_id_: bytes) -> bytes:
+    """The seed of a conviction's review: the block that carried the evidence (unknown
+    when the job, its assignment and the first verdicts were signed) and the receipt."""
+    return hash_tagged(b"review/seed/1", block_hash, receipt_id_)
+
+
+def review_committee(
+    evidence: FraudEvidence, validators: Mapping[bytes, int], block_hash: bytes, size: int
+) -> Committee:
+    """Who reviews ``evidence``, carried by the block ``block_hash``: ``2 * size`` seats
+    drawn from ``validators`` without the job's interested parties and without the
+    members whose verdicts the evidence holds (a review is a second, independent look);
+    when no one else is left, from those members again."""
+    keys = validators.keys()
+    excluded = interested(evidence.job, evidence.assignment, keys)
+    first_look = excluded | {v.signer for v in evidence.verdicts}
+    if not any(k not in first_look and validators[k] > 0 for k in keys):
+        first_look = excluded  # a small network: the same members look again
+    seed = review_seed(block_hash, receipt_id(evidence.receipt))
+    return draw_committee(validators, seed, 2 * size, first_look)
+
+
+def validate_review(
+    review: FraudReview,
+    validators: Mapping[bytes, int],
+    block_hash: bytes,
+    *,
+    committee_size: int = COMMITTEE_SIZE,
+    check_challenges: bool = True,
+) -> bool:
+    """Check a review of the conviction that block ``block_hash`` carried, against the
+    validator set at that block; True when it upholds the conviction, False when it
+    overturns it. Raises PouwError when it decides neither (two thirds either way of
+    the seated stake are needed: slashing anyone takes a supermajority)."""
+    committee = review_committee(review.evidence, validators, block_hash, committee_size)
+    _require(bool(committee.candidates), "review.committee", "no eligible reviewer has stake")
+    t = _tally_verdicts(
+        review.verdicts, review.evidence.receipt, committee, validators, check_challenges
+    )
+    _require(not t.short, "review.quorum", "too many abstentions: the review has empty seats")
+    if 3 * t.invalid_stake >= 2 * t.committee_stake:
+        return True
+    _require(
+        t.certifies,
+        "review.quorum",
+        f"neither side holds 2/3 of {t.committee_stake} review stake "
+        f"(valid {t.valid_stake}, invalid {t.invalid_stake})",
+    )
+    return False
 
 
 def validate_fraud_evidence(

@@ -10,7 +10,13 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
+from aipg.pouw import (
+    Certificate,
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    FraudEvidence,
+    FraudReview,
+)
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -100,6 +106,7 @@ class BlockBody(Record):
     conflicting_verdicts: Annotated[
         tuple[ConflictingVerdicts, ...], MaxLen(MAX_BLOCK_EVIDENCE)
     ] = ()
+    reviews: Annotated[tuple[FraudReview, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
+from aipg.pouw import (
+    Certificate,
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    FraudEvidence,
+    FraudReview,
+)
 from aipg.wire import Identity, sign
 
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
@@ -26,6 +32,7 @@ def make_block(
     frauds: Sequence[FraudEvidence] = (),
     equivocations: Sequence[EquivocationEvidence] = (),
     conflicting_verdicts: Sequence[ConflictingVerdicts] = (),
+    reviews: Sequence[FraudReview] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in."""
     body = BlockBody(
@@ -36,6 +43,7 @@ def make_block(
         frauds=tuple(frauds),
         equivocations=tuple(equivocations),
         conflicting_verdicts=tuple(conflicting_verdicts),
+        reviews=tuple(reviews),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

@@ -16,7 +16,13 @@ from typing import NoReturn
 
 import trio
 
-from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
+from aipg.pouw import (
+    Certificate,
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    FraudEvidence,
+    FraudReview,
+)
 from aipg.wire import Identity, WireError, decode, encode
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
@@ -48,6 +54,7 @@ class BlockContents:
     frauds: Sequence[FraudEvidence] = ()
     equivocations: Sequence[EquivocationEvidence] = ()
     conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
+    reviews: Sequence[FraudReview] = ()
 
 
 Contents = Callable[[State], BlockContents]
@@ -85,6 +92,7 @@ class ChainApp:
             double_signs=evidence,
             equivocations=c.equivocations,
             conflicting_verdicts=c.conflicting_verdicts,
+            reviews=c.reviews,
         )
         prepared = prepare_block(
             s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit

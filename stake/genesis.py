@@ -83,6 +83,11 @@ class ChainParams(Record):
     min_signed_per_window_bps: BpsField  # 0 turns liveness jailing off
     downtime_jail_period: Positive
     downtime_slash_bps: BpsField
+    # Reviews (stake/review.py): fraud evidence slashes nobody until a second, larger
+    # committee decides it within ``review_period`` blocks; accusers it overturns lose
+    # ``false_accusation_slash_bps`` of their bonds.
+    review_period: Positive
+    false_accusation_slash_bps: BpsField
 
 
 MAINNET_PARAMS = ChainParams(
@@ -111,6 +116,8 @@ MAINNET_PARAMS = ChainParams(
     min_signed_per_window_bps=500,  # jailed after missing more than 95 % of them
     downtime_jail_period=60,  # an hour; it returns at the epoch boundary after its UNJAIL
     downtime_slash_bps=0,  # downtime is a fault, not an attack: jailing is the cost
+    review_period=60,  # an hour: time for the review committee to re-check and vote
+    false_accusation_slash_bps=5_000,  # accusing an honest worker costs what fraud does
 )
 
 
@@ -131,6 +138,7 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # see a stopped one jailed within minutes (after 96 missed blocks).
         signed_blocks_window=100,
         downtime_jail_period=20,
+        review_period=20,
     )
 
 
@@ -194,6 +202,12 @@ def check_genesis(genesis: Genesis) -> Genesis:
                 f"validator {v.name or v.public_key.hex()} bonds {format_amount(v.stake)} AIPG; "
                 f"a validator needs at least {format_amount(p.min_validator_stake)} AIPG"
             )
+    if not p.review_period <= min(p.escrow_period, p.unbonding_period - 1):
+        raise GenesisError(
+            "review_period must be at most escrow_period (the seed block and validator set "
+            "of a review must still be kept) and below unbonding_period (no accused bond "
+            "may leave before its review)"
+        )
     if genesis.supply > p.max_supply:
         raise GenesisError(
             f"genesis supply {format_amount(genesis.supply)} AIPG is above the max supply "

@@ -25,6 +25,7 @@ from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
+from .review import expire_convictions, process_reviews
 from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
 from .tx_apply import apply_transaction, check_transaction, process_transactions
@@ -65,6 +66,8 @@ def apply_block(
     process_frauds(s, block.body.frauds)
     process_equivocations(s, block.body.equivocations)
     process_conflicting_verdicts(s, block.body.conflicting_verdicts)
+    process_reviews(s, block.body.reviews)
+    expire_convictions(s)
     process_rewards(s, block, work)
     process_epoch(s)
     record_block(s, block)

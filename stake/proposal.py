@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from aipg.pouw import Certificate, ConflictingVerdicts, EquivocationEvidence, FraudEvidence
+from aipg.pouw import (
+    Certificate,
+    ConflictingVerdicts,
+    EquivocationEvidence,
+    FraudEvidence,
+    FraudReview,
+)
 from aipg.wire import encode
 
 from .block import (
@@ -35,6 +41,7 @@ from .builder import make_block
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
+from .review import process_reviews
 from .state import State
 from .tx import Transaction
 from .tx_apply import apply_transaction
@@ -55,6 +62,7 @@ class Candidates:
     double_signs: Sequence[DoubleSignEvidence] = ()
     equivocations: Sequence[EquivocationEvidence] = ()
     conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
+    reviews: Sequence[FraudReview] = ()
 
 
 @dataclass
@@ -139,6 +147,12 @@ def prepare_block(
         lambda ev: process_conflicting_verdicts(scratch, [ev]),
         key=lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
     )
+    reviews = keep(
+        candidates.reviews,
+        MAX_BLOCK_EVIDENCE,
+        lambda r: process_reviews(scratch, [r]),
+        key=lambda r: r.evidence.receipt.signature,
+    )
     block = make_block(
         state,
         proposer,
@@ -150,6 +164,7 @@ def prepare_block(
         frauds=frauds,
         equivocations=equivocations,
         conflicting_verdicts=conflicting,
+        reviews=reviews,
     )
     return Prepared(block, refused)
 

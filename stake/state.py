@@ -64,6 +64,14 @@ class Liveness(NamedTuple):
     jailed_until: int  # 0, or jailed for downtime: an UNJAIL is valid from this height
 
 
+class Conviction(NamedTuple):
+    """Fraud evidence a block carried: nobody is slashed until a review decides it
+    (:mod:`.review`), or it expires undecided."""
+
+    evidence_digest: bytes  # record digest of the FraudEvidence
+    height: int  # the block that carried it (its hash seeds the review)
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -74,6 +82,7 @@ EMPTY_BOND = Bond(0, 0)
 # were drawn from; block_hashes: height (8 bytes) → hash, for committee seeds.
 # The last two keep only what a certificate young enough to be included can refer to.
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
+# convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
 TABLES = (
     "accounts",
     "bonds",
@@ -84,12 +93,14 @@ TABLES = (
     "epochs",
     "block_hashes",
     "liveness",
+    "convictions",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
     "bonds": Bond,
     "escrows": Escrow,
     "liveness": Liveness,
+    "convictions": Conviction,
 }
 
 
@@ -113,6 +124,7 @@ class State:
     epochs: dict[bytes, tuple[tuple[bytes, int], ...]]
     block_hashes: dict[bytes, bytes]
     liveness: dict[bytes, Liveness]
+    convictions: dict[bytes, Conviction]
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
@@ -146,6 +158,7 @@ class State:
             epochs={height_key(0): _snapshot_rows(vset)},
             block_hashes={height_key(0): genesis.hash},
             liveness={},
+            convictions={},
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))

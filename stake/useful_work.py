@@ -27,9 +27,10 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
-from .money import credit, slash
+from .money import credit
+from .review import open_conviction
 from .state import Escrow, State, escrow_key
-from .types import LedgerError, bps_of
+from .types import LedgerError
 
 
 def process_certificates(
@@ -123,8 +124,8 @@ def certification_deadline(s: State, job_deadline_ms: int) -> int:
 
 
 def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
-    """Slash each convicted worker's bond; refund a paid job's escrow (its client's) to
-    the client together with a share of what was slashed; burn the rest."""
+    """Open a conviction for each piece of fraud evidence: nobody is slashed until a
+    review decides it (:mod:`.review`); a paid job's escrow returns to its client."""
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, ev in enumerate(frauds):
         try:
@@ -135,12 +136,4 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
         if key in s.punished:
             raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
         s.put("punished", key, s.height)
-        slashed = slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
-        key = escrow_key(ev.receipt.job_id, ev.job.client)
-        escrow = s.escrows.get(key) if ev.job.tier == Tier.PAID else None
-        refund = 0
-        if escrow is not None:  # the client's own escrow, whatever it covers, comes back
-            s.put("escrows", key, None)
-            refund = bps_of(slashed, s.params.fraud_refund_bps)
-            credit(s, escrow.payer, escrow.amount + refund)
-        s.burned += slashed - refund
+        open_conviction(s, ev)

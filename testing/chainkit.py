@@ -4,7 +4,14 @@ committed blocks; and certificates and fraud evidence for its blocks."""
 from __future__ import annotations
 
 from aipg.models import SamplingParams
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Certificate, FraudEvidence, committee_for
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Certificate,
+    FraudEvidence,
+    FraudReview,
+    committee_for,
+    review_committee,
+)
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -22,6 +29,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     escrow_period=3,
     jail_period=3,
     target_block_time_ms=1_000,
+    review_period=3,
 )
 
 
@@ -166,3 +174,18 @@ def reference_chain(n_blocks: int) -> TestChain:
         certs = [make_certificate(c, c.users[h % 4], nonce=h)] if h % 5 == 0 else []
         c.next(transactions=txs, certificates=certs)
     return c
+
+
+def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = True) -> FraudReview:
+    """The review of ``evidence``, which the chain's last block carried: every seated
+    reviewer votes invalid (``upheld``) or valid."""
+    height = chain.state.height
+    validators = chain.state.validator_snapshot_at(height)
+    committee = review_committee(
+        evidence, validators, chain.state.block_hash_at(height), chain.state.params.committee_size
+    )
+    receipt = evidence.receipt
+    verdicts = tuple(
+        signed_verdict(chain.keys[k], receipt, not upheld) for k in sorted(committee.members)
+    )
+    return FraudReview(evidence, verdicts)

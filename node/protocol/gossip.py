@@ -12,8 +12,9 @@ forwarded that this node could have found false:
   of the current validator set; one for a height we have, or too far ahead to check,
   is dropped (sync fetches those, verifying every commit);
 - a vote or proposal at the height being decided must come from a current validator;
-- a verdict on a receipt this node tracks must come from a candidate of its committee;
-  one on a receipt not seen yet must at least come from a current validator.
+- a verdict on a receipt this node tracks must come from a candidate of its committee
+  (or, once fraud is decided, from a validator that may review it); one on a receipt
+  not seen yet must at least come from a current validator.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Protocol
 from aipg.gossip import PubsubMessage, ValidationResult
 from aipg.models import ModelError, check_announcement
 from aipg.pouw import (
-    Committee,
     Job,
     PouwError,
     Verdict,
@@ -68,7 +68,10 @@ class NodeView(Protocol):
     @property
     def state(self) -> State: ...
 
-    def committee_of(self, receipt_id: bytes) -> Committee | None: ...
+    def may_vote(self, receipt_id: bytes, signer: bytes) -> bool | None:
+        """Whether ``signer`` may vote on the receipt (its committee, or its review
+        once fraud is decided); None for a receipt this node does not track."""
+        ...
 
 
 def check_finalized_block(fb: FinalizedBlock, state: State) -> None:
@@ -115,10 +118,10 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
         verdict = decode(data, Verdict)
         if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
-        committee = node.committee_of(verdict.receipt_id)
-        if committee is not None and verdict.signer not in committee:
+        allowed = node.may_vote(verdict.receipt_id, verdict.signer)
+        if allowed is False:
             raise PouwError("verdict.signer", "not a candidate of the receipt's committee")
-        if committee is None and verdict.signer not in node.state.validators:
+        if allowed is None and verdict.signer not in node.state.validators:
             raise Stale("verdict from outside the validator set on a receipt not seen yet")
 
     def workers(data: bytes) -> None:

@@ -35,6 +35,7 @@ from aipg.pouw import (
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
+    FraudReview,
     Tier,
 )
 from aipg.pouw.bounds import evict_over
@@ -169,6 +170,7 @@ class ChainService:
             frauds[:MAX_BLOCK_CERTS],
             self.tracker.pending_equivocations(),
             self.tracker.pending_conflicts(),
+            self.tracker.pending_reviews(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -185,6 +187,8 @@ class ChainService:
                 self.tracker.settle_equivocation(item)
             elif isinstance(item, ConflictingVerdicts):
                 self.tracker.settle_conflict(item)
+            elif isinstance(item, FraudReview):
+                self.tracker.settle_review(item)
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -204,6 +208,8 @@ class ChainService:
             self.tracker.settle_equivocation(evidence)
         for conflict in block.body.conflicting_verdicts:
             self.tracker.settle_conflict(conflict)
+        for review in block.body.reviews:
+            self.tracker.settle_review(review)
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)

@@ -34,6 +34,7 @@ class Faults:
     double_sign: bool = False  # validator: sign two conflicting prevotes at each height
     double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
     flip_verdicts: bool = False  # validator: also gossip the opposite verdict
+    accuse: bool = False  # validator: vote every receipt invalid without checking
 
     def any(self) -> bool:
         return (
@@ -43,6 +44,7 @@ class Faults:
             or self.double_sign
             or self.double_receipt
             or self.flip_verdicts
+            or self.accuse
         )
 
 
@@ -117,3 +119,9 @@ def flipped_verdict(identity: Identity, receipt: Receipt, verdict: Verdict) -> V
     reason = VerdictReason.TOKEN_MISMATCH if verdict.valid else VerdictReason.OK
     log.warning("FAULT: voting both ways on receipt %s", verdict.receipt_id.hex()[:12])
     return make_verdict(identity, receipt, reason, recomputed=b"flipped")
+
+
+def accusing_check() -> Check:
+    """An invalid vote without checking: a validator accusing every worker."""
+    log.warning("FAULT: accusing a worker without checking")
+    return Check(VerdictReason.TOKEN_MISMATCH, detail="false accusation", recomputed=b"")

@@ -487,7 +487,12 @@ class GatewayService:
     def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked: TrackedWork | None) -> str:
         if tracked is not None:
             if tracked.block_height is not None:
-                return "paid" if tracked.certified else "slashed"
+                if tracked.certified:
+                    return "paid"
+                review = tracked.review
+                if review is None or not review.settled or review.upheld is None:
+                    return "reviewing"  # a conviction: nobody is slashed before its review
+                return "slashed" if review.upheld else "exonerated"
             if tracked.set_aside:
                 return "unpaid"  # decided, but no block can carry it (view: unpaid_reason)
             if tracked.outcome is not None:

@@ -31,7 +31,7 @@ from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
 from .catalog import ModelCatalog
-from .faults import flipped_verdict, random_check
+from .faults import accusing_check, flipped_verdict, random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
@@ -52,6 +52,7 @@ class VerifierService:
         *,
         random_votes: bool = False,
         flip_verdicts: bool = False,
+        accuse: bool = False,
     ):
         self.identity = identity
         self.host = host
@@ -59,6 +60,7 @@ class VerifierService:
         self.tracker = tracker
         self.random_votes = random_votes
         self.flip_verdicts = flip_verdicts
+        self.accuse = accuse
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
         self._considered: OrderedDict[bytes, None] = OrderedDict()
@@ -84,6 +86,23 @@ class VerifierService:
                 "verification queue full; not verifying receipt %s", tracked.receipt_id.hex()[:12]
             )
 
+    def consider_review(self, tracked: TrackedWork) -> None:
+        """Queue a tracked report whose conviction is under review when this validator
+        is seated on the review (once; a member of the first committee has voted)."""
+        review = tracked.review
+        me = self.identity.public_bytes
+        if review is None or me not in review.seated() or me in review.verdicts:
+            return
+        key = b"review" + tracked.receipt_id
+        if key in self._considered:
+            return
+        self._considered[key] = None
+        evict_over(self._considered, MAX_CONSIDERED)
+        try:
+            self._send.send_nowait(tracked)
+        except trio.WouldBlock:
+            self.outcomes["skipped"] += 1
+
     async def _verify(self, tracked: TrackedWork) -> None:
         report = tracked.report
         check = await self._check(report)
@@ -108,6 +127,8 @@ class VerifierService:
     async def _check(self, report: WorkReport) -> Check:
         if self.random_votes:
             return random_check()
+        if self.accuse:
+            return accusing_check()
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(

@@ -30,6 +30,7 @@ from aipg.pouw import (
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
+    FraudReview,
     PouwError,
     Verdict,
     VoteCollector,
@@ -37,12 +38,15 @@ from aipg.pouw import (
     committee_for,
     computes_differently,
     receipt_id,
+    review_committee,
     validate_verdict,
     votes_differ,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.wire import encode
 from aipg.wire.codec import record_digest
+
+from .reviews import MAX_UNPLACED_VERDICTS, Review
 
 log = logging.getLogger("aipg.node.work")
 
@@ -57,6 +61,8 @@ class TrackedWork:
     outcome: Certificate | FraudEvidence | None = None
     block_height: int | None = None
     set_aside: str = ""  # why no block will ever carry this outcome (empty: it may)
+    review: Review | None = None  # a block carried this fraud evidence: its review
+    unplaced: dict[bytes, Verdict] = field(default_factory=dict)  # reviewers', early
 
     @property
     def job_id(self) -> bytes:
@@ -78,6 +84,13 @@ class TrackedWork:
     def seated(self) -> tuple[bytes, ...]:
         """The members who vote now (abstentions have seated reserves)."""
         return self.collector.seated()
+
+    def voters(self) -> set[bytes]:
+        """Who may vote on this receipt: its committee's candidates and its reviewers'."""
+        out = set(self.committee.candidates)
+        if self.review is not None:
+            out.update(self.review.committee.candidates)
+        return out
 
 
 def kind_of(outcome: Certificate | FraudEvidence) -> str:
@@ -178,6 +191,15 @@ class WorkTracker:
         if tracked is None:
             self._hold_early(verdict)
             return None
+        if verdict.signer not in tracked.committee and tracked.fraud:
+            # A reviewer's vote: counted by the review, or held until this node sees
+            # the block that opens it.
+            validate_verdict(verdict, tracked.report.result.receipt)
+            if tracked.review is not None:
+                tracked.review.add(verdict)
+            elif len(tracked.unplaced) < MAX_UNPLACED_VERDICTS:
+                tracked.unplaced.setdefault(verdict.signer, verdict)
+            return tracked.outcome
         first = tracked.verdicts.get(verdict.signer)
         if first is not None and votes_differ(first, verdict):
             self._record_conflict(first, verdict)
@@ -254,6 +276,38 @@ class WorkTracker:
                 a.signer.hex()[:12],
                 a.receipt_id.hex()[:12],
             )
+
+    def start_review(
+        self, evidence: FraudEvidence, block_hash: bytes, validators: Mapping[bytes, int]
+    ) -> TrackedWork | None:
+        """A block carried ``evidence``: draw its review committee (seeded by the
+        block's hash) and count the verdicts of members who also sat on the first
+        committee (a small network looks again with the same eyes). Returns the tracked
+        work, or None for a receipt this node does not track."""
+        tracked = self._by_receipt.get(receipt_id(evidence.receipt))
+        if tracked is None or tracked.review is not None:
+            return tracked
+        committee = review_committee(evidence, validators, block_hash, self.chain.committee_size)
+        tracked.review = Review(evidence, committee, validators)
+        for signer, verdict in sorted({**tracked.verdicts, **tracked.unplaced}.items()):
+            if signer in committee:
+                tracked.review.add(verdict)
+        tracked.unplaced.clear()
+        return tracked
+
+    def pending_reviews(self) -> list[FraudReview]:
+        """Decided reviews no block has carried yet."""
+        return [
+            t.review.outcome
+            for t in self._by_receipt.values()
+            if t.review is not None and t.review.outcome is not None and not t.review.settled
+        ]
+
+    def settle_review(self, review: FraudReview) -> None:
+        """A block carried ``review``, or a proposal found it can never be carried."""
+        tracked = self._by_receipt.get(receipt_id(review.evidence.receipt))
+        if tracked is not None and tracked.review is not None:
+            tracked.review.settled = True
 
     def pending_conflicts(self) -> list[ConflictingVerdicts]:
         """Conflicting-verdict evidence no block has carried yet (oldest first)."""

@@ -89,7 +89,14 @@ async def test_a_worker_that_alters_its_tokens_is_convicted_by_the_verifiers(tmp
         assert invalid and all(
             v.reason not in (VerdictReason.OK, VerdictReason.UNAVAILABLE) for v in invalid
         )
+        # The block opened a conviction; its review (here the same two members: nobody
+        # else is eligible) upholds it a block later, and only then is the bond cut.
+        assert tracked.review is not None
+        with trio.fail_after(60):
+            while gateway.chain.bond_of(cheater.identity.public_bytes) == bond_before:
+                await gateway.chain.wait_for_block()
         assert gateway.chain.bond_of(cheater.identity.public_bytes) < bond_before
+        assert not gateway.chain.state.convictions
         # The gateway bars the convicted worker from its later jobs.
         assert gateway.gateway.scheduler.reputation.banned(cheater.identity.public_bytes)
         assert str(PeerId.from_public_key(tracked.report.result.receipt.signer)) == result.worker
@@ -238,9 +245,40 @@ async def test_a_validator_that_votes_both_ways_is_slashed_and_jailed(tmp_path, 
 
         result = await gateway.gateway.complete(completion("aipg-demo-llm", "both ways"))
 
-        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
-        assert key in tracked.committee.members  # two eligible validators: both seated
+        job_id = bytes.fromhex(result.job_id)
         with trio.fail_after(60):
             while gateway.chain.state.bond(key).stake == bond:
                 await gateway.chain.wait_for_block()
         assert gateway.chain.state.bond(key).jailed_until > gateway.chain.height
+        tracked = gateway.tracker.for_job(job_id)
+        assert tracked is not None and key in tracked.committee.members  # both seated
+
+
+async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(tmp_path, llm_dir):
+    """A validator votes an honest worker's receipt invalid without checking. Its stake
+    seats it first and makes the evidence (> 1/3); the review, drawn without it by the
+    block that carried the evidence, re-runs the job: the accuser is slashed, the worker
+    keeps its bond."""
+    model = load_model_dir(llm_dir)
+    accuser = NodeSpec(worker=False, faults=Faults(accuse=True), stake=1000 * VALIDATOR_STAKE)
+    specs = [NodeSpec(worker=False), NodeSpec(), accuser, *[NodeSpec(worker=False)] * 4]
+    async with open_node_world(tmp_path, specs, [llm_dir], committee_size=2) as world:
+        gateway, worker, liar = world.nodes[0], world.nodes[1], world.nodes[2]
+        await world.wait_for_worker(gateway, model.model_id)
+        state = gateway.chain.state
+        worker_bond, liar_bond = (
+            state.bond(worker.identity.public_bytes).stake,
+            state.bond(liar.identity.public_bytes).stake,
+        )
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "honest work"))
+
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert tracked.fraud  # the accuser's stake alone made the evidence
+        with trio.fail_after(60):
+            while gateway.chain.state.bond(liar.identity.public_bytes).stake == liar_bond:
+                await gateway.chain.wait_for_block()
+        state = gateway.chain.state
+        assert state.bond(worker.identity.public_bytes).stake == worker_bond
+        assert liar.identity.public_bytes not in tracked.review.committee.candidates
+        assert all(v.valid for v in tracked.review.outcome.verdicts)

@@ -28,8 +28,9 @@ class View:
     state: State
     committees: dict[bytes, Committee]
 
-    def committee_of(self, receipt_id: bytes) -> Committee | None:
-        return self.committees.get(receipt_id)
+    def may_vote(self, receipt_id: bytes, signer: bytes) -> bool | None:
+        committee = self.committees.get(receipt_id)
+        return None if committee is None else signer in committee
 
 
 @pytest.fixture

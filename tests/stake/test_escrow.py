@@ -12,7 +12,15 @@ from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.stake.useful_work import fee_charged
-from aipg.testing.chainkit import AIPG, CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.testing.chainkit import (
+    AIPG,
+    CHAIN,
+    TestChain,
+    ident,
+    make_certificate,
+    make_fraud,
+    make_review,
+)
 
 
 def _chain() -> TestChain:
@@ -94,7 +102,8 @@ def test_fraud_on_a_paid_job_refunds_the_clients_whole_escrow():
     fraud = make_fraud(c, worker, fee=AIPG, output_tokens=1)
     c.next(transactions=[_escrow(c, alice, fraud.receipt.job_id, AIPG + 5)])
     before = c.state.balance(alice.address)
-    s = c.next(frauds=[fraud])
+    c.next(frauds=[fraud])
+    s = c.next(reviews=[make_review(c, fraud)])
     slashed = 1_000 * AIPG * s.params.fraud_slash_bps // 10_000
     refund = slashed * s.params.fraud_refund_bps // 10_000
     assert s.balance(alice.address) == before + AIPG + 5 + refund

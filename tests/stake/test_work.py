@@ -7,7 +7,15 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
-from aipg.testing.chainkit import AIPG, CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.testing.chainkit import (
+    AIPG,
+    CHAIN,
+    TestChain,
+    ident,
+    make_certificate,
+    make_fraud,
+    make_review,
+)
 
 
 def _chain(n=5):
@@ -71,14 +79,17 @@ def test_fraud_slashes_the_worker_and_refunds_the_payer():
     )
     alice_before = c.state.balance(alice.address)
     burned_before = c.state.burned
-    s = c.next(frauds=[fraud])
+    s = c.next(frauds=[fraud])  # opens a conviction: the escrow returns, nobody slashed yet
+    assert s.bond(worker.public_bytes).stake == 1_000 * AIPG
+    assert s.balance(alice.address) == alice_before + 5 * AIPG
+    with pytest.raises(LedgerError, match="already punished"):
+        apply_block(s, c.build(frauds=[fraud]))
+    s = c.next(reviews=[make_review(c, fraud)])  # the review upholds it
     slashed = 1_000 * AIPG * s.params.fraud_slash_bps // 10_000
     refund = slashed * s.params.fraud_refund_bps // 10_000
     assert s.bond(worker.public_bytes).stake == 1_000 * AIPG - slashed
     assert s.balance(alice.address) == alice_before + 5 * AIPG + refund
     assert s.burned - burned_before == slashed - refund
-    with pytest.raises(LedgerError, match="already punished"):
-        apply_block(s, c.build(frauds=[fraud]))
     honest = make_certificate(c, worker, nonce=4)
     not_fraud = FraudEvidence(honest.job, honest.assignment, honest.receipt, honest.verdicts)
     with pytest.raises(LedgerError, match="fraud evidence 0: quorum"):
