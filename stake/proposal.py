@@ -25,6 +25,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    receipt_id,
 )
 from aipg.wire import encode
 
@@ -114,59 +115,47 @@ def prepare_block(
                 seen.add(k)
         return kept
 
-    txs = keep(
-        candidates.transactions, MAX_BLOCK_TXS, lambda tx: apply_transaction(scratch, tx, proposer)
-    )
-    certs = keep(
-        candidates.certificates,
-        MAX_BLOCK_CERTIFICATES,
-        lambda c: process_certificates(scratch, [c]),
-        key=lambda c: c.receipt.job_id,
-    )
-    doubles = keep(
-        candidates.double_signs,
-        MAX_BLOCK_EVIDENCE,
-        lambda ev: process_double_signs(scratch, [ev]),
-        key=lambda ev: (ev.vote_a.signer, ev.vote_a.height, ev.vote_a.round, ev.vote_a.step),
-    )
-    frauds = keep(
-        candidates.frauds,
-        MAX_BLOCK_EVIDENCE,
-        lambda ev: process_frauds(scratch, [ev]),
-        key=lambda ev: ev.receipt.job_id,
-    )
-    equivocations = keep(
-        candidates.equivocations,
-        MAX_BLOCK_EVIDENCE,
-        lambda ev: process_equivocations(scratch, [ev]),
-        key=lambda ev: ev.receipt_a.assignment_id,
-    )
-    conflicting = keep(
-        candidates.conflicting_verdicts,
-        MAX_BLOCK_EVIDENCE,
-        lambda ev: process_conflicting_verdicts(scratch, [ev]),
-        key=lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
-    )
-    reviews = keep(
-        candidates.reviews,
-        MAX_BLOCK_EVIDENCE,
-        lambda r: process_reviews(scratch, [r]),
-        key=lambda r: r.evidence.receipt.signature,
-    )
-    block = make_block(
-        state,
-        proposer,
-        time_ms=time_ms,
-        last_commit=last_commit,
-        transactions=txs,
-        certificates=certs,
-        double_signs=doubles,
-        frauds=frauds,
-        equivocations=equivocations,
-        conflicting_verdicts=conflicting,
-        reviews=reviews,
-    )
+    body = {
+        "transactions": keep(
+            candidates.transactions,
+            MAX_BLOCK_TXS,
+            lambda tx: apply_transaction(scratch, tx, proposer),
+        )
+    }
+    for name, limit, step, same in EVIDENCE_STEPS:
+        body[name] = keep(
+            getattr(candidates, name), limit, lambda item, step=step: step(scratch, [item]), same
+        )
+    block = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit, **body)
     return Prepared(block, refused)
+
+
+# The body's work and evidence fields in the order apply_block processes them: each with
+# its count limit, the ledger step that applies one item, and what makes two items one
+# (a job is paid or convicted once, a vote or a receipt punished once).
+EVIDENCE_STEPS = (
+    ("certificates", MAX_BLOCK_CERTIFICATES, process_certificates, lambda c: c.receipt.job_id),
+    (
+        "double_signs",
+        MAX_BLOCK_EVIDENCE,
+        process_double_signs,
+        lambda ev: (ev.vote_a.signer, ev.vote_a.height, ev.vote_a.round, ev.vote_a.step),
+    ),
+    ("frauds", MAX_BLOCK_EVIDENCE, process_frauds, lambda ev: ev.receipt.job_id),
+    (
+        "equivocations",
+        MAX_BLOCK_EVIDENCE,
+        process_equivocations,
+        lambda ev: ev.receipt_a.assignment_id,
+    ),
+    (
+        "conflicting_verdicts",
+        MAX_BLOCK_EVIDENCE,
+        process_conflicting_verdicts,
+        lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
+    ),
+    ("reviews", MAX_BLOCK_EVIDENCE, process_reviews, lambda r: receipt_id(r.evidence.receipt)),
+)
 
 
 class _Budget:
