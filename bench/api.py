@@ -31,8 +31,8 @@ from starlette.routing import Route
 
 from aipg.models import build_demo_diffusion, build_demo_llm
 from aipg.node.http.app import build_app, serve_api
-from aipg.node.services.gateway_api import CompletionRequest
 from aipg.testing.apikit import RunnerGateway
+from aipg.testing.nodes import completion
 
 MAX_TOKENS = 16
 PROMPT = "The validators check the receipt and sign their verdicts."
@@ -49,21 +49,7 @@ async def bench(rounds: int, root: Path) -> dict:
     model = gateway.resolve_model("aipg-demo-llm")
     app = build_app(gateway, gateway, free_tier_per_minute=1_000_000)
     body = {"model": model.id, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
-    direct_req = CompletionRequest(
-        model=model.id,
-        prompt_ids=None,
-        prompt=PROMPT,
-        chat=False,
-        max_tokens=MAX_TOKENS,
-        temperature_milli=0,
-        top_k=0,
-        top_p_milli=1000,
-        seed=None,
-        stop=(),
-        tier="free",
-        account=None,
-        client="127.0.0.1",
-    )
+    direct_req = completion(model.id, PROMPT, max_tokens=MAX_TOKENS, seed=None)
     times: dict[str, list[float]] = {
         k: [] for k in ("direct", "api", "stream_first", "stream_done", "models", "reject", "bare")
     }

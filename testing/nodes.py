@@ -148,7 +148,7 @@ def completion(
     prompt: str,
     *,
     max_tokens: int = 8,
-    seed: int = 7,
+    seed: int | None = 7,
     account: PaidAccount | None = None,
 ) -> CompletionRequest:
     """A greedy completion request as the HTTP API would hand it over: free tier, or
