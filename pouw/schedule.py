@@ -109,6 +109,13 @@ class Reputation:
         if not self.banned(worker):
             self._set(worker, max(1, self.score(worker) - self.config.timeout))
 
+    def on_exonerated(self, worker: bytes) -> None:
+        """A review overturned the worker's conviction: its ban is lifted, and it starts
+        again as a newcomer."""
+        if worker in self._bans:
+            del self._bans[worker]
+            self._set(worker, self.config.initial)
+
     def on_fraud(self, worker: bytes) -> None:
         self._scores.pop(worker, None)
         self._bans[worker] = None
@@ -246,6 +253,9 @@ class Scheduler:
 
     def on_fraud(self, worker: bytes) -> None:
         self.reputation.on_fraud(worker)
+
+    def on_exonerated(self, worker: bytes) -> None:
+        self.reputation.on_exonerated(worker)
 
     # -- time ------------------------------------------------------------------------------
 

@@ -188,7 +188,7 @@ class ChainService:
             elif isinstance(item, ConflictingVerdicts):
                 self.tracker.settle_conflict(item)
             elif isinstance(item, FraudReview):
-                self.tracker.settle_review(item)
+                self.tracker.settle_review(item, carried=False)
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -209,7 +209,7 @@ class ChainService:
         for conflict in block.body.conflicting_verdicts:
             self.tracker.settle_conflict(conflict)
         for review in block.body.reviews:
-            self.tracker.settle_review(review)
+            self.tracker.settle_review(review, carried=True)
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)

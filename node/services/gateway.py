@@ -144,6 +144,7 @@ class GatewayService:
             reputation=reputation,
         )
         tracker.on_outcome.append(self._on_outcome)
+        tracker.on_review.append(self._on_review)
         self.jobs: OrderedDict[bytes, GatewayJob] = OrderedDict()  # oldest first
         # model id -> {worker key: last status time (ms)}, from the workers topic; both
         # levels least recently heard first
@@ -190,6 +191,11 @@ class GatewayService:
             return self.scheduler.state(jid) is JobState.FAILED
         except PouwError:
             return True  # the scheduler forgets only finished jobs: this one failed
+
+    def _on_review(self, tracked: TrackedWork) -> None:
+        """A block decided a conviction's review: an overturned one lifts the ban."""
+        if tracked.review is not None and tracked.review.upheld is False:
+            self.scheduler.on_exonerated(tracked.report.result.receipt.signer)
 
     def _on_outcome(self, tracked: TrackedWork) -> None:
         """A committee decided on a job: certified work raises the worker's reputation

@@ -131,6 +131,7 @@ class WorkTracker:
         self._early: OrderedDict[bytes, dict[bytes, Verdict]] = OrderedDict()
         self._early_count = 0
         self.on_outcome: list[Callable[[TrackedWork], None]] = []
+        self.on_review: list[Callable[[TrackedWork], None]] = []  # a block decided a review
         # (assignment id, worker) -> its first receipt's id: a second receipt computing
         # something else is equivocation, kept as evidence until a block carries it.
         self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
@@ -303,11 +304,16 @@ class WorkTracker:
             if t.review is not None and t.review.outcome is not None and not t.review.settled
         ]
 
-    def settle_review(self, review: FraudReview) -> None:
-        """A block carried ``review``, or a proposal found it can never be carried."""
+    def settle_review(self, review: FraudReview, *, carried: bool) -> None:
+        """A block carried ``review`` (``carried``), or a proposal found it can never be
+        carried. Tells ``on_review`` about carried ones."""
         tracked = self._by_receipt.get(receipt_id(review.evidence.receipt))
-        if tracked is not None and tracked.review is not None:
-            tracked.review.settled = True
+        if tracked is None or tracked.review is None or tracked.review.settled:
+            return
+        tracked.review.settled = True
+        if carried:
+            for callback in self.on_review:
+                callback(tracked)
 
     def pending_conflicts(self) -> list[ConflictingVerdicts]:
         """Conflicting-verdict evidence no block has carried yet (oldest first)."""

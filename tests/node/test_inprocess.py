@@ -282,3 +282,8 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
         assert state.bond(worker.identity.public_bytes).stake == worker_bond
         assert liar.identity.public_bytes not in tracked.review.committee.candidates
         assert all(v.valid for v in tracked.review.outcome.verdicts)
+        # The gateway suspended the worker on the first outcome; the review lifts it.
+        with trio.fail_after(30):
+            while not tracked.review.settled:
+                await gateway.chain.wait_for_block()
+        assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)

@@ -170,3 +170,17 @@ SchedulerMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None
 )
 TestScheduler = SchedulerMachine.TestCase
+
+
+def test_an_overturned_conviction_lifts_the_ban_and_the_worker_starts_anew():
+    changes = []
+    rep = Reputation(on_change=lambda worker, score: changes.append((worker, score)))
+    worker = b"\x07" * 32
+    rep.on_success(worker)
+    rep.on_fraud(worker)
+    assert rep.banned(worker)
+    rep.on_exonerated(worker)
+    assert not rep.banned(worker) and rep.score(worker) == rep.config.initial
+    assert changes[-1] == (worker, rep.config.initial)  # the store hears it
+    rep.on_exonerated(b"\x08" * 32)  # never banned: nothing changes
+    assert rep.score(b"\x08" * 32) == rep.config.initial and len(changes) == 3
