@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,21 +58,28 @@ class NodeWorld:
                 while node.chain.height < height:
                     await node.chain.wait_for_block()
 
+    @staticmethod
+    async def until(node: Node, done: Callable[[], object], timeout: float = 60.0):
+        """Check ``done()`` after each block ``node`` finalizes until it is truthy;
+        returns its value. TooSlowError after ``timeout`` seconds."""
+        with trio.fail_after(timeout):
+            while not (value := done()):
+                await node.chain.wait_for_block()
+            return value
+
     async def wait_for_worker(self, gateway: Node, model_id: bytes, timeout: float = 30.0):
         """Until ``gateway`` has heard a live worker announce ``model_id``."""
-        with trio.fail_after(timeout):
-            while not gateway.gateway.live_workers(model_id):
-                await gateway.chain.wait_for_block()
+        await self.until(gateway, lambda: gateway.gateway.live_workers(model_id), timeout)
 
     async def wait_for_block_with(self, node: Node, job_id: bytes, timeout: float = 60.0):
         """Until ``node`` has seen ``job_id``'s outcome carried by a finalized block;
         returns the tracked work."""
-        with trio.fail_after(timeout):
-            while True:
-                tracked = node.tracker.for_job(job_id)
-                if tracked is not None and tracked.block_height is not None:
-                    return tracked
-                await node.chain.wait_for_block()
+
+        def carried():
+            tracked = node.tracker.for_job(job_id)
+            return tracked if tracked is not None and tracked.block_height is not None else None
+
+        return await self.until(node, carried, timeout)
 
 
 @contextlib.asynccontextmanager

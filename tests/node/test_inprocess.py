@@ -92,9 +92,11 @@ async def test_a_worker_that_alters_its_tokens_is_convicted_by_the_verifiers(tmp
         # The block opened a conviction; its review (here the same two members: nobody
         # else is eligible) upholds it a block later, and only then is the bond cut.
         assert tracked.review is not None
-        with trio.fail_after(60):
-            while gateway.chain.bond_of(cheater.identity.public_bytes) == bond_before:
-                await gateway.chain.wait_for_block()
+        await world.until(
+            gateway,
+            lambda: gateway.chain.bond_of(cheater.identity.public_bytes) != bond_before,
+            timeout=60,
+        )
         assert gateway.chain.bond_of(cheater.identity.public_bytes) < bond_before
         assert not gateway.chain.state.convictions
         # The gateway bars the convicted worker from its later jobs.
@@ -226,9 +228,7 @@ async def test_a_worker_that_signs_two_receipts_for_one_assignment_is_slashed(tm
 
         tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
         key = b"equivocation" + tracked.report.result.receipt.assignment_id
-        with trio.fail_after(60):
-            while key not in gateway.chain.state.punished:
-                await gateway.chain.wait_for_block()
+        await world.until(gateway, lambda: key in gateway.chain.state.punished, timeout=60)
         assert gateway.chain.bond_of(worker.identity.public_bytes) < bond
         assert gateway.tracker.pending_equivocations() == []  # carried once, then settled
 
@@ -246,9 +246,7 @@ async def test_a_validator_that_votes_both_ways_is_slashed_and_jailed(tmp_path, 
         result = await gateway.gateway.complete(completion("aipg-demo-llm", "both ways"))
 
         job_id = bytes.fromhex(result.job_id)
-        with trio.fail_after(60):
-            while gateway.chain.state.bond(key).stake == bond:
-                await gateway.chain.wait_for_block()
+        await world.until(gateway, lambda: gateway.chain.state.bond(key).stake != bond, timeout=60)
         assert gateway.chain.state.bond(key).jailed_until > gateway.chain.height
         tracked = gateway.tracker.for_job(job_id)
         assert tracked is not None and key in tracked.committee.members  # both seated
@@ -275,15 +273,15 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
 
         tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
         assert tracked.fraud  # the accuser's stake alone made the evidence
-        with trio.fail_after(60):
-            while gateway.chain.state.bond(liar.identity.public_bytes).stake == liar_bond:
-                await gateway.chain.wait_for_block()
+        await world.until(
+            gateway,
+            lambda: gateway.chain.state.bond(liar.identity.public_bytes).stake != liar_bond,
+            timeout=60,
+        )
         state = gateway.chain.state
         assert state.bond(worker.identity.public_bytes).stake == worker_bond
         assert liar.identity.public_bytes not in tracked.review.committee.candidates
         assert all(v.valid for v in tracked.review.outcome.verdicts)
         # The gateway suspended the worker on the first outcome; the review lifts it.
-        with trio.fail_after(30):
-            while not tracked.review.settled:
-                await gateway.chain.wait_for_block()
+        await world.until(gateway, lambda: tracked.review.settled, timeout=30)
         assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)
