@@ -97,6 +97,11 @@ def kind_of(outcome: Certificate | FraudEvidence) -> str:
     return "certificate" if isinstance(outcome, Certificate) else "fraud evidence"
 
 
+# Equivocation and conflicting-verdict evidence waiting for a block, of each kind: a block
+# carries up to 100 of each, so this many is minutes of a flood; the oldest goes first.
+MAX_PENDING_EVIDENCE = 1024
+
+
 class ChainView(Protocol):
     """What the tracker reads from the chain (implemented by the chain service)."""
 
@@ -236,8 +241,7 @@ class WorkTracker:
         key = (receipt.assignment_id, receipt.signer)
         first = self._by_assignment.setdefault(key, tracked.receipt_id)
         self._by_assignment.move_to_end(key)
-        while len(self._by_assignment) > self.max_tracked:
-            self._by_assignment.popitem(last=False)
+        evict_over(self._by_assignment, self.max_tracked)
         earlier = self._by_receipt.get(first)
         if earlier is None or first == tracked.receipt_id:
             return
@@ -246,8 +250,7 @@ class WorkTracker:
             return
         a, b = sorted((other, receipt), key=receipt_id)
         self._equivocations[receipt.assignment_id] = EquivocationEvidence(a, b)
-        while len(self._equivocations) > self.max_early:
-            self._equivocations.popitem(last=False)
+        evict_over(self._equivocations, MAX_PENDING_EVIDENCE)
         log.warning(
             "worker %s signed two receipts for one assignment of job %s: equivocation",
             receipt.signer.hex()[:12],
@@ -271,7 +274,7 @@ class WorkTracker:
         key = b"verdicts" + a.signer + a.receipt_id
         if key not in self._conflicts:
             self._conflicts[key] = ConflictingVerdicts(a, b)
-            evict_over(self._conflicts, self.max_early)
+            evict_over(self._conflicts, MAX_PENDING_EVIDENCE)
             log.warning(
                 "validator %s voted both ways on receipt %s",
                 a.signer.hex()[:12],
