@@ -60,11 +60,17 @@ def add_parser(
     run.add_argument("--top-k", type=int, help="LLM: keep the k most likely tokens")
     run.add_argument("--top-p", help="LLM: e.g. 0.9")
     run.add_argument("--stop", action="append", default=[], help="LLM: stop string (repeatable)")
-    run.add_argument("--steps", type=int, help="diffusion: DDIM steps")
+    run.add_argument("--steps", type=int, help="diffusion: scheduler steps")
     run.add_argument("--guidance", help="diffusion: guidance scale, e.g. 7.5")
     run.add_argument("--width", type=int, help="diffusion: image width in pixels")
     run.add_argument("--height", type=int, help="diffusion: image height in pixels")
     run.add_argument("--negative-prompt", help="diffusion: what the image should not show")
+    run.add_argument(
+        "--latents",
+        metavar="FILE.npy",
+        help="diffusion: initial latents (float32, unscaled, as diffusers' latents= takes them) "
+        "instead of the seed's noise",
+    )
     run.add_argument("--out", default="out.png", help="diffusion: PNG path (default out.png)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=_guarded(cmd_run))
@@ -176,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 LLM_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "stop")
-DIFFUSION_FLAGS = ("steps", "guidance", "width", "height", "negative_prompt")
+DIFFUSION_FLAGS = ("steps", "guidance", "width", "height", "negative_prompt", "latents")
 
 
 def _refuse_flags(args: argparse.Namespace, flags: tuple[str, ...], kind: str) -> None:
@@ -229,11 +235,14 @@ def _run_diffusion(model, args: argparse.Namespace) -> dict:
         negative_prompt=d.negative_prompt if args.negative_prompt is None else args.negative_prompt,
     )
     runner = DiffusionRunner(model, SessionFactory(threads=args.threads))
-    out = runner.generate(args.prompt, params, args.seed)
+    latents = None if args.latents is None else _load_latents(Path(args.latents))
+    out = runner.generate(args.prompt, params, args.seed, latents=latents)
     Path(args.out).write_bytes(out.png)
     return {
         "model_id": id_text(model.model_id),
         "image": str(args.out),
+        "scheduler": runner.interface.scheduler.kind,
+        "latents": args.latents,
         "output_hash": "sha256:" + hashlib.sha256(out.png).hexdigest(),
         "width": params.width,
         "height": params.height,
@@ -246,6 +255,23 @@ def _run_diffusion(model, args: argparse.Namespace) -> dict:
             "steps_per_s": round(out.timings.steps_per_s, 1),
         },
     }
+
+
+def _load_latents(path: Path):
+    """A ``.npy`` array (no pickles); float32 as diffusers' pipelines take latents."""
+    import numpy as np
+
+    from aipg.models import ModelError
+
+    if path.stat().st_size > 1 << 30:
+        raise UsageError(f"{path} is over 1 GiB")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ModelError(f"{path} is not a .npy array: {e}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise ModelError(f"{path} must hold a float array")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def tokens_hash(token_ids: list[int]) -> str:
