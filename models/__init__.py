@@ -13,8 +13,14 @@
 - :mod:`.sampling`   -- ``SamplingParams`` and ``choose_token``, the one sampling rule.
 - :mod:`.llm`        -- ``LlmRunner``: optimum-layout decoders, KV cache, ``generate`` and
   ``prefill``.
-- :mod:`.diffusion`  -- ``DiffusionRunner``: SD layout, DDIM (eta 0), CFG, ``generate``,
-  ``step`` and ``decode``.
+- :mod:`.diffusion`  -- ``DiffusionRunner``: SD / SDXL layout, the model's scheduler, CFG,
+  ``generate`` (from the seed or given latents), ``step`` and ``decode``.
+- :mod:`.schedulers` -- ``SchedulerInfo`` from diffusers' scheduler_config.json; DDIM (eta 0)
+  and Euler discrete as per-step linear coefficients (``build_schedule``).
+- :mod:`.tokenizer_clip` -- ``ClipTokenizer``: CLIP BPE (vocab.json + merges.txt) through
+  Hugging Face's ``tokenizers``.
+- :mod:`.hf_diffusers` -- ``import_diffusers``: a diffusers ONNX export -> a model directory;
+  ``check_runnable``: load and run a tiny job (what ``models add`` requires).
 - :mod:`.demo`       -- ``build_demo_llm`` / ``build_demo_diffusion``: tiny models from seeded
   weights, byte-identical every build, with knobs for look-alike variants.
 
@@ -45,6 +51,7 @@ from .diffusion import (
     seeded_gaussian,
 )
 from .errors import ModelError
+from .hf_diffusers import check_runnable, import_diffusers
 from .llm import Generation, LlmRunner, Timings, TokenEvent
 from .manifest import (
     DIFFUSION,
@@ -57,6 +64,7 @@ from .manifest import (
     ModelDir,
     ModelFile,
     ModelId,
+    SecondTextEncoder,
     TokenizerInfo,
     check_manifest,
     load_model_dir,
@@ -67,13 +75,16 @@ from .manifest import (
     write_manifest,
 )
 from .sampling import MAX_TOKENS, SamplingParams, choose_token, sampling_uniform
+from .schedulers import LEGACY_DDIM, Schedule, SchedulerInfo, build_schedule
 from .session import ExecutionProfile, SessionFactory, cuda_is_usable
 from .store import BlobStore, ModelStore
 from .tokenizer import Tokenizer
+from .tokenizer_clip import ClipTokenizer
 
 __all__ = [
     "BLOB_PROTOCOL",
     "DIFFUSION",
+    "LEGACY_DDIM",
     "LLM",
     "MAX_TOKENS",
     "BlobFetcher",
@@ -82,6 +93,7 @@ __all__ = [
     "BlobServer",
     "BlobStatus",
     "BlobStore",
+    "ClipTokenizer",
     "Conditioning",
     "DdimSchedule",
     "DiffusionInterface",
@@ -101,6 +113,9 @@ __all__ = [
     "ModelId",
     "ModelStore",
     "SamplingParams",
+    "Schedule",
+    "SchedulerInfo",
+    "SecondTextEncoder",
     "SessionFactory",
     "StepEvent",
     "Timings",
@@ -110,12 +125,15 @@ __all__ = [
     "build_demo",
     "build_demo_diffusion",
     "build_demo_llm",
+    "build_schedule",
     "check_announcement",
     "check_manifest",
+    "check_runnable",
     "choose_token",
     "cuda_is_usable",
     "fetch_manifest",
     "fetch_model",
+    "import_diffusers",
     "load_model_dir",
     "manifest_from_json",
     "manifest_to_json",
