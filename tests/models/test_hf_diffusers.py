@@ -234,3 +234,22 @@ def test_euler_config_without_offset_imports(tmp_path):
     )
     r = DiffusionRunner(import_diffusers(src, tmp_path / "m"))
     assert r.schedule(DiffusionParams(steps=4)).timesteps == [999.0, 749.0, 499.0, 249.0]
+
+
+def test_external_data_travels_with_its_graph(tmp_path):
+    """Exports over 2 GB keep weights in ``model.onnx_data`` next to the graph."""
+    from aipg.models.demo_graph import write_external
+
+    src = build_diffusers_export(tmp_path / "s")
+    graph = (src / "unet/model.onnx").read_bytes()
+    write_external(src / "unet/model.onnx", graph, "model.onnx_data")
+    assert (src / "unet/model.onnx").stat().st_size < len(graph) // 4
+    out = import_diffusers(src, tmp_path / "m")
+    entries = {f.role: f.path for f in load_model_dir(out).manifest.files}
+    assert entries["unet.data"] == "unet/model.onnx_data"
+    params = DiffusionParams(steps=2, width=64, height=64)
+    inline = import_diffusers(build_diffusers_export(tmp_path / "s2"), tmp_path / "m2")
+    assert (
+        DiffusionRunner(out).generate("x", params, 1).png
+        == DiffusionRunner(inline).generate("x", params, 1).png
+    )
