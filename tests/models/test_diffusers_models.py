@@ -23,8 +23,12 @@ from aipg.testing.diffusers_exports import (
     reference_clip_encode,
     reference_clip_row,
 )
-
-from .diffusers_ref import ref_euler, ref_euler_step, ref_timesteps, reference_pipeline
+from aipg.testing.diffusers_reference import (
+    ref_euler,
+    ref_euler_step,
+    ref_timesteps,
+    reference_pipeline,
+)
 
 PROMPT = "a lighthouse at dusk, oil painting"
 
@@ -127,7 +131,7 @@ def test_one_euler_step_is_the_formula(exports):
 
 
 def _ac():
-    from .diffusers_ref import ref_alphas_cumprod
+    from aipg.testing.diffusers_reference import ref_alphas_cumprod
 
     return ref_alphas_cumprod("scaled_linear")
 

@@ -23,8 +23,12 @@ from aipg.models.schedulers import (
     scheduler_info_from_config,
 )
 from aipg.testing.diffusers_exports import DDIM_SD2_V, EULER_SDXL, SD1_DDIM
-
-from .diffusers_ref import ref_alphas_cumprod, ref_ddim_step, ref_euler, ref_euler_step
+from aipg.testing.diffusers_reference import (
+    ref_alphas_cumprod,
+    ref_ddim_step,
+    ref_euler,
+    ref_euler_step,
+)
 
 T = 1000
 SD_BETAS = (850_000, 12_000_000)
