@@ -46,6 +46,9 @@ __all__ = ["MODEL_INDEX", "check_runnable", "import_diffusers"]
 MODEL_INDEX = "model_index.json"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_SIDE = 4096
+# Committees fetch a worker's latents one per message: a square image's float32 latent must
+# fit aipg.pouw's MAX_LATENT_BYTES (512 KiB; SDXL at 1024x1024 is 256 KiB).
+MAX_VERIFIABLE_LATENT_BYTES = 512 << 10
 _HIDDEN = re.compile(r"hidden_states\.(\d+)")
 
 
@@ -123,6 +126,15 @@ def import_diffusers(src: Path | str, out: Path | str, name: str | None = None) 
     if cross != text_dim:
         raise ModelError(f"unet cross_attention_dim {cross} is not the text encoders' {text_dim}")
     step = vae_scale * down
+    max_side = min(MAX_SIDE, 2 * size)
+    while (
+        max_side > step
+        and channels * 4 * (max_side // vae_scale) ** 2 > MAX_VERIFIABLE_LATENT_BYTES
+    ):
+        max_side -= step
+    max_side -= max_side % step
+    if max_side < step or size > max_side:
+        raise ModelError(f"the trained size {size} is too large to verify")
     interface = DiffusionInterface(
         latent_channels=channels,
         vae_scale_factor=vae_scale,
@@ -133,7 +145,7 @@ def import_diffusers(src: Path | str, out: Path | str, name: str | None = None) 
         beta_start_nano=sched.beta_start_nano,
         beta_end_nano=sched.beta_end_nano,
         min_size=step,
-        max_size=min(MAX_SIDE, 2 * size),
+        max_size=max_side,
         scheduler=sched.info,
         text_output=text_output,
         text_encoder_2=second,

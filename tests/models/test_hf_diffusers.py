@@ -253,3 +253,13 @@ def test_external_data_travels_with_its_graph(tmp_path):
         DiffusionRunner(out).generate("x", params, 1).png
         == DiffusionRunner(inline).generate("x", params, 1).png
     )
+
+
+def test_the_largest_side_keeps_latents_verifiable(tmp_path):
+    """SDXL's trained 1024: twice that would make a 1 MiB latent, over the 512 KiB a
+    latent message carries; the largest side is the largest multiple of 8 that fits."""
+    src = build_diffusers_export(tmp_path / "s", sdxl=True, sample_size=128)
+    d = load_model_dir(import_diffusers(src, tmp_path / "m")).manifest
+    assert d.default_diffusion.width == 1024
+    assert d.diffusion.max_size == 1448  # 4 channels x 4 bytes x 181^2 <= 512 KiB < 182^2
+    assert 16 * (1448 // 8) ** 2 <= 512 << 10 < 16 * (1456 // 8) ** 2
