@@ -15,6 +15,12 @@
   ``prefill``.
 - :mod:`.diffusion`  -- ``DiffusionRunner``: SD layout, DDIM (eta 0), CFG, ``generate``,
   ``step`` and ``decode``.
+- :mod:`.tokenizer`  -- ``Tokenizer``: sentencepiece or Hugging Face ``tokenizers``, BOS/EOS
+  and special tokens as the manifest says, several eos ids.
+- :mod:`.chat`       -- chat templates (Jinja, sandboxed, as transformers renders them);
+  ``chat_prompt`` is a chat's job prompt; ``PLAIN_TEMPLATE`` for models without one.
+- :mod:`.hf_import`  -- ``import_export``: an optimum / diffusers ONNX export -> a model
+  directory (configs read by :mod:`.hf_config`).
 - :mod:`.demo`       -- ``build_demo_llm`` / ``build_demo_diffusion``: tiny models from seeded
   weights, byte-identical every build, with knobs for look-alike variants.
 
@@ -34,6 +40,7 @@ from .blob import (
     fetch_model,
     sign_announcement,
 )
+from .chat import PLAIN_TEMPLATE, chat_prompt, render_chat_template
 from .demo import build_demo, build_demo_diffusion, build_demo_llm, train_demo_tokenizer
 from .diffusion import (
     Conditioning,
@@ -76,6 +83,7 @@ __all__ = [
     "DIFFUSION",
     "LLM",
     "MAX_TOKENS",
+    "PLAIN_TEMPLATE",
     "BlobFetcher",
     "BlobRequest",
     "BlobResponse",
@@ -110,6 +118,7 @@ __all__ = [
     "build_demo",
     "build_demo_diffusion",
     "build_demo_llm",
+    "chat_prompt",
     "check_announcement",
     "check_manifest",
     "choose_token",
@@ -121,6 +130,7 @@ __all__ = [
     "manifest_to_json",
     "model_id",
     "model_id_text",
+    "render_chat_template",
     "sampling_uniform",
     "seeded_gaussian",
     "sign_announcement",
