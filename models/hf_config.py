@@ -95,10 +95,10 @@ def read_llm_config(src: Path) -> HfConfig:
     kv_heads = _int(cfg, ("num_key_value_heads",), w, heads)
     if cfg.get("multi_query") is True:
         kv_heads = 1
-    hidden = _int(cfg, ("hidden_size", "n_embd", "d_model"), w)
-    head_dim = _int(cfg, ("head_dim",), w, hidden // heads if hidden % heads == 0 else None)
     if heads % kv_heads:
         raise ModelError(f"{w}: {heads} attention heads are not a multiple of {kv_heads} KV heads")
+    hidden = _int(cfg, ("hidden_size", "n_embd", "d_model"), w)
+    head_dim = _int(cfg, ("head_dim",), w, hidden // heads if hidden % heads == 0 else None)
     vocab = _int(cfg, ("vocab_size",), w)
     context = _int(cfg, ("max_position_embeddings", "n_positions", "max_sequence_length"), w)
     eos = _ids(gen.get("eos_token_id"), "generation_config.json: eos_token_id") or _ids(
