@@ -204,7 +204,7 @@ def test_broken_exports_are_clear_errors(tmp_path):
         import_export(src)
     (src / "tokenizer_config.json").unlink()
     (src / "tokenizer.json").unlink()
-    with pytest.raises(ModelError, match="no tokenizer.json or tokenizer.model"):
+    with pytest.raises(ModelError, match=r"no tokenizer\.json or tokenizer\.model"):
         import_export(src)
     (src / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelError, match="not an ONNX model"):
