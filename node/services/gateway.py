@@ -303,11 +303,14 @@ class GatewayService:
     ) -> CompletionResult:
         model = self._model(req.model, LLM)
         tokenizer = self.catalog.tokenizer(model)
-        prompt = (
-            req.prompt
-            if req.prompt_ids is None or tokenizer is None
-            else tokenizer.decode(req.prompt_ids)
-        )
+        try:
+            prompt = (
+                req.prompt
+                if req.prompt_ids is None or tokenizer is None
+                else tokenizer.decode(req.prompt_ids)
+            )
+        except ModelError as e:  # an id outside the model's vocabulary
+            raise BadRequest(str(e), "prompt") from None
         params = SamplingParams(
             temperature_milli=req.temperature_milli,
             top_k=req.top_k,
