@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer as HfTokenizer
 
 from aipg.models import PLAIN_TEMPLATE, ModelError, Tokenizer, chat_prompt, render_chat_template
@@ -132,3 +134,38 @@ def test_a_chat_prompt_encodes_as_apply_chat_template_tokenizes(tmp_path, style)
     assert ids == want
     # Id 1 is <s> (one per user turn) or <|im_start|> (one per message, one for the reply).
     assert ids.count(1) == (2 if style == "llama" else 5)
+
+
+def test_a_sentencepiece_chat_splits_out_its_special_tokens(tmp_path):
+    import sentencepiece as spm
+
+    src = write_llm_export(tmp_path / "src", style="llama", tokenizer="sentencepiece")
+    model = load_model_dir(import_export(src, tmp_path / "out"))
+    info = model.manifest.tokenizer
+    data = model.read_verified(info.role)
+    rendered = chat_prompt(model.manifest, CHAT)
+    sp = spm.SentencePieceProcessor(model_proto=data)
+    # transformers' slow tokenizer: special tokens split out, each piece between encoded.
+    want = [
+        1,
+        *sp.encode("[INST] <<SYS>>\nYou are kind.\n<</SYS>>\n\nHi [/INST] Hello! "),
+        2,
+        1,
+        *sp.encode("[INST] How are you? [/INST]"),
+    ]
+    assert Tokenizer(data, info).encode(rendered) == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text()}
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_the_plain_template_renders_the_transcript_for_any_messages(messages):
+    old = "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
+    assert render_chat_template(PLAIN_TEMPLATE, messages) == old
