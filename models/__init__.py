@@ -21,6 +21,12 @@
   Hugging Face's ``tokenizers``.
 - :mod:`.hf_diffusers` -- ``import_diffusers``: a diffusers ONNX export -> a model directory;
   ``check_runnable``: load and run a tiny job (what ``models add`` requires).
+- :mod:`.tokenizer`  -- ``Tokenizer``: sentencepiece or Hugging Face ``tokenizers``, BOS/EOS
+  and special tokens as the manifest says, several eos ids.
+- :mod:`.chat`       -- chat templates (Jinja, sandboxed, as transformers renders them);
+  ``chat_prompt`` is a chat's job prompt; ``PLAIN_TEMPLATE`` for models without one.
+- :mod:`.hf_import`  -- ``import_export``: an optimum / diffusers ONNX export -> a model
+  directory (configs read by :mod:`.hf_config`).
 - :mod:`.demo`       -- ``build_demo_llm`` / ``build_demo_diffusion``: tiny models from seeded
   weights, byte-identical every build, with knobs for look-alike variants.
 
@@ -40,6 +46,7 @@ from .blob import (
     fetch_model,
     sign_announcement,
 )
+from .chat import PLAIN_TEMPLATE, chat_prompt, render_chat_template
 from .demo import build_demo, build_demo_diffusion, build_demo_llm, train_demo_tokenizer
 from .diffusion import (
     Conditioning,
@@ -87,6 +94,7 @@ __all__ = [
     "LEGACY_DDIM",
     "LLM",
     "MAX_TOKENS",
+    "PLAIN_TEMPLATE",
     "BlobFetcher",
     "BlobRequest",
     "BlobResponse",
@@ -126,6 +134,7 @@ __all__ = [
     "build_demo_diffusion",
     "build_demo_llm",
     "build_schedule",
+    "chat_prompt",
     "check_announcement",
     "check_manifest",
     "check_runnable",
@@ -139,6 +148,7 @@ __all__ = [
     "manifest_to_json",
     "model_id",
     "model_id_text",
+    "render_chat_template",
     "sampling_uniform",
     "seeded_gaussian",
     "sign_announcement",

@@ -47,6 +47,8 @@ __all__ = [
     "DIFFUSION",
     "LLM",
     "MANIFEST_FILE",
+    "SENTENCEPIECE",
+    "TOKENIZERS",
     "DiffusionInterface",
     "DiffusionParams",
     "LlmInterface",
@@ -81,6 +83,13 @@ MAX_FILE_SIZE = 1 << 40  # 1 TiB: no model file is larger; bigger claims are lie
 MAX_MANIFEST_SIZE = 64 << 10
 MAX_DIFFUSION_STEPS = 500
 MAX_GUIDANCE_MILLI = 100_000
+MAX_EOS_IDS = 16
+MAX_TOKEN_TEXT = 64
+# Chat templates of real models are 1-8 KB; the cap keeps a manifest under its 64 KiB.
+MAX_CHAT_TEMPLATE = 32 << 10
+SENTENCEPIECE = "sentencepiece"
+TOKENIZERS = "tokenizers"
+TOKENIZER_KINDS = (SENTENCEPIECE, TOKENIZERS)
 
 Name = Annotated[str, MaxLen(128)]
 
@@ -97,13 +106,28 @@ class ModelFile(Record):
 
 @record(tag=203)
 class TokenizerInfo(Record):
-    """The tokenizer: its kind (``sentencepiece``), the role of its file, special ids."""
+    """The tokenizer: its kind, the role of its file, special ids and how text is encoded.
+
+    ``kind`` is ``sentencepiece`` (``tokenizer.model``) or ``tokenizers`` (Hugging Face's
+    ``tokenizer.json``). ``bos_id`` and ``pad_id`` may be absent (None). ``extra_eos_ids``
+    are the ids besides ``eos_id`` that end a generation (generation configs list several).
+    A prompt is encoded as transformers' ``tokenizer(text)`` does: BOS first when
+    ``add_bos``, EOS last when ``add_eos``, and, when ``special_text``, special tokens
+    written in the text become their ids. ``bos_token`` / ``eos_token`` are their texts,
+    as chat templates see them. The defaults are what the demo models always did.
+    """
 
     kind: Annotated[str, MaxLen(32)]
     role: Annotated[str, MaxLen(64)]
-    bos_id: U32
+    bos_id: U32 | None
     eos_id: U32
-    pad_id: U32
+    pad_id: U32 | None
+    extra_eos_ids: Annotated[tuple[U32, ...], MaxLen(MAX_EOS_IDS)] = ()
+    add_bos: bool = True
+    add_eos: bool = False
+    special_text: bool = False
+    bos_token: Annotated[str, MaxLen(MAX_TOKEN_TEXT)] = ""
+    eos_token: Annotated[str, MaxLen(MAX_TOKEN_TEXT)] = ""
 
 
 @record(tag=204)
@@ -191,6 +215,9 @@ class Manifest(Record):
     default_sampling: SamplingParams | None
     default_diffusion: DiffusionParams | None
     license: Annotated[str, MaxLen(128)]
+    # The export's Jinja chat template (transformers' apply_chat_template); "" for none:
+    # chat then renders with aipg.models.chat.PLAIN_TEMPLATE.
+    chat_template: Annotated[str, MaxLen(MAX_CHAT_TEMPLATE)] = ""
 
 
 @record(tag=208, max_size=MAX_MANIFEST_SIZE + 1024)
@@ -313,7 +340,7 @@ def check_roles(manifest: Manifest) -> None:
         if tok.kind == "clip" and manifest.kind == DIFFUSION:
             if tok.role + ".merges" not in have:
                 raise ModelError(f"clip tokenizer {tok.role!r} has no {tok.role}.merges file")
-        elif tok.kind != "sentencepiece":
+        elif tok.kind not in TOKENIZER_KINDS:
             raise ModelError(f"tokenizer kind {tok.kind!r} is not supported")
 
 

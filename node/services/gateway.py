@@ -21,7 +21,7 @@ from typing import Protocol
 import trio
 
 from aipg.gossip import GossipError, GossipHost
-from aipg.models import DIFFUSION, LLM, SamplingParams, model_id_text
+from aipg.models import DIFFUSION, LLM, ModelError, SamplingParams, chat_prompt, model_id_text
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.protocol.jobs import SendJob
 from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
@@ -284,9 +284,13 @@ class GatewayService:
         return len(tok.encode(text)) if tok else len(text.split())
 
     def render_chat(self, model: ModelInfo, messages: list[dict]) -> str:
-        # The demo models have no chat template of their own: a plain transcript.
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
-        return "\n".join([*lines, "assistant:"])
+        # The model's own chat template (its manifest's), else the plain transcript
+        # (aipg.models.chat.PLAIN_TEMPLATE); a template that fails is the request's 400.
+        m = self._model(model.id, LLM)
+        try:
+            return chat_prompt(m.manifest, messages)
+        except ModelError as e:
+            raise BadRequest(str(e), "messages") from None
 
     def authenticate(self, api_key: str) -> PaidAccount | None:
         client = self.api_keys.authenticate(api_key)
@@ -299,11 +303,14 @@ class GatewayService:
     ) -> CompletionResult:
         model = self._model(req.model, LLM)
         tokenizer = self.catalog.tokenizer(model)
-        prompt = (
-            req.prompt
-            if req.prompt_ids is None or tokenizer is None
-            else tokenizer.decode(req.prompt_ids)
-        )
+        try:
+            prompt = (
+                req.prompt
+                if req.prompt_ids is None or tokenizer is None
+                else tokenizer.decode(req.prompt_ids)
+            )
+        except ModelError as e:  # an id outside the model's vocabulary
+            raise BadRequest(str(e), "prompt") from None
         params = SamplingParams(
             temperature_milli=req.temperature_milli,
             top_k=req.top_k,
