@@ -23,7 +23,8 @@ any other.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import threading
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -31,9 +32,10 @@ import onnxruntime as ort
 from .errors import ModelError
 from .session import ORT_ERRORS
 
-__all__ = ["BoundKvCache", "binds_on"]
+__all__ = ["BoundKvCache", "KvCachePool", "binds_on"]
 
 _CPU = "CPUExecutionProvider"
+CAPACITY_STEP = 256  # capacities are rounded up to this, so one cache serves most prompts
 
 
 def binds_on(session: ort.InferenceSession) -> bool:
@@ -73,7 +75,12 @@ class BoundKvCache:
         n = len(self.past_names)
         # Two sets, one row per past tensor; np.empty maps pages only as they are written.
         self._sets = [np.empty((n, per_tensor), self.dtype) for _ in range(2)]
+        # Raw addresses, computed once: a numpy ``ctypes.data`` per binding costs more
+        # than the binding itself.
+        self._ptrs = [[int(row.ctypes.data) for row in rows] for rows in self._sets]
+        self._pairs = tuple(zip(self.past_names, self.present_names, strict=True))
         self._logits = np.empty((1, 1, vocab), _output_dtype(session, "logits"))
+        self._logits_ptr = int(self._logits.ctypes.data)
         self._mask = np.ones((1, capacity), np.int64)
         self._positions = np.arange(capacity, dtype=np.int64)[None, :]
         self._ids = np.zeros((1, 1), np.int64)
@@ -109,23 +116,50 @@ class BoundKvCache:
         branch = np.asarray([past > 0])  # alive until the run: the binding points at it
         if self.use_cache_branch:
             io.bind_cpu_input("use_cache_branch", branch)
-        src, dst = self._sets[current], self._sets[1 - current]
+        src, dst = self._ptrs[current], self._ptrs[1 - current]
         past_shape = [1, self.heads, past, self.head_dim]
         present_shape = [1, self.heads, total, self.head_dim]
         if n == 1:  # logits first: get_outputs() lists outputs in binding order
             buf = self._logits
-            io.bind_output("logits", "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            io.bind_output("logits", "cpu", 0, buf.dtype, list(buf.shape), self._logits_ptr)
         else:
             io.bind_output("logits", "cpu")  # a prefill's (1, n, vocab): onnxruntime allocates
-        for i, (pname, oname) in enumerate(zip(self.past_names, self.present_names, strict=True)):
-            io.bind_input(pname, "cpu", 0, self.dtype, past_shape, src[i].ctypes.data)
-            io.bind_output(oname, "cpu", 0, self.dtype, present_shape, dst[i].ctypes.data)
+        dtype = self.dtype
+        for i, (pname, oname) in enumerate(self._pairs):
+            io.bind_input(pname, "cpu", 0, dtype, past_shape, src[i])
+            io.bind_output(oname, "cpu", 0, dtype, present_shape, dst[i])
         try:
             self.session.run_with_iobinding(io)
         except ORT_ERRORS as e:
             raise ModelError(f"decoder failed to run: {str(e).strip()[:300]}") from None
         row = self._logits[0, -1] if n == 1 else io.get_outputs()[0].numpy()[0, -1]
         return row.astype(np.float32, copy=True)  # the buffer is rewritten next step
+
+
+class KvCachePool:
+    """One spare :class:`BoundKvCache` kept between generations, so that a runner's
+    buffers are allocated (and their pages mapped) once rather than per job. ``make``
+    builds a cache of a given capacity. A generation :meth:`take` s the spare (or a new,
+    larger one) and :meth:`give` s it back; concurrent generations never share one."""
+
+    def __init__(self, make: Callable[[int], BoundKvCache], most: int):
+        self.make = make
+        self.most = most  # the model's context: no cache is larger
+        self._spare: BoundKvCache | None = None
+        self._lock = threading.Lock()
+
+    def take(self, capacity: int) -> BoundKvCache:
+        with self._lock:
+            cache, self._spare = self._spare, None
+        if cache is None or cache.capacity < capacity:
+            rounded = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+            cache = self.make(max(capacity, min(self.most, rounded)))
+        return cache
+
+    def give(self, cache: BoundKvCache) -> None:
+        with self._lock:
+            if self._spare is None or self._spare.capacity < cache.capacity:
+                self._spare = cache
 
 
 def _output_dtype(session: ort.InferenceSession, name: str) -> type:

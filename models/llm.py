@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
-from .kvcache import BoundKvCache, binds_on
+from .kvcache import BoundKvCache, KvCachePool, binds_on
 from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
 from .sampling import SamplingParams, choose_token
 from .session import ExecutionProfile, SessionFactory, run_session
@@ -116,6 +116,7 @@ class LlmRunner:
         self._graph = _check_graph(self.session, self.interface)
         self.use_kv_cache = use_kv_cache and self._graph.kv_cache
         self.io_binding = io_binding and self.use_kv_cache and binds_on(self.session)
+        self._kv_pool = KvCachePool(self._bound_cache, self.context_length)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
         self._empty_past = np.zeros(
             (1, self.interface.num_heads, 0, self.interface.head_dim), self._graph.past_dtype
@@ -148,8 +149,9 @@ class LlmRunner:
             raise ModelError("params must be SamplingParams")
         budget = min(params.max_tokens, self.context_length - len(prompt_ids))
         start = time.perf_counter_ns()
-        if self.io_binding:
-            step = self._bound_cache(len(prompt_ids) + budget).steps(prompt_ids)
+        cache = self._kv_pool.take(len(prompt_ids) + budget) if self.io_binding else None
+        if cache is not None:
+            step = cache.steps(prompt_ids)
         elif self.use_kv_cache:
             step = self._cached_steps(prompt_ids)
         else:
@@ -177,6 +179,8 @@ class LlmRunner:
                 logits = step.send(token)
         end = time.perf_counter_ns()
         step.close()
+        if cache is not None:
+            self._kv_pool.give(cache)
         if text is None:
             text = self.tokenizer.decode(tokens)
         timings = Timings(prefill_done - start, end - prefill_done, end - start, len(tokens))
