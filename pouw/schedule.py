@@ -7,7 +7,9 @@ assignments it returns.
 
 Rules:
 
-- a job collects claims for ``claim_window_ms``, then goes to the best eligible claimant:
+- a job collects claims for ``claim_window_ms`` (or until :meth:`Scheduler.close_window`:
+  the gateway has heard every live worker of the model claim it), then goes to the best
+  eligible claimant:
   fewest jobs in flight first, then highest reputation, then lowest key (deterministic);
 - paid-tier jobs go only to trusted workers: bond >= ``trusted_min_bond`` and reputation
   >= ``trusted_min_reputation``;
@@ -178,6 +180,7 @@ class _Entry:
     assignment: Assignment | None = None
     attempts: int = 0
     refusals: int = 0  # attempts the worker refused: not counted against max_attempts
+    window_closed: bool = False  # every known worker claimed: no need to wait the window out
 
 
 class Scheduler:
@@ -276,6 +279,18 @@ class Scheduler:
             entry.state = JobState.FAILED
         return entry.state
 
+    def claimants(self, jid: bytes) -> set[bytes]:
+        """The workers that claimed ``jid`` (empty for an unknown job)."""
+        entry = self._jobs.get(jid)
+        return set(entry.claims) if entry else set()
+
+    def close_window(self, jid: bytes) -> None:
+        """Assign ``jid`` at the next tick without waiting out the claim window (the
+        gateway knows no other worker that could still claim it)."""
+        entry = self._jobs.get(jid)
+        if entry is not None:
+            entry.window_closed = True
+
     def fail(self, jid: bytes) -> None:
         """Fail ``jid`` at once (no worker can run it); a done job stays done."""
         entry = self._jobs.get(jid)
@@ -321,7 +336,7 @@ class Scheduler:
             entry.state = JobState.FAILED
 
     def _assign(self, jid: bytes, entry: _Entry, now: int, height: int) -> Assignment | None:
-        if now < entry.submitted_ms + self.config.claim_window_ms:
+        if not entry.window_closed and now < entry.submitted_ms + self.config.claim_window_ms:
             return None
         worker = self._best_claimant(entry)
         if worker is None:

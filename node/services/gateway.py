@@ -175,6 +175,7 @@ class GatewayService:
         # levels least recently heard first
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self._nonce = secrets.randbits(48)
+        self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         self.ttft = Histogram(
             "aipg_gateway_time_to_first_token_seconds",
             "Seconds from a job's creation to its first token at this gateway.",
@@ -184,7 +185,9 @@ class GatewayService:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(TICK_S)
+            with trio.move_on_after(TICK_S):  # a tick every TICK_S, or at once when woken
+                await self._wake.wait()
+            self._wake = trio.Event()
             await self._tick()
 
     async def _tick(self) -> None:
@@ -241,6 +244,13 @@ class GatewayService:
 
     def on_claim(self, claim: Claim) -> None:
         self.scheduler.on_claim(claim, self.now_ms())
+        # Every live worker of the model has claimed: waiting out the claim window could
+        # bring no better claimant, only a later first token (D50).
+        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
+        if live and live <= self.scheduler.claimants(claim.job_id):
+            self.scheduler.close_window(claim.job_id)
+            self._wake.set()
 
     def on_report(self, report: WorkReport) -> None:
         jid = report.result.receipt.job_id

@@ -4,9 +4,9 @@ client (D50).
 Worker side, :class:`ChunkSender`: the runner's ``on_token`` (in the execution thread)
 hands each token to the trio loop without blocking; one task sends what has piled up as
 one :class:`TokenChunk` on ``job``, waits for the answer, then sends the next — at most
-one chunk in flight per job and at most one every ``MIN_CHUNK_INTERVAL_S``, so a fast
-model sends bigger chunks, not more requests (the gateway's host rate-limits a peer's
-requests). A chunk that is refused or not delivered ends the stream for that job: the
+one chunk in flight per job and, after the first ``UNPACED_CHUNKS``, at most one every
+``MIN_CHUNK_INTERVAL_S``, so a fast model sends bigger chunks, not more requests (the
+gateway's host rate-limits a peer's requests: 50/s, bursts of 100). A chunk that is refused or not delivered ends the stream for that job: the
 result still goes to the gateway, which forwards the rest from it.
 
 Gateway side, :class:`TokenRelay` (one per job): accepts the current assignee's chunks in
@@ -33,6 +33,7 @@ from .gateway_api import JobFailed, StreamText, TextCallback
 log = logging.getLogger("aipg.node.streaming")
 
 MIN_CHUNK_INTERVAL_S = 0.025  # <= 40 chunks/s per job: under the host's 50 requests/s
+UNPACED_CHUNKS = 8  # the first chunks go as fast as they are acknowledged (first text)
 CHUNK_TIMEOUT_S = 5.0
 
 
@@ -49,6 +50,7 @@ class ChunkSender:
         self.token = trio.lowlevel.current_trio_token()
         self.pending: list[int] = []
         self.sent = 0  # tokens delivered
+        self.chunks = 0  # chunks sent
         self.closed = False  # generation over: send what is left, then stop
         self.broken = False  # a chunk was refused or lost: stop streaming this job
         self._wake = trio.Event()
@@ -81,10 +83,12 @@ class ChunkSender:
                 batch = self.pending[:MAX_CHUNK_TOKENS]
                 del self.pending[: len(batch)]
                 await self._send(batch)
-                # Pacing: the next chunk waits out the interval, unless generation is over
-                # (then what is left goes at once, and the result right after it).
-                with trio.move_on_after(MIN_CHUNK_INTERVAL_S):
-                    await self._closed.wait()
+                self.chunks += 1
+                if self.chunks >= UNPACED_CHUNKS:
+                    # Pacing: the next chunk waits out the interval, unless generation is
+                    # over (then what is left goes at once, and the result right after).
+                    with trio.move_on_after(MIN_CHUNK_INTERVAL_S):
+                        await self._closed.wait()
         finally:
             self.done.set()
 

@@ -227,3 +227,15 @@ def test_fail_ends_an_open_job_but_never_a_done_one():
     s.on_receipt(W.receipt(other, a), 200)
     s.fail(oid)
     assert s.state(oid) is JobState.DONE
+
+
+def test_a_closed_claim_window_assigns_at_the_next_tick():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    s.on_claim(claim(job, WORKERS[1]), 5)
+    assert s.claimants(jid) == {WORKERS[1].public_bytes}
+    assert s.tick(10, 5) == []  # the window is open
+    s.close_window(jid)
+    [a] = s.tick(11, 5)
+    assert a.worker == WORKERS[1].public_bytes
