@@ -26,7 +26,7 @@ from typing import Protocol
 import trio
 
 from aipg.gossip import GossipError, GossipHost
-from aipg.models import DIFFUSION, LLM, SamplingParams, model_id_text
+from aipg.models import DIFFUSION, LLM, SamplingParams
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.metrics import Histogram
 from aipg.node.protocol.jobs import SendJob
@@ -69,6 +69,7 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
+from .gateway_views import job_view, jobs_by_state
 from .limits import check_completion, check_image, check_prompt_ids, job_violation
 from .streaming import TextForwarder, TokenRelay
 from .work import TrackedWork, WorkTracker
@@ -550,95 +551,8 @@ class GatewayService:
     # -- Gateway protocol: views -----------------------------------------------------------
 
     def job_view(self, job_id_text: str) -> dict | None:
-        try:
-            jid = bytes.fromhex(job_id_text)
-        except ValueError:
-            return None
-        entry = self.jobs.get(jid)
-        tracked = self.tracker.for_job(jid)
-        if entry is None and tracked is None:
-            return None
-        job = entry.job if entry else tracked.report.job
-        view: dict = {
-            "id": jid.hex(),
-            "model": model_id_text(job.model_id),
-            "tier": "paid" if job.tier == Tier.PAID else "free",
-            "fee": format_amount(job.fee),
-            "status": self._status_of(jid, entry, tracked),
-            "receipt": None,
-            "worker": None,
-            "work_units": None,
-            "committee": [],
-            "verdicts": [],
-            "certificate": None,
-            "block_height": None,
-            "reward": None,
-        }
-        if tracked is not None:
-            receipt = tracked.report.result.receipt
-            view["receipt"] = {
-                "id": tracked.receipt_id.hex(),
-                "worker": str(PeerId.from_public_key(receipt.signer)),
-                "work_units": receipt.work_units,
-                "output_hash": receipt.output_hash.hex(),
-                "commitment": receipt.commitment.hex(),
-                "elapsed_ms": receipt.elapsed_ms,
-            }
-            view["worker"] = view["receipt"]["worker"]
-            view["work_units"] = receipt.work_units
-            view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.seated()]
-            view["verdicts"] = [
-                {
-                    "validator": str(PeerId.from_public_key(k)),
-                    "valid": v.valid,
-                    "reason": v.reason,
-                    "detail": v.detail,
-                }
-                for k, v in sorted(tracked.verdicts.items())
-            ]
-            if tracked.outcome is not None:
-                view["certificate"] = {
-                    "kind": "certificate" if tracked.certified else "fraud_evidence"
-                }
-            view["block_height"] = tracked.block_height
-            if tracked.set_aside:
-                view["unpaid_reason"] = tracked.set_aside
-            if tracked.block_height is not None:
-                paid = self.chain.work_paid(jid)
-                view["reward"] = format_amount(paid) if paid is not None else None
-        elif entry is not None and entry.report is not None:
-            view["worker"] = str(PeerId.from_public_key(entry.report.result.receipt.signer))
-        return view
+        return job_view(self, job_id_text)
 
     def jobs_by_state(self) -> dict[str, int]:
         """How many of this gateway's jobs are in each state (for /metrics)."""
-        out: dict[str, int] = {}
-        for jid, entry in self.jobs.items():
-            state = self._status_of(jid, entry, self.tracker.for_job(jid))
-            out[state] = out.get(state, 0) + 1
-        return out
-
-    def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked: TrackedWork | None) -> str:
-        if tracked is not None:
-            if tracked.block_height is not None:
-                if tracked.certified:
-                    return "paid"
-                review = tracked.review
-                if review is None or not review.settled or review.upheld is None:
-                    return "reviewing"  # a conviction: nobody is slashed before its review
-                return "slashed" if review.upheld else "exonerated"
-            if tracked.set_aside:
-                return "unpaid"  # decided, but no block can carry it (view: unpaid_reason)
-            if tracked.outcome is not None:
-                return "certified" if tracked.certified else "fraud"
-            return "verifying"
-        if entry is not None:
-            if entry.failed:
-                return "failed"
-            if entry.report is not None:
-                return "verifying"
-            try:
-                return self.scheduler.state(jid).value
-            except PouwError:
-                return "unknown"
-        return "unknown"
+        return jobs_by_state(self)
