@@ -18,10 +18,13 @@ import trio
 from aipg.models import DiffusionParams, build_demo_diffusion, build_demo_llm, load_model_dir
 from aipg.node.http.app import build_app
 from aipg.node.metrics import render_exposition
+from aipg.node.protocol.messages import PROTO_JOB, JobAck, TokenChunk
 from aipg.node.services.faults import Faults
 from aipg.node.services.gateway_api import BadRequest, ImageRequest, JobFailed
+from aipg.pouw import PouwError, assignment_id
 from aipg.testing.apikit import running_api
 from aipg.testing.nodes import NodeSpec, completion, open_node_world
+from aipg.wire import Identity, decode, encode
 
 from .apiclient import client
 
@@ -244,3 +247,54 @@ async def test_the_api_answers_a_request_over_the_models_limits_with_a_400_namin
             assert answer.status_code == 400, answer.text
             error = answer.json()["error"]
             assert error["param"] == "prompt" and str(vocab) in error["message"]
+
+
+async def test_junk_and_foreign_token_chunks_are_refused_and_change_nothing(tmp_path, llm_dir):
+    model = load_model_dir(llm_dir)
+    async with open_node_world(tmp_path, two_nodes(), [llm_dir]) as world:
+        gateway, worker = world.nodes
+        await world.wait_for_worker(gateway, model.model_id)
+        hold = Hold()
+        worker.worker.token_hook = hold
+        g = gateway.gateway
+        results = []
+
+        async def run() -> None:
+            results.append(await g.complete(completion("aipg-demo-llm", "the grid", max_tokens=12)))
+
+        async def send(data: bytes) -> JobAck:
+            answer = await worker.host.request(gateway.identity.peer_id, PROTO_JOB, data, timeout=5)
+            return decode(answer, JobAck)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            with trio.fail_after(60):
+                await trio.to_thread.run_sync(hold.reached.wait)
+            (jid,) = [j for j, e in g.jobs.items() if not e.done.is_set()]
+            relay = g.jobs[jid].relay
+            aid = assignment_id(g.scheduler.assignment(jid))
+            streamed = list(relay.tokens)
+            assert len(streamed) <= HOLD_AT + 1
+            vocab = model.manifest.llm.vocab_size
+            bad = [
+                b"\x00junk",
+                encode(TokenChunk(b"\x01" * 32, aid, len(streamed), (5,))),  # another job
+                encode(TokenChunk(jid, b"\x02" * 32, len(streamed), (5,))),  # another assignment
+                encode(TokenChunk(jid, aid, len(streamed) + 1, (5,))),  # a gap
+                encode(TokenChunk(jid, aid, 0, (5,))),  # a replay
+                encode(TokenChunk(jid, aid, len(streamed), ())),  # empty
+                encode(TokenChunk(jid, aid, len(streamed), (vocab,))),  # outside the vocabulary
+                encode(TokenChunk(jid, aid, len(streamed), (5,) * 12)),  # past max_tokens
+            ]
+            for data in bad:
+                ack = await send(data)
+                assert not ack.ok and ack.reason
+            # From a peer that does not hold the assignment (the transport names it).
+            stranger = Identity.from_seed(b"\x09" * 32).peer_id
+            with pytest.raises(PouwError, match="another peer"):
+                g.on_tokens(stranger, TokenChunk(jid, aid, len(relay.tokens), (5,)))
+            assert relay.tokens[: len(streamed)] == streamed and len(relay.tokens) <= HOLD_AT + 1
+            hold.release()
+        (result,) = results
+        again = await g.complete(completion("aipg-demo-llm", "the grid", max_tokens=12))
+        assert result.text == again.text  # the junk changed nothing the client saw
