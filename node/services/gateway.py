@@ -203,13 +203,11 @@ class GatewayService:
                 ack = decode(answer, (JobAck, JobRefusal))
                 if isinstance(ack, JobRefusal):
                     self._refused(assignment.job_id, assignment.worker, ack)
-                elif not ack.ok:
-                    log.info(
-                        "worker %s refused job %s: %s",
-                        worker.short(),
-                        assignment.job_id.hex()[:12],
-                        ack.reason,
-                    )
+                elif not ack.ok:  # a plain refusal ("this node runs no jobs" ...): the same
+                    aid = assignment_id(assignment)
+                    code = int(RefusalCode.NOT_FOR_US)
+                    refusal = JobRefusal(assignment.job_id, aid, code, ack.reason)
+                    self._refused(assignment.job_id, assignment.worker, refusal)
             except (GossipError, WireError) as e:
                 log.info(
                     "assignment of job %s to %s not delivered: %s",
