@@ -22,7 +22,7 @@ Then, for issue 14:
   multiply-accumulates computed from the model's sizes, attention included
   (``mac_ratio_ctx1024``; target: ``tokens_per_s_ratio`` within 1.25x of it);
 - time to first token through a gateway: two whole nodes (gateway, worker) in this
-  process over the in-memory transport, the HTTP API on 127.0.0.1, a streamed
+  process over websockets on 127.0.0.1 (Noise and all), the HTTP API on 127.0.0.1, a streamed
   completion read with httpx, against the runner's own first token on the same prompt
   (``ttft_added_ms``), split into the scheduling before the worker starts
   (``ttft_scheduling_ms``: the claim window and the assignment) and the stream from the
@@ -276,7 +276,7 @@ async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
     own = runner_first_token_ms(llm_dir, rounds)
     specs = [NodeSpec(worker=False), NodeSpec()]
     totals, streams, schedules = [], [], []
-    async with open_node_world(root, specs, [llm_dir]) as world:
+    async with open_node_world(root, specs, [llm_dir], loopback=True) as world:
         gateway, worker = world.nodes
         await world.wait_for_worker(gateway, worker.catalog.hosted()[0].id)
         first_at: list[float] = []
