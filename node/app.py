@@ -367,6 +367,7 @@ class Node:
                 self.gateway.jobs_by_state(),
             ),
             self.gateway.ttft.collect(),
+            self.gateway.refusals.collect(),
             Metric.by_label(
                 "aipg_work",
                 "Work reports tracked, by outcome.",

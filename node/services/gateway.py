@@ -28,7 +28,7 @@ import trio
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import DIFFUSION, LLM, SamplingParams
 from aipg.node.apikeys import ApiKeyStore
-from aipg.node.metrics import Histogram
+from aipg.node.metrics import Counter, Histogram
 from aipg.node.protocol.jobs import SendJob
 from aipg.node.protocol.messages import (
     JobAck,
@@ -182,6 +182,11 @@ class GatewayService:
             "Seconds from a job's creation to its first token at this gateway.",
             TTFT_BUCKETS,
         )
+        self.refusals = Counter(
+            "aipg_gateway_refusals",
+            "Assignments workers refused, by reason code (D52).",
+            ("code",),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -303,6 +308,7 @@ class GatewayService:
         entry = self.jobs.get(jid)
         if entry is None or entry.done.is_set():
             return
+        self.refusals.inc(code=str(refusal.code))
         log.info(
             "worker %s refused job %s (code %d): %s",
             PeerId.from_public_key(worker).short(),

@@ -175,6 +175,8 @@ async def test_a_refused_assignment_fails_or_moves_on_at_once_and_costs_no_reput
         with trio.fail_after(30), pytest.raises(JobFailed, match="refusing"):
             await gateway.gateway.complete(completion("aipg-demo-llm", "the grid"))
         assert worker.worker.refused == 1
+        assert gateway.gateway.refusals.value(code="1") == 1
+        assert 'aipg_gateway_refusals{code="1"} 1' in render_exposition(gateway.metrics())
         reputation = gateway.gateway.scheduler.reputation
         assert reputation.score(worker.identity.public_bytes) == reputation.config.initial
 
