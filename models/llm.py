@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
+from .kvcache import BoundKvCache, KvCachePool, binds_on
 from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
 from .sampling import SamplingParams, choose_token
 from .session import ExecutionProfile, SessionFactory, run_session
@@ -91,7 +92,9 @@ class LlmRunner:
     Files are hash-checked as they are read; the graph is checked against the manifest's
     interface. ``session_factory`` defaults to ``SessionFactory(threads=threads or 1)``.
     ``use_kv_cache=False`` recomputes the whole sequence every step even when the graph has
-    a cache. Raises ModelError for anything wrong with the model.
+    a cache; ``io_binding=False`` decodes with plain ``session.run`` instead of binding the
+    cache into preallocated buffers (:mod:`.kvcache`; same tokens and logits, bit for
+    bit). Raises ModelError for anything wrong with the model.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class LlmRunner:
         *,
         threads: int | None = None,
         use_kv_cache: bool = True,
+        io_binding: bool = True,
     ) -> None:
         self.model = model if isinstance(model, ModelDir) else load_model_dir(model)
         manifest = self.model.manifest
@@ -127,6 +131,15 @@ class LlmRunner:
             self._graph = _check_graph(self.session, self.interface)
             self._first = self._graph
         self.use_kv_cache = use_kv_cache and self._graph.kv_cache
+        # Split exports decode with plain session.run: BoundKvCache binds one graph that
+        # takes the past at every step, and a split export's first graph takes none.
+        self.io_binding = (
+            io_binding
+            and self.use_kv_cache
+            and self.past_session is None
+            and binds_on(self.session)
+        )
+        self._kv_pool = KvCachePool(self._bound_cache, self.context_length)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
         self._empty_past = np.zeros(
             (1, self.interface.num_heads, 0, self.interface.head_dim), self._graph.past_dtype
@@ -159,7 +172,13 @@ class LlmRunner:
             raise ModelError("params must be SamplingParams")
         budget = min(params.max_tokens, self.context_length - len(prompt_ids))
         start = time.perf_counter_ns()
-        step = self._cached_steps(prompt_ids) if self.use_kv_cache else self._full_steps(prompt_ids)
+        cache = self._kv_pool.take(len(prompt_ids) + budget) if self.io_binding else None
+        if cache is not None:
+            step = cache.steps(prompt_ids)
+        elif self.use_kv_cache:
+            step = self._cached_steps(prompt_ids)
+        else:
+            step = self._full_steps(prompt_ids)
         logits = next(step)
         prefill_done = time.perf_counter_ns()
         tokens: list[int] = []
@@ -183,6 +202,8 @@ class LlmRunner:
                 logits = step.send(token)
         end = time.perf_counter_ns()
         step.close()
+        if cache is not None:
+            self._kv_pool.give(cache)
         if text is None:
             text = self.tokenizer.decode(tokens)
         timings = Timings(prefill_done - start, end - prefill_done, end - start, len(tokens))
@@ -239,6 +260,21 @@ class LlmRunner:
             token = yield logits
             outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
             length += 1
+
+    def _bound_cache(self, capacity: int) -> BoundKvCache:
+        g = self._graph
+        return BoundKvCache(
+            self.session,
+            g.past_names,
+            g.output_names[1:],
+            heads=self.interface.num_heads,
+            head_dim=self.interface.head_dim,
+            vocab=self.interface.vocab_size,
+            capacity=capacity,
+            dtype=g.past_dtype,
+            position_ids=g.position_ids,
+            use_cache_branch=g.use_cache_branch,
+        )
 
     def _full_steps(self, prompt_ids: list[int]):
         """Coroutine like :meth:`_cached_steps`, reading the whole sequence every step."""

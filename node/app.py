@@ -182,6 +182,8 @@ class Node:
                 cheat_tokens=self.faults.cheat_tokens,
                 swap_weights=self.faults.swap_weights,
                 double_receipt=self.faults.double_receipt,
+                misstream=self.faults.misstream,
+                refuse_jobs=self.faults.refuse_jobs,
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work
@@ -364,6 +366,8 @@ class Node:
                 "state",
                 self.gateway.jobs_by_state(),
             ),
+            self.gateway.ttft.collect(),
+            self.gateway.refusals.collect(),
             Metric.by_label(
                 "aipg_work",
                 "Work reports tracked, by outcome.",

@@ -7,13 +7,20 @@ assignments it returns.
 
 Rules:
 
-- a job collects claims for ``claim_window_ms``, then goes to the best eligible claimant:
+- a job collects claims for ``claim_window_ms`` (or until :meth:`Scheduler.close_window`:
+  the gateway has heard every live worker of the model claim it), then goes to the best
+  eligible claimant:
   fewest jobs in flight first, then highest reputation, then lowest key (deterministic);
 - paid-tier jobs go only to trusted workers: bond >= ``trusted_min_bond`` and reputation
   >= ``trusted_min_reputation``;
 - an assignment that brings no result by its deadline is a timeout: the worker's
   reputation drops and the job is reassigned to another claimant, until the job's own
   deadline or ``max_attempts``;
+- an attempt can also end at once (:meth:`Scheduler.end_attempt`): the worker refused
+  the assignment (no reputation lost, and the attempt does not count against
+  ``max_attempts``: the refuser is never asked again, so claims bound the refusals) or its
+  result broke a rule the gateway checks (penalized like a timeout); the job goes to the
+  next claimant at the next tick, or fails at once when no claimant is left;
 - reputation rises on certified work and falls to zero (a ban) on proven fraud;
 - both tables are bounded: finished jobs beyond ``max_jobs`` are forgotten oldest first,
   and reputation keeps the ``max_scores`` most recently seen workers and the
@@ -172,6 +179,8 @@ class _Entry:
     tried: set[bytes] = dataclasses.field(default_factory=set)
     assignment: Assignment | None = None
     attempts: int = 0
+    refusals: int = 0  # attempts the worker refused: not counted against max_attempts
+    window_closed: bool = False  # every known worker claimed: no need to wait the window out
 
 
 class Scheduler:
@@ -248,6 +257,47 @@ class Scheduler:
             raise PouwError("receipt", "result came after the assignment's deadline")
         entry.state = JobState.DONE
 
+    def end_attempt(self, jid: bytes, worker: bytes, *, penalize: bool) -> JobState:
+        """End the current assignment of ``jid`` (to ``worker``) at once: the worker
+        refused it (``penalize`` False: no reputation lost, not counted against
+        ``max_attempts``) or its result broke a rule (``penalize`` True: a timeout's
+        penalty). The job goes back to collecting, or fails at once when no untried
+        claimant is eligible. Returns the job's new state; raises PouwError when
+        ``worker`` does not hold the job's open assignment."""
+        entry = self._jobs.get(jid)
+        if entry is None or entry.assignment is None or entry.state is not JobState.ASSIGNED:
+            raise PouwError("job_id", "no open assignment for this job")
+        if entry.assignment.worker != worker:
+            raise PouwError("worker", "not the assigned worker")
+        if penalize:
+            self.reputation.on_timeout(worker)
+        else:
+            entry.refusals += 1
+        entry.state = JobState.COLLECTING
+        entry.assignment = None
+        if self._best_claimant(entry) is None:
+            entry.state = JobState.FAILED
+        return entry.state
+
+    def claimants(self, jid: bytes) -> set[bytes]:
+        """The workers that claimed ``jid`` (empty for an unknown job)."""
+        entry = self._jobs.get(jid)
+        return set(entry.claims) if entry else set()
+
+    def close_window(self, jid: bytes) -> None:
+        """Assign ``jid`` at the next tick without waiting out the claim window (the
+        gateway knows no other worker that could still claim it)."""
+        entry = self._jobs.get(jid)
+        if entry is not None:
+            entry.window_closed = True
+
+    def fail(self, jid: bytes) -> None:
+        """Fail ``jid`` at once (no worker can run it); a done job stays done."""
+        entry = self._jobs.get(jid)
+        if entry is not None and entry.state is not JobState.DONE:
+            entry.state = JobState.FAILED
+            entry.assignment = None
+
     def on_certified(self, worker: bytes) -> None:
         self.reputation.on_success(worker)
 
@@ -280,12 +330,13 @@ class Scheduler:
                 entry.state = JobState.COLLECTING
                 entry.assignment = None
         if entry.state is JobState.COLLECTING and (
-            now >= entry.job.deadline_ms or entry.attempts >= self.config.max_attempts
+            now >= entry.job.deadline_ms
+            or entry.attempts - entry.refusals >= self.config.max_attempts
         ):
             entry.state = JobState.FAILED
 
     def _assign(self, jid: bytes, entry: _Entry, now: int, height: int) -> Assignment | None:
-        if now < entry.submitted_ms + self.config.claim_window_ms:
+        if not entry.window_closed and now < entry.submitted_ms + self.config.claim_window_ms:
             return None
         worker = self._best_claimant(entry)
         if worker is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from aipg.gossip import MemoryNetwork, MemoryTransport
+from aipg.gossip import MemoryNetwork, MemoryTransport, WebsocketTransport
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.app import Node
 from aipg.node.config import NodeConfig
@@ -90,11 +90,14 @@ async def open_node_world(
     *,
     committee_size: int = 0,
     accounts: Sequence[tuple[Identity, int]] = (),
+    loopback: bool = False,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
     the devnet's) seats per committee; ``accounts`` are funded at genesis with the given
-    amounts (for the paid tier: see :func:`add_paid_account`). Cancelled on exit."""
+    amounts (for the paid tier: see :func:`add_paid_account`). ``loopback``: the nodes
+    talk over real websockets on 127.0.0.1 instead of the in-memory transport.
+    Cancelled on exit."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     params = devnet_params(BLOCK_TIME_MS, len(specs))
     if committee_size:
@@ -128,7 +131,8 @@ async def open_node_world(
                 worker=spec.worker,
                 validator=spec.validator,
             )
-            node = Node(data_dir, config, genesis, spec.faults, MemoryTransport(network))
+            transport = WebsocketTransport() if loopback else MemoryTransport(network)
+            node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
             nodes.append(node)
             if len(bootstrap) < MAX_BOOTSTRAP:

@@ -142,8 +142,9 @@ _SIZE = {
     "pattern": "^(auto|[0-9]+x[0-9]+)$",
     "default": "auto",
     "description": (
-        f"WIDTHxHEIGHT, sides multiples of {params.IMAGE_SIDE_STEP} up to "
-        f"{params.MAX_IMAGE_SIDE}; auto: the model's default."
+        f"WIDTHxHEIGHT, sides from 1 to {params.MAX_IMAGE_SIDE}; the model's own limits "
+        "apply (multiples of its VAE scale factor from its min to its max size: a 400 "
+        "names them); auto: the model's default."
     ),
 }
 

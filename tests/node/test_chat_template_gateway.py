@@ -60,7 +60,7 @@ async def test_chat_uses_the_models_template_and_its_job_is_certified(tmp_path):
             ids = {"model": "tiny-random-chatml", "prompt": [5, 100_000], "max_tokens": 2}
             refused = await http.post("/v1/completions", json=ids, timeout=60)
             assert refused.status_code == 400, refused.text
-            assert "outside the vocabulary" in refused.json()["error"]["message"]
+            assert "outside this model's vocabulary" in refused.json()["error"]["message"]
 
         job_id = bytes.fromhex(r.headers["X-Aipg-Job-Id"])
         job = gateway.gateway.jobs[job_id].job

@@ -184,3 +184,58 @@ def test_an_overturned_conviction_lifts_the_ban_and_the_worker_starts_anew():
     assert changes[-1] == (worker, rep.config.initial)  # the store hears it
     rep.on_exonerated(b"\x08" * 32)  # never banned: nothing changes
     assert rep.score(b"\x08" * 32) == rep.config.initial and len(changes) == 3
+
+
+def test_a_refused_attempt_moves_on_at_once_free_of_cost_and_uncounted():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    for w in WORKERS[:4]:
+        s.on_claim(claim(job, w), 0)
+    [first] = s.tick(100, 5)
+    bystander = next(w.public_bytes for w in WORKERS if w.public_bytes != first.worker)
+    with pytest.raises(PouwError, match="not the assigned worker"):
+        s.end_attempt(jid, bystander, penalize=False)
+    assert s.end_attempt(jid, first.worker, penalize=False) is JobState.COLLECTING
+    assert s.reputation.score(first.worker) == s.reputation.config.initial
+    [second] = s.tick(101, 5)  # the next tick, not the attempt's deadline
+    assert second.worker != first.worker
+    # Refusals do not use up the job's attempts: three more workers may still refuse...
+    assert s.end_attempt(jid, second.worker, penalize=False) is JobState.COLLECTING
+    [third] = s.tick(102, 5)
+    # ...a broken result is penalized like a timeout and counts...
+    assert s.end_attempt(jid, third.worker, penalize=True) is JobState.COLLECTING
+    assert s.reputation.score(third.worker) == s.reputation.config.initial - 50
+    [fourth] = s.tick(103, 5)
+    assert len({first.worker, second.worker, third.worker, fourth.worker}) == 4
+    # ...and with no untried claimant left the job fails at once.
+    assert s.end_attempt(jid, fourth.worker, penalize=False) is JobState.FAILED
+    with pytest.raises(PouwError, match="no open assignment"):
+        s.end_attempt(jid, fourth.worker, penalize=False)
+
+
+def test_fail_ends_an_open_job_but_never_a_done_one():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    s.fail(jid)
+    assert s.state(jid) is JobState.FAILED
+    other = W.llm_job(created_ms=0, deadline_ms=10_000, nonce=99)
+    oid = s.submit(other, 0)
+    s.on_claim(claim(other, W.worker), 0)
+    [a] = s.tick(100, 5)
+    s.on_receipt(W.receipt(other, a), 200)
+    s.fail(oid)
+    assert s.state(oid) is JobState.DONE
+
+
+def test_a_closed_claim_window_assigns_at_the_next_tick():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    s.on_claim(claim(job, WORKERS[1]), 5)
+    assert s.claimants(jid) == {WORKERS[1].public_bytes}
+    assert s.tick(10, 5) == []  # the window is open
+    s.close_window(jid)
+    [a] = s.tick(11, 5)
+    assert a.worker == WORKERS[1].public_bytes
