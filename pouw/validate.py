@@ -25,6 +25,7 @@ from .committee import (
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
     Committee,
+    CommitteeRules,
     Tally,
     committee_seed,
     draw_committee,
@@ -241,6 +242,7 @@ def committee_for(
     *,
     size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
+    rules: CommitteeRules | None = None,
 ) -> Committee:
     """The committee of a job, from the finalized block ``lookahead`` below the
     assignment height and the validator-set snapshot at that block, without the job's
@@ -254,10 +256,9 @@ def committee_for(
         f"no finalized block at the committee seed height {seed_height}",
     )
     assert block_hash is not None
-    return draw_committee(
+    return (rules or CommitteeRules(size)).draw(
         validators,
         committee_seed(block_hash, job_id(job)),
-        size,
         interested(job, assignment, validators),
     )
 
@@ -311,12 +312,13 @@ def _validate_work(
     size: int,
     lookahead: int,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> Tally:
     validate_job(job)
     validate_assignment(assignment, job)
     validate_receipt(receipt, job, assignment)
     committee = committee_for(
-        job, assignment, validators, finalized_hash, size=size, lookahead=lookahead
+        job, assignment, validators, finalized_hash, size=size, lookahead=lookahead, rules=rules
     )
     _require(bool(committee.candidates), "committee", "no eligible validator has stake")
     return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
@@ -330,6 +332,7 @@ def validate_certificate(
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> None:
     """Check a certificate without running any model.
 
@@ -355,12 +358,14 @@ def validate_certificate(
         committee_size,
         lookahead,
         check_challenges,
+        rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.certifies,
         "quorum",
-        f"valid votes hold {t.valid_stake} of {t.committee_stake} committee stake (< 2/3)",
+        f"valid votes hold {t.valid_stake} of {t.committee_stake} seats "
+        f"(< {t.quorum[0]}/{t.quorum[1]})",
     )
 
 
@@ -416,7 +421,11 @@ def review_seed(block_hash: bytes, receipt_id_: bytes) -> bytes:
 
 
 def review_committee(
-    evidence: FraudEvidence, validators: Mapping[bytes, int], block_hash: bytes, size: int
+    evidence: FraudEvidence,
+    validators: Mapping[bytes, int],
+    block_hash: bytes,
+    size: int,
+    rules: CommitteeRules | None = None,
 ) -> Committee:
     """Who reviews ``evidence``, carried by the block ``block_hash``: ``2 * size`` seats
     drawn from ``validators`` without the job's interested parties and without the
@@ -428,7 +437,10 @@ def review_committee(
     if not any(k not in first_look and validators[k] > 0 for k in keys):
         first_look = excluded  # a small network: the same members look again
     seed = review_seed(block_hash, receipt_id(evidence.receipt))
-    return draw_committee(validators, seed, 2 * size, first_look)
+    r = rules or CommitteeRules(size)
+    return draw_committee(
+        validators, seed, 2 * r.size, first_look, quorum=r.quorum, cap_bps=r.cap_bps
+    )
 
 
 def validate_review(
@@ -438,23 +450,24 @@ def validate_review(
     *,
     committee_size: int = COMMITTEE_SIZE,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> bool:
     """Check a review of the conviction that block ``block_hash`` carried, against the
     validator set at that block; True when it upholds the conviction, False when it
     overturns it. Raises PouwError when it decides neither (two thirds either way of
     the seated stake are needed: slashing anyone takes a supermajority)."""
-    committee = review_committee(review.evidence, validators, block_hash, committee_size)
+    committee = review_committee(review.evidence, validators, block_hash, committee_size, rules)
     _require(bool(committee.candidates), "review.committee", "no eligible reviewer has stake")
     t = _tally_verdicts(
         review.verdicts, review.evidence.receipt, committee, validators, check_challenges
     )
     _require(not t.short, "review.quorum", "too many abstentions: the review has empty seats")
-    if 3 * t.invalid_stake >= 2 * t.committee_stake:
+    if t.upholds:
         return True
     _require(
         t.certifies,
         "review.quorum",
-        f"neither side holds 2/3 of {t.committee_stake} review stake "
+        f"neither side holds {t.quorum[0]}/{t.quorum[1]} of {t.committee_stake} review seats "
         f"(valid {t.valid_stake}, invalid {t.invalid_stake})",
     )
     return False
@@ -468,6 +481,7 @@ def validate_fraud_evidence(
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> None:
     """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
     must hold > 1/3 of the committee's stake. The worker to slash is
@@ -482,10 +496,12 @@ def validate_fraud_evidence(
         committee_size,
         lookahead,
         check_challenges,
+        rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.convicts,
         "quorum",
-        f"invalid votes hold {t.invalid_stake} of {t.committee_stake} committee stake (<= 1/3)",
+        f"invalid votes hold {t.invalid_stake} of {t.committee_stake} seats "
+        f"(<= {t.quorum[1] - t.quorum[0]}/{t.quorum[1]})",
     )

@@ -81,6 +81,7 @@ def check_review(s: State, review: FraudReview) -> bool:
         seed_hash,
         committee_size=s.params.committee_size,
         check_challenges=False,
+        rules=s.params.committee_rules(),
     )
 
 

@@ -114,7 +114,13 @@ def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate)
         if snapshot is None:
             raise LedgerError(f"no validator set is kept for height {seed_height}")
         snapshots[epoch] = snapshot
-    validate(cert, snapshot, s.block_hash_at, committee_size=s.params.committee_size)
+    validate(
+        cert,
+        snapshot,
+        s.block_hash_at,
+        committee_size=s.params.committee_size,
+        rules=s.params.committee_rules(),
+    )
 
 
 def certification_deadline(s: State, job_deadline_ms: int) -> int:

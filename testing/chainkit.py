@@ -30,6 +30,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     jail_period=3,
     target_block_time_ms=1_000,
     review_period=3,
+    committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
 )
 
 
@@ -147,6 +148,7 @@ def make_work(
         snapshot,
         chain.state.block_hash_at,
         size=chain.state.params.committee_size,
+        rules=chain.state.params.committee_rules(),
     )
     verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee.members))
     return job, a, r, verdicts
@@ -182,7 +184,11 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
     height = chain.state.height
     validators = chain.state.validator_snapshot_at(height)
     committee = review_committee(
-        evidence, validators, chain.state.block_hash_at(height), chain.state.params.committee_size
+        evidence,
+        validators,
+        chain.state.block_hash_at(height),
+        chain.state.params.committee_size,
+        chain.state.params.committee_rules(),
     )
     receipt = evidence.receipt
     verdicts = tuple(

@@ -32,6 +32,7 @@ from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
 from aipg.pouw import (
     Certificate,
+    CommitteeRules,
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
@@ -313,6 +314,10 @@ class FinalizedChain:
     @property
     def committee_size(self) -> int:
         return self.chain.state.params.committee_size
+
+    @property
+    def committee_rules(self) -> CommitteeRules:
+        return self.chain.state.params.committee_rules()
 
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
         return self.chain.state.validator_snapshot_at(height)

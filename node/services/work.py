@@ -27,6 +27,7 @@ from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
     Committee,
+    CommitteeRules,
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
@@ -108,6 +109,9 @@ class ChainView(Protocol):
     @property
     def committee_size(self) -> int: ...
 
+    @property
+    def committee_rules(self) -> CommitteeRules: ...
+
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
 
     def finalized_hash(self, height: int) -> bytes | None: ...
@@ -162,6 +166,7 @@ class WorkTracker:
             validators,
             self.chain.finalized_hash,
             size=self.chain.committee_size,
+            rules=self.chain.committee_rules,
         )
         return members, validators
 
@@ -291,7 +296,9 @@ class WorkTracker:
         tracked = self._by_receipt.get(receipt_id(evidence.receipt))
         if tracked is None or tracked.review is not None:
             return tracked
-        committee = review_committee(evidence, validators, block_hash, self.chain.committee_size)
+        committee = review_committee(
+            evidence, validators, block_hash, self.chain.committee_size, self.chain.committee_rules
+        )
         tracked.review = Review(evidence, committee, validators)
         for signer, verdict in sorted({**tracked.verdicts, **tracked.unplaced}.items()):
             if signer in committee:

@@ -24,6 +24,10 @@ class ChainOf:
     def committee_size(self) -> int:
         return self.c.state.params.committee_size
 
+    @property
+    def committee_rules(self):
+        return self.c.state.params.committee_rules()
+
     def validator_snapshot_at(self, height: int):
         return self.c.state.validator_snapshot_at(height)
 
