@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from aipg.pouw import COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
+from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
@@ -58,6 +59,7 @@ def apply_block(
     s = state.copy()
     parent_state_hash = state_hash(state) if check_state_hash else None
     process_header(s, block, parent_state_hash)
+    process_beacon(s, block)
     process_last_commit(s, block, verified_parent_commit)
     process_liveness(s, block)
     process_transactions(s, block)
@@ -99,6 +101,12 @@ def process_header(s: State, block: Block, parent_state_hash: bytes | None) -> N
         raise LedgerError(f"block {h.height} was built on a different state (state hash)")
     s.height = Height(h.height)
     s.time_ms = h.time_ms
+
+
+def process_beacon(s: State, block: Block) -> None:
+    """Check the proposer's VRF proof over the parent's beacon and advance the beacon."""
+    s.beacon = next_beacon(s.beacon, block.header.proposer, block.header.vrf_proof)
+    s.put("beacons", height_key(s.height), s.beacon)
 
 
 def process_last_commit(s: State, block: Block, verified: Commit | None = None) -> None:
@@ -258,6 +266,7 @@ def record_block(s: State, block: Block) -> None:
     old = s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1
     if old >= 0:
         s.put("block_hashes", height_key(old), None)
+        s.put("beacons", height_key(old), None)
 
 
 def prune_expired(s: State) -> None:

@@ -19,6 +19,7 @@ import msgpack
 
 from aipg.wire import Address, Units, sha256
 
+from .beacon import genesis_beacon
 from .genesis import Genesis
 from .tokenomics import Emission
 from .types import Height
@@ -94,6 +95,7 @@ TABLES = (
     "block_hashes",
     "liveness",
     "convictions",
+    "beacons",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -125,6 +127,8 @@ class State:
     block_hashes: dict[bytes, bytes]
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
+    beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
@@ -159,6 +163,8 @@ class State:
             block_hashes={height_key(0): genesis.hash},
             liveness={},
             convictions={},
+            beacons={height_key(0): genesis_beacon(genesis.hash)},
+            beacon=genesis_beacon(genesis.hash),
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))
@@ -223,6 +229,10 @@ class State:
         rows = self.epochs.get(height_key(self.epoch_of(height)))
         return None if rows is None else dict(rows)
 
+    def beacon_at(self, height: int) -> bytes | None:
+        """The beacon after finalized block ``height`` (D55); None if not kept."""
+        return self.beacons.get(height_key(height))
+
     def block_hash_at(self, height: int) -> bytes | None:
         """The hash of finalized block ``height`` (genesis hash at 0); None if not kept."""
         return self.block_hashes.get(height_key(height))
@@ -269,6 +279,7 @@ class State:
                 self.burned,
                 self.validators.encode(),
                 self.last_validators.encode(),
+                self.beacon,
             ],
             use_bin_type=True,
         )
@@ -278,7 +289,7 @@ class State:
         cls, genesis: Genesis, scalars: bytes, rows: dict[str, dict[bytes, Any]]
     ) -> State:
         """Rebuild a state from :meth:`scalars` and decoded table rows (the chain store)."""
-        h, t, last, pool, minted, burned, vs, lvs = msgpack.unpackb(scalars, raw=False)
+        h, t, last, pool, minted, burned, vs, lvs, beacon = msgpack.unpackb(scalars, raw=False)
         tables = {}
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
@@ -300,6 +311,7 @@ class State:
             minted,
             burned,
             **tables,
+            beacon=beacon,
         )
 
 
@@ -314,7 +326,9 @@ def decode_row(data: bytes) -> Any:
 # ``block_hashes`` is left out of the state hash: it only repeats the hashes of the
 # chain's last blocks, which every header already commits to through ``parent_hash``,
 # and hashing its ~1,400 rows would be most of the cost of hashing a small state.
-HASHED_TABLES = tuple(t for t in TABLES if t != "block_hashes")
+# ``beacons`` likewise: each is the beacon scalar of an earlier state, fixed by the
+# headers' VRF proofs.
+HASHED_TABLES = tuple(t for t in TABLES if t not in ("block_hashes", "beacons"))
 
 
 def state_hash(state: State) -> bytes:

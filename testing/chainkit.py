@@ -70,7 +70,7 @@ class TestChain:
         return self.commits[-1] if self.commits else None
 
     def build(self, **body):
-        proposer = self.state.validators.proposer()
+        proposer = self.keys[self.state.validators.proposer()]
         return make_block(
             self.state,
             proposer,

@@ -39,7 +39,7 @@ def _chain() -> TestChain:
 def _prepare(c: TestChain, candidates: Candidates):
     return prepare_block(
         c.state,
-        c.state.validators.proposer(),
+        c.keys[c.state.validators.proposer()],
         candidates,
         time_ms=c.state.time_ms + 1_000,
         last_commit=c.last_commit(),
