@@ -217,10 +217,11 @@ class Node:
         if not block.body.frauds:
             return
         validators = self.chain.state.validator_snapshot_at(block.height)
-        if validators is None:
+        beacon = self.chain.state.beacon_at(block.height)  # seeds the reviews (D56)
+        if validators is None or beacon is None:
             return
         for evidence in block.body.frauds:
-            tracked = self.tracker.start_review(evidence, block.hash, validators)
+            tracked = self.tracker.start_review(evidence, beacon, validators)
             if tracked is not None and self.verifier is not None:
                 self.verifier.consider_review(tracked)
 

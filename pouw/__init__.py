@@ -20,6 +20,7 @@ Entry points:
 """
 
 from .committee import (
+    COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
     Committee,
@@ -84,6 +85,7 @@ from .votes import VoteCollector, make_verdict
 from .work import diffusion_work_units, llm_work_units, work_units
 
 __all__ = [
+    "COMMITTEE_DELAY",
     "COMMITTEE_LOOKAHEAD",
     "COMMITTEE_SIZE",
     "Assignment",

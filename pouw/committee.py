@@ -1,17 +1,17 @@
 """Committees: who verifies a receipt, and when their votes are enough.
 
-The committee of a job is a stake-weighted sample, without replacement, of
-``size`` validators from the validator set, seeded by
+The committee of a job is a weighted sample, without replacement, of ``size``
+validators from the validator set, seeded by (D56)
 
-    seed = H("committee/seed/1", hash of the finalized block at
-             assignment.height - COMMITTEE_LOOKAHEAD, job id)
+    seed = H("committee/seed/1", beacon of block c + COMMITTEE_DELAY, job id)
 
-The block is final before the worker is assigned, so the worker cannot grind for a
-friendly committee, and the job id is fixed when the gateway signs it. (Ed25519 is
-not a VRF, so we do not use signatures as the randomness.) A gateway that colludes
-with a worker could still try many job nonces against a known block hash; the cost of
-that grows with the stake an attacker must gather in one committee, and is the
-residual risk of any seed fixed before the work.
+where ``c`` is the height of the block that committed the job's id (a COMMIT or
+ESCROW transaction, stake/tx.py). The beacon (D55, stake/beacon.py) is a chain of
+VRF outputs nobody can bias; the one ``COMMITTEE_DELAY`` blocks after the commitment
+did not exist when the job, its nonce, its assignment and its receipt's inputs were
+fixed, so grinding any of them (the old seed, a block hash below the assignment
+height the gateway chose, fell to 474 nonces) changes nothing. The validator set is
+the snapshot at that same height.
 
 Conflicts of interest: the job's worker, its gateway (the job's signer) and its client
 are never drawn; they are removed from the validator set before the draw.
@@ -44,7 +44,11 @@ from .types import NodeKey, Stake
 Quorum = tuple[int, int]  # (numerator, denominator) of the seats that certify
 DEFAULT_QUORUM: Quorum = (2, 3)
 
-COMMITTEE_LOOKAHEAD = 2  # blocks between the seed block and the assignment height
+COMMITTEE_LOOKAHEAD = 2  # an assignment's least height (kept for old records' checks)
+# Blocks between the one that commits a job and the one whose beacon draws its
+# committee (and its worker): a proposer knows its own block's beacon in advance, so
+# the seed is at least one block later; two makes an adversary propose both (D56).
+COMMITTEE_DELAY = 2
 COMMITTEE_SIZE = 5  # default committee size (a chain parameter; genesis may change it)
 
 
@@ -121,9 +125,10 @@ def draw_committee(
     return Committee(candidates, min(size, len(candidates)), quorum)
 
 
-def committee_seed(finalized_block_hash: bytes, job_id: bytes) -> bytes:
-    """The 32-byte seed of a job's committee."""
-    return hash_tagged(b"committee/seed/1", finalized_block_hash, job_id)
+def committee_seed(beacon: bytes, job_id: bytes) -> bytes:
+    """The 32-byte seed of a job's committee: the beacon ``COMMITTEE_DELAY`` blocks
+    after the job was committed, and the (committed) job id."""
+    return hash_tagged(b"committee/seed/1", beacon, job_id)
 
 
 def sample_committee(

@@ -238,27 +238,21 @@ def committee_for(
     job: Job,
     assignment: Assignment,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
     rules: CommitteeRules | None = None,
 ) -> Committee:
-    """The committee of a job, from the finalized block ``lookahead`` below the
-    assignment height and the validator-set snapshot at that block, without the job's
-    worker, gateway and client (nobody checks work they have a stake in)."""
-    seed_height = assignment.height - lookahead
-    _require(seed_height >= 0, "assignment.height", "assignment is too early for a committee")
-    block_hash = finalized_hash(seed_height)
+    """The committee of a job: drawn by ``beacon`` (the beacon ``COMMITTEE_DELAY``
+    blocks after the block that committed the job, D56) from ``validators`` (the
+    snapshot at that block), without the job's worker, gateway and client (nobody
+    checks work they have a stake in)."""
     _require(
-        block_hash is not None,
-        "assignment.height",
-        f"no finalized block at the committee seed height {seed_height}",
+        isinstance(beacon, bytes) and len(beacon) == 32, "committee.beacon", "a beacon is 32 bytes"
     )
-    assert block_hash is not None
     return (rules or CommitteeRules(size)).draw(
         validators,
-        committee_seed(block_hash, job_id(job)),
+        committee_seed(beacon, job_id(job)),
         interested(job, assignment, validators),
     )
 
@@ -308,18 +302,15 @@ def _validate_work(
     receipt: Receipt,
     verdicts: tuple[Verdict, ...],
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     size: int,
-    lookahead: int,
     check_challenges: bool = True,
     rules: CommitteeRules | None = None,
 ) -> Tally:
     validate_job(job)
     validate_assignment(assignment, job)
     validate_receipt(receipt, job, assignment)
-    committee = committee_for(
-        job, assignment, validators, finalized_hash, size=size, lookahead=lookahead, rules=rules
-    )
+    committee = committee_for(job, assignment, validators, beacon, size=size, rules=rules)
     _require(bool(committee.candidates), "committee", "no eligible validator has stake")
     return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
 
@@ -327,18 +318,17 @@ def _validate_work(
 def validate_certificate(
     cert: Certificate,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     committee_size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
     rules: CommitteeRules | None = None,
 ) -> None:
     """Check a certificate without running any model.
 
     ``validators`` is the validator-set snapshot {public key: bonded stake} in effect at
-    the committee seed block (``cert.assignment.height - lookahead``); ``finalized_hash``
-    gives the hash of the finalized block at a height. Checks, in order: the job, the
+    the committee's seed block, and ``beacon`` that block's beacon (D56: the block
+    ``COMMITTEE_DELAY`` after the one that committed the job). Checks, in order: the job, the
     assignment and the receipt (signatures and bindings), each verdict (signature,
     receipt, challenge, committee membership, one vote per member), and that valid
     votes hold >= 2/3 of the committee's stake. Raises PouwError naming the failed rule.
@@ -354,9 +344,8 @@ def validate_certificate(
         cert.receipt,
         cert.verdicts,
         validators,
-        finalized_hash,
+        beacon,
         committee_size,
-        lookahead,
         check_challenges,
         rules,
     )
@@ -415,8 +404,9 @@ def validate_conflicting_verdicts(evidence: ConflictingVerdicts) -> None:
 
 
 def review_seed(block_hash: bytes, receipt_id_: bytes) -> bytes:
-    """The seed of a conviction's review: the block that carried the evidence (unknown
-    when the job, its assignment and the first verdicts were signed) and the receipt."""
+    """The seed of a conviction's review: the beacon of the block that carried the
+    evidence (unknown when the job, its assignment and the first verdicts were signed,
+    and unlike that block's hash not chosen by its proposer, D56) and the receipt."""
     return hash_tagged(b"review/seed/1", block_hash, receipt_id_)
 
 
@@ -476,10 +466,9 @@ def validate_review(
 def validate_fraud_evidence(
     evidence: FraudEvidence,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     committee_size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
     rules: CommitteeRules | None = None,
 ) -> None:
@@ -492,9 +481,8 @@ def validate_fraud_evidence(
         evidence.receipt,
         evidence.verdicts,
         validators,
-        finalized_hash,
+        beacon,
         committee_size,
-        lookahead,
         check_challenges,
         rules,
     )

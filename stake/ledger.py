@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aipg.pouw import COMMITTEE_LOOKAHEAD
+from aipg.pouw import COMMITTEE_DELAY, COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
 from .beacon import next_beacon
@@ -277,6 +277,10 @@ def prune_expired(s: State) -> None:
         s.put("punished", key, None)
     for key in [k for k, until in s.certified.items() if until < s.time_ms]:
         s.put("certified", key, None)
+    # A commitment lives as long as the beacon that draws its committee is kept.
+    gone = s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1 - COMMITTEE_DELAY
+    for key in [k for k, h in s.commitments.items() if h < gone]:
+        s.put("commitments", key, None)
     oldest = s.epoch_of(max(0, s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1))
     for key in [k for k in s.epochs if int.from_bytes(k, "big") < oldest]:
         s.put("epochs", key, None)

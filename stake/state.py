@@ -84,6 +84,9 @@ EMPTY_BOND = Bond(0, 0)
 # The last two keep only what a certificate young enough to be included can refer to.
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
+# beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
+# commitments: job id → the height of the block that committed it (D56), for
+# ``escrow_period`` blocks.
 TABLES = (
     "accounts",
     "bonds",
@@ -96,6 +99,7 @@ TABLES = (
     "liveness",
     "convictions",
     "beacons",
+    "commitments",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -128,6 +132,7 @@ class State:
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
     beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    commitments: dict[bytes, int] = dataclasses.field(default_factory=dict)
     beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its

@@ -1,4 +1,5 @@
-"""Transactions: transfer, bond, unbond, withdraw, unjail, and the paid-tier job escrow.
+"""Transactions: transfer, bond, unbond, withdraw, unjail, the paid-tier job escrow, and
+job commitments.
 
 One signed record type with a ``kind``, so a mempool orders any account's transactions
 by nonce alone. Every transaction names the chain (no replay across chains), carries
@@ -43,6 +44,9 @@ class TxKind(enum.IntEnum):
     ESCROW = 5  # lock ``amount`` as the fee of paid-tier job ``job_id``
     RECLAIM = 6  # take back the escrow of ``job_id`` once it expired uncertified
     UNJAIL = 7  # a validator jailed for downtime returns (after its jail period)
+    # Fix job ``job_id`` on chain before the beacon that draws its committee (D56); an
+    # ESCROW commits its job too. Anyone may commit any id, once.
+    COMMIT = 8
 
 
 @record(tag=410)

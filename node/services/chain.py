@@ -154,6 +154,18 @@ class ChainService:
                 raise ValueError(str(e)) from None
             await self.host.publish(topic("txs"), encode(tx))
 
+    async def commit_job(self, sender: Identity, job_id: bytes) -> None:
+        """Commit ``job_id`` on chain (a COMMIT from ``sender``'s account, D56): its
+        committee is drawn by the beacon two blocks after the block that carries it.
+        Raises ValueError with the ledger's reason when it is refused."""
+        lock = self._account_locks.setdefault(sender.address.raw, trio.Lock())
+        async with lock:
+            try:
+                tx = self.mempool.sign(sender, self.state.chain_id, TxKind.COMMIT, job_id=job_id)
+            except LedgerError as e:
+                raise ValueError(str(e)) from None
+            await self.host.publish(topic("txs"), encode(tx))
+
     async def _gossip_txs(self, txs: list[Transaction]) -> None:
         for tx in txs:
             await self.host.publish(topic("txs"), encode(tx))
@@ -324,6 +336,12 @@ class FinalizedChain:
 
     def finalized_hash(self, height: int) -> bytes | None:
         return self.chain.block_hash_at(height)
+
+    def beacon_at(self, height: int) -> bytes | None:
+        return self.chain.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes) -> int | None:
+        return self.chain.state.commitments.get(job_id)
 
 
 class _Finalizer:

@@ -34,6 +34,12 @@ class ChainOf:
     def finalized_hash(self, height: int):
         return self.c.state.block_hash_at(height)
 
+    def beacon_at(self, height: int):
+        return self.c.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes):
+        return self.c.state.commitments.get(job_id)
+
 
 def _chain() -> TestChain:
     c = TestChain(n_validators=4)

@@ -118,7 +118,7 @@ def test_a_job_is_never_checked_by_its_worker_gateway_or_client(n, roles, seed):
     stakes = {v.public_bytes: 10**12 for v in validators}
     job = signed_job(gateway, client=client.address.raw, nonce=seed)
     a = signed_assignment(gateway, job, worker, height=5)
-    committee = committee_for(job, a, stakes, lambda h: b"\x01" * 32, size=5)
+    committee = committee_for(job, a, stakes, b"\x01" * 32, size=5)
     interested = {worker.public_bytes, gateway.public_bytes, client.public_bytes}
     assert not interested & set(committee.candidates)
     assert len(committee.candidates) == min(n - len(interested), 5 + reserves(5))
