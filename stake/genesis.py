@@ -93,6 +93,8 @@ class ChainParams(Record):
     # Committees (pouw/sizing.py, D57): no validator holds more than this share of a
     # committee draw's weight; with the quorum above it sizes ``committee_size``.
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
+    # The least bond of a worker registered for drawn, pool-earning jobs (D58).
+    min_worker_bond: UnitsField = 100 * UNITS_PER_AIPG
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from aipg.pouw import COMMITTEE_DELAY, COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
+from .assign import snapshot_workers
 from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .equivocation import process_conflicting_verdicts, process_equivocations
@@ -254,6 +255,7 @@ def process_epoch(s: State) -> None:
         vset = vset.updated(s.validator_powers()) or vset  # never an empty set
         rows = tuple((v.key, v.power) for v in vset.validators)
         s.put("epochs", height_key(s.epoch_of(s.height + 1)), rows)
+        snapshot_workers(s)
         prune_expired(s)
     s.validators = without_jailed(s, vset).advanced(1)
 
@@ -284,6 +286,8 @@ def prune_expired(s: State) -> None:
     oldest = s.epoch_of(max(0, s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1))
     for key in [k for k in s.epochs if int.from_bytes(k, "big") < oldest]:
         s.put("epochs", key, None)
+    for key in [k for k in s.worker_epochs if int.from_bytes(k, "big") < oldest]:
+        s.put("worker_epochs", key, None)
 
 
 def check_supply(s: State) -> None:

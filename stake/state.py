@@ -73,6 +73,20 @@ class Conviction(NamedTuple):
     height: int  # the block that carried it (its hash seeds the review)
 
 
+class Registration(NamedTuple):
+    """A worker's registration for a model (:mod:`.assign`, D58)."""
+
+    declared: int  # work units per block the worker says it can do
+    height: int  # registered at
+
+
+class Capacity(NamedTuple):
+    """A worker's measured capacity (:mod:`.assign`, D58)."""
+
+    peak: int  # most work units certified to the worker in one block (decayed)
+    height: int  # when ``peak`` was last brought up to date
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -87,6 +101,9 @@ EMPTY_BOND = Bond(0, 0)
 # beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
 # commitments: job id → the height of the block that committed it (D56), for
 # ``escrow_period`` blocks.
+# workers: worker key + model id → (declared capacity, height) (stake/assign.py, D58);
+# capacity: worker key → (peak certified units in a block, height);
+# worker_epochs: epoch (8 bytes) → ((worker key + model id, draw weight), ...).
 TABLES = (
     "accounts",
     "bonds",
@@ -100,6 +117,9 @@ TABLES = (
     "convictions",
     "beacons",
     "commitments",
+    "workers",
+    "capacity",
+    "worker_epochs",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -107,6 +127,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "escrows": Escrow,
     "liveness": Liveness,
     "convictions": Conviction,
+    "workers": Registration,
+    "capacity": Capacity,
 }
 
 
@@ -133,6 +155,9 @@ class State:
     convictions: dict[bytes, Conviction]
     beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     commitments: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    workers: dict[bytes, Registration] = dataclasses.field(default_factory=dict)
+    capacity: dict[bytes, Capacity] = dataclasses.field(default_factory=dict)
+    worker_epochs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
     beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
@@ -299,7 +324,7 @@ class State:
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
             src = rows.get(table, {})
-            if table in ("unbonding", "epochs"):
+            if table in ("unbonding", "epochs", "worker_epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}

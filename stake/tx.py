@@ -47,6 +47,9 @@ class TxKind(enum.IntEnum):
     # Fix job ``job_id`` on chain before the beacon that draws its committee (D56); an
     # ESCROW commits its job too. Anyone may commit any id, once.
     COMMIT = 8
+    # Register as a worker for model ``job_id`` declaring ``amount`` work units a block
+    # of capacity (0 withdraws); needs a bond of min_worker_bond (stake/assign.py, D58).
+    REGISTER_WORKER = 9
 
 
 @record(tag=410)

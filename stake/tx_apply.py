@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aipg.wire import Address, is_signed_by_signer
 
+from .assign import check_register, register
 from .block import Block
 from .liveness import check_unjail, unjail
 from .money import credit, debit
@@ -96,6 +97,14 @@ def _commit(s: State, tx: Transaction) -> None:
     s.put("commitments", tx.job_id, s.height)
 
 
+def _check_register(s: State, tx: Transaction) -> None:
+    check_register(s, tx.signer, tx.job_id, tx.amount)
+
+
+def _register(s: State, tx: Transaction) -> None:
+    register(s, tx.signer, tx.job_id, tx.amount)
+
+
 def _check_reclaim(s: State, tx: Transaction) -> None:
     escrow = s.escrows.get(escrow_key(tx.job_id, tx.sender))
     if escrow is None:
@@ -159,6 +168,7 @@ _OPERATIONS = {
     TxKind.RECLAIM: _reclaim,
     TxKind.UNJAIL: unjail,
     TxKind.COMMIT: _commit,
+    TxKind.REGISTER_WORKER: _register,
 }
 _CHECKS = {
     TxKind.TRANSFER: _check_transfer,
@@ -169,5 +179,6 @@ _CHECKS = {
     TxKind.RECLAIM: _check_reclaim,
     TxKind.UNJAIL: check_unjail,
     TxKind.COMMIT: _check_commit,
+    TxKind.REGISTER_WORKER: _check_register,
 }
 _SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW}

@@ -27,6 +27,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
+from .assign import record_capacity
 from .money import credit
 from .review import open_conviction
 from .state import Escrow, State, escrow_key
@@ -40,6 +41,7 @@ def process_certificates(
     worker, the rest back to the payer), and return the work certified in this block:
     job id -> (worker account, work units)."""
     work: dict[bytes, tuple[bytes, int]] = {}
+    delivered: dict[bytes, int] = {}  # worker key -> work units certified in this block
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
         try:  # every check before the first write: a refused certificate changes nothing
@@ -59,6 +61,10 @@ def process_certificates(
             credit(s, escrow.payer, escrow.amount - charged)
             s.paid[job] = charged
         work[job] = (worker, cert.receipt.work_units)
+        delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + (
+            cert.receipt.work_units
+        )
+    record_capacity(s, delivered)  # measured capacity (D58)
     return work
 
 

@@ -104,7 +104,11 @@ def expected_balances(
             for tx in block.body.transactions:
                 balances[tx.sender] -= tx.fee
                 balances[proposer] = balances.get(proposer, 0) + tx.fee
-                assert tx.kind in (TxKind.ESCROW, TxKind.TRANSFER), "the test sends no other kind"
+                assert tx.kind in (TxKind.ESCROW, TxKind.TRANSFER, TxKind.COMMIT), (
+                    "the test sends no other kind"
+                )
+                if tx.kind == TxKind.COMMIT:
+                    continue  # fixes a job before its committee's beacon (D56): no money
                 balances[tx.sender] -= tx.amount
                 if tx.kind == TxKind.ESCROW:
                     escrows[tx.job_id, tx.sender] = tx.amount
