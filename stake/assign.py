@@ -33,8 +33,7 @@ from .state import Capacity, Registration, State, height_key
 from .types import LedgerError
 
 __all__ = [
-    "Capacity",
-    "Registration",
+    "claim_order",
     "draw_weight",
     "drawn_assignment_ok",
     "drawn_workers",
@@ -153,3 +152,25 @@ def drawn_assignment_ok(s: State, cert: Certificate) -> bool:
     given to anyone else earns what the rules allow a chosen worker (stake's rewards)."""
     ranked = drawn_workers(s, cert.job)
     return bool(ranked) and ranked[0] == bytes(cert.receipt.signer)
+
+
+def claim_order(s: State, job: Job, claimants: Iterable[bytes]) -> list[bytes] | None:
+    """The order in which a gateway offers ``job`` to its ``claimants`` (D58): the
+    registered workers in draw order, then the others by a hash keyed with the job's
+    beacon, and the job's own gateway last (it may serve its own job, but only when no
+    one else will). None while the draw is not known (the job is not committed, or its
+    seed block not final)."""
+    ranked = drawn_workers(s, job)
+    if ranked is None:
+        return None
+    beacon = s.beacon_at(s.commitments[job_id(job)] + COMMITTEE_DELAY) or b""
+    keys = [bytes(k) for k in claimants]
+    first = [k for k in ranked if k in keys]
+    rest = sorted(
+        (k for k in keys if k not in first),
+        key=lambda k: (
+            k == bytes(job.signer),
+            hash_tagged(b"assign/tie/1", beacon, job_id(job), k),
+        ),
+    )
+    return first + rest

@@ -37,9 +37,11 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    Job,
     Tier,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.stake.assign import claim_order
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -123,6 +125,10 @@ class ChainService:
 
     def work_paid(self, job_id: bytes) -> int | None:
         return self.job_rewards.get(job_id)
+
+    def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None:
+        """The chain's order for a job's claimants (D58), None until its draw is known."""
+        return claim_order(self.state, job, claimants)
 
     def next_nonce(self, address: bytes) -> int:
         """The account's next nonce, counting its transactions waiting in the mempool."""

@@ -103,6 +103,8 @@ class GatewayChain(Protocol):
 
     async def commit_job(self, sender: Identity, job_id: bytes) -> None: ...
 
+    def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None: ...
+
 
 class GatewayService:
     """``send_job`` reaches workers on the ``job`` protocol; ``local_jobs`` hands each
@@ -144,6 +146,7 @@ class GatewayService:
                 trusted_min_reputation=ReputationConfig().initial,
             ),
             reputation=reputation,
+            order=chain.claim_order,  # the chain's draw, not the claims (D58)
         )
         tracker.on_outcome.append(self._on_outcome)
         tracker.on_review.append(self._on_review)

@@ -116,6 +116,9 @@ class GatewayChain:
     async def commit_job(self, sender, job_id: bytes) -> None:
         self.committed.append(job_id)
 
+    def claim_order(self, job, claimants):
+        return sorted(claimants)
+
 
 def _chain() -> TestChain:
     c = TestChain(n_validators=4)
