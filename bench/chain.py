@@ -39,6 +39,7 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from aipg.pouw import Certificate
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import MAINNET_PARAMS
@@ -46,7 +47,7 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.sigbatch import preverify_block
 from aipg.stake.simulation import Behaviour, Scenario, Simulation
 from aipg.stake.sync import SyncServer, sync_from
-from aipg.testing.chainkit import TestChain, ident, make_certificate
+from aipg.testing.chainkit import TestChain, commit_jobs, ident, make_job, work_on
 from aipg.wire import decode, encode
 from aipg.wire.keys import forget_verified
 
@@ -69,7 +70,12 @@ def bench_chain(n_blocks: int) -> TestChain:
 def bench_certificates(n_certs: int, rounds: int) -> dict:
     chain = bench_chain(3)
     workers = [ident(1000 + i) for i in range(50)]
-    certs = [make_certificate(chain, workers[i % len(workers)], nonce=i) for i in range(n_certs)]
+    jobs = [make_job(chain, nonce=i) for i in range(n_certs)]
+    commit_jobs(chain, jobs)  # one block commits them all; the work is drawn 2 later (D56)
+    certs = [
+        Certificate(*work_on(chain.state, chain.keys, job, workers[i % len(workers)]))
+        for i, job in enumerate(jobs)
+    ]
     state, commits = chain.state, chain.commits
     data = encode(chain.build(certificates=certs))
     serial, parallel = [], []
@@ -105,7 +111,7 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
     verify_us = (time.perf_counter() - t0) / 2_000 * 1e6
     # Per certificate: job, assignment, receipt, and each verdict's signature (a block
     # does not re-check verdict challenges: they were checked when collected).
-    verifies = n_certs * (3 + 5) + len(commits[-1].precommits)
+    verifies = n_certs * (3 + len(certs[0].verdicts)) + len(commits[-1].precommits)
     block_s = statistics.median(serial)
     return {
         "block_1000_certs_s": round(statistics.median(parallel) * 1000 / n_certs, 4),

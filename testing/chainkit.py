@@ -201,6 +201,21 @@ def commit_job(chain: TestChain, sender: Identity, jid: bytes) -> int:
     return seed_height
 
 
+def commit_jobs(chain: TestChain, jobs, sender: Identity = GATEWAY) -> None:
+    """Commit ``jobs`` (those not committed yet) in one block, then append blocks until
+    their committees can be drawn: many jobs' work for one block (benchmarks)."""
+    pending = [job_id(j) for j in jobs if job_id(j) not in chain.state.commitments]
+    n = chain.state.account(sender.address.raw).nonce
+    if pending:
+        txs = [
+            make_tx(sender, CHAIN, TxKind.COMMIT, n + i, job_id=jid)
+            for i, jid in enumerate(pending)
+        ]
+        chain.next(transactions=txs)
+    for _ in range(COMMITTEE_DELAY):
+        chain.next()
+
+
 def make_certificate(chain: TestChain, worker: Identity, **kw) -> Certificate:
     return Certificate(*make_work(chain, worker, **kw))
 
