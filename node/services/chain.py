@@ -172,6 +172,23 @@ class ChainService:
                 raise ValueError(str(e)) from None
             await self.host.publish(topic("txs"), encode(tx))
 
+    async def register_worker(self, worker: Identity, model_id: bytes, declared: int) -> None:
+        """Register ``worker`` for ``model_id`` with ``declared`` work units a block of
+        capacity (REGISTER_WORKER, D58). Raises ValueError with the ledger's reason."""
+        lock = self._account_locks.setdefault(worker.address.raw, trio.Lock())
+        async with lock:
+            try:
+                tx = self.mempool.sign(
+                    worker,
+                    self.state.chain_id,
+                    TxKind.REGISTER_WORKER,
+                    amount=declared,
+                    job_id=model_id,
+                )
+            except LedgerError as e:
+                raise ValueError(str(e)) from None
+            await self.host.publish(topic("txs"), encode(tx))
+
     async def _gossip_txs(self, txs: list[Transaction]) -> None:
         for tx in txs:
             await self.host.publish(topic("txs"), encode(tx))
