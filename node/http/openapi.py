@@ -276,6 +276,10 @@ _SCHEMAS = {
             "parent_hash": {"type": "string", "description": "hex"},
             "time_ms": _INT,
             "proposer": {"type": "string", "description": "the proposer's public key, hex"},
+            "vrf_proof": {
+                "type": "string",
+                "description": "the proposer's ECVRF proof over the previous beacon, hex",
+            },
             "transactions": {"type": "integer", "description": "how many"},
             "certificates": _array(_STR, description="job ids of the certified receipts, hex"),
             "frauds": _array(_STR, description="job ids of the fraud proofs, hex"),

@@ -127,6 +127,10 @@ class GatewayChain(Protocol):
 
     async def escrow(self, payer: Identity, job_id: bytes, fee: int) -> None: ...
 
+    async def commit_job(self, sender: Identity, job_id: bytes) -> None: ...
+
+    def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None: ...
+
 
 class GatewayService:
     """``send_job`` reaches workers on the ``job`` protocol; ``local_jobs`` hands each
@@ -168,6 +172,7 @@ class GatewayService:
                 trusted_min_reputation=ReputationConfig().initial,
             ),
             reputation=reputation,
+            order=chain.claim_order,  # the chain's draw, not the claims (D58)
         )
         tracker.on_outcome.append(self._on_outcome)
         tracker.on_review.append(self._on_review)
@@ -532,7 +537,9 @@ class GatewayService:
         )
         jid = job_id(job)
         if paid is not None:  # nothing is published or scheduled before its escrow (D32)
-            await self._escrow(paid, job)
+            await self._escrow(paid, job)  # which also commits the job (D56)
+        else:
+            await self._commit(jid)
         entry = GatewayJob(job, tier, client, relay=relay)
         self.jobs[jid] = entry
         evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
@@ -541,6 +548,14 @@ class GatewayService:
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)
         return entry
+
+    async def _commit(self, jid: bytes) -> None:
+        """Commit a free job on chain: its committee is drawn from the beacon two blocks
+        after the commitment (D56); without one the job could never be certified."""
+        try:
+            await self.chain.commit_job(self.identity, jid)
+        except ValueError as e:
+            raise Overloaded(f"cannot commit the job on chain: {e}", retry_after_s=2) from None
 
     async def _escrow(self, paid, job: Job) -> None:
         """Lock ``job``'s fee from the paid client's account; raises InsufficientFunds
