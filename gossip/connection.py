@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -29,6 +29,7 @@ from .errors import (
     TransportError,
 )
 from .messages import (
+    CIRCUIT_TYPES,
     FRAME_TYPES,
     Goodbye,
     Identify,
@@ -79,6 +80,11 @@ class Connection:
         self.scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.dropped = 0
+        # Opened on demand or beyond max_peers: closed after config.transient_idle
+        # without requests. ``relayed``: it runs over a circuit (gossip/relay.py).
+        self.transient = False
+        self.relayed = False
+        self.last_used = trio.current_time()
 
     @property
     def ip(self) -> str | None:
@@ -124,10 +130,12 @@ class ConnectionIO:
         config: GossipConfig,
         router: GossipSubRouter,
         on_request: Callable[[Connection, Request], None],
+        on_circuit: Callable[[Connection, Record], Awaitable[None]] | None = None,
     ):
         self.config = config
         self.router = router
         self._on_request = on_request
+        self._on_circuit = on_circuit
         self._ping_nonces = itertools.count(1)
 
     async def writer(self, conn: Connection) -> None:
@@ -184,6 +192,10 @@ class ConnectionIO:
                 if conn.bad_frames > self.config.max_bad_frames:
                     close(conn, "too many malformed frames")
                 continue
+            if type(frame) in CIRCUIT_TYPES:
+                if self._on_circuit is not None:
+                    await self._on_circuit(conn, frame)
+                continue
             if self._dispatch(conn, frame):
                 return
 
@@ -193,6 +205,7 @@ class ConnectionIO:
         if kind is Rpc:
             self.router.handle_rpc(conn.peer, frame)
         elif kind is Request:
+            conn.last_used = trio.current_time()
             self._on_request(conn, frame)
         elif kind is Response:
             pending = conn.pending.get(frame.request_id)
