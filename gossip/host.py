@@ -87,6 +87,8 @@ class GossipHost:
         self._dialing: dict[PeerId, trio.Event] = {}
         self._banned: dict[PeerId, float] = {}
         self._pending_handshakes = 0
+        self._transient_dials = 0
+        self._transient_freed = trio.Event()  # replaced each time a transient slot frees
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self.listen_addrs: list[Multiaddr] = []
@@ -202,6 +204,8 @@ class GossipHost:
             return await self._requests.request(conn, protocol, data, timeout)
         finally:
             conn.last_used = trio.current_time()
+            if conn.transient:
+                self._free_transient_slot()
 
     def peer_record(self, peer: PeerId):
         """The freshest signed record we hold of ``peer`` (None if none)."""
@@ -242,13 +246,17 @@ class GossipHost:
         if not transient and self._regular_count() >= self.config.max_peers:
             raise ConnectionRefused(f"at max peers ({self.config.max_peers})")
         if transient:
-            self._make_room_for_transient()
+            await self._make_room_for_transient()
+            self._transient_dials += 1
         done = trio.Event()
         if expected is not None:
             self._dialing[expected] = done
         try:
             return await self._dial(addr, expected, transient)
         finally:
+            if transient:
+                self._transient_dials -= 1
+                self._free_transient_slot()
             done.set()
             if expected is not None and self._dialing.get(expected) is done:
                 del self._dialing[expected]
@@ -290,7 +298,7 @@ class GossipHost:
         try:
             await self._nursery.start(self._run_connection, conn)
         except ConnectionRefused:
-            if relayed and conn.identify is None and raw.close_reason is None:
+            if relayed and conn.identify is None and conn.goodbye is None:
                 # handshake done, then nothing intelligible: the relay drops or corrupts
                 self.reach.addrbook.relay_misbehaved(raw.relay, self.config.ban_duration)
             if self._conns.get(secure.remote_peer) in (None, conn):
@@ -301,16 +309,28 @@ class GossipHost:
     def _regular_count(self) -> int:
         return sum(1 for c in self._conns.values() if not c.transient)
 
-    def _make_room_for_transient(self) -> None:
-        """At max_transient, close the least recently used idle transient connection."""
-        transient = [c for c in self._conns.values() if c.transient]
-        if len(transient) < self.config.max_transient:
-            return
-        idle = [c for c in transient if not c.pending and not c.inflight and not self._carries(c)]
-        if not idle:
-            raise ConnectionRefused(f"at max transient connections ({self.config.max_transient})")
-        victim = min(idle, key=lambda c: c.last_used)
-        self._drop(victim, "making room for another transient connection")
+    async def _make_room_for_transient(self) -> None:
+        """At max_transient, close the least recently used idle transient connection;
+        when every one is busy, wait (up to dial_timeout) until one is done."""
+        with trio.move_on_after(self.config.dial_timeout):
+            while True:
+                transient = [c for c in self._conns.values() if c.transient]
+                if len(transient) + self._transient_dials < self.config.max_transient:
+                    return
+                idle = [c for c in transient if self._idle(c)]
+                if idle:
+                    victim = min(idle, key=lambda c: c.last_used)
+                    self._drop(victim, "making room for another transient connection")
+                    return
+                await self._transient_freed.wait()
+        raise ConnectionRefused(f"at max transient connections ({self.config.max_transient})")
+
+    def _idle(self, conn: Connection) -> bool:
+        return not conn.pending and not conn.inflight and not self._carries(conn)
+
+    def _free_transient_slot(self) -> None:
+        old, self._transient_freed = self._transient_freed, trio.Event()
+        old.set()
 
     def _carries(self, conn: Connection) -> bool:
         hub = self.reach.hub
@@ -353,6 +373,8 @@ class GossipHost:
                     conn = self._conns.get(peer)
                 except (GossipError, WireError) as e:
                     log.debug("dial %s failed: %s", addr, e)
+                    if isinstance(e, TransportError):  # nobody there (any more)
+                        conn = await self._redial_elsewhere(addr)
             if conn is not None:
                 await conn.closed.wait()
                 if conn.goodbye is None:
@@ -360,6 +382,19 @@ class GossipHost:
             jitter = 1 + self._rng.uniform(-cfg.redial_jitter, cfg.redial_jitter)
             await trio.sleep(delay * jitter)
             delay = min(cfg.redial_backoff_max, delay * 2)
+
+    async def _redial_elsewhere(self, addr: Multiaddr) -> Connection | None:
+        """``addr`` failed: the peer may be back on other addresses; look it up by ID."""
+        peer = addr.peer_id
+        if peer is None or self.reach.addrbook.backoff_left(peer) > 0:
+            return None
+        for other in await self.reach.fresh_addrs(peer, addr):
+            try:
+                await self.connect(other)
+                return self._conns.get(peer)
+            except (GossipError, WireError) as e:
+                log.debug("dial %s failed: %s", other, e)
+        return None
 
     def _on_peer_exchange(self, _pruner: PeerId, infos: list[PeerInfo]) -> None:
         """Dial peers learned from a PRUNE, while we are below the low watermark."""
@@ -427,7 +462,7 @@ class GossipHost:
             if conn.outbound and conn.transient:
                 return None  # checked (and room made) before dialing
             transient = sum(1 for c in self._conns.values() if c.transient)
-            if conn.outbound or transient >= self.config.max_transient:
+            if conn.outbound or transient + self._transient_dials >= self.config.max_transient:
                 return "too many peers"
             conn.transient = True  # admitted beyond max_peers: closed when idle
         return None
@@ -490,6 +525,8 @@ class GossipHost:
                 del self._conns[conn.peer]
                 self.router.remove_peer(conn.peer)
             self.reach.hub.on_connection_closed(conn)
+            if conn.transient:
+                self._free_transient_slot()
             if conn.peer in self.reach.hub.reserved_on:
                 del self.reach.hub.reserved_on[conn.peer]
                 self.reach.changed()  # a relay went away: reserve elsewhere, republish
@@ -535,9 +572,7 @@ class GossipHost:
             if (
                 conn.transient
                 and now - conn.last_used > self.config.transient_idle
-                and not conn.pending
-                and not conn.inflight
-                and not self._carries(conn)
+                and self._idle(conn)
             ):
                 self._drop(conn, "idle transient connection")
 

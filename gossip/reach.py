@@ -36,7 +36,7 @@ from aipg.wire import (
 
 from .addrbook import AddressBook
 from .dht import KAD_PROTOCOL, Dht, kad_key
-from .errors import GossipError, NotConnected, TransportError
+from .errors import ConnectionRefused, GossipError, NotConnected, TransportError
 from .relay import RELAY_PROTOCOL, CircuitHub, RelayReservation, RelayReserve
 
 log = logging.getLogger("aipg.gossip")
@@ -149,6 +149,11 @@ class Reach:
         for addr in self.addrbook.dial_addrs(peer):
             try:
                 await self.host._connect_transient(addr)
+            except ConnectionRefused as e:
+                if "max transient" in str(e):  # our own limit, not the peer's fault
+                    raise NotConnected(f"cannot dial {peer} now: {e}") from None
+                log.debug("on-demand dial %s refused: %s", addr, e)
+                continue
             except (GossipError, WireError) as e:
                 log.debug("on-demand dial %s failed: %s", addr, e)
                 continue
@@ -314,8 +319,39 @@ class Reach:
 
     # --- background ------------------------------------------------------------------
 
+    async def rejoin(self) -> None:
+        """At start: dial the best peers of the saved address book (regular connections)."""
+        want = self.config.low_water - len(self.host._conns)
+        ranked = sorted(self.addrbook.peers(), key=lambda p: -self.addrbook.score(p))
+        if want <= 0 or not ranked:
+            return
+
+        async def one(peer: PeerId) -> None:
+            for addr in self.addrbook.dial_addrs(peer):
+                if addr.is_relayed:
+                    continue
+                try:
+                    await self.host.connect(addr)
+                    self.addrbook.dial_ok(peer)
+                    return
+                except (GossipError, WireError) as e:
+                    log.debug("rejoin dial %s failed: %s", addr, e)
+
+        async with trio.open_nursery() as nursery:
+            for peer in ranked[: min(want, 8)]:
+                nursery.start_soon(one, peer)
+
+    async def fresh_addrs(self, peer: PeerId, stale: Multiaddr) -> list[Multiaddr]:
+        """Addresses of ``peer`` other than ``stale`` (its record, refreshed by a lookup):
+        how a peer that came back elsewhere is found again by its ID."""
+        rec, _ = await self.dht.find_peer(peer)
+        if rec is not None:
+            self.addrbook.add(rec, verified=True)
+        return [a for a in self.addrbook.dial_addrs(peer) if a != stale]
+
     async def run(self) -> None:
         cfg = self.config
+        await self.rejoin()
         while not self.host._conns:
             await self.host.peer_connected.wait()
         while True:

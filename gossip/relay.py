@@ -223,7 +223,7 @@ class CircuitHub:
             if self.fault == "drop":
                 return
             if self.fault == "corrupt":
-                data = bytes([data[0] ^ 0x01]) + data[1:] if data else data
+                data = data[:-1] + bytes([data[-1] ^ 0x01]) if data else data  # the AEAD tag
         self.relayed_bytes += len(data)
         try:
             await hop.to.send_q.send(CircuitData(circuit=hop.to_circuit, data=data))
