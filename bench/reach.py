@@ -34,6 +34,7 @@ import time
 import trio
 
 from aipg.gossip import GossipError, GossipHost, WebsocketTransport
+from aipg.gossip.relay import RELAY_PROTOCOL, RelayReservation, RelayReserve
 from aipg.testing.gossipkit import (
     ECHO,
     LOOPBACK,
@@ -42,7 +43,6 @@ from aipg.testing.gossipkit import (
     reach_config,
     start_reach_network,
 )
-from aipg.gossip.relay import RELAY_PROTOCOL, RelayReservation, RelayReserve
 from aipg.wire import Multiaddr, decode, encode
 
 

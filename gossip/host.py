@@ -88,6 +88,7 @@ class GossipHost:
         self._banned: dict[PeerId, float] = {}
         self._pending_handshakes = 0
         self._transient_dials = 0
+        self.relayed_connections = 0  # circuits we dialed or accepted (tests, metrics)
         self._transient_freed = trio.Event()  # replaced each time a transient slot frees
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -295,6 +296,7 @@ class GossipHost:
         conn = self._new_conn(secure, outbound=True)
         conn.transient = transient
         conn.relayed = relayed
+        self.relayed_connections += relayed
         try:
             await self._nursery.start(self._run_connection, conn)
         except ConnectionRefused:
@@ -443,6 +445,7 @@ class GossipHost:
             self._pending_handshakes -= 1
         conn = self._new_conn(secure, outbound=False)
         conn.relayed = getattr(raw, "relay", None) is not None
+        self.relayed_connections += conn.relayed
         try:
             await self._run_connection(conn)
         except ConnectionRefused as e:

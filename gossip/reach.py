@@ -354,6 +354,8 @@ class Reach:
         await self.rejoin()
         while not self.host._conns:
             await self.host.peer_connected.wait()
+        published: PeerRecord | None = None
+        next_refresh = 0.0
         while True:
             self._changed = trio.Event()
             before = self.reachability
@@ -363,8 +365,10 @@ class Reach:
             if self.reachability == "private":
                 await self.keep_reservations()
             rec = self.self_record()
-            if rec is not None:
+            now = trio.current_time()
+            if rec is not None and (rec is not published or now >= next_refresh):
                 await self.dht.lookup(kad_key(self.host.peer_id))
+                published, next_refresh = rec, now + cfg.dht_refresh
                 if self.reachability != "unknown":
                     self.published.set()
             if self.addrbook.dirty:

@@ -127,9 +127,13 @@ class Multiaddr:
         return Multiaddr((*self.without_peer_id().components, ("p2p", str(peer_id))))
 
     def without_peer_id(self) -> Multiaddr:
-        """This address without its trailing ``/p2p`` (a relay's ``/p2p`` stays)."""
+        """This address without its trailing ``/p2p`` components (a relay's, before
+        ``/p2p-circuit``, stays)."""
         c = self.components
-        return Multiaddr(c[:-1]) if c[-1][0] == "p2p" and len(c) > 1 else self
+        end = len(c)
+        while end > 1 and c[end - 1][0] == "p2p":
+            end -= 1
+        return Multiaddr(c[:end]) if end < len(c) else self
 
     @property
     def is_relayed(self) -> bool:
