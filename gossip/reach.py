@@ -354,7 +354,7 @@ class Reach:
         await self.rejoin()
         while not self.host._conns:
             await self.host.peer_connected.wait()
-        published: PeerRecord | None = None
+        published: tuple[PeerRecord | None, str] = (None, "")
         next_refresh = 0.0
         while True:
             self._changed = trio.Event()
@@ -366,11 +366,13 @@ class Reach:
                 await self.keep_reservations()
             rec = self.self_record()
             now = trio.current_time()
-            if rec is not None and (rec is not published or now >= next_refresh):
+            # Publish when the record or our server mode changed, and every dht_refresh.
+            state = (rec, self.reachability)
+            if rec is not None and (state != published or now >= next_refresh):
                 await self.dht.lookup(kad_key(self.host.peer_id))
-                published, next_refresh = rec, now + cfg.dht_refresh
-                if self.reachability != "unknown":
-                    self.published.set()
+                published, next_refresh = state, now + cfg.dht_refresh
+            if rec is not None and state == published and self.reachability != "unknown":
+                self.published.set()
             if self.addrbook.dirty:
                 self._save()
             # Unknown: ask again soon (our peers had not identified yet); private: renew
