@@ -37,7 +37,9 @@ async def test_a_natted_worker_serves_a_job_and_its_latents_to_nodes_it_never_di
     async with open_node_world(tmp_path, specs, [diffusion_dir], committee_size=4) as world:
         gateway, worker = world.nodes[0], world.nodes[-1]
         await world.until(gateway, lambda: worker.host.reach.reachability == "private", 60)
-        await world.until(gateway, lambda: len(worker.host.reach.hub.reserved_on) >= 1, 60)
+        reach = worker.host.reach
+        await world.until(gateway, lambda: len(reach.hub.reserved_on) == 2, 60)
+        await world.until(gateway, reach.published.is_set, 60)
         await world.wait_for_worker(gateway, model.model_id, timeout=60)
         # the worker's own start-up dials (its DHT self-lookup) have gone idle and closed
         host = worker.host
