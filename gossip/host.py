@@ -337,7 +337,8 @@ class GossipHost:
     def _carries(self, conn: Connection) -> bool:
         hub = self.reach.hub
         return (
-            conn.peer in hub.reserved_on
+            conn.peer in hub.reserved_on  # our relay
+            or conn.peer in hub.reservations  # a client reserved on us
             or any(k[0] is conn for k in hub._hops)
             or any(k[0] is conn for k in hub._ends)
         )
@@ -464,9 +465,15 @@ class GossipHost:
         if conn.peer not in self._conns and self._regular_count() >= self.config.max_peers:
             if conn.outbound and conn.transient:
                 return None  # checked (and room made) before dialing
-            transient = sum(1 for c in self._conns.values() if c.transient)
-            if conn.outbound or transient + self._transient_dials >= self.config.max_transient:
+            if conn.outbound:
                 return "too many peers"
+            transient = [c for c in self._conns.values() if c.transient]
+            if len(transient) + self._transient_dials >= self.config.max_transient:
+                idle = [c for c in transient if self._idle(c)]
+                if not idle:
+                    return "too many peers"
+                # the least recently used idle one makes room for the newcomer
+                self._drop(min(idle, key=lambda c: c.last_used), "making room")
             conn.transient = True  # admitted beyond max_peers: closed when idle
         return None
 

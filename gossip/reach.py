@@ -45,6 +45,7 @@ AUTONAT_PROTOCOL = "autonat"
 AUTONAT_PEERS = 3
 DIAL_BACK_TIMEOUT = 5.0
 MAX_AUTONAT_INFLIGHT = 8
+SHORT_BACKOFF = 2.0
 
 
 @record(tag=150)
@@ -134,8 +135,12 @@ class Reach:
         if peer == host.peer_id:
             raise NotConnected("a request to ourselves")
         wait = self.addrbook.backoff_left(peer)
-        if wait > 0:
+        if wait > SHORT_BACKOFF:
             raise NotConnected(f"{peer} failed recent dials; retrying in {wait:.1f}s")
+        if wait > 0:
+            await trio.sleep(wait)  # a short backoff is waited out, not failed
+            if peer in host._conns:
+                return host._conns[peer]
         if await self._dial_known(peer):
             return host._conns[peer]
         if lookup:
