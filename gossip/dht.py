@@ -223,7 +223,9 @@ class Dht:
             while rounds < MAX_ROUNDS and len(queried) < self.k * 4:
                 best_answered = sorted(answered, key=dist.__getitem__)[: self.k]
                 pending = sorted((c for c in candidates if c not in queried), key=dist.__getitem__)
-                if best_answered and len(best_answered) >= self.k:
+                if target is None and len(best_answered) >= self.k:
+                    # a plain lookup ends once the k closest have answered; a lookup of a
+                    # peer goes on (within its bounds) until someone holds its record
                     bound = dist[best_answered[-1]]
                     pending = [c for c in pending if dist[c] < bound]
                 batch = pending[: self.alpha]

@@ -68,7 +68,7 @@ def job(url: str, timeout: float) -> int:
         llm = None
         while llm is None and time.monotonic() < deadline:
             models = http.get(f"{url}/v1/models").json()["data"]
-            llm = next((m["id"] for m in models if "llm" in m["id"]), None)
+            llm = next((m["id"] for m in models if m.get("kind") == "llm"), None)
             if llm is None:
                 time.sleep(1)  # until a worker announces the demo LLM
         if llm is None:
