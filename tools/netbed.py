@@ -36,12 +36,14 @@ def main(argv: list[str]) -> int:
     elif cmd == "cmd":
         plan = DevnetPlan.load(Path(args[0]))
         node = plan.nodes[int(args[1])]
-        ip, boot = args[2], args[3:]
+        ip, role, boot = args[2], args[3], args[4:]
         line = [
             sys.executable, "-m", "aipg.cli", "join",
             "--data-dir", node.data_dir, "--genesis", plan.genesis,
             "--listen", f"/ip4/{ip}/tcp/4001/ws", "--api", f"{ip}:8080", "--validator",
         ]  # fmt: skip
+        if role != "worker":
+            line.append("--no-worker")  # hosts the models to verify and seed, runs no jobs
         for b in boot:
             line += ["--bootstrap", b]
         for m in node.host_models:
@@ -63,34 +65,44 @@ def main(argv: list[str]) -> int:
 
 
 def job(url: str, timeout: float) -> int:
+    """A completion and an image (its committee fetches the worker's latents), each
+    until its receipt is certified; prints each job's worker."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=60) as http:
-        llm = None
-        while llm is None and time.monotonic() < deadline:
-            models = http.get(f"{url}/v1/models").json()["data"]
-            llm = next((m["id"] for m in models if m.get("kind") == "llm"), None)
-            if llm is None:
-                time.sleep(1)  # until a worker announces the demo LLM
-        if llm is None:
-            print("no worker serves the demo LLM", file=sys.stderr)
+    with httpx.Client(timeout=120) as http:
+        kinds: dict[str, str] = {}
+        while len(kinds) < 2 and time.monotonic() < deadline:
+            kinds = {m.get("kind"): m["id"] for m in http.get(f"{url}/v1/models").json()["data"]}
+            kinds = {k: v for k, v in kinds.items() if k in ("llm", "diffusion")}
+            if len(kinds) < 2:
+                time.sleep(1)  # until workers announce both demo models
+        if len(kinds) < 2:
+            print("no worker serves the demo models", file=sys.stderr)
             return 1
-        body = {"model": llm, "prompt": "the mesh heals", "max_tokens": 8, "temperature": 0}
-        r = http.post(f"{url}/v1/completions", json=body)
-        r.raise_for_status()
-        reply = r.json()
-        job_id = (reply.get("aipg") or {}).get("job_id")
-        print("completion:", json.dumps(reply["choices"][0]["text"]), "job", job_id)
-        while time.monotonic() < deadline:
-            view = http.get(f"{url}/api/v1/jobs/{job_id}").json()
-            if view.get("status") in ("certified", "paid"):
-                print("job", job_id, view["status"], "worker", view.get("worker"))
-                return 0
-            if view.get("status") in ("fraud", "failed"):
-                print("job", job_id, view["status"], file=sys.stderr)
+        llm = {"model": kinds["llm"], "prompt": "the mesh heals", "max_tokens": 8, "temperature": 0}
+        image = {"model": kinds["diffusion"], "prompt": "a lighthouse", "seed": 3}
+        for path, body in (("/v1/completions", llm), ("/v1/images/generations", image)):
+            r = http.post(f"{url}{path}", json=body)
+            if r.status_code != 200:
+                print(f"{path}: {r.status_code} {r.text[:300]}", file=sys.stderr)
                 return 1
-            time.sleep(1)  # polling another process over HTTP
-    print("job not certified in time", file=sys.stderr)
-    return 1
+            job_id = (r.json().get("aipg") or {}).get("job_id")
+            if not wait_certified(http, url, job_id, deadline):
+                return 1
+    return 0
+
+
+def wait_certified(http: httpx.Client, url: str, job_id: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        view = http.get(f"{url}/api/v1/jobs/{job_id}").json()
+        if view.get("status") in ("certified", "paid"):
+            print("job", job_id, view["status"], "worker", view.get("worker"))
+            return True
+        if view.get("status") in ("fraud", "failed", "reviewing", "slashed"):
+            print("job", job_id, view["status"], json.dumps(view)[:500], file=sys.stderr)
+            return False
+        time.sleep(1)  # polling another process over HTTP
+    print(f"job {job_id} not certified in time", file=sys.stderr)
+    return False
 
 
 if __name__ == "__main__":
