@@ -309,14 +309,22 @@ class GossipHost:
         return secure.remote_peer
 
     def _regular_count(self) -> int:
-        return sum(1 for c in self._conns.values() if not c.transient)
+        return sum(1 for c in self._conns.values() if not c.transient and not self._reserved(c))
+
+    def _transients(self) -> list[Connection]:
+        return [c for c in self._conns.values() if c.transient and not self._reserved(c)]
+
+    def _reserved(self, conn: Connection) -> bool:
+        """A client holding a relay reservation on us: bounded by the relay's own
+        limit (max_reservations), outside both max_peers and max_transient."""
+        return conn.peer in self.reach.hub.reservations
 
     async def _make_room_for_transient(self) -> None:
         """At max_transient, close the least recently used idle transient connection;
         when every one is busy, wait (up to dial_timeout) until one is done."""
         with trio.move_on_after(self.config.dial_timeout):
             while True:
-                transient = [c for c in self._conns.values() if c.transient]
+                transient = self._transients()
                 if len(transient) + self._transient_dials < self.config.max_transient:
                     return
                 idle = [c for c in transient if self._idle(c)]
@@ -467,7 +475,7 @@ class GossipHost:
                 return None  # checked (and room made) before dialing
             if conn.outbound:
                 return "too many peers"
-            transient = [c for c in self._conns.values() if c.transient]
+            transient = self._transients()
             if len(transient) + self._transient_dials >= self.config.max_transient:
                 idle = [c for c in transient if self._idle(c)]
                 if not idle:
