@@ -217,14 +217,18 @@ class Reach:
         req = decode(data, DialBack)
         if self._autonat_inflight >= MAX_AUTONAT_INFLIGHT:
             return encode(DialBackResult(reachable=False, addr="busy"))
+        conn = self.host._conns.get(peer)
+        observed = conn.ip if conn is not None and not conn.relayed else None
         self._autonat_inflight += 1
         try:
             for text in req.addrs:
                 try:
                     addr = Multiaddr.parse(text).without_peer_id()
-                    addr.websocket_target()  # direct websocket addresses only, never relayed
+                    host, _, _ = addr.websocket_target()  # direct websocket addresses only
                 except WireError:
                     continue
+                if observed is not None and host != observed:
+                    continue  # only the address it came from: we are nobody's port scanner
                 if await self._probe(addr):
                     return encode(DialBackResult(reachable=True, addr=str(addr)))
             return encode(DialBackResult(reachable=False, addr=""))
