@@ -19,7 +19,10 @@ async def test_every_request_between_random_nodes_of_300_succeeds(nursery, autoj
     _, hosts, natted = await start_reach_network(nursery, N, nat_share=0.3, seed=11)
     assert 0.2 * N < len(natted) < 0.4 * N
     # a sparse network: a node is connected to a small share of the others
-    assert max(len(h.connected_peers()) for h in hosts) <= 16 + 16  # max_peers + max_transient
+    for h in hosts:  # max_peers + max_transient, and the clients reserved on it as a relay
+        reserved = [c for c in h._conns.values() if h._reserved(c)]
+        assert len(h._conns) - len(reserved) <= 16 + 16
+        assert len(reserved) <= h.config.relay_limits.max_reservations
     rng = random.Random(12)
     unconnected = 0
     for k in range(150):
