@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint layers check-install bench install clean
+.PHONY: demo test lint layers check-install bench install clean netbed
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aipg-node needs Python >= 3.11 (found " + sys.version.split()[0] + ")")'
@@ -38,6 +38,11 @@ check-install:
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Network namespaces on a bridge, two nodes behind NAT routers: jobs, a partition, healing.
+# Needs root (tools/netbed.sh installs nftables if it is missing).
+netbed: $(STAMP)
+	PYTHON=$(BIN)/python tools/netbed.sh check $(or $(NODES),6) $(or $(NAT),2)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info $(DEMO_DIR)

@@ -24,8 +24,12 @@ Public API::
     host.set_request_handler(protocol, async fn(peer: PeerId, request: bytes) -> bytes,
                              max_request_size=1 << 20)
     await host.request(peer, protocol, data, timeout) -> bytes
-        # raises RequestError: NotConnected, RequestTimeout, RequestTooLarge,
-        # NoHandler, RateLimited, RemoteError, PeerDisconnected
+        # an unconnected peer is dialed on demand (address book, DHT lookup, relays)
+        # raises RequestError: NotConnected (unreachable), RequestTimeout,
+        # RequestTooLarge, NoHandler, RateLimited, RemoteError, PeerDisconnected
+    host.peer_record(peer) -> PeerRecord | None    # its freshest signed record we hold
+    await host.find_peer(peer) -> (PeerRecord | None, rounds)   # a DHT lookup
+    host.reach.reachability                # "public" / "private" (AutoNAT) / "unknown"
 
     await host.aclose()                    # or cancel the nursery: closes everything
 
@@ -44,8 +48,11 @@ writer and pinger), ``rpcbatch`` (merging queued RPCs into frames) and ``reqresp
 (request/response) → ``router`` (GossipSub: subscriptions, publish, the message path,
 the heartbeat) with ``mesh`` (mesh and fanout upkeep, GRAFT/PRUNE), ``ihave``
 (IHAVE/IWANT gossip and promises), ``pubsub`` (the types they share), ``score``
-(P1-P7) and ``cache`` (seen-cache, mcache). Wire records (tags 100-199) are in
-``messages``; every limit and weight is in ``config``.
+(P1-P7) and ``cache`` (seen-cache, mcache). Reaching unconnected peers is ``reach``
+(dial on demand, AutoNAT, relay reservations) with ``addrbook`` (signed peer records,
+persisted), ``dht`` (Kademlia peer routing) and ``relay`` (circuit relay v2 on the
+connections). Wire records (tags 100-199) are in ``messages``, ``dht``, ``relay`` and
+``reach``; every limit and weight is in ``config``.
 """
 
 from .config import (

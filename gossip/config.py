@@ -10,8 +10,25 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 
 from aipg.wire import Multiaddr, PeerId
+
+
+@dataclasses.dataclass
+class RelayLimits:
+    """What one circuit relay grants (circuit relay v2's reservation and circuit limits)."""
+
+    max_reservations: int = 128
+    reservation_ttl: int = 3600
+    max_circuits: int = 256
+    max_circuits_per_peer: int = 16
+    # Per circuit, both directions together, and its lifetime. Generous next to
+    # libp2p's defaults (128 KiB, 2 min): with no hole punching yet, a job's whole
+    # exchange (assignment, report, latents) may have to flow through the relay.
+    max_bytes: int = 64 << 20
+    max_duration: int = 600
+
 
 AGENT_VERSION = "aipg-node/0.1.0"
 PROTOCOL_VERSION = "aipg/1"
@@ -161,3 +178,20 @@ class GossipConfig:
     score: PeerScoreParams = dataclasses.field(default_factory=PeerScoreParams)
     thresholds: PeerScoreThresholds = dataclasses.field(default_factory=PeerScoreThresholds)
     seed: int | None = None  # for the router's random choices (tests, benchmarks)
+    # --- reaching peers that are not connected (issue 13; gossip/reach.py) ---
+    # Connections opened on demand (a request to an unconnected peer, DHT queries,
+    # relays) beyond max_peers; each closes after transient_idle seconds without requests.
+    max_transient: int = 16
+    transient_idle: float = 10.0
+    dial_backoff_base: float = 1.0
+    dial_backoff_max: float = 60.0
+    addrbook_capacity: int = 4096
+    peers_file: Path | None = None  # where the address book persists (None: memory only)
+    # "auto" asks peers to dial us back (AutoNAT); "public"/"private" skip the question.
+    reachability: str = "auto"
+    dht_alpha: int = 3
+    dht_refresh: float = 300.0
+    relay_service: bool = True  # serve as a circuit relay for others (when public)
+    relay_reservations: int = 2  # relays a private node keeps a slot on
+    relay_limits: RelayLimits = dataclasses.field(default_factory=RelayLimits)
+    relay_fault: str | None = None  # tests: "drop" or "corrupt" relayed traffic

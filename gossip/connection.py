@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -29,7 +29,9 @@ from .errors import (
     TransportError,
 )
 from .messages import (
+    CIRCUIT_TYPES,
     FRAME_TYPES,
+    CircuitData,
     Goodbye,
     Identify,
     Ping,
@@ -79,6 +81,11 @@ class Connection:
         self.scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.dropped = 0
+        # Opened on demand or beyond max_peers: closed after config.transient_idle
+        # without requests. ``relayed``: it runs over a circuit (gossip/relay.py).
+        self.transient = False
+        self.relayed = False
+        self.last_used = trio.current_time()
 
     @property
     def ip(self) -> str | None:
@@ -124,10 +131,12 @@ class ConnectionIO:
         config: GossipConfig,
         router: GossipSubRouter,
         on_request: Callable[[Connection, Request], None],
+        on_circuit: Callable[[Connection, Record], Awaitable[None]] | None = None,
     ):
         self.config = config
         self.router = router
         self._on_request = on_request
+        self._on_circuit = on_circuit
         self._ping_nonces = itertools.count(1)
 
     async def writer(self, conn: Connection) -> None:
@@ -139,7 +148,11 @@ class ConnectionIO:
                 # Busy (we sent moments ago): pause briefly so the frames of a burst pile
                 # up and leave merged, saving most per-frame cost (syscalls, websocket
                 # framing, task switches). Idle: send at once, adding no latency.
-                if trio.current_time() - last_send < WRITE_BUSY_WINDOW:
+                # Relayed frames go at once: the channel inside the circuit has batched
+                # already, and a pause here would add up at every hop of a circuit.
+                if type(batch[0]) is not CircuitData and (
+                    trio.current_time() - last_send < WRITE_BUSY_WINDOW
+                ):
                     await trio.sleep(WRITE_COALESCE)
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -184,6 +197,10 @@ class ConnectionIO:
                 if conn.bad_frames > self.config.max_bad_frames:
                     close(conn, "too many malformed frames")
                 continue
+            if type(frame) in CIRCUIT_TYPES:
+                if self._on_circuit is not None:
+                    await self._on_circuit(conn, frame)
+                continue
             if self._dispatch(conn, frame):
                 return
 
@@ -193,6 +210,7 @@ class ConnectionIO:
         if kind is Rpc:
             self.router.handle_rpc(conn.peer, frame)
         elif kind is Request:
+            conn.last_used = trio.current_time()
             self._on_request(conn, frame)
         elif kind is Response:
             pending = conn.pending.get(frame.request_id)

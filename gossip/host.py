@@ -46,6 +46,7 @@ from .messages import (
 )
 from .pubsub import Delivered, MessageId, ValidationResult, Validator
 from .ratelimit import TokenBucket
+from .reach import Reach
 from .reqresp import RequestHandler, RequestResponse
 from .router import GossipSubRouter, Subscription
 from .secure import NoiseIdentity, SecureConnection, secure_inbound, secure_outbound
@@ -77,12 +78,18 @@ class GossipHost:
             on_heartbeat=self._maintenance,
         )
         self._requests = RequestResponse(self.config, self.router.score)
-        self._io = ConnectionIO(self.config, self.router, self._requests.on_request)
-        self._rng = random.Random(self.config.seed)
         self._conns: dict[PeerId, Connection] = {}
+        self.reach = Reach(self)
+        self._io = ConnectionIO(
+            self.config, self.router, self._requests.on_request, self.reach.hub.on_frame
+        )
+        self._rng = random.Random(self.config.seed)
         self._dialing: dict[PeerId, trio.Event] = {}
         self._banned: dict[PeerId, float] = {}
         self._pending_handshakes = 0
+        self._transient_dials = 0
+        self.relayed_connections = 0  # circuits we dialed or accepted (tests, metrics)
+        self._transient_freed = trio.Event()  # replaced each time a transient slot frees
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self.listen_addrs: list[Multiaddr] = []
@@ -99,11 +106,15 @@ class GossipHost:
                     bound = await self.transport.listen(nursery, addr, self._handle_inbound)
                     self.listen_addrs += [a.with_peer_id(self.peer_id) for a in bound]
                 await nursery.start(self.router.run)
+                self.reach.register()
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._keep_connected, addr)
+                nursery.start_soon(self.reach.run)
                 task_status.started()
         finally:
             self._nursery = None
+            if self.reach.addrbook.dirty:
+                self.reach._save()
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -173,13 +184,37 @@ class GossipHost:
     ) -> bytes:
         """Send a request and wait for its response.
 
-        Raises a :class:`RequestError` subclass: NotConnected, RequestTimeout,
+        A peer we are not connected to is dialed on demand: from its record in the
+        address book, else after a DHT lookup, directly or through its relays; the
+        connection is transient (closed when idle). Raises a :class:`RequestError`
+        subclass: NotConnected (no address of the peer works), RequestTimeout,
         RequestTooLarge, NoHandler, RateLimited, RemoteError or PeerDisconnected.
         """
+        return await self._request(peer, protocol, data, timeout)
+
+    async def _request(
+        self, peer: PeerId, protocol: str, data: bytes, timeout: float | None, *, lookup=True
+    ) -> bytes:
         conn = self._conns.get(peer)
         if conn is None:
-            raise NotConnected(f"not connected to {peer}")
-        return await self._requests.request(conn, protocol, data, timeout)
+            if self._nursery is None:
+                raise NotConnected(f"not connected to {peer} (the host is not running)")
+            conn = await self.reach.connection_to(peer, lookup=lookup)
+        conn.last_used = trio.current_time()
+        try:
+            return await self._requests.request(conn, protocol, data, timeout)
+        finally:
+            conn.last_used = trio.current_time()
+            if conn.transient:
+                self._free_transient_slot()
+
+    def peer_record(self, peer: PeerId):
+        """The freshest signed record we hold of ``peer`` (None if none)."""
+        return self.reach.addrbook.get(peer)
+
+    async def find_peer(self, peer: PeerId):
+        """Look ``peer`` up in the DHT: (its record or None, lookup rounds)."""
+        return await self.reach.dht.find_peer(peer)
 
     async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
         """Round-trip time to ``peer`` in seconds; raises NotConnected or RequestTimeout."""
@@ -190,7 +225,7 @@ class GossipHost:
 
     # --- dialing -----------------------------------------------------------------------
 
-    async def connect(self, addr: Multiaddr) -> PeerId:
+    async def connect(self, addr: Multiaddr, *, transient: bool = False) -> PeerId:
         """Dial ``addr`` (with ``/p2p/<id>`` to authenticate who answers) and return its peer ID.
 
         Raises TransportError (unreachable), HandshakeError (PeerIdMismatch when
@@ -209,22 +244,35 @@ class GossipHost:
                 await self._dialing[expected].wait()
                 if expected in self._conns:
                     return expected
-        if len(self._conns) >= self.config.max_peers:
+        if not transient and self._regular_count() >= self.config.max_peers:
             raise ConnectionRefused(f"at max peers ({self.config.max_peers})")
+        if transient:
+            await self._make_room_for_transient()
+            self._transient_dials += 1
         done = trio.Event()
         if expected is not None:
             self._dialing[expected] = done
         try:
-            return await self._dial(addr, expected)
+            return await self._dial(addr, expected, transient)
         finally:
+            if transient:
+                self._transient_dials -= 1
+                self._free_transient_slot()
             done.set()
             if expected is not None and self._dialing.get(expected) is done:
                 del self._dialing[expected]
 
-    async def _dial(self, addr: Multiaddr, expected: PeerId | None) -> PeerId:
+    async def _connect_transient(self, addr: Multiaddr) -> PeerId:
+        return await self.connect(addr, transient=True)
+
+    async def _dial(self, addr: Multiaddr, expected: PeerId | None, transient: bool) -> PeerId:
+        relayed = addr.is_relayed
         try:
             with trio.fail_after(self.config.dial_timeout):
-                raw = await self.transport.dial(self._nursery, addr)
+                if relayed:
+                    raw = await self.reach.dial_relayed(addr)
+                else:
+                    raw = await self.transport.dial(self._nursery, addr)
         except trio.TooSlowError:
             raise TransportError(f"dial {addr}: timed out") from None
         try:
@@ -235,20 +283,85 @@ class GossipHost:
                 max_message_size=self.config.max_message_size,
                 timeout=self.config.handshake_timeout,
             )
-        except (HandshakeError, TransportError):
+        except (HandshakeError, TransportError, DecryptError) as e:
             await raw.aclose()
+            if relayed and raw.close_reason is None:  # the relay broke the handshake
+                self.reach.addrbook.relay_misbehaved(raw.relay, self.config.ban_duration)
+            if isinstance(e, DecryptError):
+                raise HandshakeError(f"relayed handshake failed: {e}") from None
             raise
         if secure.remote_peer == self.peer_id:
             await raw.aclose()
             raise HandshakeError("the address belongs to ourselves")
         conn = self._new_conn(secure, outbound=True)
+        conn.transient = transient
+        conn.relayed = relayed
+        self.relayed_connections += relayed
         try:
             await self._nursery.start(self._run_connection, conn)
         except ConnectionRefused:
+            if relayed and conn.identify is None and conn.goodbye is None:
+                # handshake done, then nothing intelligible: the relay drops or corrupts
+                self.reach.addrbook.relay_misbehaved(raw.relay, self.config.ban_duration)
             if self._conns.get(secure.remote_peer) in (None, conn):
                 raise
             # a refused duplicate is no failure: we are connected through the other one
         return secure.remote_peer
+
+    def _regular_count(self) -> int:
+        return sum(1 for c in self._conns.values() if not c.transient and not self._reserved(c))
+
+    def _transients(self) -> list[Connection]:
+        return [c for c in self._conns.values() if c.transient and not self._reserved(c)]
+
+    def _reserved(self, conn: Connection) -> bool:
+        """A client holding a relay reservation on us: bounded by the relay's own
+        limit (max_reservations), outside both max_peers and max_transient."""
+        return conn.peer in self.reach.hub.reservations
+
+    async def _make_room_for_transient(self) -> None:
+        """At max_transient, close the least recently used idle transient connection;
+        when every one is busy, wait (up to dial_timeout) until one is done."""
+        with trio.move_on_after(self.config.dial_timeout):
+            while True:
+                transient = self._transients()
+                if len(transient) + self._transient_dials < self.config.max_transient:
+                    return
+                idle = [c for c in transient if self._idle(c)]
+                if idle:
+                    victim = min(idle, key=lambda c: c.last_used)
+                    self._drop(victim, "making room for another transient connection")
+                    return
+                await self._transient_freed.wait()
+        raise ConnectionRefused(f"at max transient connections ({self.config.max_transient})")
+
+    def _idle(self, conn: Connection) -> bool:
+        return not conn.pending and not conn.inflight and not self._carries(conn)
+
+    def _free_transient_slot(self) -> None:
+        old, self._transient_freed = self._transient_freed, trio.Event()
+        old.set()
+
+    def _carries(self, conn: Connection) -> bool:
+        hub = self.reach.hub
+        return (
+            conn.peer in hub.reserved_on  # our relay
+            or conn.peer in hub.reservations  # a client reserved on us
+            or any(k[0] is conn for k in hub._hops)
+            or any(k[0] is conn for k in hub._ends)
+        )
+
+    def _drop(self, conn: Connection, reason: str) -> None:
+        """Close ``conn`` and forget it at once (its tasks finish within the grace)."""
+        if self._conns.get(conn.peer) is conn:
+            del self._conns[conn.peer]
+            self.router.remove_peer(conn.peer)
+        close(conn, reason)
+
+    def _accept_relayed(self, raw) -> None:
+        """A relay opened a circuit to us: handshake on it like any inbound connection."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._handle_inbound, raw)
 
     def _check_not_banned(self, peer: PeerId) -> None:
         until = self._banned.get(peer)
@@ -271,6 +384,8 @@ class GossipHost:
                     conn = self._conns.get(peer)
                 except (GossipError, WireError) as e:
                     log.debug("dial %s failed: %s", addr, e)
+                    if isinstance(e, TransportError):  # nobody there (any more)
+                        conn = await self._redial_elsewhere(addr)
             if conn is not None:
                 await conn.closed.wait()
                 if conn.goodbye is None:
@@ -278,6 +393,19 @@ class GossipHost:
             jitter = 1 + self._rng.uniform(-cfg.redial_jitter, cfg.redial_jitter)
             await trio.sleep(delay * jitter)
             delay = min(cfg.redial_backoff_max, delay * 2)
+
+    async def _redial_elsewhere(self, addr: Multiaddr) -> Connection | None:
+        """``addr`` failed: the peer may be back on other addresses; look it up by ID."""
+        peer = addr.peer_id
+        if peer is None or self.reach.addrbook.backoff_left(peer) > 0:
+            return None
+        for other in await self.reach.fresh_addrs(peer, addr):
+            try:
+                await self.connect(other)
+                return self._conns.get(peer)
+            except (GossipError, WireError) as e:
+                log.debug("dial %s failed: %s", other, e)
+        return None
 
     def _on_peer_exchange(self, _pruner: PeerId, infos: list[PeerInfo]) -> None:
         """Dial peers learned from a PRUNE, while we are below the low watermark."""
@@ -324,8 +452,11 @@ class GossipHost:
             return
         finally:
             self._pending_handshakes -= 1
+        conn = self._new_conn(secure, outbound=False)
+        conn.relayed = getattr(raw, "relay", None) is not None
+        self.relayed_connections += conn.relayed
         try:
-            await self._run_connection(self._new_conn(secure, outbound=False))
+            await self._run_connection(conn)
         except ConnectionRefused as e:
             log.debug("inbound connection refused: %s", e)
 
@@ -339,8 +470,19 @@ class GossipHost:
             self._check_not_banned(conn.peer)
         except ConnectionRefused:
             return "banned"
-        if conn.peer not in self._conns and len(self._conns) >= self.config.max_peers:
-            return "too many peers"
+        if conn.peer not in self._conns and self._regular_count() >= self.config.max_peers:
+            if conn.outbound and conn.transient:
+                return None  # checked (and room made) before dialing
+            if conn.outbound:
+                return "too many peers"
+            transient = self._transients()
+            if len(transient) + self._transient_dials >= self.config.max_transient:
+                idle = [c for c in transient if self._idle(c)]
+                if not idle:
+                    return "too many peers"
+                # the least recently used idle one makes room for the newcomer
+                self._drop(min(idle, key=lambda c: c.last_used), "making room")
+            conn.transient = True  # admitted beyond max_peers: closed when idle
         return None
 
     def _register(self, conn: Connection) -> bool:
@@ -400,6 +542,12 @@ class GossipHost:
             if self._conns.get(conn.peer) is conn:
                 del self._conns[conn.peer]
                 self.router.remove_peer(conn.peer)
+            self.reach.hub.on_connection_closed(conn)
+            if conn.transient:
+                self._free_transient_slot()
+            if conn.peer in self.reach.hub.reserved_on:
+                del self.reach.hub.reserved_on[conn.peer]
+                self.reach.changed()  # a relay went away: reserve elsewhere, republish
             conn.send_q.close()
             conn.closed.set()
             for pending in conn.pending.values():
@@ -433,6 +581,18 @@ class GossipHost:
         """After each router heartbeat: drop graylisted peers, trim above the high watermark."""
         self._disconnect_graylisted()
         self._trim_connections()
+        self._close_idle_transient()
+        self.reach.hub.sweep()
+
+    def _close_idle_transient(self) -> None:
+        now = trio.current_time()
+        for conn in list(self._conns.values()):
+            if (
+                conn.transient
+                and now - conn.last_used > self.config.transient_idle
+                and self._idle(conn)
+            ):
+                self._drop(conn, "idle transient connection")
 
     def _disconnect_graylisted(self) -> None:
         now = trio.current_time()
@@ -448,13 +608,14 @@ class GossipHost:
 
     def _trim_connections(self) -> None:
         cfg = self.config
-        if len(self._conns) <= cfg.high_water:
+        regular = [p for p, c in self._conns.items() if not c.transient and not self._carries(c)]
+        if len(regular) <= cfg.high_water:
             return
         in_mesh = set().union(*self.router.mesh.values()) if self.router.mesh else set()
         ranked = sorted(
-            self._conns, key=lambda p: (p in in_mesh, self.router.peer_score(p), self._rng.random())
+            regular, key=lambda p: (p in in_mesh, self.router.peer_score(p), self._rng.random())
         )
-        for peer in ranked[: len(self._conns) - cfg.low_water]:
+        for peer in ranked[: len(regular) - cfg.low_water]:
             close(self._conns[peer], "trimming connections")
 
 

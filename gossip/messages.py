@@ -150,4 +150,32 @@ class Response(Record):
     data: Annotated[bytes, MaxLen(MAX_REQUEST_DATA)]
 
 
-FRAME_TYPES = (Identify, Ping, Pong, Goodbye, Rpc, Request, Response)
+# Circuit relay frames (gossip/relay.py). A circuit id is odd when the dialer of the
+# connection it runs on allocated it, even otherwise, so both ends can open circuits.
+MAX_CIRCUIT_DATA = 65536 + 64  # one Noise transport message of the relayed channel
+
+
+@record(tag=122)
+class CircuitOpen(Record):
+    """``hop``: ask a relay to connect us to ``peer``; else the relay tells its reserved
+    client that ``peer`` wants a circuit."""
+
+    circuit: U32
+    peer: PeerIdBytes
+    hop: bool
+
+
+@record(tag=123, max_size=MAX_CIRCUIT_DATA + 64)
+class CircuitData(Record):
+    circuit: U32
+    data: Annotated[bytes, MaxLen(MAX_CIRCUIT_DATA)]
+
+
+@record(tag=124)
+class CircuitClose(Record):
+    circuit: U32
+    reason: Annotated[str, MaxLen(128)]
+
+
+CIRCUIT_TYPES = (CircuitOpen, CircuitData, CircuitClose)
+FRAME_TYPES = (Identify, Ping, Pong, Goodbye, Rpc, Request, Response, *CIRCUIT_TYPES)

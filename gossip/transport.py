@@ -231,11 +231,20 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self._listeners: dict[str, tuple[trio.Nursery, Handler, int]] = {}
         self._ports = itertools.count(10000)
+        self._behind_nat: set[str] = set()
+        self.partitioned: set[str] = set()  # listeners no one can reach (a cut link)
 
     def _key(self, addr: Multiaddr) -> str:
         return str(addr.without_peer_id())
 
-    def bind(self, addr: Multiaddr, nursery: trio.Nursery, handler: Handler, max_frame: int):
+    def bind(
+        self,
+        addr: Multiaddr,
+        nursery: trio.Nursery,
+        handler: Handler,
+        max_frame: int,
+        nat: bool = False,
+    ):
         host, port, _ = addr.websocket_target()
         if port == 0:
             port = next(self._ports)
@@ -245,15 +254,22 @@ class MemoryNetwork:
         if self._key(bound) in self._listeners:
             raise TransportError(f"{bound} is already in use")
         self._listeners[self._key(bound)] = (nursery, handler, max_frame)
+        if nat:
+            self._behind_nat.add(self._key(bound))
         return bound
 
     def unbind(self, addr: Multiaddr) -> None:
         self._listeners.pop(self._key(addr), None)
+        self._behind_nat.discard(self._key(addr))
 
     def connect(self, addr: Multiaddr, max_frame: int) -> MemoryConnection:
         entry = self._listeners.get(self._key(addr))
         if entry is None:
             raise TransportError(f"dial {addr}: connection refused (nobody listens there)")
+        if self._key(addr) in self._behind_nat:
+            raise TransportError(f"dial {addr}: no route (the listener is behind a NAT)")
+        if self._key(addr) in self.partitioned:
+            raise TransportError(f"dial {addr}: timed out (partitioned)")
         nursery, handler, server_max = entry
         a_send, b_receive = trio.open_memory_channel[bytes](FRAME_QUEUE_SIZE)
         b_send, a_receive = trio.open_memory_channel[bytes](FRAME_QUEUE_SIZE)
@@ -274,16 +290,27 @@ class MemoryNetwork:
 
 
 class MemoryTransport(Transport):
-    """The transport interface over a :class:`MemoryNetwork`; no sockets at all."""
+    """The transport interface over a :class:`MemoryNetwork`; no sockets at all.
 
-    def __init__(self, network: MemoryNetwork, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
+    ``nat=True`` simulates a node behind a NAT: it dials out freely, but nobody can dial
+    the addresses it listens on.
+    """
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        nat: bool = False,
+    ):
         self.network = network
         self.max_frame_size = max_frame_size
+        self.nat = nat
 
     async def listen(
         self, nursery: trio.Nursery, addr: Multiaddr, handler: Handler
     ) -> list[Multiaddr]:
-        bound = self.network.bind(addr, nursery, handler, self.max_frame_size)
+        bound = self.network.bind(addr, nursery, handler, self.max_frame_size, self.nat)
 
         async def unbind_on_exit() -> None:
             try:

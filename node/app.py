@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from aipg.gossip import Delivered, GossipConfig, GossipHost, Transport, WebsocketTransport
+from aipg.gossip import (
+    Delivered,
+    GossipConfig,
+    GossipHost,
+    Transport,
+    TransportError,
+    WebsocketTransport,
+)
 from aipg.models import ModelError, check_announcement, model_id_text
 from aipg.pouw import Job, PouwError, Verdict
 from aipg.stake.block import Block
@@ -43,6 +50,7 @@ from .apikeys import ApiKeyStore
 from .config import NodeConfig
 from .datadir import DataDir
 from .metrics import Metric
+from .netstate import LISTEN_FILE, PEERS_FILE, save_listen, sticky_listen
 from .protocol.gossip import topic_checks, topic_validator
 from .protocol.jobs import JobProtocol
 from .protocol.messages import PROTO_BLOB, PROTO_SYNC, WorkerStatus, WorkReport, topic
@@ -102,14 +110,34 @@ class Node:
         self.verifier: VerifierService | None = None
         self.intake: WorkIntake
 
-    def gossip_config(self) -> GossipConfig:
+    def gossip_config(self, *, sticky: bool = True) -> GossipConfig:
+        listen = [Multiaddr.parse(a) for a in self.config.listen]
+        if sticky:  # the ports of the last run (node/netstate.py)
+            listen = sticky_listen(listen, self.data_dir.root / LISTEN_FILE)
         return GossipConfig(
-            listen=[Multiaddr.parse(a) for a in self.config.listen],
+            listen=listen,
             bootstrap=[Multiaddr.parse(a) for a in self.config.bootstrap],
             max_peers=self.config.max_peers,
             high_water=max(2, min(48, self.config.max_peers - 2)),
             low_water=max(1, min(32, self.config.max_peers // 2)),
+            peers_file=self.data_dir.root / PEERS_FILE,
         )
+
+    async def _start_host(self, nursery: trio.Nursery) -> None:
+        """Start the gossip host on last run's ports, or the configured ones if taken."""
+        self.host = GossipHost(self.identity, self.gossip_config(), transport=self.transport)
+        try:
+            await nursery.start(self.host.run)
+        except* (TransportError, OSError) as group:
+            log.warning(
+                "could not listen where we did last time (%s); on the configured addresses",
+                group.exceptions[0],
+            )
+            self.host = GossipHost(
+                self.identity, self.gossip_config(sticky=False), transport=self.transport
+            )
+            await nursery.start(self.host.run)
+        save_listen(self.host.listen_addrs, self.data_dir.root / LISTEN_FILE)
 
     @staticmethod
     def now_ms() -> int:
@@ -121,8 +149,7 @@ class Node:
         """Run every service until cancelled; ``started()`` once the node serves."""
         log.info("node %s starting (chain %s)", self.identity.peer_id, self.genesis.chain_id)
         async with trio.open_nursery() as nursery:
-            self.host = GossipHost(self.identity, self.gossip_config(), transport=self.transport)
-            await nursery.start(self.host.run)
+            await self._start_host(nursery)
             await self._start_chain(nursery)
             await self._start_models(nursery)
             jobs = JobProtocol(self.host, self.identity)

@@ -90,3 +90,64 @@ class Inbox:
             self.items.append(item)
             if len(self.items) >= self.want:
                 self.full.set()
+
+
+# --- reach: networks where most pairs are not connected (issue 13) -----------------
+
+
+ECHO = "echo"
+
+
+async def echo(_peer, data: bytes) -> bytes:
+    return b"echo:" + data
+
+
+def reach_config(i: int, **changes) -> GossipConfig:
+    """A memory-network host for reach tests: 1 s heartbeats, max_peers 16."""
+    changes.setdefault("max_peers", 16)
+    changes.setdefault("low_water", 8)
+    changes.setdefault("high_water", 12)
+    changes.setdefault("request_timeout", 10.0)
+    gs = GossipSubParams(heartbeat_interval=1.0)
+    return config(i, gossipsub=gs, **changes)
+
+
+async def start_reach_network(
+    nursery: trio.Nursery,
+    n: int,
+    *,
+    nat_share: float = 0.0,
+    public_first: int = 4,
+    bootstrap_per_node: int = 2,
+    seed: int = 1,
+    network: MemoryNetwork | None = None,
+    make_config: Callable[..., GossipConfig] = reach_config,
+) -> tuple[MemoryNetwork, list[GossipHost], set[int]]:
+    """``n`` hosts in memory, each serving ``echo``, each bootstrapping from
+    ``bootstrap_per_node`` random earlier public hosts; a ``nat_share`` of them (never
+    the first ``public_first``) behind a simulated NAT. Returns once every host has
+    published its record. Returns (network, hosts, indices of the NATed hosts)."""
+    rng = random.Random(seed)
+    network = network or MemoryNetwork()
+    hosts: list[GossipHost] = []
+    public: list[int] = []
+    natted: set[int] = set()
+    for i in range(n):
+        nat = i >= public_first and rng.random() < nat_share
+        boot = [
+            hosts[j].listen_addrs[0]
+            for j in rng.sample(public, min(len(public), bootstrap_per_node))
+        ]
+        host = GossipHost(
+            identity(i + 1),
+            make_config(i + 1, bootstrap=boot),
+            transport=MemoryTransport(network, nat=nat),
+        )
+        host.set_request_handler(ECHO, echo)
+        await nursery.start(host.run)
+        hosts.append(host)
+        (natted.add if nat else public.append)(i)
+    with trio.fail_after(60 + n * 0.5):
+        for host in hosts:
+            await host.reach.published.wait()
+    return network, hosts, natted

@@ -44,6 +44,8 @@ class NodeSpec:
     faults: Faults = field(default_factory=Faults)
     hosts: bool = True  # host the world's models (False: knows them only by announcement)
     stake: int = VALIDATOR_STAKE
+    nat: bool = False  # behind a simulated NAT: dials out, nobody can dial in
+    max_peers: int = 50
 
 
 @dataclass
@@ -134,12 +136,13 @@ async def open_node_world(
                 threads=1,
                 worker=spec.worker,
                 validator=spec.validator,
+                max_peers=spec.max_peers,
             )
-            transport = WebsocketTransport() if loopback else MemoryTransport(network)
+            transport = WebsocketTransport() if loopback else MemoryTransport(network, nat=spec.nat)
             node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
             nodes.append(node)
-            if len(bootstrap) < MAX_BOOTSTRAP:
+            if len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
                 first = node.host.listen_addrs[0]
                 bootstrap = (*bootstrap, f"{first}/p2p/{node.identity.peer_id}")
         world = NodeWorld(nodes, network)

@@ -37,6 +37,7 @@ from .hashing import ContentId, content_id, content_id_from_digest, parse_conten
 from .keys import Identity, KeyFileError, load_identity, save_identity, verify_signature
 from .multiaddr import Multiaddr
 from .peerid import PeerId, PeerIdBytes
+from .peerrecord import MAX_RECORD_ADDRS, PeerRecord, make_peer_record, verify_peer_record
 from .signing import (
     NO_SIGNATURE,
     NO_SIGNER,
@@ -49,6 +50,7 @@ from .signing import (
 
 __all__ = [
     "I64",
+    "MAX_RECORD_ADDRS",
     "MAX_UNITS",
     "NO_SIGNATURE",
     "NO_SIGNER",
@@ -68,6 +70,7 @@ __all__ = [
     "Multiaddr",
     "PeerId",
     "PeerIdBytes",
+    "PeerRecord",
     "PublicKeyBytes",
     "Range",
     "Record",
@@ -84,6 +87,7 @@ __all__ = [
     "format_amount",
     "is_signed_by_signer",
     "load_identity",
+    "make_peer_record",
     "parse_amount",
     "parse_content_id",
     "record",
@@ -92,5 +96,6 @@ __all__ = [
     "sha256",
     "sign",
     "signing_bytes",
+    "verify_peer_record",
     "verify_signature",
 ]

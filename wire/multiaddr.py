@@ -2,7 +2,8 @@
 
 ``/ip4/127.0.0.1/tcp/4001/ws/p2p/12D3KooW...`` parses into components
 ``(("ip4", "127.0.0.1"), ("tcp", "4001"), ("ws", None), ("p2p", "12D3KooW..."))``.
-Supported: ``/ip4 /ip6 /dns4 /dns6 /tcp /ws /wss /p2p``. Values are validated and put
+Supported: ``/ip4 /ip6 /dns4 /dns6 /tcp /ws /wss /p2p /p2p-circuit``. A relayed address is
+``<relay address>/p2p/<relay id>/p2p-circuit[/p2p/<target id>]`` (circuit relay v2). Values are validated and put
 in canonical form (``/ip6`` compressed, ports without leading zeros), so
 ``str(Multiaddr.parse(s))`` is the canonical text and equal addresses compare equal.
 """
@@ -29,6 +30,7 @@ PROTOCOLS = {
     "ws": False,
     "wss": False,
     "p2p": True,
+    "p2p-circuit": False,
 }
 
 
@@ -117,14 +119,36 @@ class Multiaddr:
 
     @property
     def peer_id(self) -> PeerId | None:
-        v = self.value_for("p2p")
-        return PeerId.from_string(v) if v else None
+        """The peer this address reaches: its trailing ``/p2p`` (None when it has none)."""
+        last = self.components[-1]
+        return PeerId.from_string(last[1]) if last[0] == "p2p" and last[1] else None
 
     def with_peer_id(self, peer_id: PeerId) -> Multiaddr:
         return Multiaddr((*self.without_peer_id().components, ("p2p", str(peer_id))))
 
     def without_peer_id(self) -> Multiaddr:
-        return Multiaddr(tuple(c for c in self.components if c[0] != "p2p"))
+        """This address without its trailing ``/p2p`` components (a relay's, before
+        ``/p2p-circuit``, stays)."""
+        c = self.components
+        end = len(c)
+        while end > 1 and c[end - 1][0] == "p2p":
+            end -= 1
+        return Multiaddr(c[:end]) if end < len(c) else self
+
+    @property
+    def is_relayed(self) -> bool:
+        return any(p == "p2p-circuit" for p, _ in self.components)
+
+    def relay(self) -> Multiaddr:
+        """The relay's own address (with its ``/p2p``) of a ``.../p2p-circuit`` address."""
+        names = [p for p, _ in self.components]
+        if names.count("p2p-circuit") != 1:
+            raise WireError(f"{self} is not a relayed address")
+        i = names.index("p2p-circuit")
+        relay = Multiaddr(self.components[:i])
+        if i == 0 or relay.peer_id is None or relay.is_relayed:
+            raise WireError(f"{self}: a relayed address names its relay's /p2p before /p2p-circuit")
+        return relay
 
     def websocket_target(self) -> tuple[str, int, bool]:
         """``(host, port, tls)`` of a ``/ip4|ip6|dns4|dns6/H/tcp/P/ws|wss[/p2p/ID]`` address.

@@ -108,7 +108,7 @@ async def test_closing_a_host_closes_its_connections(nursery):
 async def test_max_peers_refuses_extra_inbound(nursery):
     network = MemoryNetwork()
     (hub,) = await start_hosts(
-        nursery, 1, network=network, make_config=lambda i: config(i, max_peers=2)
+        nursery, 1, network=network, make_config=lambda i: config(i, max_peers=2, max_transient=0)
     )
     others = await start_hosts(nursery, 3, network=network, first=10)
     await others[0].connect(hub.listen_addrs[0])

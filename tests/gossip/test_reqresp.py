@@ -100,6 +100,9 @@ async def test_size_limits(nursery, autojump_clock):
 
 async def test_per_peer_rate_limit(nursery, autojump_clock):
     a, b = await _pair(nursery, request_rate=1.0, request_burst=5.0)
+    for h in (a, b):  # the hosts' own reach traffic (AutoNAT, DHT self-lookup) comes first
+        await h.reach.published.wait()
+    await trio.sleep(6)  # and the bucket refills from it at one token a second
 
     async def handler(peer, data):
         return b"ok"
