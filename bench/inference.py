@@ -284,7 +284,13 @@ async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
             first_at.append(time.perf_counter()) if index == 0 else None
         )
         app = build_app(gateway.gateway, gateway, free_tier_per_minute=1_000_000)
-        async with running_api(app) as address, httpx.AsyncClient(base_url=address.url) as http:
+        async with (
+            running_api(app) as address,
+            httpx.AsyncClient(
+                base_url=address.url,
+                timeout=60.0,  # a free job waits for its draw (D56)
+            ) as http,
+        ):
             for i in range(rounds + 1):  # the first one waits for the chain: not counted
                 first_at.clear()
                 body = TTFT_BODY | {"stream": True, "seed": i}
