@@ -48,6 +48,7 @@ from .records import (
     params_hash,
     receipt_id,
 )
+from .reveal import CommitLookup, check_reveal
 from .work import work_units
 
 __all__ = [
@@ -281,11 +282,14 @@ def _tally_verdicts(
     committee: Committee,
     validators: Mapping[bytes, int],
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
 ) -> Tally:
     votes: dict[bytes, bool | None] = {}
     for i, verdict in enumerate(verdicts):
         try:
             validate_verdict(verdict, receipt, check_challenge=check_challenges)
+            if committed is not None:
+                check_reveal(verdict, committed)
         except PouwError as e:
             raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
         _require(verdict.signer in committee, f"verdicts[{i}].signer", "not a committee member")
@@ -311,6 +315,7 @@ def _validate_work(
     size: int,
     lookahead: int,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
 ) -> Tally:
     validate_job(job)
     validate_assignment(assignment, job)
@@ -319,7 +324,7 @@ def _validate_work(
         job, assignment, validators, finalized_hash, size=size, lookahead=lookahead
     )
     _require(bool(committee.candidates), "committee", "no eligible validator has stake")
-    return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
+    return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges, committed)
 
 
 def validate_certificate(
@@ -330,6 +335,7 @@ def validate_certificate(
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
 ) -> None:
     """Check a certificate without running any model.
 
@@ -344,6 +350,9 @@ def validate_certificate(
     A block does that: challenges are checked when verdicts are collected from gossip
     (:class:`VoteCollector`), and at block time a challenge authorizes nothing that the
     verdict's own (checked) signature does not, while it is a third of the signatures.
+
+    ``committed`` (commit, then reveal): every vote must match a commitment a block
+    carried in time (:func:`aipg.pouw.reveal.check_reveal`).
     """
     t = _validate_work(
         cert.job,
@@ -355,6 +364,7 @@ def validate_certificate(
         committee_size,
         lookahead,
         check_challenges,
+        committed,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
@@ -468,6 +478,7 @@ def validate_fraud_evidence(
     committee_size: int = COMMITTEE_SIZE,
     lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
 ) -> None:
     """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
     must hold > 1/3 of the committee's stake. The worker to slash is
@@ -482,6 +493,7 @@ def validate_fraud_evidence(
         committee_size,
         lookahead,
         check_challenges,
+        committed,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(

@@ -18,6 +18,7 @@ from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
     FraudEvidence,
+    FraudReview,
     Job,
     PouwError,
     Receipt,
@@ -28,9 +29,11 @@ from aipg.pouw import (
 from aipg.wire import Address
 
 from .money import credit
-from .review import open_conviction
+from .reveal import commitments
+from .review import open_conviction, process_reviews
 from .state import Escrow, State, escrow_key
 from .types import LedgerError
+from .verdict_rewards import agree
 
 
 def process_certificates(
@@ -50,16 +53,24 @@ def process_certificates(
             escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
-        s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
-        worker = Address.from_public_key(cert.receipt.signer).raw
-        if escrow is not None:
-            charged = fee_charged(cert.job, cert.receipt)
-            s.put("escrows", escrow_key(job, escrow.payer), None)
-            credit(s, worker, charged)
-            credit(s, escrow.payer, escrow.amount - charged)
-            s.paid[job] = charged
-        work[job] = (worker, cert.receipt.work_units)
+        work[job] = settle_job(s, cert.job, cert.receipt, escrow)
+        agree(s, cert.verdicts, True, cert.receipt.work_units)
     return work
+
+
+def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None) -> tuple[bytes, int]:
+    """Mark the job certified and pay a paid job's fee for its output from ``escrow``
+    (the rest back to the payer); returns (worker account, work units) for the pool."""
+    jid = receipt.job_id
+    s.put("certified", jid, certification_deadline(s, job.deadline_ms))
+    worker = Address.from_public_key(receipt.signer).raw
+    if escrow is not None:
+        charged = fee_charged(job, receipt)
+        s.put("escrows", escrow_key(jid, escrow.payer), None)
+        credit(s, worker, charged)
+        credit(s, escrow.payer, escrow.amount - charged)
+        s.paid[jid] = charged
+    return worker, receipt.work_units
 
 
 def job_escrow(s: State, job: Job, jid: bytes) -> Escrow:
@@ -114,13 +125,34 @@ def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate)
         if snapshot is None:
             raise LedgerError(f"no validator set is kept for height {seed_height}")
         snapshots[epoch] = snapshot
-    validate(cert, snapshot, s.block_hash_at, committee_size=s.params.committee_size)
+    validate(
+        cert,
+        snapshot,
+        s.block_hash_at,
+        committee_size=s.params.committee_size,
+        committed=commitments(s),
+    )
 
 
 def certification_deadline(s: State, job_deadline_ms: int) -> int:
     """The last block time at which a job can be certified (or its fraud proven): its
     deadline plus the escrow period. After it, its ``certified`` entry can be forgotten."""
     return job_deadline_ms + s.params.escrow_period * s.params.target_block_time_ms
+
+
+def process_reviewed(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, tuple[bytes, int]]:
+    """Decide each review (:func:`.review.process_reviews`) and pay the jobs of the
+    convictions overturned as if certified now: a paid job's fee from its escrow (when
+    its client has not reclaimed it), and their work units for the work pool. A job
+    that another receipt already got certified is not paid twice."""
+    work: dict[bytes, tuple[bytes, int]] = {}
+    for ev in process_reviews(s, reviews):
+        jid = ev.receipt.job_id
+        if jid in s.certified:
+            continue
+        escrow = s.escrows.get(escrow_key(jid, ev.job.client)) if ev.job.tier == Tier.PAID else None
+        work[jid] = settle_job(s, ev.job, ev.receipt, escrow)
+    return work
 
 
 def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:

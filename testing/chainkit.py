@@ -30,6 +30,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     jail_period=3,
     target_block_time_ms=1_000,
     review_period=3,
+    verdict_commit_blocks=0,  # verdicts count as they come (tests of commit-reveal set it)
 )
 
 
