@@ -29,7 +29,7 @@ import trio
 
 from aipg.gossip import Delivered, GossipConfig, GossipHost, Transport, WebsocketTransport
 from aipg.models import ModelError, check_announcement, model_id_text
-from aipg.pouw import Job, PouwError, Verdict
+from aipg.pouw import Job, PouwError, Verdict, VerdictCommit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import Genesis
@@ -196,6 +196,8 @@ class Node:
                 random_votes=self.faults.random_votes,
                 flip_verdicts=self.faults.flip_verdicts,
                 accuse=self.faults.accuse,
+                copy_verdicts=self.faults.copy_verdicts,
+                wait_for_block=self.chain.wait_for_block,
             )
             await nursery.start(self.verifier.run)
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
@@ -276,7 +278,11 @@ class Node:
         await self.intake.on_report(decode(m.data, WorkReport))
 
     async def _on_verdict(self, m: Delivered) -> None:
-        await self.intake.on_verdict(decode(m.data, Verdict))
+        msg = decode(m.data, (Verdict, VerdictCommit))
+        if isinstance(msg, VerdictCommit):
+            self.intake.on_commit(msg)
+        else:
+            await self.intake.on_verdict(msg)
 
     async def _on_model(self, m: Delivered) -> None:
         self.models.on_announcement(check_announcement(m.data), m.author)

@@ -15,6 +15,7 @@ from aipg.pouw import (
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
+from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
 from aipg.wire import UNITS_PER_AIPG, Identity
@@ -190,3 +191,36 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
         signed_verdict(chain.keys[k], receipt, not upheld) for k in sorted(committee.members)
     )
     return FraudReview(evidence, verdicts)
+
+
+class TrackerChain:
+    """What a node's work tracker reads of a chain (``aipg.node.services.work.ChainView``),
+    over a :class:`TestChain`'s current state."""
+
+    def __init__(self, chain: TestChain):
+        self.c = chain
+
+    @property
+    def committee_size(self) -> int:
+        return self.c.state.params.committee_size
+
+    def validator_snapshot_at(self, height: int):
+        return self.c.state.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int):
+        return self.c.state.block_hash_at(height)
+
+    @property
+    def height(self) -> int:
+        return self.c.state.height
+
+    @property
+    def commit_reveal(self) -> bool:
+        return self.c.state.params.verdict_commit_blocks > 0
+
+    def committed(self, receipt_id: bytes, member: bytes):
+        lookup = commitments(self.c.state)
+        return None if lookup is None else lookup(receipt_id, member)
+
+    def commit_closes(self, receipt_id: bytes):
+        return commit_closes(self.c.state, receipt_id)

@@ -29,6 +29,7 @@ from aipg.pouw import (
     Job,
     PouwError,
     Verdict,
+    VerdictCommit,
     validate_assignment,
     validate_job,
     validate_receipt,
@@ -115,7 +116,7 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
         check_report(decode(data, WorkReport))
 
     def verdicts(data: bytes) -> None:
-        verdict = decode(data, Verdict)
+        verdict = decode(data, (Verdict, VerdictCommit))  # a vote, or its commitment
         if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
         allowed = node.may_vote(verdict.receipt_id, verdict.signer)

@@ -37,11 +37,13 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     Tier,
+    VerdictCommit,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
+from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
@@ -171,6 +173,7 @@ class ChainService:
             self.tracker.pending_equivocations(),
             self.tracker.pending_conflicts(),
             self.tracker.pending_reviews(),
+            self.tracker.pending_commits(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -189,6 +192,8 @@ class ChainService:
                 self.tracker.settle_conflict(item)
             elif isinstance(item, FraudReview):
                 self.tracker.settle_review(item, carried=False)
+            elif isinstance(item, VerdictCommit):
+                self.tracker.settle_commits([item])
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -210,6 +215,8 @@ class ChainService:
             self.tracker.settle_conflict(conflict)
         for review in block.body.reviews:
             self.tracker.settle_review(review, carried=True)
+        self.tracker.settle_commits(block.body.verdict_commits)
+        self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
@@ -319,6 +326,24 @@ class FinalizedChain:
 
     def finalized_hash(self, height: int) -> bytes | None:
         return self.chain.block_hash_at(height)
+
+    @property
+    def height(self) -> int:
+        return self.chain.state.height
+
+    @property
+    def commit_reveal(self) -> bool:
+        """Whether verdicts are committed before they are revealed on this chain."""
+        return self.chain.state.params.verdict_commit_blocks > 0
+
+    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None:
+        """The member's commitment a finalized block carried in time, if any."""
+        lookup = commitments(self.chain.state)
+        return None if lookup is None else lookup(receipt_id, member)
+
+    def commit_closes(self, receipt_id: bytes) -> int | None:
+        """The last height that may carry a commitment on the receipt (None: none yet)."""
+        return commit_closes(self.chain.state, receipt_id)
 
 
 class _Finalizer:

@@ -35,6 +35,7 @@ class Faults:
     double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
     flip_verdicts: bool = False  # validator: also gossip the opposite verdict
     accuse: bool = False  # validator: vote every receipt invalid without checking
+    copy_verdicts: bool = False  # validator: reveal others' votes as its own, uncommitted
 
     def any(self) -> bool:
         return (
@@ -45,6 +46,7 @@ class Faults:
             or self.double_receipt
             or self.flip_verdicts
             or self.accuse
+            or self.copy_verdicts
         )
 
 

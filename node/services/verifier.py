@@ -5,12 +5,20 @@ re-checks the result in a worker thread (LLM: one prefill pass; diffusion: k re-
 steps from latents fetched from the worker) and gossips its signed Verdict on
 ``verdicts``. One verification at a time: a validator's CPU is shared with its own
 worker role, and committees are small.
+
+Commit, then reveal (when the chain asks for it): a vote is first gossiped as a
+:class:`VerdictCommit` (and offered for blocks); after each block the verifier reveals
+the verdicts whose receipts' commit phase is over (``WorkTracker.reveal_open``). An
+abstention is published at once: it is no vote, and it seats the next reserve. A
+review's verdict is published at once too (reviews re-check a conviction whose first
+verdicts are already public).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -21,9 +29,13 @@ from aipg.pouw import (
     LatentReply,
     LatentRequest,
     PouwError,
+    Verdict,
     VerdictReason,
     abstains,
     make_challenge,
+    make_commit,
+    make_verdict,
+    needs_commitment,
     receipt_id,
 )
 from aipg.pouw.bounds import evict_over
@@ -53,6 +65,8 @@ class VerifierService:
         random_votes: bool = False,
         flip_verdicts: bool = False,
         accuse: bool = False,
+        copy_verdicts: bool = False,
+        wait_for_block: Callable[[], Awaitable[None]] | None = None,
     ):
         self.identity = identity
         self.host = host
@@ -61,14 +75,55 @@ class VerifierService:
         self.random_votes = random_votes
         self.flip_verdicts = flip_verdicts
         self.accuse = accuse
+        self.copy_verdicts = copy_verdicts
+        self.wait_for_block = wait_for_block
+        # receipt id -> (its work, our verdict): committed, not revealed yet
+        self._unrevealed: OrderedDict[bytes, tuple[TrackedWork, Verdict]] = OrderedDict()
+        self._copying: OrderedDict[bytes, TrackedWork] = OrderedDict()  # copy_verdicts fault
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
         self._considered: OrderedDict[bytes, None] = OrderedDict()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for tracked in self._queue:
-            await self._verify(tracked)
+        async with trio.open_nursery() as nursery:
+            if self.wait_for_block is not None:
+                nursery.start_soon(self._reveal_after_blocks)
+            task_status.started()
+            async for tracked in self._queue:
+                await self._verify(tracked)
+
+    async def _reveal_after_blocks(self) -> None:
+        assert self.wait_for_block is not None
+        while True:
+            await self.wait_for_block()
+            await self.reveal_due()
+
+    async def reveal_due(self) -> None:
+        """Reveal each committed verdict whose receipt's commit phase is over."""
+        for rid, (tracked, verdict) in list(self._unrevealed.items()):
+            if self.tracker.reveal_open(tracked):
+                del self._unrevealed[rid]
+                await self._publish(tracked, verdict)
+        if self.copy_verdicts:
+            await self._copy_others()
+
+    async def _copy_others(self) -> None:
+        """Test-only fault: reveal what another member revealed, as our own, without
+        having checked or committed anything."""
+        me = self.identity.public_bytes
+        for rid, tracked in list(self._copying.items()):
+            seen = [v for k, v in tracked.verdicts.items() if k != me and not abstains(v)]
+            if not seen:
+                continue
+            del self._copying[rid]
+            log.warning("FAULT: copying a verdict on receipt %s", rid.hex()[:12])
+            copied = make_verdict(
+                self.identity,
+                tracked.report.result.receipt,
+                VerdictReason(seen[0].reason),
+                recomputed=b"copied",
+            )
+            await self._publish(tracked, copied)
 
     def consider(self, tracked: TrackedWork) -> None:
         """Queue a tracked report for verification when this validator is seated on its
@@ -78,6 +133,10 @@ class VerifierService:
             return
         self._considered[tracked.receipt_id] = None
         evict_over(self._considered, MAX_CONSIDERED)
+        if self.copy_verdicts:
+            self._copying[tracked.receipt_id] = tracked
+            evict_over(self._copying, MAX_CONSIDERED)
+            return
         try:
             self._send.send_nowait(tracked)
         except trio.WouldBlock:
@@ -115,13 +174,28 @@ class VerifierService:
             {"valid": "valid", "invalid": "INVALID", "abstained": "abstains"}[outcome],
             "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
         )
+        me = self.identity.public_bytes
+        reviewing = tracked.review is not None and me not in tracked.committee
+        if self.tracker.commit_reveal and needs_commitment(verdict) and not reviewing:
+            commit = make_commit(self.identity, verdict)
+            try:
+                self.tracker.add_commit(commit)
+            except PouwError as e:
+                log.warning("own commitment rejected: %s", e)
+            await self.host.publish(topic("verdicts"), encode(commit))
+            self._unrevealed[tracked.receipt_id] = (tracked, verdict)
+            evict_over(self._unrevealed, MAX_CONSIDERED)
+            return
+        await self._publish(tracked, verdict)
+
+    async def _publish(self, tracked: TrackedWork, verdict: Verdict) -> None:
         try:
             self.tracker.add_verdict(verdict)
         except PouwError as e:
             log.warning("own verdict rejected: %s", e)
         await self.host.publish(topic("verdicts"), encode(verdict))
         if self.flip_verdicts:  # test-only fault: vote the other way too
-            flipped = flipped_verdict(self.identity, report.result.receipt, verdict)
+            flipped = flipped_verdict(self.identity, tracked.report.result.receipt, verdict)
             await self.host.publish(topic("verdicts"), encode(flipped))
 
     async def _check(self, report: WorkReport) -> Check:

@@ -37,7 +37,7 @@ from aipg.node.services.work import WorkIntake, WorkTracker
 from aipg.node.services.worker import WorkerService
 from aipg.pouw import Claim, Result, job_id, receipt_id
 from aipg.stake.chain import Chain
-from aipg.testing.chainkit import TestChain, ident, make_certificate, make_work
+from aipg.testing.chainkit import TestChain, TrackerChain, ident, make_certificate, make_work
 from aipg.testing.nodes import completion
 from aipg.testing.world import identity, signed_assignment, signed_job, signed_receipt
 from aipg.wire import PeerId, WireError, decode, encode, sign
@@ -71,21 +71,15 @@ class Host:
         return []
 
 
-class ChainOf:
+class ChainOf(TrackerChain):
     """What the tracker reads of a TestChain; ``final=False``: no seed block is final."""
 
     def __init__(self, chain: TestChain, *, final: bool = True):
-        self.c, self.final = chain, final
-
-    @property
-    def committee_size(self) -> int:
-        return self.c.state.params.committee_size
+        super().__init__(chain)
+        self.final = final
 
     def validator_snapshot_at(self, height: int):
         return self.c.state.validator_snapshot_at(height) if self.final else None
-
-    def finalized_hash(self, height: int):
-        return self.c.state.block_hash_at(height)
 
 
 class GatewayChain:

@@ -11,24 +11,9 @@ import pytest
 from aipg.node.protocol.messages import WorkReport
 from aipg.node.services.work import WorkTracker
 from aipg.pouw import PouwError, Result, VerdictReason, make_verdict
-from aipg.testing.chainkit import TestChain, ident, make_work
+from aipg.testing.chainkit import TestChain, TrackerChain, ident, make_work
 
-
-class ChainOf:
-    """The tracker's view of a TestChain."""
-
-    def __init__(self, chain: TestChain):
-        self.c = chain
-
-    @property
-    def committee_size(self) -> int:
-        return self.c.state.params.committee_size
-
-    def validator_snapshot_at(self, height: int):
-        return self.c.state.validator_snapshot_at(height)
-
-    def finalized_hash(self, height: int):
-        return self.c.state.block_hash_at(height)
+ChainOf = TrackerChain  # the tracker's view of a TestChain
 
 
 def _chain() -> TestChain:
