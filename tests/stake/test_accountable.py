@@ -75,7 +75,7 @@ def test_a_certificate_counts_only_votes_committed_in_time():
 
 def test_a_commitment_after_the_commit_phase_is_refused():
     c = _chain()
-    job, a, r, verdicts = make_work(c, c.users[1], nonce=2)
+    _job, _a, _r, verdicts = make_work(c, c.users[1], nonce=2)
     first, *rest = _commits(c, verdicts)
     c.next(verdict_commits=[first])
     for _ in range(REVEAL.verdict_commit_blocks):
@@ -117,7 +117,7 @@ def test_a_reveal_that_contradicts_its_commitment_is_refused():
 
 def test_only_bonded_keys_commit_and_only_once():
     c = _chain()
-    job, a, r, verdicts = make_work(c, c.users[1], nonce=5)
+    _job, _a, r, verdicts = make_work(c, c.users[1], nonce=5)
     stranger = make_commit(c.users[2], signed_verdict(c.users[2], r))
     with pytest.raises(LedgerError, match="only a bonded key"):
         apply_block(c.state, c.build(verdict_commits=[stranger]))
@@ -306,7 +306,7 @@ def test_an_unanswered_challenge_slashes_a_little_and_refunds_the_challenger():
 def test_only_a_committee_member_may_challenge_and_only_a_diffusion_receipt():
     c = _chain(CHALLENGE, n_validators=10)
     worker = c.users[1]
-    job, a, r, digests, committee = _diffusion_work(c, worker)
+    job, a, r, _digests, committee = _diffusion_work(c, worker)
     outsider = next(v.public_bytes for v in c.validators if v.public_bytes not in committee)
     _funded(c, outsider)
     with pytest.raises(LedgerError, match="not a candidate of the job's committee"):
