@@ -285,3 +285,49 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
         # The gateway suspended the worker on the first outcome; the review lifts it.
         await world.until(gateway, lambda: tracked.review.settled, timeout=30)
         assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)
+
+
+async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothing(
+    tmp_path, llm_dir
+):
+    """The committee's members commit (blocks carry the commitments) and reveal once the
+    commit phase is over. A member that only copies another's revealed vote, without
+    having committed, is not counted: the job certifies on the others' votes, and the
+    verdict pool pays the copier nothing for it."""
+    model = load_model_dir(llm_dir)
+    copier = NodeSpec(worker=False, faults=Faults(copy_verdicts=True))
+    specs = [
+        NodeSpec(worker=False),
+        NodeSpec(),
+        copier,
+        NodeSpec(worker=False),
+        NodeSpec(worker=False),
+    ]
+    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+        gateway, copy_node = world.nodes[0], world.nodes[2]
+        key = copy_node.identity.public_bytes
+        balances: dict[int, int] = {}
+        gateway.chain.on_block.append(
+            lambda block: balances.__setitem__(
+                block.height, gateway.chain.state.balance(copy_node.identity.address)
+            )
+        )
+        await world.wait_for_worker(gateway, model.model_id)
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "copy me"))
+
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert tracked.certified and key in tracked.committee.members
+        counted = {v.signer for v in tracked.outcome.verdicts}
+        assert key not in counted and len(counted) >= 2
+        # Every counted vote was committed on chain before it was revealed.
+        state = gateway.chain.state
+        assert all(state.verdict_commits.get(tracked.receipt_id + k) for k in counted)
+        assert state.verdict_commits.get(tracked.receipt_id + key) is None
+        # The copier did reveal (a copy of another's vote), and it was held, not counted.
+        await world.until(gateway, lambda: key in tracked.verdicts, timeout=30)
+        assert key in tracked.collector.held()
+        # The block that paid the job paid the copier nothing (beyond a proposer's bonus).
+        block = gateway.chain.chain.store.finalized(tracked.block_height).block
+        if block.header.proposer != key:
+            assert balances[tracked.block_height] == balances[tracked.block_height - 1]
