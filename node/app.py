@@ -32,12 +32,13 @@ from aipg.models import ModelError, check_announcement, model_id_text
 from aipg.pouw import Job, PouwError, Verdict, VerdictCommit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.genesis import Genesis
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
-from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, format_amount
+from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, encode, format_amount
 
 from .apikeys import ApiKeyStore
 from .config import NodeConfig
@@ -118,6 +119,7 @@ class Node:
         """Run every service until cancelled; ``started()`` once the node serves."""
         log.info("node %s starting (chain %s)", self.identity.peer_id, self.genesis.chain_id)
         async with trio.open_nursery() as nursery:
+            self._roles_nursery = nursery
             self.host = GossipHost(self.identity, self.gossip_config(), transport=self.transport)
             await nursery.start(self.host.run)
             await self._start_chain(nursery)
@@ -182,6 +184,8 @@ class Node:
                 cheat_tokens=self.faults.cheat_tokens,
                 swap_weights=self.faults.swap_weights,
                 double_receipt=self.faults.double_receipt,
+                withhold_latents=self.faults.withhold_latents,
+                on_answer=self._answer_challenge,
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work
@@ -278,11 +282,20 @@ class Node:
         await self.intake.on_report(decode(m.data, WorkReport))
 
     async def _on_verdict(self, m: Delivered) -> None:
-        msg = decode(m.data, (Verdict, VerdictCommit))
+        msg = decode(m.data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
         if isinstance(msg, VerdictCommit):
             self.intake.on_commit(msg)
+        elif isinstance(msg, WithholdingChallenge):
+            self.tracker.add_challenge(msg)
+        elif isinstance(msg, ChallengeAnswer):
+            self.tracker.add_answer(msg)
         else:
             await self.intake.on_verdict(msg)
+
+    def _answer_challenge(self, answer: ChallengeAnswer) -> None:
+        """Our worker answered a withholding challenge: offer it for blocks, gossip it."""
+        self.tracker.add_answer(answer)
+        self._roles_nursery.start_soon(self.host.publish, topic("verdicts"), encode(answer))
 
     async def _on_model(self, m: Delivered) -> None:
         self.models.on_announcement(check_announcement(m.data), m.author)

@@ -14,7 +14,7 @@ themselves, each of which must hash to its digest. The answer is thereby checkab
 the ledger without running a model, and the data is *available*: it is in a block every
 node has, so the challenger re-runs its check from it. (A bare hash in the answer would
 prove nothing: the digests are already public in the work report, and the chain cannot
-tell whether a later fetch succeeded.) The bound keeps an answer under 4.1 MiB at the
+tell whether a later fetch succeeded.) The bound keeps an answer under 3.7 MiB at the
 largest latents the wire allows (512 KiB; SD 1.5 at 512 px is 64 KiB, so its 7 latents
 of a 3-step check are 448 KiB).
 
@@ -68,8 +68,9 @@ from .money import credit, debit, slash
 from .state import Challenge, State
 from .types import LedgerError
 
-# A check re-runs 3 steps: the latents before and after each, and the final one (7).
-MAX_CHALLENGE_LATENTS = 8
+# A check re-runs 3 steps: the latents before and after each, and the final one (7);
+# 7 of the largest latents the wire allows keep an answer under gossip's 4 MiB.
+MAX_CHALLENGE_LATENTS = 7
 MAX_ANSWER_BYTES = MAX_CHALLENGE_LATENTS * (MAX_LATENT_BYTES + 16) + (MAX_STEPS + 1) * 34 + 4096
 
 

@@ -35,6 +35,7 @@ from aipg.pouw import (
     validate_receipt,
 )
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.ledger import verify_commit
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction
@@ -116,9 +117,16 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
         check_report(decode(data, WorkReport))
 
     def verdicts(data: bytes) -> None:
-        verdict = decode(data, (Verdict, VerdictCommit))  # a vote, or its commitment
+        # a vote, its commitment, or a withholding challenge and its answer
+        verdict = decode(data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
         if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
+        if isinstance(verdict, ChallengeAnswer):
+            return  # the worker's; a block checks it against the open challenge
+        if isinstance(verdict, WithholdingChallenge):
+            if verdict.signer not in node.state.validators:
+                raise Stale("a challenge from outside the validator set")
+            return
         allowed = node.may_vote(verdict.receipt_id, verdict.signer)
         if allowed is False:
             raise PouwError("verdict.signer", "not a candidate of the receipt's committee")

@@ -42,6 +42,7 @@ from aipg.pouw import (
 from aipg.pouw.bounds import evict_over
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.driver import BlockContents, ConsensusDriver
 from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
@@ -174,6 +175,8 @@ class ChainService:
             self.tracker.pending_conflicts(),
             self.tracker.pending_reviews(),
             self.tracker.pending_commits(),
+            self.tracker.pending_challenges(),
+            self.tracker.pending_answers(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -194,6 +197,10 @@ class ChainService:
                 self.tracker.settle_review(item, carried=False)
             elif isinstance(item, VerdictCommit):
                 self.tracker.settle_commits([item])
+            elif isinstance(item, WithholdingChallenge):
+                self.tracker.settle_challenges(challenges=[item])
+            elif isinstance(item, ChallengeAnswer):
+                self.tracker.settle_challenges(answers=[item])
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -216,6 +223,7 @@ class ChainService:
         for review in block.body.reviews:
             self.tracker.settle_review(review, carried=True)
         self.tracker.settle_commits(block.body.verdict_commits)
+        self.tracker.settle_challenges(block.body.challenges, block.body.answers)
         self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:

@@ -36,6 +36,7 @@ class Faults:
     flip_verdicts: bool = False  # validator: also gossip the opposite verdict
     accuse: bool = False  # validator: vote every receipt invalid without checking
     copy_verdicts: bool = False  # validator: reveal others' votes as its own, uncommitted
+    withhold_latents: bool = False  # worker: serve nobody its latents (answers challenges)
 
     def any(self) -> bool:
         return (
@@ -47,6 +48,7 @@ class Faults:
             or self.flip_verdicts
             or self.accuse
             or self.copy_verdicts
+            or self.withhold_latents
         )
 
 

@@ -40,7 +40,8 @@ from aipg.pouw import (
 )
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
-from aipg.wire import Identity, PeerId, WireError, decode, encode
+from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, WithholdingChallenge
+from aipg.wire import Identity, PeerId, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
 from .faults import accusing_check, flipped_verdict, random_check
@@ -82,6 +83,7 @@ class VerifierService:
         self._copying: OrderedDict[bytes, TrackedWork] = OrderedDict()  # copy_verdicts fault
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
+        self.challenged = 0  # withholding challenges put on chain
         self._considered: OrderedDict[bytes, None] = OrderedDict()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -223,6 +225,7 @@ class VerifierService:
             )
         worker = PeerId.from_public_key(report.result.receipt.signer)
         challenge = make_challenge(self.identity, receipt_id(report.result.receipt))
+        withheld: list[tuple[int, ...]] = []
 
         def fetch(request: LatentRequest) -> LatentReply:
             try:
@@ -231,9 +234,10 @@ class VerifierService:
                 )
                 return decode(data, LatentReply)
             except (GossipError, WireError) as e:
+                withheld.append(tuple(request.steps))
                 raise PouwError("latents", f"worker did not serve its latents: {e}") from None
 
-        return await trio.to_thread.run_sync(
+        check = await trio.to_thread.run_sync(
             lambda: verify_diffusion(
                 runner,
                 report.job,
@@ -244,3 +248,23 @@ class VerifierService:
                 cost_milli=model.cost_milli,
             )
         )
+        if withheld and check.reason == VerdictReason.UNAVAILABLE:
+            await self._challenge_withholding(report, withheld[0])
+        return check
+
+    async def _challenge_withholding(self, report: WorkReport, steps: tuple[int, ...]) -> None:
+        """The worker did not serve the latents this member needs: challenge it on
+        chain (it must put them in a block within the challenge period, or be slashed)."""
+        asked = tuple(sorted(set(steps)))[:MAX_CHALLENGE_LATENTS]
+        c = sign(
+            WithholdingChallenge(report.job, report.assignment, report.result.receipt, asked),
+            self.identity,
+        )
+        log.warning(
+            "challenging worker %s to put the latents of job %s on chain",
+            report.result.receipt.signer.hex()[:12],
+            report.job.id.hex()[:12],
+        )
+        self.tracker.add_challenge(c)
+        self.challenged += 1
+        await self.host.publish(topic("verdicts"), encode(c))

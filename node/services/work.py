@@ -51,7 +51,8 @@ from aipg.pouw import (
     votes_differ,
 )
 from aipg.pouw.bounds import evict_over
-from aipg.wire import encode
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
+from aipg.wire import encode, is_signed_by_signer
 from aipg.wire.codec import record_digest
 
 from .reviews import MAX_UNPLACED_VERDICTS, Review
@@ -110,6 +111,8 @@ def kind_of(outcome: Certificate | FraudEvidence) -> str:
 MAX_PENDING_EVIDENCE = 1024
 # Verdict commitments waiting for a block: a few per tracked report.
 MAX_PENDING_COMMITS = 4 * 4096
+# Challenge answers waiting for a block: each may carry megabytes of latents.
+MAX_PENDING_ANSWERS = 16
 
 
 class ChainView(Protocol):
@@ -164,6 +167,10 @@ class WorkTracker:
         self._conflicts: OrderedDict[bytes, ConflictingVerdicts] = OrderedDict()
         # (receipt id, member) -> its commitment, until a block carries it
         self._commits: OrderedDict[tuple[bytes, bytes], VerdictCommit] = OrderedDict()
+        # withholding challenges and answers, (receipt id, challenger) -> record, until
+        # a block carries them
+        self._challenges: OrderedDict[tuple[bytes, bytes], WithholdingChallenge] = OrderedDict()
+        self._answers: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
 
     @property
     def commit_reveal(self) -> bool:
@@ -269,6 +276,33 @@ class WorkTracker:
             return  # a block already carried it
         self._commits.setdefault((commit.receipt_id, commit.signer), commit)
         evict_over(self._commits, MAX_PENDING_COMMITS)
+
+    def add_challenge(self, c: WithholdingChallenge) -> None:
+        """Keep a withholding challenge for a block (the ledger checks it in full)."""
+        if not is_signed_by_signer(c):
+            raise PouwError("challenge.signature", "bad signature")
+        self._challenges.setdefault((receipt_id(c.receipt), bytes(c.signer)), c)
+        evict_over(self._challenges, MAX_PENDING_EVIDENCE)
+
+    def add_answer(self, a: ChallengeAnswer) -> None:
+        """Keep a worker's answer to a challenge for a block."""
+        if not is_signed_by_signer(a):
+            raise PouwError("answer.signature", "bad signature")
+        self._answers.setdefault((a.receipt_id, bytes(a.challenger)), a)
+        evict_over(self._answers, MAX_PENDING_ANSWERS)
+
+    def pending_challenges(self) -> list[WithholdingChallenge]:
+        return list(self._challenges.values())
+
+    def pending_answers(self) -> list[ChallengeAnswer]:
+        return list(self._answers.values())
+
+    def settle_challenges(self, challenges=(), answers=()) -> None:
+        """A block carried these, or a proposal found they never can be."""
+        for c in challenges:
+            self._challenges.pop((receipt_id(c.receipt), bytes(c.signer)), None)
+        for a in answers:
+            self._answers.pop((a.receipt_id, bytes(a.challenger)), None)
 
     def pending_commits(self) -> list[VerdictCommit]:
         """Commitments no block has carried yet (oldest first)."""

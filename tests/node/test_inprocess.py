@@ -19,6 +19,7 @@ from aipg.node.services.gateway_api import ImageRequest
 from aipg.pouw import VerdictReason
 from aipg.stake.block import FinalizedBlock
 from aipg.stake.builder import make_block, make_commit
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.testing.nodes import VALIDATOR_STAKE, NodeSpec, completion, open_node_world
 from aipg.wire import Identity, Multiaddr, PeerId, encode
 
@@ -331,3 +332,53 @@ async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothi
         block = gateway.chain.chain.store.finalized(tracked.block_height).block
         if block.header.proposer != key:
             assert balances[tracked.block_height] == balances[tracked.block_height - 1]
+
+
+async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_answers(
+    tmp_path, diffusion_dir
+):
+    """The worker serves nobody its latents: each member abstains and puts a withholding
+    challenge in a block. The worker answers with the asked-for latents in a block
+    before the deadline: the challenges close, their fees go to the worker, and its bond
+    is untouched."""
+    model = load_model_dir(diffusion_dir)
+    withholder = NodeSpec(faults=Faults(withhold_latents=True))
+    specs = [NodeSpec(worker=False), withholder, NodeSpec(worker=False), NodeSpec(worker=False)]
+    async with open_node_world(tmp_path, specs, [diffusion_dir]) as world:
+        gateway, worker = world.nodes[0], world.nodes[1]
+        key = worker.identity.public_bytes
+        state = gateway.chain.state
+        bond, balance = state.bond(key).stake, state.balance(worker.identity.address)
+        await world.wait_for_worker(gateway, model.model_id)
+        challenges: list[WithholdingChallenge] = []
+        answers: list[ChallengeAnswer] = []
+
+        def record(block) -> None:
+            challenges.extend(block.body.challenges)
+            answers.extend(block.body.answers)
+
+        gateway.chain.on_block.append(record)
+        request = ImageRequest(
+            model=model.manifest.name,
+            prompt="a locked door",
+            size=None,
+            steps=None,
+            guidance_milli=None,
+            seed=5,
+            tier="free",
+            account=None,
+            client="127.0.0.1",
+        )
+
+        result = await gateway.gateway.generate_image(request)
+
+        await world.until(gateway, lambda: challenges, timeout=60)
+        assert {c.receipt.job_id for c in challenges} == {bytes.fromhex(result.job_id)}
+        assert {c.receipt.signer for c in challenges} == {key}
+        await world.until(gateway, lambda: answers and not gateway.chain.state.challenges, 60)
+        assert {a.challenger for a in answers} == {c.signer for c in challenges}
+        state = gateway.chain.state
+        assert state.bond(key).stake == bond  # answered in time: nothing slashed
+        fees = len(answers) * state.params.challenge_fee
+        assert state.balance(worker.identity.address) >= balance + fees
+        assert worker.worker is not None and worker.worker.latents_served == 0
