@@ -305,8 +305,16 @@ class WorkTracker:
             self._answers.pop((a.receipt_id, bytes(a.challenger)), None)
 
     def pending_commits(self) -> list[VerdictCommit]:
-        """Commitments no block has carried yet (oldest first)."""
-        return list(self._commits.values())
+        """Commitments no block has carried yet (oldest first), for receipts this node
+        tracks and from their committees' candidates: the ledger cannot tell a
+        commitment on a made-up receipt from a real one, so an honest proposer offers
+        only those it can place."""
+        out = []
+        for (rid, signer), commit in self._commits.items():
+            tracked = self._by_receipt.get(rid)
+            if tracked is not None and signer in tracked.committee:
+                out.append(commit)
+        return out
 
     def settle_commits(self, commits) -> None:
         """A block carried these commitments, or a proposal found they never can be."""

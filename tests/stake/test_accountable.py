@@ -315,3 +315,33 @@ def test_only_a_committee_member_may_challenge_and_only_a_diffusion_receipt():
     member = committee.members[0]
     with pytest.raises(LedgerError, match="only a diffusion receipt"):
         apply_block(c.state, c.build(challenges=[_challenge(c, member, ljob, la, lr)]))
+
+
+def test_commitments_challenges_and_the_verdict_pool_survive_the_store(tmp_path):
+    """A chain whose state holds commitments, a commit window, an open challenge (its
+    deposit) and a verdict pool reopens from its store with the same state hash."""
+    from aipg.stake.chain import Chain
+    from aipg.stake.state import state_hash
+
+    c = _chain(CHALLENGE.replace(verdict_commit_blocks=2))
+    worker = c.users[1]
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    job, a, r, verdicts = make_work(c, worker, nonce=11)
+    c.next(verdict_commits=_commits(c, verdicts))
+    c.next(certificates=[Certificate(job, a, r, verdicts)])
+    djob, da, dr, _, committee = _diffusion_work(c, worker)
+    _funded(c, committee.members[0])
+    c.next(challenges=[_challenge(c, committee.members[0], djob, da, dr)])
+    s = c.state
+    assert s.verdict_commits and s.commit_windows and s.challenges
+    chain = Chain.open(tmp_path / "chain.sqlite", c.genesis)
+    for block, commit in zip(c.blocks, c.commits, strict=True):
+        chain.finalize(block, commit)
+    chain.close()
+    reopened = Chain.open(tmp_path / "chain.sqlite", c.genesis)
+    try:
+        assert state_hash(reopened.state) == state_hash(s)
+        assert reopened.state.verdict_pool == s.verdict_pool
+        assert reopened.state.challenges == s.challenges
+    finally:
+        reopened.close()
