@@ -98,14 +98,17 @@ class VerifierService:
         assert self.wait_for_block is not None
         while True:
             await self.wait_for_block()
-            await self.reveal_due()
+            try:
+                await self.reveal_due()
+            except GossipError as e:  # the next block tries again
+                log.warning("revealing verdicts failed: %s", e)
 
     async def reveal_due(self) -> None:
         """Reveal each committed verdict whose receipt's commit phase is over."""
         for rid, (tracked, verdict) in list(self._unrevealed.items()):
             if self.tracker.reveal_open(tracked):
-                del self._unrevealed[rid]
                 await self._publish(tracked, verdict)
+                self._unrevealed.pop(rid, None)
         if self.copy_verdicts:
             await self._copy_others()
 
