@@ -195,6 +195,22 @@ def test_an_overturned_worker_is_paid_for_the_job():
         apply_block(s, c.build(certificates=[honest]))
 
 
+def test_an_expired_conviction_returns_a_paid_jobs_escrow_to_its_client():
+    c = _chain(TEST_PARAMS.replace(escrow_period=8), n_validators=8)
+    worker, alice = c.users[1], c.users[0]
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    fraud = make_fraud(c, worker, nonce=3, fee=5 * AIPG)
+    escrow = make_tx(alice, CHAIN, TxKind.ESCROW, 0, amount=5 * AIPG, job_id=fraud.receipt.job_id)
+    c.next(transactions=[escrow])
+    c.next(frauds=[fraud])
+    alice_before = c.state.balance(alice.address)
+    while c.state.convictions:  # nobody reviews it
+        c.next()
+    assert not c.state.escrows
+    assert c.state.balance(alice.address) == alice_before + 5 * AIPG
+    assert c.state.bond(worker.public_bytes).stake == 1_000 * AIPG
+
+
 # --- withholding challenges -----------------------------------------------------------------
 
 CHALLENGE = TEST_PARAMS.replace(
