@@ -158,11 +158,12 @@ class WorkerService:
         return JobAck(True)
 
     def on_block(self, block: Block, too_old: int) -> None:
-        """A finalized block: release the latents of the receipts it made final."""
-        final = [
-            receipt_id(outcome.receipt)
-            for outcome in (*block.body.certificates, *block.body.frauds)
-        ]
+        """A finalized block: answer the withholding challenges it carried against this
+        worker, then release the latents of the receipts it made final: certified, or
+        their conviction's review decided (fraud evidence alone only opens a review,
+        whose reviewers re-run steps from these latents)."""
+        final = [receipt_id(cert.receipt) for cert in block.body.certificates]
+        final += [receipt_id(review.evidence.receipt) for review in block.body.reviews]
         self.answer_challenges(block)
         self.latents.settle(final, block.height, too_old)
 
