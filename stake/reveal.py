@@ -11,9 +11,9 @@ matches the commitment stored for it (:func:`commitments`), so the ledger checks
 timing from its own state: no signature can prove *when* it was made, but a block can
 prove that it was made before.
 
-Only bonded keys may commit (a stranger cannot fill the state); rows are forgotten,
-with the other tables certificates refer to, once no certificate using them could be
-included (the commit phase of a receipt opens after its assignment, and an assignment
+Only bonded keys may commit (a stranger cannot fill the state); the rows an outcome
+counted go with the block that carries it, and the rest are forgotten, with the other
+tables certificates refer to, once no certificate using them could be included (the commit phase of a receipt opens after its assignment, and an assignment
 older than ``escrow_period`` blocks is never certified).
 """
 
@@ -85,6 +85,16 @@ def commitments(s: State) -> CommitLookup | None:
         return None if row is None else row.commitment
 
     return committed
+
+
+def forget_counted(s: State, receipt_id: bytes, verdicts) -> None:
+    """A block carried an outcome counting ``verdicts``: their commitments have done
+    their work (one receipt is certified or convicted once), so their rows go now
+    rather than at the horizon."""
+    for v in verdicts:
+        key = commit_key(receipt_id, v.signer)
+        if key in s.verdict_commits:
+            s.put("verdict_commits", key, None)
 
 
 def prune_commitments(s: State) -> None:

@@ -23,13 +23,14 @@ from aipg.pouw import (
     PouwError,
     Receipt,
     Tier,
+    receipt_id,
     validate_certificate,
     validate_fraud_evidence,
 )
 from aipg.wire import Address
 
 from .money import credit
-from .reveal import commitments
+from .reveal import commitments, forget_counted
 from .review import open_conviction, process_reviews
 from .state import Escrow, State, escrow_key
 from .types import LedgerError
@@ -55,6 +56,7 @@ def process_certificates(
             raise LedgerError(f"certificate {i}: {e}") from None
         work[job] = settle_job(s, cert.job, cert.receipt, escrow)
         agree(s, cert.verdicts, True, cert.receipt.work_units)
+        forget_counted(s, receipt_id(cert.receipt), cert.verdicts)
     return work
 
 
@@ -169,3 +171,4 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
             raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
         s.put("punished", key, s.height)
         open_conviction(s, ev)
+        forget_counted(s, receipt_id(ev.receipt), ev.verdicts)

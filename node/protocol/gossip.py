@@ -15,7 +15,8 @@ forwarded that this node could have found false:
 - a verdict on a receipt this node tracks must come from a candidate of its committee
   (or, once fraud is decided, from a validator that may review it); one on a receipt
   not seen yet must at least come from a current validator; a vote that contradicts
-  the commitment a block carried for its member is rejected (commit, then reveal);
+  its member's commitment is forwarded all the same: it never counts, but with the
+  member's other vote it is conflicting-verdict evidence (D37) every node must see;
 - a verdict commitment passes the same membership checks; a withholding challenge must
   come from a validator, and its answer is checked by the block that carries it.
 """
@@ -33,16 +34,13 @@ from aipg.pouw import (
     PouwError,
     Verdict,
     VerdictCommit,
-    needs_commitment,
     validate_assignment,
     validate_job,
     validate_receipt,
-    verdict_commitment,
 )
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.ledger import verify_commit
-from aipg.stake.reveal import commitments
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
@@ -133,11 +131,6 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
             if verdict.signer not in node.state.validators:
                 raise Stale("a challenge from outside the validator set")
             return
-        if isinstance(verdict, Verdict) and needs_commitment(verdict):
-            lookup = commitments(node.state)
-            committed = lookup(verdict.receipt_id, verdict.signer) if lookup else None
-            if committed is not None and committed != verdict_commitment(verdict):
-                raise PouwError("verdict.commitment", "the vote contradicts its commitment")
         allowed = node.may_vote(verdict.receipt_id, verdict.signer)
         if allowed is False:
             raise PouwError("verdict.signer", "not a candidate of the receipt's committee")

@@ -72,6 +72,9 @@ class TrackedWork:
     set_aside: str = ""  # why no block will ever carry this outcome (empty: it may)
     review: Review | None = None  # a block carried this fraud evidence: its review
     unplaced: dict[bytes, Verdict] = field(default_factory=dict)  # reviewers', early
+    # votes that contradict their member's commitment: never counted, kept (one per
+    # member) so that the member's other vote, in whatever order, is evidence (D37)
+    contradicting: dict[bytes, Verdict] = field(default_factory=dict)
 
     @property
     def job_id(self) -> bytes:
@@ -244,11 +247,16 @@ class WorkTracker:
             elif len(tracked.unplaced) < MAX_UNPLACED_VERDICTS:
                 tracked.unplaced.setdefault(verdict.signer, verdict)
             return tracked.outcome
-        first = tracked.verdicts.get(verdict.signer)
+        first = tracked.verdicts.get(verdict.signer) or tracked.contradicting.get(verdict.signer)
         if first is not None and votes_differ(first, verdict):
             self._record_conflict(first, verdict)
         decided_before = tracked.outcome is not None
-        outcome = tracked.collector.add(verdict)
+        try:
+            outcome = tracked.collector.add(verdict)
+        except PouwError as e:
+            if e.what == "verdict.commitment" and verdict.signer in tracked.committee:
+                tracked.contradicting.setdefault(verdict.signer, verdict)
+            raise
         tracked.verdicts.setdefault(verdict.signer, verdict)
         if outcome is not None and not decided_before:
             self._decided(tracked, outcome)

@@ -308,11 +308,14 @@ async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothi
         gateway, copy_node = world.nodes[0], world.nodes[2]
         key = copy_node.identity.public_bytes
         balances: dict[int, int] = {}
-        gateway.chain.on_block.append(
-            lambda block: balances.__setitem__(
-                block.height, gateway.chain.state.balance(copy_node.identity.address)
-            )
-        )
+        committed_at: dict[tuple[bytes, bytes], int] = {}  # (receipt, member) -> height
+
+        def record(block) -> None:
+            balances[block.height] = gateway.chain.state.balance(copy_node.identity.address)
+            for c in block.body.verdict_commits:
+                committed_at.setdefault((c.receipt_id, c.signer), block.height)
+
+        gateway.chain.on_block.append(record)
         await world.wait_for_worker(gateway, model.model_id)
 
         result = await gateway.gateway.complete(completion("aipg-demo-llm", "copy me"))
@@ -321,10 +324,12 @@ async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothi
         assert tracked.certified and key in tracked.committee.members
         counted = {v.signer for v in tracked.outcome.verdicts}
         assert key not in counted and len(counted) >= 2
-        # Every counted vote was committed on chain before it was revealed.
-        state = gateway.chain.state
-        assert all(state.verdict_commits.get(tracked.receipt_id + k) for k in counted)
-        assert state.verdict_commits.get(tracked.receipt_id + key) is None
+        # Every counted vote was committed in a block before the one that counted it
+        # (which then forgot the commitments); the copier never committed.
+        rid = tracked.receipt_id
+        assert all(committed_at[rid, k] < tracked.block_height for k in counted)
+        assert (rid, key) not in committed_at
+        assert not any(k[:32] == rid for k in gateway.chain.state.verdict_commits)
         # The copier did reveal (a copy of another's vote), and it was held, not counted.
         await world.until(gateway, lambda: key in tracked.verdicts, timeout=30)
         assert key in tracked.collector.held()

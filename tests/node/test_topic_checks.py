@@ -110,10 +110,11 @@ def test_a_verdict_from_outside_a_tracked_committee_is_rejected(chain):
         untracked(encode(stranger))
 
 
-def test_a_reveal_that_contradicts_its_commitment_on_chain_is_rejected():
-    """Commit, then reveal: once a block carried a member's commitment, a vote of that
-    member that does not match it is rejected at the topic (never forwarded), while the
-    matching reveal and the member's signed commitment itself pass."""
+def test_a_reveal_that_contradicts_its_commitment_still_crosses_the_topic():
+    """Commit, then reveal: a member's commitment and its matching reveal pass; so does
+    another vote of the same member that contradicts the commitment on chain: it never
+    counts, but beside the member's other vote it is conflicting-verdict evidence (D37),
+    which every node must be able to see."""
     c = TestChain(n_validators=4, params=TEST_PARAMS.replace(verdict_commit_blocks=2))
     for _ in range(3):
         c.next()
@@ -126,8 +127,10 @@ def test_a_reveal_that_contradicts_its_commitment_on_chain_is_rejected():
     check(encode(commit))
     check(encode(honest))
     turned = make_verdict(c.keys[honest.signer], r, VerdictReason.TOKEN_MISMATCH, recomputed=b"")
-    with pytest.raises(PouwError, match="contradicts its commitment"):
-        check(encode(turned))
+    check(encode(turned))
+    stranger = make_verdict(ident(902), r, VerdictReason.OK, recomputed=b"")
+    with pytest.raises(PouwError, match="not a candidate"):
+        check(encode(make_commit_of(ident(902), stranger)))
 
 
 async def test_the_validator_rejects_a_forged_block_and_ignores_a_stale_one(chain):

@@ -10,8 +10,8 @@ import pytest
 
 from aipg.node.protocol.messages import WorkReport
 from aipg.node.services.work import WorkTracker
-from aipg.pouw import PouwError, Result, VerdictReason, make_verdict
-from aipg.testing.chainkit import TestChain, TrackerChain, ident, make_work
+from aipg.pouw import PouwError, Result, VerdictReason, make_commit, make_verdict
+from aipg.testing.chainkit import TEST_PARAMS, TestChain, TrackerChain, ident, make_work
 
 ChainOf = TrackerChain  # the tracker's view of a TestChain
 
@@ -74,3 +74,38 @@ def test_an_outcome_decided_by_a_member_that_voted_both_ways_is_set_aside():
     assert tracked.set_aside == "a member of its deciding side voted both ways"
     (evidence,) = tracker.pending_conflicts()
     assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {member.public_bytes}
+
+
+def test_commit_then_reveal_in_the_tracker_and_a_contradicting_reveal_in_either_order():
+    """With commit-reveal on, the tracker counts a reveal once a block carried its
+    commitment (rechecked after each block), offers the pending commitments for blocks,
+    and catches a member that also sends a vote contradicting its commitment, whichever
+    of its two votes arrives first."""
+    c = TestChain(n_validators=4, params=TEST_PARAMS.replace(verdict_commit_blocks=2))
+    for _ in range(3):
+        c.next()
+    tracker = WorkTracker(ChainOf(c))
+    job, assignment, receipt, verdicts = make_work(c, ident(305), nonce=6)
+    report = WorkReport(job, assignment, Result(receipt, (), (), "", b"", b"", ()))
+    tracked, _ = tracker.add_report(report)
+    commits = [make_commit(c.keys[v.signer], v) for v in verdicts]
+    for commit in commits:
+        tracker.add_commit(commit)
+    assert set(tracker.pending_commits()) == set(commits)
+    liar = verdicts[0]
+    contradicting = make_verdict(
+        c.keys[liar.signer], receipt, VerdictReason.TOKEN_MISMATCH, recomputed=b""
+    )
+    for v in verdicts[1:]:
+        tracker.add_verdict(v)  # held: no block has their commitments yet
+    assert tracked.outcome is None and not tracker.reveal_open(tracked)
+    c.next(verdict_commits=commits)
+    tracker.settle_commits(commits)
+    assert tracker.pending_commits() == []
+    tracker.on_block()
+    assert tracked.certified  # the held reveals now count
+    with pytest.raises(PouwError, match="does not match"):
+        tracker.add_verdict(contradicting)  # before the liar's own reveal
+    tracker.add_verdict(liar)
+    (evidence,) = tracker.pending_conflicts()
+    assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {liar.signer}

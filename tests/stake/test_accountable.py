@@ -345,6 +345,9 @@ def test_commitments_challenges_and_the_verdict_pool_survive_the_store(tmp_path)
     job, a, r, verdicts = make_work(c, worker, nonce=11)
     c.next(verdict_commits=_commits(c, verdicts))
     c.next(certificates=[Certificate(job, a, r, verdicts)])
+    assert not c.state.verdict_commits  # the certificate counted them: they are gone
+    *_, pending = make_work(c, worker, nonce=12)
+    c.next(verdict_commits=_commits(c, pending))  # a receipt still being decided
     djob, da, dr, _, committee = _diffusion_work(c, worker)
     _funded(c, committee.members[0])
     c.next(challenges=[_challenge(c, committee.members[0], djob, da, dr)])
