@@ -130,8 +130,10 @@ MAINNET_PARAMS = ChainParams(
     downtime_slash_bps=0,  # downtime is a fault, not an attack: jailing is the cost
     review_period=60,  # an hour: time for the review committee to re-check and vote
     false_accusation_slash_bps=5_000,  # accusing an honest worker costs what fraud does
-    verdict_commit_blocks=3,  # 3 minutes to check and commit after the first commitment
-    challenge_period=10,  # 10 minutes to put the asked-for latents in a block
+    # 5 minutes to check and commit after the first commitment: room for a member the
+    # worker did not serve to challenge it and re-check from the answer (3 + 2 blocks)
+    verdict_commit_blocks=5,
+    challenge_period=3,  # 3 minutes to put the asked-for latents in a block
     challenge_fee=1 * UNITS_PER_AIPG,  # a challenge costs this when the worker answers
     withholding_slash_bps=100,  # 1 % of the bond per unanswered challenge
 )
@@ -155,10 +157,11 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         signed_blocks_window=100,
         downtime_jail_period=20,
         review_period=20,
-        # Ten seconds for the whole committee to check and commit (small devnets reveal
-        # sooner: once every candidate has committed or abstained).
-        verdict_commit_blocks=max(3, -(-10_000 // block_time_ms)),
-        challenge_period=max(5, -(-20_000 // block_time_ms)),
+        # Twenty seconds for the whole committee to check and commit, a withholding
+        # challenge's ten and its re-check included (small devnets reveal sooner: once
+        # every candidate has committed or abstained).
+        verdict_commit_blocks=max(5, -(-20_000 // block_time_ms)),
+        challenge_period=max(3, -(-10_000 // block_time_ms)),
     )
 
 

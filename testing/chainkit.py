@@ -224,3 +224,7 @@ class TrackerChain:
 
     def commit_closes(self, receipt_id: bytes):
         return commit_closes(self.c.state, receipt_id)
+
+    @property
+    def challenge_period(self) -> int:
+        return self.c.state.params.challenge_period

@@ -224,6 +224,7 @@ class ChainService:
             self.tracker.settle_review(review, carried=True)
         self.tracker.settle_commits(block.body.verdict_commits)
         self.tracker.settle_challenges(block.body.challenges, block.body.answers)
+        self.tracker.answers_carried(block.body.answers)
         self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
@@ -352,6 +353,10 @@ class FinalizedChain:
     def commit_closes(self, receipt_id: bytes) -> int | None:
         """The last height that may carry a commitment on the receipt (None: none yet)."""
         return commit_closes(self.chain.state, receipt_id)
+
+    @property
+    def challenge_period(self) -> int:
+        return self.chain.state.params.challenge_period
 
 
 class _Finalizer:

@@ -40,7 +40,7 @@ from aipg.pouw import (
 )
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
-from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, WithholdingChallenge
+from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, ChallengeAnswer, WithholdingChallenge
 from aipg.wire import Identity, PeerId, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
@@ -53,6 +53,20 @@ MAX_CONSIDERED = 4096  # receipts this validator queued (each is verified once),
 # Reports waiting for this validator's check; when full, a new one is skipped (its vote
 # is missing and the rest of the committee decides) rather than block gossip.
 VERIFY_QUEUE = 256
+# Blocks beyond a challenge's period to wait for its answer (the challenge itself must
+# first be carried by a block) before abstaining.
+ANSWER_SLACK = 3
+
+
+def _reply_from(answer: ChallengeAnswer, request: LatentRequest) -> LatentReply:
+    """The latents ``request`` asks for, from a challenge answer a block carried (the
+    ledger checked each against the receipt's digests)."""
+    by_step = dict(zip(answer.steps, answer.latents, strict=True))
+    missing = [s for s in request.steps if s not in by_step]
+    if missing:
+        raise PouwError("latents", f"the answer on chain lacks latent {missing[0]}")
+    latents = tuple(by_step[s] for s in request.steps)
+    return LatentReply(receipt_id=request.receipt_id, steps=request.steps, latents=latents)
 
 
 class VerifierService:
@@ -81,6 +95,10 @@ class VerifierService:
         # receipt id -> (its work, our verdict): committed, not revealed yet
         self._unrevealed: OrderedDict[bytes, tuple[TrackedWork, Verdict]] = OrderedDict()
         self._copying: OrderedDict[bytes, TrackedWork] = OrderedDict()  # copy_verdicts fault
+        # receipt id -> (its work, the last height to wait for): challenged for withheld
+        # latents; re-checked from the answer once a block carries it, else abstains
+        self._awaiting: OrderedDict[bytes, tuple[TrackedWork, int]] = OrderedDict()
+        self._answers: dict[bytes, ChallengeAnswer] = {}  # answered: re-check from these
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
         self.challenged = 0  # withholding challenges put on chain
@@ -104,13 +122,44 @@ class VerifierService:
                 log.warning("revealing verdicts failed: %s", e)
 
     async def reveal_due(self) -> None:
-        """Reveal each committed verdict whose receipt's commit phase is over."""
+        """Re-check what a challenge answer made checkable (or abstain once its
+        deadline passed unanswered), and reveal each committed verdict whose receipt's
+        commit phase is over."""
+        await self._answered_or_expired()
         for rid, (tracked, verdict) in list(self._unrevealed.items()):
             if self.tracker.reveal_open(tracked):
                 await self._publish(tracked, verdict)
                 self._unrevealed.pop(rid, None)
         if self.copy_verdicts:
             await self._copy_others()
+
+    async def _answered_or_expired(self) -> None:
+        me = self.identity.public_bytes
+        for rid, (tracked, last) in list(self._awaiting.items()):
+            answer = self.tracker.answer_carried(rid, me)
+            if answer is not None:
+                del self._awaiting[rid]
+                self._answers[rid] = answer
+                log.info(
+                    "re-checking job %s from the latents its worker put on chain",
+                    tracked.job_id.hex()[:12],
+                )
+                try:
+                    self._send.send_nowait(tracked)
+                except trio.WouldBlock:
+                    self._answers.pop(rid, None)
+                    self.outcomes["skipped"] += 1
+            elif self.tracker.chain.height > last:
+                del self._awaiting[rid]
+                check = Check(
+                    VerdictReason.UNAVAILABLE,
+                    detail="worker neither served its latents nor answered the challenge",
+                    recomputed=b"",
+                )
+                await self._publish(
+                    tracked, verdict_for(self.identity, tracked.report.result, check)
+                )
+                self.outcomes["abstained"] += 1
 
     async def _copy_others(self) -> None:
         """Test-only fault: reveal what another member revealed, as our own, without
@@ -169,7 +218,20 @@ class VerifierService:
 
     async def _verify(self, tracked: TrackedWork) -> None:
         report = tracked.report
-        check = await self._check(report)
+        me = self.identity.public_bytes
+        reviewing = tracked.review is not None and me not in tracked.committee
+        answer = self._answers.pop(tracked.receipt_id, None)
+        check, withheld = await self._check(report, answer)
+        if withheld is not None and not reviewing and tracked.receipt_id not in self._awaiting:
+            # The worker did not serve us: challenge it on chain and wait for the answer
+            # (then re-check from it) before abstaining.
+            await self._challenge_withholding(report, withheld)
+            self._awaiting[tracked.receipt_id] = (
+                tracked,
+                self.tracker.chain.height + self.tracker.chain.challenge_period + ANSWER_SLACK,
+            )
+            evict_over(self._awaiting, MAX_CONSIDERED)
+            return
         verdict = verdict_for(self.identity, report.result, check)
         outcome = "abstained" if abstains(verdict) else "valid" if verdict.valid else "invalid"
         self.outcomes[outcome] += 1
@@ -179,8 +241,6 @@ class VerifierService:
             {"valid": "valid", "invalid": "INVALID", "abstained": "abstains"}[outcome],
             "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
         )
-        me = self.identity.public_bytes
-        reviewing = tracked.review is not None and me not in tracked.committee
         if self.tracker.commit_reveal and needs_commitment(verdict) and not reviewing:
             commit = make_commit(self.identity, verdict)
             try:
@@ -203,21 +263,26 @@ class VerifierService:
             flipped = flipped_verdict(self.identity, tracked.report.result.receipt, verdict)
             await self.host.publish(topic("verdicts"), encode(flipped))
 
-    async def _check(self, report: WorkReport) -> Check:
+    async def _check(
+        self, report: WorkReport, answer: ChallengeAnswer | None = None
+    ) -> tuple[Check, tuple[int, ...] | None]:
+        """The check's outcome, and the latent indices the worker withheld (None when
+        it served them, or the check needs none). With ``answer``, the latents come
+        from the worker's answer to our challenge, carried by a block."""
         if self.random_votes:
-            return random_check()
+            return random_check(), None
         if self.accuse:
-            return accusing_check()
+            return accusing_check(), None
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(
                 VerdictReason.UNAVAILABLE,
                 detail="validator does not host the model",
                 recomputed=b"",
-            )
+            ), None
         runner = await trio.to_thread.run_sync(self.catalog.runner, model, "verify")
         if model.kind == LLM:
-            return await trio.to_thread.run_sync(
+            check = await trio.to_thread.run_sync(
                 lambda: verify_llm(
                     runner,
                     report.job,
@@ -226,11 +291,14 @@ class VerifierService:
                     cost_milli=model.cost_milli,
                 )
             )
+            return check, None
         worker = PeerId.from_public_key(report.result.receipt.signer)
         challenge = make_challenge(self.identity, receipt_id(report.result.receipt))
         withheld: list[tuple[int, ...]] = []
 
         def fetch(request: LatentRequest) -> LatentReply:
+            if answer is not None:
+                return _reply_from(answer, request)
             try:
                 data = trio.from_thread.run(
                     lambda: self.host.request(worker, PROTO_JOB, encode(request), timeout=10.0)
@@ -252,8 +320,8 @@ class VerifierService:
             )
         )
         if withheld and check.reason == VerdictReason.UNAVAILABLE:
-            await self._challenge_withholding(report, withheld[0])
-        return check
+            return check, withheld[0]
+        return check, None
 
     async def _challenge_withholding(self, report: WorkReport, steps: tuple[int, ...]) -> None:
         """The worker did not serve the latents this member needs: challenge it on

@@ -138,6 +138,9 @@ class ChainView(Protocol):
 
     def commit_closes(self, receipt_id: bytes) -> int | None: ...
 
+    @property
+    def challenge_period(self) -> int: ...
+
 
 # Reports tracked: a few minutes of a busy network's work, finished ones evicted first.
 MAX_TRACKED = 4096
@@ -174,6 +177,8 @@ class WorkTracker:
         # a block carries them
         self._challenges: OrderedDict[tuple[bytes, bytes], WithholdingChallenge] = OrderedDict()
         self._answers: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
+        # answers finalized blocks carried, for their challengers to re-check from
+        self._answers_carried: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
 
     @property
     def commit_reveal(self) -> bool:
@@ -298,6 +303,16 @@ class WorkTracker:
             raise PouwError("answer.signature", "bad signature")
         self._answers.setdefault((a.receipt_id, bytes(a.challenger)), a)
         evict_over(self._answers, MAX_PENDING_ANSWERS)
+
+    def answers_carried(self, answers) -> None:
+        """A finalized block carried these answers: keep them (a few) for their
+        challengers, who re-check the work from the latents in them."""
+        for a in answers:
+            self._answers_carried[(a.receipt_id, bytes(a.challenger))] = a
+        evict_over(self._answers_carried, MAX_PENDING_ANSWERS)
+
+    def answer_carried(self, receipt_id: bytes, challenger: bytes) -> ChallengeAnswer | None:
+        return self._answers_carried.get((receipt_id, challenger))
 
     def pending_challenges(self) -> list[WithholdingChallenge]:
         return list(self._challenges.values())

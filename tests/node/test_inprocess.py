@@ -342,10 +342,10 @@ async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothi
 async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_answers(
     tmp_path, diffusion_dir
 ):
-    """The worker serves nobody its latents: each member abstains and puts a withholding
-    challenge in a block. The worker answers with the asked-for latents in a block
-    before the deadline: the challenges close, their fees go to the worker, and its bond
-    is untouched."""
+    """The worker serves nobody its latents: each member puts a withholding challenge in
+    a block and waits. The worker answers with the asked-for latents in a block before
+    the deadline: the challenges close, their fees go to the worker, its bond is
+    untouched, and the members re-check the job from the latents on chain: certified."""
     model = load_model_dir(diffusion_dir)
     withholder = NodeSpec(faults=Faults(withhold_latents=True))
     specs = [NodeSpec(worker=False), withholder, NodeSpec(worker=False), NodeSpec(worker=False)]
@@ -387,3 +387,6 @@ async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_an
         fees = len(answers) * state.params.challenge_fee
         assert state.balance(worker.identity.address) >= balance + fees
         assert worker.worker is not None and worker.worker.latents_served == 0
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert tracked.certified  # re-checked from the answers' latents
+        assert {v.signer for v in tracked.outcome.verdicts} == {c.signer for c in challenges}
