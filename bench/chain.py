@@ -5,7 +5,8 @@
 Prints one JSON object as its last line:
 
 - ``block_1000_certs_s``: decode, validate and apply one block carrying 1,000 PoUW
-  certificates of 5 verdicts each (target <= 1.0 s), its signatures checked up front by
+  certificates of 7 verdicts each (the 7 validators: mainnet's 68 seats take them all;
+  target <= 1.0 s), its jobs committed two blocks before (D56), its signatures checked up front by
   a process per core (``verify_processes``); ``block_1000_certs_serial_s`` is the same in
   one process. Both cold (the verified-signature cache emptied); ``block_1000_certs_warm_s``
   is a node that already checked the verdicts when they were gossiped (all the rest of
@@ -25,6 +26,9 @@ Prints one JSON object as its last line:
   process per core first.
 - ``consensus_heights_per_s``: the Tendermint state machines of 100 validators in the
   in-process simulation, no network delay.
+- ``vrf_verify_us`` / ``vrf_prove_us``: the block beacon's ECVRF (D55) on libsodium, per
+  header; ``vrf_verify_per_ed25519`` is its verify over a bare Ed25519 verify measured
+  in the same run (each header costs one).
 
 Medians over ``--rounds``.
 """
@@ -45,7 +49,7 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aipg.pouw import make_commit
+from aipg.pouw import Certificate, make_commit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import MAINNET_PARAMS
@@ -53,7 +57,7 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.sigbatch import preverify_block
 from aipg.stake.simulation import Behaviour, Scenario, Simulation
 from aipg.stake.sync import SyncServer, sync_from
-from aipg.testing.chainkit import TestChain, ident, make_certificate
+from aipg.testing.chainkit import TestChain, commit_jobs, ident, make_job, work_on
 from aipg.wire import decode, encode
 from aipg.wire.keys import forget_verified
 
@@ -78,7 +82,12 @@ def bench_chain(n_blocks: int, params=BENCH_PARAMS) -> TestChain:
 def bench_certificates(n_certs: int, rounds: int) -> dict:
     chain = bench_chain(3)
     workers = [ident(1000 + i) for i in range(50)]
-    certs = [make_certificate(chain, workers[i % len(workers)], nonce=i) for i in range(n_certs)]
+    jobs = [make_job(chain, nonce=i) for i in range(n_certs)]
+    commit_jobs(chain, jobs)  # one block commits them all; the work is drawn 2 later (D56)
+    certs = [
+        Certificate(*work_on(chain.state, chain.keys, job, workers[i % len(workers)]))
+        for i, job in enumerate(jobs)
+    ]
     state, commits = chain.state, chain.commits
     data = encode(chain.build(certificates=certs))
     serial, parallel = [], []
@@ -114,7 +123,7 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
     verify_us = (time.perf_counter() - t0) / 2_000 * 1e6
     # Per certificate: job, assignment, receipt, and each verdict's signature (a block
     # does not re-check verdict challenges: they were checked when collected).
-    verifies = n_certs * (3 + 5) + len(commits[-1].precommits)
+    verifies = n_certs * (3 + len(certs[0].verdicts)) + len(commits[-1].precommits)
     block_s = statistics.median(serial)
     return {
         "block_1000_certs_s": round(statistics.median(parallel) * 1000 / n_certs, 4),
@@ -129,6 +138,17 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
     }
 
 
+def _certificates(chain: TestChain, n: int) -> list[Certificate]:
+    """``n`` certificates of jobs committed in one block (their committees drawn 2 later)."""
+    workers = [ident(1000 + i) for i in range(50)]
+    jobs = [make_job(chain, nonce=i) for i in range(n)]
+    commit_jobs(chain, jobs)
+    return [
+        Certificate(*work_on(chain.state, chain.keys, job, workers[i % len(workers)]))
+        for i, job in enumerate(jobs)
+    ]
+
+
 # --- commit, then reveal ------------------------------------------------------------------
 
 
@@ -138,9 +158,7 @@ def bench_commit_reveal(n_certs: int, rounds: int) -> dict:
     they are on chain, against the same certificates without commit-reveal (ratios in
     the same run, medians)."""
     plain_chain, chain = bench_chain(3), bench_chain(3, REVEAL_PARAMS)
-    workers = [ident(1000 + i) for i in range(50)]
-    plain = [make_certificate(plain_chain, workers[i % 50], nonce=i) for i in range(n_certs)]
-    certs = [make_certificate(chain, workers[i % 50], nonce=i) for i in range(n_certs)]
+    plain, certs = _certificates(plain_chain, n_certs), _certificates(chain, n_certs)
     commits = [make_commit(chain.keys[v.signer], v) for c in certs for v in c.verdicts]
     commit_data = encode(chain.build(verdict_commits=commits))
     plain_data = encode(plain_chain.build(certificates=plain))
@@ -240,6 +258,37 @@ def bench_consensus(n_validators: int, heights: int, rounds: int) -> dict:
     }
 
 
+def bench_beacon(rounds: int) -> dict:
+    from aipg.pouw.vrf import prove, verify
+
+    me = ident(7)
+    key = Ed25519PublicKey.from_public_bytes(me.public_bytes)
+    sig = me.sign(b"x" * 32)
+    proves, verifies, eds = [], [], []
+    alpha = b"\x01" * 32
+    pi = prove(me.seed, alpha)
+    n = 200
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            prove(me.seed, alpha)
+        proves.append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify(me.public_bytes, pi, alpha)
+        verifies.append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            key.verify(sig, b"x" * 32)
+        eds.append((time.perf_counter() - t0) / n * 1e6)
+    verify_us = statistics.median(verifies)
+    return {
+        "vrf_prove_us": round(statistics.median(proves), 1),
+        "vrf_verify_us": round(verify_us, 1),
+        "vrf_verify_per_ed25519": round(verify_us / statistics.median(eds), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--certs", type=int, default=1000)
@@ -253,6 +302,7 @@ def main() -> None:
     out.update(bench_commit_reveal(args.certs, args.rounds))
     out.update(bench_sync(args.sync_blocks, args.rounds))
     out.update(bench_consensus(args.validators, args.heights, args.rounds))
+    out.update(bench_beacon(args.rounds))
     print(json.dumps(out))
 
 

@@ -29,11 +29,13 @@ import random
 import time
 
 from aipg.pouw import (
+    COMMITTEE_DELAY,
     Certificate,
     FraudEvidence,
     VerdictReason,
     VoteCollector,
     committee_for,
+    job_id,
     make_commit,
     make_verdict,
 )
@@ -71,8 +73,11 @@ def run(jobs: int, fraud_every: int, seed: int) -> dict:
     for i in range(jobs):
         fraud = i % fraud_every == 0
         job, a, r, _ = make_work(c, workers[rng.randrange(len(workers))], nonce=i)
-        snapshot = c.state.validator_snapshot_at(a.height - 2)
-        committee = committee_for(job, a, snapshot, c.state.block_hash_at, size=5)
+        seed = c.state.commitments[job_id(job)] + COMMITTEE_DELAY  # D56
+        snapshot = c.state.validator_snapshot_at(seed)
+        committee = committee_for(
+            job, a, snapshot, c.state.beacon_at(seed), rules=c.state.params.committee_rules()
+        )
         votes, commits = {}, []
         right = VerdictReason.TOKEN_MISMATCH if fraud else VerdictReason.OK
         for k in committee.candidates:

@@ -20,9 +20,11 @@ Entry points:
 """
 
 from .committee import (
+    COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
     Committee,
+    CommitteeRules,
     Tally,
     committee_seed,
     draw_committee,
@@ -93,6 +95,7 @@ from .votes import VoteCollector, make_verdict
 from .work import diffusion_work_units, llm_work_units, work_units
 
 __all__ = [
+    "COMMITTEE_DELAY",
     "COMMITTEE_LOOKAHEAD",
     "COMMITTEE_SIZE",
     "Assignment",
@@ -101,6 +104,7 @@ __all__ = [
     "Claim",
     "CommitLookup",
     "Committee",
+    "CommitteeRules",
     "ConflictingVerdicts",
     "EquivocationEvidence",
     "FinalizedHash",

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import Annotated
 
 from aipg.pouw import (
-    COMMITTEE_LOOKAHEAD,
+    COMMITTEE_DELAY,
     Assignment,
     Job,
     PouwError,
@@ -164,14 +164,24 @@ def check_challenge(s: State, c: WithholdingChallenge) -> bytes:
         raise LedgerError("this member already challenged this receipt")
     if c.receipt.job_id in s.certified:
         raise LedgerError("the job is certified: nothing is withheld from its committee")
-    seed_height = c.assignment.height - COMMITTEE_LOOKAHEAD
-    if not 0 <= seed_height < s.height or s.height - c.assignment.height > s.params.escrow_period:
+    if not 0 <= c.assignment.height < s.height or (
+        s.height - c.assignment.height > s.params.escrow_period
+    ):
         raise LedgerError(f"assignment at height {c.assignment.height} is too old or too new")
-    validators = s.validator_snapshot_at(seed_height)
-    if validators is None:
-        raise LedgerError(f"no validator set is kept for height {seed_height}")
+    committed = s.commitments.get(c.receipt.job_id)
+    if committed is None:
+        raise LedgerError("the job was never committed (COMMIT or ESCROW)")
+    seed_height = committed + COMMITTEE_DELAY  # D56: the block whose beacon draws it
+    validators, beacon = s.validator_snapshot_at(seed_height), s.beacon_at(seed_height)
+    if seed_height >= s.height or validators is None or beacon is None:
+        raise LedgerError(f"the committee's block {seed_height} is not final or not kept")
     committee = committee_for(
-        c.job, c.assignment, validators, s.block_hash_at, size=s.params.committee_size
+        c.job,
+        c.assignment,
+        validators,
+        beacon,
+        size=s.params.committee_size,
+        rules=s.params.committee_rules(),
     )
     if c.signer not in committee:
         raise LedgerError("the challenger is not a candidate of the job's committee")

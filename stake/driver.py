@@ -81,6 +81,7 @@ class ChainApp:
     # (the node stops offering work that can never be included).
     on_refused: Callable[[list[tuple[object, str]]], None] | None = None
     evidence: list[DoubleSignEvidence] = field(default_factory=list)
+    identity: Identity | None = None  # proves each proposal's beacon (D55)
     _checked: dict[bytes, State | None] = field(default_factory=dict)
 
     def propose(self, height: int, round_: int) -> Block:
@@ -102,8 +103,9 @@ class ChainApp:
             challenges=c.challenges,
             answers=c.answers,
         )
+        builder = self.identity or self.me
         prepared = prepare_block(
-            s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit
+            s, builder, candidates, time_ms=time_ms, last_commit=self.last_commit
         )
         refused = {id(item) for item, _ in prepared.refused}
         self.evidence = [e for e in self.evidence if id(e) not in refused]
@@ -112,7 +114,7 @@ class ChainApp:
         if self.valid(prepared.block):
             return prepared.block
         log.error("height %d: the prepared block does not apply; proposing it empty", height)
-        return make_block(s, self.me, time_ms=time_ms, last_commit=self.last_commit)
+        return make_block(s, builder, time_ms=time_ms, last_commit=self.last_commit)
 
     def valid(self, block: Block) -> bool:
         h = block.hash
@@ -181,6 +183,7 @@ class ConsensusDriver:
             last.commit if last else None,
             on_finalized,
             on_refused,
+            identity=identity,
         )
         self._identity = identity
         self._sign_record = sign_record

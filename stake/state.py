@@ -19,6 +19,7 @@ import msgpack
 
 from aipg.wire import Address, Units, sha256
 
+from .beacon import genesis_beacon
 from .genesis import Genesis
 from .tokenomics import Emission
 from .types import Height
@@ -92,6 +93,20 @@ class Challenge(NamedTuple):
     deadline: int  # the last height whose block may carry the answer
 
 
+class Registration(NamedTuple):
+    """A worker's registration for a model (:mod:`.assign`, D58)."""
+
+    declared: int  # work units per block the worker says it can do
+    height: int  # registered at
+
+
+class Capacity(NamedTuple):
+    """A worker's measured capacity (:mod:`.assign`, D58)."""
+
+    peak: int  # most work units certified to the worker in one block (decayed)
+    height: int  # when ``peak`` was last brought up to date
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -106,6 +121,12 @@ EMPTY_BOND = Bond(0, 0)
 # verdict_commits: receipt id + member key → CommitRow; commit_windows: receipt id → the
 # height of the block that carried its first commitment (its commit phase opened);
 # challenges: receipt id + challenger key → Challenge (open withholding challenges).
+# beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
+# commitments: job id → the height of the block that committed it (D56), for
+# ``escrow_period`` blocks.
+# workers: worker key + model id → (declared capacity, height) (stake/assign.py, D58);
+# capacity: worker key → (peak certified units in a block, height);
+# worker_epochs: epoch (8 bytes) → ((worker key + model id, draw weight), ...).
 TABLES = (
     "accounts",
     "bonds",
@@ -117,6 +138,11 @@ TABLES = (
     "block_hashes",
     "liveness",
     "convictions",
+    "beacons",
+    "commitments",
+    "workers",
+    "capacity",
+    "worker_epochs",
     "verdict_commits",
     "commit_windows",
     "challenges",
@@ -127,6 +153,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "escrows": Escrow,
     "liveness": Liveness,
     "convictions": Conviction,
+    "workers": Registration,
+    "capacity": Capacity,
     "verdict_commits": CommitRow,
     "challenges": Challenge,
 }
@@ -153,6 +181,12 @@ class State:
     block_hashes: dict[bytes, bytes]
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
+    beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    commitments: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    workers: dict[bytes, Registration] = dataclasses.field(default_factory=dict)
+    capacity: dict[bytes, Capacity] = dataclasses.field(default_factory=dict)
+    worker_epochs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
+    beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
     verdict_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
     commit_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
     challenges: dict[bytes, Challenge] = dataclasses.field(default_factory=dict)
@@ -196,6 +230,8 @@ class State:
             block_hashes={height_key(0): genesis.hash},
             liveness={},
             convictions={},
+            beacons={height_key(0): genesis_beacon(genesis.hash)},
+            beacon=genesis_beacon(genesis.hash),
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))
@@ -262,6 +298,10 @@ class State:
         rows = self.epochs.get(height_key(self.epoch_of(height)))
         return None if rows is None else dict(rows)
 
+    def beacon_at(self, height: int) -> bytes | None:
+        """The beacon after finalized block ``height`` (D55); None if not kept."""
+        return self.beacons.get(height_key(height))
+
     def block_hash_at(self, height: int) -> bytes | None:
         """The hash of finalized block ``height`` (genesis hash at 0); None if not kept."""
         return self.block_hashes.get(height_key(height))
@@ -308,6 +348,7 @@ class State:
                 self.burned,
                 self.validators.encode(),
                 self.last_validators.encode(),
+                self.beacon,
                 self.verdict_pool,
             ],
             use_bin_type=True,
@@ -318,12 +359,14 @@ class State:
         cls, genesis: Genesis, scalars: bytes, rows: dict[str, dict[bytes, Any]]
     ) -> State:
         """Rebuild a state from :meth:`scalars` and decoded table rows (the chain store)."""
-        h, t, last, pool, minted, burned, vs, lvs, *rest = msgpack.unpackb(scalars, raw=False)
+        h, t, last, pool, minted, burned, vs, lvs, beacon, *rest = msgpack.unpackb(
+            scalars, raw=False
+        )
         tables = {}
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
             src = rows.get(table, {})
-            if table in ("unbonding", "epochs"):
+            if table in ("unbonding", "epochs", "worker_epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}
@@ -340,6 +383,7 @@ class State:
             minted,
             burned,
             **tables,
+            beacon=beacon,
             verdict_pool=rest[0] if rest else 0,
         )
 
@@ -355,7 +399,9 @@ def decode_row(data: bytes) -> Any:
 # ``block_hashes`` is left out of the state hash: it only repeats the hashes of the
 # chain's last blocks, which every header already commits to through ``parent_hash``,
 # and hashing its ~1,400 rows would be most of the cost of hashing a small state.
-HASHED_TABLES = tuple(t for t in TABLES if t != "block_hashes")
+# ``beacons`` likewise: each is the beacon scalar of an earlier state, fixed by the
+# headers' VRF proofs.
+HASHED_TABLES = tuple(t for t in TABLES if t not in ("block_hashes", "beacons"))
 
 
 def state_hash(state: State) -> bytes:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from aipg.models import SamplingParams
 from aipg.pouw import (
+    COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
     Certificate,
     FraudEvidence,
     FraudReview,
     committee_for,
+    job_id,
     review_committee,
 )
 from aipg.stake.builder import make_block, make_commit
@@ -27,11 +29,12 @@ CHAIN = "aipg-test-1"
 TEST_PARAMS = MAINNET_PARAMS.replace(
     epoch_length=4,
     unbonding_period=5,
-    escrow_period=3,
+    escrow_period=10,  # room for commitments: each job is committed blocks before (D56)
     jail_period=3,
     target_block_time_ms=1_000,
     review_period=3,
     verdict_commit_blocks=0,  # verdicts count as they come (tests of commit-reveal set it)
+    committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
 )
 
 
@@ -66,12 +69,13 @@ class TestChain:
         self.blocks = []
         self.commits = []
         self.keys = {i.public_bytes: i for i in [*self.validators, *self.users]}
+        self.jobs: dict[tuple, object] = {}  # make_work's jobs, by their arguments
 
     def last_commit(self):
         return self.commits[-1] if self.commits else None
 
     def build(self, **body):
-        proposer = self.state.validators.proposer()
+        proposer = self.keys[self.state.validators.proposer()]
         return make_block(
             self.state,
             proposer,
@@ -102,6 +106,34 @@ class TestChain:
 # --- pouw records for blocks ------------------------------------------------------------
 
 
+GATEWAY = ident(500)  # signs make_work's jobs and assignments, and commits the jobs
+
+
+def make_job(
+    chain: TestChain,
+    *,
+    nonce: int = 0,
+    fee: int = 0,
+    client: Identity | None = None,
+    max_tokens: int = 16,
+):
+    """The job make_work would make (the same arguments give the same job on a chain)."""
+    key = (nonce, fee, (client or chain.users[0]).public_bytes, max_tokens)
+    job = chain.jobs.get(key) or signed_job(
+        GATEWAY,
+        model_id=b"m" * 32,
+        llm=SamplingParams(max_tokens=max_tokens),
+        tier=1 if fee else 0,
+        fee=fee,
+        client=(client or chain.users[0]).address.raw,
+        created_ms=chain.state.time_ms,
+        deadline_ms=chain.state.time_ms + 60_000,
+        nonce=nonce,
+    )
+    chain.jobs[key] = job
+    return job
+
+
 def make_work(
     chain: TestChain,
     worker: Identity,
@@ -118,40 +150,72 @@ def make_work(
     of its whole committee (valid or not). A ``fee`` makes it a paid job; ``nonce``
     tells jobs apart, and varies the output tokens the receipt claims (4 + nonce % 5,
     so that jobs pay differently) unless ``output_tokens`` is given. Returns (job,
-    assignment, receipt, verdicts)."""
-    gateway = ident(500)
-    job = signed_job(
-        gateway,
-        model_id=b"m" * 32,
-        llm=SamplingParams(max_tokens=max_tokens),
-        tier=1 if fee else 0,
-        fee=fee,
-        client=(client or chain.users[0]).address.raw,
-        created_ms=chain.state.time_ms,
-        deadline_ms=chain.state.time_ms + 60_000,
-        nonce=nonce,
-    )
-    height = max(COMMITTEE_LOOKAHEAD, chain.state.height)
+    assignment, receipt, verdicts). Commits the job first and appends blocks until its
+    committee can be drawn (D56: :func:`commit_job`)."""
+    job = make_job(chain, nonce=nonce, fee=fee, client=client, max_tokens=max_tokens)
+    commit_job(chain, GATEWAY, job_id(job))
+    return work_on(chain.state, chain.keys, job, worker, valid=valid, output_tokens=output_tokens)
+
+
+def work_on(state: State, keys, job, worker: Identity, *, valid=True, output_tokens=None):
+    """(job, assignment, receipt, verdicts) of ``job`` done by ``worker`` on ``state``,
+    where the job is committed and its committee's beacon final; ``keys`` signs the
+    committee's verdicts."""
+    seed_height = state.commitments[job_id(job)] + COMMITTEE_DELAY
+    assert seed_height <= state.height, "the job's committee is not drawn yet"
+    height = max(COMMITTEE_LOOKAHEAD, state.height)
     a = signed_assignment(
-        gateway,
+        GATEWAY,
         job,
         worker,
         height=height,
         assigned_ms=job.created_ms,
         deadline_ms=job.deadline_ms,
     )
-    claimed = len(OUTPUT_IDS) + nonce % 5 if output_tokens is None else output_tokens
+    claimed = len(OUTPUT_IDS) + job.nonce % 5 if output_tokens is None else output_tokens
     r = signed_receipt(worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS))
-    snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
         job,
         a,
-        snapshot,
-        chain.state.block_hash_at,
-        size=chain.state.params.committee_size,
+        state.validator_snapshot_at(seed_height),
+        state.beacon_at(seed_height),
+        rules=state.params.committee_rules(),
     )
-    verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee.members))
+    verdicts = tuple(signed_verdict(keys[k], r, valid) for k in sorted(committee.members))
     return job, a, r, verdicts
+
+
+def commit_tx(state: State, jid: bytes, sender: Identity = GATEWAY):
+    """The COMMIT transaction of job ``jid`` from ``sender`` at its next nonce."""
+    nonce = state.account(sender.address.raw).nonce
+    return make_tx(sender, CHAIN, TxKind.COMMIT, nonce, job_id=jid)
+
+
+def commit_job(chain: TestChain, sender: Identity, jid: bytes) -> int:
+    """Commit job ``jid`` in the next block (unless an escrow or commitment already did)
+    and append blocks until its committee's beacon is final (D56). Returns the height
+    whose beacon and validator set draw the committee."""
+    if jid not in chain.state.commitments:
+        chain.next(transactions=[commit_tx(chain.state, jid, sender)])
+    seed_height = chain.state.commitments[jid] + COMMITTEE_DELAY
+    while chain.state.height < seed_height:
+        chain.next()
+    return seed_height
+
+
+def commit_jobs(chain: TestChain, jobs, sender: Identity = GATEWAY) -> None:
+    """Commit ``jobs`` (those not committed yet) in one block, then append blocks until
+    their committees can be drawn: many jobs' work for one block (benchmarks)."""
+    pending = [job_id(j) for j in jobs if job_id(j) not in chain.state.commitments]
+    n = chain.state.account(sender.address.raw).nonce
+    if pending:
+        txs = [
+            make_tx(sender, CHAIN, TxKind.COMMIT, n + i, job_id=jid)
+            for i, jid in enumerate(pending)
+        ]
+        chain.next(transactions=txs)
+    for _ in range(COMMITTEE_DELAY):
+        chain.next()
 
 
 def make_certificate(chain: TestChain, worker: Identity, **kw) -> Certificate:
@@ -165,7 +229,12 @@ def make_fraud(chain: TestChain, worker: Identity, **kw) -> FraudEvidence:
 def reference_chain(n_blocks: int) -> TestChain:
     """A deterministic chain with transfers, bonds and certificates in its blocks."""
     c = TestChain(n_validators=4, n_users=4)
-    for h in range(1, n_blocks + 1):
+    while c.state.height < n_blocks:
+        h = c.state.height + 1
+        # a certificate takes its commitment and two blocks before it (D56)
+        certs = []
+        if h % 5 == 0 and h + COMMITTEE_DELAY + 1 <= n_blocks:
+            certs = [make_certificate(c, c.users[h % 4], nonce=h)]
         a, b = c.users[h % 4], c.users[(h + 1) % 4]
         nonce = c.state.account(a.address.raw).nonce
         txs = [
@@ -173,7 +242,6 @@ def reference_chain(n_blocks: int) -> TestChain:
         ]
         if h % 7 == 0:
             txs.append(make_tx(a, CHAIN, TxKind.BOND, nonce + 1, amount=10**6))
-        certs = [make_certificate(c, c.users[h % 4], nonce=h)] if h % 5 == 0 else []
         c.next(transactions=txs, certificates=certs)
     return c
 
@@ -184,7 +252,11 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
     height = chain.state.height
     validators = chain.state.validator_snapshot_at(height)
     committee = review_committee(
-        evidence, validators, chain.state.block_hash_at(height), chain.state.params.committee_size
+        evidence,
+        validators,
+        chain.state.beacon_at(height),
+        chain.state.params.committee_size,
+        chain.state.params.committee_rules(),
     )
     receipt = evidence.receipt
     verdicts = tuple(
@@ -228,3 +300,13 @@ class TrackerChain:
     @property
     def challenge_period(self) -> int:
         return self.c.state.params.challenge_period
+
+    @property
+    def committee_rules(self):
+        return self.c.state.params.committee_rules()
+
+    def beacon_at(self, height: int):
+        return self.c.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes):
+        return self.c.state.commitments.get(job_id)

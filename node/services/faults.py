@@ -37,6 +37,8 @@ class Faults:
     accuse: bool = False  # validator: vote every receipt invalid without checking
     copy_verdicts: bool = False  # validator: reveal others' votes as its own, uncommitted
     withhold_latents: bool = False  # worker: serve nobody its latents (answers challenges)
+    misstream: bool = False  # worker: stream its tokens, then report an altered last token
+    refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
 
     def any(self) -> bool:
         return (
@@ -49,6 +51,8 @@ class Faults:
             or self.accuse
             or self.copy_verdicts
             or self.withhold_latents
+            or self.misstream
+            or self.refuse_jobs
         )
 
 

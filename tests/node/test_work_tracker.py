@@ -10,8 +10,27 @@ import pytest
 
 from aipg.node.protocol.messages import WorkReport
 from aipg.node.services.work import WorkTracker
-from aipg.pouw import PouwError, Result, VerdictReason, make_commit, make_verdict
-from aipg.testing.chainkit import TEST_PARAMS, TestChain, TrackerChain, ident, make_work
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    PouwError,
+    Result,
+    VerdictReason,
+    committee_for,
+    job_id,
+    make_commit,
+    make_verdict,
+)
+from aipg.testing.chainkit import (
+    GATEWAY,
+    TEST_PARAMS,
+    TestChain,
+    TrackerChain,
+    commit_tx,
+    ident,
+    make_job,
+    make_work,
+)
+from aipg.testing.world import signed_assignment, signed_receipt
 
 ChainOf = TrackerChain  # the tracker's view of a TestChain
 
@@ -109,3 +128,32 @@ def test_commit_then_reveal_in_the_tracker_and_a_contradicting_reveal_in_either_
     tracker.add_verdict(liar)
     (evidence,) = tracker.pending_conflicts()
     assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {liar.signer}
+
+
+def test_a_report_waits_for_its_jobs_commitment_and_the_seed_block():
+    """D56: no committee before the job is committed and the block two after it is final;
+    then the one drawn from that block's beacon, whatever the assignment's height."""
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    worker = ident(300)
+    job = make_job(c, nonce=5)
+    a = signed_assignment(GATEWAY, job, worker, height=c.state.height)
+    receipt = signed_receipt(worker, job, a)
+    report = WorkReport(job, a, Result(receipt, (), (), "", b"", b"", ()))
+    with pytest.raises(PouwError, match="not committed"):
+        tracker.add_report(report)
+    c.next(transactions=[commit_tx(c.state, job_id(job))])
+    for _ in range(COMMITTEE_DELAY):
+        with pytest.raises(PouwError, match="not final here yet"):
+            tracker.add_report(report)
+        c.next()
+    tracked, new = tracker.add_report(report)
+    seed = c.state.commitments[job_id(job)] + COMMITTEE_DELAY
+    expected = committee_for(
+        job,
+        a,
+        c.state.validator_snapshot_at(seed),
+        c.state.beacon_at(seed),
+        rules=c.state.params.committee_rules(),
+    )
+    assert new and tracked.committee == expected

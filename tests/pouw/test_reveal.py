@@ -105,12 +105,12 @@ def test_the_collector_holds_a_reveal_until_a_block_shows_its_commitment():
     assert copier in collector.held() and copier not in collector.counted()
     assert copier not in {v.signer for v in outcome.verdicts}
     lookup = lambda rid, k: on_chain.get((rid, k))  # noqa: E731
-    validate_certificate(outcome, W.stakes, W.finalized_hash, committed=lookup)
+    validate_certificate(outcome, W.stakes, W.beacon, committed=lookup)
     with pytest.raises(PouwError, match="carried in time"):
         validate_certificate(
             Certificate(job, a, r, tuple(sorted(votes.values(), key=lambda v: v.signer))),
             W.stakes,
-            W.finalized_hash,
+            W.beacon,
             committed=lookup,
         )
     honest = next(k for k in members if k != copier)

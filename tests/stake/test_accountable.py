@@ -16,6 +16,7 @@ from aipg.pouw import (
     Certificate,
     VerdictReason,
     committee_for,
+    job_id,
     make_commit,
     make_verdict,
     receipt_id,
@@ -33,9 +34,10 @@ from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import (
     AIPG,
     CHAIN,
+    GATEWAY,
     TEST_PARAMS,
     TestChain,
-    ident,
+    commit_job,
     make_certificate,
     make_fraud,
     make_review,
@@ -225,22 +227,25 @@ def _latent(i: int) -> bytes:
 
 
 def _diffusion_work(c: TestChain, worker, steps: int = 4):
-    gateway = ident(500)
     job = signed_job(
-        gateway,
+        GATEWAY,
         model_id=b"d" * 32,
         llm=None,
         diffusion=DiffusionParams(steps=steps, width=64, height=64),
         created_ms=c.state.time_ms,
         deadline_ms=c.state.time_ms + 60_000,
     )
+    seed = commit_job(c, GATEWAY, job_id(job))  # D56: drawn two blocks after its commitment
     height = max(COMMITTEE_LOOKAHEAD, c.state.height)
-    a = signed_assignment(gateway, job, worker, height=height, assigned_ms=job.created_ms)
+    a = signed_assignment(GATEWAY, job, worker, height=height, assigned_ms=job.created_ms)
     digests = tuple(raw_latent_digest(SHAPE, _latent(i)) for i in range(steps + 1))
     r = signed_receipt(worker, job, a, commitment=chain_head(digests))
-    snapshot = c.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
-        job, a, snapshot, c.state.block_hash_at, size=c.state.params.committee_size
+        job,
+        a,
+        c.state.validator_snapshot_at(seed),
+        c.state.beacon_at(seed),
+        rules=c.state.params.committee_rules(),
     )
     return job, a, r, digests, committee
 
