@@ -14,6 +14,12 @@ Prints one JSON object as its last line:
   ``cryptography`` verifies on this machine, same run) and ``certs_block_verifies`` (the
   signatures such a block holds) give the reference: ``signature_share`` is the part of
   the block time that is bare signature checking.
+- ``reveal_*``: commit, then reveal (mainnet's ``verdict_commit_blocks``): the block
+  carrying the same certificates' verdict commitments (``reveal_commit_block_s``,
+  serial, cold; ``reveal_commit_bytes``), and the certificate block once they are on
+  chain, as a ratio to the same certificates without commit-reveal
+  (``reveal_cert_block_over_plain``; ``reveal_total_over_plain`` adds the commitment
+  block).
 - ``sync_blocks_per_s``: a fresh store syncing empty blocks with commit certificates of
   7 validators from a peer's store through the sync protocol (target >= 500), in one
   process; ``sync_blocks_per_s_parallel_verify`` checks each batch's signatures on a
@@ -43,7 +49,7 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aipg.pouw import Certificate
+from aipg.pouw import Certificate, make_commit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import MAINNET_PARAMS
@@ -55,14 +61,16 @@ from aipg.testing.chainkit import TestChain, commit_jobs, ident, make_job, work_
 from aipg.wire import decode, encode
 from aipg.wire.keys import forget_verified
 
-# Mainnet's epochs and periods (no validator-set change while measuring), 1 s blocks.
-BENCH_PARAMS = MAINNET_PARAMS.replace(target_block_time_ms=1_000)
+# Mainnet's epochs and periods (no validator-set change while measuring), 1 s blocks;
+# verdicts counted as they come (the commit-reveal figures use REVEAL_PARAMS).
+BENCH_PARAMS = MAINNET_PARAMS.replace(target_block_time_ms=1_000, verdict_commit_blocks=0)
+REVEAL_PARAMS = MAINNET_PARAMS.replace(target_block_time_ms=1_000)
 
 
-def bench_chain(n_blocks: int) -> TestChain:
+def bench_chain(n_blocks: int, params=BENCH_PARAMS) -> TestChain:
     """7 validators and one user (the client of the certificates' jobs), then ``n_blocks``
     empty blocks, each committed by every validator."""
-    chain = TestChain(n_validators=7, n_users=1, params=BENCH_PARAMS)
+    chain = TestChain(n_validators=7, n_users=1, params=params)
     for _ in range(n_blocks):
         chain.next()
     return chain
@@ -127,6 +135,55 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
         "ed25519_verify_us": round(verify_us, 1),
         "certs_block_verifies": verifies,
         "signature_share": round(verifies * verify_us / 1e6 / block_s, 3),
+    }
+
+
+def _certificates(chain: TestChain, n: int) -> list[Certificate]:
+    """``n`` certificates of jobs committed in one block (their committees drawn 2 later)."""
+    workers = [ident(1000 + i) for i in range(50)]
+    jobs = [make_job(chain, nonce=i) for i in range(n)]
+    commit_jobs(chain, jobs)
+    return [
+        Certificate(*work_on(chain.state, chain.keys, job, workers[i % len(workers)]))
+        for i, job in enumerate(jobs)
+    ]
+
+
+# --- commit, then reveal ------------------------------------------------------------------
+
+
+def bench_commit_reveal(n_certs: int, rounds: int) -> dict:
+    """What commit-reveal costs a block, serial and cold: the block carrying the
+    certificates' 5 * ``n_certs`` verdict commitments, and the certificate block once
+    they are on chain, against the same certificates without commit-reveal (ratios in
+    the same run, medians)."""
+    plain_chain, chain = bench_chain(3), bench_chain(3, REVEAL_PARAMS)
+    plain, certs = _certificates(plain_chain, n_certs), _certificates(chain, n_certs)
+    commits = [make_commit(chain.keys[v.signer], v) for c in certs for v in c.verdicts]
+    commit_data = encode(chain.build(verdict_commits=commits))
+    plain_data = encode(plain_chain.build(certificates=plain))
+    before = chain.state
+    chain.commit(decode(commit_data, Block))
+    cert_data = encode(chain.build(certificates=certs))
+    t_commit, t_cert, t_plain = [], [], []
+    for _ in range(rounds):
+        for times, state, data in (
+            (t_commit, before, commit_data),
+            (t_cert, chain.state, cert_data),
+            (t_plain, plain_chain.state, plain_data),
+        ):
+            forget_verified()
+            t0 = time.perf_counter()
+            apply_block(state, decode(data, Block))
+            times.append(time.perf_counter() - t0)
+    plain_s, cert_s = statistics.median(t_plain), statistics.median(t_cert)
+    commit_s = statistics.median(t_commit)
+    return {
+        "reveal_commits_per_block": len(commits),
+        "reveal_commit_block_s": round(commit_s, 4),
+        "reveal_commit_bytes": len(commit_data),
+        "reveal_cert_block_over_plain": round(cert_s / plain_s, 3),
+        "reveal_total_over_plain": round((commit_s + cert_s) / plain_s, 3),
     }
 
 
@@ -242,6 +299,7 @@ def main() -> None:
     args = ap.parse_args()
     out = {}
     out.update(bench_certificates(args.certs, args.rounds))
+    out.update(bench_commit_reveal(args.certs, args.rounds))
     out.update(bench_sync(args.sync_blocks, args.rounds))
     out.update(bench_consensus(args.validators, args.heights, args.rounds))
     out.update(bench_beacon(args.rounds))

@@ -118,6 +118,16 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="validator: vote every receipt invalid without checking",
     )
+    test.add_argument(
+        "--fault-copy-verdicts",
+        action="store_true",
+        help="validator: reveal other members' votes as its own, without committing",
+    )
+    test.add_argument(
+        "--fault-withhold-latents",
+        action="store_true",
+        help="worker: serve nobody its latents (it still answers challenges on chain)",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -213,6 +223,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         double_receipt=args.fault_double_receipt,
         flip_verdicts=args.fault_flip_verdicts,
         accuse=args.fault_accuse,
+        copy_verdicts=args.fault_copy_verdicts,
+        withhold_latents=args.fault_withhold_latents,
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

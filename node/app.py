@@ -36,15 +36,16 @@ from aipg.gossip import (
     WebsocketTransport,
 )
 from aipg.models import ModelError, check_announcement, model_id_text
-from aipg.pouw import Job, PouwError, Verdict
+from aipg.pouw import Job, PouwError, Verdict, VerdictCommit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.genesis import Genesis
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
-from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, format_amount
+from aipg.wire import Identity, Multiaddr, PeerId, WireError, decode, encode, format_amount
 
 from .apikeys import ApiKeyStore
 from .config import NodeConfig
@@ -149,6 +150,7 @@ class Node:
         """Run every service until cancelled; ``started()`` once the node serves."""
         log.info("node %s starting (chain %s)", self.identity.peer_id, self.genesis.chain_id)
         async with trio.open_nursery() as nursery:
+            self._roles_nursery = nursery
             await self._start_host(nursery)
             await self._start_chain(nursery)
             await self._start_models(nursery)
@@ -212,6 +214,8 @@ class Node:
                 cheat_tokens=self.faults.cheat_tokens,
                 swap_weights=self.faults.swap_weights,
                 double_receipt=self.faults.double_receipt,
+                withhold_latents=self.faults.withhold_latents,
+                on_answer=self._answer_challenge,
                 misstream=self.faults.misstream,
                 refuse_jobs=self.faults.refuse_jobs,
             )
@@ -229,6 +233,8 @@ class Node:
                 random_votes=self.faults.random_votes,
                 flip_verdicts=self.faults.flip_verdicts,
                 accuse=self.faults.accuse,
+                copy_verdicts=self.faults.copy_verdicts,
+                wait_for_block=self.chain.wait_for_block,
             )
             await nursery.start(self.verifier.run)
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
@@ -331,7 +337,20 @@ class Node:
         await self.intake.on_report(decode(m.data, WorkReport))
 
     async def _on_verdict(self, m: Delivered) -> None:
-        await self.intake.on_verdict(decode(m.data, Verdict))
+        msg = decode(m.data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
+        if isinstance(msg, VerdictCommit):
+            self.intake.on_commit(msg)
+        elif isinstance(msg, WithholdingChallenge):
+            self.tracker.add_challenge(msg)
+        elif isinstance(msg, ChallengeAnswer):
+            self.tracker.add_answer(msg)
+        else:
+            await self.intake.on_verdict(msg)
+
+    def _answer_challenge(self, answer: ChallengeAnswer) -> None:
+        """Our worker answered a withholding challenge: offer it for blocks, gossip it."""
+        self.tracker.add_answer(answer)
+        self._roles_nursery.start_soon(self.host.publish, topic("verdicts"), encode(answer))
 
     async def _on_model(self, m: Delivered) -> None:
         self.models.on_announcement(check_announcement(m.data), m.author)

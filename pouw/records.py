@@ -65,6 +65,7 @@ __all__ = [
     "Result",
     "Tier",
     "Verdict",
+    "VerdictCommit",
     "VerdictReason",
     "assignment_id",
     "hash_tagged",
@@ -286,7 +287,10 @@ class Verdict(Record):
     - ``check_hash`` = sha256 over the member's key, the receipt id and the data it
       recomputed (quantized top-k logits, or the re-run latents);
     - ``max_error_micro``: the largest deviation it measured (logit units x 10^6, or
-      latent units x 10^6), kept for calibrating tolerances across the network.
+      latent units x 10^6), kept for calibrating tolerances across the network;
+    - ``salt``: what hides the vote in the member's earlier :class:`VerdictCommit`
+      (commit, then reveal: :mod:`aipg.pouw.reveal`); derived from the member's key, so
+      nobody else can compute it and a restarted member can still reveal.
     """
 
     receipt_id: Hash32
@@ -297,6 +301,20 @@ class Verdict(Record):
     challenge: SignatureBytes
     check_hash: Hash32
     max_error_micro: U32
+    salt: Hash32 = bytes(32)
+    signer: PublicKeyBytes = NO_SIGNER
+    signature: SignatureBytes = NO_SIGNATURE
+
+
+@record(tag=315)
+class VerdictCommit(Record):
+    """A committee member's commitment to its verdict on one receipt, signed by the
+    member: ``commitment`` = :func:`aipg.pouw.reveal.verdict_commitment` of the verdict
+    it will reveal. Blocks carry commitments; a revealed verdict counts only when its
+    commitment was in a block before the receipt's commit phase closed."""
+
+    receipt_id: Hash32
+    commitment: Hash32
     signer: PublicKeyBytes = NO_SIGNER
     signature: SignatureBytes = NO_SIGNATURE
 

@@ -49,6 +49,7 @@ from .records import (
     params_hash,
     receipt_id,
 )
+from .reveal import CommitLookup, check_reveal
 from .work import work_units
 
 __all__ = [
@@ -276,11 +277,14 @@ def _tally_verdicts(
     committee: Committee,
     validators: Mapping[bytes, int],
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
 ) -> Tally:
     votes: dict[bytes, bool | None] = {}
     for i, verdict in enumerate(verdicts):
         try:
             validate_verdict(verdict, receipt, check_challenge=check_challenges)
+            if committed is not None:
+                check_reveal(verdict, committed)
         except PouwError as e:
             raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
         _require(verdict.signer in committee, f"verdicts[{i}].signer", "not a committee member")
@@ -305,6 +309,7 @@ def _validate_work(
     beacon: bytes,
     size: int,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
     rules: CommitteeRules | None = None,
 ) -> Tally:
     validate_job(job)
@@ -312,7 +317,7 @@ def _validate_work(
     validate_receipt(receipt, job, assignment)
     committee = committee_for(job, assignment, validators, beacon, size=size, rules=rules)
     _require(bool(committee.candidates), "committee", "no eligible validator has stake")
-    return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
+    return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges, committed)
 
 
 def validate_certificate(
@@ -322,6 +327,7 @@ def validate_certificate(
     *,
     committee_size: int = COMMITTEE_SIZE,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
     rules: CommitteeRules | None = None,
 ) -> None:
     """Check a certificate without running any model.
@@ -337,6 +343,9 @@ def validate_certificate(
     A block does that: challenges are checked when verdicts are collected from gossip
     (:class:`VoteCollector`), and at block time a challenge authorizes nothing that the
     verdict's own (checked) signature does not, while it is a third of the signatures.
+
+    ``committed`` (commit, then reveal): every vote must match a commitment a block
+    carried in time (:func:`aipg.pouw.reveal.check_reveal`).
     """
     t = _validate_work(
         cert.job,
@@ -347,6 +356,7 @@ def validate_certificate(
         beacon,
         committee_size,
         check_challenges,
+        committed,
         rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
@@ -470,6 +480,7 @@ def validate_fraud_evidence(
     *,
     committee_size: int = COMMITTEE_SIZE,
     check_challenges: bool = True,
+    committed: CommitLookup | None = None,
     rules: CommitteeRules | None = None,
 ) -> None:
     """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
@@ -484,6 +495,7 @@ def validate_fraud_evidence(
         beacon,
         committee_size,
         check_challenges,
+        committed,
         rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")

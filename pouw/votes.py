@@ -24,6 +24,7 @@ from .records import (
     VerdictReason,
     receipt_id,
 )
+from .reveal import CommitLookup, check_reveal, verdict_salt
 from .validate import abstains, check_hash, make_challenge, validate_verdict
 
 __all__ = ["VoteCollector", "make_verdict"]
@@ -57,6 +58,7 @@ def make_verdict(
         challenge=make_challenge(identity, rid),
         check_hash=check_hash(identity.public_bytes, rid, recomputed),
         max_error_micro=micro,
+        salt=verdict_salt(identity, rid),
     )
     return sign(verdict, identity)
 
@@ -69,6 +71,11 @@ class VoteCollector:
     decided (and keeps returning it), else None; it raises PouwError for a verdict that
     must be dropped (bad signature, not a candidate, about another receipt, a changed
     vote). An abstention seats the next reserve; a reserve's vote counts once seated.
+
+    With ``committed`` (commit, then reveal: :mod:`.reveal`), a revealed vote counts
+    only once a block carried its commitment in time: until then it is held
+    (:meth:`recheck` looks again after each block), and one that contradicts its
+    commitment is dropped.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class VoteCollector:
         receipt: Receipt,
         committee: Committee,
         validators: Mapping[bytes, int],
+        committed: CommitLookup | None = None,
     ):
         self.job = job
         self.assignment = assignment
@@ -85,20 +93,56 @@ class VoteCollector:
         self.committee = committee
         self._stakes = {k: validators[k] for k in committee.candidates}
         self._verdicts: dict[bytes, Verdict] = {}
+        self._committed = committed
+        self._held: dict[bytes, Verdict] = {}  # reveals whose commitment no block has shown
         self.outcome: Certificate | FraudEvidence | None = None
 
     def add(self, verdict: Verdict) -> Certificate | FraudEvidence | None:
         validate_verdict(verdict, self.receipt)
         if verdict.signer not in self._stakes:
             raise PouwError("verdict.signer", "not a candidate of this receipt's committee")
-        if verdict.signer in self._verdicts:
-            if self._verdicts[verdict.signer] != verdict:
+        first = self._verdicts.get(verdict.signer) or self._held.get(verdict.signer)
+        if first is not None:
+            if first != verdict:
                 raise PouwError("verdict.signer", "member already voted differently")
             return self.outcome
+        if self._committed is not None:
+            try:
+                check_reveal(verdict, self._committed)
+            except PouwError as e:
+                if "does not match" in e.reason:
+                    raise
+                self._held[verdict.signer] = verdict  # its commitment may be in a later block
+                return self.outcome
         self._verdicts[verdict.signer] = verdict
         if self.outcome is None:
             self.outcome = self._decide()
         return self.outcome
+
+    def recheck(self) -> Certificate | FraudEvidence | None:
+        """Count the held reveals whose commitment a block has now carried in time."""
+        if self._committed is None:
+            return self.outcome
+        for signer, verdict in list(self._held.items()):
+            try:
+                check_reveal(verdict, self._committed)
+            except PouwError as e:
+                if "does not match" in e.reason:
+                    del self._held[signer]
+                continue
+            del self._held[signer]
+            self._verdicts[signer] = verdict
+        if self.outcome is None:
+            self.outcome = self._decide()
+        return self.outcome
+
+    def counted(self) -> dict[bytes, Verdict]:
+        """The verdicts that count (revealed with their commitment, or abstentions)."""
+        return dict(self._verdicts)
+
+    def held(self) -> dict[bytes, Verdict]:
+        """Reveals waiting for a block to show their commitment."""
+        return dict(self._held)
 
     def seated(self) -> tuple[bytes, ...]:
         """Who votes now: the first seats of the draw, less those who abstained."""

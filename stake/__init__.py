@@ -15,7 +15,10 @@ sync to gossip). Entry points:
   Algorithm 1), :class:`ConsensusDriver` (its trio shell), :class:`SqliteSignRecord`;
 - storage and sync: :class:`Chain` (``finalize``, ``validator_set_at``,
   ``block_hash_at``), :class:`ChainStore`, :class:`SyncServer`, :func:`sync_from`,
-  :data:`SYNC_PROTOCOL`.
+  :data:`SYNC_PROTOCOL`;
+- accountable validators: :mod:`.reveal` (verdict commitments on chain, the commit
+  phase), :mod:`.verdict_rewards` (the verdict pool), :mod:`.challenge`
+  (:class:`~.challenge.WithholdingChallenge`, :class:`~.challenge.ChallengeAnswer`).
 """
 
 from .block import (

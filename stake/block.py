@@ -16,6 +16,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    VerdictCommit,
 )
 from aipg.wire import (
     I64,
@@ -35,12 +36,14 @@ from aipg.wire import (
     sha256,
 )
 
+from .challenge import ChallengeAnswer, WithholdingChallenge
 from .tx import Transaction
 from .types import NIL_HASH
 
 MAX_BLOCK_TXS = 10_000
 MAX_BLOCK_CERTIFICATES = 5_000
 MAX_BLOCK_EVIDENCE = 100
+MAX_BLOCK_VERDICT_COMMITS = 20_000  # a few per certificate: a full block's committees
 MAX_VALIDATORS = 1_000
 MAX_BLOCK_BYTES = 32 << 20
 
@@ -110,6 +113,9 @@ class BlockBody(Record):
         tuple[ConflictingVerdicts, ...], MaxLen(MAX_BLOCK_EVIDENCE)
     ] = ()
     reviews: Annotated[tuple[FraudReview, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    verdict_commits: Annotated[tuple[VerdictCommit, ...], MaxLen(MAX_BLOCK_VERDICT_COMMITS)] = ()
+    challenges: Annotated[tuple[WithholdingChallenge, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    answers: Annotated[tuple[ChallengeAnswer, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -10,12 +10,14 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    VerdictCommit,
 )
 from aipg.wire import Identity, sign
 
 from .beacon import NO_PROOF, beacon_proof
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
 from .block import body_hash as hash_body
+from .challenge import ChallengeAnswer, WithholdingChallenge
 from .state import State, state_hash
 from .tx import Transaction
 from .types import NIL_HASH
@@ -34,6 +36,9 @@ def make_block(
     equivocations: Sequence[EquivocationEvidence] = (),
     conflicting_verdicts: Sequence[ConflictingVerdicts] = (),
     reviews: Sequence[FraudReview] = (),
+    verdict_commits: Sequence[VerdictCommit] = (),
+    challenges: Sequence[WithholdingChallenge] = (),
+    answers: Sequence[ChallengeAnswer] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in. A proposer
     given as an Identity proves the beacon (D55); given as a key alone, the header
@@ -49,6 +54,9 @@ def make_block(
         equivocations=tuple(equivocations),
         conflicting_verdicts=tuple(conflicting_verdicts),
         reviews=tuple(reviews),
+        verdict_commits=tuple(verdict_commits),
+        challenges=tuple(challenges),
+        answers=tuple(answers),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

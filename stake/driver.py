@@ -22,12 +22,14 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    VerdictCommit,
 )
 from aipg.wire import Identity, WireError, decode, encode
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
 from .builder import make_block
 from .chain import Chain
+from .challenge import ChallengeAnswer, WithholdingChallenge
 from .consensus import Broadcast, Consensus, Decide, Evidence, ScheduleTimeout, Timeouts
 from .ledger import apply_block
 from .proposal import Candidates, prepare_block
@@ -55,6 +57,9 @@ class BlockContents:
     equivocations: Sequence[EquivocationEvidence] = ()
     conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
     reviews: Sequence[FraudReview] = ()
+    verdict_commits: Sequence[VerdictCommit] = ()
+    challenges: Sequence[WithholdingChallenge] = ()
+    answers: Sequence[ChallengeAnswer] = ()
 
 
 Contents = Callable[[State], BlockContents]
@@ -94,6 +99,9 @@ class ChainApp:
             equivocations=c.equivocations,
             conflicting_verdicts=c.conflicting_verdicts,
             reviews=c.reviews,
+            verdict_commits=c.verdict_commits,
+            challenges=c.challenges,
+            answers=c.answers,
         )
         builder = self.identity or self.me
         prepared = prepare_block(

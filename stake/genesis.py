@@ -90,6 +90,18 @@ class ChainParams(Record):
     # ``false_accusation_slash_bps`` of their bonds.
     review_period: Positive
     false_accusation_slash_bps: BpsField
+    # Commit, then reveal (pouw/reveal.py, stake/reveal.py): a receipt's commit phase
+    # closes this many blocks after the block carrying its first verdict commitment;
+    # only commitments carried by then count. 0 turns commit-reveal off (verdicts count
+    # as they arrive).
+    verdict_commit_blocks: Annotated[int, Range(0, 10_000)] = 0
+    # Withholding challenges (stake/challenge.py): a worker must answer a committee
+    # member's challenge within ``challenge_period`` blocks or lose
+    # ``withholding_slash_bps`` of its bond; the challenger deposits ``challenge_fee``,
+    # which goes to the worker when it answers.
+    challenge_period: Positive = 10
+    challenge_fee: UnitsField = 0
+    withholding_slash_bps: BpsField = 0
     # Committees (pouw/sizing.py, D57): no validator holds more than this share of a
     # committee draw's weight; with the quorum above it sizes ``committee_size``.
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
@@ -136,6 +148,12 @@ MAINNET_PARAMS = ChainParams(
     downtime_slash_bps=0,  # downtime is a fault, not an attack: jailing is the cost
     review_period=60,  # an hour: time for the review committee to re-check and vote
     false_accusation_slash_bps=5_000,  # accusing an honest worker costs what fraud does
+    # 5 minutes to check and commit after the first commitment: room for a member the
+    # worker did not serve to challenge it and re-check from the answer (3 + 2 blocks)
+    verdict_commit_blocks=5,
+    challenge_period=3,  # 3 minutes to put the asked-for latents in a block
+    challenge_fee=1 * UNITS_PER_AIPG,  # a challenge costs this when the worker answers
+    withholding_slash_bps=100,  # 1 % of the bond per unanswered challenge
     committee_weight_cap_bps=50,
 )
 
@@ -160,6 +178,11 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         signed_blocks_window=100,
         downtime_jail_period=20,
         review_period=20,
+        # Twenty seconds for the whole committee to check and commit, a withholding
+        # challenge's ten and its re-check included (small devnets reveal sooner: once
+        # every candidate has committed or abstained).
+        verdict_commit_blocks=max(5, -(-20_000 // block_time_ms)),
+        challenge_period=max(3, -(-10_000 // block_time_ms)),
     )
 
 
@@ -228,6 +251,11 @@ def check_genesis(genesis: Genesis) -> Genesis:
             "review_period must be at most escrow_period (the seed block and validator set "
             "of a review must still be kept) and below unbonding_period (no accused bond "
             "may leave before its review)"
+        )
+    if p.verdict_commit_blocks >= p.escrow_period:
+        raise GenesisError(
+            "verdict_commit_blocks must be below escrow_period (a certificate must still "
+            "be includable after its commit phase closes)"
         )
     if genesis.supply > p.max_supply:
         raise GenesisError(

@@ -19,21 +19,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aipg.pouw import COMMITTEE_DELAY, COMMITTEE_LOOKAHEAD
-from aipg.wire import Address, is_signed_by_signer
+from aipg.wire import is_signed_by_signer
 
 from .assign import snapshot_workers
 from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
+from .challenge import expire_challenges, process_answers, process_challenges
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
-from .review import expire_convictions, process_reviews
+from .reveal import process_verdict_commits, prune_commitments
+from .review import expire_convictions
 from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
 from .tx_apply import apply_transaction, check_transaction, process_transactions
-from .types import Height, LedgerError, bps_of
-from .useful_work import process_certificates, process_frauds
+from .types import Height, LedgerError
+from .useful_work import process_certificates, process_frauds, process_reviewed
 from .validators import ValidatorSet
+from .verdict_rewards import pay_validators
 
 __all__ = [
     "apply_block",
@@ -64,13 +67,17 @@ def apply_block(
     process_last_commit(s, block, verified_parent_commit)
     process_liveness(s, block)
     process_transactions(s, block)
+    process_verdict_commits(s, block.body.verdict_commits)
     work = process_certificates(s, block.body.certificates)
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)
     process_equivocations(s, block.body.equivocations)
     process_conflicting_verdicts(s, block.body.conflicting_verdicts)
-    process_reviews(s, block.body.reviews)
+    work.update(process_reviewed(s, block.body.reviews))
+    process_challenges(s, block.body.challenges)
+    process_answers(s, block.body.answers)
     expire_convictions(s)
+    expire_challenges(s)
     process_rewards(s, block, work)
     process_epoch(s)
     record_block(s, block)
@@ -206,7 +213,8 @@ def check_double_sign(s: State, ev: DoubleSignEvidence) -> bytes:
 def process_rewards(
     s: State, block: Block, work: dict[bytes, tuple[bytes, int]] | None = None
 ) -> None:
-    """Mint the block reward and split it: operations wallet, work pool, validators."""
+    """Mint the block reward and split it: operations wallet, work pool, and the
+    validators' part: the proposer's bonus and the verdict pool (:mod:`.verdict_rewards`)."""
     reward = s.emission.block_reward(s.height)
     s.minted += reward
     split = split_reward(s.params, reward)
@@ -230,19 +238,6 @@ def pay_work(s: State, work: dict[bytes, tuple[bytes, int]]) -> None:
         credit(s, worker, share)
         s.work_pool -= share
         s.paid[job] = s.paid.get(job, 0) + share
-
-
-def pay_validators(s: State, amount: int, proposer: bytes) -> None:
-    """The proposer's bonus, then the rest by voting power; rounding dust to the proposer."""
-    bonus = bps_of(amount, s.params.proposer_bonus_bps)
-    rest = amount - bonus
-    vset = s.validators
-    paid = 0
-    for v in vset.validators:
-        share = rest * v.power // vset.total_power
-        credit(s, Address.from_public_key(v.key).raw, share)
-        paid += share
-    credit(s, Address.from_public_key(proposer).raw, bonus + rest - paid)
 
 
 def process_epoch(s: State) -> None:
@@ -288,6 +283,7 @@ def prune_expired(s: State) -> None:
         s.put("epochs", key, None)
     for key in [k for k in s.worker_epochs if int.from_bytes(k, "big") < oldest]:
         s.put("worker_epochs", key, None)
+    prune_commitments(s)
 
 
 def check_supply(s: State) -> None:

@@ -25,6 +25,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    VerdictCommit,
     receipt_id,
 )
 from aipg.wire import Identity, encode
@@ -34,20 +35,27 @@ from .block import (
     MAX_BLOCK_CERTIFICATES,
     MAX_BLOCK_EVIDENCE,
     MAX_BLOCK_TXS,
+    MAX_BLOCK_VERDICT_COMMITS,
     Block,
     Commit,
     DoubleSignEvidence,
 )
 from .builder import make_block
+from .challenge import (
+    ChallengeAnswer,
+    WithholdingChallenge,
+    process_answers,
+    process_challenges,
+)
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
-from .review import process_reviews
+from .reveal import process_verdict_commits
 from .state import State
 from .tx import Transaction
 from .tx_apply import apply_transaction
 from .types import LedgerError
-from .useful_work import process_certificates, process_frauds
+from .useful_work import process_certificates, process_frauds, process_reviewed
 
 # Room left in a block's byte budget for its header, its parent's commit and framing.
 BLOCK_BYTES_RESERVED = 1 << 20
@@ -64,6 +72,9 @@ class Candidates:
     equivocations: Sequence[EquivocationEvidence] = ()
     conflicting_verdicts: Sequence[ConflictingVerdicts] = ()
     reviews: Sequence[FraudReview] = ()
+    verdict_commits: Sequence[VerdictCommit] = ()
+    challenges: Sequence[WithholdingChallenge] = ()
+    answers: Sequence[ChallengeAnswer] = ()
 
 
 @dataclass
@@ -135,6 +146,12 @@ def prepare_block(
 # its count limit, the ledger step that applies one item, and what makes two items one
 # (a job is paid or convicted once, a vote or a receipt punished once).
 EVIDENCE_STEPS = (
+    (
+        "verdict_commits",
+        MAX_BLOCK_VERDICT_COMMITS,
+        process_verdict_commits,
+        lambda c: (c.receipt_id, c.signer),
+    ),
     ("certificates", MAX_BLOCK_CERTIFICATES, process_certificates, lambda c: c.receipt.job_id),
     (
         "double_signs",
@@ -155,7 +172,14 @@ EVIDENCE_STEPS = (
         process_conflicting_verdicts,
         lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
     ),
-    ("reviews", MAX_BLOCK_EVIDENCE, process_reviews, lambda r: receipt_id(r.evidence.receipt)),
+    ("reviews", MAX_BLOCK_EVIDENCE, process_reviewed, lambda r: receipt_id(r.evidence.receipt)),
+    (
+        "challenges",
+        MAX_BLOCK_EVIDENCE,
+        process_challenges,
+        lambda c: (receipt_id(c.receipt), c.signer),
+    ),
+    ("answers", MAX_BLOCK_EVIDENCE, process_answers, lambda a: (a.receipt_id, a.challenger)),
 )
 
 

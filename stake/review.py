@@ -9,11 +9,15 @@ whose verdicts the evidence holds, re-checks the receipt:
 - two thirds of its seated stake invalid **uphold** the conviction: the worker is
   slashed ``fraud_slash_bps``, its paid client refunded with ``fraud_refund_bps`` of it;
 - two thirds valid **overturn** it: every accuser (an invalid verdict in the evidence)
-  is slashed ``false_accusation_slash_bps``, and the worker keeps its bond;
+  is slashed ``false_accusation_slash_bps``, the worker keeps its bond, and the job is
+  paid as if certified in that block (its work-pool share, and a paid job's fee from
+  its escrow: :func:`aipg.stake.useful_work.process_reviewed`);
 - no decision within ``review_period`` blocks: the conviction expires and nobody is
   slashed (an undecided review convicts no one).
 
-A paid client's escrow comes back when the conviction opens: the job was not certified.
+A paid job's escrow stays locked while its conviction is open: it returns to the
+client when the conviction is upheld or expires, and pays the worker when it is
+overturned.
 """
 
 from __future__ import annotations
@@ -34,12 +38,19 @@ from aipg.wire.codec import record_digest
 from .money import credit, slash
 from .state import Conviction, State, escrow_key
 from .types import LedgerError, bps_of
+from .verdict_rewards import agree
 
 
 def open_conviction(s: State, ev: FraudEvidence) -> None:
-    """Block ``s.height`` carried ``ev``: record it for review, and return a paid job's
-    escrow to its client (the job was not certified)."""
-    s.put("convictions", receipt_id(ev.receipt), Conviction(record_digest(ev), s.height))
+    """Block ``s.height`` carried ``ev``: record it for review (a paid job's escrow
+    stays locked until the review decides)."""
+    key = escrow_key(ev.receipt.job_id, ev.job.client) if ev.job.tier == Tier.PAID else b""
+    s.put("convictions", receipt_id(ev.receipt), Conviction(record_digest(ev), s.height, key))
+
+
+def return_escrow(s: State, ev: FraudEvidence) -> None:
+    """A paid job that will not be paid: its client's escrow returns (when still there;
+    the client may have reclaimed it)."""
     key = escrow_key(ev.receipt.job_id, ev.job.client)
     escrow = s.escrows.get(key) if ev.job.tier == Tier.PAID else None
     if escrow is not None:
@@ -47,8 +58,10 @@ def open_conviction(s: State, ev: FraudEvidence) -> None:
         credit(s, escrow.payer, escrow.amount)
 
 
-def process_reviews(s: State, reviews: Iterable[FraudReview]) -> None:
-    """Decide each reviewed conviction (see the module docstring)."""
+def process_reviews(s: State, reviews: Iterable[FraudReview]) -> list[FraudEvidence]:
+    """Decide each reviewed conviction (see the module docstring); returns the evidence
+    of the convictions overturned, whose jobs the caller pays."""
+    overturned = []
     for i, review in enumerate(reviews):
         try:
             upheld = check_review(s, review)
@@ -58,8 +71,12 @@ def process_reviews(s: State, reviews: Iterable[FraudReview]) -> None:
         s.put("convictions", receipt_id(ev.receipt), None)
         if upheld:
             convict(s, ev)
+            return_escrow(s, ev)
+            agree(s, ev.verdicts, False, ev.receipt.work_units)
         else:
             exonerate(s, ev)
+            overturned.append(ev)
+    return overturned
 
 
 def check_review(s: State, review: FraudReview) -> bool:
@@ -91,6 +108,10 @@ def expire_convictions(s: State) -> None:
     for rid, row in list(s.convictions.items()):
         if s.height - row.height > s.params.review_period:
             s.put("convictions", rid, None)
+            escrow = s.escrows.get(row.escrow) if row.escrow else None
+            if escrow is not None:  # undecided: the job is not paid, its client is repaid
+                s.put("escrows", row.escrow, None)
+                credit(s, escrow.payer, escrow.amount)
 
 
 def convict(s: State, ev: FraudEvidence) -> None:

@@ -46,6 +46,7 @@ def block_signatures(block: Block) -> list[Triple]:
         out += _work_signatures(work)
     for ev in body.double_signs:
         out += [_signed(ev.vote_a), _signed(ev.vote_b)]
+    out += [_signed(c) for c in body.verdict_commits]
     return out
 
 

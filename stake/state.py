@@ -71,6 +71,26 @@ class Conviction(NamedTuple):
 
     evidence_digest: bytes  # record digest of the FraudEvidence
     height: int  # the block that carried it (its hash seeds the review)
+    escrow: bytes = b""  # a paid job's escrow row, locked until the review decides
+
+
+class CommitRow(NamedTuple):
+    """A verdict commitment a block carried (:mod:`.reveal`)."""
+
+    commitment: bytes
+    height: int
+
+
+class Challenge(NamedTuple):
+    """A committee member's withholding challenge, open until the worker answers or
+    ``deadline`` passes (:mod:`.challenge`)."""
+
+    worker: bytes  # the receipt's signer: answers, or is slashed
+    challenger: bytes  # key; its account deposited ``fee``
+    commitment: bytes  # the receipt's latent hash-chain head
+    steps_digest: bytes  # hash of the asked-for latent indices
+    fee: int  # held here until the challenge closes
+    deadline: int  # the last height whose block may carry the answer
 
 
 class Registration(NamedTuple):
@@ -98,6 +118,9 @@ EMPTY_BOND = Bond(0, 0)
 # The last two keep only what a certificate young enough to be included can refer to.
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
+# verdict_commits: receipt id + member key → CommitRow; commit_windows: receipt id → the
+# height of the block that carried its first commitment (its commit phase opened);
+# challenges: receipt id + challenger key → Challenge (open withholding challenges).
 # beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
 # commitments: job id → the height of the block that committed it (D56), for
 # ``escrow_period`` blocks.
@@ -120,6 +143,9 @@ TABLES = (
     "workers",
     "capacity",
     "worker_epochs",
+    "verdict_commits",
+    "commit_windows",
+    "challenges",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -129,6 +155,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "convictions": Conviction,
     "workers": Registration,
     "capacity": Capacity,
+    "verdict_commits": CommitRow,
+    "challenges": Challenge,
 }
 
 
@@ -159,11 +187,20 @@ class State:
     capacity: dict[bytes, Capacity] = dataclasses.field(default_factory=dict)
     worker_epochs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
     beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
+    verdict_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
+    commit_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    challenges: dict[bytes, Challenge] = dataclasses.field(default_factory=dict)
+    # The validators' part of rewards not yet paid to verdicts agreeing with an outcome
+    # (blocks without certified work carry it forward, as the work pool).
+    verdict_pool: int = 0
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
     # hashed nor stored: it describes the last block, not the ledger.
     paid: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    # The verdicts this block found agreeing with an outcome, as (member key, work units
+    # it checked): what the verdict pool pays (:mod:`.verdict_rewards`). Transient too.
+    agreed: list[tuple[bytes, int]] = dataclasses.field(default_factory=list)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -203,7 +240,7 @@ class State:
     def copy(self) -> State:
         """A copy to apply the next block to; its ``dirty`` sets start empty."""
         tables = {t: dict(getattr(self, t)) for t in TABLES}
-        return dataclasses.replace(self, **tables, dirty=_no_dirt(), paid={})
+        return dataclasses.replace(self, **tables, dirty=_no_dirt(), paid={}, agreed=[])
 
     # --- views ----------------------------------------------------------------------------
 
@@ -237,13 +274,15 @@ class State:
         return sum(amount for _, amount in self.unbonding.get(key, ()))
 
     def total_holdings(self) -> int:
-        """Balances + bonds + unbonding + escrows + the work pool."""
+        """Balances + bonds + unbonding + escrows + challenge deposits + both pools."""
         return (
             sum(a.balance for a in self.accounts.values())
             + sum(b.stake for b in self.bonds.values())
             + sum(amount for q in self.unbonding.values() for _, amount in q)
             + sum(e.amount for e in self.escrows.values())
+            + sum(c.fee for c in self.challenges.values())
             + self.work_pool
+            + self.verdict_pool
         )
 
     def expected_supply(self) -> int:
@@ -310,6 +349,7 @@ class State:
                 self.validators.encode(),
                 self.last_validators.encode(),
                 self.beacon,
+                self.verdict_pool,
             ],
             use_bin_type=True,
         )
@@ -319,7 +359,9 @@ class State:
         cls, genesis: Genesis, scalars: bytes, rows: dict[str, dict[bytes, Any]]
     ) -> State:
         """Rebuild a state from :meth:`scalars` and decoded table rows (the chain store)."""
-        h, t, last, pool, minted, burned, vs, lvs, beacon = msgpack.unpackb(scalars, raw=False)
+        h, t, last, pool, minted, burned, vs, lvs, beacon, *rest = msgpack.unpackb(
+            scalars, raw=False
+        )
         tables = {}
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
@@ -342,6 +384,7 @@ class State:
             burned,
             **tables,
             beacon=beacon,
+            verdict_pool=rest[0] if rest else 0,
         )
 
 

@@ -18,10 +18,12 @@ from aipg.pouw import (
     COMMITTEE_DELAY,
     Certificate,
     FraudEvidence,
+    FraudReview,
     Job,
     PouwError,
     Receipt,
     Tier,
+    receipt_id,
     validate_certificate,
     validate_fraud_evidence,
 )
@@ -29,9 +31,11 @@ from aipg.wire import Address
 
 from .assign import record_capacity
 from .money import credit
-from .review import open_conviction
+from .reveal import commitments, forget_counted
+from .review import open_conviction, process_reviews
 from .state import Escrow, State, escrow_key
 from .types import LedgerError
+from .verdict_rewards import agree
 
 
 def process_certificates(
@@ -52,20 +56,29 @@ def process_certificates(
             escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
-        s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
-        worker = Address.from_public_key(cert.receipt.signer).raw
-        if escrow is not None:
-            charged = fee_charged(cert.job, cert.receipt)
-            s.put("escrows", escrow_key(job, escrow.payer), None)
-            credit(s, worker, charged)
-            credit(s, escrow.payer, escrow.amount - charged)
-            s.paid[job] = charged
-        work[job] = (worker, cert.receipt.work_units)
+        work[job] = settle_job(s, cert.job, cert.receipt, escrow)
+        agree(s, cert.verdicts, True, cert.receipt.work_units)
+        forget_counted(s, receipt_id(cert.receipt), cert.verdicts)
         delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + (
             cert.receipt.work_units
         )
     record_capacity(s, delivered)  # measured capacity (D58)
     return work
+
+
+def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None) -> tuple[bytes, int]:
+    """Mark the job certified and pay a paid job's fee for its output from ``escrow``
+    (the rest back to the payer); returns (worker account, work units) for the pool."""
+    jid = receipt.job_id
+    s.put("certified", jid, certification_deadline(s, job.deadline_ms))
+    worker = Address.from_public_key(receipt.signer).raw
+    if escrow is not None:
+        charged = fee_charged(job, receipt)
+        s.put("escrows", escrow_key(jid, escrow.payer), None)
+        credit(s, worker, charged)
+        credit(s, escrow.payer, escrow.amount - charged)
+        s.paid[jid] = charged
+    return worker, receipt.work_units
 
 
 def job_escrow(s: State, job: Job, jid: bytes) -> Escrow:
@@ -132,13 +145,12 @@ def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate)
         if snapshot is None or beacon is None:
             raise LedgerError(f"no validator set or beacon is kept for height {seed_height}")
         snapshots[epoch] = snapshot
-    if beacon is None:
-        raise LedgerError(f"no beacon is kept for height {seed_height}")
     validate(
         cert,
         snapshot,
         beacon,
         committee_size=s.params.committee_size,
+        committed=commitments(s),
         rules=s.params.committee_rules(),
     )
 
@@ -155,6 +167,21 @@ def certification_deadline(s: State, job_deadline_ms: int) -> int:
     return job_deadline_ms + s.params.escrow_period * s.params.target_block_time_ms
 
 
+def process_reviewed(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, tuple[bytes, int]]:
+    """Decide each review (:func:`.review.process_reviews`) and pay the jobs of the
+    convictions overturned as if certified now: a paid job's fee from its escrow (when
+    its client has not reclaimed it), and their work units for the work pool. A job
+    that another receipt already got certified is not paid twice."""
+    work: dict[bytes, tuple[bytes, int]] = {}
+    for ev in process_reviews(s, reviews):
+        jid = ev.receipt.job_id
+        if jid in s.certified:
+            continue
+        escrow = s.escrows.get(escrow_key(jid, ev.job.client)) if ev.job.tier == Tier.PAID else None
+        work[jid] = settle_job(s, ev.job, ev.receipt, escrow)
+    return work
+
+
 def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
     """Open a conviction for each piece of fraud evidence: nobody is slashed until a
     review decides it (:mod:`.review`); a paid job's escrow returns to its client."""
@@ -169,3 +196,4 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
             raise LedgerError(f"fraud evidence {i}: this fraud was already punished")
         s.put("punished", key, s.height)
         open_conviction(s, ev)
+        forget_counted(s, receipt_id(ev.receipt), ev.verdicts)

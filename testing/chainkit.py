@@ -17,6 +17,7 @@ from aipg.pouw import (
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
+from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
 from aipg.wire import UNITS_PER_AIPG, Identity
@@ -32,6 +33,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     jail_period=3,
     target_block_time_ms=1_000,
     review_period=3,
+    verdict_commit_blocks=0,  # verdicts count as they come (tests of commit-reveal set it)
     committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
 )
 
@@ -261,3 +263,50 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
         signed_verdict(chain.keys[k], receipt, not upheld) for k in sorted(committee.members)
     )
     return FraudReview(evidence, verdicts)
+
+
+class TrackerChain:
+    """What a node's work tracker reads of a chain (``aipg.node.services.work.ChainView``),
+    over a :class:`TestChain`'s current state."""
+
+    def __init__(self, chain: TestChain):
+        self.c = chain
+
+    @property
+    def committee_size(self) -> int:
+        return self.c.state.params.committee_size
+
+    def validator_snapshot_at(self, height: int):
+        return self.c.state.validator_snapshot_at(height)
+
+    def finalized_hash(self, height: int):
+        return self.c.state.block_hash_at(height)
+
+    @property
+    def height(self) -> int:
+        return self.c.state.height
+
+    @property
+    def commit_reveal(self) -> bool:
+        return self.c.state.params.verdict_commit_blocks > 0
+
+    def committed(self, receipt_id: bytes, member: bytes):
+        lookup = commitments(self.c.state)
+        return None if lookup is None else lookup(receipt_id, member)
+
+    def commit_closes(self, receipt_id: bytes):
+        return commit_closes(self.c.state, receipt_id)
+
+    @property
+    def challenge_period(self) -> int:
+        return self.c.state.params.challenge_period
+
+    @property
+    def committee_rules(self):
+        return self.c.state.params.committee_rules()
+
+    def beacon_at(self, height: int):
+        return self.c.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes):
+        return self.c.state.commitments.get(job_id)

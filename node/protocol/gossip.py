@@ -14,7 +14,11 @@ forwarded that this node could have found false:
 - a vote or proposal at the height being decided must come from a current validator;
 - a verdict on a receipt this node tracks must come from a candidate of its committee
   (or, once fraud is decided, from a validator that may review it); one on a receipt
-  not seen yet must at least come from a current validator.
+  not seen yet must at least come from a current validator; a vote that contradicts
+  its member's commitment is forwarded all the same: it never counts, but with the
+  member's other vote it is conflicting-verdict evidence (D37) every node must see;
+- a verdict commitment passes the same membership checks; a withholding challenge must
+  come from a validator, and its answer is checked by the block that carries it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from aipg.pouw import (
     Job,
     PouwError,
     Verdict,
+    VerdictCommit,
     validate_assignment,
     validate_job,
     validate_receipt,
 )
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.ledger import verify_commit
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction
@@ -115,9 +121,16 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
         check_report(decode(data, WorkReport))
 
     def verdicts(data: bytes) -> None:
-        verdict = decode(data, Verdict)
+        # a vote, its commitment, or a withholding challenge and its answer
+        verdict = decode(data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
         if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
+        if isinstance(verdict, ChallengeAnswer):
+            return  # the worker's; a block checks it against the open challenge
+        if isinstance(verdict, WithholdingChallenge):
+            if verdict.signer not in node.state.validators:
+                raise Stale("a challenge from outside the validator set")
+            return
         allowed = node.may_vote(verdict.receipt_id, verdict.signer)
         if allowed is False:
             raise PouwError("verdict.signer", "not a candidate of the receipt's committee")

@@ -39,12 +39,15 @@ from aipg.pouw import (
     FraudReview,
     Job,
     Tier,
+    VerdictCommit,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.stake.assign import claim_order
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.driver import BlockContents, ConsensusDriver
+from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
@@ -207,6 +210,9 @@ class ChainService:
             self.tracker.pending_equivocations(),
             self.tracker.pending_conflicts(),
             self.tracker.pending_reviews(),
+            self.tracker.pending_commits(),
+            self.tracker.pending_challenges(),
+            self.tracker.pending_answers(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -225,6 +231,12 @@ class ChainService:
                 self.tracker.settle_conflict(item)
             elif isinstance(item, FraudReview):
                 self.tracker.settle_review(item, carried=False)
+            elif isinstance(item, VerdictCommit):
+                self.tracker.settle_commits([item])
+            elif isinstance(item, WithholdingChallenge):
+                self.tracker.settle_challenges(challenges=[item])
+            elif isinstance(item, ChallengeAnswer):
+                self.tracker.settle_challenges(answers=[item])
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -246,6 +258,10 @@ class ChainService:
             self.tracker.settle_conflict(conflict)
         for review in block.body.reviews:
             self.tracker.settle_review(review, carried=True)
+        self.tracker.settle_commits(block.body.verdict_commits)
+        self.tracker.settle_challenges(block.body.challenges, block.body.answers)
+        self.tracker.answers_carried(block.body.answers)
+        self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
@@ -359,6 +375,28 @@ class FinalizedChain:
 
     def finalized_hash(self, height: int) -> bytes | None:
         return self.chain.block_hash_at(height)
+
+    @property
+    def height(self) -> int:
+        return self.chain.state.height
+
+    @property
+    def commit_reveal(self) -> bool:
+        """Whether verdicts are committed before they are revealed on this chain."""
+        return self.chain.state.params.verdict_commit_blocks > 0
+
+    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None:
+        """The member's commitment a finalized block carried in time, if any."""
+        lookup = commitments(self.chain.state)
+        return None if lookup is None else lookup(receipt_id, member)
+
+    def commit_closes(self, receipt_id: bytes) -> int | None:
+        """The last height that may carry a commitment on the receipt (None: none yet)."""
+        return commit_closes(self.chain.state, receipt_id)
+
+    @property
+    def challenge_period(self) -> int:
+        return self.chain.state.params.challenge_period
 
     def beacon_at(self, height: int) -> bytes | None:
         return self.chain.state.beacon_at(height)

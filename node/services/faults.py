@@ -35,6 +35,8 @@ class Faults:
     double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
     flip_verdicts: bool = False  # validator: also gossip the opposite verdict
     accuse: bool = False  # validator: vote every receipt invalid without checking
+    copy_verdicts: bool = False  # validator: reveal others' votes as its own, uncommitted
+    withhold_latents: bool = False  # worker: serve nobody its latents (answers challenges)
     misstream: bool = False  # worker: stream its tokens, then report an altered last token
     refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
 
@@ -47,6 +49,8 @@ class Faults:
             or self.double_receipt
             or self.flip_verdicts
             or self.accuse
+            or self.copy_verdicts
+            or self.withhold_latents
             or self.misstream
             or self.refuse_jobs
         )

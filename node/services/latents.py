@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aipg.pouw import LatentReply, LatentRequest, PouwError, Result, receipt_id
+from aipg.pouw.commitment import latent_digest
 
 log = logging.getLogger("aipg.node.latents")
 
@@ -108,6 +109,22 @@ class DiskLatentStore:
             steps=request.steps,
             latents=tuple(np.ascontiguousarray(stored[s], "<f4").tobytes() for s in request.steps),
         )
+
+    def answer_data(
+        self, rid: bytes, steps: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[bytes, ...], tuple[bytes, ...]]:
+        """What a withholding challenge's answer carries for ``rid``: the latent shape,
+        every latent's digest (their chain is the receipt's commitment) and the asked
+        ``steps``' latents as bytes. Raises PouwError when they are not kept."""
+        entry = self._index.get(rid)
+        if entry is None:
+            raise PouwError("challenge.receipt", "no latents kept for this receipt")
+        stored = np.load(entry[1], mmap_mode="r", allow_pickle=False)
+        if any(s >= len(stored) for s in steps):
+            raise PouwError("challenge.steps", "a step is out of range")
+        digests = tuple(latent_digest(np.asarray(x)) for x in stored)
+        latents = tuple(np.ascontiguousarray(stored[s], "<f4").tobytes() for s in steps)
+        return tuple(int(d) for d in stored.shape[1:]), digests, latents
 
     def release(self, rid: bytes) -> None:
         """The receipt is final (or can never be): its latents may go."""

@@ -5,12 +5,20 @@ re-checks the result in a worker thread (LLM: one prefill pass; diffusion: k re-
 steps from latents fetched from the worker) and gossips its signed Verdict on
 ``verdicts``. One verification at a time: a validator's CPU is shared with its own
 worker role, and committees are small.
+
+Commit, then reveal (when the chain asks for it): a vote is first gossiped as a
+:class:`VerdictCommit` (and offered for blocks); after each block the verifier reveals
+the verdicts whose receipts' commit phase is over (``WorkTracker.reveal_open``). An
+abstention is published at once: it is no vote, and it seats the next reserve. A
+review's verdict is published at once too (reviews re-check a conviction whose first
+verdicts are already public).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -21,14 +29,19 @@ from aipg.pouw import (
     LatentReply,
     LatentRequest,
     PouwError,
+    Verdict,
     VerdictReason,
     abstains,
     make_challenge,
+    make_commit,
+    make_verdict,
+    needs_commitment,
     receipt_id,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.verify import Check, verdict_for, verify_diffusion, verify_llm
-from aipg.wire import Identity, PeerId, WireError, decode, encode
+from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, ChallengeAnswer, WithholdingChallenge
+from aipg.wire import Identity, PeerId, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
 from .faults import accusing_check, flipped_verdict, random_check
@@ -40,6 +53,20 @@ MAX_CONSIDERED = 4096  # receipts this validator queued (each is verified once),
 # Reports waiting for this validator's check; when full, a new one is skipped (its vote
 # is missing and the rest of the committee decides) rather than block gossip.
 VERIFY_QUEUE = 256
+# Blocks beyond a challenge's period to wait for its answer (the challenge itself must
+# first be carried by a block) before abstaining.
+ANSWER_SLACK = 3
+
+
+def _reply_from(answer: ChallengeAnswer, request: LatentRequest) -> LatentReply:
+    """The latents ``request`` asks for, from a challenge answer a block carried (the
+    ledger checked each against the receipt's digests)."""
+    by_step = dict(zip(answer.steps, answer.latents, strict=True))
+    missing = [s for s in request.steps if s not in by_step]
+    if missing:
+        raise PouwError("latents", f"the answer on chain lacks latent {missing[0]}")
+    latents = tuple(by_step[s] for s in request.steps)
+    return LatentReply(receipt_id=request.receipt_id, steps=request.steps, latents=latents)
 
 
 class VerifierService:
@@ -53,6 +80,8 @@ class VerifierService:
         random_votes: bool = False,
         flip_verdicts: bool = False,
         accuse: bool = False,
+        copy_verdicts: bool = False,
+        wait_for_block: Callable[[], Awaitable[None]] | None = None,
     ):
         self.identity = identity
         self.host = host
@@ -61,14 +90,94 @@ class VerifierService:
         self.random_votes = random_votes
         self.flip_verdicts = flip_verdicts
         self.accuse = accuse
+        self.copy_verdicts = copy_verdicts
+        self.wait_for_block = wait_for_block
+        # receipt id -> (its work, our verdict): committed, not revealed yet
+        self._unrevealed: OrderedDict[bytes, tuple[TrackedWork, Verdict]] = OrderedDict()
+        self._copying: OrderedDict[bytes, TrackedWork] = OrderedDict()  # copy_verdicts fault
+        # receipt id -> (its work, the last height to wait for): challenged for withheld
+        # latents; re-checked from the answer once a block carries it, else abstains
+        self._awaiting: OrderedDict[bytes, tuple[TrackedWork, int]] = OrderedDict()
+        self._answers: dict[bytes, ChallengeAnswer] = {}  # answered: re-check from these
         self._send, self._queue = trio.open_memory_channel[TrackedWork](VERIFY_QUEUE)
         self.outcomes = {"valid": 0, "invalid": 0, "abstained": 0, "skipped": 0}
+        self.challenged = 0  # withholding challenges put on chain
         self._considered: OrderedDict[bytes, None] = OrderedDict()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for tracked in self._queue:
-            await self._verify(tracked)
+        async with trio.open_nursery() as nursery:
+            if self.wait_for_block is not None:
+                nursery.start_soon(self._reveal_after_blocks)
+            task_status.started()
+            async for tracked in self._queue:
+                await self._verify(tracked)
+
+    async def _reveal_after_blocks(self) -> None:
+        assert self.wait_for_block is not None
+        while True:
+            await self.wait_for_block()
+            try:
+                await self.reveal_due()
+            except GossipError as e:  # the next block tries again
+                log.warning("revealing verdicts failed: %s", e)
+
+    async def reveal_due(self) -> None:
+        """Re-check what a challenge answer made checkable (or abstain once its
+        deadline passed unanswered), and reveal each committed verdict whose receipt's
+        commit phase is over."""
+        await self._answered_or_expired()
+        for rid, (tracked, verdict) in list(self._unrevealed.items()):
+            if self.tracker.reveal_open(tracked):
+                await self._publish(tracked, verdict)
+                self._unrevealed.pop(rid, None)
+        if self.copy_verdicts:
+            await self._copy_others()
+
+    async def _answered_or_expired(self) -> None:
+        me = self.identity.public_bytes
+        for rid, (tracked, last) in list(self._awaiting.items()):
+            answer = self.tracker.answer_carried(rid, me)
+            if answer is not None:
+                del self._awaiting[rid]
+                self._answers[rid] = answer
+                log.info(
+                    "re-checking job %s from the latents its worker put on chain",
+                    tracked.job_id.hex()[:12],
+                )
+                try:
+                    self._send.send_nowait(tracked)
+                except trio.WouldBlock:
+                    self._answers.pop(rid, None)
+                    self.outcomes["skipped"] += 1
+            elif self.tracker.chain.height > last:
+                del self._awaiting[rid]
+                check = Check(
+                    VerdictReason.UNAVAILABLE,
+                    detail="worker neither served its latents nor answered the challenge",
+                    recomputed=b"",
+                )
+                await self._publish(
+                    tracked, verdict_for(self.identity, tracked.report.result, check)
+                )
+                self.outcomes["abstained"] += 1
+
+    async def _copy_others(self) -> None:
+        """Test-only fault: reveal what another member revealed, as our own, without
+        having checked or committed anything."""
+        me = self.identity.public_bytes
+        for rid, tracked in list(self._copying.items()):
+            seen = [v for k, v in tracked.verdicts.items() if k != me and not abstains(v)]
+            if not seen:
+                continue
+            del self._copying[rid]
+            log.warning("FAULT: copying a verdict on receipt %s", rid.hex()[:12])
+            copied = make_verdict(
+                self.identity,
+                tracked.report.result.receipt,
+                VerdictReason(seen[0].reason),
+                recomputed=b"copied",
+            )
+            await self._publish(tracked, copied)
 
     def consider(self, tracked: TrackedWork) -> None:
         """Queue a tracked report for verification when this validator is seated on its
@@ -78,6 +187,10 @@ class VerifierService:
             return
         self._considered[tracked.receipt_id] = None
         evict_over(self._considered, MAX_CONSIDERED)
+        if self.copy_verdicts:
+            self._copying[tracked.receipt_id] = tracked
+            evict_over(self._copying, MAX_CONSIDERED)
+            return
         try:
             self._send.send_nowait(tracked)
         except trio.WouldBlock:
@@ -105,7 +218,20 @@ class VerifierService:
 
     async def _verify(self, tracked: TrackedWork) -> None:
         report = tracked.report
-        check = await self._check(report)
+        me = self.identity.public_bytes
+        reviewing = tracked.review is not None and me not in tracked.committee
+        answer = self._answers.pop(tracked.receipt_id, None)
+        check, withheld = await self._check(report, answer)
+        if withheld is not None and not reviewing and tracked.receipt_id not in self._awaiting:
+            # The worker did not serve us: challenge it on chain and wait for the answer
+            # (then re-check from it) before abstaining.
+            await self._challenge_withholding(report, withheld)
+            self._awaiting[tracked.receipt_id] = (
+                tracked,
+                self.tracker.chain.height + self.tracker.chain.challenge_period + ANSWER_SLACK,
+            )
+            evict_over(self._awaiting, MAX_CONSIDERED)
+            return
         verdict = verdict_for(self.identity, report.result, check)
         outcome = "abstained" if abstains(verdict) else "valid" if verdict.valid else "invalid"
         self.outcomes[outcome] += 1
@@ -115,30 +241,48 @@ class VerifierService:
             {"valid": "valid", "invalid": "INVALID", "abstained": "abstains"}[outcome],
             "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
         )
+        if self.tracker.commit_reveal and needs_commitment(verdict) and not reviewing:
+            commit = make_commit(self.identity, verdict)
+            try:
+                self.tracker.add_commit(commit)
+            except PouwError as e:
+                log.warning("own commitment rejected: %s", e)
+            await self.host.publish(topic("verdicts"), encode(commit))
+            self._unrevealed[tracked.receipt_id] = (tracked, verdict)
+            evict_over(self._unrevealed, MAX_CONSIDERED)
+            return
+        await self._publish(tracked, verdict)
+
+    async def _publish(self, tracked: TrackedWork, verdict: Verdict) -> None:
         try:
             self.tracker.add_verdict(verdict)
         except PouwError as e:
             log.warning("own verdict rejected: %s", e)
         await self.host.publish(topic("verdicts"), encode(verdict))
         if self.flip_verdicts:  # test-only fault: vote the other way too
-            flipped = flipped_verdict(self.identity, report.result.receipt, verdict)
+            flipped = flipped_verdict(self.identity, tracked.report.result.receipt, verdict)
             await self.host.publish(topic("verdicts"), encode(flipped))
 
-    async def _check(self, report: WorkReport) -> Check:
+    async def _check(
+        self, report: WorkReport, answer: ChallengeAnswer | None = None
+    ) -> tuple[Check, tuple[int, ...] | None]:
+        """The check's outcome, and the latent indices the worker withheld (None when
+        it served them, or the check needs none). With ``answer``, the latents come
+        from the worker's answer to our challenge, carried by a block."""
         if self.random_votes:
-            return random_check()
+            return random_check(), None
         if self.accuse:
-            return accusing_check()
+            return accusing_check(), None
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(
                 VerdictReason.UNAVAILABLE,
                 detail="validator does not host the model",
                 recomputed=b"",
-            )
+            ), None
         runner = await trio.to_thread.run_sync(self.catalog.runner, model, "verify")
         if model.kind == LLM:
-            return await trio.to_thread.run_sync(
+            check = await trio.to_thread.run_sync(
                 lambda: verify_llm(
                     runner,
                     report.job,
@@ -147,19 +291,24 @@ class VerifierService:
                     cost_milli=model.cost_milli,
                 )
             )
+            return check, None
         worker = PeerId.from_public_key(report.result.receipt.signer)
         challenge = make_challenge(self.identity, receipt_id(report.result.receipt))
+        withheld: list[tuple[int, ...]] = []
 
         def fetch(request: LatentRequest) -> LatentReply:
+            if answer is not None:
+                return _reply_from(answer, request)
             try:
                 data = trio.from_thread.run(
                     lambda: self.host.request(worker, PROTO_JOB, encode(request), timeout=10.0)
                 )
                 return decode(data, LatentReply)
             except (GossipError, WireError) as e:
+                withheld.append(tuple(request.steps))
                 raise PouwError("latents", f"worker did not serve its latents: {e}") from None
 
-        return await trio.to_thread.run_sync(
+        check = await trio.to_thread.run_sync(
             lambda: verify_diffusion(
                 runner,
                 report.job,
@@ -170,3 +319,23 @@ class VerifierService:
                 cost_milli=model.cost_milli,
             )
         )
+        if withheld and check.reason == VerdictReason.UNAVAILABLE:
+            return check, withheld[0]
+        return check, None
+
+    async def _challenge_withholding(self, report: WorkReport, steps: tuple[int, ...]) -> None:
+        """The worker did not serve the latents this member needs: challenge it on
+        chain (it must put them in a block within the challenge period, or be slashed)."""
+        asked = tuple(sorted(set(steps)))[:MAX_CHALLENGE_LATENTS]
+        c = sign(
+            WithholdingChallenge(report.job, report.assignment, report.result.receipt, asked),
+            self.identity,
+        )
+        log.warning(
+            "challenging worker %s to put the latents of job %s on chain",
+            report.result.receipt.signer.hex()[:12],
+            report.job.id.hex()[:12],
+        )
+        self.tracker.add_challenge(c)
+        self.challenged += 1
+        await self.host.publish(topic("verdicts"), encode(c))

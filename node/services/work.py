@@ -6,6 +6,12 @@ decide: a Certificate (>= 2/3 of the committee's stake valid) or FraudEvidence (
 invalid). Decided outcomes wait in :meth:`WorkTracker.pending_outcomes` for a proposer to
 put them in a block; once a block carries one, it is marked with its height.
 
+Commit, then reveal (when the chain's ``verdict_commit_blocks`` is set): members'
+:class:`VerdictCommit` records wait in :meth:`WorkTracker.pending_commits` for a block;
+a revealed verdict counts once a block has carried its commitment in time (the
+collector holds it until then, and :meth:`WorkTracker.on_block` looks again after each
+block); :meth:`WorkTracker.reveal_open` says when a member may reveal.
+
 Memory is bounded: at most ``max_tracked`` reports (the oldest finished ones go first,
 then the oldest undecided, and only then decided work no block has carried yet) and
 ``max_early`` verdicts that arrived before their report (the oldest receipt's go first).
@@ -34,17 +40,20 @@ from aipg.pouw import (
     FraudReview,
     PouwError,
     Verdict,
+    VerdictCommit,
     VoteCollector,
     abstains,
     committee_for,
     computes_differently,
     receipt_id,
     review_committee,
+    validate_commit,
     validate_verdict,
     votes_differ,
 )
 from aipg.pouw.bounds import evict_over
-from aipg.wire import encode
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
+from aipg.wire import encode, is_signed_by_signer
 from aipg.wire.codec import record_digest
 
 from .reviews import MAX_UNPLACED_VERDICTS, Review
@@ -64,6 +73,9 @@ class TrackedWork:
     set_aside: str = ""  # why no block will ever carry this outcome (empty: it may)
     review: Review | None = None  # a block carried this fraud evidence: its review
     unplaced: dict[bytes, Verdict] = field(default_factory=dict)  # reviewers', early
+    # votes that contradict their member's commitment: never counted, kept (one per
+    # member) so that the member's other vote, in whatever order, is evidence (D37)
+    contradicting: dict[bytes, Verdict] = field(default_factory=dict)
 
     @property
     def job_id(self) -> bytes:
@@ -101,6 +113,10 @@ def kind_of(outcome: Certificate | FraudEvidence) -> str:
 # Equivocation and conflicting-verdict evidence waiting for a block, of each kind: a block
 # carries up to 100 of each, so this many is minutes of a flood; the oldest goes first.
 MAX_PENDING_EVIDENCE = 1024
+# Verdict commitments waiting for a block: a few per tracked report.
+MAX_PENDING_COMMITS = 4 * 4096
+# Challenge answers waiting for a block: each may carry megabytes of latents.
+MAX_PENDING_ANSWERS = 16
 
 
 class ChainView(Protocol):
@@ -115,6 +131,19 @@ class ChainView(Protocol):
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
 
     def finalized_hash(self, height: int) -> bytes | None: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def commit_reveal(self) -> bool: ...
+
+    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None: ...
+
+    def commit_closes(self, receipt_id: bytes) -> int | None: ...
+
+    @property
+    def challenge_period(self) -> int: ...
 
     def beacon_at(self, height: int) -> bytes | None: ...
 
@@ -150,6 +179,18 @@ class WorkTracker:
         self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._equivocations: OrderedDict[bytes, EquivocationEvidence] = OrderedDict()
         self._conflicts: OrderedDict[bytes, ConflictingVerdicts] = OrderedDict()
+        # (receipt id, member) -> its commitment, until a block carries it
+        self._commits: OrderedDict[tuple[bytes, bytes], VerdictCommit] = OrderedDict()
+        # withholding challenges and answers, (receipt id, challenger) -> record, until
+        # a block carries them
+        self._challenges: OrderedDict[tuple[bytes, bytes], WithholdingChallenge] = OrderedDict()
+        self._answers: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
+        # answers finalized blocks carried, for their challengers to re-check from
+        self._answers_carried: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
+
+    @property
+    def commit_reveal(self) -> bool:
+        return self.chain.commit_reveal
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -190,7 +231,12 @@ class WorkTracker:
             return tracked, False
         members, validators = self.committee(report)
         collector = VoteCollector(
-            report.job, report.assignment, report.result.receipt, members, validators
+            report.job,
+            report.assignment,
+            report.result.receipt,
+            members,
+            validators,
+            self.chain.committed if self.chain.commit_reveal else None,
         )
         tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
@@ -222,22 +268,126 @@ class WorkTracker:
             elif len(tracked.unplaced) < MAX_UNPLACED_VERDICTS:
                 tracked.unplaced.setdefault(verdict.signer, verdict)
             return tracked.outcome
-        first = tracked.verdicts.get(verdict.signer)
+        first = tracked.verdicts.get(verdict.signer) or tracked.contradicting.get(verdict.signer)
         if first is not None and votes_differ(first, verdict):
             self._record_conflict(first, verdict)
         decided_before = tracked.outcome is not None
-        outcome = tracked.collector.add(verdict)
-        tracked.verdicts[verdict.signer] = verdict
+        try:
+            outcome = tracked.collector.add(verdict)
+        except PouwError as e:
+            if e.what == "verdict.commitment" and verdict.signer in tracked.committee:
+                tracked.contradicting.setdefault(verdict.signer, verdict)
+            raise
+        tracked.verdicts.setdefault(verdict.signer, verdict)
         if outcome is not None and not decided_before:
-            tracked.outcome = outcome
-            log.info(
-                "job %s: %s by its committee",
-                tracked.job_id.hex()[:12],
-                "certified" if tracked.certified else "FRAUD",
-            )
-            for callback in self.on_outcome:
-                callback(tracked)
+            self._decided(tracked, outcome)
         return outcome
+
+    def _decided(self, tracked: TrackedWork, outcome: Certificate | FraudEvidence) -> None:
+        tracked.outcome = outcome
+        log.info(
+            "job %s: %s by its committee",
+            tracked.job_id.hex()[:12],
+            "certified" if tracked.certified else "FRAUD",
+        )
+        for callback in self.on_outcome:
+            callback(tracked)
+
+    # -- commit, then reveal ----------------------------------------------------------------
+
+    def add_commit(self, commit: VerdictCommit) -> None:
+        """Keep a member's commitment for a block. Raises PouwError for a bad one."""
+        validate_commit(commit)
+        tracked = self._by_receipt.get(commit.receipt_id)
+        if tracked is not None and commit.signer not in tracked.committee:
+            raise PouwError("commit.signer", "not a candidate of the receipt's committee")
+        if self.chain.committed(commit.receipt_id, commit.signer) is not None:
+            return  # a block already carried it
+        self._commits.setdefault((commit.receipt_id, commit.signer), commit)
+        evict_over(self._commits, MAX_PENDING_COMMITS)
+
+    def add_challenge(self, c: WithholdingChallenge) -> None:
+        """Keep a withholding challenge for a block (the ledger checks it in full)."""
+        if not is_signed_by_signer(c):
+            raise PouwError("challenge.signature", "bad signature")
+        self._challenges.setdefault((receipt_id(c.receipt), bytes(c.signer)), c)
+        evict_over(self._challenges, MAX_PENDING_EVIDENCE)
+
+    def add_answer(self, a: ChallengeAnswer) -> None:
+        """Keep a worker's answer to a challenge for a block."""
+        if not is_signed_by_signer(a):
+            raise PouwError("answer.signature", "bad signature")
+        self._answers.setdefault((a.receipt_id, bytes(a.challenger)), a)
+        evict_over(self._answers, MAX_PENDING_ANSWERS)
+
+    def answers_carried(self, answers) -> None:
+        """A finalized block carried these answers: keep them (a few) for their
+        challengers, who re-check the work from the latents in them."""
+        for a in answers:
+            self._answers_carried[(a.receipt_id, bytes(a.challenger))] = a
+        evict_over(self._answers_carried, MAX_PENDING_ANSWERS)
+
+    def answer_carried(self, receipt_id: bytes, challenger: bytes) -> ChallengeAnswer | None:
+        return self._answers_carried.get((receipt_id, challenger))
+
+    def pending_challenges(self) -> list[WithholdingChallenge]:
+        return list(self._challenges.values())
+
+    def pending_answers(self) -> list[ChallengeAnswer]:
+        return list(self._answers.values())
+
+    def settle_challenges(self, challenges=(), answers=()) -> None:
+        """A block carried these, or a proposal found they never can be."""
+        for c in challenges:
+            self._challenges.pop((receipt_id(c.receipt), bytes(c.signer)), None)
+        for a in answers:
+            self._answers.pop((a.receipt_id, bytes(a.challenger)), None)
+
+    def pending_commits(self) -> list[VerdictCommit]:
+        """Commitments no block has carried yet (oldest first), for receipts this node
+        tracks and from their committees' candidates: the ledger cannot tell a
+        commitment on a made-up receipt from a real one, so an honest proposer offers
+        only those it can place."""
+        out = []
+        for (rid, signer), commit in self._commits.items():
+            tracked = self._by_receipt.get(rid)
+            if tracked is not None and signer in tracked.committee:
+                out.append(commit)
+        return out
+
+    def settle_commits(self, commits) -> None:
+        """A block carried these commitments, or a proposal found they never can be."""
+        for c in commits:
+            self._commits.pop((c.receipt_id, c.signer), None)
+
+    def on_block(self) -> None:
+        """After each block: count the reveals whose commitment it carried."""
+        if not self.chain.commit_reveal:
+            return
+        for tracked in list(self._by_receipt.values()):
+            if tracked.outcome is not None or not tracked.collector.held():
+                continue
+            outcome = tracked.collector.recheck()
+            if outcome is not None:
+                self._decided(tracked, outcome)
+
+    def reveal_open(self, tracked: TrackedWork) -> bool:
+        """Whether members may reveal their verdicts on ``tracked``: its commit phase has
+        closed on the finalized chain, or every candidate has a commitment there or has
+        abstained (no commitment that counts can be added: an abstainer that commits
+        and reveals a vote has voted both ways)."""
+        if not self.chain.commit_reveal:
+            return True
+        closes = self.chain.commit_closes(tracked.receipt_id)
+        if closes is None:
+            return False
+        if self.chain.height >= closes:
+            return True
+        return all(
+            self.chain.committed(tracked.receipt_id, k) is not None
+            or (k in tracked.verdicts and abstains(tracked.verdicts[k]))
+            for k in tracked.committee.candidates
+        )
 
     def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
         """Block ``height`` carried ``outcome``. Outcomes of the same kind for the job's
@@ -494,6 +644,12 @@ class WorkIntake:
         while len(self.waiting) > MAX_WAITING_REPORTS or self.waiting_bytes > MAX_WAITING_BYTES:
             _, (_, dropped) = self.waiting.popitem(last=False)
             self.waiting_bytes -= dropped
+
+    def on_commit(self, commit: VerdictCommit) -> None:
+        try:
+            self.tracker.add_commit(commit)
+        except PouwError as e:
+            log.info("dropped a verdict commitment: %s", e)
 
     async def on_verdict(self, verdict: Verdict) -> None:
         try:

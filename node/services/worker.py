@@ -47,6 +47,7 @@ from aipg.pouw import (
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.execute import run_diffusion_job, run_llm_job
 from aipg.stake.block import Block
+from aipg.stake.challenge import ChallengeAnswer
 from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
@@ -78,6 +79,8 @@ class WorkerService:
         cheat_tokens: bool = False,
         swap_weights: bool = False,
         double_receipt: bool = False,
+        withhold_latents: bool = False,
+        on_answer=None,
         misstream: bool = False,
         refuse_jobs: bool = False,
     ):
@@ -92,6 +95,11 @@ class WorkerService:
         self.cheat_tokens = cheat_tokens
         self.double_receipt = double_receipt
         self.swap_weights = swap_weights
+        self.withhold_latents = withhold_latents
+        # Called with each ChallengeAnswer this worker signs (the node offers it for
+        # blocks and gossips it).
+        self.on_answer = on_answer
+        self.answers = 0  # withholding challenges answered
         self.misstream = misstream
         self.refuse_jobs = refuse_jobs
         # Test hook: called on the execution thread after each token is handed to the
@@ -203,14 +211,37 @@ class WorkerService:
             log.info("refusal of job %s not delivered: %s", assignment.job_id.hex()[:12], e)
 
     def on_block(self, block: Block, too_old: int) -> None:
-        """A finalized block: release the latents of the receipts it made final."""
-        final = [
-            receipt_id(outcome.receipt)
-            for outcome in (*block.body.certificates, *block.body.frauds)
-        ]
+        """A finalized block: answer the withholding challenges it carried against this
+        worker, then release the latents of the receipts it made final: certified, or
+        their conviction's review decided (fraud evidence alone only opens a review,
+        whose reviewers re-run steps from these latents)."""
+        final = [receipt_id(cert.receipt) for cert in block.body.certificates]
+        final += [receipt_id(review.evidence.receipt) for review in block.body.reviews]
+        self.answer_challenges(block)
         self.latents.settle(final, block.height, too_old)
 
+    def answer_challenges(self, block: Block) -> None:
+        """Answer each withholding challenge ``block`` carried against this worker: the
+        asked-for latents and every digest, signed, for the next blocks."""
+        me = self.identity.public_bytes
+        for c in block.body.challenges:
+            if c.receipt.signer != me:
+                continue
+            rid = receipt_id(c.receipt)
+            try:
+                shape, digests, latents = self.latents.answer_data(rid, c.steps)
+            except PouwError as e:
+                log.warning("cannot answer a challenge of %s: %s", rid.hex()[:12], e)
+                continue
+            answer = ChallengeAnswer(rid, c.signer, c.steps, shape, digests, latents)
+            log.info("answering a withholding challenge on receipt %s", rid.hex()[:12])
+            self.answers += 1
+            if self.on_answer is not None:
+                self.on_answer(sign(answer, self.identity))
+
     def on_latent_request(self, request: LatentRequest) -> LatentReply:
+        if self.withhold_latents:  # test-only fault: serve nobody
+            raise PouwError("latent_request", "withheld")
         reply = self.latents.serve(request)
         self.latents_served += 1
         return reply

@@ -83,16 +83,16 @@ def expected_balances(
 ) -> tuple[dict[bytes, int], dict[bytes, int], int, dict[bytes, int]]:
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
     the operations share, the work pool (carried forward, paid to each job by its work units), the
-    validators' share (proposer bonus, the rest by stake, dust to the proposer), and
+    validators' share (proposer bonus, the rest to the verdict pool, paid to valid votes
+    in certificates by the work units they checked), and
     escrows (locked by the payer; on certification of a paid job its client's escrow
     pays the worker the fee pro rata to the output tokens, the rest back). Returns the
     expected and actual balances, the height, and what each certified job paid."""
     genesis = load_genesis(genesis_path)
     p = genesis.params
     balances = {a.address: a.amount for a in genesis.allocations}
-    stakes = {v.public_key: v.stake for v in genesis.validators}
-    total_stake = sum(stakes.values())
     pool = 0
+    verdict_pool = 0
     escrows: dict[tuple[bytes, bytes], int] = {}  # (job id, payer) -> amount
     job_paid: dict[bytes, int] = {}
     store = ChainStore(store_path, genesis)
@@ -150,19 +150,29 @@ def expected_balances(
                     balances[addr] = balances.get(addr, 0) + share
                     job_paid[job] += share
                     pool -= share
+            # Validators: the proposer's bonus; the rest to the verdict pool, paid to
+            # the valid votes in the block's certificates by the work units checked.
             bonus = to_validators * p.proposer_bonus_bps // 10_000
-            paid = 0
-            for key, stake in stakes.items():
-                share = (to_validators - bonus) * stake // total_stake
+            balances[proposer] = balances.get(proposer, 0) + bonus
+            verdict_pool += to_validators - bonus
+            weights: dict[bytes, int] = {}
+            for cert in block.body.certificates:
+                for v in cert.verdicts:
+                    if v.valid:
+                        weights[v.signer] = weights.get(v.signer, 0) + cert.receipt.work_units
+            total = sum(weights.values())
+            start = verdict_pool
+            for key in sorted(weights):
+                share = start * weights[key] // total
                 addr = Address.from_public_key(key).raw
                 balances[addr] = balances.get(addr, 0) + share
-                paid += share
-            balances[proposer] += bonus + (to_validators - bonus) - paid
+                verdict_pool -= share
         state = store.load_state()
     finally:
         store.close()
     actual = {addr: acct.balance for addr, acct in state.accounts.items()}
     assert state.work_pool == pool
+    assert state.verdict_pool == verdict_pool
     assert state.minted == p.block_reward * height
     expected = {a: b for a, b in balances.items() if b}
     return expected, {a: b for a, b in actual.items() if b}, height, job_paid

@@ -35,9 +35,10 @@ from aipg.node.services.models import ModelService
 from aipg.node.services.verifier import VerifierService
 from aipg.node.services.work import WorkIntake, WorkTracker
 from aipg.node.services.worker import WorkerService
-from aipg.pouw import Claim, Result, job_id, receipt_id
+from aipg.pouw import Claim, PouwError, Result, job_id, make_commit, receipt_id
 from aipg.stake.chain import Chain
-from aipg.testing.chainkit import TestChain, ident, make_certificate, make_work
+from aipg.stake.challenge import ChallengeAnswer
+from aipg.testing.chainkit import TestChain, TrackerChain, ident, make_certificate, make_work
 from aipg.testing.nodes import completion
 from aipg.testing.world import identity, signed_assignment, signed_job, signed_receipt
 from aipg.wire import PeerId, WireError, decode, encode, sign
@@ -71,31 +72,15 @@ class Host:
         return []
 
 
-class ChainOf:
+class ChainOf(TrackerChain):
     """What the tracker reads of a TestChain; ``final=False``: no seed block is final."""
 
     def __init__(self, chain: TestChain, *, final: bool = True):
-        self.c, self.final = chain, final
-
-    @property
-    def committee_size(self) -> int:
-        return self.c.state.params.committee_size
-
-    @property
-    def committee_rules(self):
-        return self.c.state.params.committee_rules()
+        super().__init__(chain)
+        self.final = final
 
     def validator_snapshot_at(self, height: int):
         return self.c.state.validator_snapshot_at(height) if self.final else None
-
-    def finalized_hash(self, height: int):
-        return self.c.state.block_hash_at(height)
-
-    def beacon_at(self, height: int):
-        return self.c.state.beacon_at(height)
-
-    def committed_at(self, job_id: bytes):
-        return self.c.state.commitments.get(job_id)
 
 
 class GatewayChain:
@@ -335,6 +320,49 @@ def test_early_verdicts_are_bounded_in_all_and_one_per_validator():
     tracked, _ = tracker.add_report(last_report)  # the newest receipt's votes were kept
     assert tracked.certified and len(tracked.verdicts) == len(last_verdicts)
     assert tracker.early_verdicts() <= 10 - len(last_verdicts)
+
+
+def test_pending_commitments_are_bounded_and_only_placeable_ones_are_offered(monkeypatch):
+    """A flood of signed commitments on receipts nobody tracks (a bonded key can sign as
+    many as it likes): the pending table keeps the newest up to its bound, and a
+    proposal offers only commitments on tracked receipts from their committees."""
+    monkeypatch.setattr(work_mod, "MAX_PENDING_COMMITS", 16)
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    report, verdicts = _report(c, nonce=1)
+    tracker.add_report(report)
+    member = verdicts[0]
+    real = make_commit(c.keys[member.signer], member)
+    tracker.add_commit(real)
+    junk_key = c.keys[member.signer]
+    for n in range(200):
+        fake = member.replace(receipt_id=bytes([n % 256]) * 32)
+        tracker.add_commit(make_commit(junk_key, sign(fake, junk_key)))
+    assert len(tracker._commits) == 16
+    assert tracker.pending_commits() == []  # the real one was the oldest: evicted
+    tracker.add_commit(real)
+    assert tracker.pending_commits() == [real]
+    stranger = make_commit(
+        ident(901), sign(member.replace(signer=ident(901).public_bytes), ident(901))
+    )
+    with pytest.raises(PouwError, match="not a candidate"):
+        tracker.add_commit(stranger)
+
+
+def test_pending_challenge_answers_are_bounded(monkeypatch):
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    worker = ident(300)
+    for n in range(3 * work_mod.MAX_PENDING_ANSWERS):
+        answer = ChallengeAnswer(
+            bytes([n]) * 32, ident(1).public_bytes, (1,), (1,), (bytes(32),), (bytes(4),)
+        )
+        tracker.add_answer(sign(answer, worker))
+    assert len(tracker.pending_answers()) == work_mod.MAX_PENDING_ANSWERS
+    assert (
+        tracker.pending_answers()[-1].receipt_id
+        == bytes([3 * work_mod.MAX_PENDING_ANSWERS - 1]) * 32
+    )
 
 
 async def test_waiting_reports_are_bounded_by_count_and_by_bytes(monkeypatch):

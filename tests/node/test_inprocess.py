@@ -19,6 +19,7 @@ from aipg.node.services.gateway_api import ImageRequest
 from aipg.pouw import VerdictReason
 from aipg.stake.block import FinalizedBlock
 from aipg.stake.builder import make_block, make_commit
+from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.testing.nodes import VALIDATOR_STAKE, NodeSpec, completion, open_node_world
 from aipg.wire import Identity, Multiaddr, PeerId, encode
 
@@ -290,3 +291,107 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
         # The gateway suspended the worker on the first outcome; the review lifts it.
         await world.until(gateway, lambda: tracked.review.settled, timeout=30)
         assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)
+
+
+async def test_votes_are_committed_before_revealed_and_a_copier_counts_for_nothing(
+    tmp_path, llm_dir
+):
+    """The committee's members commit (blocks carry the commitments) and reveal once the
+    commit phase is over. A member that only copies another's revealed vote, without
+    having committed, is not counted: the job certifies on the others' votes, and the
+    verdict pool pays the copier nothing for it."""
+    model = load_model_dir(llm_dir)
+    copier = NodeSpec(worker=False, faults=Faults(copy_verdicts=True))
+    specs = [
+        NodeSpec(worker=False),
+        NodeSpec(),
+        copier,
+        NodeSpec(worker=False),
+        NodeSpec(worker=False),
+    ]
+    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+        gateway, copy_node = world.nodes[0], world.nodes[2]
+        key = copy_node.identity.public_bytes
+        balances: dict[int, int] = {}
+        committed_at: dict[tuple[bytes, bytes], int] = {}  # (receipt, member) -> height
+
+        def record(block) -> None:
+            balances[block.height] = gateway.chain.state.balance(copy_node.identity.address)
+            for c in block.body.verdict_commits:
+                committed_at.setdefault((c.receipt_id, c.signer), block.height)
+
+        gateway.chain.on_block.append(record)
+        await world.wait_for_worker(gateway, model.model_id)
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "copy me"))
+
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert tracked.certified and key in tracked.committee.members
+        counted = {v.signer for v in tracked.outcome.verdicts}
+        assert key not in counted and len(counted) >= 2
+        # Every counted vote was committed in a block before the one that counted it
+        # (which then forgot the commitments); the copier never committed.
+        rid = tracked.receipt_id
+        assert all(committed_at[rid, k] < tracked.block_height for k in counted)
+        assert (rid, key) not in committed_at
+        assert not any(k[:32] == rid for k in gateway.chain.state.verdict_commits)
+        # The copier did reveal (a copy of another's vote), and it was held, not counted.
+        await world.until(gateway, lambda: key in tracked.verdicts, timeout=30)
+        assert key in tracked.collector.held()
+        # The block that paid the job paid the copier nothing (beyond a proposer's bonus).
+        block = gateway.chain.chain.store.finalized(tracked.block_height).block
+        if block.header.proposer != key:
+            assert balances[tracked.block_height] == balances[tracked.block_height - 1]
+
+
+async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_answers(
+    tmp_path, diffusion_dir
+):
+    """The worker serves nobody its latents: each member puts a withholding challenge in
+    a block and waits. The worker answers with the asked-for latents in a block before
+    the deadline: the challenges close, their fees go to the worker, its bond is
+    untouched, and the members re-check the job from the latents on chain: certified."""
+    model = load_model_dir(diffusion_dir)
+    withholder = NodeSpec(faults=Faults(withhold_latents=True))
+    specs = [NodeSpec(worker=False), withholder, NodeSpec(worker=False), NodeSpec(worker=False)]
+    async with open_node_world(tmp_path, specs, [diffusion_dir]) as world:
+        gateway, worker = world.nodes[0], world.nodes[1]
+        key = worker.identity.public_bytes
+        state = gateway.chain.state
+        bond, balance = state.bond(key).stake, state.balance(worker.identity.address)
+        await world.wait_for_worker(gateway, model.model_id)
+        challenges: list[WithholdingChallenge] = []
+        answers: list[ChallengeAnswer] = []
+
+        def record(block) -> None:
+            challenges.extend(block.body.challenges)
+            answers.extend(block.body.answers)
+
+        gateway.chain.on_block.append(record)
+        request = ImageRequest(
+            model=model.manifest.name,
+            prompt="a locked door",
+            size=None,
+            steps=None,
+            guidance_milli=None,
+            seed=5,
+            tier="free",
+            account=None,
+            client="127.0.0.1",
+        )
+
+        result = await gateway.gateway.generate_image(request)
+
+        await world.until(gateway, lambda: challenges, timeout=60)
+        assert {c.receipt.job_id for c in challenges} == {bytes.fromhex(result.job_id)}
+        assert {c.receipt.signer for c in challenges} == {key}
+        await world.until(gateway, lambda: answers and not gateway.chain.state.challenges, 60)
+        assert {a.challenger for a in answers} == {c.signer for c in challenges}
+        state = gateway.chain.state
+        assert state.bond(key).stake == bond  # answered in time: nothing slashed
+        fees = len(answers) * state.params.challenge_fee
+        assert state.balance(worker.identity.address) >= balance + fees
+        assert worker.worker is not None and worker.worker.latents_served == 0
+        tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
+        assert tracked.certified  # re-checked from the answers' latents
+        assert {v.signer for v in tracked.outcome.verdicts} == {c.signer for c in challenges}

@@ -70,3 +70,22 @@ def test_the_store_is_bounded_by_count_and_bytes_oldest_first(tmp_path):
     for i, r in enumerate(results):
         small.put_result(r, _latents(10 + i), height=i)
     assert small.bytes <= 2 * size and len(small) == 2
+
+
+def test_a_challenge_answer_carries_every_digest_and_the_asked_latents(tmp_path):
+    """What a withholding challenge's answer is built from: the digests chain to the
+    receipt's commitment, and each asked latent hashes to its digest (as the ledger
+    checks)."""
+    from aipg.pouw.commitment import chain_head, latent_digest
+    from aipg.stake.challenge import raw_latent_digest
+
+    store = DiskLatentStore(tmp_path)
+    result, latents = _result(5), _latents(5)
+    store.put_result(result, latents, height=5)
+    shape, digests, asked = store.answer_data(receipt_id(result.receipt), (1, 4))
+    assert shape == (1, 4, 8, 8)
+    assert digests == tuple(latent_digest(x) for x in latents)
+    assert chain_head(digests) == chain_head([latent_digest(x) for x in latents])
+    assert [raw_latent_digest(shape, raw) for raw in asked] == [digests[1], digests[4]]
+    with pytest.raises(PouwError, match="out of range"):
+        store.answer_data(receipt_id(result.receipt), (9,))

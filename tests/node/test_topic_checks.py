@@ -15,11 +15,19 @@ import pytest
 from aipg.gossip import PubsubMessage, ValidationResult
 from aipg.node.protocol.gossip import Stale, topic_checks, topic_validator
 from aipg.pouw import Committee, PouwError, VerdictReason, make_verdict
+from aipg.pouw import make_commit as make_commit_of
 from aipg.stake.block import FinalizedBlock, VoteStep
 from aipg.stake.builder import make_commit, make_vote
 from aipg.stake.state import State
 from aipg.stake.types import LedgerError
-from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate
+from aipg.testing.chainkit import (
+    CHAIN,
+    TEST_PARAMS,
+    TestChain,
+    ident,
+    make_certificate,
+    make_work,
+)
 from aipg.wire import PeerId, WireError, encode
 
 
@@ -100,6 +108,29 @@ def test_a_verdict_from_outside_a_tracked_committee_is_rejected(chain):
     untracked = topic_checks(CHAIN, View(chain.state, {}))["verdicts"]
     with pytest.raises(Stale):  # a receipt not seen yet: only validators may speak
         untracked(encode(stranger))
+
+
+def test_a_reveal_that_contradicts_its_commitment_still_crosses_the_topic():
+    """Commit, then reveal: a member's commitment and its matching reveal pass; so does
+    another vote of the same member that contradicts the commitment on chain: it never
+    counts, but beside the member's other vote it is conflicting-verdict evidence (D37),
+    which every node must be able to see."""
+    c = TestChain(n_validators=4, params=TEST_PARAMS.replace(verdict_commit_blocks=2))
+    for _ in range(3):
+        c.next()
+    _job, _a, r, verdicts = make_work(c, ident(300), nonce=1)
+    honest = verdicts[0]
+    commit = make_commit_of(c.keys[honest.signer], honest)
+    c.next(verdict_commits=[commit])
+    committee = Committee(tuple(sorted(v.signer for v in verdicts)), len(verdicts))
+    check = topic_checks(CHAIN, View(c.state, {honest.receipt_id: committee}))["verdicts"]
+    check(encode(commit))
+    check(encode(honest))
+    turned = make_verdict(c.keys[honest.signer], r, VerdictReason.TOKEN_MISMATCH, recomputed=b"")
+    check(encode(turned))
+    stranger = make_verdict(ident(902), r, VerdictReason.OK, recomputed=b"")
+    with pytest.raises(PouwError, match="not a candidate"):
+        check(encode(make_commit_of(ident(902), stranger)))
 
 
 async def test_the_validator_rejects_a_forged_block_and_ignores_a_stale_one(chain):

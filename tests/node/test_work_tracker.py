@@ -17,37 +17,22 @@ from aipg.pouw import (
     VerdictReason,
     committee_for,
     job_id,
+    make_commit,
     make_verdict,
 )
-from aipg.testing.chainkit import GATEWAY, TestChain, commit_tx, ident, make_job, make_work
+from aipg.testing.chainkit import (
+    GATEWAY,
+    TEST_PARAMS,
+    TestChain,
+    TrackerChain,
+    commit_tx,
+    ident,
+    make_job,
+    make_work,
+)
 from aipg.testing.world import signed_assignment, signed_receipt
 
-
-class ChainOf:
-    """The tracker's view of a TestChain."""
-
-    def __init__(self, chain: TestChain):
-        self.c = chain
-
-    @property
-    def committee_size(self) -> int:
-        return self.c.state.params.committee_size
-
-    @property
-    def committee_rules(self):
-        return self.c.state.params.committee_rules()
-
-    def validator_snapshot_at(self, height: int):
-        return self.c.state.validator_snapshot_at(height)
-
-    def finalized_hash(self, height: int):
-        return self.c.state.block_hash_at(height)
-
-    def beacon_at(self, height: int):
-        return self.c.state.beacon_at(height)
-
-    def committed_at(self, job_id: bytes):
-        return self.c.state.commitments.get(job_id)
+ChainOf = TrackerChain  # the tracker's view of a TestChain
 
 
 def _chain() -> TestChain:
@@ -108,6 +93,41 @@ def test_an_outcome_decided_by_a_member_that_voted_both_ways_is_set_aside():
     assert tracked.set_aside == "a member of its deciding side voted both ways"
     (evidence,) = tracker.pending_conflicts()
     assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {member.public_bytes}
+
+
+def test_commit_then_reveal_in_the_tracker_and_a_contradicting_reveal_in_either_order():
+    """With commit-reveal on, the tracker counts a reveal once a block carried its
+    commitment (rechecked after each block), offers the pending commitments for blocks,
+    and catches a member that also sends a vote contradicting its commitment, whichever
+    of its two votes arrives first."""
+    c = TestChain(n_validators=4, params=TEST_PARAMS.replace(verdict_commit_blocks=2))
+    for _ in range(3):
+        c.next()
+    tracker = WorkTracker(ChainOf(c))
+    job, assignment, receipt, verdicts = make_work(c, ident(305), nonce=6)
+    report = WorkReport(job, assignment, Result(receipt, (), (), "", b"", b"", ()))
+    tracked, _ = tracker.add_report(report)
+    commits = [make_commit(c.keys[v.signer], v) for v in verdicts]
+    for commit in commits:
+        tracker.add_commit(commit)
+    assert set(tracker.pending_commits()) == set(commits)
+    liar = verdicts[0]
+    contradicting = make_verdict(
+        c.keys[liar.signer], receipt, VerdictReason.TOKEN_MISMATCH, recomputed=b""
+    )
+    for v in verdicts[1:]:
+        tracker.add_verdict(v)  # held: no block has their commitments yet
+    assert tracked.outcome is None and not tracker.reveal_open(tracked)
+    c.next(verdict_commits=commits)
+    tracker.settle_commits(commits)
+    assert tracker.pending_commits() == []
+    tracker.on_block()
+    assert tracked.certified  # the held reveals now count
+    with pytest.raises(PouwError, match="does not match"):
+        tracker.add_verdict(contradicting)  # before the liar's own reveal
+    tracker.add_verdict(liar)
+    (evidence,) = tracker.pending_conflicts()
+    assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {liar.signer}
 
 
 def test_a_report_waits_for_its_jobs_commitment_and_the_seed_block():

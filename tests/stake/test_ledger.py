@@ -30,8 +30,12 @@ def test_transfer_pays_fee_to_proposer_and_rewards_split():
     split = split_reward(s.params, 500 * AIPG)
     assert s.balance(c.ops.address) == split.operations
     assert s.work_pool == split.work  # no work yet: carried forward
+    # No verdict agreed with any outcome: the proposer gets its bonus and the fee, the
+    # rest of the validators' part waits in the verdict pool.
     paid = sum(s.balance(v.address) for v in c.validators)
-    assert paid == split.validators + 1000
+    bonus = split.validators * s.params.proposer_bonus_bps // 10_000
+    assert paid == bonus + 1000
+    assert s.verdict_pool == split.validators - bonus
     assert s.minted == 500 * AIPG
     assert s.total_holdings() == s.expected_supply()
     assert before.height == 0  # the input state is untouched

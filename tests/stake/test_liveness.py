@@ -133,8 +133,18 @@ def test_unjail_needs_the_minimum_bond():
         c.next()
     with pytest.raises(LedgerError, match="at least 10,000 AIPG bonded to return"):
         check_transaction(c.state, make_tx(down, CHAIN, TxKind.UNJAIL, 0))
+    # Validators earn by verdicts now, not by voting power: a user funds the top-up.
+    user = c.users[0]
+    fund = make_tx(
+        user,
+        CHAIN,
+        TxKind.TRANSFER,
+        c.state.account(user.address.raw).nonce,
+        amount=10**8 * 101,
+        recipient=down.address,
+    )
     top_up = make_tx(down, CHAIN, TxKind.BOND, 0, amount=10**8 * 100)
-    c.next(transactions=[top_up, make_tx(down, CHAIN, TxKind.UNJAIL, 1)])
+    c.next(transactions=[fund, top_up, make_tx(down, CHAIN, TxKind.UNJAIL, 1)])
     assert not c.state.downtime_jailed_until(key)
 
 

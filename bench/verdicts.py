@@ -1,0 +1,138 @@
+"""What each committee strategy earns from the verdict pool, on the real ledger.
+
+    python bench/verdicts.py [--jobs 60] [--fraud-every 10] [--seed 7]
+
+Seven validators of equal stake, commit-then-reveal on (``verdict_commit_blocks`` 2).
+Each validator plays one strategy on every committee it is drawn for:
+
+- ``honest``: checks, commits, reveals the right vote (valid, or invalid on a fraud);
+- ``lazy``: commits and reveals "valid" without checking;
+- ``copier``: does not check or commit; reveals a copy of an honest member's vote;
+- ``abstainer``: always says UNAVAILABLE (no commitment needed, no vote).
+
+Every job's votes go through pouw's :class:`VoteCollector` with the chain's commitment
+lookup, exactly as a node counts them; a certificate, or fraud evidence and then its
+upheld review, goes into a block applied by ``apply_block``. One job in
+``--fraud-every`` has a wrong receipt. Prints one JSON object as its last line: for each
+strategy, its share of all verdict-pool payouts divided by its share of the committee
+seats drawn for it (``*_pay_per_seat``, 1.0 = paid as much as its seats; honest members
+get more because the others' shares go to them), and the honest figure's ratio to the
+lazy one. The lazy member loses exactly its share of the fraud jobs: forced errors
+(planned) are what make laziness cost stake rather than only income.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    Certificate,
+    FraudEvidence,
+    VerdictReason,
+    VoteCollector,
+    committee_for,
+    job_id,
+    make_commit,
+    make_verdict,
+)
+from aipg.stake.reveal import commitments
+from aipg.testing.chainkit import AIPG, TEST_PARAMS, TestChain, ident, make_review, make_work
+from aipg.wire import Address
+
+PARAMS = TEST_PARAMS.replace(verdict_commit_blocks=2, escrow_period=8, committee_size=5)
+STRATEGIES = ("honest", "lazy", "copier", "abstainer", "honest", "honest", "honest")
+
+
+def run(jobs: int, fraud_every: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    c = TestChain(n_validators=len(STRATEGIES), params=PARAMS)
+    for _ in range(3):
+        c.next()
+    strategy = {v.public_bytes: s for v, s in zip(c.validators, STRATEGIES, strict=True)}
+    earned = dict.fromkeys(set(STRATEGIES), 0)
+    seats = dict.fromkeys(set(STRATEGIES), 0)
+    workers = [ident(300 + i) for i in range(5)]
+
+    def apply(**body) -> None:
+        before = {k: c.state.balance(Address.from_public_key(k).raw) for k in strategy}
+        block = c.build(**body)
+        c.commit(block)
+        pool_part = c.state.emission.block_reward(c.state.height)
+        ops = pool_part * PARAMS.operations_share_bps // 10_000
+        validators_part = (pool_part - ops) - (pool_part - ops) * PARAMS.work_share_bps // 10_000
+        bonus = validators_part * PARAMS.proposer_bonus_bps // 10_000
+        for k in strategy:
+            gained = c.state.balance(Address.from_public_key(k).raw) - before[k]
+            gained -= bonus if k == block.header.proposer else 0
+            earned[strategy[k]] += gained
+
+    for i in range(jobs):
+        fraud = i % fraud_every == 0
+        job, a, r, _ = make_work(c, workers[rng.randrange(len(workers))], nonce=i)
+        seed = c.state.commitments[job_id(job)] + COMMITTEE_DELAY  # D56
+        snapshot = c.state.validator_snapshot_at(seed)
+        committee = committee_for(
+            job, a, snapshot, c.state.beacon_at(seed), rules=c.state.params.committee_rules()
+        )
+        votes, commits = {}, []
+        right = VerdictReason.TOKEN_MISMATCH if fraud else VerdictReason.OK
+        for k in committee.candidates:
+            s = strategy[k]
+            if s == "copier":
+                continue
+            reason = {"honest": right, "lazy": VerdictReason.OK}.get(s, VerdictReason.UNAVAILABLE)
+            votes[k] = make_verdict(c.keys[k], r, reason, recomputed=b"check")
+            if reason != VerdictReason.UNAVAILABLE:
+                commits.append(make_commit(c.keys[k], votes[k]))
+        for k in committee.candidates:  # the copier copies an honest vote, uncommitted
+            if strategy[k] == "copier":
+                votes[k] = make_verdict(c.keys[k], r, right, recomputed=b"copied")
+        apply(verdict_commits=commits)
+        collector = VoteCollector(job, a, r, committee, snapshot, commitments(c.state))
+        for k in committee.candidates:
+            collector.add(votes[k])
+        for k in committee.members:  # the seats drawn (an abstainer gives its own up)
+            seats[strategy[k]] += 1
+        outcome = collector.outcome
+        if isinstance(outcome, Certificate):
+            apply(certificates=[outcome])
+        elif isinstance(outcome, FraudEvidence):
+            apply(frauds=[outcome])
+            apply(reviews=[make_review(c, outcome, upheld=True)])
+    total_earned = sum(earned.values()) or 1
+    total_seats = sum(seats.values()) or 1
+    out = {
+        f"{s}_pay_per_seat": round((earned[s] / total_earned) / (seats[s] / total_seats), 3)
+        if seats[s]
+        else None
+        for s in sorted(set(STRATEGIES))
+    }
+    out["honest_over_lazy"] = (
+        round(out["honest_pay_per_seat"] / out["lazy_pay_per_seat"], 3)
+        if out["lazy_pay_per_seat"]
+        else None
+    )
+    out["jobs"] = jobs
+    out["fraud_every"] = fraud_every
+    out["verdict_payouts_aipg"] = round(total_earned / AIPG, 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=60)
+    ap.add_argument("--fraud-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    out = run(args.jobs, args.fraud_every, args.seed)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Verdict commitments on chain: what makes "committed in time" checkable by anyone.
+
+Blocks carry :class:`~aipg.pouw.VerdictCommit` records (``verdict_commits``). The first
+one carried for a receipt opens its commit phase (``commit_windows``: receipt id ->
+that block's height); the phase closes ``verdict_commit_blocks`` blocks later, and a
+block carrying a commitment after that is invalid. Each member commits once per
+receipt (``verdict_commits``: receipt id + member key -> the commitment and its height).
+
+A certificate or fraud evidence counts a member's vote only when the revealed verdict
+matches the commitment stored for it (:func:`commitments`), so the ledger checks the
+timing from its own state: no signature can prove *when* it was made, but a block can
+prove that it was made before.
+
+Only bonded keys may commit (a stranger cannot fill the state); the rows an outcome
+counted go with the block that carries it, and the rest are forgotten, with the other
+tables certificates refer to, once no certificate using them could be included (the commit phase of a receipt opens after its assignment, and an assignment
+older than ``escrow_period`` blocks is never certified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aipg.pouw import CommitLookup, PouwError, VerdictCommit, validate_commit
+
+from .state import CommitRow, State
+from .types import LedgerError
+
+
+def enabled(s: State) -> bool:
+    """Whether this chain requires commit-then-reveal (``verdict_commit_blocks`` > 0)."""
+    return s.params.verdict_commit_blocks > 0
+
+
+def commit_key(receipt_id: bytes, member: bytes) -> bytes:
+    return receipt_id + member
+
+
+def commit_closes(s: State, receipt_id: bytes) -> int | None:
+    """The last height whose block may carry a commitment for ``receipt_id`` (None: no
+    commitment carried yet, the phase has not opened)."""
+    opened = s.commit_windows.get(receipt_id)
+    return None if opened is None else opened + s.params.verdict_commit_blocks
+
+
+def process_verdict_commits(s: State, commits: Iterable[VerdictCommit]) -> None:
+    """Record each commitment; LedgerError for one the chain does not take."""
+    for i, commit in enumerate(commits):
+        try:
+            check_verdict_commit(s, commit)
+        except (LedgerError, PouwError) as e:
+            raise LedgerError(f"verdict commitment {i}: {e}") from None
+        rid = commit.receipt_id
+        if rid not in s.commit_windows:
+            s.put("commit_windows", rid, s.height)
+        s.put(
+            "verdict_commits",
+            commit_key(rid, commit.signer),
+            CommitRow(commit.commitment, s.height),
+        )
+
+
+def check_verdict_commit(s: State, commit: VerdictCommit) -> None:
+    if not enabled(s):
+        raise LedgerError("this chain does not take verdict commitments (verdict_commit_blocks 0)")
+    if not s.bond(commit.signer).stake:
+        raise LedgerError("only a bonded key may commit to a verdict")
+    if commit_key(commit.receipt_id, commit.signer) in s.verdict_commits:
+        raise LedgerError("this member already committed to a verdict on this receipt")
+    closes = commit_closes(s, commit.receipt_id)
+    if closes is not None and s.height > closes:
+        raise LedgerError(f"the receipt's commit phase closed at height {closes}")
+    validate_commit(commit)
+
+
+def commitments(s: State) -> CommitLookup | None:
+    """The lookup certificates and fraud evidence are checked with: a member's
+    commitment on a receipt (every stored one was carried in time). None when this
+    chain does not use commit-reveal."""
+    if not enabled(s):
+        return None
+
+    def committed(receipt_id: bytes, member: bytes) -> bytes | None:
+        row = s.verdict_commits.get(commit_key(receipt_id, member))
+        return None if row is None else row.commitment
+
+    return committed
+
+
+def forget_counted(s: State, receipt_id: bytes, verdicts) -> None:
+    """A block carried an outcome counting ``verdicts``: their commitments have done
+    their work (one receipt is certified or convicted once), so their rows go now
+    rather than at the horizon."""
+    for v in verdicts:
+        key = commit_key(receipt_id, v.signer)
+        if key in s.verdict_commits:
+            s.put("verdict_commits", key, None)
+
+
+def prune_commitments(s: State) -> None:
+    """Forget commitments of receipts whose commit phase opened too long ago for any
+    certificate that uses them to be included."""
+    horizon = s.height - s.params.escrow_period - s.params.verdict_commit_blocks
+    old = [rid for rid, opened in s.commit_windows.items() if opened < horizon]
+    if not old:
+        return
+    gone = set(old)
+    for rid in old:
+        s.put("commit_windows", rid, None)
+    for key in [k for k in s.verdict_commits if k[:32] in gone]:
+        s.put("verdict_commits", key, None)
