@@ -35,7 +35,7 @@ from typing import Annotated
 from aipg.wire import U8, U32, Hash32, Range, Record, record
 
 from .errors import ModelError
-from .manifest import DIFFUSION, LLM, ModelDir
+from .manifest import DIFFUSION, LLM, MAX_DIFFUSION_STEPS, ModelDir
 
 __all__ = [
     "COST_KIND_DIFFUSION",
@@ -87,6 +87,7 @@ class ModelCost(Record):
     max_total_tokens: U32 = 0
     max_steps: U32 = 0
     max_latent_pixels: U32 = 0
+    vae_scale_factor: U8 = 0  # image side / latent side
     version: U8 = 1
 
 
@@ -374,8 +375,9 @@ def measure_cost(md: ModelDir) -> ModelCost:
         decode_fixed=decode[0],
         decode_pixel=decode[1],
         decode_pixel2=decode[2],
-        max_steps=500,
+        max_steps=MAX_DIFFUSION_STEPS,
         max_latent_pixels=side * side,
+        vae_scale_factor=d.vae_scale_factor,
     )
 
 

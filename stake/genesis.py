@@ -88,6 +88,11 @@ class ChainParams(Record):
     # ``false_accusation_slash_bps`` of their bonds.
     review_period: Positive
     false_accusation_slash_bps: BpsField
+    # Economics (stake/models.py, stake/pool.py; issue 12): registering a model's cost
+    # burns ``model_registration_fee``; in each block a gateway's jobs earn at most
+    # ``gateway_pool_cap_bps`` x its share of all bonded stake of the block's work pool.
+    model_registration_fee: UnitsField = 10 * UNITS_PER_AIPG
+    gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = BPS
 
 
 MAINNET_PARAMS = ChainParams(
@@ -244,7 +249,7 @@ def make_genesis(
 
 # --- TOML ---------------------------------------------------------------------------
 
-_AMOUNT_PARAMS = {"block_reward", "max_supply", "min_validator_stake"}
+_AMOUNT_PARAMS = {"block_reward", "max_supply", "min_validator_stake", "model_registration_fee"}
 
 
 def _amount(text: Any, where: str) -> int:

@@ -72,6 +72,15 @@ class Conviction(NamedTuple):
     height: int  # the block that carried it (its hash seeds the review)
 
 
+class RegisteredModel(NamedTuple):
+    """A model whose cost is on chain (:mod:`.models`): the encoded
+    :class:`~aipg.models.cost.ModelCost`, who registered it and when."""
+
+    cost: bytes
+    registrant: bytes  # public key
+    height: int
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -83,6 +92,7 @@ EMPTY_BOND = Bond(0, 0)
 # The last two keep only what a certificate young enough to be included can refer to.
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
+# models: model id → RegisteredModel, the cost every certificate of the model is paid by.
 TABLES = (
     "accounts",
     "bonds",
@@ -94,6 +104,7 @@ TABLES = (
     "block_hashes",
     "liveness",
     "convictions",
+    "models",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -101,6 +112,7 @@ _TUPLE_TYPES: dict[str, Any] = {
     "escrows": Escrow,
     "liveness": Liveness,
     "convictions": Conviction,
+    "models": RegisteredModel,
 }
 
 
@@ -125,6 +137,7 @@ class State:
     block_hashes: dict[bytes, bytes]
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
+    models: dict[bytes, RegisteredModel] = dataclasses.field(default_factory=dict)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither

@@ -43,6 +43,7 @@ class TxKind(enum.IntEnum):
     ESCROW = 5  # lock ``amount`` as the fee of paid-tier job ``job_id``
     RECLAIM = 6  # take back the escrow of ``job_id`` once it expired uncertified
     UNJAIL = 7  # a validator jailed for downtime returns (after its jail period)
+    REGISTER_MODEL = 8  # put model ``job_id``'s cost (``memo``: a ModelCost) on chain
 
 
 @record(tag=410)
@@ -74,6 +75,7 @@ def make_tx(
     amount: int = 0,
     recipient: Address | None = None,
     job_id: bytes = NO_JOB,
+    memo: bytes = b"",
 ) -> Transaction:
     """A signed transaction (the one way clients and tests build them)."""
     tx = Transaction(
@@ -84,6 +86,7 @@ def make_tx(
         Units(amount),
         recipient.raw if recipient else NO_ADDRESS,
         job_id,
+        memo,
     )
     return sign(tx, identity)
 

@@ -10,6 +10,7 @@ from aipg.wire import Address, is_signed_by_signer
 
 from .block import Block
 from .liveness import check_unjail, unjail
+from .models import check_register_model, register_model
 from .money import credit, debit
 from .state import Account, Bond, Escrow, State, escrow_key
 from .tx import Transaction, TxKind
@@ -143,6 +144,7 @@ _OPERATIONS = {
     TxKind.ESCROW: _escrow,
     TxKind.RECLAIM: _reclaim,
     TxKind.UNJAIL: unjail,
+    TxKind.REGISTER_MODEL: register_model,
 }
 _CHECKS = {
     TxKind.TRANSFER: _check_transfer,
@@ -152,5 +154,6 @@ _CHECKS = {
     TxKind.ESCROW: _check_escrow,
     TxKind.RECLAIM: _check_reclaim,
     TxKind.UNJAIL: check_unjail,
+    TxKind.REGISTER_MODEL: check_register_model,
 }
-_SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW}
+_SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW, TxKind.REGISTER_MODEL}

@@ -27,19 +27,20 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
+from .models import certified_work
 from .money import credit
+from .pool import WorkItem
 from .review import open_conviction
 from .state import Escrow, State, escrow_key
 from .types import LedgerError
 
 
-def process_certificates(
-    s: State, certificates: Iterable[Certificate]
-) -> dict[bytes, tuple[bytes, int]]:
+def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[bytes, WorkItem]:
     """Check each certificate, settle a paid job's escrow (the fee for its output to the
     worker, the rest back to the payer), and return the work certified in this block:
-    job id -> (worker account, work units)."""
-    work: dict[bytes, tuple[bytes, int]] = {}
+    job id -> WorkItem (worker account, work units by the model's registered cost, never
+    the receipt's own figure, and the gateway)."""
+    work: dict[bytes, WorkItem] = {}
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
         try:  # every check before the first write: a refused certificate changes nothing
@@ -48,6 +49,7 @@ def process_certificates(
             if job in s.certified:
                 raise LedgerError(f"job {job.hex()[:16]} was already certified")
             escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
+            units = certified_work(s, cert.job, cert.receipt)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
         s.put("certified", job, certification_deadline(s, cert.job.deadline_ms))
@@ -58,7 +60,7 @@ def process_certificates(
             credit(s, worker, charged)
             credit(s, escrow.payer, escrow.amount - charged)
             s.paid[job] = charged
-        work[job] = (worker, cert.receipt.work_units)
+        work[job] = WorkItem(worker, units, cert.job.signer)
     return work
 
 

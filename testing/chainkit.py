@@ -4,6 +4,7 @@ committed blocks; and certificates and fraud evidence for its blocks."""
 from __future__ import annotations
 
 from aipg.models import SamplingParams
+from aipg.models.cost import COST_KIND_LLM, ModelCost
 from aipg.pouw import (
     COMMITTEE_LOOKAHEAD,
     Certificate,
@@ -17,7 +18,8 @@ from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
-from aipg.wire import UNITS_PER_AIPG, Identity
+from aipg.stake.types import BPS
+from aipg.wire import UNITS_PER_AIPG, Identity, encode
 
 from .world import OUTPUT_IDS, signed_assignment, signed_job, signed_receipt, signed_verdict
 
@@ -32,6 +34,22 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     review_period=3,
 )
 
+# The model every job of make_work names, and a registered cost for it of one work unit
+# per token (no attention term), so a receipt's units are its prompt + output tokens.
+TEST_MODEL = b"m" * 32
+TEST_COST = ModelCost(
+    model_id=TEST_MODEL,
+    kind=COST_KIND_LLM,
+    token_macs=1_000,
+    max_prompt_tokens=1_000,
+    max_total_tokens=2_000,
+)
+# An economy chain's gateway bonds this much (below a validator's minimum, so the
+# validator set is the same), and its pool cap is 10x its bond share: the cap never
+# binds unless a test lowers it.
+GATEWAY_BOND = 9_000 * UNITS_PER_AIPG
+ECONOMY_PARAMS = TEST_PARAMS.replace(gateway_pool_cap_bps=10 * BPS)
+
 
 def ident(i: int) -> Identity:
     return Identity.from_seed(i.to_bytes(32, "big"))
@@ -40,19 +58,30 @@ def ident(i: int) -> Identity:
 class TestChain:
     """Validators ``ident(1..n)`` bonded with ``stakes`` (10,000 AIPG each unless given),
     users ``ident(100..)`` with 1,000,000 AIPG each, the operations wallet ``ident(99)``,
-    and ``params`` (the short periods of ``TEST_PARAMS`` unless given)."""
+    and ``params`` (the short periods of ``TEST_PARAMS`` unless given).
+
+    ``economy=True`` also funds the jobs' gateway ``ident(500)`` (with ``ECONOMY_PARAMS``
+    unless ``params`` is given): :meth:`economy_txs` bond it and register
+    ``TEST_COST``, which certified work needs to earn from the pool."""
 
     __test__ = False
 
-    def __init__(self, n_validators: int = 4, n_users: int = 4, stakes=None, params=TEST_PARAMS):
+    def __init__(
+        self, n_validators: int = 4, n_users: int = 4, stakes=None, params=None, economy=False
+    ):
         self.validators = [ident(i + 1) for i in range(n_validators)]
         self.users = [ident(100 + i) for i in range(n_users)]
         self.ops = ident(99)
+        self.gateway = ident(500)
+        params = params or (ECONOMY_PARAMS if economy else TEST_PARAMS)
         stakes = stakes or [10_000 * AIPG] * n_validators
+        funded = [(u.address, 1_000_000 * AIPG) for u in self.users]
+        if economy:
+            funded.append((self.gateway.address, 1_000_000 * AIPG))
         self.genesis = make_genesis(
             CHAIN,
             operations_wallet=self.ops.address,
-            allocations=[(u.address, 1_000_000 * AIPG) for u in self.users],
+            allocations=funded,
             validators=[
                 (v.public_bytes, s, f"v{i}")
                 for i, (v, s) in enumerate(zip(self.validators, stakes, strict=True))
@@ -64,6 +93,16 @@ class TestChain:
         self.blocks = []
         self.commits = []
         self.keys = {i.public_bytes: i for i in [*self.validators, *self.users]}
+
+    def economy_txs(self, cost: ModelCost = TEST_COST, bond: int = GATEWAY_BOND):
+        """The gateway's BOND of ``bond`` and its REGISTER_MODEL of ``cost``."""
+        g = self.gateway
+        n = self.state.account(g.address.raw).nonce
+        fee = self.state.params.model_registration_fee
+        return [
+            make_tx(g, CHAIN, TxKind.BOND, n, amount=bond),
+            register_tx(g, n + 1, cost, fee),
+        ]
 
     def last_commit(self):
         return self.commits[-1] if self.commits else None
@@ -97,6 +136,19 @@ class TestChain:
         return self.commit(self.build(**body), absent)
 
 
+def register_tx(who: Identity, nonce: int, cost: ModelCost, fee: int):
+    """``who``'s REGISTER_MODEL of ``cost``, burning ``fee``."""
+    return make_tx(
+        who,
+        CHAIN,
+        TxKind.REGISTER_MODEL,
+        nonce,
+        amount=fee,
+        job_id=cost.model_id,
+        memo=encode(cost),
+    )
+
+
 # --- pouw records for blocks ------------------------------------------------------------
 
 
@@ -110,17 +162,20 @@ def make_work(
     client: Identity | None = None,
     max_tokens: int = 16,
     output_tokens: int | None = None,
+    gateway: Identity | None = None,
+    job_over: dict | None = None,
+    receipt_over: dict | None = None,
 ):
     """A job from ``client`` (the chain's first user unless given) for ``max_tokens``,
     assigned to ``worker`` at the chain's current height, its receipt, and the verdicts
     of its whole committee (valid or not). A ``fee`` makes it a paid job; ``nonce``
     tells jobs apart, and varies the output tokens the receipt claims (4 + nonce % 5,
-    so that jobs pay differently) unless ``output_tokens`` is given. Returns (job,
-    assignment, receipt, verdicts)."""
-    gateway = ident(500)
-    job = signed_job(
-        gateway,
-        model_id=b"m" * 32,
+    so that jobs pay differently) unless ``output_tokens`` is given. ``gateway`` signs
+    the job (``ident(500)`` unless given); ``job_over`` and ``receipt_over`` replace
+    fields of the job and the receipt. Returns (job, assignment, receipt, verdicts)."""
+    gateway = gateway or ident(500)
+    fields = dict(
+        model_id=TEST_MODEL,
         llm=SamplingParams(max_tokens=max_tokens),
         tier=1 if fee else 0,
         fee=fee,
@@ -129,6 +184,7 @@ def make_work(
         deadline_ms=chain.state.time_ms + 60_000,
         nonce=nonce,
     )
+    job = signed_job(gateway, **(fields | (job_over or {})))
     height = max(COMMITTEE_LOOKAHEAD, chain.state.height)
     a = signed_assignment(
         gateway,
@@ -139,7 +195,9 @@ def make_work(
         deadline_ms=job.deadline_ms,
     )
     claimed = len(OUTPUT_IDS) + nonce % 5 if output_tokens is None else output_tokens
-    r = signed_receipt(worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS))
+    r = signed_receipt(
+        worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS), **(receipt_over or {})
+    )
     snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
         job,
