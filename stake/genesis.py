@@ -90,9 +90,13 @@ class ChainParams(Record):
     false_accusation_slash_bps: BpsField
     # Economics (stake/models.py, stake/pool.py; issue 12): registering a model's cost
     # burns ``model_registration_fee``; in each block a gateway's jobs earn at most
-    # ``gateway_pool_cap_bps`` x its share of all bonded stake of the block's work pool.
+    # ``gateway_pool_cap_bps`` x its share of all bonded stake of the block's work pool;
+    # a worker's pool earnings are a budget that fills by ``worker_pool_cap_bps`` x its
+    # bond share of each block's pool, holding at most ``worker_budget_blocks`` of that.
     model_registration_fee: UnitsField = 10 * UNITS_PER_AIPG
     gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = BPS
+    worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500  # 0 turns budgets off
+    worker_budget_blocks: Annotated[int, Range(1, 100_000)] = 20
 
 
 MAINNET_PARAMS = ChainParams(

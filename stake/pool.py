@@ -17,6 +17,17 @@ under its cap earns the same amount per work unit, a gateway at its cap earns it
 of the pool however many units it invents, and does not dilute the others (they share
 what it cannot take). Within a gateway, jobs are paid by their work units. Paid jobs
 count like free ones here; their fees are paid from their escrows on top.
+
+A gateway's cap bounds what the jobs it *routes* earn, not who does them: a gateway that
+sends its whole allotment to its own worker, while that worker also serves everybody
+else's jobs, would still earn about twice its share. So a worker's pool earnings follow
+its bond too (D63): each worker has a budget that fills by ``worker_pool_cap_bps`` x its
+bond share of every block's pool (whether it worked or not) and holds at most
+``worker_budget_blocks`` blocks of that; a block pays a worker at most its budget and
+burns the rest. Over any stretch of blocks no key earns more than that factor times its
+bond's share of the pool, by whatever mix of routing, invented jobs, forged counts or
+ground committees; the bucket lets an honest worker's earnings swing from block to block
+around its share without losing any.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from .money import credit
-from .state import State
+from .state import PoolBudget, State
 from .types import BPS
 
 
@@ -36,15 +47,31 @@ class WorkItem(NamedTuple):
     worker: bytes
     units: int
     gateway: bytes
+    worker_key: bytes = b""
+
+
+def total_bonded(s: State) -> int:
+    return sum(b.stake for b in s.bonds.values())
 
 
 def gateway_caps(s: State, pool: int, gateways) -> dict[bytes, int]:
     """Each gateway's most of ``pool`` this block (bond share times the cap factor)."""
-    total = sum(b.stake for b in s.bonds.values())
+    total = total_bonded(s)
     if not total:
         return {g: 0 for g in gateways}
     bps = s.params.gateway_pool_cap_bps
     return {g: min(pool, pool * s.bond(g).stake * bps // (total * BPS)) for g in gateways}
+
+
+def worker_budget(s: State, key: bytes, pool: int, total: int) -> tuple[int, int]:
+    """(the budget ``key`` has at this height, the most it can hold): it fills by
+    ``worker_pool_cap_bps`` x the key's bond share of ``pool`` per block."""
+    rate = pool * s.bond(key).stake * s.params.worker_pool_cap_bps // (total * BPS) if total else 0
+    most = rate * s.params.worker_budget_blocks
+    row = s.pool_budgets.get(key)
+    if row is None:
+        return most, most
+    return min(most, row.budget + rate * (s.height - row.height)), most
 
 
 def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
@@ -64,11 +91,25 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         alloc[g] = min(caps[g], fair)
         left -= alloc[g]
         weight -= units[g]
+    shares: dict[bytes, int] = {}
+    by_worker: dict[bytes, int] = {}
     for job in sorted(work):
         item = work[job]
-        if not item.units:
-            continue
-        share = alloc[item.gateway] * item.units // units[item.gateway]
+        if item.units:
+            shares[job] = alloc[item.gateway] * item.units // units[item.gateway]
+            by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
+    total = total_bonded(s)
+    scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
+    for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
+        budget, most = worker_budget(s, key, pool, total)
+        pay = min(budget, by_worker[key])
+        scale[key] = (pay, by_worker[key])
+        left_over = budget - pay
+        s.put("pool_budgets", key, None if left_over >= most else PoolBudget(left_over, s.height))
+    for job, share in shares.items():
+        item = work[job]
+        pay, earned = scale.get(item.worker_key, (1, 1))
+        share = share * pay // earned if earned else 0
         credit(s, item.worker, share)
         s.work_pool -= share
         s.paid[job] = s.paid.get(job, 0) + share

@@ -81,6 +81,14 @@ class RegisteredModel(NamedTuple):
     height: int
 
 
+class PoolBudget(NamedTuple):
+    """What a worker may still earn from work pools (:mod:`.pool`) as of ``height``. No
+    row: a full budget."""
+
+    budget: int
+    height: int
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -93,6 +101,7 @@ EMPTY_BOND = Bond(0, 0)
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
 # models: model id → RegisteredModel, the cost every certificate of the model is paid by.
+# pool_budgets: worker key → PoolBudget, for workers whose pool budget is not full.
 TABLES = (
     "accounts",
     "bonds",
@@ -105,6 +114,7 @@ TABLES = (
     "liveness",
     "convictions",
     "models",
+    "pool_budgets",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -113,6 +123,7 @@ _TUPLE_TYPES: dict[str, Any] = {
     "liveness": Liveness,
     "convictions": Conviction,
     "models": RegisteredModel,
+    "pool_budgets": PoolBudget,
 }
 
 
@@ -138,6 +149,7 @@ class State:
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
     models: dict[bytes, RegisteredModel] = dataclasses.field(default_factory=dict)
+    pool_budgets: dict[bytes, PoolBudget] = dataclasses.field(default_factory=dict)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither

@@ -60,7 +60,7 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
             credit(s, worker, charged)
             credit(s, escrow.payer, escrow.amount - charged)
             s.paid[job] = charged
-        work[job] = WorkItem(worker, units, cert.job.signer)
+        work[job] = WorkItem(worker, units, cert.job.signer, cert.receipt.signer)
     return work
 
 

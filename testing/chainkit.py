@@ -45,10 +45,10 @@ TEST_COST = ModelCost(
     max_total_tokens=2_000,
 )
 # An economy chain's gateway bonds this much (below a validator's minimum, so the
-# validator set is the same), and its pool cap is 10x its bond share: the cap never
-# binds unless a test lowers it.
+# validator set is the same), its pool cap is 10x its bond share and workers' budgets
+# are off: no cap binds unless a test sets one.
 GATEWAY_BOND = 9_000 * UNITS_PER_AIPG
-ECONOMY_PARAMS = TEST_PARAMS.replace(gateway_pool_cap_bps=10 * BPS)
+ECONOMY_PARAMS = TEST_PARAMS.replace(gateway_pool_cap_bps=10 * BPS, worker_pool_cap_bps=0)
 
 
 def ident(i: int) -> Identity:

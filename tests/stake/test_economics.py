@@ -185,3 +185,24 @@ def test_diffusion_latent_pixels_follow_the_job():
     with pytest.raises(LedgerError, match="4096 latent pixels; the job's are 64"):
         apply_block(c.state, c.build(certificates=[lie]))
     assert c.next(certificates=[ok]).paid[ok.receipt.job_id] == _pool(c.state)
+
+
+def test_a_worker_earns_at_most_its_bond_share_over_any_stretch():
+    params = ECONOMY_PARAMS.replace(worker_pool_cap_bps=BPS, worker_budget_blocks=2)
+    c = _chain(params=params)
+    worker = c.users[2]
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=9_000 * AIPG)])
+    pool = _pool(c.state)
+    rate = pool * 9_000 * AIPG // sum(b.stake for b in c.state.bonds.values())
+    paid = []
+    for i in range(5):  # however much it does, a block pays it at most its budget
+        certs = [make_certificate(c, worker, nonce=10 * i + j) for j in range(3)]
+        s = c.next(certificates=certs)
+        paid.append(sum(s.paid.get(x.receipt.job_id, 0) for x in certs))
+    assert 2 * rate - 3 <= paid[0] <= 2 * rate  # a full budget holds two blocks' worth
+    assert all(rate - 3 <= p <= rate for p in paid[1:])
+    for _ in range(10):  # idle: the budget refills, but to two blocks' worth only
+        c.next()
+    cert = make_certificate(c, worker, nonce=99)
+    assert 2 * rate - 1 <= c.next(certificates=[cert]).paid[cert.receipt.job_id] <= 2 * rate
+    assert worker.public_bytes in c.state.pool_budgets  # spent: a row until it refills
