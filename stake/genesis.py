@@ -89,14 +89,14 @@ class ChainParams(Record):
     review_period: Positive
     false_accusation_slash_bps: BpsField
     # Economics (stake/models.py, stake/pool.py; issue 12): registering a model's cost
-    # burns ``model_registration_fee``; in each block a gateway's jobs earn at most
-    # ``gateway_pool_cap_bps`` x its share of all bonded stake of the block's work pool;
-    # a worker's pool earnings are a budget that fills by ``worker_pool_cap_bps`` x its
-    # bond share of each block's pool, holding at most ``worker_budget_blocks`` of that.
+    # burns ``model_registration_fee``. What a gateway's jobs, and what a worker, earn
+    # from work pools is a budget that fills by ``gateway_pool_cap_bps`` (resp.
+    # ``worker_pool_cap_bps``) x the key's share of all bonded stake of each block's pool
+    # and holds at most ``pool_budget_blocks`` blocks of that; 0 turns a budget off.
     model_registration_fee: UnitsField = 10 * UNITS_PER_AIPG
-    gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = BPS
-    worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500  # 0 turns budgets off
-    worker_budget_blocks: Annotated[int, Range(1, 100_000)] = 20
+    gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
+    worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
+    pool_budget_blocks: Annotated[int, Range(1, 100_000)] = 100
 
 
 MAINNET_PARAMS = ChainParams(

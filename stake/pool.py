@@ -1,33 +1,33 @@
 """The work pool of one block: who is paid what of it, and what is burned.
 
 Each block's work share of the reward pays the work certified in that block and
-nothing else: what it does not pay (no certified work, gateways at their caps, rounding
-dust) is burned, never carried to a later block, so a job timed after an idle spell
-earns exactly what it would have earned in any block (no windfall; issue 12, D61).
+nothing else: what it does not pay (no certified work, budgets spent, rounding dust) is
+burned, never carried to a later block, so a job timed after an idle spell earns what
+it would have earned in any block (no windfall; D61).
 
-Free-tier demand costs its creator nothing, so the pool a gateway's jobs can earn in a
-block is capped by something that costs to hold: its bond. Gateway ``g`` (the key that
-signed the job) may earn at most
+Free-tier demand costs its creator nothing, so what a gateway's jobs can earn from the
+pool is bounded by something that costs to hold: its bond (D62). And since a gateway may
+route its jobs to its own worker while that worker also serves everybody else's, what a
+worker earns is bounded by its bond too (D63). Both bounds are budgets: a key's budget
+fills, in every block whether it works or not, by
 
-    cap_g = pool x bond_g / (all bonded stake) x gateway_pool_cap_bps / 10,000
+    pool x (the key's bond / all bonded stake) x cap_bps / 10,000
 
-and the pool is shared by work units with those caps by water-filling: every gateway
-under its cap earns the same amount per work unit, a gateway at its cap earns its cap
-(D62). A gateway inventing jobs for its own worker thus earns at most its bond's share
-of the pool however many units it invents, and does not dilute the others (they share
-what it cannot take). Within a gateway, jobs are paid by their work units. Paid jobs
-count like free ones here; their fees are paid from their escrows on top.
+(``gateway_pool_cap_bps`` for a gateway, ``worker_pool_cap_bps`` for a worker) and holds
+at most ``pool_budget_blocks`` blocks of that. A key's row is made the first time it
+earns, with one block's worth: a new key (however many an adversary makes) starts with
+nothing saved up.
 
-A gateway's cap bounds what the jobs it *routes* earn, not who does them: a gateway that
-sends its whole allotment to its own worker, while that worker also serves everybody
-else's jobs, would still earn about twice its share. So a worker's pool earnings follow
-its bond too (D63): each worker has a budget that fills by ``worker_pool_cap_bps`` x its
-bond share of every block's pool (whether it worked or not) and holds at most
-``worker_budget_blocks`` blocks of that; a block pays a worker at most its budget and
-burns the rest. Over any stretch of blocks no key earns more than that factor times its
-bond's share of the pool, by whatever mix of routing, invented jobs, forged counts or
-ground committees; the bucket lets an honest worker's earnings swing from block to block
-around its share without losing any.
+A block's pool is shared in two steps. Gateways first, by water-filling: every gateway
+whose budget allows earns the same amount per work unit of its jobs, a gateway whose
+budget does not earns its budget, so a gateway that invents floods of jobs takes at most
+its budget and dilutes nobody (the others share what it cannot take). Within a gateway,
+jobs by work units. Then each worker is paid at most its budget (pro rata over its jobs)
+and the rest is burned. Over any stretch of blocks no key earns more than its cap factor
+times its bond's share of the pool, by whatever routing, invented jobs, forged counts or
+ground committees; the budget's depth lets honest earnings swing from block to block
+around their share without losing any. Paid jobs count like free ones here; their fees
+come from their escrows on top.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ from .money import credit
 from .state import PoolBudget, State
 from .types import BPS
 
+GATEWAY, WORKER = b"g", b"w"  # prefixes of the pool_budgets rows
+
 
 class WorkItem(NamedTuple):
     """One certified job of a block: its worker's account, its work units (from the
-    model's registered cost) and its gateway's key."""
+    model's registered cost), its gateway's key and its worker's key."""
 
     worker: bytes
     units: int
@@ -54,43 +56,46 @@ def total_bonded(s: State) -> int:
     return sum(b.stake for b in s.bonds.values())
 
 
-def gateway_caps(s: State, pool: int, gateways) -> dict[bytes, int]:
-    """Each gateway's most of ``pool`` this block (bond share times the cap factor)."""
-    total = total_bonded(s)
-    if not total:
-        return {g: 0 for g in gateways}
-    bps = s.params.gateway_pool_cap_bps
-    return {g: min(pool, pool * s.bond(g).stake * bps // (total * BPS)) for g in gateways}
-
-
-def worker_budget(s: State, key: bytes, pool: int, total: int) -> tuple[int, int]:
-    """(the budget ``key`` has at this height, the most it can hold): it fills by
-    ``worker_pool_cap_bps`` x the key's bond share of ``pool`` per block."""
-    rate = pool * s.bond(key).stake * s.params.worker_pool_cap_bps // (total * BPS) if total else 0
-    most = rate * s.params.worker_budget_blocks
-    row = s.pool_budgets.get(key)
-    if row is None:
-        return most, most
+def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
+    """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
+    bps = s.params.gateway_pool_cap_bps if role == GATEWAY else s.params.worker_pool_cap_bps
+    rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
+    most = rate * s.params.pool_budget_blocks
+    row = s.pool_budgets.get(role + key)
+    if row is None:  # first seen: one block's worth, so that no new key brings a windfall
+        return min(rate, most), most
     return min(most, row.budget + rate * (s.height - row.height)), most
 
 
+def _spend(s: State, role: bytes, key: bytes, have: int, most: int, spent: int) -> None:
+    s.put("pool_budgets", role + key, PoolBudget(have - spent, s.height))
+
+
 def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
-    """Pay this block's pool to its certified work (gateway caps, then work units) and
-    burn the rest. What each job was paid is added to ``s.paid``."""
+    """Pay this block's pool to its certified work (gateway budgets, work units, worker
+    budgets) and burn the rest. What each job was paid is added to ``s.paid``."""
     pool = s.work_pool
+    total = total_bonded(s)
     units: dict[bytes, int] = {}
     for item in work.values():
         if item.units:
             units[item.gateway] = units.get(item.gateway, 0) + item.units
-    caps = gateway_caps(s, pool, units)
-    order = sorted(units, key=lambda g: (Fraction(caps[g], units[g]), g))
+    caps = {}
+    for g in units:
+        caps[g] = (
+            (pool, pool)
+            if not s.params.gateway_pool_cap_bps
+            else budget(s, GATEWAY, g, pool, total)
+        )
+    order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
     left, weight = pool, sum(units.values())
     alloc: dict[bytes, int] = {}
-    for g in order:  # ascending cap per unit: the capped ones come first
-        fair = left * units[g] // weight
-        alloc[g] = min(caps[g], fair)
+    for g in order:  # ascending budget per unit: the bounded ones come first
+        alloc[g] = min(caps[g][0], left * units[g] // weight)
         left -= alloc[g]
         weight -= units[g]
+        if s.params.gateway_pool_cap_bps:
+            _spend(s, GATEWAY, g, *caps[g], alloc[g])
     shares: dict[bytes, int] = {}
     by_worker: dict[bytes, int] = {}
     for job in sorted(work):
@@ -98,14 +103,12 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         if item.units:
             shares[job] = alloc[item.gateway] * item.units // units[item.gateway]
             by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
-    total = total_bonded(s)
     scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
     for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
-        budget, most = worker_budget(s, key, pool, total)
-        pay = min(budget, by_worker[key])
+        have, most = budget(s, WORKER, key, pool, total)
+        pay = min(have, by_worker[key])
         scale[key] = (pay, by_worker[key])
-        left_over = budget - pay
-        s.put("pool_budgets", key, None if left_over >= most else PoolBudget(left_over, s.height))
+        _spend(s, WORKER, key, have, most, pay)
     for job, share in shares.items():
         item = work[job]
         pay, earned = scale.get(item.worker_key, (1, 1))

@@ -82,8 +82,8 @@ class RegisteredModel(NamedTuple):
 
 
 class PoolBudget(NamedTuple):
-    """What a worker may still earn from work pools (:mod:`.pool`) as of ``height``. No
-    row: a full budget."""
+    """What a gateway or worker may still earn from work pools (:mod:`.pool`) as of
+    ``height``. No row: it never earned (its budget starts at one block's worth)."""
 
     budget: int
     height: int
@@ -101,7 +101,7 @@ EMPTY_BOND = Bond(0, 0)
 # liveness: validator key → Liveness, only for keys with misses or a downtime jail.
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
 # models: model id → RegisteredModel, the cost every certificate of the model is paid by.
-# pool_budgets: worker key → PoolBudget, for workers whose pool budget is not full.
+# pool_budgets: b"g"/b"w" + key → PoolBudget, each gateway's and worker's pool budget.
 TABLES = (
     "accounts",
     "bonds",

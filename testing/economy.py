@@ -1,0 +1,590 @@
+"""An adversarial economic simulation over the real ledger, scheduler and committees.
+
+Operators each hold one key that is a validator, a worker and a gateway; an adversary
+holds a fraction ``x`` of both the stake and the compute, spread over a few keys, and
+plays one strategy. Every block the honest clients send jobs to gateways (in proportion
+to their stake); gateways schedule them with the real :class:`~aipg.pouw.Scheduler`
+from signed claims; workers run them at their capacity (the ONNX compute is modeled by
+the model's registered cost in MACs); committees are drawn with the real
+:func:`~aipg.pouw.committee_for` and decide with the real
+:class:`~aipg.pouw.VoteCollector`; fraud evidence is reviewed by the real review
+committee; and blocks are built by :func:`~aipg.stake.proposal.prepare_block` and
+applied by :func:`~aipg.stake.ledger.apply_block`. Honest demand pauses for a few blocks
+every ``idle_every`` blocks, so that timing attacks have idle spells to aim at.
+
+What is measured: every operator's net worth (balance, bond, unbonding) gained over the
+run; the adversary's share of what all operators gained, over its fair share ``x``, is
+its ``reward_ratio``. Also the honest keys slashed, the heights at which no block could
+be built, and validators' checking compute over workers' compute.
+
+Pure and deterministic (one seeded ``random.Random``); ``bench/economics.py`` runs the
+full grid, tests run a few blocks of every strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import random
+from collections import deque
+
+from aipg.models import DiffusionParams, SamplingParams
+from aipg.models.cost import (
+    COST_KIND_DIFFUSION,
+    COST_KIND_LLM,
+    ModelCost,
+    diffusion_job_macs,
+    llm_job_macs,
+)
+from aipg.pouw import (
+    Claim,
+    PouwError,
+    Scheduler,
+    SchedulerConfig,
+    VerdictReason,
+    VoteCollector,
+    committee_for,
+    make_verdict,
+    review_committee,
+    work_units,
+)
+from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
+from aipg.stake.builder import make_commit
+from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
+from aipg.stake.ledger import apply_block
+from aipg.stake.proposal import Candidates, prepare_block
+from aipg.stake.state import State
+from aipg.stake.tx import TxKind, make_tx
+from aipg.stake.types import LedgerError
+from aipg.wire import UNITS_PER_AIPG, Identity, encode, sign
+
+from .world import signed_assignment, signed_receipt
+
+AIPG = UNITS_PER_AIPG
+CHAIN = "aipg-economy-1"
+FRACTIONS = (0.01, 0.1, 0.3)
+STRATEGIES = (
+    "honest",
+    "self_dealing",
+    "grinding",
+    "sybil_claims",
+    "fake_cost_model",
+    "pool_sniping",
+    "lazy_validators",
+    "copying_validators",
+    "false_accusation",
+    "withholding",
+    "duplicate_receipts",
+    "sybil_gateways",
+)
+PARAMS = MAINNET_PARAMS.replace(
+    target_block_time_ms=1_000,
+    epoch_length=10,
+    unbonding_period=500,
+    jail_period=20,
+    escrow_period=200,
+    review_period=20,
+    signed_blocks_window=100,
+    downtime_jail_period=20,
+)
+TOTAL_STAKE = 10_000_000 * AIPG
+HONEST_OPERATORS = 9
+# The registered models: an LLM with the demo decoder's cost, a diffusion model with the
+# demo UNet's, and (fake_cost_model) a tiny model registered at 10,000x its real cost.
+LLM_MODEL, IMAGE_MODEL, TINY_MODEL = b"L" * 32, b"D" * 32, b"T" * 32
+LLM_COST = ModelCost(LLM_MODEL, COST_KIND_LLM, token_macs=245_760, pair_macs=384,
+                     max_prompt_tokens=383, max_total_tokens=384)  # fmt: skip
+IMAGE_COST = ModelCost(IMAGE_MODEL, COST_KIND_DIFFUSION, step_fixed=872_448,
+                       step_pixel=1_299_456, text_macs=262_144, decode_pixel=693_504,
+                       max_steps=500, max_latent_pixels=1024, vae_scale_factor=8)  # fmt: skip
+TINY_TRUE = LLM_COST.replace(model_id=TINY_MODEL, token_macs=250, pair_macs=0)
+TINY_CLAIMED = TINY_TRUE.replace(token_macs=2_500_000)
+TRUE_COSTS = {LLM_MODEL: LLM_COST, IMAGE_MODEL: IMAGE_COST, TINY_MODEL: TINY_TRUE}
+CHALLENGE_STEPS = 2  # diffusion steps a committee member re-runs
+# One claimant per job, drawn by capacity: the assignment in proportion to measured
+# capacity that issue 12 asks of the scheduler (the beacon branch's draw), through the
+# real Scheduler. More claimants make today's least-queue rule favour fast workers.
+CLAIMS_PER_JOB = 1
+IMAGE_SHARE = 0.1  # of honest jobs
+IMAGE = DiffusionParams(steps=10, width=32, height=32)  # 16 latent pixels
+JOB_DEADLINE_MS = 120_000  # a slow worker's job still finishes in time
+SELF_JOBS_PER_BLOCK = 6  # most jobs an adversary worker invents for itself per block
+
+
+@dataclasses.dataclass
+class Config:
+    strategy: str = "honest"
+    fraction: float = 0.1
+    blocks: int = 300
+    jobs_per_block: int = 4
+    load: float = 0.6  # honest demand over total compute
+    idle_every: int = 50  # honest demand pauses for the last ``idle_blocks`` of each
+    idle_blocks: int = 8
+    seed: int = 1
+
+
+@dataclasses.dataclass
+class Outcome:
+    reward_ratio: float
+    honest_slashes: int
+    halted_heights: int
+    validator_macs: int
+    worker_macs: int
+
+
+@dataclasses.dataclass
+class Operator:
+    identity: Identity
+    adversary: bool
+    capacity: int  # MACs per block
+    queue: deque = dataclasses.field(default_factory=deque)  # [job, assignment, macs left]
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_bytes
+
+
+def _id(label: str) -> Identity:
+    return Identity.from_seed(hashlib.sha256(label.encode()).digest())
+
+
+def _low_key(label: str) -> Identity:
+    """A key that sorts before almost every other (sybils win the scheduler's ties)."""
+    i = 0
+    while True:
+        ident = _id(f"{label}/{i}")
+        if ident.public_bytes[0] < 4:
+            return ident
+        i += 1
+
+
+class Economy:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rng = random.Random(f"{cfg.seed}/{cfg.strategy}/{cfg.fraction}")
+        x = cfg.fraction
+        n_adv = {0.01: 3, 0.1: 4, 0.3: 6}.get(x, 3)  # gateway, worker, validators
+        # The adversary's gateway and extra validators bond the minimum; its worker the
+        # rest (a worker earns from the pool by its own key's bond).
+        small = PARAMS.min_validator_stake
+        adv_stakes = [small] * (n_adv - 1) + [int(TOTAL_STAKE * x) - small * (n_adv - 1)]
+        honest_stake = (TOTAL_STAKE - sum(adv_stakes)) // HONEST_OPERATORS
+        image = diffusion_job_macs(IMAGE_COST, IMAGE.steps, 16, True)
+        text = sum(llm_job_macs(LLM_COST, n, 64) for n in range(16, 257)) // 241
+        mean_job = IMAGE_SHARE * image + (1 - IMAGE_SHARE) * text
+        capacity = int(cfg.jobs_per_block * mean_job / cfg.load)
+        self.operators: list[Operator] = []
+        for i in range(HONEST_OPERATORS):
+            share = capacity * honest_stake // TOTAL_STAKE
+            self.operators.append(Operator(_id(f"honest/{i}"), False, share))
+        for i in range(n_adv):  # one worker with all its compute; the rest stake
+            share = int(capacity * x) if i == n_adv - 1 else 0
+            self.operators.append(Operator(_id(f"adversary/{i}"), True, share))
+        stakes = {o.key: honest_stake for o in self.operators[:HONEST_OPERATORS]}
+        stakes |= {
+            o.key: s for o, s in zip(self.operators[HONEST_OPERATORS:], adv_stakes, strict=True)
+        }
+        self.by_key = {o.key: o for o in self.operators}
+        self.adversary = [o for o in self.operators if o.adversary]
+        self.sybils: list[Operator] = []
+        if cfg.strategy == "sybil_claims":  # the adversary's compute, behind low keys
+            cap = sum(o.capacity for o in self.adversary) // 4
+            for i in range(4):
+                self.sybils.append(Operator(_low_key(f"sybil/{i}"), True, cap))
+            for o in self.adversary:
+                o.capacity = 0
+        self.clients = [_id(f"client/{i}") for i in range(4)]
+        self.adv_client = _id("adversary/client")
+        self.ops = _id("operations")
+        funded = [(o.identity.address, 100_000 * AIPG) for o in self.operators]
+        funded += [(c.address, 10_000_000 * AIPG) for c in (*self.clients, self.adv_client)]
+        self.genesis = make_genesis(
+            CHAIN,
+            operations_wallet=self.ops.address,
+            allocations=funded,
+            validators=[(k, s, "") for k, s in stakes.items()],
+            params=PARAMS,
+            genesis_time_ms=1_000,
+        )
+        self.state = State.from_genesis(self.genesis)
+        self.last_commit = None
+        self.schedulers = {
+            o.key: Scheduler(
+                o.identity,
+                lambda k: self.state.bond(k).stake,
+                config=SchedulerConfig(claim_window_ms=0, attempt_timeout_ms=JOB_DEADLINE_MS),
+            )
+            for o in self.operators
+        }
+        self.pending: dict[str, list] = {"tx": [], "cert": [], "fraud": [], "review": []}
+        self.frauds: dict[bytes, FraudEvidence] = {}
+        self.nonce = 0
+        self.halted = 0
+        self.validator_macs = 0
+        self.worker_macs = 0
+        self.sniped: list = []
+        self._credit: dict[bytes, int] = {}
+        self.jobs_done: dict[bytes, int] = {}  # certified jobs by worker
+        self.paid_to: dict[bytes, int] = {}  # what they were paid (pool and fees)
+        regs = [(LLM_COST, self.operators[0]), (IMAGE_COST, self.operators[1])]
+        if cfg.strategy == "fake_cost_model":
+            regs.append((TINY_CLAIMED, self.adversary[0]))
+        for cost, who in regs:
+            self._tx(who.identity, TxKind.REGISTER_MODEL, amount=PARAMS.model_registration_fee,
+                     job_id=cost.model_id, memo=encode(cost))  # fmt: skip
+        self.start = self._worth()
+
+    # --- accounting ------------------------------------------------------------------------
+
+    def _group(self) -> dict[bytes, bool]:
+        out = {o.identity.address.raw: o.adversary for o in (*self.operators, *self.sybils)}
+        out[self.adv_client.address.raw] = True
+        return out
+
+    def _worth(self) -> dict[bytes, int]:
+        s = self.state
+        out = {}
+        for o in (*self.operators, *self.sybils):
+            out[o.identity.address.raw] = (
+                s.balance(o.identity.address) + s.bond(o.key).stake + s.unbonding_total(o.key)
+            )
+        out[self.adv_client.address.raw] = s.balance(self.adv_client.address)
+        return out
+
+    def outcome(self) -> Outcome:
+        end, group = self._worth(), self._group()
+        gain = {a: end[a] - self.start[a] for a in end}
+        adv = sum(g for a, g in gain.items() if group[a])
+        total = sum(gain.values())
+        honest = total - adv
+        ratio = adv / (self.cfg.fraction * (max(adv, 0) + honest)) if honest > 0 else 0.0
+        slashed = sum(
+            1
+            for o in self.operators
+            if not o.adversary and self.state.bond(o.key).stake < self.genesis_stake(o.key)
+        )
+        return Outcome(ratio, slashed, self.halted, self.validator_macs, self.worker_macs)
+
+    def genesis_stake(self, key: bytes) -> int:
+        return next(v.stake for v in self.genesis.validators if v.public_key == key)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        for _ in range(self.cfg.blocks):
+            self.step()
+        return self.outcome()
+
+    def _tx(self, who: Identity, kind: TxKind, **kw) -> None:
+        pending = sum(1 for t in self.pending["tx"] if t.signer == who.public_bytes)
+        nonce = self.state.account(who.address.raw).nonce + pending
+        self.pending["tx"].append(make_tx(who, CHAIN, kind, nonce, **kw))
+
+    def step(self) -> None:
+        s = self.state
+        now = s.time_ms + PARAMS.target_block_time_ms
+        h = s.height
+        strategy = self.cfg.strategy
+        idle = h % self.cfg.idle_every >= self.cfg.idle_every - self.cfg.idle_blocks
+        if h >= 3:
+            if not idle:
+                for _ in range(self.cfg.jobs_per_block):
+                    self._honest_job(now)
+            if strategy in ("self_dealing", "sybil_gateways", "fake_cost_model"):
+                self._self_deal(now, TINY_MODEL if strategy == "fake_cost_model" else LLM_MODEL)
+            elif strategy == "pool_sniping":
+                self._snipe(now, idle)
+            elif strategy == "grinding" and h % 4 == 0:
+                self._grind(now)
+            for sched in self.schedulers.values():
+                for a in sched.tick(now, h):
+                    worker = self.by_key.get(a.worker) or self._sybil(a.worker)
+                    job = sched._jobs[a.job_id].job
+                    worker.queue.append([job, a, self._macs(job)])
+            for w in (*self.operators, *self.sybils):
+                self._work(w, now)
+        self._block(now)
+
+    def _sybil(self, key: bytes) -> Operator:
+        return next(o for o in self.sybils if o.key == key)
+
+    def _macs(self, job: Job) -> int:
+        cost = TRUE_COSTS[job.model_id]
+        if job.llm is not None:
+            return llm_job_macs(cost, len(job.prompt), job.llm.max_tokens)
+        d = job.diffusion
+        return diffusion_job_macs(cost, d.steps, (d.width // 8) * (d.height // 8), True)
+
+    def _job(self, gateway: Identity, now: int, model: bytes, *, client: bytes, fee=0, **kw):
+        self.nonce += 1
+        fields = dict(
+            model_id=model,
+            prompt=kw.pop("prompt", "p" * self.rng.randint(16, 256)),
+            llm=SamplingParams(max_tokens=self.rng.randint(8, 120)),
+            diffusion=None,
+            seed=self.nonce,
+            tier=1 if fee else 0,
+            fee=fee,
+            client=client,
+            cost_milli=1000,
+            created_ms=now,
+            deadline_ms=now + JOB_DEADLINE_MS,
+            nonce=self.nonce,
+        )
+        fields.update(kw)
+        return sign(Job(**fields), gateway)
+
+    def _honest_job(self, now: int) -> None:
+        weights = [self.state.bond(o.key).stake for o in self.operators]
+        gw = self.rng.choices(self.operators, weights)[0]
+        client = self.rng.choice(self.clients)
+        image = self.rng.random() < IMAGE_SHARE
+        over = {}
+        if image:
+            over = {"llm": None, "diffusion": IMAGE}
+        fee = 0
+        if not image and self.rng.random() < 0.1:
+            fee = 120 * 10_000
+        job = self._job(gw.identity, now, IMAGE_MODEL if image else LLM_MODEL,
+                        client=client.address.raw, fee=fee, **over)  # fmt: skip
+        if fee:
+            self._tx(client, TxKind.ESCROW, amount=fee, job_id=job.id)
+        sched = self.schedulers[gw.key]
+        sched.submit(job, now)
+        hosts = [w for w in self.operators if w.capacity]
+        claimants = [self._by_capacity(hosts)]
+        if self.cfg.strategy == "sybil_claims":
+            claimants += self.sybils
+        for w in claimants:
+            lying = self.cfg.strategy == "sybil_claims" and w.adversary
+            queue = 0 if lying else len(w.queue)
+            claim = sign(Claim(job.id, job.model_id, queue, now), w.identity)
+            with contextlib.suppress(PouwError):  # banned, or enough claims
+                sched.on_claim(claim, now)
+
+    def _by_capacity(self, hosts: list[Operator]) -> Operator:
+        """The next host in smooth weighted round-robin by capacity: each host's share of
+        picks is its share of capacity, as evenly spread as whole jobs allow (a draw by
+        capacity has the same expectation and more variance)."""
+        total = sum(w.capacity for w in hosts)
+        for w in hosts:
+            self._credit[w.key] = self._credit.get(w.key, 0) + w.capacity
+        best = max(hosts, key=lambda w: (self._credit[w.key], w.key))
+        self._credit[best.key] -= total
+        return best
+
+    def _self_deal(self, now: int, model: bytes) -> None:
+        """Invent free jobs for the adversary's own workers, up to their spare capacity
+        (a long prompt and one output token: the most work units per job). With
+        ``sybil_gateways`` each job is signed by a fresh, unbonded gateway key."""
+        for w in self.adversary:
+            backlog = sum(m for _, _, m in w.queue)
+            for _ in range(SELF_JOBS_PER_BLOCK):
+                if backlog >= 2 * w.capacity:
+                    break
+                gw = self.adversary[0].identity
+                if self.cfg.strategy == "sybil_gateways":
+                    gw = _id(f"sybil-gateway/{self.nonce}")
+                job = self._job(gw, now, model, client=self.adv_client.address.raw,
+                                prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
+                a = signed_assignment(gw, job, w.identity, height=self.state.height,
+                                      assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
+                macs = self._macs(job)
+                w.queue.append([job, a, macs])
+                backlog += macs
+
+    def _snipe(self, now: int, idle: bool) -> None:
+        """Hold invented jobs' results through an idle spell, then release them all in
+        the first block after it (when the pool used to be largest)."""
+        if idle:
+            self._self_deal(now, LLM_MODEL)
+            mine = self.adv_client.address.raw
+            for w in self.adversary:
+                held = [q for q in w.queue if q[0].client == mine]
+                self.sniped += [(w, q) for q in held]
+                self.worker_macs += sum(q[2] for q in held)  # run now, reported later
+                w.queue = deque(q for q in w.queue if q[0].client != mine)
+        elif self.sniped:
+            for w, (job, a, _) in self.sniped:
+                if now <= job.deadline_ms:
+                    self._finish(w, job, a, now)
+            self.sniped = []
+
+    def _grind(self, now: int) -> None:
+        """Try job nonces and assignment heights until the committee is the adversary's,
+        then certify work never done, claiming the most tokens the model allows."""
+        gw, worker = self.adversary[0], self.adversary[-1]
+        s = self.state
+        adv = {o.key for o in self.adversary}
+        for tries in range(150):
+            height = s.height - (tries % 2)
+            job = self._job(gw.identity, now, LLM_MODEL, client=self.adv_client.address.raw,
+                            prompt="p" * 200, llm=SamplingParams(max_tokens=183))  # fmt: skip
+            a = signed_assignment(gw.identity, job, worker.identity, height=height,
+                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
+            snap = s.validator_snapshot_at(height - 2)
+            c = committee_for(job, a, snap, s.block_hash_at, size=PARAMS.committee_size)
+            held = sum(snap[k] for k in c.members if k in adv)
+            if 3 * held >= 2 * sum(snap[k] for k in c.members):
+                self._finish(worker, job, a, now, forged=True)
+                return
+
+    def _work(self, w: Operator, now: int) -> None:
+        budget = w.capacity
+        while w.queue and budget > 0:
+            item = w.queue[0]
+            job, a, left = item
+            if now > a.deadline_ms:
+                w.queue.popleft()
+                continue
+            done = min(left, budget)
+            budget -= done
+            item[2] -= done
+            self.worker_macs += done
+            if item[2] == 0:
+                w.queue.popleft()
+                self._finish(w, job, a, now)
+
+    # --- receipts and committees --------------------------------------------------------
+
+    def _finish(self, w: Operator, job: Job, a, now: int, *, forged: bool = False) -> None:
+        strategy = self.cfg.strategy
+        withheld = strategy == "withholding" and w.adversary and job.diffusion is not None
+        forged = forged or withheld
+        if job.llm is not None:
+            n, m = len(job.prompt), job.llm.max_tokens
+            counts = dict(prompt_tokens=n, output_tokens=m, steps=0, latent_pixels=0)
+        else:
+            d = job.diffusion
+            px = (d.width // 8) * (d.height // 8)
+            counts = dict(prompt_tokens=0, output_tokens=0, steps=d.steps, latent_pixels=px)
+        units = work_units(job.kind, job.cost_milli, **counts)
+        r = signed_receipt(w.identity, job, a, **counts, work_units=units, elapsed_ms=now % 997)
+        sched = self.schedulers.get(job.signer)
+        if sched is not None and a.job_id in sched._jobs:
+            try:
+                sched.on_receipt(r, now)
+            except PouwError:
+                return  # too late: the gateway gave the job to someone else
+        s = self.state
+        snap = s.validator_snapshot_at(a.height - 2)
+        if snap is None or s.block_hash_at(a.height - 2) is None:
+            return  # too old for any block to certify
+        committee = committee_for(job, a, snap, s.block_hash_at, size=PARAMS.committee_size)
+        collector = VoteCollector(job, a, r, committee, snap)
+        wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
+        checks = strategy not in ("lazy_validators", "copying_validators")
+        outcome = None
+        first_honest: bool | None = None
+        for key in committee.candidates:
+            if key not in committee.seated(k for k, v in collector._verdicts.items()
+                                           if v.reason == VerdictReason.UNAVAILABLE):  # fmt: skip
+                continue
+            member = self.by_key[key]
+            if member.adversary:
+                if checks:
+                    self.validator_macs += self._check_macs(job)
+                reason = self._adversary_vote(forged or wrong_cost, first_honest)
+            else:
+                self.validator_macs += self._check_macs(job)
+                if withheld:
+                    reason = VerdictReason.UNAVAILABLE
+                elif forged:
+                    reason = VerdictReason.TOKEN_MISMATCH
+                elif wrong_cost:
+                    reason = VerdictReason.BINDING
+                else:
+                    reason = VerdictReason.OK
+                if first_honest is None and reason != VerdictReason.UNAVAILABLE:
+                    first_honest = reason == VerdictReason.OK
+            v = make_verdict(member.identity, r, reason, recomputed=b"check")
+            outcome = collector.add(v)
+            if outcome is not None:
+                break
+        if isinstance(outcome, Certificate):
+            self.pending["cert"].append(outcome)
+            if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
+                r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
+                verdicts = tuple(make_verdict(self.by_key[v.signer].identity, r2,
+                                              VerdictReason(v.reason), recomputed=b"check")
+                                 for v in outcome.verdicts)  # fmt: skip
+                self.pending["cert"].append(Certificate(job, a, r2, verdicts))
+        elif isinstance(outcome, FraudEvidence):
+            self.pending["fraud"].append(outcome)
+
+    def _adversary_vote(self, bad: bool, first_honest: bool | None) -> VerdictReason:
+        strategy = self.cfg.strategy
+        if strategy == "false_accusation":
+            return VerdictReason.TOKEN_MISMATCH
+        if strategy == "copying_validators" and first_honest is not None:
+            return VerdictReason.OK if first_honest else VerdictReason.TOKEN_MISMATCH
+        if strategy in ("lazy_validators", "copying_validators") or bad:
+            return VerdictReason.OK  # unchecked, or covering for its own
+        return VerdictReason.OK
+
+    def _check_macs(self, job: Job) -> int:
+        """What one member's check costs: an LLM re-reads every token (one prefill); a
+        diffusion check re-runs CHALLENGE_STEPS steps."""
+        cost = TRUE_COSTS[job.model_id]
+        if job.llm is not None:
+            return llm_job_macs(cost, len(job.prompt), job.llm.max_tokens)
+        d = job.diffusion
+        px = (d.width // 8) * (d.height // 8)
+        return diffusion_job_macs(cost, CHALLENGE_STEPS, px, True)
+
+    def _reviews(self, block) -> None:
+        """Review every conviction the block opened: honest reviewers re-check, the
+        adversary's vote to uphold."""
+        s = self.state
+        for ev in block.body.frauds:
+            snap = s.validator_snapshot_at(s.height)
+            c = review_committee(ev, snap, s.block_hash_at(s.height), PARAMS.committee_size)
+            honest_work = ev.receipt.signer in self.by_key and not (
+                self.by_key[ev.receipt.signer].adversary
+                and self.cfg.strategy in ("fake_cost_model", "grinding", "withholding")
+            )
+            verdicts = []
+            for key in c.members:
+                member = self.by_key[key]
+                valid = honest_work and not member.adversary
+                if not member.adversary:
+                    self.validator_macs += self._check_macs(ev.job)
+                reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
+                verdicts.append(make_verdict(member.identity, ev.receipt, reason,
+                                             recomputed=b"check"))  # fmt: skip
+            self.pending["review"].append(FraudReview(ev, tuple(sorted(verdicts,
+                                                      key=lambda v: v.signer))))  # fmt: skip
+
+    # --- blocks -------------------------------------------------------------------------
+
+    def _block(self, now: int) -> None:
+        s = self.state
+        proposer = s.validators.proposer()
+        p = self.pending
+        cand = Candidates(transactions=p["tx"], certificates=p["cert"], frauds=p["fraud"],
+                          reviews=p["review"])  # fmt: skip
+        try:
+            prepared = prepare_block(s, proposer, cand, time_ms=now, last_commit=self.last_commit)
+            new = apply_block(s, prepared.block, verified_parent_commit=self.last_commit)
+        except LedgerError:
+            self.halted += 1
+            return
+        block = prepared.block
+        kept = {id(x) for x in (*block.body.transactions, *block.body.certificates,
+                                *block.body.frauds, *block.body.reviews)}  # fmt: skip
+        # What the ledger refused for good is dropped; the rest waits for the next block.
+        refused = {id(item) for item, _ in prepared.refused}
+        for name in p:
+            p[name] = [x for x in p[name] if id(x) not in kept and id(x) not in refused]
+        signers = [self.by_key[v.key].identity for v in s.validators.validators]
+        self.last_commit = make_commit(CHAIN, block.header.height, block.hash, signers)
+        self.state = new
+        self._reviews(block)
+        for cert in block.body.certificates:  # gateways learn their workers' records
+            w = cert.receipt.signer
+            self.jobs_done[w] = self.jobs_done.get(w, 0) + 1
+            self.paid_to[w] = self.paid_to.get(w, 0) + new.paid.get(cert.receipt.job_id, 0)
+            sched = self.schedulers.get(cert.job.signer)
+            if sched is not None:
+                sched.on_certified(cert.receipt.signer)
