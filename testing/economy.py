@@ -55,8 +55,10 @@ from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
 from aipg.stake.state import State
+from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
+from aipg.stake.useful_work import fee_charged
 from aipg.wire import UNITS_PER_AIPG, Identity, encode, sign
 
 from .world import signed_assignment, signed_receipt
@@ -162,13 +164,19 @@ def _low_key(label: str) -> Identity:
 class Economy:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.rng = random.Random(f"{cfg.seed}/{cfg.strategy}/{cfg.fraction}")
+        # Honest demand draws from its own stream, the same whatever the adversary plays
+        # (so strategies are compared on the same jobs).
+        self.rng = random.Random(f"{cfg.seed}/{cfg.fraction}")
         x = cfg.fraction
         n_adv = {0.01: 3, 0.1: 4, 0.3: 6}.get(x, 3)  # gateway, worker, validators
         # The adversary's gateway and extra validators bond the minimum; its worker the
         # rest (a worker earns from the pool by its own key's bond).
         small = PARAMS.min_validator_stake
         adv_stakes = [small] * (n_adv - 1) + [int(TOTAL_STAKE * x) - small * (n_adv - 1)]
+        if cfg.strategy == "grinding":  # committee seats need stake on validator keys:
+            mine = int(TOTAL_STAKE * x)  # the gateway and worker bond a tenth
+            adv_stakes = [mine // 20] + [mine * 9 // 10 // (n_adv - 2)] * (n_adv - 2)
+            adv_stakes.append(mine - sum(adv_stakes))
         honest_stake = (TOTAL_STAKE - sum(adv_stakes)) // HONEST_OPERATORS
         image = diffusion_job_macs(IMAGE_COST, IMAGE.steps, 16, True)
         text = sum(llm_job_macs(LLM_COST, n, 64) for n in range(16, 257)) // 241
@@ -226,7 +234,11 @@ class Economy:
         self.sniped: list = []
         self._credit: dict[bytes, int] = {}
         self.jobs_done: dict[bytes, int] = {}  # certified jobs by worker
-        self.paid_to: dict[bytes, int] = {}  # what they were paid (pool and fees)
+        self.pool_to: dict[bytes, int] = {}  # what they were paid from work pools
+        self.certified: set[bytes] = set()
+        self.forged: set[bytes] = set()  # jobs never run that got a committee's votes
+        self.forged_paid = 0
+        self._bound = self._bound_first = 0
         regs = [(LLM_COST, self.operators[0]), (IMAGE_COST, self.operators[1])]
         if cfg.strategy == "fake_cost_model":
             regs.append((TINY_CLAIMED, self.adversary[0]))
@@ -265,6 +277,24 @@ class Economy:
             if not o.adversary and self.state.bond(o.key).stake < self.genesis_stake(o.key)
         )
         return Outcome(ratio, slashed, self.halted, self.validator_macs, self.worker_macs)
+
+    def pool_bound(self) -> int:
+        """The most the adversary's keys can have earned from work pools (D62, D63):
+        each block, their cap factor x their bonds' share of its pool (summed as the
+        blocks were applied), plus one block's worth each key started with."""
+        return self._bound + self._bound_first
+
+    def _add_bound(self, s: State) -> None:
+        total = sum(b.stake for b in s.bonds.values())
+        bonds = sum(s.bond(o.key).stake for o in (*self.adversary, *self.sybils))
+        pool = split_reward(PARAMS, s.emission.block_reward(s.height + 1)).work
+        one = pool * bonds * PARAMS.worker_pool_cap_bps // (total * 10_000)
+        self._bound += one
+        self._bound_first = max(self._bound_first, one)
+
+    def adversary_pool(self) -> int:
+        keys = {o.key for o in (*self.adversary, *self.sybils)}
+        return sum(v for k, v in self.pool_to.items() if k in keys)
 
     def genesis_stake(self, key: bytes) -> int:
         return next(v.stake for v in self.genesis.validators if v.public_key == key)
@@ -320,8 +350,8 @@ class Economy:
         self.nonce += 1
         fields = dict(
             model_id=model,
-            prompt=kw.pop("prompt", "p" * self.rng.randint(16, 256)),
-            llm=SamplingParams(max_tokens=self.rng.randint(8, 120)),
+            prompt="",
+            llm=None,
             diffusion=None,
             seed=self.nonce,
             tier=1 if fee else 0,
@@ -340,9 +370,10 @@ class Economy:
         gw = self.rng.choices(self.operators, weights)[0]
         client = self.rng.choice(self.clients)
         image = self.rng.random() < IMAGE_SHARE
-        over = {}
+        prompt = "p" * self.rng.randint(16, 256)
+        over = {"prompt": prompt, "llm": SamplingParams(max_tokens=self.rng.randint(8, 120))}
         if image:
-            over = {"llm": None, "diffusion": IMAGE}
+            over = {"prompt": prompt, "llm": None, "diffusion": IMAGE}
         fee = 0
         if not image and self.rng.random() < 0.1:
             fee = 120 * 10_000
@@ -452,6 +483,8 @@ class Economy:
         strategy = self.cfg.strategy
         withheld = strategy == "withholding" and w.adversary and job.diffusion is not None
         forged = forged or withheld
+        if forged:
+            self.forged.add(job.id)
         if job.llm is not None:
             n, m = len(job.prompt), job.llm.max_tokens
             counts = dict(prompt_tokens=n, output_tokens=m, steps=0, latent_pixels=0)
@@ -571,6 +604,7 @@ class Economy:
             self.halted += 1
             return
         block = prepared.block
+        self._add_bound(s)
         kept = {id(x) for x in (*block.body.transactions, *block.body.certificates,
                                 *block.body.frauds, *block.body.reviews)}  # fmt: skip
         # What the ledger refused for good is dropped; the rest waits for the next block.
@@ -583,8 +617,14 @@ class Economy:
         self._reviews(block)
         for cert in block.body.certificates:  # gateways learn their workers' records
             w = cert.receipt.signer
+            jid = cert.receipt.job_id
+            assert jid not in self.certified, "a job was paid twice"
+            self.certified.add(jid)
             self.jobs_done[w] = self.jobs_done.get(w, 0) + 1
-            self.paid_to[w] = self.paid_to.get(w, 0) + new.paid.get(cert.receipt.job_id, 0)
+            fee = fee_charged(cert.job, cert.receipt) if cert.job.tier else 0
+            self.pool_to[w] = self.pool_to.get(w, 0) + new.paid.get(jid, 0) - fee
+            if jid in self.forged:
+                self.forged_paid += 1
             sched = self.schedulers.get(cert.job.signer)
             if sched is not None:
                 sched.on_certified(cert.receipt.signer)
