@@ -174,8 +174,9 @@ class Economy:
         small = PARAMS.min_validator_stake
         adv_stakes = [small] * (n_adv - 1) + [int(TOTAL_STAKE * x) - small * (n_adv - 1)]
         if cfg.strategy == "grinding":  # committee seats need stake on validator keys:
-            mine = int(TOTAL_STAKE * x)  # the gateway and worker bond a tenth
-            adv_stakes = [mine // 20] + [mine * 9 // 10 // (n_adv - 2)] * (n_adv - 2)
+            mine = int(TOTAL_STAKE * x)  # the gateway and worker bond little
+            gw, worker = max(small, mine // 20), max(small, mine // 10)
+            adv_stakes = [gw] + [(mine - gw - worker) // (n_adv - 2)] * (n_adv - 2)
             adv_stakes.append(mine - sum(adv_stakes))
         honest_stake = (TOTAL_STAKE - sum(adv_stakes)) // HONEST_OPERATORS
         image = diffusion_job_macs(IMAGE_COST, IMAGE.steps, 16, True)

@@ -28,6 +28,8 @@ from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
+from aipg.stake.models import certified_work
+from aipg.stake.types import LedgerError
 from aipg.wire import (
     UNITS_PER_AIPG,
     Address,
@@ -421,6 +423,17 @@ class GatewayService:
 
     # -- Gateway protocol: views -----------------------------------------------------------
 
+    def _work_units(self, job: Job, receipt) -> int:
+        """The units the ledger pays ``receipt`` by: its model's registered cost (D60;
+        0 without one), not the receipt's own figure (which stays in ``receipt``)."""
+        state = getattr(self.chain, "state", None)
+        if state is None:
+            return receipt.work_units
+        try:
+            return certified_work(state, job, receipt)
+        except LedgerError:
+            return 0
+
     def job_view(self, job_id_text: str) -> dict | None:
         try:
             jid = bytes.fromhex(job_id_text)
@@ -457,7 +470,7 @@ class GatewayService:
                 "elapsed_ms": receipt.elapsed_ms,
             }
             view["worker"] = view["receipt"]["worker"]
-            view["work_units"] = receipt.work_units
+            view["work_units"] = self._work_units(job, receipt)
             view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.seated()]
             view["verdicts"] = [
                 {
