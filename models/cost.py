@@ -381,10 +381,11 @@ def measure_cost(md: ModelDir) -> ModelCost:
     )
 
 
-def check_cost(md: ModelDir, claimed: ModelCost) -> None:
+def check_cost(md: ModelDir, claimed: ModelCost, actual: ModelCost | None = None) -> None:
     """Raise CostError unless ``claimed`` is exactly the cost counted from ``md``'s files
-    (what a node hosting the model checks before it accepts a registration)."""
-    actual = measure_cost(md)
+    (``actual``, when already counted): what a node hosting the model checks before it
+    accepts a registration."""
+    actual = actual if actual is not None else measure_cost(md)
     if claimed != actual:
         diff = [
             f.name

@@ -204,6 +204,7 @@ class Node:
         self.chain.on_block.append(self._open_reviews)
         self.costs = ModelCosts(self.identity, self.catalog, self.chain, self.chain.mempool.sign)
         self.chain.mempool.extra_check = self.costs.check
+        self.chain.on_block.append(lambda _block: self.costs.refresh())
         nursery.start_soon(self._register_costs)
 
     async def _register_costs(self) -> None:

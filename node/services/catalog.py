@@ -46,6 +46,9 @@ class KnownModel:
     _runners: dict[str, object] = field(default_factory=dict)
     _tokenizer: Tokenizer | None = None
     _cost: ModelCost | None = None
+    # Why this node will neither run nor certify jobs of the model: the cost the chain
+    # registered for it is not the one its files give (node/services/costs.py); "" if none.
+    cost_refused: str = ""
 
     @property
     def id(self) -> bytes:

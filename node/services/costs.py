@@ -52,9 +52,26 @@ class ModelCosts:
             return
         try:
             claimed = decode(tx.memo, ModelCost)
-            check_cost(model.model_dir, claimed)
+            check_cost(model.model_dir, claimed, model.measured_cost())
         except (WireError, ModelError) as e:
             raise LedgerError(f"model {model.id_text}: {e}") from None
+
+    def refresh(self) -> None:
+        """After a block: mark each hosted model whose registered cost is not what its
+        files give (the worker then serves it no more, the verifier votes BINDING on its
+        jobs), and clear the mark when they agree."""
+        state = self.chain.state
+        for model in self.catalog.hosted():
+            row = state.models.get(model.id)
+            if row is None:
+                model.cost_refused = ""
+                continue
+            try:
+                check_cost(model.model_dir, decode(row.cost, ModelCost), model.measured_cost())
+                model.cost_refused = ""
+            except (WireError, ModelError) as e:
+                model.cost_refused = f"the chain's cost of this model is wrong: {e}"
+                log.warning("model %s: %s", model.id_text, model.cost_refused)
 
     async def register_hosted(self) -> list[bytes]:
         """Register each hosted model without a cost on chain (once the account can pay

@@ -136,6 +136,8 @@ class VerifierService:
                 detail="validator does not host the model",
                 recomputed=b"",
             )
+        if model.cost_refused:  # registered at another cost than its files give (D60)
+            return Check(VerdictReason.BINDING, detail=model.cost_refused[:200], recomputed=b"")
         runner = await trio.to_thread.run_sync(self.catalog.runner, model, "verify")
         if model.kind == LLM:
             return await trio.to_thread.run_sync(

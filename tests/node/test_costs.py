@@ -3,12 +3,16 @@ registration of another cost than its files give, and it registers what it hosts
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from aipg.models.cost import measure_cost
 from aipg.node.services.catalog import ModelCatalog
 from aipg.node.services.costs import ModelCosts
 from aipg.node.services.mempool import Mempool
+from aipg.node.services.verifier import VerifierService
+from aipg.pouw import VerdictReason
 from aipg.stake.models import registered_cost
 from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import TestChain, register_tx
@@ -62,3 +66,17 @@ async def test_a_host_registers_what_it_hosts_and_the_ledger_pays_by_it(demo_mod
     assert registered_cost(c.state, llm.id) == measure_cost(llm.model_dir)
     assert registered_cost(c.state, diffusion.id).step_pixel > 0
     assert await costs.register_hosted() == []  # nothing left to register
+
+
+async def test_a_wrong_cost_on_chain_stops_the_host_serving_and_certifying(demo_models):
+    c, _, _, costs, llm, _ = _node(demo_models)
+    fee = c.state.params.model_registration_fee
+    true = measure_cost(llm.model_dir)
+    # a proposer that does not host the model let a wrong cost in: the ledger cannot tell
+    c.next(transactions=[register_tx(c.gateway, 0, true.replace(token_macs=1), fee)])
+    costs.refresh()
+    assert "token_macs" in llm.cost_refused
+    verifier = VerifierService(c.validators[0], None, costs.catalog, None)
+    report = SimpleNamespace(job=SimpleNamespace(model_id=llm.id))
+    check = await verifier._check(report)
+    assert check.reason == VerdictReason.BINDING and "wrong" in check.detail
