@@ -24,19 +24,11 @@ full grid, tests run a few blocks of every strategy.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import random
 from collections import deque
 
-from aipg.models import DiffusionParams, SamplingParams
-from aipg.models.cost import (
-    COST_KIND_DIFFUSION,
-    COST_KIND_LLM,
-    ModelCost,
-    diffusion_job_macs,
-    llm_job_macs,
-)
+from aipg.models import SamplingParams
+from aipg.models.cost import diffusion_job_macs, llm_job_macs
 from aipg.pouw import (
     Claim,
     PouwError,
@@ -51,7 +43,7 @@ from aipg.pouw import (
 )
 from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
 from aipg.stake.builder import make_commit
-from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
+from aipg.stake.genesis import make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
 from aipg.stake.state import State
@@ -59,106 +51,37 @@ from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.stake.useful_work import fee_charged
-from aipg.wire import UNITS_PER_AIPG, Identity, encode, sign
+from aipg.wire import Identity, encode, sign
 
+from .economy_world import (
+    AIPG,
+    CHAIN,
+    CHALLENGE_STEPS,
+    FRACTIONS,
+    HONEST_OPERATORS,
+    IMAGE,
+    IMAGE_COST,
+    IMAGE_MODEL,
+    IMAGE_SHARE,
+    JOB_DEADLINE_MS,
+    LLM_COST,
+    LLM_MODEL,
+    PARAMS,
+    SELF_JOBS_PER_BLOCK,
+    STRATEGIES,
+    TINY_CLAIMED,
+    TINY_MODEL,
+    TOTAL_STAKE,
+    TRUE_COSTS,
+    Config,
+    Operator,
+    Outcome,
+    ident,
+    low_key,
+)
 from .world import signed_assignment, signed_receipt
 
-AIPG = UNITS_PER_AIPG
-CHAIN = "aipg-economy-1"
-FRACTIONS = (0.01, 0.1, 0.3)
-STRATEGIES = (
-    "honest",
-    "self_dealing",
-    "grinding",
-    "sybil_claims",
-    "fake_cost_model",
-    "pool_sniping",
-    "lazy_validators",
-    "copying_validators",
-    "false_accusation",
-    "withholding",
-    "duplicate_receipts",
-    "sybil_gateways",
-)
-PARAMS = MAINNET_PARAMS.replace(
-    target_block_time_ms=1_000,
-    epoch_length=10,
-    unbonding_period=500,
-    jail_period=20,
-    escrow_period=200,
-    review_period=20,
-    signed_blocks_window=100,
-    downtime_jail_period=20,
-)
-TOTAL_STAKE = 10_000_000 * AIPG
-HONEST_OPERATORS = 9
-# The registered models: an LLM with the demo decoder's cost, a diffusion model with the
-# demo UNet's, and (fake_cost_model) a tiny model registered at 10,000x its real cost.
-LLM_MODEL, IMAGE_MODEL, TINY_MODEL = b"L" * 32, b"D" * 32, b"T" * 32
-LLM_COST = ModelCost(LLM_MODEL, COST_KIND_LLM, token_macs=245_760, pair_macs=384,
-                     max_prompt_tokens=383, max_total_tokens=384)  # fmt: skip
-IMAGE_COST = ModelCost(IMAGE_MODEL, COST_KIND_DIFFUSION, step_fixed=872_448,
-                       step_pixel=1_299_456, text_macs=262_144, decode_pixel=693_504,
-                       max_steps=500, max_latent_pixels=1024, vae_scale_factor=8)  # fmt: skip
-TINY_TRUE = LLM_COST.replace(model_id=TINY_MODEL, token_macs=250, pair_macs=0)
-TINY_CLAIMED = TINY_TRUE.replace(token_macs=2_500_000)
-TRUE_COSTS = {LLM_MODEL: LLM_COST, IMAGE_MODEL: IMAGE_COST, TINY_MODEL: TINY_TRUE}
-CHALLENGE_STEPS = 2  # diffusion steps a committee member re-runs
-# One claimant per job, drawn by capacity: the assignment in proportion to measured
-# capacity that issue 12 asks of the scheduler (the beacon branch's draw), through the
-# real Scheduler. More claimants make today's least-queue rule favour fast workers.
-CLAIMS_PER_JOB = 1
-IMAGE_SHARE = 0.1  # of honest jobs
-IMAGE = DiffusionParams(steps=10, width=32, height=32)  # 16 latent pixels
-JOB_DEADLINE_MS = 120_000  # a slow worker's job still finishes in time
-SELF_JOBS_PER_BLOCK = 6  # most jobs an adversary worker invents for itself per block
-
-
-@dataclasses.dataclass
-class Config:
-    strategy: str = "honest"
-    fraction: float = 0.1
-    blocks: int = 300
-    jobs_per_block: int = 4
-    load: float = 0.6  # honest demand over total compute
-    idle_every: int = 50  # honest demand pauses for the last ``idle_blocks`` of each
-    idle_blocks: int = 8
-    seed: int = 1
-
-
-@dataclasses.dataclass
-class Outcome:
-    reward_ratio: float
-    honest_slashes: int
-    halted_heights: int
-    validator_macs: int
-    worker_macs: int
-
-
-@dataclasses.dataclass
-class Operator:
-    identity: Identity
-    adversary: bool
-    capacity: int  # MACs per block
-    queue: deque = dataclasses.field(default_factory=deque)  # [job, assignment, macs left]
-
-    @property
-    def key(self) -> bytes:
-        return self.identity.public_bytes
-
-
-def _id(label: str) -> Identity:
-    return Identity.from_seed(hashlib.sha256(label.encode()).digest())
-
-
-def _low_key(label: str) -> Identity:
-    """A key that sorts before almost every other (sybils win the scheduler's ties)."""
-    i = 0
-    while True:
-        ident = _id(f"{label}/{i}")
-        if ident.public_bytes[0] < 4:
-            return ident
-        i += 1
+__all__ = ["FRACTIONS", "STRATEGIES", "Config", "Economy", "Outcome"]
 
 
 class Economy:
@@ -186,10 +109,10 @@ class Economy:
         self.operators: list[Operator] = []
         for i in range(HONEST_OPERATORS):
             share = capacity * honest_stake // TOTAL_STAKE
-            self.operators.append(Operator(_id(f"honest/{i}"), False, share))
+            self.operators.append(Operator(ident(f"honest/{i}"), False, share))
         for i in range(n_adv):  # one worker with all its compute; the rest stake
             share = int(capacity * x) if i == n_adv - 1 else 0
-            self.operators.append(Operator(_id(f"adversary/{i}"), True, share))
+            self.operators.append(Operator(ident(f"adversary/{i}"), True, share))
         stakes = {o.key: honest_stake for o in self.operators[:HONEST_OPERATORS]}
         stakes |= {
             o.key: s for o, s in zip(self.operators[HONEST_OPERATORS:], adv_stakes, strict=True)
@@ -200,12 +123,12 @@ class Economy:
         if cfg.strategy == "sybil_claims":  # the adversary's compute, behind low keys
             cap = sum(o.capacity for o in self.adversary) // 4
             for i in range(4):
-                self.sybils.append(Operator(_low_key(f"sybil/{i}"), True, cap))
+                self.sybils.append(Operator(low_key(f"sybil/{i}"), True, cap))
             for o in self.adversary:
                 o.capacity = 0
-        self.clients = [_id(f"client/{i}") for i in range(4)]
-        self.adv_client = _id("adversary/client")
-        self.ops = _id("operations")
+        self.clients = [ident(f"client/{i}") for i in range(4)]
+        self.adv_client = ident("adversary/client")
+        self.ops = ident("operations")
         funded = [(o.identity.address, 100_000 * AIPG) for o in self.operators]
         funded += [(c.address, 10_000_000 * AIPG) for c in (*self.clients, self.adv_client)]
         self.genesis = make_genesis(
@@ -417,7 +340,7 @@ class Economy:
                     break
                 gw = self.adversary[0].identity
                 if self.cfg.strategy == "sybil_gateways":
-                    gw = _id(f"sybil-gateway/{self.nonce}")
+                    gw = ident(f"sybil-gateway/{self.nonce}")
                 job = self._job(gw, now, model, client=self.adv_client.address.raw,
                                 prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
                 a = signed_assignment(gw, job, w.identity, height=self.state.height,
