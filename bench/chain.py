@@ -5,7 +5,8 @@
 Prints one JSON object as its last line:
 
 - ``block_1000_certs_s``: decode, validate and apply one block carrying 1,000 PoUW
-  certificates of 5 verdicts each (target <= 1.0 s), its signatures checked up front by
+  certificates of 7 verdicts each (the 7 validators: mainnet's 68 seats take them all;
+  target <= 1.0 s), its jobs committed two blocks before (D56), its signatures checked up front by
   a process per core (``verify_processes``); ``block_1000_certs_serial_s`` is the same in
   one process. Both cold (the verified-signature cache emptied); ``block_1000_certs_warm_s``
   is a node that already checked the verdicts when they were gossiped (all the rest of
@@ -19,6 +20,9 @@ Prints one JSON object as its last line:
   process per core first.
 - ``consensus_heights_per_s``: the Tendermint state machines of 100 validators in the
   in-process simulation, no network delay.
+- ``vrf_verify_us`` / ``vrf_prove_us``: the block beacon's ECVRF (D55) on libsodium, per
+  header; ``vrf_verify_per_ed25519`` is its verify over a bare Ed25519 verify measured
+  in the same run (each header costs one).
 
 Medians over ``--rounds``.
 """
@@ -39,6 +43,7 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from aipg.pouw import Certificate
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.genesis import MAINNET_PARAMS
@@ -46,7 +51,7 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.sigbatch import preverify_block
 from aipg.stake.simulation import Behaviour, Scenario, Simulation
 from aipg.stake.sync import SyncServer, sync_from
-from aipg.testing.chainkit import TestChain, ident, make_certificate
+from aipg.testing.chainkit import TestChain, commit_jobs, ident, make_job, work_on
 from aipg.wire import decode, encode
 from aipg.wire.keys import forget_verified
 
@@ -69,7 +74,12 @@ def bench_chain(n_blocks: int) -> TestChain:
 def bench_certificates(n_certs: int, rounds: int) -> dict:
     chain = bench_chain(3)
     workers = [ident(1000 + i) for i in range(50)]
-    certs = [make_certificate(chain, workers[i % len(workers)], nonce=i) for i in range(n_certs)]
+    jobs = [make_job(chain, nonce=i) for i in range(n_certs)]
+    commit_jobs(chain, jobs)  # one block commits them all; the work is drawn 2 later (D56)
+    certs = [
+        Certificate(*work_on(chain.state, chain.keys, job, workers[i % len(workers)]))
+        for i, job in enumerate(jobs)
+    ]
     state, commits = chain.state, chain.commits
     data = encode(chain.build(certificates=certs))
     serial, parallel = [], []
@@ -105,7 +115,7 @@ def bench_certificates(n_certs: int, rounds: int) -> dict:
     verify_us = (time.perf_counter() - t0) / 2_000 * 1e6
     # Per certificate: job, assignment, receipt, and each verdict's signature (a block
     # does not re-check verdict challenges: they were checked when collected).
-    verifies = n_certs * (3 + 5) + len(commits[-1].precommits)
+    verifies = n_certs * (3 + len(certs[0].verdicts)) + len(commits[-1].precommits)
     block_s = statistics.median(serial)
     return {
         "block_1000_certs_s": round(statistics.median(parallel) * 1000 / n_certs, 4),
@@ -191,6 +201,37 @@ def bench_consensus(n_validators: int, heights: int, rounds: int) -> dict:
     }
 
 
+def bench_beacon(rounds: int) -> dict:
+    from aipg.pouw.vrf import prove, verify
+
+    me = ident(7)
+    key = Ed25519PublicKey.from_public_bytes(me.public_bytes)
+    sig = me.sign(b"x" * 32)
+    proves, verifies, eds = [], [], []
+    alpha = b"\x01" * 32
+    pi = prove(me.seed, alpha)
+    n = 200
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            prove(me.seed, alpha)
+        proves.append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify(me.public_bytes, pi, alpha)
+        verifies.append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            key.verify(sig, b"x" * 32)
+        eds.append((time.perf_counter() - t0) / n * 1e6)
+    verify_us = statistics.median(verifies)
+    return {
+        "vrf_prove_us": round(statistics.median(proves), 1),
+        "vrf_verify_us": round(verify_us, 1),
+        "vrf_verify_per_ed25519": round(verify_us / statistics.median(eds), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--certs", type=int, default=1000)
@@ -203,6 +244,7 @@ def main() -> None:
     out.update(bench_certificates(args.certs, args.rounds))
     out.update(bench_sync(args.sync_blocks, args.rounds))
     out.update(bench_consensus(args.validators, args.heights, args.rounds))
+    out.update(bench_beacon(args.rounds))
     print(json.dumps(out))
 
 

@@ -13,7 +13,24 @@ Times are the process's CPU time (``time.process_time``), paired and order-alter
 medians: on a shared machine, waiting for a core is noise unrelated to either loop. So the
 throughputs are per CPU-second (with 1 intra-op thread, equal to wall time on an idle core).
 
-Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``.
+Then, for issue 14:
+
+- decoding tokens/s of an 8-layer, d_model 256 demo decoder after a 64-token and a
+  1,024-token prompt (``tokens_per_s_ctx64``, ``tokens_per_s_ctx1024``), through the
+  IO-bound KV cache (the runner's default) and the plain ``session.run`` path
+  (``..._plain``), interleaved; their ratio against the ratio of per-token
+  multiply-accumulates computed from the model's sizes, attention included
+  (``mac_ratio_ctx1024``; target: ``tokens_per_s_ratio`` within 1.25x of it);
+- time to first token through a gateway: two whole nodes (gateway, worker) in this
+  process over websockets on 127.0.0.1 (Noise and all), the HTTP API on 127.0.0.1, a streamed
+  completion read with httpx, against the runner's own first token on the same prompt
+  (``ttft_added_ms``), split into the scheduling before the worker starts
+  (``ttft_scheduling_ms``: the claim window and the assignment) and the stream from the
+  worker's first token to the client's first text (``ttft_stream_ms``). Wall time,
+  medians.
+
+Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``
+(``--quick`` for the issue 14 figures only).
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import trio
 
 from aipg.models import (
     DiffusionParams,
@@ -37,7 +55,11 @@ from aipg.models import (
     SamplingParams,
     SessionFactory,
     build_demo,
+    build_demo_llm,
 )
+from aipg.node.http.app import build_app
+from aipg.testing.apikit import running_api
+from aipg.testing.nodes import NodeSpec, open_node_world
 
 PROMPT = "The validators check the receipt and sign their verdicts."
 
@@ -160,12 +182,143 @@ def bench_diffusion(model_dir: Path, factory: SessionFactory, rounds: int, steps
     }
 
 
+# -- decoding at context 64 and 1,024 (issue 14) ------------------------------------------
+
+CTX_SHAPE = {"layers": 8, "d_model": 256, "heads": 4, "d_ff": 1024, "context": 1152}
+CTX_PROMPTS = (64, 1024)
+CTX_DECODE = 32  # tokens decoded after each prompt
+
+
+def per_token_macs(shape: dict, vocab: int, context: int) -> int:
+    """Multiply-accumulates of one decode step attending to ``context`` tokens: per layer
+    the q, k, v and o projections (4 d^2), the MLP (2 d d_ff) and attention (q.k over the
+    context and the weighted sum of values: 2 context d), then the LM head (d vocab)."""
+    d, ff = shape["d_model"], shape["d_ff"]
+    return shape["layers"] * (4 * d * d + 2 * d * ff + 2 * context * d) + d * vocab
+
+
+def decode_seconds(runner: LlmRunner, prompt: list[int], n: int) -> float:
+    """CPU seconds per decoded token after ``prompt`` (the prefill excluded)."""
+    marks: list[float] = []
+    params = SamplingParams(max_tokens=n, temperature_milli=700, top_k=50)
+    runner.generate(prompt, params, seed=3, on_token=lambda e: marks.append(time.process_time()))
+    if len(marks) < 2:
+        raise SystemExit("bench: the context model stopped after one token")
+    return (marks[-1] - marks[0]) / (len(marks) - 1)
+
+
+def bench_context(root: Path, factory: SessionFactory, rounds: int) -> dict:
+    model = build_demo_llm(root, **CTX_SHAPE)
+    bound = LlmRunner(model, factory)
+    plain = LlmRunner(model, factory, io_binding=False)
+    vocab = bound.interface.vocab_size
+    base = bound.tokenizer.encode(PROMPT * 200)
+    out: dict = {"ctx_model": CTX_SHAPE | {"vocab": vocab}, "ctx_decode_tokens": CTX_DECODE}
+    rates: dict[tuple[str, int], list[float]] = {}
+    for length in CTX_PROMPTS:
+        prompt = base[:length]
+        for i in range(rounds):  # interleaved, order alternating: drift hits both alike
+            for name, runner in (("bound", bound), ("plain", plain))[:: 1 if i % 2 else -1]:
+                rates.setdefault((name, length), []).append(
+                    1 / decode_seconds(runner, prompt, CTX_DECODE)
+                )
+    for name, suffix in (("bound", ""), ("plain", "_plain")):
+        for length in CTX_PROMPTS:
+            out[f"tokens_per_s_ctx{length}{suffix}"] = round(
+                statistics.median(rates[(name, length)]), 1
+            )
+    short, long = CTX_PROMPTS
+    middle = CTX_DECODE // 2  # the average context of the decoded tokens
+    mac_ratio = per_token_macs(CTX_SHAPE, vocab, long + middle) / per_token_macs(
+        CTX_SHAPE, vocab, short + middle
+    )
+    tps_ratio = out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{long}"]
+    plain_ratio = out[f"tokens_per_s_ctx{short}_plain"] / out[f"tokens_per_s_ctx{long}_plain"]
+    out |= {
+        "mac_ratio_ctx1024": round(mac_ratio, 3),
+        "tokens_per_s_ratio": round(tps_ratio, 3),
+        "tokens_per_s_ratio_plain": round(plain_ratio, 3),
+        "ratio_over_mac": round(tps_ratio / mac_ratio, 3),  # target <= 1.25
+        "io_binding_speedup_ctx1024": round(
+            out[f"tokens_per_s_ctx{long}"] / out[f"tokens_per_s_ctx{long}_plain"], 3
+        ),
+        "io_binding_speedup_ctx64": round(
+            out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{short}_plain"], 3
+        ),
+    }
+    return out
+
+
+# -- time to first token through a gateway (issue 14) ---------------------------------------
+
+TTFT_BODY = {"model": "aipg-demo-llm", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+
+
+def runner_first_token_ms(llm_dir: Path, rounds: int) -> float:
+    """The runner's own time to first token on the bench prompt (wall ms, median)."""
+    runner = LlmRunner(llm_dir, SessionFactory(threads=1, provider="cpu"))
+    prompt = runner.tokenizer.encode(PROMPT)
+    times = []
+    marks: list[float] = []
+    for _ in range(rounds):
+        marks.clear()
+        start = time.perf_counter()
+        runner.generate(
+            prompt, SamplingParams(max_tokens=1), 0, lambda e: marks.append(time.perf_counter())
+        )
+        times.append((marks[0] - start) * 1e3)
+    return statistics.median(times)
+
+
+async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
+    import httpx
+
+    own = runner_first_token_ms(llm_dir, rounds)
+    specs = [NodeSpec(worker=False), NodeSpec()]
+    totals, streams, schedules = [], [], []
+    async with open_node_world(root, specs, [llm_dir], loopback=True) as world:
+        gateway, worker = world.nodes
+        await world.wait_for_worker(gateway, worker.catalog.hosted()[0].id)
+        first_at: list[float] = []
+        worker.worker.token_hook = lambda jid, index: (
+            first_at.append(time.perf_counter()) if index == 0 else None
+        )
+        app = build_app(gateway.gateway, gateway, free_tier_per_minute=1_000_000)
+        async with running_api(app) as address, httpx.AsyncClient(base_url=address.url) as http:
+            for i in range(rounds + 1):  # the first one waits for the chain: not counted
+                first_at.clear()
+                body = TTFT_BODY | {"stream": True, "seed": i}
+                start = time.perf_counter()
+                seen = None
+                async with http.stream("POST", "/v1/completions", json=body) as answer:
+                    async for line in answer.aiter_lines():
+                        if seen is None and line.startswith("data: {") and '"text":""' not in line:
+                            seen = time.perf_counter()
+                if i == 0 or seen is None or not first_at:
+                    continue
+                total = (seen - start) * 1e3
+                totals.append(total)
+                streams.append((seen - first_at[0]) * 1e3)
+                schedules.append(total - streams[-1] - own)
+    return {
+        "ttft_runner_ms": round(own, 2),
+        "ttft_gateway_ms": round(statistics.median(totals), 2),
+        "ttft_added_ms": round(statistics.median(totals) - own, 2),
+        "ttft_scheduling_ms": round(statistics.median(schedules), 2),
+        "ttft_stream_ms": round(statistics.median(streams), 2),
+        "ttft_rounds": len(totals),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=201)
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--context-rounds", type=int, default=9)
+    parser.add_argument("--ttft-rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="only the issue 14 figures")
     args = parser.parse_args()
     factory = SessionFactory(threads=args.threads, provider="cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +331,11 @@ def main() -> None:
             "diffusion_steps": args.steps,
             "image": "128x128",
         }
-        result |= bench_llm(llm_dir, factory, args.rounds, args.tokens)
-        result |= bench_diffusion(diffusion_dir, factory, args.rounds, args.steps)
+        if not args.quick:
+            result |= bench_llm(llm_dir, factory, args.rounds, args.tokens)
+            result |= bench_diffusion(diffusion_dir, factory, args.rounds, args.steps)
+        result |= bench_context(Path(tmp) / "ctx", factory, args.context_rounds)
+        result |= trio.run(bench_ttft, Path(tmp) / "ttft", llm_dir, args.ttft_rounds)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
     result["ort_version"] = ort.__version__

@@ -1,4 +1,4 @@
-"""`aipg-node models build-demo | run | check | add | list | fetch`: model commands.
+"""`aipg-node models build-demo | import | run | check | add | list | fetch`: model commands.
 
 :func:`add_parser` registers ``models`` on the top-level subparsers; every command sets
 ``func(args) -> int``. The offline commands that build, run and check a model directory are
@@ -52,7 +52,13 @@ def add_parser(
         "(diffusion), and the output hash.",
     )
     run.add_argument("model_dir", metavar="MODEL_DIR")
-    run.add_argument("--prompt", required=True)
+    text = run.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt")
+    text.add_argument(
+        "--messages",
+        metavar="FILE.json",
+        help="LLM: an OpenAI-style message list, rendered with the model's chat template",
+    )
     run.add_argument("--seed", type=int, default=0, help="job seed (default 0)")
     run.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     run.add_argument("--max-tokens", type=int, help="LLM: most tokens to generate")
@@ -60,14 +66,36 @@ def add_parser(
     run.add_argument("--top-k", type=int, help="LLM: keep the k most likely tokens")
     run.add_argument("--top-p", help="LLM: e.g. 0.9")
     run.add_argument("--stop", action="append", default=[], help="LLM: stop string (repeatable)")
-    run.add_argument("--steps", type=int, help="diffusion: DDIM steps")
+    run.add_argument("--steps", type=int, help="diffusion: scheduler steps")
     run.add_argument("--guidance", help="diffusion: guidance scale, e.g. 7.5")
     run.add_argument("--width", type=int, help="diffusion: image width in pixels")
     run.add_argument("--height", type=int, help="diffusion: image height in pixels")
     run.add_argument("--negative-prompt", help="diffusion: what the image should not show")
+    run.add_argument(
+        "--latents",
+        metavar="FILE.npy",
+        help="diffusion: initial latents (float32, unscaled, as diffusers' latents= takes them) "
+        "instead of the seed's noise",
+    )
     run.add_argument("--out", default="out.png", help="diffusion: PNG path (default out.png)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=_guarded(cmd_run))
+
+    imp = sub.add_parser(
+        "import",
+        help="turn a Hugging Face ONNX export into a hostable model directory",
+        description="Read an optimum (or diffusers) ONNX export: its configs, tokenizer and "
+        "chat template; check the graphs against config.json; run a short smoke test; hash "
+        "every file and write manifest.json. Without --out the manifest is written into SRC "
+        "(nothing is copied); with --out the files are copied into DIR.",
+    )
+    imp.add_argument(
+        "src", metavar="SRC", help="the export directory (optimum-cli export onnx ... SRC)"
+    )
+    imp.add_argument("--out", metavar="DIR", help="copy the model into DIR (default: in place)")
+    imp.add_argument("--name", help="the model's name (default: from config.json)")
+    imp.add_argument("--json", action="store_true", help="print one JSON object")
+    imp.set_defaults(func=_guarded(cmd_import))
 
     check = sub.add_parser(
         "check",
@@ -154,6 +182,52 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- import ------------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``models import SRC``: the model directory and its id (progress on a terminal)."""
+    from aipg.models import load_model_dir
+    from aipg.models.hf_import import import_export
+
+    bar = ProgressBar(sys.stderr)
+    shown = [""]
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label != shown[0]:
+            bar.finish()
+            bar.shown = False
+            if bar.enabled:
+                print(label, file=sys.stderr)
+            shown[0] = label
+        bar.update(done, total)
+
+    out = import_export(Path(args.src), Path(args.out) if args.out else None, args.name, progress)
+    bar.finish()
+    model = load_model_dir(out)
+    m = model.manifest
+    result = {"dir": str(out), "model_id": id_text(model.model_id), "name": m.name, "kind": m.kind}
+    if m.llm is not None:
+        result |= {
+            "layers": m.llm.num_layers,
+            "kv_heads": m.llm.num_heads,
+            "head_dim": m.llm.head_dim,
+            "vocab_size": m.llm.vocab_size,
+            "context_length": m.llm.context_length,
+            "kv_cache": m.llm.kv_cache,
+            "tokenizer": m.tokenizer.kind,
+            "eos_ids": [m.tokenizer.eos_id, *m.tokenizer.extra_eos_ids],
+            "chat_template": bool(m.chat_template),
+        }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"imported {result['name']} into {out}")
+        print(f"model_id {result['model_id']}")
+        print(f"next: {PROG} models add {out}")
+    return 0
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 
@@ -175,8 +249,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-LLM_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "stop")
-DIFFUSION_FLAGS = ("steps", "guidance", "width", "height", "negative_prompt")
+LLM_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "stop", "messages")
+DIFFUSION_FLAGS = ("steps", "guidance", "width", "height", "negative_prompt", "latents")
 
 
 def _refuse_flags(args: argparse.Namespace, flags: tuple[str, ...], kind: str) -> None:
@@ -199,12 +273,14 @@ def _run_llm(model, args: argparse.Namespace) -> dict:
         stop=tuple(args.stop) or defaults.stop,
     )
     runner = LlmRunner(model, SessionFactory(threads=args.threads))
-    prompt_ids = runner.tokenizer.encode(args.prompt)
+    prompt = args.prompt if args.messages is None else _chat_prompt(model, args.messages)
+    prompt_ids = runner.tokenizer.encode(prompt)
     out = runner.generate(prompt_ids, params, args.seed)
     return {
         "model_id": id_text(model.model_id),
         "text": out.text,
         "tokens": out.token_ids,
+        "prompt_ids": prompt_ids,
         "prompt_tokens": len(prompt_ids),
         "finish_reason": out.finish_reason,
         "output_hash": tokens_hash(out.token_ids),
@@ -215,6 +291,17 @@ def _run_llm(model, args: argparse.Namespace) -> dict:
             "tokens_per_s": round(out.timings.tokens_per_s, 1),
         },
     }
+
+
+def _chat_prompt(model, path: str) -> str:
+    """The prompt text of the messages in ``path`` under the model's chat template."""
+    from aipg.models.chat import chat_prompt
+
+    try:
+        messages = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"--messages {path}: not valid JSON: {e}") from None
+    return chat_prompt(model.manifest, messages)
 
 
 def _run_diffusion(model, args: argparse.Namespace) -> dict:
@@ -229,11 +316,14 @@ def _run_diffusion(model, args: argparse.Namespace) -> dict:
         negative_prompt=d.negative_prompt if args.negative_prompt is None else args.negative_prompt,
     )
     runner = DiffusionRunner(model, SessionFactory(threads=args.threads))
-    out = runner.generate(args.prompt, params, args.seed)
+    latents = None if args.latents is None else _load_latents(Path(args.latents))
+    out = runner.generate(args.prompt, params, args.seed, latents=latents)
     Path(args.out).write_bytes(out.png)
     return {
         "model_id": id_text(model.model_id),
         "image": str(args.out),
+        "scheduler": runner.interface.scheduler.kind,
+        "latents": args.latents,
         "output_hash": "sha256:" + hashlib.sha256(out.png).hexdigest(),
         "width": params.width,
         "height": params.height,
@@ -246,6 +336,23 @@ def _run_diffusion(model, args: argparse.Namespace) -> dict:
             "steps_per_s": round(out.timings.steps_per_s, 1),
         },
     }
+
+
+def _load_latents(path: Path):
+    """A ``.npy`` array (no pickles); float32 as diffusers' pipelines take latents."""
+    import numpy as np
+
+    from aipg.models import ModelError
+
+    if path.stat().st_size > 1 << 30:
+        raise UsageError(f"{path} is over 1 GiB")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ModelError(f"{path} is not a .npy array: {e}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise ModelError(f"{path} must hold a float array")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def tokens_hash(token_ids: list[int]) -> str:

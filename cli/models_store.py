@@ -22,7 +22,12 @@ def _store(args: argparse.Namespace):
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    """``models add MODEL_DIR``: copy a model into the store, hash-checked; print its id."""
+    """``models add MODEL_DIR``: check that the model runs (its graphs against the manifest,
+    a tiny job), copy it into the store, hash-checked; print its id."""
+    from aipg.models import load_model_dir
+    from aipg.models.hf_diffusers import check_runnable
+
+    check_runnable(load_model_dir(Path(args.model_dir)))
     mid = _store(args).add_model_dir(Path(args.model_dir))
     print(id_text(mid))
     return 0

@@ -62,7 +62,7 @@ class CostError(ModelError):
     """A graph whose MACs cannot be counted statically, or a cost that does not fit."""
 
 
-@record(tag=215)
+@record(tag=217)
 class ModelCost(Record):
     """A model's registered cost (in MACs) and the bounds of one job on it.
 

@@ -1,11 +1,16 @@
-"""The diffusion runner: Stable Diffusion ONNX layout, DDIM (eta 0), classifier-free guidance.
+"""The diffusion runner: Stable Diffusion / SDXL ONNX layout, the model's own scheduler
+(DDIM with eta 0 or Euler discrete, :mod:`.schedulers`), classifier-free guidance.
 
-A model has ``text_encoder`` (``input_ids`` -> ``last_hidden_state``), ``unet`` (``sample``,
-``timestep``, ``encoder_hidden_states`` -> ``out_sample``, predicting noise) and
-``vae_decoder`` (``latent_sample`` -> ``sample`` in [-1, 1]), as the diffusers/optimum ONNX
-exports have them. Everything after the seed is deterministic: the initial latent is a
-counter-based Gaussian of (seed, position), DDIM with eta 0 adds no noise, and each step
-is ``x_prev = c1 * x + c2 * eps`` with float32 coefficients computed once in float64.
+A model has ``text_encoder`` (``input_ids`` -> ``last_hidden_state`` or the output the
+manifest names), ``unet`` (``sample``, ``timestep``, ``encoder_hidden_states`` [, SDXL's
+``text_embeds``, ``time_ids``] -> ``out_sample``) and ``vae_decoder`` (``latent_sample`` ->
+``sample`` in [-1, 1]), as the diffusers/optimum ONNX exports have them; SDXL adds
+``text_encoder_2`` (hidden states concatenated to the first encoder's, pooled
+``text_embeds``). Inputs are mapped by name, ``timestep`` is fed with the rank and dtype
+the graph declares. Everything after the seed is deterministic: the initial latent is a
+counter-based Gaussian of (seed, position) times the scheduler's ``init_noise_sigma``, no
+scheduler adds noise, and each step is ``x_next = c_x * x + c_m * unet(c_in * x)`` with
+float32 coefficients computed once in float64.
 
 :meth:`DiffusionRunner.step` recomputes one step from a stored latent with exactly the code
 :meth:`DiffusionRunner.generate` runs, so a validator can re-check any step.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +32,10 @@ from PIL import Image
 
 from .errors import ModelError
 from .manifest import DIFFUSION, DiffusionInterface, DiffusionParams, ModelDir, load_model_dir
+from .schedulers import Schedule, build_schedule
 from .session import ExecutionProfile, SessionFactory, run_session
 from .tokenizer import Tokenizer
+from .tokenizer_clip import CLIP, ClipTokenizer
 
 __all__ = [
     "Conditioning",
@@ -50,7 +58,7 @@ class StepEvent:
     """The latent after step ``index`` (0-based), run at scheduler ``timestep``."""
 
     index: int
-    timestep: int
+    timestep: float
     latent: np.ndarray
 
 
@@ -82,44 +90,20 @@ class DiffusionResult:
 @dataclass(frozen=True)
 class Conditioning:
     """Text embeddings for the unet: (unconditional, conditional) stacked when guidance is on,
-    else the conditional ones alone; ``guidance`` is the float32 scale."""
+    else the conditional ones alone; ``guidance`` is the float32 scale; ``pooled`` is SDXL's
+    ``text_embeds`` (stacked the same way), None for SD 1.x/2.x."""
 
     embeddings: np.ndarray
     guidance: np.float32
+    pooled: np.ndarray | None = None
 
     @property
     def guided(self) -> bool:
         return self.embeddings.shape[0] == 2
 
 
-class DdimSchedule:
-    """DDIM timesteps and step coefficients for a number of inference steps.
-
-    Betas are SD's ``scaled_linear`` schedule; ``set_alpha_to_one`` is False and
-    ``steps_offset`` is 1, as in Stable Diffusion's scheduler config.
-    """
-
-    def __init__(self, interface: DiffusionInterface, steps: int) -> None:
-        train = interface.train_timesteps
-        if not 1 <= steps <= train:
-            raise ModelError(f"steps must be from 1 to {train}, got {steps}")
-        start, end = interface.beta_start_nano / 1e9, interface.beta_end_nano / 1e9
-        betas = np.linspace(start**0.5, end**0.5, train, dtype=np.float64) ** 2
-        alphas = np.cumprod(1.0 - betas)
-        ratio = train // steps
-        self.timesteps = [int(t) for t in (np.arange(steps) * ratio)[::-1] + 1]
-        self._coefficients = []
-        for t in self.timesteps:
-            a_t = alphas[t]
-            a_prev = alphas[t - ratio] if t - ratio >= 0 else alphas[0]
-            c1 = np.sqrt(a_prev) / np.sqrt(a_t)
-            c2 = np.sqrt(1.0 - a_prev) - np.sqrt(a_prev) * np.sqrt(1.0 - a_t) / np.sqrt(a_t)
-            self._coefficients.append((np.float32(c1), np.float32(c2)))
-
-    def step(self, index: int, latent: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """The latent after step ``index`` from ``latent`` and the predicted ``noise``."""
-        c1, c2 = self._coefficients[index]
-        return c1 * latent + c2 * noise
+# Before schedules came from the model's config this was the runner's only one.
+DdimSchedule = Schedule
 
 
 def seeded_gaussian(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -156,33 +140,54 @@ class DiffusionRunner:
             raise ModelError(f"model {manifest.name!r} is a {manifest.kind} model, not diffusion")
         self.interface: DiffusionInterface = manifest.diffusion
         self.factory = session_factory or SessionFactory(threads=threads or 1)
-        self.tokenizer = Tokenizer(
-            self.model.read_verified(manifest.tokenizer.role), manifest.tokenizer
+        d = self.interface
+        self.tokenizer = self._tokenizer(manifest.tokenizer)
+        self.text_encoder = self._session("text_encoder", ["input_ids"], [d.text_output])
+        e2 = d.text_encoder_2
+        self.tokenizer_2 = self._tokenizer(e2.tokenizer) if e2 else None
+        self.text_encoder_2 = (
+            self._session("text_encoder_2", ["input_ids"], [e2.output, e2.pooled_output])
+            if e2
+            else None
         )
-        self.text_encoder = self._session("text_encoder", ["input_ids"], ["last_hidden_state"])
-        self.unet = self._session(
-            "unet", ["sample", "timestep", "encoder_hidden_states"], ["out_sample"]
-        )
+        unet_inputs = ["sample", "timestep", "encoder_hidden_states"]
+        unet_inputs += ["text_embeds", "time_ids"] if e2 else []
+        self.unet = self._session("unet", unet_inputs, ["out_sample"])
         self.vae_decoder = self._session("vae_decoder", ["latent_sample"], ["sample"])
         self._check_dims()
         self._ids_dtype = _input_dtype(self.text_encoder, "input_ids", _ORT_INT)
+        self._ids2_dtype = (
+            _input_dtype(self.text_encoder_2, "input_ids", _ORT_INT)
+            if self.text_encoder_2
+            else None
+        )
         self._timestep_dtype = _input_dtype(self.unet, "timestep", _ORT_NUM)
+        self._timestep_shape = _timestep_shape(self.unet)
+        self._cond_dtype = {
+            n: _input_dtype(self.unet, n, _ORT_FLOAT) for n in ("text_embeds", "time_ids") if e2
+        }
         # fp16 exports take and return float16 at the boundary; the trajectory stays float32.
         self._sample_dtype = _input_dtype(self.unet, "sample", _ORT_FLOAT)
         self._text_dtype = _input_dtype(self.unet, "encoder_hidden_states", _ORT_FLOAT)
         self._vae_dtype = _input_dtype(self.vae_decoder, "latent_sample", _ORT_FLOAT)
         self._latent_scale = np.float32(self.interface.latent_scale_micro / 1e6)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
-        self._schedules: dict[int, DdimSchedule] = {}
+        self._schedules: dict[int, Schedule] = {}
+
+    def _tokenizer(self, info) -> Tokenizer | ClipTokenizer:
+        if info.kind == CLIP:
+            vocab = self.model.read_verified(info.role)
+            return ClipTokenizer(vocab, self.model.read_verified(info.role + ".merges"), info)
+        return Tokenizer(self.model.read_verified(info.role), info)
 
     def _session(self, role: str, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
         session = self.factory.create_for(self.model, role)
         have_in = [i.name for i in session.get_inputs()]
         have_out = [o.name for o in session.get_outputs()]
-        if sorted(have_in) != sorted(inputs) or outputs[0] not in have_out:
+        if sorted(have_in) != sorted(inputs) or not set(outputs) <= set(have_out):
             raise ModelError(
-                f"{role} graph does not have the Stable Diffusion interface: inputs {have_in} "
-                f"(want {inputs}), outputs {have_out} (want {outputs[0]})"
+                f"{role} graph does not have the interface the manifest says: inputs {have_in} "
+                f"(want {inputs}), outputs {have_out} (want {outputs})"
             )
         return session
 
@@ -190,8 +195,17 @@ class DiffusionRunner:
         """Raise ModelError where a graph's fixed dimensions contradict the manifest."""
         d = self.interface
         c, length, dim = d.latent_channels, d.text_length, d.text_dim
+        e2 = d.text_encoder_2
+        dim1 = dim - e2.text_dim if e2 else dim
         _expect_dims(self.text_encoder, "text_encoder", "input_ids", {1: length})
-        _expect_dims(self.text_encoder, "text_encoder", "last_hidden_state", {1: length, 2: dim})
+        _expect_dims(self.text_encoder, "text_encoder", d.text_output, {1: length, 2: dim1})
+        if e2 is not None:
+            te2 = self.text_encoder_2
+            _expect_dims(te2, "text_encoder_2", "input_ids", {1: length})
+            _expect_dims(te2, "text_encoder_2", e2.output, {1: length, 2: e2.text_dim})
+            _expect_dims(te2, "text_encoder_2", e2.pooled_output, {1: e2.pooled_dim})
+            _expect_dims(self.unet, "unet", "text_embeds", {1: e2.pooled_dim})
+            _expect_dims(self.unet, "unet", "time_ids", {1: 6})
         _expect_dims(self.unet, "unet", "sample", {1: c})
         _expect_dims(self.unet, "unet", "encoder_hidden_states", {1: length, 2: dim})
         _expect_dims(self.unet, "unet", "out_sample", {1: c})
@@ -205,19 +219,33 @@ class DiffusionRunner:
         if not isinstance(params, DiffusionParams):
             raise ModelError("params must be DiffusionParams")
         d = self.interface
+        multiple = math.lcm(d.vae_scale_factor, d.size_step or 1)
         for side, value in (("width", params.width), ("height", params.height)):
-            if not d.min_size <= value <= d.max_size or value % d.vae_scale_factor:
+            if not d.min_size <= value <= d.max_size or value % multiple:
                 raise ModelError(
-                    f"{side} must be a multiple of {d.vae_scale_factor} from {d.min_size} "
+                    f"{side} must be a multiple of {multiple} from {d.min_size} "
                     f"to {d.max_size}, got {value}"
                 )
         if params.steps > d.train_timesteps:
             raise ModelError(f"steps must be at most {d.train_timesteps}, got {params.steps}")
+        self.schedule(params)
 
-    def schedule(self, params: DiffusionParams) -> DdimSchedule:
-        """The DDIM schedule for ``params.steps`` (built once per step count)."""
+    def schedule(self, params: DiffusionParams) -> Schedule:
+        """The model's scheduler for ``params.steps`` (built once per step count). Raises
+        ModelError for a step count the scheduler cannot make, or whose timesteps are
+        fractional where the unet takes integers."""
         if params.steps not in self._schedules:
-            self._schedules[params.steps] = DdimSchedule(self.interface, params.steps)
+            d = self.interface
+            schedule = build_schedule(
+                d.scheduler, params.steps, d.train_timesteps, d.beta_start_nano, d.beta_end_nano
+            )
+            if self._timestep_dtype in _ORT_INT.values() and any(
+                t != int(t) for t in schedule.timesteps
+            ):
+                raise ModelError(
+                    f"{params.steps} steps give fractional timesteps, but the unet takes integers"
+                )
+            self._schedules[params.steps] = schedule
         return self._schedules[params.steps]
 
     # -- entry points ---------------------------------------------------------------------
@@ -228,16 +256,25 @@ class DiffusionRunner:
         params: DiffusionParams,
         seed: int,
         on_step: Callable[[StepEvent], None] | None = None,
+        *,
+        latents: np.ndarray | None = None,
     ) -> DiffusionResult:
-        """Run the job: encode the prompt, denoise ``params.steps`` DDIM steps from the
-        seeded latent (calling ``on_step`` after each), decode to PNG. Raises ModelError
-        before any work for bad parameters or seed."""
+        """Run the job: encode the prompt, denoise ``params.steps`` steps from the seeded
+        latent (calling ``on_step`` after each), decode to PNG. ``latents`` replaces the
+        seeded noise (unscaled, as diffusers' ``latents=`` takes it; the scheduler's
+        ``init_noise_sigma`` is applied). Raises ModelError before any work for bad
+        parameters, seed or latents."""
         self.check_params(params)
         _check_seed(seed)
+        if latents is not None:
+            latents = self._check_latent(np.asarray(latents), params, "latents")
         start = time.perf_counter_ns()
         conditioning = self.encode_prompt(prompt, params)
         encoded = time.perf_counter_ns()
-        latent = initial = self.initial_latent(seed, params)
+        if latents is None:
+            latent = initial = self.initial_latent(seed, params)
+        else:
+            latent = initial = self._noise_scaled(latents, params)
         schedule = self.schedule(params)
         for index, timestep in enumerate(schedule.timesteps):
             latent = self.step(latent, index, conditioning, params)
@@ -252,10 +289,25 @@ class DiffusionRunner:
         return DiffusionResult(png, initial, latent, timings)
 
     def initial_latent(self, seed: int, params: DiffusionParams) -> np.ndarray:
-        """The seeded starting latent, shape (1, channels, height/8, width/8)."""
+        """The seeded starting latent, shape (1, channels, height/8, width/8): unit
+        Gaussian noise times the scheduler's ``init_noise_sigma``."""
         self.check_params(params)
         _check_seed(seed)
-        return seeded_gaussian(seed, self.latent_shape(params))
+        return self._noise_scaled(seeded_gaussian(seed, self.latent_shape(params)), params)
+
+    def _noise_scaled(self, noise: np.ndarray, params: DiffusionParams) -> np.ndarray:
+        sigma = self.schedule(params).init_noise_sigma
+        return noise if sigma == 1 else noise * sigma
+
+    def _check_latent(self, latent: np.ndarray, params: DiffusionParams, what: str) -> np.ndarray:
+        shape = self.latent_shape(params)
+        if latent.shape != shape or latent.dtype != np.float32:
+            raise ModelError(
+                f"{what} must be float32 of shape {shape}, got {latent.dtype} {latent.shape}"
+            )
+        if not np.all(np.isfinite(latent)):
+            raise ModelError(f"{what} must be finite")
+        return latent
 
     def latent_shape(self, params: DiffusionParams) -> tuple[int, int, int, int]:
         """(1, channels, height / scale, width / scale)."""
@@ -266,12 +318,31 @@ class DiffusionRunner:
         """Text embeddings for ``prompt`` and, when guidance is on (scale > 1), for
         ``params.negative_prompt`` as the unconditional input."""
         guided = params.guidance_milli > 1000
-        texts = [params.negative_prompt, prompt] if guided else [prompt]
-        ids = np.stack([self._token_row(t) for t in texts])
-        (embeddings,) = run_session(
-            self.text_encoder, ["last_hidden_state"], {"input_ids": ids}, "text_encoder"
+        zeros = (
+            guided and params.negative_prompt == "" and self.interface.force_zeros_for_empty_prompt
         )
-        return Conditioning(embeddings.astype(np.float32), np.float32(params.guidance_milli / 1000))
+        texts = [params.negative_prompt, prompt] if guided and not zeros else [prompt]
+        ids = np.stack([self._token_row(self.tokenizer, t, self._ids_dtype) for t in texts])
+        out = self.interface.text_output
+        (embeddings,) = run_session(self.text_encoder, [out], {"input_ids": ids}, "text_encoder")
+        embeddings = embeddings.astype(np.float32)
+        pooled = None
+        e2 = self.interface.text_encoder_2
+        if e2 is not None:
+            assert self.tokenizer_2 is not None and self.text_encoder_2 is not None
+            ids2 = np.stack([self._token_row(self.tokenizer_2, t, self._ids2_dtype) for t in texts])
+            hidden2, pooled = run_session(
+                self.text_encoder_2,
+                [e2.output, e2.pooled_output],
+                {"input_ids": ids2},
+                "text_encoder_2",
+            )
+            embeddings = np.concatenate([embeddings, hidden2.astype(np.float32)], axis=-1)
+            pooled = pooled.astype(np.float32)
+        if zeros:  # diffusers: negative_prompt_embeds = zeros_like(prompt_embeds)
+            embeddings = np.concatenate([np.zeros_like(embeddings), embeddings])
+            pooled = None if pooled is None else np.concatenate([np.zeros_like(pooled), pooled])
+        return Conditioning(embeddings, np.float32(params.guidance_milli / 1000), pooled)
 
     def step(
         self, latent: np.ndarray, index: int, conditioning: Conditioning, params: DiffusionParams
@@ -286,13 +357,23 @@ class DiffusionRunner:
                 f"latent must be float32 of shape {shape}, got {latent.dtype} {latent.shape}"
             )
         batch = conditioning.embeddings.shape[0]
-        sample = np.concatenate([latent] * batch) if batch > 1 else latent
-        timestep = np.full((batch,), schedule.timesteps[index], dtype=self._timestep_dtype)
+        scaled = schedule.model_input(index, latent)
+        sample = np.concatenate([scaled] * batch) if batch > 1 else scaled
+        rank_shape = () if self._timestep_shape is None else (self._timestep_shape or batch,)
+        timestep = np.full(rank_shape, schedule.timesteps[index], dtype=self._timestep_dtype)
         feeds = {
             "sample": sample.astype(self._sample_dtype, copy=False),
             "timestep": timestep,
             "encoder_hidden_states": conditioning.embeddings.astype(self._text_dtype, copy=False),
         }
+        if self.interface.text_encoder_2 is not None:
+            if conditioning.pooled is None:
+                raise ModelError("an SDXL step needs the pooled text embeddings")
+            # diffusers' add_time_ids: original size, crop top-left, target size.
+            h, w = params.height, params.width
+            time_ids = np.array([[h, w, 0, 0, h, w]] * batch, dtype=np.float32)
+            feeds["text_embeds"] = conditioning.pooled.astype(self._cond_dtype["text_embeds"])
+            feeds["time_ids"] = time_ids.astype(self._cond_dtype["time_ids"])
         (noise,) = run_session(self.unet, ["out_sample"], feeds, "unet")
         noise = noise.astype(np.float32, copy=False)
         if conditioning.guided:
@@ -318,13 +399,13 @@ class DiffusionRunner:
         rgb = np.round(pixels * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0)
         return np.ascontiguousarray(rgb)
 
-    def _token_row(self, text: str) -> np.ndarray:
+    def _token_row(self, tokenizer, text: str, dtype) -> np.ndarray:
         """[bos] + ids + [eos], cut to the text length and padded (as CLIP's tokenizer does)."""
         length = self.interface.text_length
-        ids = self.tokenizer.encode(text, bos=False)[: max(length - 2, 0)]
-        row = [self.tokenizer.bos_id, *ids, self.tokenizer.eos_id][:length]
-        row += [self.tokenizer.pad_id] * (length - len(row))
-        return np.asarray(row, dtype=self._ids_dtype)
+        ids = tokenizer.encode(text, bos=False)[: max(length - 2, 0)]
+        row = [tokenizer.bos_id, *ids, tokenizer.eos_id][:length]
+        row += [tokenizer.pad_id] * (length - len(row))
+        return np.asarray(row, dtype=dtype)
 
 
 def _expect_dims(session: ort.InferenceSession, role: str, name: str, dims: dict[int, int]) -> None:
@@ -337,6 +418,17 @@ def _expect_dims(session: ort.InferenceSession, role: str, name: str, dims: dict
             raise ModelError(
                 f"{role} graph: {name} dimension {axis} is {shape[axis]}, the manifest says {want}"
             )
+
+
+def _timestep_shape(session: ort.InferenceSession) -> int | None:
+    """How the unet takes ``timestep``: None for a 0-d scalar (current optimum exports), else
+    the fixed batch size of a rank-1 input, 0 when it follows the batch."""
+    shape = next(i.shape for i in session.get_inputs() if i.name == "timestep")
+    if len(shape) == 0:
+        return None
+    if len(shape) != 1:
+        raise ModelError(f"unet timestep has rank {len(shape)}; expected 0 or 1")
+    return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 0
 
 
 def _input_dtype(session: ort.InferenceSession, name: str, allowed: dict) -> type:

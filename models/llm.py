@@ -4,6 +4,10 @@ A decoder exported by Hugging Face optimum takes ``input_ids``, ``attention_mask
 ``position_ids`` (when exported with them) and, with KV cache, ``past_key_values.N.key`` /
 ``.value``; it returns ``logits`` and ``present.N.key`` / ``.value``. Models exported
 without cache read the whole sequence every step; both go through :meth:`LlmRunner.generate`.
+Three export layouts run: one graph taking zero-length past at the first step (current
+optimum, ``model.onnx``), the older merged decoder that also takes ``use_cache_branch``
+(``decoder_model_merged.onnx``), and split decoders: role ``decoder`` without past for the
+prompt, role ``decoder_with_past`` for every later step.
 :meth:`LlmRunner.prefill` is the validator's entry point: the logits at every position of a
 sequence in one pass, no cache.
 """
@@ -19,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
+from .kvcache import BoundKvCache, KvCachePool, binds_on
 from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
 from .sampling import SamplingParams, choose_token
 from .session import ExecutionProfile, SessionFactory, run_session
@@ -26,6 +31,7 @@ from .tokenizer import Tokenizer
 
 __all__ = ["Generation", "LlmRunner", "Timings", "TokenEvent"]
 
+WITH_PAST_ROLE = "decoder_with_past"
 _PAST_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 STOP_WINDOW = 4 * 64 + 8
 FINISH_STOP = "stop"  # end-of-sequence token or a stop string
@@ -86,7 +92,9 @@ class LlmRunner:
     Files are hash-checked as they are read; the graph is checked against the manifest's
     interface. ``session_factory`` defaults to ``SessionFactory(threads=threads or 1)``.
     ``use_kv_cache=False`` recomputes the whole sequence every step even when the graph has
-    a cache. Raises ModelError for anything wrong with the model.
+    a cache; ``io_binding=False`` decodes with plain ``session.run`` instead of binding the
+    cache into preallocated buffers (:mod:`.kvcache`; same tokens and logits, bit for
+    bit). Raises ModelError for anything wrong with the model.
     """
 
     def __init__(
@@ -96,6 +104,7 @@ class LlmRunner:
         *,
         threads: int | None = None,
         use_kv_cache: bool = True,
+        io_binding: bool = True,
     ) -> None:
         self.model = model if isinstance(model, ModelDir) else load_model_dir(model)
         manifest = self.model.manifest
@@ -104,13 +113,33 @@ class LlmRunner:
         self.interface: LlmInterface = manifest.llm
         self.factory = session_factory or SessionFactory(threads=threads or 1)
         self.tokenizer = Tokenizer(
-            self.model.read_verified(manifest.tokenizer.role), manifest.tokenizer
+            self.model.read_verified(manifest.tokenizer.role),
+            manifest.tokenizer,
+            self.interface.vocab_size,
         )
         if self.tokenizer.vocab_size > self.interface.vocab_size:
             raise ModelError("tokenizer vocabulary is larger than the model's vocab_size")
         self.session = self.factory.create_for(self.model, "decoder")
-        self._graph = _check_graph(self.session, self.interface)
+        # Split exports (optimum's decoder_model + decoder_with_past_model): the first
+        # session reads the prompt without past, the second every later step.
+        self.past_session: ort.InferenceSession | None = None
+        if WITH_PAST_ROLE in {f.role for f in manifest.files}:
+            self.past_session = self.factory.create_for(self.model, WITH_PAST_ROLE)
+            self._graph = _check_graph(self.past_session, self.interface, WITH_PAST_ROLE)
+            self._first = _check_first(self.session, self.interface, self._graph)
+        else:
+            self._graph = _check_graph(self.session, self.interface)
+            self._first = self._graph
         self.use_kv_cache = use_kv_cache and self._graph.kv_cache
+        # Split exports decode with plain session.run: BoundKvCache binds one graph that
+        # takes the past at every step, and a split export's first graph takes none.
+        self.io_binding = (
+            io_binding
+            and self.use_kv_cache
+            and self.past_session is None
+            and binds_on(self.session)
+        )
+        self._kv_pool = KvCachePool(self._bound_cache, self.context_length)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
         self._empty_past = np.zeros(
             (1, self.interface.num_heads, 0, self.interface.head_dim), self._graph.past_dtype
@@ -143,7 +172,13 @@ class LlmRunner:
             raise ModelError("params must be SamplingParams")
         budget = min(params.max_tokens, self.context_length - len(prompt_ids))
         start = time.perf_counter_ns()
-        step = self._cached_steps(prompt_ids) if self.use_kv_cache else self._full_steps(prompt_ids)
+        cache = self._kv_pool.take(len(prompt_ids) + budget) if self.io_binding else None
+        if cache is not None:
+            step = cache.steps(prompt_ids)
+        elif self.use_kv_cache:
+            step = self._cached_steps(prompt_ids)
+        else:
+            step = self._full_steps(prompt_ids)
         logits = next(step)
         prefill_done = time.perf_counter_ns()
         tokens: list[int] = []
@@ -154,7 +189,7 @@ class LlmRunner:
             tokens.append(token)
             if on_token is not None:
                 on_token(TokenEvent(index, token, logits))
-            if token == self.tokenizer.eos_id:
+            if self.tokenizer.is_eos(token):
                 finish = FINISH_STOP
                 break
             if params.stop and self._stop_in_tail(tokens, params.stop):
@@ -167,6 +202,8 @@ class LlmRunner:
                 logits = step.send(token)
         end = time.perf_counter_ns()
         step.close()
+        if cache is not None:
+            self._kv_pool.give(cache)
         if text is None:
             text = self.tokenizer.decode(tokens)
         timings = Timings(prefill_done - start, end - prefill_done, end - start, len(tokens))
@@ -224,6 +261,21 @@ class LlmRunner:
             outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
             length += 1
 
+    def _bound_cache(self, capacity: int) -> BoundKvCache:
+        g = self._graph
+        return BoundKvCache(
+            self.session,
+            g.past_names,
+            g.output_names[1:],
+            heads=self.interface.num_heads,
+            head_dim=self.interface.head_dim,
+            vocab=self.interface.vocab_size,
+            capacity=capacity,
+            dtype=g.past_dtype,
+            position_ids=g.position_ids,
+            use_cache_branch=g.use_cache_branch,
+        )
+
     def _full_steps(self, prompt_ids: list[int]):
         """Coroutine like :meth:`_cached_steps`, reading the whole sequence every step."""
         sequence = list(prompt_ids)
@@ -237,14 +289,18 @@ class LlmRunner:
 
     def _run(self, ids: np.ndarray, past_length: int, pasts: list[np.ndarray]) -> list:
         total = past_length + ids.shape[1]
+        split = self.past_session is not None and past_length > 0
+        graph, session = (self._graph, self.past_session) if split else (self._first, self.session)
         feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64)}
-        if self._graph.position_ids:
+        if graph.position_ids:
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :]
-        if self._graph.kv_cache:
-            feeds.update(zip(self._graph.past_names, pasts, strict=True))
-        if self._graph.use_cache_branch:
+        if graph.past_names:
+            feeds.update(zip(graph.past_names, pasts, strict=True))
+        if graph.use_cache_branch:
             feeds["use_cache_branch"] = np.asarray([past_length > 0])
-        return run_session(self.session, self._graph.output_names, feeds, "decoder")
+        return run_session(
+            session, graph.output_names, feeds, WITH_PAST_ROLE if split else "decoder"
+        )
 
 
 def _float32(logits: np.ndarray) -> np.ndarray:
@@ -262,17 +318,52 @@ def _stop_position(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
-def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
-    """The decoder's layout, after checking it is the one the manifest declares."""
+def _check_io(session: ort.InferenceSession, llm: LlmInterface, role: str) -> tuple[dict, list]:
+    """The inputs (by name) and output names, after checking the ones every decoder has."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
     for name in ("input_ids", "attention_mask"):
         if name not in inputs or inputs[name].type != "tensor(int64)":
-            raise ModelError(f"decoder graph has no int64 input {name!r}")
+            raise ModelError(f"{role} graph has no int64 input {name!r}")
     if "logits" not in outputs:
-        raise ModelError("decoder graph has no output 'logits'")
+        raise ModelError(f"{role} graph has no output 'logits'")
     logits = next(o for o in session.get_outputs() if o.name == "logits")
     _check_dim(logits.shape, -1, llm.vocab_size, "logits vocab")
+    if "use_cache_branch" in inputs and inputs["use_cache_branch"].type != "tensor(bool)":
+        raise ModelError(f"{role} graph: use_cache_branch must be a bool input")
+    return inputs, outputs
+
+
+def _check_first(session: ort.InferenceSession, llm: LlmInterface, with_past: _Graph) -> _Graph:
+    """The first graph of a split export: no past inputs; the present outputs the graph
+    with past reads next."""
+    inputs, outputs = _check_io(session, llm, "decoder")
+    if not with_past.kv_cache:
+        raise ModelError(f"a model with a {WITH_PAST_ROLE} graph must have kv_cache")
+    if any(n.startswith("past_key_values.") for n in inputs):
+        raise ModelError(
+            f"decoder graph of a split export takes past_key_values ({WITH_PAST_ROLE} does)"
+        )
+    presents = with_past.output_names[1:]
+    missing = [n for n in presents if n not in outputs]
+    if missing:
+        raise ModelError(f"decoder graph does not match its manifest: missing {missing[0]}")
+    extra = sorted(set(inputs) - {"input_ids", "attention_mask", "position_ids"})
+    if extra:
+        raise ModelError(f"decoder graph has unexpected input(s) {', '.join(extra)}")
+    return _Graph(
+        kv_cache=True,
+        position_ids="position_ids" in inputs,
+        use_cache_branch=False,
+        past_names=(),
+        output_names=with_past.output_names,
+        past_dtype=with_past.past_dtype,
+    )
+
+
+def _check_graph(session: ort.InferenceSession, llm: LlmInterface, role: str = "decoder") -> _Graph:
+    """The decoder's layout, after checking it is the one the manifest declares."""
+    inputs, outputs = _check_io(session, llm, role)
     past_names = tuple(
         f"past_key_values.{i}.{kind}" for i in range(llm.num_layers) for kind in ("key", "value")
     )
@@ -300,8 +391,6 @@ def _check_graph(session: ort.InferenceSession, llm: LlmInterface) -> _Graph:
             _check_dim(shape, 3, llm.head_dim, f"{name} head_dim")
     elif has_past:
         raise ModelError("decoder graph takes past_key_values but the manifest says no kv_cache")
-    if "use_cache_branch" in inputs and inputs["use_cache_branch"].type != "tensor(bool)":
-        raise ModelError("decoder graph: use_cache_branch must be a bool input")
     known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch", *past_names}
     extra = sorted(set(inputs) - known)
     if extra:

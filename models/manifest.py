@@ -41,11 +41,14 @@ from aipg.wire import (
 
 from .errors import ModelError
 from .sampling import SamplingParams
+from .schedulers import LEGACY_DDIM, SchedulerInfo, check_scheduler_info
 
 __all__ = [
     "DIFFUSION",
     "LLM",
     "MANIFEST_FILE",
+    "SENTENCEPIECE",
+    "TOKENIZERS",
     "DiffusionInterface",
     "DiffusionParams",
     "LlmInterface",
@@ -54,6 +57,7 @@ __all__ = [
     "ModelDir",
     "ModelFile",
     "ModelId",
+    "SecondTextEncoder",
     "TokenizerInfo",
     "check_manifest",
     "file_entry",
@@ -79,6 +83,13 @@ MAX_FILE_SIZE = 1 << 40  # 1 TiB: no model file is larger; bigger claims are lie
 MAX_MANIFEST_SIZE = 64 << 10
 MAX_DIFFUSION_STEPS = 500
 MAX_GUIDANCE_MILLI = 100_000
+MAX_EOS_IDS = 16
+MAX_TOKEN_TEXT = 64
+# Chat templates of real models are 1-8 KB; the cap keeps a manifest under its 64 KiB.
+MAX_CHAT_TEMPLATE = 32 << 10
+SENTENCEPIECE = "sentencepiece"
+TOKENIZERS = "tokenizers"
+TOKENIZER_KINDS = (SENTENCEPIECE, TOKENIZERS)
 
 Name = Annotated[str, MaxLen(128)]
 
@@ -95,13 +106,28 @@ class ModelFile(Record):
 
 @record(tag=203)
 class TokenizerInfo(Record):
-    """The tokenizer: its kind (``sentencepiece``), the role of its file, special ids."""
+    """The tokenizer: its kind, the role of its file, special ids and how text is encoded.
+
+    ``kind`` is ``sentencepiece`` (``tokenizer.model``) or ``tokenizers`` (Hugging Face's
+    ``tokenizer.json``). ``bos_id`` and ``pad_id`` may be absent (None). ``extra_eos_ids``
+    are the ids besides ``eos_id`` that end a generation (generation configs list several).
+    A prompt is encoded as transformers' ``tokenizer(text)`` does: BOS first when
+    ``add_bos``, EOS last when ``add_eos``, and, when ``special_text``, special tokens
+    written in the text become their ids. ``bos_token`` / ``eos_token`` are their texts,
+    as chat templates see them. The defaults are what the demo models always did.
+    """
 
     kind: Annotated[str, MaxLen(32)]
     role: Annotated[str, MaxLen(64)]
-    bos_id: U32
+    bos_id: U32 | None
     eos_id: U32
-    pad_id: U32
+    pad_id: U32 | None
+    extra_eos_ids: Annotated[tuple[U32, ...], MaxLen(MAX_EOS_IDS)] = ()
+    add_bos: bool = True
+    add_eos: bool = False
+    special_text: bool = False
+    bos_token: Annotated[str, MaxLen(MAX_TOKEN_TEXT)] = ""
+    eos_token: Annotated[str, MaxLen(MAX_TOKEN_TEXT)] = ""
 
 
 @record(tag=204)
@@ -120,13 +146,29 @@ class LlmInterface(Record):
     kv_cache: bool
 
 
+@record(tag=216)
+class SecondTextEncoder(Record):
+    """SDXL's ``text_encoder_2``: its tokenizer, hidden size, pooled (``text_embeds``) size
+    and the names of the two outputs the UNet is fed from."""
+
+    tokenizer: TokenizerInfo
+    text_dim: U32
+    pooled_dim: U32
+    output: Annotated[str, MaxLen(64)]
+    pooled_output: Annotated[str, MaxLen(64)]
+
+
 @record(tag=205)
 class DiffusionInterface(Record):
     """The Stable Diffusion layout's numbers: latent shape, text conditioning, noise schedule.
 
     Fixed-point: ``latent_scale_micro=182150`` is SD's 0.18215; betas are in billionths
-    (``scaled_linear`` schedule from ``beta_start`` to ``beta_end`` over ``train_timesteps``).
-    Image sides are multiples of ``vae_scale_factor`` from ``min_size`` to ``max_size``.
+    (``scheduler.beta_schedule`` from ``beta_start`` to ``beta_end`` over ``train_timesteps``).
+    Image sides are multiples of ``vae_scale_factor`` (and of ``size_step`` when it is
+    set) from ``min_size`` to ``max_size``. ``text_output`` names the text encoder's output
+    the UNet gets. With ``text_encoder_2`` (SDXL) the UNet gets both encoders' outputs
+    concatenated (``text_dim`` is their sum), ``text_embeds`` and ``time_ids``; with
+    ``force_zeros_for_empty_prompt`` an empty negative prompt is zeros, not encoded text.
     """
 
     latent_channels: U8
@@ -139,6 +181,11 @@ class DiffusionInterface(Record):
     beta_end_nano: U32
     min_size: U16
     max_size: U16
+    scheduler: SchedulerInfo = LEGACY_DDIM
+    text_output: Annotated[str, MaxLen(64)] = "last_hidden_state"
+    text_encoder_2: SecondTextEncoder | None = None
+    force_zeros_for_empty_prompt: bool = False
+    size_step: U16 = 0
 
 
 @record(tag=206)
@@ -168,6 +215,9 @@ class Manifest(Record):
     default_sampling: SamplingParams | None
     default_diffusion: DiffusionParams | None
     license: Annotated[str, MaxLen(128)]
+    # The export's Jinja chat template (transformers' apply_chat_template); "" for none:
+    # chat then renders with aipg.models.chat.PLAIN_TEMPLATE.
+    chat_template: Annotated[str, MaxLen(MAX_CHAT_TEMPLATE)] = ""
 
 
 @record(tag=208, max_size=MAX_MANIFEST_SIZE + 1024)
@@ -232,6 +282,12 @@ def check_kind(manifest: Manifest) -> None:
             raise ModelError("diffusion interface: train_timesteps >= 2 and a latent scale > 0")
         if not 0 < d.min_size <= d.max_size:
             raise ModelError("diffusion interface: need 0 < min_size <= max_size")
+        check_scheduler_info(d.scheduler)
+        e2 = d.text_encoder_2
+        if e2 is not None and not 0 < e2.text_dim < d.text_dim:
+            raise ModelError("diffusion interface: text_encoder_2's text_dim must be < text_dim")
+        if e2 is not None and e2.pooled_dim == 0:
+            raise ModelError("diffusion interface: text_encoder_2's pooled_dim must be > 0")
     else:
         raise ModelError(f"model kind must be {LLM!r} or {DIFFUSION!r}, got {manifest.kind!r}")
 
@@ -272,10 +328,20 @@ def check_roles(manifest: Manifest) -> None:
     missing = [r for r in REQUIRED_ROLES[manifest.kind] if r not in have]
     if missing:
         raise ModelError(f"{manifest.kind} manifest has no file for role(s) {', '.join(missing)}")
-    if manifest.tokenizer.role not in have:
-        raise ModelError(f"tokenizer role {manifest.tokenizer.role!r} names no file")
-    if manifest.tokenizer.kind != "sentencepiece":
-        raise ModelError(f"tokenizer kind {manifest.tokenizer.kind!r} is not supported")
+    tokenizers = [manifest.tokenizer]
+    e2 = manifest.diffusion.text_encoder_2 if manifest.diffusion else None
+    if e2 is not None:
+        if "text_encoder_2" not in have:
+            raise ModelError("diffusion manifest with text_encoder_2 has no file for it")
+        tokenizers.append(e2.tokenizer)
+    for tok in tokenizers:
+        if tok.role not in have:
+            raise ModelError(f"tokenizer role {tok.role!r} names no file")
+        if tok.kind == "clip" and manifest.kind == DIFFUSION:
+            if tok.role + ".merges" not in have:
+                raise ModelError(f"clip tokenizer {tok.role!r} has no {tok.role}.merges file")
+        elif tok.kind not in TOKENIZER_KINDS:
+            raise ModelError(f"tokenizer kind {tok.kind!r} is not supported")
 
 
 # -- manifest.json -----------------------------------------------------------------------

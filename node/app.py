@@ -64,6 +64,9 @@ Consumer = Callable[[Delivered], Awaitable[None]]
 TOPIC_VALIDATION_TIMEOUT_S = 5.0
 MAX_SYNC_REQUEST = 1024  # a height range
 MAX_BLOB_REQUEST = 1024  # a blob id and a chunk index
+# The capacity a worker declares when it registers for a model (work units a block): the
+# chain believes it only up to twice what it saw the worker deliver (D58).
+DECLARED_CAPACITY = 1_000_000
 
 
 def now_ms() -> int:
@@ -183,11 +186,14 @@ class Node:
                 cheat_tokens=self.faults.cheat_tokens,
                 swap_weights=self.faults.swap_weights,
                 double_receipt=self.faults.double_receipt,
+                misstream=self.faults.misstream,
+                refuse_jobs=self.faults.refuse_jobs,
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work
             worker = self.worker
             self.chain.on_block.append(lambda block: worker.on_block(block, too_old))
+            nursery.start_soon(self._register_hosted)
         if self.config.validator:
             self.verifier = VerifierService(
                 self.identity,
@@ -215,6 +221,27 @@ class Node:
                 await self.costs.register_hosted()
             await self.chain.wait_for_block()
 
+    async def _register_hosted(self) -> None:
+        """Once bonded for it, register this worker on chain for each model it hosts, so
+        that gateways' draws can pick it for pool-earning jobs (D58); retried each block
+        until a block carries the registration."""
+        me = self.identity.public_bytes
+        sent: dict[bytes, int] = {}  # model id -> height its registration was sent at
+        while True:
+            await self.chain.wait_for_block()
+            s = self.chain.state
+            if s.bond(me).stake < s.params.min_worker_bond:
+                continue
+            for model in self.catalog.hosted():
+                key = me + model.id
+                if key in s.workers or s.height - sent.get(model.id, -10) < 5:
+                    continue
+                sent[model.id] = s.height
+                try:
+                    await self.chain.register_worker(self.identity, model.id, DECLARED_CAPACITY)
+                except ValueError as e:
+                    log.info("worker registration for %s refused: %s", model.id.hex()[:12], e)
+
     def _serve_protocols(self, jobs: JobProtocol) -> None:
         jobs.serve(self.gateway, self.worker, self.intake.on_report)
         self.host.set_request_handler(
@@ -230,10 +257,11 @@ class Node:
         if not block.body.frauds:
             return
         validators = self.chain.state.validator_snapshot_at(block.height)
-        if validators is None:
+        beacon = self.chain.state.beacon_at(block.height)  # seeds the reviews (D56)
+        if validators is None or beacon is None:
             return
         for evidence in block.body.frauds:
-            tracked = self.tracker.start_review(evidence, block.hash, validators)
+            tracked = self.tracker.start_review(evidence, beacon, validators)
             if tracked is not None and self.verifier is not None:
                 self.verifier.consider_review(tracked)
 
@@ -377,6 +405,8 @@ class Node:
                 "state",
                 self.gateway.jobs_by_state(),
             ),
+            self.gateway.ttft.collect(),
+            self.gateway.refusals.collect(),
             Metric.by_label(
                 "aipg_work",
                 "Work reports tracked, by outcome.",

@@ -20,9 +20,11 @@ Entry points:
 """
 
 from .committee import (
+    COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
     Committee,
+    CommitteeRules,
     Tally,
     committee_seed,
     draw_committee,
@@ -83,6 +85,7 @@ from .votes import VoteCollector, make_verdict
 from .work import diffusion_work_units, llm_work_units, work_units
 
 __all__ = [
+    "COMMITTEE_DELAY",
     "COMMITTEE_LOOKAHEAD",
     "COMMITTEE_SIZE",
     "Assignment",
@@ -90,6 +93,7 @@ __all__ = [
     "Check",
     "Claim",
     "Committee",
+    "CommitteeRules",
     "ConflictingVerdicts",
     "EquivocationEvidence",
     "FinalizedHash",

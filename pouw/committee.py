@@ -1,17 +1,17 @@
 """Committees: who verifies a receipt, and when their votes are enough.
 
-The committee of a job is a stake-weighted sample, without replacement, of
-``size`` validators from the validator set, seeded by
+The committee of a job is a weighted sample, without replacement, of ``size``
+validators from the validator set, seeded by (D56)
 
-    seed = H("committee/seed/1", hash of the finalized block at
-             assignment.height - COMMITTEE_LOOKAHEAD, job id)
+    seed = H("committee/seed/1", beacon of block c + COMMITTEE_DELAY, job id)
 
-The block is final before the worker is assigned, so the worker cannot grind for a
-friendly committee, and the job id is fixed when the gateway signs it. (Ed25519 is
-not a VRF, so we do not use signatures as the randomness.) A gateway that colludes
-with a worker could still try many job nonces against a known block hash; the cost of
-that grows with the stake an attacker must gather in one committee, and is the
-residual risk of any seed fixed before the work.
+where ``c`` is the height of the block that committed the job's id (a COMMIT or
+ESCROW transaction, stake/tx.py). The beacon (D55, stake/beacon.py) is a chain of
+VRF outputs nobody can bias; the one ``COMMITTEE_DELAY`` blocks after the commitment
+did not exist when the job, its nonce, its assignment and its receipt's inputs were
+fixed, so grinding any of them (the old seed, a block hash below the assignment
+height the gateway chose, fell to 474 nonces) changes nothing. The validator set is
+the snapshot at that same height.
 
 Conflicts of interest: the job's worker, its gateway (the job's signer) and its client
 are never drawn; they are removed from the validator set before the draw.
@@ -22,8 +22,14 @@ no vote: its seat passes to the next reserve in draw order. A committee of ``siz
 ``reserves(size)`` reserves; it decides only while it has ``size`` seated members, so a
 job whose members cannot check it stays undecided and unpaid, never convicted.
 
-Quorum, over the seated members: valid votes holding >= 2/3 of their stake make a
-Certificate; invalid votes holding > 1/3 make FraudEvidence. The two cannot both hold.
+Quorum, over the seated members, counted in seats (each seated member one vote; stake
+decides only the chance to be drawn, D57): valid votes on at least ``num/den`` of the
+seats (the genesis quorum, 2/3 on mainnet) make a Certificate; invalid votes on more
+than ``1 - num/den`` make FraudEvidence. The two cannot both hold. Draw weights are the
+validators' stakes capped so that nobody holds more than ``cap_bps`` of the total
+(:func:`aipg.pouw.sizing.capped_weights`); :mod:`aipg.pouw.sizing` computes how large a
+committee must be for an adversary with 1/3 of the weight to hold a quorum with
+probability below 1e-6.
 """
 
 from __future__ import annotations
@@ -32,10 +38,35 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from .records import hash_tagged
+from .sizing import BPS, capped_weights
 from .types import NodeKey, Stake
 
-COMMITTEE_LOOKAHEAD = 2  # blocks between the seed block and the assignment height
+Quorum = tuple[int, int]  # (numerator, denominator) of the seats that certify
+DEFAULT_QUORUM: Quorum = (2, 3)
+
+COMMITTEE_LOOKAHEAD = 2  # an assignment's least height (kept for old records' checks)
+# Blocks between the one that commits a job and the one whose beacon draws its
+# committee (and its worker): a proposer knows its own block's beacon in advance, so
+# the seed is at least one block later; two makes an adversary propose both (D56).
+COMMITTEE_DELAY = 2
 COMMITTEE_SIZE = 5  # default committee size (a chain parameter; genesis may change it)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitteeRules:
+    """The chain's committee parameters (from its genesis): seats, the share of seats
+    that certifies, and the cap on any validator's share of the draw weight."""
+
+    size: int = COMMITTEE_SIZE
+    quorum: Quorum = DEFAULT_QUORUM
+    cap_bps: int = BPS
+
+    def draw(
+        self, validators: Mapping[bytes, int], seed: bytes, excluded: Iterable[bytes] = ()
+    ) -> Committee:
+        return draw_committee(
+            validators, seed, self.size, excluded, quorum=self.quorum, cap_bps=self.cap_bps
+        )
 
 
 def reserves(size: int) -> int:
@@ -57,6 +88,7 @@ class Committee:
 
     candidates: tuple[NodeKey, ...]
     size: int  # seats: the requested size, or every eligible validator when fewer
+    quorum: Quorum = DEFAULT_QUORUM  # the share of the seats that certifies
 
     def seated(self, abstained: Iterable[bytes] = ()) -> tuple[NodeKey, ...]:
         """The voting members once ``abstained`` have stepped aside; fewer than
@@ -74,19 +106,29 @@ class Committee:
 
 
 def draw_committee(
-    validators: Mapping[bytes, int], seed: bytes, size: int, excluded: Iterable[bytes] = ()
+    validators: Mapping[bytes, int],
+    seed: bytes,
+    size: int,
+    excluded: Iterable[bytes] = (),
+    *,
+    quorum: Quorum = DEFAULT_QUORUM,
+    cap_bps: int = BPS,
 ) -> Committee:
     """The committee of ``size`` seats (plus its reserves) drawn by ``seed`` from
-    ``validators`` without the ``excluded`` keys."""
+    ``validators`` without the ``excluded`` keys, each weighted by its stake capped at
+    ``cap_bps`` of the whole set's weight (the cap is computed before the exclusions,
+    so a validator's weight does not depend on whose job it is)."""
     out = set(excluded)
-    eligible = {k: s for k, s in validators.items() if k not in out}
+    weights = capped_weights(validators, cap_bps)
+    eligible = {k: s for k, s in weights.items() if k not in out}
     candidates = sample_committee(eligible, seed, size + reserves(size))
-    return Committee(candidates, min(size, len(candidates)))
+    return Committee(candidates, min(size, len(candidates)), quorum)
 
 
-def committee_seed(finalized_block_hash: bytes, job_id: bytes) -> bytes:
-    """The 32-byte seed of a job's committee."""
-    return hash_tagged(b"committee/seed/1", finalized_block_hash, job_id)
+def committee_seed(beacon: bytes, job_id: bytes) -> bytes:
+    """The 32-byte seed of a job's committee: the beacon ``COMMITTEE_DELAY`` blocks
+    after the job was committed, and the (committed) job id."""
+    return hash_tagged(b"committee/seed/1", beacon, job_id)
 
 
 def sample_committee(
@@ -123,41 +165,66 @@ def tally_seated(
     """Tally ``votes`` (candidate key -> valid?, or None for an abstention) over the
     seated members. A committee short of seats decides nothing (its tally says so)."""
     seated = committee.seated(k for k, v in votes.items() if v is None)
-    t = tally(seated, validators, {k: v for k, v in votes.items() if v is not None})
+    t = tally(
+        seated,
+        validators,
+        {k: v for k, v in votes.items() if v is not None},
+        quorum=committee.quorum,
+    )
     if len(seated) < committee.size:
-        return Tally(t.committee_stake, Stake(0), Stake(0), short=True)
+        return Tally(t.committee_stake, Stake(0), Stake(0), short=True, quorum=committee.quorum)
     return t
 
 
 @dataclasses.dataclass(frozen=True)
 class Tally:
-    """Committee stake behind each kind of vote."""
+    """Seats behind each kind of vote (each seated member one vote, D57; the fields
+    keep their old ``_stake`` names)."""
 
-    committee_stake: Stake
-    valid_stake: Stake
-    invalid_stake: Stake
+    committee_stake: Stake  # seats
+    valid_stake: Stake  # seats voting valid
+    invalid_stake: Stake  # seats voting invalid
     short: bool = False  # too many abstentions: fewer seated members than seats
+    quorum: Quorum = DEFAULT_QUORUM
 
     @property
     def certifies(self) -> bool:
-        """>= 2/3 of the committee's stake voted valid."""
-        return self.committee_stake > 0 and 3 * self.valid_stake >= 2 * self.committee_stake
+        """Valid votes on at least ``num/den`` of the seats."""
+        num, den = self.quorum
+        return self.committee_stake > 0 and den * self.valid_stake >= num * self.committee_stake
 
     @property
     def convicts(self) -> bool:
-        """> 1/3 of the committee's stake voted invalid."""
-        return 3 * self.invalid_stake > self.committee_stake
+        """Invalid votes on more than ``1 - num/den`` of the seats (so that certifying
+        and convicting never both hold)."""
+        num, den = self.quorum
+        return den * self.invalid_stake > (den - num) * self.committee_stake
+
+    @property
+    def upholds(self) -> bool:
+        """Invalid votes on at least ``num/den`` of the seats: what a review needs to
+        uphold a conviction (slashing anyone takes a supermajority)."""
+        num, den = self.quorum
+        return (
+            not self.short
+            and self.committee_stake > 0
+            and den * self.invalid_stake >= num * self.committee_stake
+        )
 
 
 def tally(
-    committee: Iterable[bytes], validators: Mapping[bytes, int], votes: Mapping[bytes, bool]
+    committee: Iterable[bytes],
+    validators: Mapping[bytes, int],
+    votes: Mapping[bytes, bool],
+    *,
+    quorum: Quorum = DEFAULT_QUORUM,
 ) -> Tally:
-    """Sum the stake of ``votes`` (member key -> valid?) over ``committee``.
+    """Count the seats of ``votes`` (member key -> valid?) over ``committee``.
 
-    Votes of keys outside the committee count for nothing (callers reject them first).
+    Votes of keys outside the committee count for nothing (callers reject them first);
+    ``validators`` names who may hold a seat (a member without stake holds none).
     """
-    members = set(committee)
-    committee_stake = sum(validators[k] for k in members)
-    valid = sum(validators[k] for k, ok in votes.items() if k in members and ok)
-    invalid = sum(validators[k] for k, ok in votes.items() if k in members and not ok)
-    return Tally(Stake(committee_stake), Stake(valid), Stake(invalid))
+    members = {k for k in committee if validators.get(k, 0) > 0}
+    valid = sum(1 for k, ok in votes.items() if k in members and ok)
+    invalid = sum(1 for k, ok in votes.items() if k in members and not ok)
+    return Tally(Stake(len(members)), Stake(valid), Stake(invalid), quorum=quorum)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -52,8 +52,17 @@ def _ms(ns: int) -> int:
     return min(2**32 - 1, ns // 1_000_000)
 
 
-def run_llm_job(runner: LlmRunner, job: Job, assignment: Assignment, identity: Identity) -> Result:
+def run_llm_job(
+    runner: LlmRunner,
+    job: Job,
+    assignment: Assignment,
+    identity: Identity,
+    on_token: Callable[[int, int], None] | None = None,
+) -> Result:
     """Generate the job's tokens, committing to the top-k logits of every position.
+
+    ``on_token(index, token_id)`` hears every token as soon as it is chosen (the worker
+    streams them to the gateway); it runs on the generating thread.
 
     Raises PouwError when the job is not an LLM job for this model, ModelError (from the
     runner) when the prompt does not fit the model.
@@ -66,12 +75,14 @@ def run_llm_job(runner: LlmRunner, job: Job, assignment: Assignment, identity: I
     first: list[int] = []
     start = time.perf_counter_ns()
 
-    def on_token(event: TokenEvent) -> None:
+    def on_event(event: TokenEvent) -> None:
         if not first:
             first.append(time.perf_counter_ns())
         rows.append(event.logits)
+        if on_token is not None:
+            on_token(event.index, event.token_id)
 
-    gen = runner.generate(prompt_ids, job.llm, job.seed, on_token=on_token)
+    gen = runner.generate(prompt_ids, job.llm, job.seed, on_token=on_event)
     elapsed = time.perf_counter_ns() - start
     return llm_result(
         job,

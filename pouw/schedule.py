@@ -7,13 +7,24 @@ assignments it returns.
 
 Rules:
 
-- a job collects claims for ``claim_window_ms``, then goes to the best eligible claimant:
-  fewest jobs in flight first, then highest reputation, then lowest key (deterministic);
+- a job collects claims for ``claim_window_ms`` (or until :meth:`Scheduler.close_window`:
+  the gateway has heard every live worker of the model claim it), then goes to an
+  eligible claimant in the order the chain's draw gives (D58: the registered worker drawn
+  by the beacon first, then the draw's fallbacks, then the others by a beacon-keyed
+  hash); nothing a claim reports (its queue length) and no key order decides. A free job
+  waits up to ``draw_wait_ms`` for its draw (its seed block, two blocks after its
+  commitment); with no draw it falls back to the hash order, and the job earns what a
+  chosen worker may;
 - paid-tier jobs go only to trusted workers: bond >= ``trusted_min_bond`` and reputation
   >= ``trusted_min_reputation``;
 - an assignment that brings no result by its deadline is a timeout: the worker's
   reputation drops and the job is reassigned to another claimant, until the job's own
   deadline or ``max_attempts``;
+- an attempt can also end at once (:meth:`Scheduler.end_attempt`): the worker refused
+  the assignment (no reputation lost, and the attempt does not count against
+  ``max_attempts``: the refuser is never asked again, so claims bound the refusals) or its
+  result broke a rule the gateway checks (penalized like a timeout); the job goes to the
+  next claimant at the next tick, or fails at once when no claimant is left;
 - reputation rises on certified work and falls to zero (a ban) on proven fraud;
 - both tables are bounded: finished jobs beyond ``max_jobs`` are forgotten oldest first,
   and reputation keeps the ``max_scores`` most recently seen workers and the
@@ -31,10 +42,11 @@ from aipg.wire import UNITS_PER_AIPG, Identity, WireError, require_signature, si
 
 from .bounds import evict_over
 from .errors import PouwError
-from .records import Assignment, Claim, Job, Receipt, Tier, job_id
+from .records import Assignment, Claim, Job, Receipt, Tier, hash_tagged, job_id
 from .types import JobId, Millis, NodeKey
 
 __all__ = [
+    "ClaimOrder",
     "JobState",
     "Reputation",
     "ReputationChange",
@@ -154,6 +166,21 @@ class SchedulerConfig:
     max_jobs: int = 1024
     # Claims kept per job; later claims are refused (a job needs only a few claimants).
     max_claims: int = 64
+    # How long a free job waits for the chain's draw of its worker (D58) before any
+    # claimant may take it.
+    draw_wait_ms: int = 15_000
+
+
+# The chain's order for a job's claimants (D58): the keys of ``claimants`` best first,
+# or None while the job's draw is not known yet.
+ClaimOrder = Callable[[Job, list[bytes]], list[bytes] | None]
+
+
+def hash_order(job: Job, claimants: list[bytes], salt: bytes = b"") -> list[bytes]:
+    """Claimants ordered by H(salt, job id, key): neither the lowest key nor anything the
+    worker reports; ``salt`` is a beacon when the caller has one."""
+    jid = job_id(job)
+    return sorted(claimants, key=lambda k: hash_tagged(b"assign/tie/1", salt, jid, k))
 
 
 class JobState(enum.Enum):
@@ -172,6 +199,8 @@ class _Entry:
     tried: set[bytes] = dataclasses.field(default_factory=set)
     assignment: Assignment | None = None
     attempts: int = 0
+    refusals: int = 0  # attempts the worker refused: not counted against max_attempts
+    window_closed: bool = False  # every known worker claimed: no need to wait the window out
 
 
 class Scheduler:
@@ -188,8 +217,12 @@ class Scheduler:
         *,
         config: SchedulerConfig | None = None,
         reputation: Reputation | None = None,
+        order: ClaimOrder | None = None,
     ):
+        """``order`` is the chain's draw (D58); without one, claimants are taken in
+        :func:`hash_order`."""
         self.identity = identity
+        self.order = order
         self.bond_of = bond_of
         self.config = config or SchedulerConfig()
         self.reputation = reputation if reputation is not None else Reputation()
@@ -248,6 +281,47 @@ class Scheduler:
             raise PouwError("receipt", "result came after the assignment's deadline")
         entry.state = JobState.DONE
 
+    def end_attempt(self, jid: bytes, worker: bytes, *, penalize: bool) -> JobState:
+        """End the current assignment of ``jid`` (to ``worker``) at once: the worker
+        refused it (``penalize`` False: no reputation lost, not counted against
+        ``max_attempts``) or its result broke a rule (``penalize`` True: a timeout's
+        penalty). The job goes back to collecting, or fails at once when no untried
+        claimant is eligible. Returns the job's new state; raises PouwError when
+        ``worker`` does not hold the job's open assignment."""
+        entry = self._jobs.get(jid)
+        if entry is None or entry.assignment is None or entry.state is not JobState.ASSIGNED:
+            raise PouwError("job_id", "no open assignment for this job")
+        if entry.assignment.worker != worker:
+            raise PouwError("worker", "not the assigned worker")
+        if penalize:
+            self.reputation.on_timeout(worker)
+        else:
+            entry.refusals += 1
+        entry.state = JobState.COLLECTING
+        entry.assignment = None
+        if not self._eligible_claimants(entry):
+            entry.state = JobState.FAILED
+        return entry.state
+
+    def claimants(self, jid: bytes) -> set[bytes]:
+        """The workers that claimed ``jid`` (empty for an unknown job)."""
+        entry = self._jobs.get(jid)
+        return set(entry.claims) if entry else set()
+
+    def close_window(self, jid: bytes) -> None:
+        """Assign ``jid`` at the next tick without waiting out the claim window (the
+        gateway knows no other worker that could still claim it)."""
+        entry = self._jobs.get(jid)
+        if entry is not None:
+            entry.window_closed = True
+
+    def fail(self, jid: bytes) -> None:
+        """Fail ``jid`` at once (no worker can run it); a done job stays done."""
+        entry = self._jobs.get(jid)
+        if entry is not None and entry.state is not JobState.DONE:
+            entry.state = JobState.FAILED
+            entry.assignment = None
+
     def on_certified(self, worker: bytes) -> None:
         self.reputation.on_success(worker)
 
@@ -280,14 +354,15 @@ class Scheduler:
                 entry.state = JobState.COLLECTING
                 entry.assignment = None
         if entry.state is JobState.COLLECTING and (
-            now >= entry.job.deadline_ms or entry.attempts >= self.config.max_attempts
+            now >= entry.job.deadline_ms
+            or entry.attempts - entry.refusals >= self.config.max_attempts
         ):
             entry.state = JobState.FAILED
 
     def _assign(self, jid: bytes, entry: _Entry, now: int, height: int) -> Assignment | None:
-        if now < entry.submitted_ms + self.config.claim_window_ms:
+        if not entry.window_closed and now < entry.submitted_ms + self.config.claim_window_ms:
             return None
-        worker = self._best_claimant(entry)
+        worker = self._best_claimant(entry, now)
         if worker is None:
             return None
         entry.attempts += 1
@@ -307,16 +382,22 @@ class Scheduler:
         )
         return entry.assignment
 
-    def _best_claimant(self, entry: _Entry) -> NodeKey | None:
-        eligible = [
-            c
-            for key, c in entry.claims.items()
-            if key not in entry.tried and self._eligible(key, entry.job)
+    def _eligible_claimants(self, entry: _Entry) -> list[bytes]:
+        return [
+            key for key in entry.claims if key not in entry.tried and self._eligible(key, entry.job)
         ]
+
+    def _best_claimant(self, entry: _Entry, now: int) -> NodeKey | None:
+        eligible = self._eligible_claimants(entry)
         if not eligible:
             return None
-        best = min(eligible, key=lambda c: (c.queue, -self.reputation.score(c.signer), c.signer))
-        return NodeKey(best.signer)
+        ranked = self.order(entry.job, eligible) if self.order is not None else None
+        if ranked is None:
+            waiting = self.order is not None and entry.job.tier == Tier.FREE
+            if waiting and now < entry.submitted_ms + self.config.draw_wait_ms:
+                return None  # the draw comes with the job's seed block
+            ranked = hash_order(entry.job, eligible)
+        return NodeKey(ranked[0]) if ranked else None
 
     def _eligible(self, worker: bytes, job: Job) -> bool:
         if self.reputation.banned(worker):

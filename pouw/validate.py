@@ -25,6 +25,7 @@ from .committee import (
     COMMITTEE_LOOKAHEAD,
     COMMITTEE_SIZE,
     Committee,
+    CommitteeRules,
     Tally,
     committee_seed,
     draw_committee,
@@ -237,27 +238,21 @@ def committee_for(
     job: Job,
     assignment: Assignment,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
+    rules: CommitteeRules | None = None,
 ) -> Committee:
-    """The committee of a job, from the finalized block ``lookahead`` below the
-    assignment height and the validator-set snapshot at that block, without the job's
-    worker, gateway and client (nobody checks work they have a stake in)."""
-    seed_height = assignment.height - lookahead
-    _require(seed_height >= 0, "assignment.height", "assignment is too early for a committee")
-    block_hash = finalized_hash(seed_height)
+    """The committee of a job: drawn by ``beacon`` (the beacon ``COMMITTEE_DELAY``
+    blocks after the block that committed the job, D56) from ``validators`` (the
+    snapshot at that block), without the job's worker, gateway and client (nobody
+    checks work they have a stake in)."""
     _require(
-        block_hash is not None,
-        "assignment.height",
-        f"no finalized block at the committee seed height {seed_height}",
+        isinstance(beacon, bytes) and len(beacon) == 32, "committee.beacon", "a beacon is 32 bytes"
     )
-    assert block_hash is not None
-    return draw_committee(
+    return (rules or CommitteeRules(size)).draw(
         validators,
-        committee_seed(block_hash, job_id(job)),
-        size,
+        committee_seed(beacon, job_id(job)),
         interested(job, assignment, validators),
     )
 
@@ -307,17 +302,15 @@ def _validate_work(
     receipt: Receipt,
     verdicts: tuple[Verdict, ...],
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     size: int,
-    lookahead: int,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> Tally:
     validate_job(job)
     validate_assignment(assignment, job)
     validate_receipt(receipt, job, assignment)
-    committee = committee_for(
-        job, assignment, validators, finalized_hash, size=size, lookahead=lookahead
-    )
+    committee = committee_for(job, assignment, validators, beacon, size=size, rules=rules)
     _require(bool(committee.candidates), "committee", "no eligible validator has stake")
     return _tally_verdicts(verdicts, receipt, committee, validators, check_challenges)
 
@@ -325,17 +318,17 @@ def _validate_work(
 def validate_certificate(
     cert: Certificate,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     committee_size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> None:
     """Check a certificate without running any model.
 
     ``validators`` is the validator-set snapshot {public key: bonded stake} in effect at
-    the committee seed block (``cert.assignment.height - lookahead``); ``finalized_hash``
-    gives the hash of the finalized block at a height. Checks, in order: the job, the
+    the committee's seed block, and ``beacon`` that block's beacon (D56: the block
+    ``COMMITTEE_DELAY`` after the one that committed the job). Checks, in order: the job, the
     assignment and the receipt (signatures and bindings), each verdict (signature,
     receipt, challenge, committee membership, one vote per member), and that valid
     votes hold >= 2/3 of the committee's stake. Raises PouwError naming the failed rule.
@@ -351,16 +344,17 @@ def validate_certificate(
         cert.receipt,
         cert.verdicts,
         validators,
-        finalized_hash,
+        beacon,
         committee_size,
-        lookahead,
         check_challenges,
+        rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.certifies,
         "quorum",
-        f"valid votes hold {t.valid_stake} of {t.committee_stake} committee stake (< 2/3)",
+        f"valid votes hold {t.valid_stake} of {t.committee_stake} seats "
+        f"(< {t.quorum[0]}/{t.quorum[1]})",
     )
 
 
@@ -410,13 +404,18 @@ def validate_conflicting_verdicts(evidence: ConflictingVerdicts) -> None:
 
 
 def review_seed(block_hash: bytes, receipt_id_: bytes) -> bytes:
-    """The seed of a conviction's review: the block that carried the evidence (unknown
-    when the job, its assignment and the first verdicts were signed) and the receipt."""
+    """The seed of a conviction's review: the beacon of the block that carried the
+    evidence (unknown when the job, its assignment and the first verdicts were signed,
+    and unlike that block's hash not chosen by its proposer, D56) and the receipt."""
     return hash_tagged(b"review/seed/1", block_hash, receipt_id_)
 
 
 def review_committee(
-    evidence: FraudEvidence, validators: Mapping[bytes, int], block_hash: bytes, size: int
+    evidence: FraudEvidence,
+    validators: Mapping[bytes, int],
+    block_hash: bytes,
+    size: int,
+    rules: CommitteeRules | None = None,
 ) -> Committee:
     """Who reviews ``evidence``, carried by the block ``block_hash``: ``2 * size`` seats
     drawn from ``validators`` without the job's interested parties and without the
@@ -428,7 +427,10 @@ def review_committee(
     if not any(k not in first_look and validators[k] > 0 for k in keys):
         first_look = excluded  # a small network: the same members look again
     seed = review_seed(block_hash, receipt_id(evidence.receipt))
-    return draw_committee(validators, seed, 2 * size, first_look)
+    r = rules or CommitteeRules(size)
+    return draw_committee(
+        validators, seed, 2 * r.size, first_look, quorum=r.quorum, cap_bps=r.cap_bps
+    )
 
 
 def validate_review(
@@ -438,23 +440,24 @@ def validate_review(
     *,
     committee_size: int = COMMITTEE_SIZE,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> bool:
     """Check a review of the conviction that block ``block_hash`` carried, against the
     validator set at that block; True when it upholds the conviction, False when it
     overturns it. Raises PouwError when it decides neither (two thirds either way of
     the seated stake are needed: slashing anyone takes a supermajority)."""
-    committee = review_committee(review.evidence, validators, block_hash, committee_size)
+    committee = review_committee(review.evidence, validators, block_hash, committee_size, rules)
     _require(bool(committee.candidates), "review.committee", "no eligible reviewer has stake")
     t = _tally_verdicts(
         review.verdicts, review.evidence.receipt, committee, validators, check_challenges
     )
     _require(not t.short, "review.quorum", "too many abstentions: the review has empty seats")
-    if 3 * t.invalid_stake >= 2 * t.committee_stake:
+    if t.upholds:
         return True
     _require(
         t.certifies,
         "review.quorum",
-        f"neither side holds 2/3 of {t.committee_stake} review stake "
+        f"neither side holds {t.quorum[0]}/{t.quorum[1]} of {t.committee_stake} review seats "
         f"(valid {t.valid_stake}, invalid {t.invalid_stake})",
     )
     return False
@@ -463,11 +466,11 @@ def validate_review(
 def validate_fraud_evidence(
     evidence: FraudEvidence,
     validators: Mapping[bytes, int],
-    finalized_hash: FinalizedHash,
+    beacon: bytes,
     *,
     committee_size: int = COMMITTEE_SIZE,
-    lookahead: int = COMMITTEE_LOOKAHEAD,
     check_challenges: bool = True,
+    rules: CommitteeRules | None = None,
 ) -> None:
     """Check fraud evidence like :func:`validate_certificate`, except that invalid votes
     must hold > 1/3 of the committee's stake. The worker to slash is
@@ -478,14 +481,15 @@ def validate_fraud_evidence(
         evidence.receipt,
         evidence.verdicts,
         validators,
-        finalized_hash,
+        beacon,
         committee_size,
-        lookahead,
         check_challenges,
+        rules,
     )
     _require(not t.short, "quorum", "too many abstentions: the committee has empty seats")
     _require(
         t.convicts,
         "quorum",
-        f"invalid votes hold {t.invalid_stake} of {t.committee_stake} committee stake (<= 1/3)",
+        f"invalid votes hold {t.invalid_stake} of {t.committee_stake} seats "
+        f"(<= {t.quorum[1] - t.quorum[0]}/{t.quorum[1]})",
     )

@@ -208,8 +208,8 @@ def _check_stop_rule(
     runner: LlmRunner, params: SamplingParams, prompt: list[int], out: list[int], text: str
 ) -> Check | None:
     """Generation stops exactly at EOS, a stop string, max_tokens or the context's end."""
-    eos = runner.tokenizer.eos_id
-    if eos in out[:-1]:
+    is_eos = runner.tokenizer.is_eos  # several ids may end a generation
+    if any(is_eos(t) for t in out[:-1]):
         return _fail(VerdictReason.TOKEN_MISMATCH, "tokens continue after end-of-sequence")
     full = runner.tokenizer.decode(out)
     cut = _stop_position(full, params.stop)
@@ -223,7 +223,7 @@ def _check_stop_rule(
     if text != expected_text:
         return _fail(VerdictReason.BINDING, "text is not the decoded output tokens")
     budget = min(params.max_tokens, runner.context_length - len(prompt))
-    stopped = out[-1] == eos or cut is not None
+    stopped = (bool(out) and is_eos(out[-1])) or cut is not None
     if len(out) > budget or (len(out) < budget and not stopped):
         return _fail(VerdictReason.TOKEN_MISMATCH, f"{len(out)} tokens break the stop rule")
     return None

@@ -25,6 +25,7 @@ from aipg.wire import (
     U32,
     U64,
     Hash32,
+    Len,
     MaxLen,
     PublicKeyBytes,
     Record,
@@ -89,6 +90,8 @@ class BlockHeader(Record):
     proposer: PublicKeyBytes
     parent_state_hash: Hash32  # the state after the parent block, before this one
     body_hash: Hash32
+    # The proposer's ECVRF proof over the parent's beacon (stake/beacon.py, D55).
+    vrf_proof: Annotated[bytes, Len(80)] = bytes(80)
 
     @property
     def hash(self) -> bytes:

@@ -13,6 +13,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Identity, sign
 
+from .beacon import NO_PROOF, beacon_proof
 from .block import Block, BlockBody, BlockHeader, Commit, DoubleSignEvidence, Vote, VoteStep
 from .block import body_hash as hash_body
 from .state import State, state_hash
@@ -22,7 +23,7 @@ from .types import NIL_HASH
 
 def make_block(
     state: State,
-    proposer: bytes,
+    proposer: bytes | Identity,
     *,
     time_ms: int,
     last_commit: Commit | None,
@@ -34,7 +35,11 @@ def make_block(
     conflicting_verdicts: Sequence[ConflictingVerdicts] = (),
     reviews: Sequence[FraudReview] = (),
 ) -> Block:
-    """The next block on ``state`` (height + 1), with the header filled in."""
+    """The next block on ``state`` (height + 1), with the header filled in. A proposer
+    given as an Identity proves the beacon (D55); given as a key alone, the header
+    carries no proof and the ledger refuses the block (forgeries in tests)."""
+    key = proposer.public_bytes if isinstance(proposer, Identity) else bytes(proposer)
+    proof = beacon_proof(proposer, state.beacon) if isinstance(proposer, Identity) else NO_PROOF
     body = BlockBody(
         last_commit=last_commit,
         transactions=tuple(transactions),
@@ -50,9 +55,10 @@ def make_block(
         height=state.height + 1,
         time_ms=time_ms,
         parent_hash=state.last_block_hash,
-        proposer=proposer,
+        proposer=key,
         parent_state_hash=state_hash(state),
         body_hash=hash_body(body),
+        vrf_proof=proof,
     )
     return Block(header, body)
 

@@ -76,6 +76,7 @@ class ChainApp:
     # (the node stops offering work that can never be included).
     on_refused: Callable[[list[tuple[object, str]]], None] | None = None
     evidence: list[DoubleSignEvidence] = field(default_factory=list)
+    identity: Identity | None = None  # proves each proposal's beacon (D55)
     _checked: dict[bytes, State | None] = field(default_factory=dict)
 
     def propose(self, height: int, round_: int) -> Block:
@@ -94,8 +95,9 @@ class ChainApp:
             conflicting_verdicts=c.conflicting_verdicts,
             reviews=c.reviews,
         )
+        builder = self.identity or self.me
         prepared = prepare_block(
-            s, self.me, candidates, time_ms=time_ms, last_commit=self.last_commit
+            s, builder, candidates, time_ms=time_ms, last_commit=self.last_commit
         )
         refused = {id(item) for item, _ in prepared.refused}
         self.evidence = [e for e in self.evidence if id(e) not in refused]
@@ -104,7 +106,7 @@ class ChainApp:
         if self.valid(prepared.block):
             return prepared.block
         log.error("height %d: the prepared block does not apply; proposing it empty", height)
-        return make_block(s, self.me, time_ms=time_ms, last_commit=self.last_commit)
+        return make_block(s, builder, time_ms=time_ms, last_commit=self.last_commit)
 
     def valid(self, block: Block) -> bool:
         h = block.hash
@@ -173,6 +175,7 @@ class ConsensusDriver:
             last.commit if last else None,
             on_finalized,
             on_refused,
+            identity=identity,
         )
         self._identity = identity
         self._sign_record = sign_record

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
+from aipg.pouw import CommitteeRules
 from aipg.wire import (
     U16,
     U64,
@@ -43,6 +44,7 @@ MAX_GENESIS_VALIDATORS = 10_000
 # A liveness window is a bitmap of this many bits per validator with misses in it
 # (12.5 KB at most); longer windows would make every state hash slow.
 MAX_SIGNED_BLOCKS_WINDOW = 100_000
+DEVNET_COMMITTEE_SIZE = 5
 
 
 class GenesisError(Exception):
@@ -97,6 +99,19 @@ class ChainParams(Record):
     gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
     worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
     pool_budget_blocks: Annotated[int, Range(1, 100_000)] = 100
+    # Committees (pouw/sizing.py, D57): no validator holds more than this share of a
+    # committee draw's weight; with the quorum above it sizes ``committee_size``.
+    committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
+    # The least bond of a worker registered for drawn, pool-earning jobs (D58).
+    min_worker_bond: UnitsField = 100 * UNITS_PER_AIPG
+
+    def committee_rules(self) -> CommitteeRules:
+        """The committee parameters pouw draws and tallies with."""
+        return CommitteeRules(
+            self.committee_size,
+            (self.quorum_numerator, self.quorum_denominator),
+            self.committee_weight_cap_bps,
+        )
 
 
 MAINNET_PARAMS = ChainParams(
@@ -110,7 +125,10 @@ MAINNET_PARAMS = ChainParams(
     min_validator_stake=10_000 * UNITS_PER_AIPG,
     unbonding_period=20_160,  # 14 days of 60 s blocks
     epoch_length=100,
-    committee_size=5,
+    # 68 seats with a 0.5 % cap: an adversary with 1/3 of the draw weight holds 2/3 of
+    # the seats with probability 4.4e-7 (pouw/sizing.py). The least size below 1e-6 is
+    # 62, but the bound is not monotone (the quorum rounds up): 63, 64, 66 exceed it.
+    committee_size=68,
     quorum_numerator=2,
     quorum_denominator=3,
     double_sign_slash_bps=500,
@@ -127,6 +145,7 @@ MAINNET_PARAMS = ChainParams(
     downtime_slash_bps=0,  # downtime is a fault, not an attack: jailing is the cost
     review_period=60,  # an hour: time for the review committee to re-check and vote
     false_accusation_slash_bps=5_000,  # accusing an honest worker costs what fraud does
+    committee_weight_cap_bps=50,
 )
 
 
@@ -137,7 +156,9 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         target_block_time_ms=block_time_ms,
         unbonding_period=50,
         epoch_length=10,
-        committee_size=min(MAINNET_PARAMS.committee_size, max(1, nodes - 1)),
+        # A devnet has a handful of validators: its committees are small (at most 5,
+        # every other node) and carry no 1e-6 bound; mainnet sizes them (D57).
+        committee_size=min(DEVNET_COMMITTEE_SIZE, max(1, nodes - 1)),
         jail_period=20,
         escrow_period=200,
         timeout_propose_ms=max(500, block_time_ms),

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aipg.pouw import COMMITTEE_LOOKAHEAD
+from aipg.pouw import COMMITTEE_DELAY, COMMITTEE_LOOKAHEAD
 from aipg.wire import Address, is_signed_by_signer
 
+from .assign import snapshot_workers
+from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
@@ -59,6 +61,7 @@ def apply_block(
     s = state.copy()
     parent_state_hash = state_hash(state) if check_state_hash else None
     process_header(s, block, parent_state_hash)
+    process_beacon(s, block)
     process_last_commit(s, block, verified_parent_commit)
     process_liveness(s, block)
     process_transactions(s, block)
@@ -100,6 +103,12 @@ def process_header(s: State, block: Block, parent_state_hash: bytes | None) -> N
         raise LedgerError(f"block {h.height} was built on a different state (state hash)")
     s.height = Height(h.height)
     s.time_ms = h.time_ms
+
+
+def process_beacon(s: State, block: Block) -> None:
+    """Check the proposer's VRF proof over the parent's beacon and advance the beacon."""
+    s.beacon = next_beacon(s.beacon, block.header.proposer, block.header.vrf_proof)
+    s.put("beacons", height_key(s.height), s.beacon)
 
 
 def process_last_commit(s: State, block: Block, verified: Commit | None = None) -> None:
@@ -229,6 +238,7 @@ def process_epoch(s: State) -> None:
         vset = vset.updated(s.validator_powers()) or vset  # never an empty set
         rows = tuple((v.key, v.power) for v in vset.validators)
         s.put("epochs", height_key(s.epoch_of(s.height + 1)), rows)
+        snapshot_workers(s)
         prune_expired(s)
     s.validators = without_jailed(s, vset).advanced(1)
 
@@ -241,6 +251,7 @@ def record_block(s: State, block: Block) -> None:
     old = s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1
     if old >= 0:
         s.put("block_hashes", height_key(old), None)
+        s.put("beacons", height_key(old), None)
 
 
 def prune_expired(s: State) -> None:
@@ -251,9 +262,15 @@ def prune_expired(s: State) -> None:
         s.put("punished", key, None)
     for key in [k for k, until in s.certified.items() if until < s.time_ms]:
         s.put("certified", key, None)
+    # A commitment lives as long as the beacon that draws its committee is kept.
+    gone = s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1 - COMMITTEE_DELAY
+    for key in [k for k, h in s.commitments.items() if h < gone]:
+        s.put("commitments", key, None)
     oldest = s.epoch_of(max(0, s.height - s.params.escrow_period - COMMITTEE_LOOKAHEAD - 1))
     for key in [k for k in s.epochs if int.from_bytes(k, "big") < oldest]:
         s.put("epochs", key, None)
+    for key in [k for k in s.worker_epochs if int.from_bytes(k, "big") < oldest]:
+        s.put("worker_epochs", key, None)
 
 
 def check_supply(s: State) -> None:

@@ -27,7 +27,7 @@ from aipg.pouw import (
     FraudReview,
     receipt_id,
 )
-from aipg.wire import encode
+from aipg.wire import Identity, encode
 
 from .block import (
     MAX_BLOCK_BYTES,
@@ -76,7 +76,7 @@ class Prepared:
 
 def prepare_block(
     state: State,
-    proposer: bytes,
+    proposer: bytes | Identity,
     candidates: Candidates,
     *,
     time_ms: int,
@@ -87,6 +87,7 @@ def prepare_block(
     only when no block at all can be built here (a wrong time or proposer)."""
     scratch = state.copy()
     shell = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit)
+    builder, proposer = proposer, shell.header.proposer  # the Identity proves the beacon
     process_header(scratch, shell, None)
     process_last_commit(scratch, shell, last_commit)
     process_liveness(scratch, shell)  # a downtime slash changes what UNBOND may take
@@ -126,7 +127,7 @@ def prepare_block(
         body[name] = keep(
             getattr(candidates, name), limit, lambda item, step=step: step(scratch, [item]), same
         )
-    block = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit, **body)
+    block = make_block(state, builder, time_ms=time_ms, last_commit=last_commit, **body)
     return Prepared(block, refused)
 
 

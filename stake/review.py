@@ -71,7 +71,7 @@ def check_review(s: State, review: FraudReview) -> bool:
         raise LedgerError("no open conviction for this receipt (never opened, or decided)")
     if row.evidence_digest != record_digest(ev):
         raise LedgerError("the review is of other evidence than the conviction's")
-    seed_hash = s.block_hash_at(row.height)
+    seed_hash = s.beacon_at(row.height)  # not the block hash: its proposer chose that
     validators = s.validator_snapshot_at(row.height)
     if seed_hash is None or validators is None:
         raise LedgerError(f"the validators of block {row.height} are no longer kept")
@@ -81,6 +81,7 @@ def check_review(s: State, review: FraudReview) -> bool:
         seed_hash,
         committee_size=s.params.committee_size,
         check_challenges=False,
+        rules=s.params.committee_rules(),
     )
 
 

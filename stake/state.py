@@ -19,6 +19,7 @@ import msgpack
 
 from aipg.wire import Address, Units, sha256
 
+from .beacon import genesis_beacon
 from .genesis import Genesis
 from .tokenomics import Emission
 from .types import Height
@@ -89,6 +90,20 @@ class PoolBudget(NamedTuple):
     height: int
 
 
+class Registration(NamedTuple):
+    """A worker's registration for a model (:mod:`.assign`, D58)."""
+
+    declared: int  # work units per block the worker says it can do
+    height: int  # registered at
+
+
+class Capacity(NamedTuple):
+    """A worker's measured capacity (:mod:`.assign`, D58)."""
+
+    peak: int  # most work units certified to the worker in one block (decayed)
+    height: int  # when ``peak`` was last brought up to date
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -102,6 +117,12 @@ EMPTY_BOND = Bond(0, 0)
 # convictions: receipt id → Conviction, fraud evidence a block carried, awaiting review.
 # models: model id → RegisteredModel, the cost every certificate of the model is paid by.
 # pool_budgets: b"g"/b"w" + key → PoolBudget, each gateway's and worker's pool budget.
+# beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
+# commitments: job id → the height of the block that committed it (D56), for
+# ``escrow_period`` blocks.
+# workers: worker key + model id → (declared capacity, height) (stake/assign.py, D58);
+# capacity: worker key → (peak certified units in a block, height);
+# worker_epochs: epoch (8 bytes) → ((worker key + model id, draw weight), ...).
 TABLES = (
     "accounts",
     "bonds",
@@ -115,6 +136,11 @@ TABLES = (
     "convictions",
     "models",
     "pool_budgets",
+    "beacons",
+    "commitments",
+    "workers",
+    "capacity",
+    "worker_epochs",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -124,6 +150,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "convictions": Conviction,
     "models": RegisteredModel,
     "pool_budgets": PoolBudget,
+    "workers": Registration,
+    "capacity": Capacity,
 }
 
 
@@ -150,6 +178,12 @@ class State:
     convictions: dict[bytes, Conviction]
     models: dict[bytes, RegisteredModel] = dataclasses.field(default_factory=dict)
     pool_budgets: dict[bytes, PoolBudget] = dataclasses.field(default_factory=dict)
+    beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    commitments: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    workers: dict[bytes, Registration] = dataclasses.field(default_factory=dict)
+    capacity: dict[bytes, Capacity] = dataclasses.field(default_factory=dict)
+    worker_epochs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
+    beacon: bytes = b""  # the randomness beacon after block ``height`` (D55)
     dirty: dict[str, set[bytes]] = dataclasses.field(default_factory=lambda: _no_dirt())
     # What each job certified by the block that led to this state paid its worker (its
     # escrowed fee plus its share of the work pool), for the API. Like ``dirty``, neither
@@ -184,6 +218,8 @@ class State:
             block_hashes={height_key(0): genesis.hash},
             liveness={},
             convictions={},
+            beacons={height_key(0): genesis_beacon(genesis.hash)},
+            beacon=genesis_beacon(genesis.hash),
         )
         for table in TABLES:
             state.dirty[table] = set(getattr(state, table))
@@ -248,6 +284,10 @@ class State:
         rows = self.epochs.get(height_key(self.epoch_of(height)))
         return None if rows is None else dict(rows)
 
+    def beacon_at(self, height: int) -> bytes | None:
+        """The beacon after finalized block ``height`` (D55); None if not kept."""
+        return self.beacons.get(height_key(height))
+
     def block_hash_at(self, height: int) -> bytes | None:
         """The hash of finalized block ``height`` (genesis hash at 0); None if not kept."""
         return self.block_hashes.get(height_key(height))
@@ -294,6 +334,7 @@ class State:
                 self.burned,
                 self.validators.encode(),
                 self.last_validators.encode(),
+                self.beacon,
             ],
             use_bin_type=True,
         )
@@ -303,12 +344,12 @@ class State:
         cls, genesis: Genesis, scalars: bytes, rows: dict[str, dict[bytes, Any]]
     ) -> State:
         """Rebuild a state from :meth:`scalars` and decoded table rows (the chain store)."""
-        h, t, last, pool, minted, burned, vs, lvs = msgpack.unpackb(scalars, raw=False)
+        h, t, last, pool, minted, burned, vs, lvs, beacon = msgpack.unpackb(scalars, raw=False)
         tables = {}
         for table in TABLES:
             kind = _TUPLE_TYPES.get(table)
             src = rows.get(table, {})
-            if table in ("unbonding", "epochs"):
+            if table in ("unbonding", "epochs", "worker_epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}
@@ -325,6 +366,7 @@ class State:
             minted,
             burned,
             **tables,
+            beacon=beacon,
         )
 
 
@@ -339,7 +381,9 @@ def decode_row(data: bytes) -> Any:
 # ``block_hashes`` is left out of the state hash: it only repeats the hashes of the
 # chain's last blocks, which every header already commits to through ``parent_hash``,
 # and hashing its ~1,400 rows would be most of the cost of hashing a small state.
-HASHED_TABLES = tuple(t for t in TABLES if t != "block_hashes")
+# ``beacons`` likewise: each is the beacon scalar of an earlier state, fixed by the
+# headers' VRF proofs.
+HASHED_TABLES = tuple(t for t in TABLES if t not in ("block_hashes", "beacons"))
 
 
 def state_hash(state: State) -> bytes:

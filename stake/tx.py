@@ -1,4 +1,5 @@
-"""Transactions: transfer, bond, unbond, withdraw, unjail, and the paid-tier job escrow.
+"""Transactions: transfer, bond, unbond, withdraw, unjail, the paid-tier job escrow, and
+job commitments.
 
 One signed record type with a ``kind``, so a mempool orders any account's transactions
 by nonce alone. Every transaction names the chain (no replay across chains), carries
@@ -43,7 +44,13 @@ class TxKind(enum.IntEnum):
     ESCROW = 5  # lock ``amount`` as the fee of paid-tier job ``job_id``
     RECLAIM = 6  # take back the escrow of ``job_id`` once it expired uncertified
     UNJAIL = 7  # a validator jailed for downtime returns (after its jail period)
-    REGISTER_MODEL = 8  # put model ``job_id``'s cost (``memo``: a ModelCost) on chain
+    # Fix job ``job_id`` on chain before the beacon that draws its committee (D56); an
+    # ESCROW commits its job too. Anyone may commit any id, once.
+    COMMIT = 8
+    # Register as a worker for model ``job_id`` declaring ``amount`` work units a block
+    # of capacity (0 withdraws); needs a bond of min_worker_bond (stake/assign.py, D58).
+    REGISTER_WORKER = 9
+    REGISTER_MODEL = 10  # put model ``job_id``'s cost (``memo``: a ModelCost) on chain
 
 
 @record(tag=410)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from aipg.wire import Address, is_signed_by_signer
 
+from .assign import check_register, register
 from .block import Block
 from .liveness import check_unjail, unjail
 from .models import check_register_model, register_model
 from .money import credit, debit
 from .state import Account, Bond, Escrow, State, escrow_key
-from .tx import Transaction, TxKind
+from .tx import NO_JOB, Transaction, TxKind
 from .types import LedgerError
 
 
@@ -84,6 +85,27 @@ def _check_escrow(s: State, tx: Transaction) -> None:
         raise LedgerError(f"job {job} is already certified: an escrow now would pay nobody")
 
 
+def _check_commit(s: State, tx: Transaction) -> None:
+    if tx.job_id == NO_JOB:
+        raise LedgerError("a commitment names a job")
+    if tx.job_id in s.commitments:
+        raise LedgerError(f"job {tx.job_id.hex()[:16]} is already committed")
+    if tx.job_id in s.certified:
+        raise LedgerError(f"job {tx.job_id.hex()[:16]} is already certified")
+
+
+def _commit(s: State, tx: Transaction) -> None:
+    s.put("commitments", tx.job_id, s.height)
+
+
+def _check_register(s: State, tx: Transaction) -> None:
+    check_register(s, tx.signer, tx.job_id, tx.amount)
+
+
+def _register(s: State, tx: Transaction) -> None:
+    register(s, tx.signer, tx.job_id, tx.amount)
+
+
 def _check_reclaim(s: State, tx: Transaction) -> None:
     escrow = s.escrows.get(escrow_key(tx.job_id, tx.sender))
     if escrow is None:
@@ -127,6 +149,8 @@ def _escrow(s: State, tx: Transaction) -> None:
     debit(s, tx.sender, tx.amount)
     expires = s.height + s.params.escrow_period
     s.put("escrows", escrow_key(tx.job_id, tx.sender), Escrow(tx.sender, tx.amount, expires))
+    if tx.job_id not in s.commitments:  # the escrow fixes the job as a COMMIT does (D56)
+        s.put("commitments", tx.job_id, s.height)
 
 
 def _reclaim(s: State, tx: Transaction) -> None:
@@ -145,6 +169,8 @@ _OPERATIONS = {
     TxKind.RECLAIM: _reclaim,
     TxKind.UNJAIL: unjail,
     TxKind.REGISTER_MODEL: register_model,
+    TxKind.COMMIT: _commit,
+    TxKind.REGISTER_WORKER: _register,
 }
 _CHECKS = {
     TxKind.TRANSFER: _check_transfer,
@@ -155,5 +181,7 @@ _CHECKS = {
     TxKind.RECLAIM: _check_reclaim,
     TxKind.UNJAIL: check_unjail,
     TxKind.REGISTER_MODEL: check_register_model,
+    TxKind.COMMIT: _check_commit,
+    TxKind.REGISTER_WORKER: _check_register,
 }
 _SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW, TxKind.REGISTER_MODEL}

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Iterable
 
 from aipg.pouw import (
-    COMMITTEE_LOOKAHEAD,
+    COMMITTEE_DELAY,
     Certificate,
     FraudEvidence,
     Job,
@@ -27,6 +27,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
+from .assign import record_capacity
 from .models import certified_work
 from .money import credit
 from .pool import WorkItem
@@ -41,6 +42,7 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
     job id -> WorkItem (worker account, work units by the model's registered cost, never
     the receipt's own figure, and the gateway)."""
     work: dict[bytes, WorkItem] = {}
+    delivered: dict[bytes, int] = {}  # worker key -> work units certified in this block
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
         try:  # every check before the first write: a refused certificate changes nothing
@@ -61,6 +63,8 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
             credit(s, escrow.payer, escrow.amount - charged)
             s.paid[job] = charged
         work[job] = WorkItem(worker, units, cert.job.signer, cert.receipt.signer)
+        delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + units
+    record_capacity(s, delivered)  # measured capacity (D58)
     return work
 
 
@@ -101,22 +105,48 @@ _fraud_without_challenges = functools.partial(validate_fraud_evidence, check_cha
 
 def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate) -> None:
     """Run pouw's cheap validation of a certificate or fraud evidence against the
-    validator set its committee was drawn from. Raises LedgerError or PouwError."""
-    seed_height = cert.assignment.height - COMMITTEE_LOOKAHEAD
-    if not 0 <= seed_height < s.height:
-        raise LedgerError(f"committee seed height {seed_height} is not a finalized block")
+    committee its job's commitment drew (D56): the beacon and validator set of the
+    block ``COMMITTEE_DELAY`` after the one that committed the job. Raises LedgerError
+    or PouwError."""
+    jid = cert.receipt.job_id
+    if not 0 <= cert.assignment.height < s.height:
+        raise LedgerError(f"assignment height {cert.assignment.height} is not a finalized block")
     if s.height - cert.assignment.height > s.params.escrow_period:
         raise LedgerError(f"assignment at height {cert.assignment.height} is too old")
     if s.time_ms > certification_deadline(s, cert.job.deadline_ms):
         raise LedgerError("the job's deadline passed too long ago to be certified")
+    committed = s.commitments.get(jid)
+    if committed is None:
+        raise LedgerError(f"job {jid.hex()[:16]} was never committed (COMMIT or ESCROW)")
+    seed_height = committee_seed_height(committed)
+    if seed_height >= s.height:
+        raise LedgerError(
+            f"the committee of job {jid.hex()[:16]} is drawn by block {seed_height}: "
+            "not final before this block"
+        )
+    beacon = s.beacon_at(seed_height)
     epoch = s.epoch_of(seed_height)
     snapshot = snapshots.get(epoch)
     if snapshot is None:
         snapshot = s.validator_snapshot_at(seed_height)
-        if snapshot is None:
-            raise LedgerError(f"no validator set is kept for height {seed_height}")
+        if snapshot is None or beacon is None:
+            raise LedgerError(f"no validator set or beacon is kept for height {seed_height}")
         snapshots[epoch] = snapshot
-    validate(cert, snapshot, s.block_hash_at, committee_size=s.params.committee_size)
+    if beacon is None:
+        raise LedgerError(f"no beacon is kept for height {seed_height}")
+    validate(
+        cert,
+        snapshot,
+        beacon,
+        committee_size=s.params.committee_size,
+        rules=s.params.committee_rules(),
+    )
+
+
+def committee_seed_height(committed_at: int) -> int:
+    """The block whose beacon and validator set draw the committee (and the worker) of
+    a job committed at ``committed_at`` (D56)."""
+    return committed_at + COMMITTEE_DELAY
 
 
 def certification_deadline(s: State, job_deadline_ms: int) -> int:

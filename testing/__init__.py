@@ -6,6 +6,11 @@ that importing one never pulls in another's dependencies):
 - :mod:`aipg.testing.world`: a signed pouw world (gateway, worker, validators) and the
   builders of every record of one job's life;
 - :mod:`aipg.testing.models`: the demo models' fraud variants and honest configurations;
+- :mod:`aipg.testing.diffusers_exports`: tiny diffusers ONNX exports (SD 1.x/2.x, SDXL) with
+  diffusers' I/O names, a tiny CLIP BPE and OpenAI's CLIP BPE algorithm to check against;
+- :mod:`aipg.testing.diffusers_reference`: diffusers' scheduler and pipeline math in numpy;
+- :mod:`aipg.testing.hf_exports`: Hugging Face optimum-style LLM exports (every decoder
+  layout, a trained byte-level BPE or sentencepiece, Llama-2 / ChatML chat templates);
 - :mod:`aipg.testing.fraud_matrix`: randomized honest and cheating workers against the
   verifiers;
 - :mod:`aipg.testing.chainkit`: a small chain of validators and users that appends

@@ -6,11 +6,13 @@ from __future__ import annotations
 from aipg.models import SamplingParams
 from aipg.models.cost import COST_KIND_LLM, ModelCost
 from aipg.pouw import (
+    COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
     Certificate,
     FraudEvidence,
     FraudReview,
     committee_for,
+    job_id,
     review_committee,
 )
 from aipg.stake.builder import make_block, make_commit
@@ -28,10 +30,11 @@ CHAIN = "aipg-test-1"
 TEST_PARAMS = MAINNET_PARAMS.replace(
     epoch_length=4,
     unbonding_period=5,
-    escrow_period=3,
+    escrow_period=10,  # room for commitments: each job is committed blocks before (D56)
     jail_period=3,
     target_block_time_ms=1_000,
     review_period=3,
+    committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
 )
 
 # The model every job of make_work names, and a registered cost for it of one work unit
@@ -93,6 +96,7 @@ class TestChain:
         self.blocks = []
         self.commits = []
         self.keys = {i.public_bytes: i for i in [*self.validators, *self.users]}
+        self.jobs: dict[tuple, object] = {}  # make_work's jobs, by their arguments
 
     def economy_txs(self, cost: ModelCost = TEST_COST, bond: int = GATEWAY_BOND):
         """The gateway's BOND of ``bond`` and its REGISTER_MODEL of ``cost``."""
@@ -108,7 +112,7 @@ class TestChain:
         return self.commits[-1] if self.commits else None
 
     def build(self, **body):
-        proposer = self.state.validators.proposer()
+        proposer = self.keys[self.state.validators.proposer()]
         return make_block(
             self.state,
             proposer,
@@ -152,6 +156,47 @@ def register_tx(who: Identity, nonce: int, cost: ModelCost, fee: int):
 # --- pouw records for blocks ------------------------------------------------------------
 
 
+GATEWAY = ident(500)  # signs make_work's jobs and assignments, and commits the jobs
+
+
+def make_job(
+    chain: TestChain,
+    *,
+    nonce: int = 0,
+    fee: int = 0,
+    client: Identity | None = None,
+    max_tokens: int = 16,
+    gateway: Identity | None = None,
+    job_over: dict | None = None,
+):
+    """The job make_work would make (the same arguments give the same job on a chain):
+    signed by ``gateway`` (``GATEWAY`` unless given), for ``TEST_MODEL``, with the
+    fields of ``job_over`` replaced."""
+    gateway = gateway or GATEWAY
+    over = job_over or {}
+    key = (
+        nonce,
+        fee,
+        (client or chain.users[0]).public_bytes,
+        max_tokens,
+        gateway.public_bytes,
+        tuple(sorted((k, repr(v)) for k, v in over.items())),
+    )
+    fields = dict(
+        model_id=TEST_MODEL,
+        llm=SamplingParams(max_tokens=max_tokens),
+        tier=1 if fee else 0,
+        fee=fee,
+        client=(client or chain.users[0]).address.raw,
+        created_ms=chain.state.time_ms,
+        deadline_ms=chain.state.time_ms + 60_000,
+        nonce=nonce,
+    )
+    job = chain.jobs.get(key) or signed_job(gateway, **(fields | over))
+    chain.jobs[key] = job
+    return job
+
+
 def make_work(
     chain: TestChain,
     worker: Identity,
@@ -171,43 +216,133 @@ def make_work(
     of its whole committee (valid or not). A ``fee`` makes it a paid job; ``nonce``
     tells jobs apart, and varies the output tokens the receipt claims (4 + nonce % 5,
     so that jobs pay differently) unless ``output_tokens`` is given. ``gateway`` signs
-    the job (``ident(500)`` unless given); ``job_over`` and ``receipt_over`` replace
-    fields of the job and the receipt. Returns (job, assignment, receipt, verdicts)."""
-    gateway = gateway or ident(500)
-    fields = dict(
-        model_id=TEST_MODEL,
-        llm=SamplingParams(max_tokens=max_tokens),
-        tier=1 if fee else 0,
-        fee=fee,
-        client=(client or chain.users[0]).address.raw,
-        created_ms=chain.state.time_ms,
-        deadline_ms=chain.state.time_ms + 60_000,
+    the job and its assignment (``GATEWAY`` unless given); ``job_over`` and
+    ``receipt_over`` replace fields of the job and the receipt. Returns (job,
+    assignment, receipt, verdicts). Commits the job first (from ``GATEWAY``) and
+    appends blocks until its committee can be drawn (D56: :func:`commit_job`)."""
+    job = make_job(
+        chain,
         nonce=nonce,
+        fee=fee,
+        client=client,
+        max_tokens=max_tokens,
+        gateway=gateway,
+        job_over=job_over,
     )
-    job = signed_job(gateway, **(fields | (job_over or {})))
-    height = max(COMMITTEE_LOOKAHEAD, chain.state.height)
+    commit_job(chain, GATEWAY, job_id(job))
+    return work_on(
+        chain.state,
+        chain.keys,
+        job,
+        worker,
+        valid=valid,
+        output_tokens=output_tokens,
+        gateway=gateway,
+        receipt_over=receipt_over,
+    )
+
+
+def work_on(
+    state: State,
+    keys,
+    job,
+    worker: Identity,
+    *,
+    valid=True,
+    output_tokens=None,
+    gateway: Identity | None = None,
+    receipt_over: dict | None = None,
+):
+    """(job, assignment, receipt, verdicts) of ``job`` done by ``worker`` on ``state``,
+    where the job is committed and its committee's beacon final; ``gateway`` (the
+    job's signer, ``GATEWAY`` unless given) signs the assignment and ``keys`` the
+    committee's verdicts; ``receipt_over`` replaces fields of the receipt."""
+    seed_height = state.commitments[job_id(job)] + COMMITTEE_DELAY
+    assert seed_height <= state.height, "the job's committee is not drawn yet"
+    height = max(COMMITTEE_LOOKAHEAD, state.height)
     a = signed_assignment(
-        gateway,
+        gateway or GATEWAY,
         job,
         worker,
         height=height,
         assigned_ms=job.created_ms,
         deadline_ms=job.deadline_ms,
     )
-    claimed = len(OUTPUT_IDS) + nonce % 5 if output_tokens is None else output_tokens
+    claimed = len(OUTPUT_IDS) + job.nonce % 5 if output_tokens is None else output_tokens
     r = signed_receipt(
         worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS), **(receipt_over or {})
     )
-    snapshot = chain.state.validator_snapshot_at(height - COMMITTEE_LOOKAHEAD)
     committee = committee_for(
         job,
         a,
-        snapshot,
-        chain.state.block_hash_at,
-        size=chain.state.params.committee_size,
+        state.validator_snapshot_at(seed_height),
+        state.beacon_at(seed_height),
+        rules=state.params.committee_rules(),
     )
-    verdicts = tuple(signed_verdict(chain.keys[k], r, valid) for k in sorted(committee.members))
+    verdicts = tuple(signed_verdict(keys[k], r, valid) for k in sorted(committee.members))
     return job, a, r, verdicts
+
+
+def commit_tx(state: State, jid: bytes, sender: Identity = GATEWAY):
+    """The COMMIT transaction of job ``jid`` from ``sender`` at its next nonce."""
+    nonce = state.account(sender.address.raw).nonce
+    return make_tx(sender, CHAIN, TxKind.COMMIT, nonce, job_id=jid)
+
+
+def commit_job(chain: TestChain, sender: Identity, jid: bytes) -> int:
+    """Commit job ``jid`` in the next block (unless an escrow or commitment already did)
+    and append blocks until its committee's beacon is final (D56). Returns the height
+    whose beacon and validator set draw the committee."""
+    if jid not in chain.state.commitments:
+        chain.next(transactions=[commit_tx(chain.state, jid, sender)])
+    seed_height = chain.state.commitments[jid] + COMMITTEE_DELAY
+    while chain.state.height < seed_height:
+        chain.next()
+    return seed_height
+
+
+def commit_jobs(chain: TestChain, jobs, sender: Identity = GATEWAY) -> None:
+    """Commit ``jobs`` (those not committed yet) in one block, then append blocks until
+    their committees can be drawn: many jobs' work for one block (benchmarks)."""
+    pending = [job_id(j) for j in jobs if job_id(j) not in chain.state.commitments]
+    n = chain.state.account(sender.address.raw).nonce
+    if pending:
+        txs = [
+            make_tx(sender, CHAIN, TxKind.COMMIT, n + i, job_id=jid)
+            for i, jid in enumerate(pending)
+        ]
+        chain.next(transactions=txs)
+    for _ in range(COMMITTEE_DELAY):
+        chain.next()
+
+
+_JOB_ARGS = ("nonce", "fee", "client", "max_tokens", "gateway", "job_over")
+_WORK_ARGS = ("valid", "output_tokens", "gateway", "receipt_over")
+
+
+def make_jobs(chain: TestChain, specs) -> list:
+    """The jobs of ``specs`` ((worker, make_work keywords) pairs), committed together in
+    one block, their committees drawn (:func:`commit_jobs`)."""
+    jobs = [make_job(chain, **{k: kw[k] for k in _JOB_ARGS if k in kw}) for _, kw in specs]
+    commit_jobs(chain, jobs)
+    return jobs
+
+
+def certificates_for(chain: TestChain, jobs, specs) -> list[Certificate]:
+    """The certificates of committed ``jobs`` done by the workers of ``specs`` at the
+    chain's current height."""
+    return [
+        Certificate(
+            *work_on(chain.state, chain.keys, job, w, **{k: kw[k] for k in _WORK_ARGS if k in kw})
+        )
+        for job, (w, kw) in zip(jobs, specs, strict=True)
+    ]
+
+
+def make_certificates(chain: TestChain, specs) -> list[Certificate]:
+    """One certificate per (worker, make_work keywords) of ``specs``, for one block: their
+    jobs committed together (a block of work from many jobs)."""
+    return certificates_for(chain, make_jobs(chain, specs), specs)
 
 
 def make_certificate(chain: TestChain, worker: Identity, **kw) -> Certificate:
@@ -221,7 +356,12 @@ def make_fraud(chain: TestChain, worker: Identity, **kw) -> FraudEvidence:
 def reference_chain(n_blocks: int) -> TestChain:
     """A deterministic chain with transfers, bonds and certificates in its blocks."""
     c = TestChain(n_validators=4, n_users=4)
-    for h in range(1, n_blocks + 1):
+    while c.state.height < n_blocks:
+        h = c.state.height + 1
+        # a certificate takes its commitment and two blocks before it (D56)
+        certs = []
+        if h % 5 == 0 and h + COMMITTEE_DELAY + 1 <= n_blocks:
+            certs = [make_certificate(c, c.users[h % 4], nonce=h)]
         a, b = c.users[h % 4], c.users[(h + 1) % 4]
         nonce = c.state.account(a.address.raw).nonce
         txs = [
@@ -229,7 +369,6 @@ def reference_chain(n_blocks: int) -> TestChain:
         ]
         if h % 7 == 0:
             txs.append(make_tx(a, CHAIN, TxKind.BOND, nonce + 1, amount=10**6))
-        certs = [make_certificate(c, c.users[h % 4], nonce=h)] if h % 5 == 0 else []
         c.next(transactions=txs, certificates=certs)
     return c
 
@@ -240,7 +379,11 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
     height = chain.state.height
     validators = chain.state.validator_snapshot_at(height)
     committee = review_committee(
-        evidence, validators, chain.state.block_hash_at(height), chain.state.params.committee_size
+        evidence,
+        validators,
+        chain.state.beacon_at(height),
+        chain.state.params.committee_size,
+        chain.state.params.committee_rules(),
     )
     receipt = evidence.receipt
     verdicts = tuple(

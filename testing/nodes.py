@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from aipg.gossip import MemoryNetwork, MemoryTransport
+from aipg.gossip import MemoryNetwork, MemoryTransport, WebsocketTransport
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.app import Node
 from aipg.node.config import NodeConfig
@@ -90,15 +90,22 @@ async def open_node_world(
     *,
     committee_size: int = 0,
     accounts: Sequence[tuple[Identity, int]] = (),
+    loopback: bool = False,
+    weight_cap_bps: int = 0,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
     the devnet's) seats per committee; ``accounts`` are funded at genesis with the given
-    amounts (for the paid tier: see :func:`add_paid_account`). Cancelled on exit."""
+    amounts (for the paid tier: see :func:`add_paid_account`); ``weight_cap_bps`` (0: the
+    devnet's) caps a validator's share of a committee draw (10_000: stake alone
+    decides, so a heavy validator is seated first). ``loopback``: the nodes talk over
+    real websockets on 127.0.0.1 instead of the in-memory transport. Cancelled on exit."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     params = devnet_params(BLOCK_TIME_MS, len(specs))
     if committee_size:
         params = params.replace(committee_size=committee_size)
+    if weight_cap_bps:
+        params = params.replace(committee_weight_cap_bps=weight_cap_bps)
     identities = [d.init() for d in dirs]
     genesis = make_genesis(
         "aipg-inprocess",
@@ -128,7 +135,8 @@ async def open_node_world(
                 worker=spec.worker,
                 validator=spec.validator,
             )
-            node = Node(data_dir, config, genesis, spec.faults, MemoryTransport(network))
+            transport = WebsocketTransport() if loopback else MemoryTransport(network)
+            node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
             nodes.append(node)
             if len(bootstrap) < MAX_BOOTSTRAP:

@@ -140,6 +140,8 @@ class World:
         self.stakes = {v.public_bytes: s for v, s in zip(self.validators, stakes, strict=True)}
         self.by_key = {v.public_bytes: v for v in self.validators}
         self.block_hashes = {h: hashlib.sha256(b"block %d" % h).digest() for h in range(100)}
+        # the beacon that draws this world's committees (on chain: D56's seed block's)
+        self.beacon = hashlib.sha256(b"beacon").digest()
 
     def finalized_hash(self, height: int) -> bytes | None:
         return self.block_hashes.get(height)
@@ -161,7 +163,7 @@ class World:
         return signed_receipt(self.worker, job, assignment, **over)
 
     def committee(self, job: Job, assignment: Assignment, size: int = 5):
-        return committee_for(job, assignment, self.stakes, self.finalized_hash, size=size)
+        return committee_for(job, assignment, self.stakes, self.beacon, size=size)
 
     def verdict(self, key: bytes, receipt: Receipt, valid: bool = True) -> Verdict:
         return signed_verdict(self.by_key[key], receipt, valid)

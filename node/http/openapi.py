@@ -142,8 +142,9 @@ _SIZE = {
     "pattern": "^(auto|[0-9]+x[0-9]+)$",
     "default": "auto",
     "description": (
-        f"WIDTHxHEIGHT, sides multiples of {params.IMAGE_SIDE_STEP} up to "
-        f"{params.MAX_IMAGE_SIDE}; auto: the model's default."
+        f"WIDTHxHEIGHT, sides from 1 to {params.MAX_IMAGE_SIDE}; the model's own limits "
+        "apply (multiples of its VAE scale factor from its min to its max size: a 400 "
+        "names them); auto: the model's default."
     ),
 }
 
@@ -275,6 +276,10 @@ _SCHEMAS = {
             "parent_hash": {"type": "string", "description": "hex"},
             "time_ms": _INT,
             "proposer": {"type": "string", "description": "the proposer's public key, hex"},
+            "vrf_proof": {
+                "type": "string",
+                "description": "the proposer's ECVRF proof over the previous beacon, hex",
+            },
             "transactions": {"type": "integer", "description": "how many"},
             "certificates": _array(_STR, description="job ids of the certified receipts, hex"),
             "frauds": _array(_STR, description="job ids of the fraud proofs, hex"),

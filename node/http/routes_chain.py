@@ -135,6 +135,7 @@ def chain_routes(chain: ChainApi, models: ModelPublisher) -> list[Route]:
                 "parent_hash": b.header.parent_hash.hex(),
                 "time_ms": b.header.time_ms,
                 "proposer": b.header.proposer.hex(),
+                "vrf_proof": b.header.vrf_proof.hex(),
                 "transactions": len(b.body.transactions),
                 "certificates": [c.receipt.job_id.hex() for c in b.body.certificates],
                 "frauds": [f.receipt.job_id.hex() for f in b.body.frauds],

@@ -6,9 +6,14 @@ request                 served by      answer
 =====================  =============  ========================================
 ``Claim``               gateway        ``JobAck``
 ``WorkReport``          gateway        ``JobAck`` (then tracked like gossip's)
-``Assignment``          worker         ``JobAck``
+``TokenChunk``          gateway        ``JobAck`` (D50: tokens while generating)
+``JobRefusal``          gateway        ``JobAck`` (D52: the worker cannot run it)
+``Assignment``          worker         ``JobAck`` or ``JobRefusal``
 ``LatentRequest``       worker         ``LatentReply``
 =====================  =============  ========================================
+
+The gateway's handlers that take the sending peer (``on_tokens``, ``on_refusal``) trust
+nothing but the peer id the transport authenticated: those records are unsigned.
 
 A message to this node itself (its worker claiming its own gateway's job) is handled in
 process, never sent over the network. A request this node cannot serve is answered with
@@ -25,7 +30,7 @@ from aipg.gossip import GossipHost
 from aipg.pouw import Assignment, Claim, LatentReply, LatentRequest, PouwError
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
-from .messages import PROTO_JOB, JobAck, WorkReport
+from .messages import PROTO_JOB, JobAck, JobRefusal, TokenChunk, WorkReport
 
 log = logging.getLogger("aipg.node.jobs")
 
@@ -43,11 +48,15 @@ class GatewayEnd(Protocol):
 
     def on_report(self, report: WorkReport) -> None: ...
 
+    def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None: ...
+
+    def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None: ...
+
 
 class WorkerEnd(Protocol):
     """What a worker serves on ``job``."""
 
-    async def on_assignment(self, assignment: Assignment) -> JobAck: ...
+    async def on_assignment(self, assignment: Assignment) -> JobAck | JobRefusal: ...
 
     def on_latent_request(self, request: LatentRequest) -> LatentReply: ...
 
@@ -85,17 +94,22 @@ class JobProtocol:
 
     async def handle(self, peer: PeerId, data: bytes) -> bytes:
         """Answer one ``job`` request from ``peer``."""
+        kinds = (Claim, Assignment, WorkReport, LatentRequest, TokenChunk, JobRefusal)
         try:
-            return encode(
-                await self._answer(decode(data, (Claim, Assignment, WorkReport, LatentRequest)))
-            )
+            return encode(await self._answer(peer, decode(data, kinds)))
         except (WireError, PouwError) as e:
             log.info("job request from %s refused: %s", peer.short(), e)
             return encode(JobAck(False, str(e)[:200]))
 
-    async def _answer(self, msg) -> JobAck | LatentReply:
+    async def _answer(self, peer: PeerId, msg) -> JobAck | JobRefusal | LatentReply:
         if self._gateway is None or self._on_report is None:
             return JobAck(False, "this node is starting")
+        if isinstance(msg, TokenChunk):
+            self._gateway.on_tokens(peer, msg)
+            return JobAck(True)
+        if isinstance(msg, JobRefusal):
+            self._gateway.on_refusal(peer, msg)
+            return JobAck(True)
         if isinstance(msg, Claim):
             self._gateway.on_claim(msg)
             return JobAck(True)

@@ -8,6 +8,7 @@ without asking anyone; the ``job`` protocol answers with a :class:`JobAck`.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 from aipg.pouw import Assignment, Job, Result
@@ -15,7 +16,9 @@ from aipg.pouw.records import MAX_IMAGE_BYTES
 from aipg.wire import (
     NO_SIGNATURE,
     NO_SIGNER,
+    U8,
     U16,
+    U32,
     U64,
     Hash32,
     MaxLen,
@@ -67,3 +70,46 @@ class WorkerStatus(Record):
     timestamp_ms: U64
     signer: PublicKeyBytes = NO_SIGNER
     signature: SignatureBytes = NO_SIGNATURE
+
+
+# Tokens per TokenChunk: a worker batches what it generated while its last chunk was in
+# flight, so a chunk is small unless the gateway is slow; 256 keeps one under 1.5 KiB.
+MAX_CHUNK_TOKENS = 256
+
+
+@record(tag=503)
+class TokenChunk(Record):
+    """Tokens a worker generated for an assignment, sent to the job's gateway while it
+    generates (D50): ``tokens`` are output tokens ``start`` .. ``start + len - 1``.
+
+    Unsigned: the ``job`` protocol runs over Noise, so the gateway knows which peer sent
+    it and accepts chunks only from the assignee. The receipt, not the stream, is what
+    the committee checks; the gateway accepts the result only if its tokens begin with
+    every token streamed.
+    """
+
+    job_id: Hash32
+    assignment_id: Hash32
+    start: U32
+    tokens: Annotated[tuple[U32, ...], MaxLen(MAX_CHUNK_TOKENS)]
+
+
+class RefusalCode(enum.IntEnum):
+    """Why a worker refuses an assignment (D52)."""
+
+    OVER_LIMITS = 1  # the job does not fit the model's limits (the gateway should have refused it)
+    BUSY = 2  # the worker's queue is full
+    NOT_FOR_US = 3  # unknown job, assigned to another worker, or signed by another gateway
+    RUN_FAILED = 4  # the model failed before producing a result
+
+
+@record(tag=504)
+class JobRefusal(Record):
+    """A worker cannot run an assignment (D52): the answer to the Assignment itself, or
+    sent to the gateway on ``job`` when execution fails before any output. The gateway
+    reassigns (or fails) the job at once; a refusal costs no reputation and earns nothing."""
+
+    job_id: Hash32
+    assignment_id: Hash32
+    code: U8
+    detail: Annotated[str, MaxLen(200)] = ""

@@ -158,5 +158,6 @@ class ModelCatalog:
         with self._lock:
             if model._tokenizer is None:
                 info = model.manifest.tokenizer
-                model._tokenizer = Tokenizer(model.model_dir.read_verified(info.role), info)
+                vocab = model.manifest.llm.vocab_size if model.manifest.llm else None
+                model._tokenizer = Tokenizer(model.model_dir.read_verified(info.role), info, vocab)
             return model._tokenizer

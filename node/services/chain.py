@@ -32,13 +32,16 @@ from aipg.gossip import GossipError, GossipHost
 from aipg.node.protocol.messages import topic
 from aipg.pouw import (
     Certificate,
+    CommitteeRules,
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    Job,
     Tier,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.stake.assign import claim_order
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.driver import BlockContents, ConsensusDriver
@@ -123,6 +126,10 @@ class ChainService:
     def work_paid(self, job_id: bytes) -> int | None:
         return self.job_rewards.get(job_id)
 
+    def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None:
+        """The chain's order for a job's claimants (D58), None until its draw is known."""
+        return claim_order(self.state, job, claimants)
+
     def next_nonce(self, address: bytes) -> int:
         """The account's next nonce, counting its transactions waiting in the mempool."""
         return self.mempool.next_nonce(address)
@@ -148,6 +155,35 @@ class ChainService:
             try:
                 tx = self.mempool.sign(
                     payer, self.state.chain_id, TxKind.ESCROW, amount=fee, job_id=job_id
+                )
+            except LedgerError as e:
+                raise ValueError(str(e)) from None
+            await self.host.publish(topic("txs"), encode(tx))
+
+    async def commit_job(self, sender: Identity, job_id: bytes) -> None:
+        """Commit ``job_id`` on chain (a COMMIT from ``sender``'s account, D56): its
+        committee is drawn by the beacon two blocks after the block that carries it.
+        Raises ValueError with the ledger's reason when it is refused."""
+        lock = self._account_locks.setdefault(sender.address.raw, trio.Lock())
+        async with lock:
+            try:
+                tx = self.mempool.sign(sender, self.state.chain_id, TxKind.COMMIT, job_id=job_id)
+            except LedgerError as e:
+                raise ValueError(str(e)) from None
+            await self.host.publish(topic("txs"), encode(tx))
+
+    async def register_worker(self, worker: Identity, model_id: bytes, declared: int) -> None:
+        """Register ``worker`` for ``model_id`` with ``declared`` work units a block of
+        capacity (REGISTER_WORKER, D58). Raises ValueError with the ledger's reason."""
+        lock = self._account_locks.setdefault(worker.address.raw, trio.Lock())
+        async with lock:
+            try:
+                tx = self.mempool.sign(
+                    worker,
+                    self.state.chain_id,
+                    TxKind.REGISTER_WORKER,
+                    amount=declared,
+                    job_id=model_id,
                 )
             except LedgerError as e:
                 raise ValueError(str(e)) from None
@@ -314,11 +350,21 @@ class FinalizedChain:
     def committee_size(self) -> int:
         return self.chain.state.params.committee_size
 
+    @property
+    def committee_rules(self) -> CommitteeRules:
+        return self.chain.state.params.committee_rules()
+
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
         return self.chain.state.validator_snapshot_at(height)
 
     def finalized_hash(self, height: int) -> bytes | None:
         return self.chain.block_hash_at(height)
+
+    def beacon_at(self, height: int) -> bytes | None:
+        return self.chain.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes) -> int | None:
+        return self.chain.state.commitments.get(job_id)
 
 
 class _Finalizer:

@@ -35,6 +35,8 @@ class Faults:
     double_receipt: bool = False  # worker: also gossip a second, altered receipt per job
     flip_verdicts: bool = False  # validator: also gossip the opposite verdict
     accuse: bool = False  # validator: vote every receipt invalid without checking
+    misstream: bool = False  # worker: stream its tokens, then report an altered last token
+    refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
 
     def any(self) -> bool:
         return (
@@ -45,6 +47,8 @@ class Faults:
             or self.double_receipt
             or self.flip_verdicts
             or self.accuse
+            or self.misstream
+            or self.refuse_jobs
         )
 
 

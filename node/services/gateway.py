@@ -7,6 +7,11 @@ the ``job`` protocol; the pure :class:`aipg.pouw.Scheduler` picks the worker and
 reassigns on timeout. A paid-tier job escrows its fee from the client's account (a
 signed ESCROW transaction) first: it is published and scheduled only once the escrow is
 in the mempool (D32), and a refused escrow fails the request (402) before any work.
+
+Requests are checked against the model's own limits first (:mod:`.limits`, D51). An
+LLM job's tokens arrive while the worker generates (``TokenChunk`` on ``job``, D50) and
+are forwarded to a streaming client at once; the result must begin with every token
+streamed, or the attempt fails. A worker's ``JobRefusal`` (D52) ends its attempt at once.
 """
 
 from __future__ import annotations
@@ -21,15 +26,22 @@ from typing import Protocol
 import trio
 
 from aipg.gossip import GossipError, GossipHost
-from aipg.models import DIFFUSION, LLM, SamplingParams, model_id_text
+from aipg.models import DIFFUSION, LLM, ModelError, SamplingParams, chat_prompt
 from aipg.node.apikeys import ApiKeyStore
+from aipg.node.metrics import Counter, Histogram
 from aipg.node.protocol.jobs import SendJob
-from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, job_id
+from aipg.node.protocol.messages import (
+    JobAck,
+    JobRefusal,
+    RefusalCode,
+    TokenChunk,
+    WorkerStatus,
+    WorkReport,
+    topic,
+)
+from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, assignment_id, job_id
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
-from aipg.stake.models import certified_work
-from aipg.stake.types import LedgerError
 from aipg.wire import (
     UNITS_PER_AIPG,
     Address,
@@ -54,10 +66,12 @@ from .gateway_api import (
     ModelInfo,
     Overloaded,
     PaidAccount,
-    StreamText,
     TextCallback,
     UnknownModel,
 )
+from .gateway_views import job_view, jobs_by_state
+from .limits import check_completion, check_image, check_prompt_ids, job_violation
+from .streaming import TextForwarder, TokenRelay
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.gateway")
@@ -79,6 +93,8 @@ PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
 WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
+# Time to first token (job created -> first token at this gateway), in seconds.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -89,6 +105,14 @@ class GatewayJob:
     done: trio.Event = field(default_factory=trio.Event)
     report: WorkReport | None = None
     failed: str = ""
+    relay: TokenRelay | None = None  # LLM jobs: the tokens streamed so far (D50)
+
+    def finish(self, report: WorkReport | None = None, failed: str = "") -> None:
+        self.report = report or self.report
+        self.failed = failed or self.failed
+        self.done.set()
+        if self.relay is not None:
+            self.relay.notify()
 
 
 class GatewayChain(Protocol):
@@ -102,6 +126,10 @@ class GatewayChain(Protocol):
     def work_paid(self, job_id: bytes) -> int | None: ...
 
     async def escrow(self, payer: Identity, job_id: bytes, fee: int) -> None: ...
+
+    async def commit_job(self, sender: Identity, job_id: bytes) -> None: ...
+
+    def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None: ...
 
 
 class GatewayService:
@@ -144,6 +172,7 @@ class GatewayService:
                 trusted_min_reputation=ReputationConfig().initial,
             ),
             reputation=reputation,
+            order=chain.claim_order,  # the chain's draw, not the claims (D58)
         )
         tracker.on_outcome.append(self._on_outcome)
         tracker.on_review.append(self._on_review)
@@ -152,11 +181,24 @@ class GatewayService:
         # levels least recently heard first
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self._nonce = secrets.randbits(48)
+        self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
+        self.ttft = Histogram(
+            "aipg_gateway_time_to_first_token_seconds",
+            "Seconds from a job's creation to its first token at this gateway.",
+            TTFT_BUCKETS,
+        )
+        self.refusals = Counter(
+            "aipg_gateway_refusals",
+            "Assignments workers refused, by reason code (D52).",
+            ("code",),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(TICK_S)
+            with trio.move_on_after(TICK_S):  # a tick every TICK_S, or at once when woken
+                await self._wake.wait()
+            self._wake = trio.Event()
             await self._tick()
 
     async def _tick(self) -> None:
@@ -168,14 +210,14 @@ class GatewayService:
             worker = PeerId.from_public_key(assignment.worker)
             try:
                 answer = await self.send_job(assignment.worker, encode(assignment), 5.0)
-                ack = decode(answer, JobAck)
-                if not ack.ok:
-                    log.info(
-                        "worker %s refused job %s: %s",
-                        worker.short(),
-                        assignment.job_id.hex()[:12],
-                        ack.reason,
-                    )
+                ack = decode(answer, (JobAck, JobRefusal))
+                if isinstance(ack, JobRefusal):
+                    self._refused(assignment.job_id, assignment.worker, ack)
+                elif not ack.ok:  # a plain refusal ("this node runs no jobs" ...): the same
+                    aid = assignment_id(assignment)
+                    code = int(RefusalCode.NOT_FOR_US)
+                    refusal = JobRefusal(assignment.job_id, aid, code, ack.reason)
+                    self._refused(assignment.job_id, assignment.worker, refusal)
             except (GossipError, WireError) as e:
                 log.info(
                     "assignment of job %s to %s not delivered: %s",
@@ -185,8 +227,7 @@ class GatewayService:
                 )
         for jid, entry in list(self.jobs.items()):
             if not entry.done.is_set() and self._failed(jid):
-                entry.failed = "no worker finished the job before its deadline"
-                entry.done.set()
+                entry.finish(failed="no worker finished the job before its deadline")
 
     def _failed(self, jid: bytes) -> bool:
         try:
@@ -212,6 +253,13 @@ class GatewayService:
 
     def on_claim(self, claim: Claim) -> None:
         self.scheduler.on_claim(claim, self.now_ms())
+        # Every live worker of the model has claimed: waiting out the claim window could
+        # bring no better claimant, only a later first token (D50).
+        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
+        if live and live <= self.scheduler.claimants(claim.job_id):
+            self.scheduler.close_window(claim.job_id)
+            self._wake.set()
 
     def on_report(self, report: WorkReport) -> None:
         jid = report.result.receipt.job_id
@@ -219,9 +267,90 @@ class GatewayService:
         if entry is None:
             raise PouwError("report.job_id", "not a job of this gateway")
         self.tracker.check_report(report)
+        aid = assignment_id(report.assignment)
+        if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
+            # It streamed other tokens than its result holds: a failed attempt (D50).
+            entry.relay.drop()
+            self._end_attempt(entry, report.assignment.worker, penalize=True)
+            raise PouwError("report.result", "the result disagrees with the tokens it streamed")
         self.scheduler.on_receipt(report.result.receipt, self.now_ms())
-        entry.report = report
-        entry.done.set()
+        if entry.relay is not None and not entry.relay.started:
+            self._first_token(entry)
+        entry.finish(report)
+
+    def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None:
+        """Tokens the assignee generated so far (D50); raises PouwError to refuse them."""
+        entry = self._assignee_entry(peer, chunk.job_id, chunk.assignment_id)
+        if entry.relay is None:
+            raise PouwError("chunk.job_id", "not an LLM job")
+        if entry.relay.accept(chunk.assignment_id, chunk.start, chunk.tokens):
+            self._first_token(entry)
+
+    def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None:
+        """The assignee cannot run its assignment (D52): end the attempt now."""
+        self._assignee_entry(peer, refusal.job_id, refusal.assignment_id)
+        assignment = self.scheduler.assignment(refusal.job_id)
+        assert assignment is not None
+        self._refused(refusal.job_id, assignment.worker, refusal)
+
+    def _assignee_entry(self, peer: PeerId, jid: bytes, aid: bytes) -> GatewayJob:
+        """The open job ``jid`` if ``peer`` holds its current assignment ``aid``."""
+        entry = self.jobs.get(jid)
+        if entry is None or entry.done.is_set():
+            raise PouwError("job_id", "no open job of this gateway")
+        assignment = self.scheduler.assignment(jid)
+        if assignment is None or assignment_id(assignment) != aid:
+            raise PouwError("assignment_id", "not the job's current assignment")
+        if PeerId.from_public_key(assignment.worker) != peer:
+            raise PouwError("assignment_id", "sent by another peer than the assignee")
+        return entry
+
+    def _refused(self, jid: bytes, worker: bytes, refusal: JobRefusal) -> None:
+        """End a refused attempt (D52). A refusal the gateway's own limits confirm fails
+        the job at once (any worker would refuse it); any other goes to the next
+        claimant. Neither costs reputation, unless the worker had already streamed
+        tokens (then it is a failed attempt like any other)."""
+        entry = self.jobs.get(jid)
+        if entry is None or entry.done.is_set():
+            return
+        self.refusals.inc(code=str(refusal.code))
+        log.info(
+            "worker %s refused job %s (code %d): %s",
+            PeerId.from_public_key(worker).short(),
+            jid.hex()[:12],
+            refusal.code,
+            refusal.detail,
+        )
+        violation = None
+        model = self.catalog.get(entry.job.model_id)
+        if refusal.code == RefusalCode.OVER_LIMITS and model is not None:
+            violation = job_violation(
+                model.manifest, entry.job, self._prompt_tokens(model, entry.job)
+            )
+        if violation is not None:
+            self.scheduler.fail(jid)
+            entry.finish(failed=f"the job does not fit the model: {violation}")
+            return
+        streamed = entry.relay is not None and entry.relay.streamed_by(refusal.assignment_id)
+        if streamed and entry.relay is not None:
+            entry.relay.drop()
+        self._end_attempt(entry, worker, penalize=bool(streamed), why=refusal.detail)
+
+    def _end_attempt(self, entry: GatewayJob, worker: bytes, *, penalize: bool, why="") -> None:
+        try:
+            state = self.scheduler.end_attempt(job_id(entry.job), worker, penalize=penalize)
+        except PouwError:
+            return
+        if state is JobState.FAILED:
+            reason = f": {why}" if why else ""
+            entry.finish(failed=f"no worker could run the job{reason}"[:300])
+
+    def _prompt_tokens(self, model: KnownModel, job: Job) -> int | None:
+        tokenizer = self.catalog.tokenizer(model) if job.llm is not None else None
+        return len(tokenizer.encode(job.prompt)) if tokenizer else None
+
+    def _first_token(self, entry: GatewayJob) -> None:
+        self.ttft.observe(max(0, self.now_ms() - entry.job.created_ms) / 1000)
 
     # -- workers topic -------------------------------------------------------------------
 
@@ -286,9 +415,13 @@ class GatewayService:
         return len(tok.encode(text)) if tok else len(text.split())
 
     def render_chat(self, model: ModelInfo, messages: list[dict]) -> str:
-        # The demo models have no chat template of their own: a plain transcript.
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
-        return "\n".join([*lines, "assistant:"])
+        # The model's own chat template (its manifest's), else the plain transcript
+        # (aipg.models.chat.PLAIN_TEMPLATE); a template that fails is the request's 400.
+        m = self._model(model.id, LLM)
+        try:
+            return chat_prompt(m.manifest, messages)
+        except ModelError as e:
+            raise BadRequest(str(e), "messages") from None
 
     def authenticate(self, api_key: str) -> PaidAccount | None:
         client = self.api_keys.authenticate(api_key)
@@ -301,11 +434,19 @@ class GatewayService:
     ) -> CompletionResult:
         model = self._model(req.model, LLM)
         tokenizer = self.catalog.tokenizer(model)
-        prompt = (
-            req.prompt
-            if req.prompt_ids is None or tokenizer is None
-            else tokenizer.decode(req.prompt_ids)
-        )
+        vocab = tokenizer.vocab_size if tokenizer else model.manifest.llm.vocab_size
+        if req.prompt_ids is not None:
+            check_prompt_ids(model.manifest, req.prompt_ids, vocab)
+        try:
+            prompt = (
+                req.prompt
+                if req.prompt_ids is None or tokenizer is None
+                else tokenizer.decode(req.prompt_ids)
+            )
+        except ModelError as e:  # an id outside the model's vocabulary
+            raise BadRequest(str(e), "prompt") from None
+        prompt_tokens = len(tokenizer.encode(prompt)) if tokenizer else len(prompt.split())
+        check_completion(model.manifest, prompt_tokens, req.max_tokens)
         params = SamplingParams(
             temperature_milli=req.temperature_milli,
             top_k=req.top_k,
@@ -314,15 +455,15 @@ class GatewayService:
             stop=tuple(req.stop),
         )
         fee = PAID_FEE_PER_TOKEN * req.max_tokens if req.tier == "paid" else 0
+        relay = TokenRelay(req.max_tokens, min(vocab, model.manifest.llm.vocab_size))
         entry = await self._submit(
-            model, prompt, params, None, req.seed, req.tier, req.account, req.client, fee
+            model, prompt, params, None, req.seed, req.tier, req.account, req.client, fee, relay
         )
-        report = await self._wait(entry)
+        if on_text is None:
+            report = await self._wait(entry)
+        else:
+            report = await self._relay(entry, TextForwarder(tokenizer, params.stop, on_text))
         result = report.result
-        if on_text is not None:
-            await self._stream(
-                tokenizer, list(result.output_token_ids), result.text, params.stop, on_text
-            )
         finish = "length" if len(result.output_token_ids) >= req.max_tokens else "stop"
         return CompletionResult(
             job_id=job_id(entry.job).hex(),
@@ -334,22 +475,24 @@ class GatewayService:
             worker=str(PeerId.from_public_key(result.receipt.signer)),
         )
 
-    async def _stream(
-        self, tokenizer, tokens: list[int], text: str, stop, on_text: TextCallback
-    ) -> None:
-        """Send ``text`` as it decodes token by token (the worker's tokens, in order)."""
-        stream = StreamText(stop)
-        for i in range(1, len(tokens) + 1):
-            piece = stream.push(tokenizer.decode(tokens[:i]) if tokenizer else text)
-            if piece:
-                await on_text(piece)
-        rest = stream.finish(text)
-        if rest:
-            await on_text(rest)
+    async def _relay(self, entry: GatewayJob, forward: TextForwarder) -> WorkReport:
+        """Forward the job's tokens as they arrive, then the rest of its result."""
+        relay = entry.relay
+        assert relay is not None
+        with trio.move_on_after(JOB_DEADLINE_MS / 1000 + 5):
+            while not entry.done.is_set():
+                changed = relay.changed  # taken before reading: a change while we send wakes us
+                await forward.push(relay.tokens)
+                if not entry.done.is_set():
+                    await changed.wait()
+        report = await self._wait(entry)
+        await forward.finish(report.result.output_token_ids, report.result.text)
+        return report
 
     async def generate_image(self, req: ImageRequest) -> ImageResult:
         model = self._model(req.model, DIFFUSION)
         params = req.diffusion_params(model.manifest.default_diffusion)
+        check_image(model.manifest, params)
         fee = PAID_FEE_PER_STEP * params.steps if req.tier == "paid" else 0
         entry = await self._submit(
             model, req.prompt, None, params, req.seed, req.tier, req.account, req.client, fee
@@ -363,7 +506,7 @@ class GatewayService:
         )
 
     async def _submit(
-        self, model, prompt, llm, diffusion, seed, tier, account, client, fee
+        self, model, prompt, llm, diffusion, seed, tier, account, client, fee, relay=None
     ) -> GatewayJob:
         open_jobs = sum(1 for e in self.jobs.values() if not e.done.is_set())
         if open_jobs >= MAX_OPEN_JOBS:
@@ -394,8 +537,10 @@ class GatewayService:
         )
         jid = job_id(job)
         if paid is not None:  # nothing is published or scheduled before its escrow (D32)
-            await self._escrow(paid, job)
-        entry = GatewayJob(job, tier, client)
+            await self._escrow(paid, job)  # which also commits the job (D56)
+        else:
+            await self._commit(jid)
+        entry = GatewayJob(job, tier, client, relay=relay)
         self.jobs[jid] = entry
         evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
         self.scheduler.submit(job, self.now_ms())
@@ -403,6 +548,14 @@ class GatewayService:
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)
         return entry
+
+    async def _commit(self, jid: bytes) -> None:
+        """Commit a free job on chain: its committee is drawn from the beacon two blocks
+        after the commitment (D56); without one the job could never be certified."""
+        try:
+            await self.chain.commit_job(self.identity, jid)
+        except ValueError as e:
+            raise Overloaded(f"cannot commit the job on chain: {e}", retry_after_s=2) from None
 
     async def _escrow(self, paid, job: Job) -> None:
         """Lock ``job``'s fee from the paid client's account; raises InsufficientFunds
@@ -423,107 +576,9 @@ class GatewayService:
 
     # -- Gateway protocol: views -----------------------------------------------------------
 
-    def _work_units(self, job: Job, receipt) -> int:
-        """The units the ledger pays ``receipt`` by: its model's registered cost (D60;
-        0 without one), not the receipt's own figure (which stays in ``receipt``)."""
-        state = getattr(self.chain, "state", None)
-        if state is None:
-            return receipt.work_units
-        try:
-            return certified_work(state, job, receipt)
-        except LedgerError:
-            return 0
-
     def job_view(self, job_id_text: str) -> dict | None:
-        try:
-            jid = bytes.fromhex(job_id_text)
-        except ValueError:
-            return None
-        entry = self.jobs.get(jid)
-        tracked = self.tracker.for_job(jid)
-        if entry is None and tracked is None:
-            return None
-        job = entry.job if entry else tracked.report.job
-        view: dict = {
-            "id": jid.hex(),
-            "model": model_id_text(job.model_id),
-            "tier": "paid" if job.tier == Tier.PAID else "free",
-            "fee": format_amount(job.fee),
-            "status": self._status_of(jid, entry, tracked),
-            "receipt": None,
-            "worker": None,
-            "work_units": None,
-            "committee": [],
-            "verdicts": [],
-            "certificate": None,
-            "block_height": None,
-            "reward": None,
-        }
-        if tracked is not None:
-            receipt = tracked.report.result.receipt
-            view["receipt"] = {
-                "id": tracked.receipt_id.hex(),
-                "worker": str(PeerId.from_public_key(receipt.signer)),
-                "work_units": receipt.work_units,
-                "output_hash": receipt.output_hash.hex(),
-                "commitment": receipt.commitment.hex(),
-                "elapsed_ms": receipt.elapsed_ms,
-            }
-            view["worker"] = view["receipt"]["worker"]
-            view["work_units"] = self._work_units(job, receipt)
-            view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.seated()]
-            view["verdicts"] = [
-                {
-                    "validator": str(PeerId.from_public_key(k)),
-                    "valid": v.valid,
-                    "reason": v.reason,
-                    "detail": v.detail,
-                }
-                for k, v in sorted(tracked.verdicts.items())
-            ]
-            if tracked.outcome is not None:
-                view["certificate"] = {
-                    "kind": "certificate" if tracked.certified else "fraud_evidence"
-                }
-            view["block_height"] = tracked.block_height
-            if tracked.set_aside:
-                view["unpaid_reason"] = tracked.set_aside
-            if tracked.block_height is not None:
-                paid = self.chain.work_paid(jid)
-                view["reward"] = format_amount(paid) if paid is not None else None
-        elif entry is not None and entry.report is not None:
-            view["worker"] = str(PeerId.from_public_key(entry.report.result.receipt.signer))
-        return view
+        return job_view(self, job_id_text)
 
     def jobs_by_state(self) -> dict[str, int]:
         """How many of this gateway's jobs are in each state (for /metrics)."""
-        out: dict[str, int] = {}
-        for jid, entry in self.jobs.items():
-            state = self._status_of(jid, entry, self.tracker.for_job(jid))
-            out[state] = out.get(state, 0) + 1
-        return out
-
-    def _status_of(self, jid: bytes, entry: GatewayJob | None, tracked: TrackedWork | None) -> str:
-        if tracked is not None:
-            if tracked.block_height is not None:
-                if tracked.certified:
-                    return "paid"
-                review = tracked.review
-                if review is None or not review.settled or review.upheld is None:
-                    return "reviewing"  # a conviction: nobody is slashed before its review
-                return "slashed" if review.upheld else "exonerated"
-            if tracked.set_aside:
-                return "unpaid"  # decided, but no block can carry it (view: unpaid_reason)
-            if tracked.outcome is not None:
-                return "certified" if tracked.certified else "fraud"
-            return "verifying"
-        if entry is not None:
-            if entry.failed:
-                return "failed"
-            if entry.report is not None:
-                return "verifying"
-            try:
-                return self.scheduler.state(jid).value
-            except PouwError:
-                return "unknown"
-        return "unknown"
+        return jobs_by_state(self)

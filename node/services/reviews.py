@@ -42,7 +42,7 @@ class Review:
         if self.outcome is None:
             votes = {k: None if abstains(v) else v.valid for k, v in self.verdicts.items()}
             t = tally_seated(self.committee, self.stakes, votes)
-            upheld = not t.short and 3 * t.invalid_stake >= 2 * t.committee_stake
+            upheld = t.upholds
             if upheld or t.certifies:
                 seated = set(self.seated())
                 kept = tuple(

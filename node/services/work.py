@@ -24,9 +24,10 @@ import trio
 from aipg.node.protocol.gossip import check_report
 from aipg.node.protocol.messages import WorkReport
 from aipg.pouw import (
-    COMMITTEE_LOOKAHEAD,
+    COMMITTEE_DELAY,
     Certificate,
     Committee,
+    CommitteeRules,
     ConflictingVerdicts,
     EquivocationEvidence,
     FraudEvidence,
@@ -108,9 +109,16 @@ class ChainView(Protocol):
     @property
     def committee_size(self) -> int: ...
 
+    @property
+    def committee_rules(self) -> CommitteeRules: ...
+
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
 
     def finalized_hash(self, height: int) -> bytes | None: ...
+
+    def beacon_at(self, height: int) -> bytes | None: ...
+
+    def committed_at(self, job_id: bytes) -> int | None: ...
 
 
 # Reports tracked: a few minutes of a busy network's work, finished ones evicted first.
@@ -150,18 +158,26 @@ class WorkTracker:
         check_report(report)
 
     def committee(self, report: WorkReport) -> tuple[Committee, Mapping[bytes, int]]:
-        """The report's committee and the stakes it is drawn from; raises PouwError while
-        the seed block is not final here yet."""
-        seed_height = report.assignment.height - COMMITTEE_LOOKAHEAD
+        """The report's committee and the stakes it is drawn from (D56: the beacon and
+        validator set ``COMMITTEE_DELAY`` blocks after the block that committed the
+        job); raises PouwError while the job is not committed or that block not final
+        here yet (the report waits, and members learn they are drawn when it is)."""
+        jid = report.result.receipt.job_id
+        committed = self.chain.committed_at(jid)
+        if committed is None:
+            raise PouwError("job", f"job {jid.hex()[:12]} is not committed on chain yet")
+        seed_height = committed + COMMITTEE_DELAY
         validators = self.chain.validator_snapshot_at(seed_height)
-        if validators is None:
-            raise PouwError("assignment.height", f"no validator set known at height {seed_height}")
+        beacon = self.chain.beacon_at(seed_height)
+        if validators is None or beacon is None:
+            raise PouwError("job", f"the committee's block {seed_height} is not final here yet")
         members = committee_for(
             report.job,
             report.assignment,
             validators,
-            self.chain.finalized_hash,
+            beacon,
             size=self.chain.committee_size,
+            rules=self.chain.committee_rules,
         )
         return members, validators
 
@@ -291,7 +307,9 @@ class WorkTracker:
         tracked = self._by_receipt.get(receipt_id(evidence.receipt))
         if tracked is None or tracked.review is not None:
             return tracked
-        committee = review_committee(evidence, validators, block_hash, self.chain.committee_size)
+        committee = review_committee(
+            evidence, validators, block_hash, self.chain.committee_size, self.chain.committee_rules
+        )
         tracked.review = Review(evidence, committee, validators)
         for signer, verdict in sorted({**tracked.verdicts, **tracked.unplaced}.items()):
             if signer in committee:

@@ -6,6 +6,9 @@
 2. The gateway's Assignment arrives on ``job``: the worker acknowledges at once and
    executes in a worker thread (one job at a time per model: an ONNX session is not
    shared between concurrent runs, and parallel jobs on 2 cores only slow each other).
+   An LLM job's tokens stream to the gateway as they are generated (D50,
+   :class:`~.streaming.ChunkSender`); an assignment the worker cannot run is refused at
+   once with a :class:`JobRefusal` and its reason code (D52), never left to time out.
 3. The Result goes back to the gateway, and the WorkReport (job, assignment, result) is
    gossiped on ``receipts`` for the committee. Diffusion latents are kept on disk
    (:class:`~.latents.DiskLatentStore`) for validators to re-run steps from, until a
@@ -16,12 +19,20 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
 from aipg.gossip import GossipError, GossipHost
 from aipg.models import LLM, ModelError
-from aipg.node.protocol.messages import JobAck, WorkerStatus, WorkReport, topic
+from aipg.node.protocol.messages import (
+    JobAck,
+    JobRefusal,
+    RefusalCode,
+    WorkerStatus,
+    WorkReport,
+    topic,
+)
 from aipg.pouw import (
     Assignment,
     Claim,
@@ -29,6 +40,7 @@ from aipg.pouw import (
     LatentReply,
     LatentRequest,
     PouwError,
+    assignment_id,
     job_id,
     receipt_id,
 )
@@ -40,6 +52,8 @@ from aipg.wire import Identity, WireError, decode, encode, sign
 from .catalog import ModelCatalog
 from .faults import altered_last_token
 from .latents import DiskLatentStore
+from .limits import job_violation
+from .streaming import ChunkSender
 
 log = logging.getLogger("aipg.node.worker")
 
@@ -64,6 +78,8 @@ class WorkerService:
         cheat_tokens: bool = False,
         swap_weights: bool = False,
         double_receipt: bool = False,
+        misstream: bool = False,
+        refuse_jobs: bool = False,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -76,6 +92,12 @@ class WorkerService:
         self.cheat_tokens = cheat_tokens
         self.double_receipt = double_receipt
         self.swap_weights = swap_weights
+        self.misstream = misstream
+        self.refuse_jobs = refuse_jobs
+        # Test hook: called on the execution thread after each token is handed to the
+        # stream, ``(job_id, index)``; tests block in it to hold a generation mid-way.
+        self.token_hook: Callable[[bytes, int], None] | None = None
+        self.refused = 0  # assignments refused (JobRefusal sent or answered)
         self._swapped: dict[bytes, object] = {}
         self.latents = latents
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
@@ -136,20 +158,51 @@ class WorkerService:
 
     # -- job protocol -------------------------------------------------------------------
 
-    async def on_assignment(self, assignment: Assignment) -> JobAck:
+    async def on_assignment(self, assignment: Assignment) -> JobAck | JobRefusal:
         job = self._jobs.get(assignment.job_id)
         if job is None:
-            return JobAck(False, "unknown job (never claimed here)")
+            return self._refusal(
+                assignment, RefusalCode.NOT_FOR_US, "unknown job (never claimed here)"
+            )
         if assignment.signer != job.signer:
-            return JobAck(False, "assignment not signed by the job's gateway")
+            return self._refusal(
+                assignment, RefusalCode.NOT_FOR_US, "assignment not signed by the job's gateway"
+            )
         if assignment.worker != self.identity.public_bytes:
-            return JobAck(False, "assigned to another worker")
+            return self._refusal(assignment, RefusalCode.NOT_FOR_US, "assigned to another worker")
+        violation = self._violation(job)
+        if violation is not None:
+            return self._refusal(assignment, RefusalCode.OVER_LIMITS, violation)
         try:
             self._send.send_nowait((assignment, job))
         except trio.WouldBlock:
-            return JobAck(False, "worker queue is full")
+            return self._refusal(assignment, RefusalCode.BUSY, "worker queue is full")
         self.in_flight += 1
         return JobAck(True)
+
+    def _violation(self, job: Job) -> str | None:
+        """Which of its model's limits ``job`` breaks (the gateway's own checks), or None."""
+        model = self.catalog.get(job.model_id)
+        if model is None:
+            return "this worker does not host the model"
+        prompt_tokens = None
+        tokenizer = self.catalog.tokenizer(model)
+        if tokenizer is not None and job.llm is not None:
+            prompt_tokens = len(tokenizer.encode(job.prompt))
+        return job_violation(model.manifest, job, prompt_tokens)
+
+    def _refusal(self, assignment: Assignment, code: RefusalCode, detail: str) -> JobRefusal:
+        self.refused += 1
+        log.info("refusing job %s: %s", assignment.job_id.hex()[:12], detail)
+        return JobRefusal(assignment.job_id, assignment_id(assignment), int(code), detail[:200])
+
+    async def _refuse(self, assignment: Assignment, job: Job, code: RefusalCode, detail: str):
+        """Tell the job's gateway at once that this assignment will bring no result."""
+        refusal = self._refusal(assignment, code, detail)
+        try:
+            await self.send_job(job.signer, encode(refusal), 5.0)
+        except GossipError as e:
+            log.info("refusal of job %s not delivered: %s", assignment.job_id.hex()[:12], e)
 
     def on_block(self, block: Block, too_old: int) -> None:
         """A finalized block: release the latents of the receipts it made final."""
@@ -180,13 +233,12 @@ class WorkerService:
             runner = await trio.to_thread.run_sync(self._swapped_runner, model)
         else:
             runner = await trio.to_thread.run_sync(self.catalog.runner, model)
+        if self.refuse_jobs:  # test-only fault: claims jobs it then will not run
+            await self._refuse(assignment, job, RefusalCode.OVER_LIMITS, "refusing (fault)")
+            return
         try:
             if model.kind == LLM:
-                result = await trio.to_thread.run_sync(
-                    run_llm_job, runner, job, assignment, self.identity
-                )
-                if self.cheat_tokens:
-                    result = altered_last_token(result, self.identity)
+                result = await self._run_llm(runner, assignment, job)
             else:
                 result, latents = await trio.to_thread.run_sync(
                     run_diffusion_job, runner, job, assignment, self.identity
@@ -194,6 +246,7 @@ class WorkerService:
                 self.latents.put_result(result, latents, assignment.height)
         except (ModelError, PouwError) as e:
             log.warning("job %s failed: %s", assignment.job_id.hex()[:12], e)
+            await self._refuse(assignment, job, RefusalCode.RUN_FAILED, str(e))
             return
         self.executed += 1
         report = WorkReport(job, assignment, result)
@@ -217,6 +270,38 @@ class WorkerService:
         log.info(
             "job %s done: %d work units", assignment.job_id.hex()[:12], result.receipt.work_units
         )
+
+    async def _run_llm(self, runner, assignment: Assignment, job: Job):
+        """Run an LLM job, streaming its tokens to the gateway while it generates (a
+        cheater that alters tokens after generating streams none: the gateway would see
+        the change at once). None when the stream could not even start."""
+        jid = assignment.job_id
+        stream = not self.cheat_tokens
+        sender = ChunkSender(self.send_job, job.signer, jid, assignment_id(assignment))
+        hook = self.token_hook
+
+        def on_token(index: int, token_id: int) -> None:  # on the execution thread
+            if stream:
+                sender.push(token_id)
+            if hook is not None:
+                hook(jid, index)
+
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:  # the stream is flushed when it exits
+            nursery.start_soon(sender.run)
+            try:
+                result = await trio.to_thread.run_sync(
+                    run_llm_job, runner, job, assignment, self.identity, on_token
+                )
+            except (ModelError, PouwError) as e:
+                error = e  # raised outside the nursery (not wrapped in an exception group)
+            finally:
+                sender.close()
+        if error is not None:
+            raise error
+        if self.cheat_tokens or self.misstream:
+            result = altered_last_token(result, self.identity)
+        return result
 
     def _swapped_runner(self, model):
         """Test-only fault: a runner with other weights of the same shape."""

@@ -81,15 +81,28 @@ class ChainOf:
     def committee_size(self) -> int:
         return self.c.state.params.committee_size
 
+    @property
+    def committee_rules(self):
+        return self.c.state.params.committee_rules()
+
     def validator_snapshot_at(self, height: int):
         return self.c.state.validator_snapshot_at(height) if self.final else None
 
     def finalized_hash(self, height: int):
         return self.c.state.block_hash_at(height)
 
+    def beacon_at(self, height: int):
+        return self.c.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes):
+        return self.c.state.commitments.get(job_id)
+
 
 class GatewayChain:
     height = 10
+
+    def __init__(self):
+        self.committed: list[bytes] = []
 
     def bond_of(self, key: bytes) -> int:
         return 0
@@ -99,6 +112,12 @@ class GatewayChain:
 
     async def escrow(self, payer, job_id: bytes, fee: int) -> None:
         raise AssertionError("free-tier jobs escrow nothing")
+
+    async def commit_job(self, sender, job_id: bytes) -> None:
+        self.committed.append(job_id)
+
+    def claim_order(self, job, claimants):
+        return sorted(claimants)
 
 
 def _chain(economy: bool = False) -> TestChain:
@@ -413,9 +432,9 @@ async def test_job_rewards_keep_the_most_recently_paid_jobs(tmp_path, monkeypatc
     paid = []
     for n in range(8):  # eight blocks, three certified jobs each, all paid by the ledger
         certs = [make_certificate(c, ident(300 + i), nonce=10 * n + i) for i in range(3)]
-        block = c.build(certificates=certs)
-        c.commit(block)
-        _Finalizer(service).finalize(block, c.commits[-1])
+        c.commit(c.build(certificates=certs))
+        for block, commit in zip(c.blocks[chain.height :], c.commits[chain.height :], strict=True):
+            _Finalizer(service).finalize(block, commit)  # the jobs' commitments, then this
         paid += [job_id(cert.job) for cert in certs]
     assert len(service.job_rewards) == 9
     assert set(service.job_rewards) == set(paid[-9:])  # the last three blocks' jobs

@@ -191,11 +191,13 @@ async def test_a_validator_that_cannot_check_abstains_and_the_job_still_certifie
     """A seated member that does not host the model says so; its seat passes to a
     reserve, the job certifies, and the honest worker keeps its whole bond."""
     model = load_model_dir(llm_dir)
-    # The non-hosting validator holds most of the stake, so the stake-weighted draw
-    # seats it first on (nearly) every committee.
+    # The non-hosting validator holds most of the stake and the draw is uncapped (D57's
+    # cap lifted), so the stake-weighted draw seats it first on nearly every committee.
     blind = NodeSpec(worker=False, hosts=False, stake=1000 * VALIDATOR_STAKE)
     specs = [NodeSpec(worker=False), NodeSpec(), blind, *[NodeSpec(worker=False)] * 3]
-    async with open_node_world(tmp_path, specs, [llm_dir], committee_size=3) as world:
+    async with open_node_world(
+        tmp_path, specs, [llm_dir], committee_size=3, weight_cap_bps=10_000
+    ) as world:
         gateway, worker, blind_node = world.nodes[0], world.nodes[1], world.nodes[2]
         await world.wait_for_worker(gateway, model.model_id)
         bond = gateway.chain.bond_of(worker.identity.public_bytes)
@@ -260,7 +262,10 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
     model = load_model_dir(llm_dir)
     accuser = NodeSpec(worker=False, faults=Faults(accuse=True), stake=1000 * VALIDATOR_STAKE)
     specs = [NodeSpec(worker=False), NodeSpec(), accuser, *[NodeSpec(worker=False)] * 4]
-    async with open_node_world(tmp_path, specs, [llm_dir], committee_size=2) as world:
+    # D57's cap lifted: the accuser's stake seats it first, as the docstring says.
+    async with open_node_world(
+        tmp_path, specs, [llm_dir], committee_size=2, weight_cap_bps=10_000
+    ) as world:
         gateway, worker, liar = world.nodes[0], world.nodes[1], world.nodes[2]
         await world.wait_for_worker(gateway, model.model_id)
         state = gateway.chain.state

@@ -99,7 +99,7 @@ def test_documented_limits_are_the_parsers_constants():
     assert image["guidance_scale"]["maximum"] == params.MAX_GUIDANCE
     assert image["seed"]["maximum"] == params.SEED_LIMIT - 1
     assert image["model"]["maxLength"] == image["user"]["maxLength"] == params.MAX_NAME_CHARS
-    size = f"multiples of {params.IMAGE_SIDE_STEP} up to {params.MAX_IMAGE_SIDE};"
+    size = f"sides from 1 to {params.MAX_IMAGE_SIDE}; the model's own limits apply"
     assert size in image["size"]["description"]
     assert f"{params.MAX_NEGATIVE_PROMPT_BYTES} bytes" in image["negative_prompt"]["description"]
     for key, (allowed, default) in params.IMAGE_CHOICES.items():

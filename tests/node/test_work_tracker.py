@@ -10,8 +10,17 @@ import pytest
 
 from aipg.node.protocol.messages import WorkReport
 from aipg.node.services.work import WorkTracker
-from aipg.pouw import PouwError, Result, VerdictReason, make_verdict
-from aipg.testing.chainkit import TestChain, ident, make_work
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    PouwError,
+    Result,
+    VerdictReason,
+    committee_for,
+    job_id,
+    make_verdict,
+)
+from aipg.testing.chainkit import GATEWAY, TestChain, commit_tx, ident, make_job, make_work
+from aipg.testing.world import signed_assignment, signed_receipt
 
 
 class ChainOf:
@@ -24,11 +33,21 @@ class ChainOf:
     def committee_size(self) -> int:
         return self.c.state.params.committee_size
 
+    @property
+    def committee_rules(self):
+        return self.c.state.params.committee_rules()
+
     def validator_snapshot_at(self, height: int):
         return self.c.state.validator_snapshot_at(height)
 
     def finalized_hash(self, height: int):
         return self.c.state.block_hash_at(height)
+
+    def beacon_at(self, height: int):
+        return self.c.state.beacon_at(height)
+
+    def committed_at(self, job_id: bytes):
+        return self.c.state.commitments.get(job_id)
 
 
 def _chain() -> TestChain:
@@ -89,3 +108,32 @@ def test_an_outcome_decided_by_a_member_that_voted_both_ways_is_set_aside():
     assert tracked.set_aside == "a member of its deciding side voted both ways"
     (evidence,) = tracker.pending_conflicts()
     assert {evidence.verdict_a.signer, evidence.verdict_b.signer} == {member.public_bytes}
+
+
+def test_a_report_waits_for_its_jobs_commitment_and_the_seed_block():
+    """D56: no committee before the job is committed and the block two after it is final;
+    then the one drawn from that block's beacon, whatever the assignment's height."""
+    c = _chain()
+    tracker = WorkTracker(ChainOf(c))
+    worker = ident(300)
+    job = make_job(c, nonce=5)
+    a = signed_assignment(GATEWAY, job, worker, height=c.state.height)
+    receipt = signed_receipt(worker, job, a)
+    report = WorkReport(job, a, Result(receipt, (), (), "", b"", b"", ()))
+    with pytest.raises(PouwError, match="not committed"):
+        tracker.add_report(report)
+    c.next(transactions=[commit_tx(c.state, job_id(job))])
+    for _ in range(COMMITTEE_DELAY):
+        with pytest.raises(PouwError, match="not final here yet"):
+            tracker.add_report(report)
+        c.next()
+    tracked, new = tracker.add_report(report)
+    seed = c.state.commitments[job_id(job)] + COMMITTEE_DELAY
+    expected = committee_for(
+        job,
+        a,
+        c.state.validator_snapshot_at(seed),
+        c.state.beacon_at(seed),
+        rules=c.state.params.committee_rules(),
+    )
+    assert new and tracked.committee == expected

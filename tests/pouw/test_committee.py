@@ -69,17 +69,28 @@ def test_seed_depends_on_block_and_job():
 @given(
     stakes=st.lists(st.integers(1, 10**12), min_size=1, max_size=12),
     votes=st.lists(st.sampled_from([None, True, False]), min_size=12, max_size=12),
+    quorum=st.sampled_from([(2, 3), (3, 4), (7, 10), (51, 100)]),
 )
-def test_quorum_thresholds_are_exact_and_exclusive(stakes, votes):
+def test_quorum_thresholds_are_exact_and_exclusive(stakes, votes, quorum):
+    """Seats count, not stake (D57), against the genesis quorum num/den: certify at
+    >= num/den of the seats, convict above the rest; never both."""
     validators = {bytes([i]) * 32: s for i, s in enumerate(stakes)}
     cast = {bytes([i]) * 32: v for i, v in enumerate(votes[: len(stakes)]) if v is not None}
-    t = tally(list(validators), validators, cast)
-    total = sum(stakes)
-    valid = sum(validators[k] for k, v in cast.items() if v)
-    invalid = sum(validators[k] for k, v in cast.items() if not v)
-    assert t.certifies == (valid * 3 >= total * 2)
-    assert t.convicts == (invalid * 3 > total)
+    t = tally(list(validators), validators, cast, quorum=quorum)
+    num, den = quorum
+    seats = len(stakes)
+    valid = sum(1 for v in cast.values() if v)
+    invalid = sum(1 for v in cast.values() if not v)
+    assert t.certifies == (valid * den >= seats * num)
+    assert t.convicts == (invalid * den > seats * (den - num))
     assert not (t.certifies and t.convicts)
+
+
+def test_a_whale_alone_holds_one_seat_not_the_quorum():
+    """A validator with 23% of the stake voted valid alone: one seat of five, no quorum
+    (by stake it held most of any committee it sat on)."""
+    v = {b"w" * 32: 23} | {bytes([i]) * 32: 1 for i in range(4)}
+    assert not tally(v, v, {b"w" * 32: True}).certifies
 
 
 def test_quorum_boundaries():
@@ -107,7 +118,7 @@ def test_a_job_is_never_checked_by_its_worker_gateway_or_client(n, roles, seed):
     stakes = {v.public_bytes: 10**12 for v in validators}
     job = signed_job(gateway, client=client.address.raw, nonce=seed)
     a = signed_assignment(gateway, job, worker, height=5)
-    committee = committee_for(job, a, stakes, lambda h: b"\x01" * 32, size=5)
+    committee = committee_for(job, a, stakes, b"\x01" * 32, size=5)
     interested = {worker.public_bytes, gateway.public_bytes, client.public_bytes}
     assert not interested & set(committee.candidates)
     assert len(committee.candidates) == min(n - len(interested), 5 + reserves(5))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aipg.pouw import Claim, PouwError, Tier, job_id
-from aipg.pouw.schedule import JobState, Reputation, Scheduler, SchedulerConfig
+from aipg.pouw.schedule import JobState, Reputation, Scheduler, SchedulerConfig, hash_order
 from aipg.testing.world import World, identity
 from aipg.wire import UNITS_PER_AIPG, sign
 
@@ -29,18 +29,47 @@ def scheduler(**kw):
     return Scheduler(W.gateway, lambda k: BONDS.get(k, 0), config=CONFIG, **kw)
 
 
-def test_assigns_least_loaded_then_most_reputable_after_the_window():
-    s = scheduler()
+def test_assigns_in_the_chains_order_after_the_window_whatever_the_claims_report():
+    """D58: the draw's order decides, not a claim's queue, reputation or the key."""
+    drawn = WORKERS[1].public_bytes
+    s = scheduler(order=lambda job, keys: sorted(keys, key=lambda k: k != drawn))
     job = W.llm_job(created_ms=0, deadline_ms=10_000)
     jid = s.submit(job, 0)
-    s.on_claim(claim(job, WORKERS[0], queue=2), 10)
-    s.on_claim(claim(job, WORKERS[1], queue=1), 20)
-    s.on_claim(claim(job, WORKERS[2], queue=1), 30)
+    s.on_claim(claim(job, WORKERS[0], queue=0), 10)
+    s.on_claim(claim(job, WORKERS[1], queue=9), 20)
+    s.on_claim(claim(job, WORKERS[2], queue=0), 30)
     s.reputation.on_success(WORKERS[2].public_bytes)
     assert s.tick(50, 10) == []  # claim window still open
     [a] = s.tick(100, 10)
-    assert a.worker == WORKERS[2].public_bytes and a.height == 10 and a.deadline_ms == 1_100
+    assert a.worker == drawn and a.height == 10 and a.deadline_ms == 1_100
     assert s.state(jid) is JobState.ASSIGNED
+
+
+def test_a_free_job_waits_for_its_draw_then_falls_back_to_the_hash_order():
+    s = scheduler(order=lambda job, keys: None)  # the seed block is never final here
+    job = W.llm_job(created_ms=0, deadline_ms=100_000)
+    s.submit(job, 0)
+    for w in WORKERS:
+        s.on_claim(claim(job, w), 10)
+    assert s.tick(100, 10) == [] and s.tick(CONFIG.draw_wait_ms - 1, 10) == []
+    [a] = s.tick(CONFIG.draw_wait_ms, 10)
+    keys = [w.public_bytes for w in WORKERS]
+    assert a.worker == hash_order(job, keys)[0]
+
+
+def test_without_a_draw_ties_go_by_hash_not_by_the_lowest_key():
+    """Keys that sort low win nothing: over many jobs each claimant is first about as
+    often as the others."""
+    wins = dict.fromkeys((w.public_bytes for w in WORKERS), 0)
+    for n in range(400):
+        s = scheduler()
+        job = W.llm_job(created_ms=0, deadline_ms=10_000, nonce=n)
+        s.submit(job, 0)
+        for w in WORKERS:
+            s.on_claim(claim(job, w, queue=n % 3), 1)
+        [a] = s.tick(100, 10)
+        wins[a.worker] += 1
+    assert max(wins.values()) < 1.4 * 100 and min(wins.values()) > 0.6 * 100
 
 
 def test_timeout_lowers_reputation_and_reassigns_to_another_worker():
@@ -184,3 +213,58 @@ def test_an_overturned_conviction_lifts_the_ban_and_the_worker_starts_anew():
     assert changes[-1] == (worker, rep.config.initial)  # the store hears it
     rep.on_exonerated(b"\x08" * 32)  # never banned: nothing changes
     assert rep.score(b"\x08" * 32) == rep.config.initial and len(changes) == 3
+
+
+def test_a_refused_attempt_moves_on_at_once_free_of_cost_and_uncounted():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    for w in WORKERS[:4]:
+        s.on_claim(claim(job, w), 0)
+    [first] = s.tick(100, 5)
+    bystander = next(w.public_bytes for w in WORKERS if w.public_bytes != first.worker)
+    with pytest.raises(PouwError, match="not the assigned worker"):
+        s.end_attempt(jid, bystander, penalize=False)
+    assert s.end_attempt(jid, first.worker, penalize=False) is JobState.COLLECTING
+    assert s.reputation.score(first.worker) == s.reputation.config.initial
+    [second] = s.tick(101, 5)  # the next tick, not the attempt's deadline
+    assert second.worker != first.worker
+    # Refusals do not use up the job's attempts: three more workers may still refuse...
+    assert s.end_attempt(jid, second.worker, penalize=False) is JobState.COLLECTING
+    [third] = s.tick(102, 5)
+    # ...a broken result is penalized like a timeout and counts...
+    assert s.end_attempt(jid, third.worker, penalize=True) is JobState.COLLECTING
+    assert s.reputation.score(third.worker) == s.reputation.config.initial - 50
+    [fourth] = s.tick(103, 5)
+    assert len({first.worker, second.worker, third.worker, fourth.worker}) == 4
+    # ...and with no untried claimant left the job fails at once.
+    assert s.end_attempt(jid, fourth.worker, penalize=False) is JobState.FAILED
+    with pytest.raises(PouwError, match="no open assignment"):
+        s.end_attempt(jid, fourth.worker, penalize=False)
+
+
+def test_fail_ends_an_open_job_but_never_a_done_one():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    s.fail(jid)
+    assert s.state(jid) is JobState.FAILED
+    other = W.llm_job(created_ms=0, deadline_ms=10_000, nonce=99)
+    oid = s.submit(other, 0)
+    s.on_claim(claim(other, W.worker), 0)
+    [a] = s.tick(100, 5)
+    s.on_receipt(W.receipt(other, a), 200)
+    s.fail(oid)
+    assert s.state(oid) is JobState.DONE
+
+
+def test_a_closed_claim_window_assigns_at_the_next_tick():
+    s = scheduler()
+    job = W.llm_job(created_ms=0, deadline_ms=10_000)
+    jid = s.submit(job, 0)
+    s.on_claim(claim(job, WORKERS[1]), 5)
+    assert s.claimants(jid) == {WORKERS[1].public_bytes}
+    assert s.tick(10, 5) == []  # the window is open
+    s.close_window(jid)
+    [a] = s.tick(11, 5)
+    assert a.worker == WORKERS[1].public_bytes

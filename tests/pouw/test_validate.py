@@ -24,7 +24,7 @@ W = World()
 
 
 def check(cert):
-    validate_certificate(cert, W.stakes, W.finalized_hash)
+    validate_certificate(cert, W.stakes, W.beacon)
 
 
 def test_a_good_certificate_validates():
@@ -80,7 +80,7 @@ def test_verdict_from_outside_the_committee_is_refused():
     bad = make_verdict(outsider, cert.receipt, VerdictReason.OK, recomputed=b"x")
     with pytest.raises(PouwError, match="not a committee member"):
         validate_certificate(
-            cert.replace(verdicts=(*cert.verdicts[:4], bad)), big.stakes, big.finalized_hash
+            cert.replace(verdicts=(*cert.verdicts[:4], bad)), big.stakes, big.beacon
         )
 
 
@@ -112,7 +112,7 @@ def test_abstentions_alone_neither_certify_nor_convict():
         validate_fraud_evidence(
             FraudEvidence(cert.job, cert.assignment, cert.receipt, abstentions),
             W.stakes,
-            W.finalized_hash,
+            W.beacon,
         )
     # And the collector, fed every abstention, decides nothing.
     collector = VoteCollector(cert.job, cert.assignment, cert.receipt, c, W.stakes)
@@ -129,10 +129,13 @@ def test_copied_verdict_under_another_key_is_refused():
     assert e.value.what == "verdicts[1].challenge"
 
 
-def test_missing_seed_block_and_replayed_receipt():
+def test_another_beacon_and_replayed_receipt():
     cert = W.certificate()
-    with pytest.raises(PouwError, match="no finalized block"):
-        validate_certificate(cert, W.stakes, lambda h: None)
+    with pytest.raises(PouwError, match="a beacon is 32 bytes"):
+        validate_certificate(cert, W.stakes, b"")
+    # another beacon draws another committee: the verdicts are no longer its members'
+    with pytest.raises(PouwError, match=r"not a committee member|reserve"):
+        validate_certificate(cert, W.stakes, bytes(32))
     other = W.llm_job(seed=99)
     a = W.assignment(other)
     with pytest.raises(PouwError) as e:
@@ -148,13 +151,11 @@ def test_vote_collector_decides_certificate_or_fraud():
     committee = W.committee(job, a)
     members = committee.members
     stakes = W.stakes
-    total = sum(stakes[k] for k in members)
-    # Certificate: add valid votes (largest stake first) until >= 2/3.
+    total = len(members)
+    # Certificate: add valid votes (largest stake first) until >= 2/3 of the seats.
     col = VoteCollector(job, a, r, committee, stakes)
-    acc = 0
-    for k in sorted(members, key=lambda k: -stakes[k]):
+    for acc, k in enumerate(sorted(members, key=lambda k: -stakes[k]), start=1):
         out = col.add(W.verdict(k, r, True))
-        acc += stakes[k]
         assert (out is not None) == (3 * acc >= 2 * total)
         if out is not None:
             break
@@ -167,9 +168,9 @@ def test_vote_collector_decides_certificate_or_fraud():
         if out is not None:
             break
     assert isinstance(out, FraudEvidence)
-    validate_fraud_evidence(out, W.stakes, W.finalized_hash)
+    validate_fraud_evidence(out, W.stakes, W.beacon)
     with pytest.raises(PouwError, match="quorum"):
-        validate_fraud_evidence(FraudEvidence(job, a, r, ()), W.stakes, W.finalized_hash)
+        validate_fraud_evidence(FraudEvidence(job, a, r, ()), W.stakes, W.beacon)
 
 
 @settings(max_examples=40, deadline=None)
@@ -187,7 +188,7 @@ def test_collector_and_validator_agree(votes, height):
     if isinstance(out, Certificate):
         check(out)
     elif isinstance(out, FraudEvidence):
-        validate_fraud_evidence(out, W.stakes, W.finalized_hash)
+        validate_fraud_evidence(out, W.stakes, W.beacon)
     else:
         t_valid = sum(W.stakes[k] for k, v in zip(members, votes, strict=False) if v)
         total = sum(W.stakes[k] for k in members)

@@ -74,7 +74,7 @@ def test_llm_job_end_to_end_certificate(llm_models):
         assert check.valid, check
         cert = collector.add(verdict_for(W.by_key[key], result, check)) or cert
     assert isinstance(cert, Certificate)
-    validate_certificate(cert, W.stakes, W.finalized_hash)
+    validate_certificate(cert, W.stakes, W.beacon)
 
 
 def test_verdicts_bind_the_validators_own_check(llm_models):

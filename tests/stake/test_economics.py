@@ -20,8 +20,11 @@ from aipg.testing.chainkit import (
     TEST_COST,
     TEST_MODEL,
     TestChain,
+    certificates_for,
     ident,
     make_certificate,
+    make_certificates,
+    make_jobs,
     register_tx,
 )
 from aipg.wire import encode
@@ -86,8 +89,9 @@ def test_inflated_work_units_are_paid_the_registered_cost():
 
 def test_counts_beyond_the_registered_limits_are_refused():
     c = _chain(cost=TEST_COST.replace(max_prompt_tokens=2, max_total_tokens=6))
+    over = make_certificate(c, WORKER, nonce=1)
     with pytest.raises(LedgerError, match=r"certificate 0: 3 prompt .* over the model's limits"):
-        apply_block(c.state, c.build(certificates=[make_certificate(c, WORKER, nonce=1)]))
+        apply_block(c.state, c.build(certificates=[over]))
     c = _chain(cost=TEST_COST.replace(max_prompt_tokens=5, max_total_tokens=6))
     long = make_certificate(c, WORKER, nonce=1, output_tokens=4)  # 3 + 4 > 6
     with pytest.raises(LedgerError, match="over the model's limits"):
@@ -135,10 +139,8 @@ def test_a_gateway_earns_at_most_its_bond_share_and_does_not_dilute_others():
     cap = pool * 9_000 * AIPG // bonded
     # the adversary (the economy gateway) invents 20 long jobs for its own worker, the
     # honest gateway (same bond) routes one short job
-    own = [
-        make_certificate(c, WORKER, nonce=i, max_tokens=200, output_tokens=200) for i in range(20)
-    ]
-    real = make_certificate(c, OTHER, nonce=99, gateway=honest)
+    specs = [(WORKER, dict(nonce=i, max_tokens=200, output_tokens=200)) for i in range(20)]
+    *own, real = make_certificates(c, [*specs, (OTHER, dict(nonce=99, gateway=honest))])
     s = c.next(certificates=[*own, real])
     adversary = sum(s.paid[x.receipt.job_id] for x in own)
     assert cap - 20 <= adversary <= cap  # its cap (less rounding), however much it invents
@@ -195,8 +197,10 @@ def test_a_worker_earns_at_most_its_bond_share_over_any_stretch():
     pool = _pool(c.state)
     rate = pool * 9_000 * AIPG // sum(b.stake for b in c.state.bonds.values())
     paid = []
+    specs = [[(worker, dict(nonce=10 * i + j)) for j in range(3)] for i in range(5)]
+    jobs = make_jobs(c, [x for round_ in specs for x in round_])
     for i in range(5):  # however much it does, a block pays it at most its budget
-        certs = [make_certificate(c, worker, nonce=10 * i + j) for j in range(3)]
+        certs = certificates_for(c, jobs[3 * i : 3 * i + 3], specs[i])
         s = c.next(certificates=certs)
         paid.append(sum(s.paid.get(x.receipt.job_id, 0) for x in certs))
     assert all(rate - 3 <= p <= rate for p in paid)  # a new key starts with one block's

@@ -66,7 +66,7 @@ def test_a_paid_job_without_an_escrow_is_left_out_until_its_escrow_lands():
     cert = make_certificate(c, ident(300), fee=AIPG)
     with pytest.raises(LedgerError, match="has no escrow from its client"):
         apply_block(c.state, c.build(certificates=[cert]))
-    proposer = c.state.validators.proposer()
+    proposer = c.keys[c.state.validators.proposer()]
     prepared = prepare_block(
         c.state,
         proposer,

@@ -93,7 +93,7 @@ def test_escrow_lock_and_reclaim_after_expiry():
         check_transaction(c.state, tx(c, alice, TxKind.RECLAIM, job_id=job))
     with pytest.raises(LedgerError, match="this account has no escrow"):
         check_transaction(c.state, tx(c, bob, TxKind.RECLAIM, job_id=job))
-    for _ in range(3):
+    for _ in range(c.state.params.escrow_period):
         c.next()
     bal = c.state.balance(alice.address)
     c.next(transactions=[tx(c, alice, TxKind.RECLAIM, job_id=job)])

@@ -12,9 +12,12 @@ from __future__ import annotations
 import pytest
 
 from aipg.pouw import (
+    COMMITTEE_DELAY,
+    Certificate,
     ConflictingVerdicts,
     EquivocationEvidence,
     VerdictReason,
+    job_id,
     make_verdict,
     receipt_id,
 )
@@ -23,7 +26,16 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
-from aipg.testing.chainkit import CHAIN, TestChain, ident, make_certificate, make_fraud
+from aipg.testing.chainkit import (
+    CHAIN,
+    GATEWAY,
+    TestChain,
+    ident,
+    make_certificate,
+    make_fraud,
+    make_job,
+    work_on,
+)
 from aipg.testing.drivers import DriverNet
 from aipg.wire import sign
 from aipg.wire.codec import record_digest
@@ -39,7 +51,7 @@ def _chain() -> TestChain:
 def _prepare(c: TestChain, candidates: Candidates):
     return prepare_block(
         c.state,
-        c.state.validators.proposer(),
+        c.keys[c.state.validators.proposer()],
         candidates,
         time_ms=c.state.time_ms + 1_000,
         last_commit=c.last_commit(),
@@ -104,9 +116,25 @@ async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizi
             return BlockContents()
         world.state = state  # build the work on the chain the validators are deciding
         if not offered:
-            offered["a"] = make_certificate(world, ident(310), nonce=7)
-            offered["b"] = make_certificate(world, ident(311), nonce=7)
-            offered["old"] = make_certificate(world, ident(312), nonce=8)
+            offered["jobs"] = {n: make_job(world, nonce=n) for n in (7, 8)}
+        jobs = offered["jobs"]
+        pending = [job_id(j) for j in jobs.values() if job_id(j) not in state.commitments]
+        if pending:  # first the jobs' commitments (D56), then their work
+            n = state.account(GATEWAY.address.raw).nonce
+            return BlockContents(
+                transactions=[
+                    make_tx(GATEWAY, CHAIN, TxKind.COMMIT, n + i, job_id=jid)
+                    for i, jid in enumerate(pending)
+                ]
+            )
+        if max(state.commitments[job_id(j)] for j in jobs.values()) + COMMITTEE_DELAY > (
+            state.height
+        ):
+            return BlockContents()
+        if "a" not in offered:
+            offered["a"] = Certificate(*work_on(state, world.keys, jobs[7], ident(310)))
+            offered["b"] = Certificate(*work_on(state, world.keys, jobs[7], ident(311)))
+            offered["old"] = Certificate(*work_on(state, world.keys, jobs[8], ident(312)))
         stale_enough = (
             state.height > offered["old"].assignment.height + world.genesis.params.escrow_period
         )
@@ -115,7 +143,7 @@ async def test_validators_offered_duplicate_and_stale_work_forever_keep_finalizi
 
     net = DriverNet(world, tmp_path)
     net.build(contents=contents)
-    target = 2 + world.genesis.params.escrow_period + 4
+    target = 2 + 1 + COMMITTEE_DELAY + world.genesis.params.escrow_period + 4
     await net.run_until(target)
     job = offered["a"].receipt.job_id
     carried = [

@@ -89,7 +89,7 @@ def test_an_undecided_review_expires_and_nobody_is_slashed():
     )
     validators = c.state.validator_snapshot_at(height)
     with pytest.raises(PouwError, match="neither side holds 2/3"):
-        validate_review(mixed, validators, c.state.block_hash_at(height))
+        validate_review(mixed, validators, c.state.beacon_at(height))
     for _ in range(c.state.params.review_period + 1):
         s = c.next()
     assert not s.convictions

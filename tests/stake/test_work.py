@@ -96,7 +96,7 @@ def test_fraud_slashes_the_worker_and_refunds_the_payer():
     honest = make_certificate(c, worker, nonce=4)
     not_fraud = FraudEvidence(honest.job, honest.assignment, honest.receipt, honest.verdicts)
     with pytest.raises(LedgerError, match="fraud evidence 0: quorum"):
-        apply_block(s, c.build(frauds=[not_fraud]))
+        apply_block(c.state, c.build(frauds=[not_fraud]))
 
 
 def test_validator_set_and_block_hash_views_for_committees():
