@@ -27,7 +27,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
-from .assign import record_capacity
+from .assign import drawn_workers, record_capacity
 from .models import certified_work
 from .money import credit
 from .pool import WorkItem
@@ -62,10 +62,22 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
             credit(s, worker, charged)
             credit(s, escrow.payer, escrow.amount - charged)
             s.paid[job] = charged
+        if not drawn_for_pool(s, cert):
+            units = 0  # routed past the draw: its fee only (D64)
         work[job] = WorkItem(worker, units, cert.job.signer, cert.receipt.signer)
         delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + units
     record_capacity(s, delivered)  # measured capacity (D58)
     return work
+
+
+def drawn_for_pool(s: State, cert: Certificate) -> bool:
+    """Whether ``cert``'s job may earn from the work pool (D64): its worker is the one
+    the chain drew for it (:func:`~.assign.drawn_workers`), or nobody registered for its
+    model is eligible (then no draw exists and budgets alone bound it). A job a gateway
+    routed to anyone else, its own worker above all, is paid its fee only, and its
+    units raise no measured capacity."""
+    ranked = drawn_workers(s, cert.job)
+    return not ranked or ranked[0] == bytes(cert.receipt.signer)
 
 
 def job_escrow(s: State, job: Job, jid: bytes) -> Escrow:

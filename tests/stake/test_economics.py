@@ -8,11 +8,13 @@ import pytest
 
 from aipg.models import DiffusionParams
 from aipg.models.cost import COST_KIND_DIFFUSION, ModelCost, llm_job_macs
+from aipg.stake.assign import drawn_workers
 from aipg.stake.ledger import apply_block, check_transaction
 from aipg.stake.models import registered_cost
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import BPS, LedgerError
+from aipg.stake.useful_work import drawn_for_pool
 from aipg.testing.chainkit import (
     AIPG,
     CHAIN,
@@ -210,3 +212,45 @@ def test_a_worker_earns_at_most_its_bond_share_over_any_stretch():
     cert = make_certificate(c, worker, nonce=99)
     assert 2 * rate - 1 <= c.next(certificates=[cert]).paid[cert.receipt.job_id] <= 2 * rate
     assert b"w" + worker.public_bytes in c.state.pool_budgets  # spent: a row until it refills
+
+
+def test_a_job_routed_past_the_draw_earns_its_fee_only():
+    # D64: with workers registered for the model, only the drawn one earns pool shares
+    c = _chain()
+    ws = [ident(400 + i) for i in range(3)]
+    u = c.users[3]
+    n = c.state.account(u.address.raw).nonce
+    c.next(
+        transactions=[
+            make_tx(u, CHAIN, TxKind.TRANSFER, n + i, amount=1_000 * AIPG, recipient=w.address)
+            for i, w in enumerate(ws)
+        ]
+    )
+    c.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in ws])
+    reg = [
+        make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6) for w in ws
+    ]
+    c.next(transactions=reg)
+    while c.state.height % c.state.params.epoch_length:
+        c.next()
+    specs = [(ws[0], dict(nonce=i, output_tokens=8)) for i in range(6)]
+    jobs = make_jobs(c, specs)
+    by_key = {w.public_bytes: w for w in ws}
+    drawn = [by_key[drawn_workers(c.state, j)[0]] for j in jobs]
+    # half the jobs to their drawn worker, half to another registered one
+    done = [
+        (d if i % 2 == 0 else next(w for w in ws if w is not d), kw)
+        for i, ((_, kw), d) in enumerate(zip(specs, drawn, strict=True))
+    ]
+    certs = certificates_for(c, jobs, done)
+    assert [drawn_for_pool(c.state, x) for x in certs] == [i % 2 == 0 for i in range(6)]
+    s = c.next(certificates=certs)
+    for i, x in enumerate(certs):
+        paid = s.paid.get(x.receipt.job_id, 0)
+        assert (paid == 0) if i % 2 else (paid > 0)  # a free job routed past it: nothing
+    assert s.burned > 0  # the routed jobs' would-be shares are not handed to anyone
+    # with nobody registered for a model there is no draw: budgets alone bound it
+    bare = _chain()
+    [cert] = make_certificates(bare, [(OTHER, dict(nonce=1))])
+    assert drawn_for_pool(bare.state, cert)
+    assert bare.next(certificates=[cert]).paid[cert.receipt.job_id] > 0
