@@ -28,8 +28,9 @@ import random
 from collections import deque
 
 from aipg.models import SamplingParams
-from aipg.models.cost import diffusion_job_macs, llm_job_macs
+from aipg.models.cost import WORK_UNIT_MACS, diffusion_job_macs, llm_job_macs
 from aipg.pouw import (
+    COMMITTEE_DELAY,
     Claim,
     PouwError,
     Scheduler,
@@ -42,6 +43,7 @@ from aipg.pouw import (
     work_units,
 )
 from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
+from aipg.stake.assign import claim_order
 from aipg.stake.builder import make_commit
 from aipg.stake.genesis import make_genesis
 from aipg.stake.ledger import apply_block
@@ -50,7 +52,7 @@ from aipg.stake.state import State
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
-from aipg.stake.useful_work import fee_charged
+from aipg.stake.useful_work import drawn_for_pool, fee_charged
 from aipg.wire import Identity, encode, sign
 
 from .economy_world import (
@@ -120,6 +122,7 @@ class Economy:
         self.by_key = {o.key: o for o in self.operators}
         self.adversary = [o for o in self.operators if o.adversary]
         self.sybils: list[Operator] = []
+        self._sybil_gateways: dict[bytes, Identity] = {}
         if cfg.strategy == "sybil_claims":  # the adversary's compute, behind low keys
             cap = sum(o.capacity for o in self.adversary) // 4
             for i in range(4):
@@ -129,7 +132,7 @@ class Economy:
         self.clients = [ident(f"client/{i}") for i in range(4)]
         self.adv_client = ident("adversary/client")
         self.ops = ident("operations")
-        funded = [(o.identity.address, 100_000 * AIPG) for o in self.operators]
+        funded = [(o.identity.address, 100_000 * AIPG) for o in (*self.operators, *self.sybils)]
         funded += [(c.address, 10_000_000 * AIPG) for c in (*self.clients, self.adv_client)]
         self.genesis = make_genesis(
             CHAIN,
@@ -145,18 +148,24 @@ class Economy:
             o.key: Scheduler(
                 o.identity,
                 lambda k: self.state.bond(k).stake,
-                config=SchedulerConfig(claim_window_ms=0, attempt_timeout_ms=JOB_DEADLINE_MS),
+                config=SchedulerConfig(
+                    claim_window_ms=0, attempt_timeout_ms=JOB_DEADLINE_MS, draw_wait_ms=10_000
+                ),
+                order=self._claim_order,  # the chain's draw (D58)
             )
             for o in self.operators
         }
         self.pending: dict[str, list] = {"tx": [], "cert": [], "fraud": [], "review": []}
+        self.waiting: list = []  # (worker, job) invented, waiting for their draw (D56)
+        self.grinds: list[Job] = []  # jobs committed to be ground once their beacon is out
+        self.ground = 0  # how many
+        self.routed = self.routed_paid = 0  # certified past the draw, and their pool pay
         self.frauds: dict[bytes, FraudEvidence] = {}
         self.nonce = 0
         self.halted = 0
         self.validator_macs = 0
         self.worker_macs = 0
         self.sniped: list = []
-        self._credit: dict[bytes, int] = {}
         self.jobs_done: dict[bytes, int] = {}  # certified jobs by worker
         self.pool_to: dict[bytes, int] = {}  # what they were paid from work pools
         self.certified: set[bytes] = set()
@@ -169,6 +178,17 @@ class Economy:
         for cost, who in regs:
             self._tx(who.identity, TxKind.REGISTER_MODEL, amount=PARAMS.model_registration_fee,
                      job_id=cost.model_id, memo=encode(cost))  # fmt: skip
+        # Every worker registers for the models it hosts (D58), declaring its capacity in
+        # work units a block; the Sybils bond the least a worker needs first.
+        for w in (*self.operators, *self.sybils):
+            if not w.capacity:
+                continue
+            if w in self.sybils:
+                self._tx(w.identity, TxKind.BOND, amount=PARAMS.min_worker_bond)
+            models = [LLM_MODEL, IMAGE_MODEL] + ([TINY_MODEL] if w.adversary else [])
+            for m in models:
+                self._tx(w.identity, TxKind.REGISTER_WORKER, job_id=m,
+                         amount=max(1, w.capacity // WORK_UNIT_MACS))  # fmt: skip
         self.start = self._worth()
 
     # --- accounting ------------------------------------------------------------------------
@@ -249,8 +269,9 @@ class Economy:
                 self._self_deal(now, TINY_MODEL if strategy == "fake_cost_model" else LLM_MODEL)
             elif strategy == "pool_sniping":
                 self._snipe(now, idle)
-            elif strategy == "grinding" and h % 4 == 0:
-                self._grind(now)
+            elif strategy == "grinding":
+                self._grind(now, h % 4 == 0)
+            self._release(now)
             for sched in self.schedulers.values():
                 for a in sched.tick(now, h):
                     worker = self.by_key.get(a.worker) or self._sybil(a.worker)
@@ -259,6 +280,37 @@ class Economy:
             for w in (*self.operators, *self.sybils):
                 self._work(w, now)
         self._block(now)
+
+    def _claim_order(self, job: Job, claimants):
+        return claim_order(self.state, job, claimants)
+
+    def _commit(self, job: Job, who: Identity | None = None) -> None:
+        """Commit ``job`` on chain (D56): its committee and worker are drawn from the
+        beacon ``COMMITTEE_DELAY`` blocks after the block that carries this."""
+        self._tx(who or self.adv_client, TxKind.COMMIT, job_id=job.id)
+
+    def _drawn(self, job: Job) -> bool:
+        """Whether ``job``'s commitment is final and its seed block's beacon out."""
+        c = self.state.commitments.get(job.id)
+        return c is not None and c + COMMITTEE_DELAY <= self.state.height
+
+    def _release(self, now: int) -> None:
+        """Invented jobs whose draw is out go to the adversary's worker all the same."""
+        keep = []
+        for w, job in self.waiting:
+            if not self._drawn(job):
+                keep.append((w, job))
+                continue
+            if now > job.deadline_ms:
+                continue
+            a = signed_assignment(self._gateway_of(job), job, w.identity, height=self.state.height,
+                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
+            w.queue.append([job, a, self._macs(job)])
+        self.waiting = keep
+
+    def _gateway_of(self, job: Job) -> Identity:
+        g = self.adversary[0].identity
+        return g if job.signer == g.public_bytes else self._sybil_gateways[job.signer]
 
     def _sybil(self, key: bytes) -> Operator:
         return next(o for o in self.sybils if o.key == key)
@@ -303,14 +355,14 @@ class Economy:
             fee = 120 * 10_000
         job = self._job(gw.identity, now, IMAGE_MODEL if image else LLM_MODEL,
                         client=client.address.raw, fee=fee, **over)  # fmt: skip
-        if fee:
+        if fee:  # an escrow commits its job too
             self._tx(client, TxKind.ESCROW, amount=fee, job_id=job.id)
+        else:
+            self._commit(job, gw.identity)
         sched = self.schedulers[gw.key]
         sched.submit(job, now)
-        hosts = [w for w in self.operators if w.capacity]
-        claimants = [self._by_capacity(hosts)]
-        if self.cfg.strategy == "sybil_claims":
-            claimants += self.sybils
+        # Every host claims; the chain's draw (weighted by measured capacity) decides.
+        claimants = [w for w in (*self.operators, *self.sybils) if w.capacity]
         for w in claimants:
             lying = self.cfg.strategy == "sybil_claims" and w.adversary
             queue = 0 if lying else len(w.queue)
@@ -318,36 +370,25 @@ class Economy:
             with contextlib.suppress(PouwError):  # banned, or enough claims
                 sched.on_claim(claim, now)
 
-    def _by_capacity(self, hosts: list[Operator]) -> Operator:
-        """The next host in smooth weighted round-robin by capacity: each host's share of
-        picks is its share of capacity, as evenly spread as whole jobs allow (a draw by
-        capacity has the same expectation and more variance)."""
-        total = sum(w.capacity for w in hosts)
-        for w in hosts:
-            self._credit[w.key] = self._credit.get(w.key, 0) + w.capacity
-        best = max(hosts, key=lambda w: (self._credit[w.key], w.key))
-        self._credit[best.key] -= total
-        return best
-
     def _self_deal(self, now: int, model: bytes) -> None:
         """Invent free jobs for the adversary's own workers, up to their spare capacity
         (a long prompt and one output token: the most work units per job). With
         ``sybil_gateways`` each job is signed by a fresh, unbonded gateway key."""
         for w in self.adversary:
             backlog = sum(m for _, _, m in w.queue)
+            backlog += sum(self._macs(j) for x, j in self.waiting if x is w)
             for _ in range(SELF_JOBS_PER_BLOCK):
                 if backlog >= 2 * w.capacity:
                     break
                 gw = self.adversary[0].identity
                 if self.cfg.strategy == "sybil_gateways":
                     gw = ident(f"sybil-gateway/{self.nonce}")
+                    self._sybil_gateways[gw.public_bytes] = gw
                 job = self._job(gw, now, model, client=self.adv_client.address.raw,
                                 prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
-                a = signed_assignment(gw, job, w.identity, height=self.state.height,
-                                      assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-                macs = self._macs(job)
-                w.queue.append([job, a, macs])
-                backlog += macs
+                self._commit(job)
+                self.waiting.append((w, job))
+                backlog += self._macs(job)
 
     def _snipe(self, now: int, idle: bool) -> None:
         """Hold invented jobs' results through an idle spell, then release them all in
@@ -366,24 +407,50 @@ class Economy:
                     self._finish(w, job, a, now)
             self.sniped = []
 
-    def _grind(self, now: int) -> None:
-        """Try job nonces and assignment heights until the committee is the adversary's,
-        then certify work never done, claiming the most tokens the model allows."""
+    def _grind(self, now: int, commit: bool) -> None:
+        """Commit many candidate jobs (every fourth block), then, once each one's beacon
+        is out, certify work never done for those whose committee is the adversary's
+        (two thirds of the seated weight), claiming the most tokens the model allows.
+        The beacon comes after the commitment (D56), so nothing is ground but the number
+        of commitments."""
         gw, worker = self.adversary[0], self.adversary[-1]
         s = self.state
+        if commit:
+            for _ in range(50):
+                job = self._job(gw.identity, now, LLM_MODEL, client=self.adv_client.address.raw,
+                                prompt="p" * 200, llm=SamplingParams(max_tokens=183))  # fmt: skip
+                self._commit(job)
+                self.grinds.append(job)
+                self.ground += 1
         adv = {o.key for o in self.adversary}
-        for tries in range(150):
-            height = s.height - (tries % 2)
-            job = self._job(gw.identity, now, LLM_MODEL, client=self.adv_client.address.raw,
-                            prompt="p" * 200, llm=SamplingParams(max_tokens=183))  # fmt: skip
-            a = signed_assignment(gw.identity, job, worker.identity, height=height,
+        keep = []
+        for job in self.grinds:
+            if not self._drawn(job):
+                keep.append(job)
+                continue
+            a = signed_assignment(gw.identity, job, worker.identity, height=s.height,
                                   assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-            snap = s.validator_snapshot_at(height - 2)
-            c = committee_for(job, a, snap, s.block_hash_at, size=PARAMS.committee_size)
-            held = sum(snap[k] for k in c.members if k in adv)
-            if 3 * held >= 2 * sum(snap[k] for k in c.members):
+            c = self._committee(job, a)
+            if c is None:
+                continue
+            committee, snap = c
+            held = sum(snap[k] for k in committee.members if k in adv)
+            if 3 * held >= 2 * sum(snap[k] for k in committee.members):
                 self._finish(worker, job, a, now, forged=True)
-                return
+        self.grinds = keep
+
+    def _committee(self, job: Job, a):
+        """(the committee of ``job`` drawn from its commitment's beacon, the validator
+        snapshot it is drawn from), or None when that is not kept (D56)."""
+        s = self.state
+        committed = s.commitments.get(job.id)
+        if committed is None:
+            return None
+        seed = committed + COMMITTEE_DELAY
+        snap, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
+        if snap is None or beacon is None or seed > s.height:
+            return None
+        return committee_for(job, a, snap, beacon, rules=PARAMS.committee_rules()), snap
 
     def _work(self, w: Operator, now: int) -> None:
         budget = w.capacity
@@ -424,11 +491,10 @@ class Economy:
                 sched.on_receipt(r, now)
             except PouwError:
                 return  # too late: the gateway gave the job to someone else
-        s = self.state
-        snap = s.validator_snapshot_at(a.height - 2)
-        if snap is None or s.block_hash_at(a.height - 2) is None:
-            return  # too old for any block to certify
-        committee = committee_for(job, a, snap, s.block_hash_at, size=PARAMS.committee_size)
+        drawn = self._committee(job, a)
+        if drawn is None:
+            return  # not committed, or too old for any block to certify
+        committee, snap = drawn
         collector = VoteCollector(job, a, r, committee, snap)
         wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
         checks = strategy not in ("lazy_validators", "copying_validators")
@@ -496,7 +562,8 @@ class Economy:
         s = self.state
         for ev in block.body.frauds:
             snap = s.validator_snapshot_at(s.height)
-            c = review_committee(ev, snap, s.block_hash_at(s.height), PARAMS.committee_size)
+            c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,
+                                 PARAMS.committee_rules())  # fmt: skip
             honest_work = ev.receipt.signer in self.by_key and not (
                 self.by_key[ev.receipt.signer].adversary
                 and self.cfg.strategy in ("fake_cost_model", "grinding", "withholding")
@@ -517,7 +584,7 @@ class Economy:
 
     def _block(self, now: int) -> None:
         s = self.state
-        proposer = s.validators.proposer()
+        proposer = self.by_key[s.validators.proposer()].identity  # it proves the beacon
         p = self.pending
         cand = Candidates(transactions=p["tx"], certificates=p["cert"], frauds=p["fraud"],
                           reviews=p["review"])  # fmt: skip
@@ -546,6 +613,9 @@ class Economy:
             self.certified.add(jid)
             self.jobs_done[w] = self.jobs_done.get(w, 0) + 1
             fee = fee_charged(cert.job, cert.receipt) if cert.job.tier else 0
+            if not drawn_for_pool(s, cert):  # routed past the draw (D64)
+                self.routed += 1
+                self.routed_paid += new.paid.get(jid, 0) - fee
             self.pool_to[w] = self.pool_to.get(w, 0) + new.paid.get(jid, 0) - fee
             if jid in self.forged:
                 self.forged_paid += 1

@@ -34,7 +34,9 @@ def test_no_strategy_slashes_the_honest_halts_the_chain_or_beats_its_bond(runs, 
 
 
 def test_the_honest_baseline_is_near_a_fair_share(runs):
-    assert 0.8 <= runs["honest"].outcome_.reward_ratio <= 1.1
+    # 60 blocks, the first epoch without a draw and newcomers drawn at a quarter of their
+    # declaration (D58): a little under the fair share on this run
+    assert 0.7 <= runs["honest"].outcome_.reward_ratio <= 1.1
     assert runs["honest"].certified  # work was certified and paid
 
 
@@ -52,13 +54,35 @@ def test_false_accusers_are_slashed_and_the_accused_are_not(runs):
     assert e.outcome_.honest_slashes == 0
 
 
-def test_grinding_finds_its_committees_and_gains_nothing(runs):
+def test_grinding_commitments_finds_no_committee_of_its_own(runs):
+    # D56/D57: the beacon comes after the commitment and committees are sized for it, so
+    # hundreds of committed candidates give the adversary no committee to forge with
     e = runs["grinding"]
-    assert e.forged_paid > 0  # the real committee draw was ground: forged work was paid
+    assert e.ground >= 500
+    assert e.forged_paid == 0
     assert e.adversary_pool() <= e.pool_bound()
 
 
-def test_withheld_latents_are_never_certified(runs):
-    e = runs["withholding"]
+def test_self_dealt_jobs_earn_only_when_the_draw_picked_the_worker(runs):
+    # D64: invented jobs routed to the adversary's own worker earn pool shares only when
+    # the beacon drew that worker for them anyway
+    e = runs["self_dealing"]
+    assert e.routed > 0  # most of its invented jobs went past the draw
+    assert e.routed_paid == 0  # and none of them was paid from a pool
+    assert e.adversary_pool() <= e.pool_bound()
+    assert runs["self_dealing"].outcome_.reward_ratio <= 1.10
+
+
+def test_sybil_claims_buy_no_share_of_the_draw(runs):
+    # the claims' reported queues decide nothing (D58): Sybil keys registered with the
+    # least bond are drawn by measured capacity, so they earn at most their fair share
+    e = runs["sybil_claims"]
+    assert e.outcome_.reward_ratio <= 1.0
+
+
+def test_withheld_latents_are_never_certified():
+    # the drawn worker gets an image only now and then: a longer run of its own
+    e = Economy(Config("withholding", 0.3, 150, jobs_per_block=3))
+    e.run()
     assert e.forged  # the adversary withheld some
     assert e.forged_paid <= len(e.forged) // 10  # only with a committee all its own
