@@ -3,10 +3,13 @@
 Operators each hold one key that is a validator, a worker and a gateway; an adversary
 holds a fraction ``x`` of both the stake and the compute, spread over a few keys, and
 plays one strategy. Every block the honest clients send jobs to gateways (in proportion
-to their stake); gateways schedule them with the real :class:`~aipg.pouw.Scheduler`
-from signed claims; workers run them at their capacity (the ONNX compute is modeled by
+to their stake) and commit them on chain (COMMIT, or the paid tier's ESCROW); every
+host is a registered worker (REGISTER_WORKER) and claims every job; gateways schedule
+them with the real :class:`~aipg.pouw.Scheduler` in the chain's draw order
+(:func:`~aipg.stake.assign.claim_order`, from the beacon two blocks after the
+commitment); workers run them at their capacity (the ONNX compute is modeled by
 the model's registered cost in MACs); committees are drawn with the real
-:func:`~aipg.pouw.committee_for` and decide with the real
+:func:`~aipg.pouw.committee_for` (the commitment's beacon, the genesis rules) and decide with the real
 :class:`~aipg.pouw.VoteCollector`; fraud evidence is reviewed by the real review
 committee; and blocks are built by :func:`~aipg.stake.proposal.prepare_block` and
 applied by :func:`~aipg.stake.ledger.apply_block`. Honest demand pauses for a few blocks
