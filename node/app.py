@@ -57,6 +57,7 @@ from .protocol.jobs import JobProtocol
 from .protocol.messages import PROTO_BLOB, PROTO_SYNC, WorkerStatus, WorkReport, topic
 from .services.catalog import ModelCatalog
 from .services.chain import ChainService, FinalizedChain
+from .services.costs import ModelCosts
 from .services.faults import Faults
 from .services.gateway import GatewayService
 from .services.latents import DiskLatentStore
@@ -240,6 +241,18 @@ class Node:
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
         await nursery.start(self.intake.run)
         self.chain.on_block.append(self._open_reviews)
+        self.costs = ModelCosts(self.identity, self.catalog, self.chain, self.chain.mempool.sign)
+        self.chain.mempool.extra_check = self.costs.check
+        self.chain.on_block.append(lambda _block: self.costs.refresh())
+        nursery.start_soon(self._register_costs)
+
+    async def _register_costs(self) -> None:
+        """Register the hosted models' costs, and again after each block while one
+        has none on chain (a model published later, or a refused registration)."""
+        while True:
+            if any(m.id not in self.chain.state.models for m in self.catalog.hosted()):
+                await self.costs.register_hosted()
+            await self.chain.wait_for_block()
 
     async def _register_hosted(self) -> None:
         """Once bonded for it, register this worker on chain for each model it hosts, so

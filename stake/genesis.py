@@ -102,6 +102,15 @@ class ChainParams(Record):
     challenge_period: Positive = 10
     challenge_fee: UnitsField = 0
     withholding_slash_bps: BpsField = 0
+    # Economics (stake/models.py, stake/pool.py; issue 12): registering a model's cost
+    # burns ``model_registration_fee``. What a gateway's jobs, and what a worker, earn
+    # from work pools is a budget that fills by ``gateway_pool_cap_bps`` (resp.
+    # ``worker_pool_cap_bps``) x the key's share of all bonded stake of each block's pool
+    # and holds at most ``pool_budget_blocks`` blocks of that; 0 turns a budget off.
+    model_registration_fee: UnitsField = 10 * UNITS_PER_AIPG
+    gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
+    worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
+    pool_budget_blocks: Annotated[int, Range(1, 100_000)] = 100
     # Committees (pouw/sizing.py, D57): no validator holds more than this share of a
     # committee draw's weight; with the quorum above it sizes ``committee_size``.
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
@@ -293,7 +302,7 @@ def make_genesis(
 
 # --- TOML ---------------------------------------------------------------------------
 
-_AMOUNT_PARAMS = {"block_reward", "max_supply", "min_validator_stake"}
+_AMOUNT_PARAMS = {"block_reward", "max_supply", "min_validator_stake", "model_registration_fee"}
 
 
 def _amount(text: Any, where: str) -> int:

@@ -28,6 +28,7 @@ from .challenge import expire_challenges, process_answers, process_challenges
 from .equivocation import process_conflicting_verdicts, process_equivocations
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
+from .pool import WorkItem, pay_work
 from .reveal import process_verdict_commits, prune_commitments
 from .review import expire_convictions
 from .state import Bond, State, height_key, state_hash
@@ -210,9 +211,7 @@ def check_double_sign(s: State, ev: DoubleSignEvidence) -> bytes:
 # --- rewards and epochs -----------------------------------------------------------------
 
 
-def process_rewards(
-    s: State, block: Block, work: dict[bytes, tuple[bytes, int]] | None = None
-) -> None:
+def process_rewards(s: State, block: Block, work: dict[bytes, WorkItem] | None = None) -> None:
     """Mint the block reward and split it: operations wallet, work pool, and the
     validators' part: the proposer's bonus and the verdict pool (:mod:`.verdict_rewards`)."""
     reward = s.emission.block_reward(s.height)
@@ -222,22 +221,6 @@ def process_rewards(
     s.work_pool += split.work
     pay_work(s, work or {})
     pay_validators(s, split.validators, block.header.proposer)
-
-
-def pay_work(s: State, work: dict[bytes, tuple[bytes, int]]) -> None:
-    """Pay the whole pool out, to each job's worker by the job's work units (in job id
-    order); with no work it carries forward. Rounding dust stays in the pool. What each
-    job was paid is in ``s.paid``."""
-    total = sum(units for _, units in work.values())
-    if not total:
-        return
-    pool = s.work_pool
-    for job in sorted(work):
-        worker, units = work[job]
-        share = pool * units // total
-        credit(s, worker, share)
-        s.work_pool -= share
-        s.paid[job] = s.paid.get(job, 0) + share
 
 
 def process_epoch(s: State) -> None:

@@ -93,6 +93,23 @@ class Challenge(NamedTuple):
     deadline: int  # the last height whose block may carry the answer
 
 
+class RegisteredModel(NamedTuple):
+    """A model whose cost is on chain (:mod:`.models`): the encoded
+    :class:`~aipg.models.cost.ModelCost`, who registered it and when."""
+
+    cost: bytes
+    registrant: bytes  # public key
+    height: int
+
+
+class PoolBudget(NamedTuple):
+    """What a gateway or worker may still earn from work pools (:mod:`.pool`) as of
+    ``height``. No row: it never earned (its budget starts at one block's worth)."""
+
+    budget: int
+    height: int
+
+
 class Registration(NamedTuple):
     """A worker's registration for a model (:mod:`.assign`, D58)."""
 
@@ -121,6 +138,8 @@ EMPTY_BOND = Bond(0, 0)
 # verdict_commits: receipt id + member key → CommitRow; commit_windows: receipt id → the
 # height of the block that carried its first commitment (its commit phase opened);
 # challenges: receipt id + challenger key → Challenge (open withholding challenges).
+# models: model id → RegisteredModel, the cost every certificate of the model is paid by.
+# pool_budgets: b"g"/b"w" + key → PoolBudget, each gateway's and worker's pool budget.
 # beacons: height (8 bytes) → the beacon after that block (D55), kept like block_hashes.
 # commitments: job id → the height of the block that committed it (D56), for
 # ``escrow_period`` blocks.
@@ -138,6 +157,8 @@ TABLES = (
     "block_hashes",
     "liveness",
     "convictions",
+    "models",
+    "pool_budgets",
     "beacons",
     "commitments",
     "workers",
@@ -153,6 +174,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "escrows": Escrow,
     "liveness": Liveness,
     "convictions": Conviction,
+    "models": RegisteredModel,
+    "pool_budgets": PoolBudget,
     "workers": Registration,
     "capacity": Capacity,
     "verdict_commits": CommitRow,
@@ -181,6 +204,8 @@ class State:
     block_hashes: dict[bytes, bytes]
     liveness: dict[bytes, Liveness]
     convictions: dict[bytes, Conviction]
+    models: dict[bytes, RegisteredModel] = dataclasses.field(default_factory=dict)
+    pool_budgets: dict[bytes, PoolBudget] = dataclasses.field(default_factory=dict)
     beacons: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     commitments: dict[bytes, int] = dataclasses.field(default_factory=dict)
     workers: dict[bytes, Registration] = dataclasses.field(default_factory=dict)

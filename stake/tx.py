@@ -50,6 +50,7 @@ class TxKind(enum.IntEnum):
     # Register as a worker for model ``job_id`` declaring ``amount`` work units a block
     # of capacity (0 withdraws); needs a bond of min_worker_bond (stake/assign.py, D58).
     REGISTER_WORKER = 9
+    REGISTER_MODEL = 10  # put model ``job_id``'s cost (``memo``: a ModelCost) on chain
 
 
 @record(tag=410)
@@ -81,6 +82,7 @@ def make_tx(
     amount: int = 0,
     recipient: Address | None = None,
     job_id: bytes = NO_JOB,
+    memo: bytes = b"",
 ) -> Transaction:
     """A signed transaction (the one way clients and tests build them)."""
     tx = Transaction(
@@ -91,6 +93,7 @@ def make_tx(
         Units(amount),
         recipient.raw if recipient else NO_ADDRESS,
         job_id,
+        memo,
     )
     return sign(tx, identity)
 

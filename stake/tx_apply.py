@@ -11,6 +11,7 @@ from aipg.wire import Address, is_signed_by_signer
 from .assign import check_register, register
 from .block import Block
 from .liveness import check_unjail, unjail
+from .models import check_register_model, register_model
 from .money import credit, debit
 from .state import Account, Bond, Escrow, State, escrow_key
 from .tx import NO_JOB, Transaction, TxKind
@@ -167,6 +168,7 @@ _OPERATIONS = {
     TxKind.ESCROW: _escrow,
     TxKind.RECLAIM: _reclaim,
     TxKind.UNJAIL: unjail,
+    TxKind.REGISTER_MODEL: register_model,
     TxKind.COMMIT: _commit,
     TxKind.REGISTER_WORKER: _register,
 }
@@ -178,7 +180,8 @@ _CHECKS = {
     TxKind.ESCROW: _check_escrow,
     TxKind.RECLAIM: _check_reclaim,
     TxKind.UNJAIL: check_unjail,
+    TxKind.REGISTER_MODEL: check_register_model,
     TxKind.COMMIT: _check_commit,
     TxKind.REGISTER_WORKER: _check_register,
 }
-_SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW}
+_SPENDS_AMOUNT = {TxKind.TRANSFER, TxKind.BOND, TxKind.ESCROW, TxKind.REGISTER_MODEL}

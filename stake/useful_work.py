@@ -29,8 +29,10 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
-from .assign import record_capacity
+from .assign import drawn_workers, record_capacity
+from .models import certified_work
 from .money import credit
+from .pool import WorkItem
 from .reveal import commitments, forget_counted
 from .review import open_conviction, process_reviews
 from .state import Escrow, State, escrow_key
@@ -38,13 +40,12 @@ from .types import LedgerError
 from .verdict_rewards import agree
 
 
-def process_certificates(
-    s: State, certificates: Iterable[Certificate]
-) -> dict[bytes, tuple[bytes, int]]:
+def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[bytes, WorkItem]:
     """Check each certificate, settle a paid job's escrow (the fee for its output to the
     worker, the rest back to the payer), and return the work certified in this block:
-    job id -> (worker account, work units)."""
-    work: dict[bytes, tuple[bytes, int]] = {}
+    job id -> WorkItem (worker account, work units by the model's registered cost, never
+    the receipt's own figure, and the gateway)."""
+    work: dict[bytes, WorkItem] = {}
     delivered: dict[bytes, int] = {}  # worker key -> work units certified in this block
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
@@ -54,21 +55,23 @@ def process_certificates(
             if job in s.certified:
                 raise LedgerError(f"job {job.hex()[:16]} was already certified")
             escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
+            units = certified_work(s, cert.job, cert.receipt)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"certificate {i}: {e}") from None
-        work[job] = settle_job(s, cert.job, cert.receipt, escrow)
-        agree(s, cert.verdicts, True, cert.receipt.work_units)
+        # The members checked the job's real cost, whoever was drawn (D72).
+        agree(s, cert.verdicts, True, units)
         forget_counted(s, receipt_id(cert.receipt), cert.verdicts)
-        delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + (
-            cert.receipt.work_units
-        )
+        if not drawn_for_pool(s, cert.job, cert.receipt):
+            units = 0  # routed past the draw: its fee only (D64)
+        work[job] = settle_job(s, cert.job, cert.receipt, escrow, units)
+        delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + units
     record_capacity(s, delivered)  # measured capacity (D58)
     return work
 
 
-def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None) -> tuple[bytes, int]:
+def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None, units: int) -> WorkItem:
     """Mark the job certified and pay a paid job's fee for its output from ``escrow``
-    (the rest back to the payer); returns (worker account, work units) for the pool."""
+    (the rest back to the payer); returns its WorkItem (``units`` for the pool)."""
     jid = receipt.job_id
     s.put("certified", jid, certification_deadline(s, job.deadline_ms))
     worker = Address.from_public_key(receipt.signer).raw
@@ -78,7 +81,17 @@ def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None) -> t
         credit(s, worker, charged)
         credit(s, escrow.payer, escrow.amount - charged)
         s.paid[jid] = charged
-    return worker, receipt.work_units
+    return WorkItem(worker, units, job.signer, receipt.signer)
+
+
+def drawn_for_pool(s: State, job: Job, receipt: Receipt) -> bool:
+    """Whether ``job`` done by ``receipt``'s worker may earn from the work pool (D64): its
+    worker is the one the chain drew for it (:func:`~.assign.drawn_workers`), or nobody
+    registered for its model is eligible (then no draw exists and budgets alone bound
+    it). A job a gateway routed to anyone else, its own worker above all, is paid its fee
+    only, and its units raise no measured capacity."""
+    ranked = drawn_workers(s, job)
+    return not ranked or ranked[0] == bytes(receipt.signer)
 
 
 def job_escrow(s: State, job: Job, jid: bytes) -> Escrow:
@@ -167,18 +180,24 @@ def certification_deadline(s: State, job_deadline_ms: int) -> int:
     return job_deadline_ms + s.params.escrow_period * s.params.target_block_time_ms
 
 
-def process_reviewed(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, tuple[bytes, int]]:
+def process_reviewed(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, WorkItem]:
     """Decide each review (:func:`.review.process_reviews`) and pay the jobs of the
     convictions overturned as if certified now: a paid job's fee from its escrow (when
     its client has not reclaimed it), and their work units for the work pool. A job
     that another receipt already got certified is not paid twice."""
-    work: dict[bytes, tuple[bytes, int]] = {}
+    work: dict[bytes, WorkItem] = {}
     for ev in process_reviews(s, reviews):
         jid = ev.receipt.job_id
         if jid in s.certified:
             continue
         escrow = s.escrows.get(escrow_key(jid, ev.job.client)) if ev.job.tier == Tier.PAID else None
-        work[jid] = settle_job(s, ev.job, ev.receipt, escrow)
+        try:
+            units = certified_work(s, ev.job, ev.receipt)
+        except LedgerError:
+            units = 0  # its model's cost or limits refuse the counts: the fee only
+        if not drawn_for_pool(s, ev.job, ev.receipt):
+            units = 0
+        work[jid] = settle_job(s, ev.job, ev.receipt, escrow, units)
     return work
 
 

@@ -4,6 +4,7 @@ committed blocks; and certificates and fraud evidence for its blocks."""
 from __future__ import annotations
 
 from aipg.models import SamplingParams
+from aipg.models.cost import COST_KIND_LLM, ModelCost
 from aipg.pouw import (
     COMMITTEE_DELAY,
     COMMITTEE_LOOKAHEAD,
@@ -20,7 +21,8 @@ from aipg.stake.ledger import apply_block
 from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
-from aipg.wire import UNITS_PER_AIPG, Identity
+from aipg.stake.types import BPS
+from aipg.wire import UNITS_PER_AIPG, Identity, encode
 
 from .world import OUTPUT_IDS, signed_assignment, signed_job, signed_receipt, signed_verdict
 
@@ -37,6 +39,22 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
 )
 
+# The model every job of make_work names, and a registered cost for it of one work unit
+# per token (no attention term), so a receipt's units are its prompt + output tokens.
+TEST_MODEL = b"m" * 32
+TEST_COST = ModelCost(
+    model_id=TEST_MODEL,
+    kind=COST_KIND_LLM,
+    token_macs=1_000,
+    max_prompt_tokens=1_000,
+    max_total_tokens=2_000,
+)
+# An economy chain's gateway bonds this much (below a validator's minimum, so the
+# validator set is the same), its pool cap is 10x its bond share and workers' budgets
+# are off: no cap binds unless a test sets one.
+GATEWAY_BOND = 9_000 * UNITS_PER_AIPG
+ECONOMY_PARAMS = TEST_PARAMS.replace(gateway_pool_cap_bps=10 * BPS, worker_pool_cap_bps=0)
+
 
 def ident(i: int) -> Identity:
     return Identity.from_seed(i.to_bytes(32, "big"))
@@ -45,19 +63,30 @@ def ident(i: int) -> Identity:
 class TestChain:
     """Validators ``ident(1..n)`` bonded with ``stakes`` (10,000 AIPG each unless given),
     users ``ident(100..)`` with 1,000,000 AIPG each, the operations wallet ``ident(99)``,
-    and ``params`` (the short periods of ``TEST_PARAMS`` unless given)."""
+    and ``params`` (the short periods of ``TEST_PARAMS`` unless given).
+
+    ``economy=True`` also funds the jobs' gateway ``ident(500)`` (with ``ECONOMY_PARAMS``
+    unless ``params`` is given): :meth:`economy_txs` bond it and register
+    ``TEST_COST``, which certified work needs to earn from the pool."""
 
     __test__ = False
 
-    def __init__(self, n_validators: int = 4, n_users: int = 4, stakes=None, params=TEST_PARAMS):
+    def __init__(
+        self, n_validators: int = 4, n_users: int = 4, stakes=None, params=None, economy=False
+    ):
         self.validators = [ident(i + 1) for i in range(n_validators)]
         self.users = [ident(100 + i) for i in range(n_users)]
         self.ops = ident(99)
+        self.gateway = ident(500)
+        params = params or (ECONOMY_PARAMS if economy else TEST_PARAMS)
         stakes = stakes or [10_000 * AIPG] * n_validators
+        funded = [(u.address, 1_000_000 * AIPG) for u in self.users]
+        if economy:
+            funded.append((self.gateway.address, 1_000_000 * AIPG))
         self.genesis = make_genesis(
             CHAIN,
             operations_wallet=self.ops.address,
-            allocations=[(u.address, 1_000_000 * AIPG) for u in self.users],
+            allocations=funded,
             validators=[
                 (v.public_bytes, s, f"v{i}")
                 for i, (v, s) in enumerate(zip(self.validators, stakes, strict=True))
@@ -70,6 +99,16 @@ class TestChain:
         self.commits = []
         self.keys = {i.public_bytes: i for i in [*self.validators, *self.users]}
         self.jobs: dict[tuple, object] = {}  # make_work's jobs, by their arguments
+
+    def economy_txs(self, cost: ModelCost = TEST_COST, bond: int = GATEWAY_BOND):
+        """The gateway's BOND of ``bond`` and its REGISTER_MODEL of ``cost``."""
+        g = self.gateway
+        n = self.state.account(g.address.raw).nonce
+        fee = self.state.params.model_registration_fee
+        return [
+            make_tx(g, CHAIN, TxKind.BOND, n, amount=bond),
+            register_tx(g, n + 1, cost, fee),
+        ]
 
     def last_commit(self):
         return self.commits[-1] if self.commits else None
@@ -103,6 +142,19 @@ class TestChain:
         return self.commit(self.build(**body), absent)
 
 
+def register_tx(who: Identity, nonce: int, cost: ModelCost, fee: int):
+    """``who``'s REGISTER_MODEL of ``cost``, burning ``fee``."""
+    return make_tx(
+        who,
+        CHAIN,
+        TxKind.REGISTER_MODEL,
+        nonce,
+        amount=fee,
+        job_id=cost.model_id,
+        memo=encode(cost),
+    )
+
+
 # --- pouw records for blocks ------------------------------------------------------------
 
 
@@ -116,12 +168,24 @@ def make_job(
     fee: int = 0,
     client: Identity | None = None,
     max_tokens: int = 16,
+    gateway: Identity | None = None,
+    job_over: dict | None = None,
 ):
-    """The job make_work would make (the same arguments give the same job on a chain)."""
-    key = (nonce, fee, (client or chain.users[0]).public_bytes, max_tokens)
-    job = chain.jobs.get(key) or signed_job(
-        GATEWAY,
-        model_id=b"m" * 32,
+    """The job make_work would make (the same arguments give the same job on a chain):
+    signed by ``gateway`` (``GATEWAY`` unless given), for ``TEST_MODEL``, with the
+    fields of ``job_over`` replaced."""
+    gateway = gateway or GATEWAY
+    over = job_over or {}
+    key = (
+        nonce,
+        fee,
+        (client or chain.users[0]).public_bytes,
+        max_tokens,
+        gateway.public_bytes,
+        tuple(sorted((k, repr(v)) for k, v in over.items())),
+    )
+    fields = dict(
+        model_id=TEST_MODEL,
         llm=SamplingParams(max_tokens=max_tokens),
         tier=1 if fee else 0,
         fee=fee,
@@ -130,6 +194,7 @@ def make_job(
         deadline_ms=chain.state.time_ms + 60_000,
         nonce=nonce,
     )
+    job = chain.jobs.get(key) or signed_job(gateway, **(fields | over))
     chain.jobs[key] = job
     return job
 
@@ -144,28 +209,61 @@ def make_work(
     client: Identity | None = None,
     max_tokens: int = 16,
     output_tokens: int | None = None,
+    gateway: Identity | None = None,
+    job_over: dict | None = None,
+    receipt_over: dict | None = None,
 ):
     """A job from ``client`` (the chain's first user unless given) for ``max_tokens``,
     assigned to ``worker`` at the chain's current height, its receipt, and the verdicts
     of its whole committee (valid or not). A ``fee`` makes it a paid job; ``nonce``
     tells jobs apart, and varies the output tokens the receipt claims (4 + nonce % 5,
-    so that jobs pay differently) unless ``output_tokens`` is given. Returns (job,
-    assignment, receipt, verdicts). Commits the job first and appends blocks until its
-    committee can be drawn (D56: :func:`commit_job`)."""
-    job = make_job(chain, nonce=nonce, fee=fee, client=client, max_tokens=max_tokens)
+    so that jobs pay differently) unless ``output_tokens`` is given. ``gateway`` signs
+    the job and its assignment (``GATEWAY`` unless given); ``job_over`` and
+    ``receipt_over`` replace fields of the job and the receipt. Returns (job,
+    assignment, receipt, verdicts). Commits the job first (from ``GATEWAY``) and
+    appends blocks until its committee can be drawn (D56: :func:`commit_job`)."""
+    job = make_job(
+        chain,
+        nonce=nonce,
+        fee=fee,
+        client=client,
+        max_tokens=max_tokens,
+        gateway=gateway,
+        job_over=job_over,
+    )
     commit_job(chain, GATEWAY, job_id(job))
-    return work_on(chain.state, chain.keys, job, worker, valid=valid, output_tokens=output_tokens)
+    return work_on(
+        chain.state,
+        chain.keys,
+        job,
+        worker,
+        valid=valid,
+        output_tokens=output_tokens,
+        gateway=gateway,
+        receipt_over=receipt_over,
+    )
 
 
-def work_on(state: State, keys, job, worker: Identity, *, valid=True, output_tokens=None):
+def work_on(
+    state: State,
+    keys,
+    job,
+    worker: Identity,
+    *,
+    valid=True,
+    output_tokens=None,
+    gateway: Identity | None = None,
+    receipt_over: dict | None = None,
+):
     """(job, assignment, receipt, verdicts) of ``job`` done by ``worker`` on ``state``,
-    where the job is committed and its committee's beacon final; ``keys`` signs the
-    committee's verdicts."""
+    where the job is committed and its committee's beacon final; ``gateway`` (the
+    job's signer, ``GATEWAY`` unless given) signs the assignment and ``keys`` the
+    committee's verdicts; ``receipt_over`` replaces fields of the receipt."""
     seed_height = state.commitments[job_id(job)] + COMMITTEE_DELAY
     assert seed_height <= state.height, "the job's committee is not drawn yet"
     height = max(COMMITTEE_LOOKAHEAD, state.height)
     a = signed_assignment(
-        GATEWAY,
+        gateway or GATEWAY,
         job,
         worker,
         height=height,
@@ -173,7 +271,9 @@ def work_on(state: State, keys, job, worker: Identity, *, valid=True, output_tok
         deadline_ms=job.deadline_ms,
     )
     claimed = len(OUTPUT_IDS) + job.nonce % 5 if output_tokens is None else output_tokens
-    r = signed_receipt(worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS))
+    r = signed_receipt(
+        worker, job, a, extra_output_tokens=claimed - len(OUTPUT_IDS), **(receipt_over or {})
+    )
     committee = committee_for(
         job,
         a,
@@ -216,6 +316,35 @@ def commit_jobs(chain: TestChain, jobs, sender: Identity = GATEWAY) -> None:
         chain.next(transactions=txs)
     for _ in range(COMMITTEE_DELAY):
         chain.next()
+
+
+_JOB_ARGS = ("nonce", "fee", "client", "max_tokens", "gateway", "job_over")
+_WORK_ARGS = ("valid", "output_tokens", "gateway", "receipt_over")
+
+
+def make_jobs(chain: TestChain, specs) -> list:
+    """The jobs of ``specs`` ((worker, make_work keywords) pairs), committed together in
+    one block, their committees drawn (:func:`commit_jobs`)."""
+    jobs = [make_job(chain, **{k: kw[k] for k in _JOB_ARGS if k in kw}) for _, kw in specs]
+    commit_jobs(chain, jobs)
+    return jobs
+
+
+def certificates_for(chain: TestChain, jobs, specs) -> list[Certificate]:
+    """The certificates of committed ``jobs`` done by the workers of ``specs`` at the
+    chain's current height."""
+    return [
+        Certificate(
+            *work_on(chain.state, chain.keys, job, w, **{k: kw[k] for k in _WORK_ARGS if k in kw})
+        )
+        for job, (w, kw) in zip(jobs, specs, strict=True)
+    ]
+
+
+def make_certificates(chain: TestChain, specs) -> list[Certificate]:
+    """One certificate per (worker, make_work keywords) of ``specs``, for one block: their
+    jobs committed together (a block of work from many jobs)."""
+    return certificates_for(chain, make_jobs(chain, specs), specs)
 
 
 def make_certificate(chain: TestChain, worker: Identity, **kw) -> Certificate:

@@ -26,6 +26,7 @@ from aipg.models import (
     model_id,
     model_id_text,
 )
+from aipg.models.cost import ModelCost, measure_cost
 from aipg.pouw.bounds import evict_over
 from aipg.wire import WireError, parse_content_id
 
@@ -44,6 +45,10 @@ class KnownModel:
     first_seen: int
     _runners: dict[str, object] = field(default_factory=dict)
     _tokenizer: Tokenizer | None = None
+    _cost: ModelCost | None = None
+    # Why this node will neither run nor certify jobs of the model: the cost the chain
+    # registered for it is not the one its files give (node/services/costs.py); "" if none.
+    cost_refused: str = ""
 
     @property
     def id(self) -> bytes:
@@ -60,6 +65,14 @@ class KnownModel:
     @property
     def cost_milli(self) -> int:
         return DEFAULT_COST_MILLI[self.kind]
+
+    def measured_cost(self) -> ModelCost:
+        """The model's cost counted from its files (hosted models only; computed once).
+        Raises ModelError (CostError) when its graphs cannot be counted."""
+        if self._cost is None:
+            assert self.model_dir is not None, "only a hosted model's cost can be counted"
+            self._cost = measure_cost(self.model_dir)
+        return self._cost
 
     @property
     def context_length(self) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from aipg.models import model_id_text
-from aipg.pouw import PouwError, Tier
+from aipg.pouw import Job, PouwError, Tier
+from aipg.stake.models import certified_work
+from aipg.stake.types import LedgerError
 from aipg.wire import PeerId, format_amount
 
 from .work import TrackedWork
@@ -15,6 +17,18 @@ from .work import TrackedWork
 # The gateway service and its job entries (not imported: gateway.py imports this module).
 GatewayService = Any
 GatewayJob = Any
+
+
+def work_units(gateway: GatewayService, job: Job, receipt) -> int:
+    """The units the ledger pays ``receipt`` by: its model's registered cost (D60; 0
+    without one), not the receipt's own figure (which stays in the view's receipt)."""
+    state = getattr(gateway.chain, "state", None)
+    if state is None:
+        return receipt.work_units
+    try:
+        return certified_work(state, job, receipt)
+    except LedgerError:
+        return 0
 
 
 def job_view(gateway: GatewayService, job_id_text: str) -> dict | None:
@@ -53,7 +67,7 @@ def job_view(gateway: GatewayService, job_id_text: str) -> dict | None:
             "elapsed_ms": receipt.elapsed_ms,
         }
         view["worker"] = view["receipt"]["worker"]
-        view["work_units"] = receipt.work_units
+        view["work_units"] = work_units(gateway, job, receipt)
         view["committee"] = [str(PeerId.from_public_key(k)) for k in tracked.seated()]
         view["verdicts"] = [
             {

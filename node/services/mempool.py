@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aipg.stake.state import State
 from aipg.stake.tx import Transaction, TxKind, make_tx
@@ -50,6 +50,9 @@ class Mempool:
         self._pending = state.copy()
         self._queued: dict[bytes, dict[int, Transaction]] = {}  # account -> nonce -> tx
         self._custody: dict[bytes, Identity] = {}  # accounts whose transactions we sign
+        # A check of the node's own beyond the ledger's (raises LedgerError): a node that
+        # hosts a model refuses a registration of another cost (node/services/costs.py).
+        self.extra_check: Callable[[Transaction], None] | None = None
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -88,6 +91,8 @@ class Mempool:
             return txid
         if len(self._txs) >= MAX_MEMPOOL:
             raise LedgerError("the mempool is full; try again in a few blocks")
+        if self.extra_check is not None:
+            self.extra_check(tx)
         apply_transaction(self._pending, tx, self._proposer)  # checks before it changes
         self._txs[txid] = tx
         self._promote(tx.sender)

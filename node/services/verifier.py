@@ -280,6 +280,10 @@ class VerifierService:
                 detail="validator does not host the model",
                 recomputed=b"",
             ), None
+        if model.cost_refused:  # registered at another cost than its files give (D60)
+            return Check(
+                VerdictReason.BINDING, detail=model.cost_refused[:200], recomputed=b""
+            ), None
         runner = await trio.to_thread.run_sync(self.catalog.runner, model, "verify")
         if model.kind == LLM:
             check = await trio.to_thread.run_sync(

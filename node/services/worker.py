@@ -137,7 +137,9 @@ class WorkerService:
 
     def hosts(self, job: Job) -> bool:
         model = self.catalog.get(job.model_id)
-        return model is not None and model.model_dir is not None
+        # A model registered at a cost its files do not give is not served (D60): its
+        # committees would convict the work.
+        return model is not None and model.model_dir is not None and not model.cost_refused
 
     async def on_job(self, job: Job) -> None:
         """A validated Job from the ``jobs`` topic: claim it if we host its model."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -18,13 +19,17 @@ import trio
 
 from aipg.devnet.plan import Devnet, plan_devnet
 from aipg.devnet.run import aipg_job_id, build_demo_models
+from aipg.models.cost import ModelCost
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.datadir import DataDir
 from aipg.pouw import Tier
 from aipg.stake.genesis import load_genesis
+from aipg.stake.ledger import apply_block
+from aipg.stake.state import State
 from aipg.stake.store import ChainStore
 from aipg.stake.tx import TxKind
-from aipg.wire import Address, load_identity, parse_amount
+from aipg.stake.useful_work import drawn_for_pool
+from aipg.wire import Address, decode, load_identity, parse_amount
 
 pytestmark = pytest.mark.slow
 
@@ -82,24 +87,33 @@ def expected_balances(
     store_path: Path, genesis_path: Path
 ) -> tuple[dict[bytes, int], dict[bytes, int], int, dict[bytes, int]]:
     """Replay the finalized chain with plain arithmetic from the genesis parameters:
-    the operations share, the work pool (carried forward, paid to each job by its work units), the
+    the operations share, the work pool (each block's own, paid by the registered costs
+    within the gateways' and workers' budgets, the rest burned: :func:`_pool_payments`), the
     validators' share (proposer bonus, the rest to the verdict pool, paid to valid votes
-    in certificates by the work units they checked), and
+    in certificates by the work units they checked, carried while none earns it), and
     escrows (locked by the payer; on certification of a paid job its client's escrow
     pays the worker the fee pro rata to the output tokens, the rest back). Returns the
     expected and actual balances, the height, and what each certified job paid."""
     genesis = load_genesis(genesis_path)
     p = genesis.params
     balances = {a.address: a.amount for a in genesis.allocations}
+    stakes = {v.public_key: v.stake for v in genesis.validators}
     pool = 0
     verdict_pool = 0
+    costs: dict[bytes, ModelCost] = {}  # registered model costs
+    budgets: dict[bytes, tuple[int, int]] = {}  # role + key -> (budget, height)
     escrows: dict[tuple[bytes, bytes], int] = {}  # (job id, payer) -> amount
     job_paid: dict[bytes, int] = {}
     store = ChainStore(store_path, genesis)
     height = store.height
+    # Only whether a certificate's worker is the one the beacon drew (D64) comes from
+    # the real ledger's states (the draw is D58's, tested in tests/stake); the money is
+    # replayed below with plain arithmetic.
+    state = State.from_genesis(genesis)
     try:
         for fb in store.finalized_range(1, height):
             block = fb.block
+            parent, state = state, apply_block(state, block)
             proposer = Address.from_public_key(block.header.proposer).raw
             for tx in block.body.transactions:
                 balances[tx.sender] -= tx.fee
@@ -109,15 +123,19 @@ def expected_balances(
                     TxKind.TRANSFER,
                     TxKind.COMMIT,
                     TxKind.REGISTER_WORKER,
-                ), "the test sends no other kind"
+                    TxKind.REGISTER_MODEL,
+                ), "the test and the nodes send no other kind"
                 if tx.kind in (TxKind.COMMIT, TxKind.REGISTER_WORKER):
                     continue  # a job's commitment, a worker's registration (D56, D58): no money
                 balances[tx.sender] -= tx.amount
-                if tx.kind == TxKind.ESCROW:
+                if tx.kind == TxKind.REGISTER_MODEL:  # the nodes register their models
+                    costs[tx.job_id] = decode(tx.memo, ModelCost)  # (the fee is burned)
+                elif tx.kind == TxKind.ESCROW:
                     escrows[tx.job_id, tx.sender] = tx.amount
                 else:
                     balances[tx.recipient] = balances.get(tx.recipient, 0) + tx.amount
-            work: dict[bytes, tuple[bytes, int]] = {}  # job id -> (worker, work units)
+            work: dict[bytes, tuple[bytes, int, bytes, bytes]] = {}  # job -> worker, units, ...
+            checked: dict[bytes, int] = {}  # job -> its units by the registered cost
             for cert in block.body.certificates:
                 worker = Address.from_public_key(cert.receipt.signer).raw
                 job_paid[cert.receipt.job_id] = 0
@@ -129,7 +147,11 @@ def expected_balances(
                     balances[worker] = balances.get(worker, 0) + fee
                     balances[cert.job.client] += amount - fee
                     job_paid[cert.receipt.job_id] = fee
-                work[cert.receipt.job_id] = (worker, cert.receipt.work_units)
+                units = _units(costs.get(cert.job.model_id), cert.job, cert.receipt)
+                checked[cert.receipt.job_id] = units  # the members checked its real cost
+                if not drawn_for_pool(parent, cert.job, cert.receipt):
+                    units = 0  # routed past the draw: its fee only (D64)
+                work[cert.receipt.job_id] = (worker, units, cert.job.signer, cert.receipt.signer)
             assert not block.body.frauds, "an honest devnet convicts nobody"
             assert block.height < p.halving_interval  # a test devnet never leaves era 0
             reward = p.block_reward
@@ -140,18 +162,13 @@ def expected_balances(
             balances[genesis.operations_wallet] = (
                 balances.get(genesis.operations_wallet, 0) + operations
             )
-            pool += to_work
-            if work:  # each job by its work units, in job id order
-                total = sum(units for _, units in work.values())
-                start_pool = pool
-                for job in sorted(work):
-                    addr, units = work[job]
-                    share = start_pool * units // total
-                    balances[addr] = balances.get(addr, 0) + share
-                    job_paid[job] += share
-                    pool -= share
+            for job, (addr, share) in _pool_payments(
+                p, to_work, work, stakes, budgets, block.height
+            ).items():
+                balances[addr] = balances.get(addr, 0) + share
+                job_paid[job] += share
             # Validators: the proposer's bonus; the rest to the verdict pool, paid to
-            # the valid votes in the block's certificates by the work units checked.
+            # the valid votes in the block's certificates by the work units checked (D72).
             bonus = to_validators * p.proposer_bonus_bps // 10_000
             balances[proposer] = balances.get(proposer, 0) + bonus
             verdict_pool += to_validators - bonus
@@ -159,7 +176,7 @@ def expected_balances(
             for cert in block.body.certificates:
                 for v in cert.verdicts:
                     if v.valid:
-                        weights[v.signer] = weights.get(v.signer, 0) + cert.receipt.work_units
+                        weights[v.signer] = weights.get(v.signer, 0) + checked[cert.receipt.job_id]
             total = sum(weights.values())
             start = verdict_pool
             for key in sorted(weights):
@@ -171,11 +188,65 @@ def expected_balances(
     finally:
         store.close()
     actual = {addr: acct.balance for addr, acct in state.accounts.items()}
-    assert state.work_pool == pool
+    assert state.work_pool == pool == 0  # never carried (D61)
     assert state.verdict_pool == verdict_pool
     assert state.minted == p.block_reward * height
     expected = {a: b for a, b in balances.items() if b}
     return expected, {a: b for a, b in actual.items() if b}, height, job_paid
+
+
+def _units(cost: ModelCost | None, job, receipt) -> int:
+    """Work units by the registered cost (thousands of MACs); none without one."""
+    if cost is None:
+        return 0
+    if job.llm is not None:
+        n = receipt.prompt_tokens + receipt.output_tokens
+        return (n * cost.token_macs + cost.pair_macs * n * (n + 1) // 2) // 1000
+    p, passes = receipt.latent_pixels, 2 if job.diffusion.guidance_milli > 1000 else 1
+    unet = cost.step_fixed + cost.step_pixel * p + cost.step_pixel2 * p * p
+    decode_ = cost.decode_fixed + cost.decode_pixel * p + cost.decode_pixel2 * p * p
+    return (receipt.steps * passes * unet + passes * cost.text_macs + decode_) // 1000
+
+
+def _pool_payments(p, pool, work, stakes, budgets, height) -> dict[bytes, tuple[bytes, int]]:
+    """job -> (worker account, pool share): gateways water-filled within their budgets
+    by work units, then each worker at most its budget (D62, D63). Budgets fill by the
+    cap factor x the key's stake share per block, ``pool_budget_blocks`` deep, starting
+    at one block's worth. Nobody bonds or is slashed in this devnet: stakes are fixed."""
+    total = sum(stakes.values())
+
+    def have(role: bytes, key: bytes) -> tuple[int, int]:
+        bps = p.gateway_pool_cap_bps if role == b"g" else p.worker_pool_cap_bps
+        rate = pool * stakes.get(key, 0) * bps // (total * 10_000)
+        most = rate * p.pool_budget_blocks
+        if role + key not in budgets:
+            return min(rate, most), most
+        left, at = budgets[role + key]
+        return min(most, left + rate * (height - at)), most
+
+    units: dict[bytes, int] = {}
+    for _, u, gw, _ in work.values():
+        if u:
+            units[gw] = units.get(gw, 0) + u
+    caps = {g: have(b"g", g)[0] for g in units}
+    left, weight, alloc = pool, sum(units.values()), {}
+    for g in sorted(units, key=lambda g: (Fraction(min(pool, caps[g]), units[g]), g)):
+        alloc[g] = min(caps[g], left * units[g] // weight)
+        left, weight = left - alloc[g], weight - units[g]
+        budgets[b"g" + g] = (caps[g] - alloc[g], height)
+    share = {j: alloc[gw] * u // units[gw] for j, (_, u, gw, _) in work.items() if u}
+    earned: dict[bytes, int] = {}
+    for j in share:
+        earned[work[j][3]] = earned.get(work[j][3], 0) + share[j]
+    paid = {}
+    for key in earned:
+        budget = have(b"w", key)[0]
+        paid[key] = min(budget, earned[key])
+        budgets[b"w" + key] = (budget - paid[key], height)
+    return {
+        j: (work[j][0], s * paid[work[j][3]] // earned[work[j][3]] if earned[work[j][3]] else 0)
+        for j, s in share.items()
+    }
 
 
 # ------------------------------------------------------------------------------ tests

@@ -105,10 +105,12 @@ class GatewayChain:
         return sorted(claimants)
 
 
-def _chain() -> TestChain:
-    c = TestChain(n_validators=4)
-    for _ in range(3):
-        c.next()
+def _chain(economy: bool = False) -> TestChain:
+    """A test chain three blocks high; with ``economy``, its jobs' model has a
+    registered cost and their gateway a bond, so certified work earns from the pool."""
+    c = TestChain(n_validators=4, economy=economy)
+    for i in range(3):
+        c.next(transactions=c.economy_txs() if economy and i == 0 else ())
     return c
 
 
@@ -450,7 +452,7 @@ async def test_the_verification_queue_and_its_memory_are_bounded(monkeypatch):
 
 async def test_job_rewards_keep_the_most_recently_paid_jobs(tmp_path, monkeypatch):
     monkeypatch.setattr(chain_mod, "MAX_JOB_REWARDS", 9)
-    c = _chain()
+    c = _chain(economy=True)
     chain = Chain.open(tmp_path / "chain.sqlite", c.genesis)
     for block, commit in zip(c.blocks, c.commits, strict=True):
         chain.finalize(block, commit)  # the store catches up with the test chain

@@ -15,6 +15,7 @@ from aipg.stake.assign import (
     drawn_workers,
     worker_weights_at,
 )
+from aipg.stake.models import certified_work
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import AIPG, CHAIN, GATEWAY, TestChain, ident, make_job, work_on
@@ -90,13 +91,17 @@ def test_weight_believes_the_declaration_only_as_far_as_delivered():
 
 
 def test_certified_work_raises_the_measured_capacity_and_it_decays():
-    c = TestChain()
+    c = TestChain(economy=True)
+    c.next(transactions=c.economy_txs())  # the model's registered cost (D60)
     [w] = _workers(c, 1)
     [job] = [make_job(c, nonce=1)]
     _commit(c, [job])
     cert = Certificate(*work_on(c.state, c.keys, job, w))
     s = c.next(certificates=[cert])
-    assert s.capacity[w.public_bytes].peak == cert.receipt.work_units
+    # the units the registered cost certifies, not the receipt's own figure
+    units = certified_work(s, job, cert.receipt)
+    assert units > 0
+    assert s.capacity[w.public_bytes].peak == units
     for _ in range(c.state.params.epoch_length):
         c.next()
     got = worker_weights_at(c.state, c.state.height + 1, MODEL)[w.public_bytes]

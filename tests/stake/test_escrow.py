@@ -120,8 +120,8 @@ def test_fraud_on_a_paid_job_refunds_the_clients_whole_escrow():
 def test_the_worker_is_paid_for_its_output_tokens_and_the_rest_returns(
     price, max_tokens, data, surplus
 ):
-    c = TestChain(n_validators=4)
-    c.next()
+    c = TestChain(n_validators=4, economy=True)
+    c.next(transactions=c.economy_txs())
     c.next()
     alice, worker = c.users[0], ident(300)
     tokens = data.draw(st.integers(1, max_tokens), label="output_tokens")

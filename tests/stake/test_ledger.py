@@ -29,7 +29,7 @@ def test_transfer_pays_fee_to_proposer_and_rewards_split():
     assert s.account(alice.address.raw).nonce == 1
     split = split_reward(s.params, 500 * AIPG)
     assert s.balance(c.ops.address) == split.operations
-    assert s.work_pool == split.work  # no work yet: carried forward
+    assert s.work_pool == 0 and s.burned == split.work  # no work: the pool is burned (D61)
     # No verdict agreed with any outcome: the proposer gets its bonus and the fee, the
     # rest of the validators' part waits in the verdict pool.
     paid = sum(s.balance(v.address) for v in c.validators)
@@ -142,7 +142,7 @@ def test_double_sign_evidence_slashes_and_jails():
     s = c.state
     cut = stake * s.params.double_sign_slash_bps // 10_000
     assert s.bond(bad.public_bytes).stake == stake - cut
-    assert s.burned == cut
+    assert s.burned == cut + 2 * split_reward(s.params, 500 * AIPG).work  # and 2 unpaid pools
     assert s.bond(bad.public_bytes).jailed_until == s.height + s.params.jail_period
     with pytest.raises(LedgerError, match="already punished"):
         apply_block(s, c.build(double_signs=[ev]))

@@ -1,0 +1,120 @@
+"""The work pool of one block: who is paid what of it, and what is burned.
+
+Each block's work share of the reward pays the work certified in that block and
+nothing else: what it does not pay (no certified work, budgets spent, rounding dust) is
+burned, never carried to a later block, so a job timed after an idle spell earns what
+it would have earned in any block (no windfall; D61).
+
+Free-tier demand costs its creator nothing, so what a gateway's jobs can earn from the
+pool is bounded by something that costs to hold: its bond (D62). And since a gateway may
+route its jobs to its own worker while that worker also serves everybody else's, what a
+worker earns is bounded by its bond too (D63). Both bounds are budgets: a key's budget
+fills, in every block whether it works or not, by
+
+    pool x (the key's bond / all bonded stake) x cap_bps / 10,000
+
+(``gateway_pool_cap_bps`` for a gateway, ``worker_pool_cap_bps`` for a worker) and holds
+at most ``pool_budget_blocks`` blocks of that. A key's row is made the first time it
+earns, with one block's worth: a new key (however many an adversary makes) starts with
+nothing saved up.
+
+A block's pool is shared in two steps. Gateways first, by water-filling: every gateway
+whose budget allows earns the same amount per work unit of its jobs, a gateway whose
+budget does not earns its budget, so a gateway that invents floods of jobs takes at most
+its budget and dilutes nobody (the others share what it cannot take). Within a gateway,
+jobs by work units. Then each worker is paid at most its budget (pro rata over its jobs)
+and the rest is burned. Over any stretch of blocks no key earns more than its cap factor
+times its bond's share of the pool, by whatever routing, invented jobs, forged counts or
+ground committees; the budget's depth lets honest earnings swing from block to block
+around their share without losing any. Paid jobs count like free ones here; their fees
+come from their escrows on top.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import NamedTuple
+
+from .money import credit
+from .state import PoolBudget, State
+from .types import BPS
+
+GATEWAY, WORKER = b"g", b"w"  # prefixes of the pool_budgets rows
+
+
+class WorkItem(NamedTuple):
+    """One certified job of a block: its worker's account, its work units (from the
+    model's registered cost), its gateway's key and its worker's key."""
+
+    worker: bytes
+    units: int
+    gateway: bytes
+    worker_key: bytes = b""
+
+
+def total_bonded(s: State) -> int:
+    return sum(b.stake for b in s.bonds.values())
+
+
+def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
+    """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
+    bps = s.params.gateway_pool_cap_bps if role == GATEWAY else s.params.worker_pool_cap_bps
+    rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
+    most = rate * s.params.pool_budget_blocks
+    row = s.pool_budgets.get(role + key)
+    if row is None:  # first seen: one block's worth, so that no new key brings a windfall
+        return min(rate, most), most
+    return min(most, row.budget + rate * (s.height - row.height)), most
+
+
+def _spend(s: State, role: bytes, key: bytes, have: int, most: int, spent: int) -> None:
+    s.put("pool_budgets", role + key, PoolBudget(have - spent, s.height))
+
+
+def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
+    """Pay this block's pool to its certified work (gateway budgets, work units, worker
+    budgets) and burn the rest. What each job was paid is added to ``s.paid``."""
+    pool = s.work_pool
+    total = total_bonded(s)
+    units: dict[bytes, int] = {}
+    for item in work.values():
+        if item.units:
+            units[item.gateway] = units.get(item.gateway, 0) + item.units
+    caps = {}
+    for g in units:
+        caps[g] = (
+            (pool, pool)
+            if not s.params.gateway_pool_cap_bps
+            else budget(s, GATEWAY, g, pool, total)
+        )
+    order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
+    left, weight = pool, sum(units.values())
+    alloc: dict[bytes, int] = {}
+    for g in order:  # ascending budget per unit: the bounded ones come first
+        alloc[g] = min(caps[g][0], left * units[g] // weight)
+        left -= alloc[g]
+        weight -= units[g]
+        if s.params.gateway_pool_cap_bps:
+            _spend(s, GATEWAY, g, *caps[g], alloc[g])
+    shares: dict[bytes, int] = {}
+    by_worker: dict[bytes, int] = {}
+    for job in sorted(work):
+        item = work[job]
+        if item.units:
+            shares[job] = alloc[item.gateway] * item.units // units[item.gateway]
+            by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
+    scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
+    for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
+        have, most = budget(s, WORKER, key, pool, total)
+        pay = min(have, by_worker[key])
+        scale[key] = (pay, by_worker[key])
+        _spend(s, WORKER, key, have, most, pay)
+    for job, share in shares.items():
+        item = work[job]
+        pay, earned = scale.get(item.worker_key, (1, 1))
+        share = share * pay // earned if earned else 0
+        credit(s, item.worker, share)
+        s.work_pool -= share
+        s.paid[job] = s.paid.get(job, 0) + share
+    s.burned += s.work_pool
+    s.work_pool = 0
