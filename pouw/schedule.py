@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
 from aipg.wire import UNITS_PER_AIPG, Identity, WireError, require_signature, sign
@@ -169,6 +169,10 @@ class SchedulerConfig:
     # How long a free job waits for the chain's draw of its worker (D58) before any
     # claimant may take it.
     draw_wait_ms: int = 15_000
+    # Open assignments this gateway gives one worker at once: a worker queues this many
+    # (node/services/worker.py MAX_QUEUE) and refuses more as busy. Counted by the
+    # gateway from its own assignments, never from anything the worker reports.
+    max_open_per_worker: int = 16
 
 
 # The chain's order for a job's claimants (D58): the keys of ``claimants`` best first,
@@ -227,6 +231,7 @@ class Scheduler:
         self.config = config or SchedulerConfig()
         self.reputation = reputation if reputation is not None else Reputation()
         self._jobs: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._open: Counter[bytes] = Counter()  # open assignments per worker (tick)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -338,11 +343,18 @@ class Scheduler:
         their deadline, and assign jobs whose claim window has closed. Returns the new
         assignments (signed), to be sent to their workers."""
         out: list[Assignment] = []
-        for jid, entry in self._jobs.items():
+        for entry in self._jobs.values():
             self._expire(entry, now)
+        self._open = Counter(
+            e.assignment.worker
+            for e in self._jobs.values()
+            if e.state is JobState.ASSIGNED and e.assignment is not None
+        )
+        for jid, entry in self._jobs.items():
             if entry.state is JobState.COLLECTING:
                 a = self._assign(jid, entry, now, height)
                 if a is not None:
+                    self._open[a.worker] += 1
                     out.append(a)
         return out
 
@@ -388,7 +400,10 @@ class Scheduler:
         ]
 
     def _best_claimant(self, entry: _Entry, now: int) -> NodeKey | None:
-        eligible = self._eligible_claimants(entry)
+        # A worker holding max_open_per_worker of our assignments is skipped, not tried:
+        # the job waits for a free one (or goes to the next in the draw's order).
+        most = self.config.max_open_per_worker
+        eligible = [k for k in self._eligible_claimants(entry) if self._open[k] < most]
         if not eligible:
             return None
         ranked = self.order(entry.job, eligible) if self.order is not None else None

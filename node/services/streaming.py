@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import trio
 
-from aipg.gossip import GossipError
+from aipg.gossip import GossipError, TokenBucket
 from aipg.node.protocol.messages import MAX_CHUNK_TOKENS, JobAck, TokenChunk
 from aipg.pouw import PouwError
 from aipg.wire import WireError, decode, encode
@@ -33,6 +33,12 @@ from .gateway_api import JobFailed, StreamText, TextCallback
 log = logging.getLogger("aipg.node.streaming")
 
 MIN_CHUNK_INTERVAL_S = 0.025  # <= 40 chunks/s per job: under the host's 50 requests/s
+# All of one worker's streams to one gateway share a budget of chunks, half the
+# gateway's 50 requests/s per peer, so that many short jobs streaming at once never
+# crowd out their own results and claims (a chunk over budget waits, and its tokens go
+# in a bigger chunk).
+CHUNKS_PER_S_PER_GATEWAY = 25.0
+CHUNK_BURST_PER_GATEWAY = 40.0
 UNPACED_CHUNKS = 8  # the first chunks go as fast as they are acknowledged (first text)
 CHUNK_TIMEOUT_S = 5.0
 
@@ -42,8 +48,16 @@ class ChunkSender:
     thread; :meth:`run` is the trio task that sends; :meth:`flush` (trio) waits until
     every pushed token was sent or the stream ended, before the result is reported."""
 
-    def __init__(self, send_job, gateway_key: bytes, job_id: bytes, assignment_id: bytes):
+    def __init__(
+        self,
+        send_job,
+        gateway_key: bytes,
+        job_id: bytes,
+        assignment_id: bytes,
+        budget: TokenBucket | None = None,
+    ):
         self.send_job = send_job
+        self.budget = budget  # shared by this worker's streams to this gateway
         self.gateway_key = gateway_key
         self.job_id = job_id
         self.assignment_id = assignment_id
@@ -79,6 +93,12 @@ class ChunkSender:
                         return
                     await self._wake.wait()
                     self._wake = trio.Event()
+                    continue
+                if self.budget is not None and not self.budget.try_take():
+                    if self.closed:
+                        return  # over budget at the end: the result carries the rest
+                    with trio.move_on_after(self.budget.retry_after()):
+                        await self._closed.wait()
                     continue
                 batch = self.pending[:MAX_CHUNK_TOKENS]
                 del self.pending[: len(batch)]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from aipg.gossip import GossipError, GossipHost
+from aipg.gossip import GossipError, GossipHost, RateLimited, TokenBucket
 from aipg.models import LLM, ModelError
 from aipg.node.protocol.messages import (
     JobAck,
@@ -54,13 +54,15 @@ from .catalog import ModelCatalog
 from .faults import altered_last_token
 from .latents import DiskLatentStore
 from .limits import job_violation
-from .streaming import ChunkSender
+from .streaming import CHUNK_BURST_PER_GATEWAY, CHUNKS_PER_S_PER_GATEWAY, ChunkSender
 
 log = logging.getLogger("aipg.node.worker")
 
 # Jobs seen on ``jobs`` for hosted models (an assignment must name one), oldest dropped
 # first; an assignment already queued carries its job, so eviction never loses work.
 MAX_KNOWN_JOBS = 2048
+RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
+MAX_STREAM_GATEWAYS = 256  # gateways whose chunk budgets a worker remembers
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 STATUS_INTERVAL_S = 2.0
 
@@ -108,6 +110,7 @@ class WorkerService:
         self.refused = 0  # assignments refused (JobRefusal sent or answered)
         self._swapped: dict[bytes, object] = {}
         self.latents = latents
+        self._chunk_budgets: dict[bytes, TokenBucket] = {}  # gateway key -> its chunk budget
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._send, self._queue = trio.open_memory_channel[tuple[Assignment, Job]](MAX_QUEUE)
         self.in_flight = 0
@@ -283,7 +286,7 @@ class WorkerService:
         report = WorkReport(job, assignment, result)
         data = encode(report)
         try:
-            ack = decode(await self.send_job(job.signer, data, 10.0), JobAck)
+            ack = decode(await self._deliver(job.signer, data), JobAck)
             if not ack.ok:
                 log.warning(
                     "gateway refused the result of job %s: %s",
@@ -302,13 +305,42 @@ class WorkerService:
             "job %s done: %d work units", assignment.job_id.hex()[:12], result.receipt.work_units
         )
 
+    async def _deliver(self, gateway: bytes, data: bytes) -> bytes:
+        """Send a result to its gateway; a rate-limited send is retried (a few times,
+        backing off) rather than losing the work."""
+        for attempt in range(RESULT_RETRIES):
+            try:
+                return await self.send_job(gateway, data, 10.0)
+            except RateLimited:
+                if attempt + 1 == RESULT_RETRIES:
+                    raise
+                await trio.sleep(0.25 * 2**attempt)  # the gateway's bucket refills
+        raise AssertionError("unreachable")
+
+    def _chunk_budget(self, gateway: bytes) -> TokenBucket:
+        """The chunk budget this worker's streams to ``gateway`` share (bounded table:
+        the least recently used gateway's goes first)."""
+        bucket = self._chunk_budgets.pop(gateway, None) or TokenBucket(
+            CHUNKS_PER_S_PER_GATEWAY, CHUNK_BURST_PER_GATEWAY
+        )
+        self._chunk_budgets[gateway] = bucket
+        while len(self._chunk_budgets) > MAX_STREAM_GATEWAYS:
+            del self._chunk_budgets[next(iter(self._chunk_budgets))]
+        return bucket
+
     async def _run_llm(self, runner, assignment: Assignment, job: Job):
         """Run an LLM job, streaming its tokens to the gateway while it generates (a
         cheater that alters tokens after generating streams none: the gateway would see
         the change at once). None when the stream could not even start."""
         jid = assignment.job_id
         stream = not self.cheat_tokens
-        sender = ChunkSender(self.send_job, job.signer, jid, assignment_id(assignment))
+        sender = ChunkSender(
+            self.send_job,
+            job.signer,
+            jid,
+            assignment_id(assignment),
+            self._chunk_budget(job.signer),
+        )
         hook = self.token_hook
 
         def on_token(index: int, token_id: int) -> None:  # on the execution thread

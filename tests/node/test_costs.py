@@ -78,5 +78,5 @@ async def test_a_wrong_cost_on_chain_stops_the_host_serving_and_certifying(demo_
     assert "token_macs" in llm.cost_refused
     verifier = VerifierService(c.validators[0], None, costs.catalog, None)
     report = SimpleNamespace(job=SimpleNamespace(model_id=llm.id))
-    check = await verifier._check(report)
+    check, _ = await verifier._check(report)
     assert check.reason == VerdictReason.BINDING and "wrong" in check.detail
