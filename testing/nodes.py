@@ -11,6 +11,7 @@ block — runs in process, without HTTP or subprocesses.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from aipg.gossip import MemoryNetwork, MemoryTransport, WebsocketTransport
+from aipg.gossip import GossipHost, MemoryNetwork, MemoryTransport, WebsocketTransport
 from aipg.node.apikeys import ApiKeyStore
 from aipg.node.app import Node
 from aipg.node.config import NodeConfig
@@ -26,6 +27,7 @@ from aipg.node.datadir import DataDir
 from aipg.node.services.faults import Faults
 from aipg.node.services.gateway_api import CompletionRequest, PaidAccount
 from aipg.stake.genesis import devnet_params, make_genesis
+from aipg.testing.gossipkit import start_reach_network
 from aipg.wire import UNITS_PER_AIPG, Identity, save_identity
 
 LOOPBACK_WS = "/ip4/127.0.0.1/tcp/0/ws"
@@ -52,6 +54,7 @@ class NodeSpec:
 class NodeWorld:
     nodes: list[Node]
     network: MemoryNetwork
+    hosts: list[GossipHost] = field(default_factory=list)  # the plain hosts (extra_hosts)
 
     async def wait_for_height(self, height: int, timeout: float = 30.0) -> None:
         """Until every node has finalized ``height``."""
@@ -94,6 +97,9 @@ async def open_node_world(
     accounts: Sequence[tuple[Identity, int]] = (),
     loopback: bool = False,
     weight_cap_bps: int = 0,
+    extra_hosts: int = 0,
+    extra_nat_share: float = 0.3,
+    seed: int = 1,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
@@ -101,7 +107,14 @@ async def open_node_world(
     amounts (for the paid tier: see :func:`add_paid_account`); ``weight_cap_bps`` (0: the
     devnet's) caps a validator's share of a committee draw (10_000: stake alone
     decides, so a heavy validator is seated first). ``loopback``: the nodes talk over
-    real websockets on 127.0.0.1 instead of the in-memory transport. Cancelled on exit."""
+    real websockets on 127.0.0.1 instead of the in-memory transport. Cancelled on exit.
+
+    ``extra_hosts`` (in memory only): first start that many plain gossip hosts (DHT,
+    AutoNAT, relays; no node services; ``extra_nat_share`` of them behind NAT) as
+    :func:`aipg.testing.gossipkit.start_reach_network` does, then the nodes, each
+    bootstrapping from two random public plain hosts and only the last public node
+    before it (a path, so the nodes' topics stay connected while most pairs of nodes
+    are not). ``seed`` draws the plain hosts' NAT and bootstrap choices."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     params = devnet_params(BLOCK_TIME_MS, len(specs))
     if committee_size:
@@ -109,25 +122,41 @@ async def open_node_world(
     if weight_cap_bps:
         params = params.replace(committee_weight_cap_bps=weight_cap_bps)
     identities = [d.init() for d in dirs]
-    genesis = make_genesis(
-        "aipg-inprocess",
-        operations_wallet=Identity.from_seed(b"\x07" * 32).address,
-        allocations=[
-            *((ident.address, BALANCE) for ident in identities),
-            *((ident.address, amount) for ident, amount in accounts),
-        ],
-        validators=[
-            (ident.public_bytes, spec.stake, f"node{i}")
-            for i, (ident, spec) in enumerate(zip(identities, specs, strict=True))
-        ],
-        params=params,
-        genesis_time_ms=time.time_ns() // 1_000_000,
-    )
     network = MemoryNetwork()
     nodes: list[Node] = []
+    rng = random.Random(seed)
     async with trio.open_nursery() as nursery:
+        hosts: list[GossipHost] = []
+        public_hosts: list[str] = []
+        if extra_hosts:
+            assert not loopback, "extra_hosts lives on the in-memory network"
+            _, hosts, natted = await start_reach_network(
+                nursery, extra_hosts, nat_share=extra_nat_share, seed=seed, network=network
+            )
+            public_hosts = [
+                f"{h.listen_addrs[0]}/p2p/{h.peer_id}"
+                for i, h in enumerate(hosts)
+                if i not in natted
+            ]
+        genesis = make_genesis(
+            "aipg-inprocess",
+            operations_wallet=Identity.from_seed(b"\x07" * 32).address,
+            allocations=[
+                *((ident.address, BALANCE) for ident in identities),
+                *((ident.address, amount) for ident, amount in accounts),
+            ],
+            validators=[
+                (ident.public_bytes, spec.stake, f"node{i}")
+                for i, (ident, spec) in enumerate(zip(identities, specs, strict=True))
+            ],
+            params=params,
+            genesis_time_ms=time.time_ns() // 1_000_000,  # after the plain hosts
+        )
         bootstrap: tuple[str, ...] = ()
+        last_node: tuple[str, ...] = ()  # with extra_hosts: the last public node started
         for data_dir, spec in zip(dirs, specs, strict=True):
+            if extra_hosts:
+                bootstrap = (*last_node, *rng.sample(public_hosts, 2))
             config = NodeConfig(
                 listen=(LOOPBACK_WS,),
                 bootstrap=bootstrap,
@@ -142,10 +171,12 @@ async def open_node_world(
             node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
             nodes.append(node)
-            if len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
-                first = node.host.listen_addrs[0]
-                bootstrap = (*bootstrap, f"{first}/p2p/{node.identity.peer_id}")
-        world = NodeWorld(nodes, network)
+            first = f"{node.host.listen_addrs[0]}/p2p/{node.identity.peer_id}"
+            if extra_hosts and not spec.nat:
+                last_node = (first,)
+            elif not extra_hosts and len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
+                bootstrap = (*bootstrap, first)
+        world = NodeWorld(nodes, network, hosts)
         await world.wait_for_height(1)
         yield world
         nursery.cancel_scope.cancel()
