@@ -268,3 +268,24 @@ def test_a_closed_claim_window_assigns_at_the_next_tick():
     s.close_window(jid)
     [a] = s.tick(11, 5)
     assert a.worker == WORKERS[1].public_bytes
+
+
+def test_a_worker_gets_at_most_max_open_assignments_and_the_rest_wait():
+    """A burst to one worker: the gateway counts its own open assignments, so jobs past
+    ``max_open_per_worker`` wait (they are not refused as busy, nor failed) and go out as
+    results come back."""
+    config = SchedulerConfig(claim_window_ms=100, attempt_timeout_ms=1_000, max_open_per_worker=2)
+    s = Scheduler(W.gateway, lambda k: 0, config=config)
+    jobs = [W.llm_job(created_ms=0, deadline_ms=10_000, nonce=n) for n in range(5)]
+    for job in jobs:
+        s.submit(job, 0)
+        s.on_claim(claim(job, W.worker), 0)
+    first = s.tick(100, 5)
+    assert len(first) == 2 and s.tick(101, 5) == []  # two open: the others wait
+    waiting = [j for j in jobs if s.state(job_id(j)) is JobState.COLLECTING]
+    assert len(waiting) == 3
+    done = next(j for j in jobs if job_id(j) == first[0].job_id)
+    s.on_receipt(W.receipt(done, first[0]), 150)  # one comes back ...
+    [again] = s.tick(151, 5)  # ... and one more goes out
+    assert again.worker == W.worker.public_bytes
+    assert all(s.state(job_id(j)) is not JobState.FAILED for j in jobs)
