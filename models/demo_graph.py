@@ -131,6 +131,34 @@ class Graph:
         return new_inputs, new_outputs
 
 
+def attention_bias(g: Graph) -> str:
+    """[B, 1, S, T] additive causal mask: key j is visible to a query at position p iff j <= p and
+    attention_mask[j] is 1 (positions are absolute, so this holds with and without cache)."""
+    total = g.op("Shape", ["attention_mask"], start=1, end=2)
+    total = g.op("Squeeze", [total, g.const("axis0", np.array([0], np.int64))])
+    keys = g.op(
+        "Range",
+        [
+            g.const("zero_i64", np.array(0, np.int64)),
+            total,
+            g.const("one_i64", np.array(1, np.int64)),
+        ],
+    )
+    query_pos = g.op("Unsqueeze", ["position_ids", g.const("axis2", np.array([2], np.int64))])
+    causal = g.op("LessOrEqual", [keys, query_pos])
+    mask = g.op("Unsqueeze", ["attention_mask", g.const("axis1", np.array([1], np.int64))])
+    visible = g.op("And", [causal, g.op("Cast", [mask], to=TensorProto.BOOL)])
+    bias = g.op(
+        "Where",
+        [
+            visible,
+            g.const("zero_f", np.array(0.0, np.float32)),
+            g.const("neg_inf", np.array(-1e9, np.float32)),
+        ],
+    )
+    return g.op("Unsqueeze", [bias, "axis1"])
+
+
 def _dims(vi: onnx.ValueInfoProto) -> list:
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
-from .demo_graph import LICENSE, Graph, value_info, write_external, write_file
+from .demo_graph import LICENSE, Graph, attention_bias, value_info, write_external, write_file
 from .demo_tokenizer import TOKENIZER_FILE, VOCAB_SIZE, demo_tokenizer_info, train_demo_tokenizer
 from .errors import ModelError
 from .manifest import LLM, LlmInterface, Manifest, file_entry, write_manifest
@@ -124,7 +124,7 @@ def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool)
         inputs.append(value_info("use_cache_branch", TensorProto.BOOL, [1]))
         flag = g.op("Cast", ["use_cache_branch"], to=TensorProto.FLOAT)
         h = g.op("Add", [h, g.op("Mul", [flag, g.const("zero_flag", np.array(0.0, np.float32))])])
-    bias = _attention_bias(g)
+    bias = attention_bias(g)
     for i in range(s.layers):
         h = _decoder_layer(g, s, h, bias, i, kv_cache)
     h = g.layer_norm(h, "ln_f", s.d_model)
@@ -137,34 +137,6 @@ def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool)
         )
     )
     return g.model("aipg_demo_llm", inputs, outputs)
-
-
-def _attention_bias(g: Graph) -> str:
-    """[B, 1, S, T] additive mask: key j is visible to a query at position p iff j <= p and
-    attention_mask[j] is 1 (positions are absolute, so this holds with and without cache)."""
-    total = g.op("Shape", ["attention_mask"], start=1, end=2)
-    total = g.op("Squeeze", [total, g.const("axis0", np.array([0], np.int64))])
-    keys = g.op(
-        "Range",
-        [
-            g.const("zero_i64", np.array(0, np.int64)),
-            total,
-            g.const("one_i64", np.array(1, np.int64)),
-        ],
-    )
-    query_pos = g.op("Unsqueeze", ["position_ids", g.const("axis2", np.array([2], np.int64))])
-    causal = g.op("LessOrEqual", [keys, query_pos])
-    mask = g.op("Unsqueeze", ["attention_mask", g.const("axis1", np.array([1], np.int64))])
-    visible = g.op("And", [causal, g.op("Cast", [mask], to=TensorProto.BOOL)])
-    bias = g.op(
-        "Where",
-        [
-            visible,
-            g.const("zero_f", np.array(0.0, np.float32)),
-            g.const("neg_inf", np.array(-1e9, np.float32)),
-        ],
-    )
-    return g.op("Unsqueeze", [bias, "axis1"])
 
 
 def _split_heads(g: Graph, x: str, s: LlmShape) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
-from aipg.models.demo_graph import Graph, value_info, write_external, write_file
+from aipg.models.demo_graph import Graph, attention_bias, value_info, write_external, write_file
 from aipg.models.demo_tokenizer import demo_corpus, train_demo_tokenizer
 
 __all__ = [
@@ -256,7 +256,7 @@ def _decoder_graph(s: ExportShape, vocab: int, seed: int, past: bool, merged: bo
     tok = g.op("Gather", [g.weight("embed_tokens", (vocab, s.hidden), 0.5), "input_ids"])
     pos = g.op("Gather", [g.weight("embed_positions", (s.context, s.hidden), 0.1), "position_ids"])
     h = g.op("Add", [tok, pos])
-    bias = _attention_bias(g)
+    bias = attention_bias(g)
     for i in range(s.layers):
         layer_past = (pasts[2 * i], pasts[2 * i + 1]) if past else None
         h = _layer(g, s, h, bias, i, layer_past)
@@ -306,33 +306,6 @@ def _cache_branch(g: Graph, pasts: list[str], kv: list) -> list[str]:
         )
     )
     return names
-
-
-def _attention_bias(g: Graph) -> str:
-    """[B, 1, S, T] additive causal mask from absolute positions and attention_mask."""
-    total = g.op("Shape", ["attention_mask"], start=1, end=2)
-    total = g.op("Squeeze", [total, g.const("axis0", np.array([0], np.int64))])
-    keys = g.op(
-        "Range",
-        [
-            g.const("zero_i64", np.array(0, np.int64)),
-            total,
-            g.const("one_i64", np.array(1, np.int64)),
-        ],
-    )
-    query_pos = g.op("Unsqueeze", ["position_ids", g.const("axis2", np.array([2], np.int64))])
-    causal = g.op("LessOrEqual", [keys, query_pos])
-    mask = g.op("Unsqueeze", ["attention_mask", g.const("axis1", np.array([1], np.int64))])
-    visible = g.op("And", [causal, g.op("Cast", [mask], to=TensorProto.BOOL)])
-    bias = g.op(
-        "Where",
-        [
-            visible,
-            g.const("zero_f", np.array(0.0, np.float32)),
-            g.const("neg_inf", np.array(-1e9, np.float32)),
-        ],
-    )
-    return g.op("Unsqueeze", [bias, "axis1"])
 
 
 def _heads(g: Graph, x: str, n: int, head_dim: int) -> str:

@@ -25,7 +25,7 @@ from aipg.node.app import Node
 from aipg.node.config import NodeConfig
 from aipg.node.datadir import DataDir
 from aipg.node.services.faults import Faults
-from aipg.node.services.gateway_api import CompletionRequest, PaidAccount
+from aipg.node.services.gateway_api import CompletionRequest, ImageRequest, PaidAccount
 from aipg.stake.genesis import devnet_params, make_genesis
 from aipg.testing.gossipkit import start_reach_network
 from aipg.wire import UNITS_PER_AIPG, Identity, save_identity
@@ -215,5 +215,21 @@ def completion(
         stop=(),
         tier="paid" if account else "free",
         account=account,
+        client="127.0.0.1",
+    )
+
+
+def image(model: str, prompt: str, *, seed: int = 3, size: str | None = None) -> ImageRequest:
+    """A free-tier image request with the model's default steps and guidance, as the HTTP
+    API would hand it over."""
+    return ImageRequest(
+        model=model,
+        prompt=prompt,
+        size=size,
+        steps=None,
+        guidance_milli=None,
+        seed=seed,
+        tier="free",
+        account=None,
         client="127.0.0.1",
     )

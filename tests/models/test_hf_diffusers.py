@@ -180,28 +180,19 @@ def test_a_model_that_cannot_run_is_refused(tmp_path, sdxl_src):
     assert not (tmp_path / "n" / "blobs").exists() or not any((tmp_path / "n").rglob("*.onnx"))
 
 
+def _models_run(model, latents, *args):
+    command = [sys.executable, "-m", "aipg.cli", "models", "run", str(model), *args]
+    command += ["--latents", str(latents)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_cli_runs_from_given_latents(tmp_path, sdxl_src):
     model = import_diffusers(sdxl_src, tmp_path / "m")
     latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.save(tmp_path / "lat.npy", latents)
     png = tmp_path / "x.png"
     args = ["--prompt", "a kite", "--steps", "4", "--out", str(png), "--json"]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aipg.cli",
-            "models",
-            "run",
-            str(model),
-            *args,
-            "--latents",
-            str(tmp_path / "lat.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _models_run(model, tmp_path / "lat.npy", *args)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["image"] == str(png) and out["scheduler"] == "euler"
@@ -209,22 +200,7 @@ def test_cli_runs_from_given_latents(tmp_path, sdxl_src):
     want = DiffusionRunner(model).generate("a kite", params, 0, latents=latents)
     assert png.read_bytes() == want.png
     np.save(tmp_path / "bad.npy", latents[:, :, :4])
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aipg.cli",
-            "models",
-            "run",
-            str(model),
-            *args,
-            "--latents",
-            str(tmp_path / "bad.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _models_run(model, tmp_path / "bad.npy", *args)
     assert r.returncode == 1 and "latents must be" in r.stderr
 
 

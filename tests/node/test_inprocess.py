@@ -15,12 +15,11 @@ from aipg.gossip import GossipConfig, GossipHost, MemoryTransport
 from aipg.models import build_demo_diffusion, build_demo_llm, load_model_dir
 from aipg.node.protocol.messages import topic
 from aipg.node.services.faults import Faults
-from aipg.node.services.gateway_api import ImageRequest
 from aipg.pouw import VerdictReason
 from aipg.stake.block import FinalizedBlock
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
-from aipg.testing.nodes import VALIDATOR_STAKE, NodeSpec, completion, open_node_world
+from aipg.testing.nodes import VALIDATOR_STAKE, NodeSpec, completion, image, open_node_world
 from aipg.wire import Identity, Multiaddr, PeerId, encode
 
 pytestmark = pytest.mark.slow
@@ -113,17 +112,7 @@ async def test_verifiers_fetch_an_image_jobs_latents_from_its_worker_and_certify
     async with open_node_world(tmp_path, specs, [diffusion_dir]) as world:
         gateway, worker = world.nodes[0], world.nodes[1]
         await world.wait_for_worker(gateway, model.model_id)
-        request = ImageRequest(
-            model=model.manifest.name,
-            prompt="a lighthouse",
-            size=None,
-            steps=None,
-            guidance_milli=None,
-            seed=3,
-            tier="free",
-            account=None,
-            client="127.0.0.1",
-        )
+        request = image(model.manifest.name, "a lighthouse", seed=3)
 
         result = await gateway.gateway.generate_image(request)
 
@@ -368,17 +357,7 @@ async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_an
             answers.extend(block.body.answers)
 
         gateway.chain.on_block.append(record)
-        request = ImageRequest(
-            model=model.manifest.name,
-            prompt="a locked door",
-            size=None,
-            steps=None,
-            guidance_milli=None,
-            seed=5,
-            tier="free",
-            account=None,
-            client="127.0.0.1",
-        )
+        request = image(model.manifest.name, "a locked door", seed=5)
 
         result = await gateway.gateway.generate_image(request)
 

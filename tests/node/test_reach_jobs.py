@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 
 from aipg.models import build_demo_diffusion, load_model_dir
-from aipg.node.services.gateway_api import ImageRequest
-from aipg.testing.nodes import NodeSpec, open_node_world
+from aipg.testing.nodes import NodeSpec, image, open_node_world
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +44,7 @@ async def test_a_natted_worker_serves_a_job_and_its_latents_to_nodes_it_never_di
         host = worker.host
         await world.until(gateway, lambda: not any(c.transient for c in host._conns.values()))
         assert len(host.connected_peers()) <= 2
-        request = ImageRequest(
-            model=model.manifest.name,
-            prompt="a lighthouse behind a router",
-            size=None,
-            steps=None,
-            guidance_milli=None,
-            seed=3,
-            tier="free",
-            account=None,
-            client="127.0.0.1",
-        )
+        request = image(model.manifest.name, "a lighthouse behind a router", seed=3)
 
         result = await gateway.gateway.generate_image(request)
 
