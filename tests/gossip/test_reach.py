@@ -10,7 +10,14 @@ import trio
 from aipg.gossip import GossipHost, MemoryNetwork, MemoryTransport, NotConnected
 from aipg.gossip.config import RelayLimits
 from aipg.gossip.dht import KAD_PROTOCOL, KadNodes
-from aipg.testing.gossipkit import ECHO, echo, identity, reach_config, start_reach_network
+from aipg.testing.gossipkit import (
+    ECHO,
+    echo,
+    identity,
+    reach_config,
+    start_reach_network,
+    until,
+)
 from aipg.wire import PeerRecord, encode, sign
 
 pytestmark = pytest.mark.timeout(120)
@@ -240,3 +247,37 @@ async def test_a_restarted_node_on_new_ports_is_found_again_by_its_id(
     for h in hosts[:5]:
         h.reach.addrbook.remove(again.peer_id)  # forget the old record: lookups only
         assert await h.request(again.peer_id, ECHO, b"back") == b"echo:back"
+
+
+async def test_a_relay_reservation_never_lifts_a_host_past_its_connection_caps(
+    nursery, autojump_clock
+):
+    """A private node keeps its relay connections up; one that was transient (dialed on
+    demand) must not become regular past max_peers, or the host holds max_peers + 1
+    regular connections beside a full transient table (33 of 32 in the 300-host test)."""
+    network = MemoryNetwork()
+    relays = []
+    for i in (1, 2, 3):
+        h = GossipHost(identity(i), reach_config(i), transport=MemoryTransport(network))
+        await nursery.start(h.run)
+        relays.append(h)
+    cfg = reach_config(9, max_peers=2, max_transient=2, relay_reservations=3)
+    x = GossipHost(identity(9), cfg, transport=MemoryTransport(network))
+    await nursery.start(x.run)
+    r1, r2, r3 = relays
+    await x.connect(r1.listen_addrs[0])
+    await x.connect(r2.listen_addrs[0])
+    await x.connect(r3.listen_addrs[0], transient=True)  # regular table full
+    assert x._conns[r3.peer_id].transient
+    # every connection identified (reservations need it)
+    await until(x, lambda: all(c.identify is not None for c in x._conns.values()), 30)
+    await x.reach.keep_reservations()
+    assert set(x.reach.hub.reserved_on) == {r1.peer_id, r2.peer_id, r3.peer_id}
+    regular = [c for c in x._conns.values() if not c.transient and not x._reserved(c)]
+    assert len(regular) <= cfg.max_peers
+    transient = [c for c in x._conns.values() if c.transient and not x._reserved(c)]
+    assert len(transient) <= cfg.max_transient
+    # the relay connection kept transient is never closed as idle (it carries): time
+    # passes (the autojump clock) past three idle periods
+    await trio.sleep(cfg.transient_idle * 3)
+    assert x.is_connected(r3.peer_id)
