@@ -150,9 +150,7 @@ class ConnectionIO:
                 # Only gossip waits: requests and responses are someone's round trip (a
                 # streamed token, a claim, a latent fetch), and relayed frames have been
                 # batched inside their circuit already (a pause would add up per hop).
-                if type(batch[0]) is Rpc and (
-                    trio.current_time() - last_send < WRITE_BUSY_WINDOW
-                ):
+                if type(batch[0]) is Rpc and (trio.current_time() - last_send < WRITE_BUSY_WINDOW):
                     await trio.sleep(WRITE_COALESCE)
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()

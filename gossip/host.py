@@ -491,7 +491,17 @@ class GossipHost:
         if existing is not None:
             if self._initiator(existing) <= self._initiator(conn):
                 return False
-            self._conns[conn.peer] = conn  # the new one wins the tie-break
+            # The new one wins the tie-break. It was admitted without the caps (the peer
+            # was connected), so it takes the old one's place: a regular one replacing a
+            # transient one while max_peers is full stays transient (the dialer checked
+            # max_peers before its dial began, when the old one was not there yet).
+            if (
+                existing.transient
+                and not conn.transient
+                and self._regular_count() >= self.config.max_peers
+            ):
+                conn.transient = True
+            self._conns[conn.peer] = conn
             self.router.remove_peer(conn.peer)
             close(existing, "duplicate connection")
         self._conns[conn.peer] = conn

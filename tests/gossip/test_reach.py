@@ -281,3 +281,30 @@ async def test_a_relay_reservation_never_lifts_a_host_past_its_connection_caps(
     # passes (the autojump clock) past three idle periods
     await trio.sleep(cfg.transient_idle * 3)
     assert x.is_connected(r3.peer_id)
+
+
+async def test_a_duplicate_connection_that_wins_the_tie_break_keeps_the_caps(
+    nursery, autojump_clock
+):
+    """Two hosts dial each other at once: the connection that wins the tie-break replaces
+    the other. A regular dial started before the peer's inbound connection (admitted as
+    transient, the regular table being full) must not replace it as a regular one past
+    max_peers (what the 300-host test saw: 17 regular connections with max_peers 16)."""
+    network = MemoryNetwork()
+    ids = sorted((identity(20 + i) for i in range(6)), key=lambda x: x.peer_id.raw)
+    x_id, b_id = ids[0], ids[-1]  # x's own dial wins the tie-break (lower initiator)
+    cfg = reach_config(20, max_peers=1, max_transient=4)
+    x = GossipHost(x_id, cfg, transport=MemoryTransport(network))
+    a = GossipHost(ids[1], reach_config(21), transport=MemoryTransport(network))
+    b = GossipHost(b_id, reach_config(22), transport=MemoryTransport(network))
+    for h in (x, a, b):
+        await nursery.start(h.run)
+    await x.connect(a.listen_addrs[0])  # x's regular table is full
+    await b.connect(x.listen_addrs[0].with_peer_id(x.peer_id))
+    assert x._conns[b.peer_id].transient  # admitted beyond max_peers
+    # x's regular dial to b, begun before b's connection came in (the race)
+    addr = b.listen_addrs[0].with_peer_id(b.peer_id)
+    await x._dial(addr, b.peer_id, False)
+    assert x._conns[b.peer_id].outbound  # the new connection won and replaced the old
+    regular = [c for c in x._conns.values() if not c.transient and not x._reserved(c)]
+    assert len(regular) <= cfg.max_peers
