@@ -201,6 +201,7 @@ class Node:
             self._local_job,
             now_ms,
             reputation=reputation.reputation(),
+            paid_route=self.config.paid_route,
         )
         await nursery.start(self.gateway.run)
         if self.config.worker:

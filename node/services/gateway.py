@@ -94,6 +94,9 @@ PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
 WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
 # Time to first token (job created -> first token at this gateway), in seconds.
+# How a paid job finds its worker (D84): at once ("latency", the default: it earns its fee
+# only) or by waiting for the beacon's draw like a free job ("drawn": fee and pool share).
+PAID_ROUTES = ("latency", "drawn")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -149,9 +152,15 @@ class GatewayService:
         now_ms: Callable[[], int],
         *,
         reputation: Reputation | None = None,
+        paid_route: str = "latency",
     ):
         """``reputation``: the workers' scores and bans this gateway starts from (the
-        node's, loaded from its data dir; a fresh table when None)."""
+        node's, loaded from its data dir; a fresh table when None). ``paid_route``:
+        "latency" assigns a paid job at once (D84: its fee only, no pool share);
+        "drawn" makes it wait for the beacon's draw like a free job."""
+        if paid_route not in PAID_ROUTES:
+            raise ValueError(f"paid_route: one of {', '.join(PAID_ROUTES)}, got {paid_route!r}")
+        self.paid_route = paid_route
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -543,7 +552,10 @@ class GatewayService:
         entry = GatewayJob(job, tier, client, relay=relay)
         self.jobs[jid] = entry
         evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
-        self.scheduler.submit(job, self.now_ms())
+        # Free jobs wait for the beacon's draw (D58); paid ones take the latency route
+        # unless this gateway routes them by the draw too (D84).
+        wait_draw = tier != "paid" or self.paid_route == "drawn"
+        self.scheduler.submit(job, self.now_ms(), wait_draw=wait_draw)
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)
