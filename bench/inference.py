@@ -24,7 +24,8 @@ Then, for issue 14:
 - time to first token through a gateway: two whole nodes (gateway, worker) in this
   process over websockets on 127.0.0.1 (Noise and all), the HTTP API on 127.0.0.1, a streamed
   completion read with httpx, against the runner's own first token on the same prompt
-  (``ttft_added_ms``), split into the scheduling before the worker starts
+  (``ttft_added_ms``: a paid request on the latency route, D84; ``ttft_added_ms_free``:
+  a free one, which waits for its beacon draw), split into the scheduling before the worker starts
   (``ttft_scheduling_ms``: the claim window and the assignment) and the stream from the
   worker's first token to the client's first text (``ttft_stream_ms``). Wall time,
   medians.
@@ -60,6 +61,7 @@ from aipg.models import (
 from aipg.node.http.app import build_app
 from aipg.testing.apikit import running_api
 from aipg.testing.nodes import NodeSpec, open_node_world
+from aipg.wire import UNITS_PER_AIPG, Identity, save_identity
 
 PROMPT = "The validators check the receipt and sign their verdicts."
 
@@ -270,20 +272,45 @@ def runner_first_token_ms(llm_dir: Path, rounds: int) -> float:
     return statistics.median(times)
 
 
+async def _first_text(http, body: dict, headers: dict) -> float | None:
+    """Stream one completion; the perf_counter time its first non-empty text arrived."""
+    seen = None
+    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as answer:
+        if answer.status_code != 200:
+            raise SystemExit(f"bench: the gateway answered {answer.status_code}")
+        async for line in answer.aiter_lines():
+            if seen is None and line.startswith("data: {") and '"text":""' not in line:
+                seen = time.perf_counter()
+    return seen
+
+
 async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
+    """Time to first token through a gateway over loopback websockets, for a paid request
+    (the latency route, D84: assigned at once) and a free one (which waits for its
+    beacon draw, D56/D58), rounds interleaved so load hits both alike."""
     import httpx
 
     own = runner_first_token_ms(llm_dir, rounds)
     specs = [NodeSpec(worker=False), NodeSpec()]
-    totals, streams, schedules = [], [], []
-    async with open_node_world(root, specs, [llm_dir], loopback=True) as world:
+    client = Identity.from_seed(b"\x51" * 32)
+    funds = 100 * UNITS_PER_AIPG
+    figures: dict[str, dict[str, list[float]]] = {
+        route: {"total": [], "stream": [], "schedule": []} for route in ("paid", "free")
+    }
+    async with open_node_world(
+        root, specs, [llm_dir], loopback=True, accounts=[(client, funds)]
+    ) as world:
         gateway, worker = world.nodes
         await world.wait_for_worker(gateway, worker.catalog.hosted()[0].id)
+        key_file = Path(gateway.data_dir.root) / "bench-client.key"
+        save_identity(client, key_file)
+        api_key = gateway.gateway.api_keys.add("bench", key_file)
         first_at: list[float] = []
         worker.worker.token_hook = lambda jid, index: (
             first_at.append(time.perf_counter()) if index == 0 else None
         )
         app = build_app(gateway.gateway, gateway, free_tier_per_minute=1_000_000)
+        headers = {"paid": {"Authorization": f"Bearer {api_key}"}, "free": {}}
         async with (
             running_api(app) as address,
             httpx.AsyncClient(
@@ -291,29 +318,32 @@ async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
                 timeout=60.0,  # a free job waits for its draw (D56)
             ) as http,
         ):
-            for i in range(rounds + 1):  # the first one waits for the chain: not counted
-                first_at.clear()
-                body = TTFT_BODY | {"stream": True, "seed": i}
-                start = time.perf_counter()
-                seen = None
-                async with http.stream("POST", "/v1/completions", json=body) as answer:
-                    async for line in answer.aiter_lines():
-                        if seen is None and line.startswith("data: {") and '"text":""' not in line:
-                            seen = time.perf_counter()
-                if i == 0 or seen is None or not first_at:
-                    continue
-                total = (seen - start) * 1e3
-                totals.append(total)
-                streams.append((seen - first_at[0]) * 1e3)
-                schedules.append(total - streams[-1] - own)
-    return {
-        "ttft_runner_ms": round(own, 2),
-        "ttft_gateway_ms": round(statistics.median(totals), 2),
-        "ttft_added_ms": round(statistics.median(totals) - own, 2),
-        "ttft_scheduling_ms": round(statistics.median(schedules), 2),
-        "ttft_stream_ms": round(statistics.median(streams), 2),
-        "ttft_rounds": len(totals),
-    }
+            for i in range(rounds + 1):  # the first pair waits for the chain: not counted
+                for route in ("paid", "free")[:: 1 if i % 2 else -1]:
+                    first_at.clear()
+                    body = TTFT_BODY | {"stream": True, "seed": i}
+                    start = time.perf_counter()
+                    seen = await _first_text(http, body, headers[route])
+                    if i == 0 or seen is None or not first_at:
+                        continue
+                    f = figures[route]
+                    total = (seen - start) * 1e3
+                    f["total"].append(total)
+                    f["stream"].append((seen - first_at[0]) * 1e3)
+                    f["schedule"].append(total - f["stream"][-1] - own)
+    out: dict = {"ttft_runner_ms": round(own, 2)}
+    for route, suffix in (("paid", ""), ("free", "_free")):
+        f = figures[route]
+        total = statistics.median(f["total"])
+        out |= {
+            f"ttft_gateway_ms{suffix}": round(total, 2),
+            f"ttft_added_ms{suffix}": round(total - own, 2),
+            f"ttft_scheduling_ms{suffix}": round(statistics.median(f["schedule"]), 2),
+            f"ttft_stream_ms{suffix}": round(statistics.median(f["stream"]), 2),
+        }
+    out["ttft_rounds"] = len(figures["paid"]["total"])
+    out["ttft_route"] = "paid, latency route (D84); *_free: a free job, drawn"
+    return out
 
 
 def main() -> None:

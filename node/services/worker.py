@@ -265,8 +265,10 @@ class WorkerService:
         assert model is not None
         if self.swap_weights:
             runner = await trio.to_thread.run_sync(self._swapped_runner, model)
-        else:
-            runner = await trio.to_thread.run_sync(self.catalog.runner, model)
+        else:  # a runner built already costs no thread hop (the first token waits on it)
+            runner = self.catalog.cached_runner(model) or await trio.to_thread.run_sync(
+                self.catalog.runner, model
+            )
         if self.refuse_jobs:  # test-only fault: claims jobs it then will not run
             await self._refuse(assignment, job, RefusalCode.OVER_LIMITS, "refusing (fault)")
             return
@@ -344,10 +346,10 @@ class WorkerService:
         hook = self.token_hook
 
         def on_token(index: int, token_id: int) -> None:  # on the execution thread
+            if hook is not None:  # first: the bench's mark precedes the chunk it times
+                hook(jid, index)
             if stream:
                 sender.push(token_id)
-            if hook is not None:
-                hook(jid, index)
 
         error: Exception | None = None
         async with trio.open_nursery() as nursery:  # the stream is flushed when it exits
