@@ -219,6 +219,7 @@ class Node:
                 withhold_latents=self.faults.withhold_latents,
                 on_answer=self._answer_challenge,
                 misstream=self.faults.misstream,
+                junk_stream=self.faults.junk_stream,
                 refuse_jobs=self.faults.refuse_jobs,
             )
             await nursery.start(self.worker.run)

@@ -39,7 +39,16 @@ from aipg.node.protocol.messages import (
     WorkReport,
     topic,
 )
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, assignment_id, job_id
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Claim,
+    Job,
+    PouwError,
+    Tier,
+    assignment_id,
+    job_id,
+    validate_stream_evidence,
+)
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
@@ -51,6 +60,7 @@ from aipg.wire import (
     decode,
     encode,
     format_amount,
+    require_signature,
     sign,
 )
 
@@ -278,7 +288,9 @@ class GatewayService:
         self.tracker.check_report(report)
         aid = assignment_id(report.assignment)
         if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
-            # It streamed other tokens than its result holds: a failed attempt (D50).
+            # It streamed other tokens than its result holds: a failed attempt (D50), and
+            # a signed chunk its signed receipt contradicts is evidence for a block (D85).
+            self._junk_stream(entry.relay, aid, report)
             entry.relay.drop()
             self._end_attempt(entry, report.assignment.worker, penalize=True)
             raise PouwError("report.result", "the result disagrees with the tokens it streamed")
@@ -292,8 +304,30 @@ class GatewayService:
         entry = self._assignee_entry(peer, chunk.job_id, chunk.assignment_id)
         if entry.relay is None:
             raise PouwError("chunk.job_id", "not an LLM job")
-        if entry.relay.accept(chunk.assignment_id, chunk.start, chunk.tokens):
+        assignment = self.scheduler.assignment(chunk.job_id)
+        assert assignment is not None
+        try:  # signed by the assignee (D85): a chunk is a statement it answers for
+            require_signature(chunk, assignment.worker)
+        except WireError as e:
+            raise PouwError("chunk.signature", e.reason) from None
+        if entry.relay.accept(chunk.assignment_id, chunk.start, chunk.tokens, chunk):
             self._first_token(entry)
+
+    def _junk_stream(self, relay: TokenRelay, aid: bytes, report: WorkReport) -> None:
+        evidence = relay.evidence(aid, report.result)
+        if evidence is None:
+            return
+        try:
+            validate_stream_evidence(evidence)
+        except PouwError as e:  # cannot happen for chunks we checked; never submit junk
+            log.warning("stream evidence of job %s invalid: %s", report.job.id.hex()[:12], e)
+            return
+        log.warning(
+            "worker %s streamed tokens its receipt contradicts (job %s): evidence for a block",
+            PeerId.from_public_key(report.result.receipt.signer).short(),
+            report.job.id.hex()[:12],
+        )
+        self.tracker.add_junk_stream(evidence)
 
     def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None:
         """The assignee cannot run its assignment (D52): end the attempt now."""

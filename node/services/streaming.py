@@ -25,8 +25,9 @@ import trio
 
 from aipg.gossip import GossipError, TokenBucket
 from aipg.node.protocol.messages import MAX_CHUNK_TOKENS, JobAck, TokenChunk
-from aipg.pouw import PouwError
-from aipg.wire import WireError, decode, encode
+from aipg.pouw import PouwError, Result, StreamEvidence
+from aipg.pouw.streams import contradicts
+from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .gateway_api import JobFailed, StreamText, TextCallback
 
@@ -55,8 +56,10 @@ class ChunkSender:
         job_id: bytes,
         assignment_id: bytes,
         budget: TokenBucket | None = None,
+        identity: Identity | None = None,
     ):
         self.send_job = send_job
+        self.identity = identity  # signs each chunk (D85); the gateway refuses unsigned ones
         self.budget = budget  # shared by this worker's streams to this gateway
         self.gateway_key = gateway_key
         self.job_id = job_id
@@ -114,6 +117,8 @@ class ChunkSender:
 
     async def _send(self, batch: list[int]) -> None:
         chunk = TokenChunk(self.job_id, self.assignment_id, self.sent, tuple(batch))
+        if self.identity is not None:
+            chunk = sign(chunk, self.identity)
         try:
             answer = await self.send_job(self.gateway_key, encode(chunk), CHUNK_TIMEOUT_S)
             ack = decode(answer, JobAck)
@@ -141,10 +146,17 @@ class TokenRelay:
         self.vocab_size = vocab_size
         self.assignment_id = b""
         self.tokens: list[int] = []
+        self.chunks: list[TokenChunk] = []  # the signed chunks of ``tokens`` (D85)
         self.started = False  # some attempt streamed a token
         self.changed = trio.Event()
 
-    def accept(self, assignment_id: bytes, start: int, tokens: Sequence[int]) -> bool:
+    def accept(
+        self,
+        assignment_id: bytes,
+        start: int,
+        tokens: Sequence[int],
+        chunk: TokenChunk | None = None,
+    ) -> bool:
         """Take a chunk from the job's current assignee (the caller checked who sent
         it). Returns True when these are the job's first streamed tokens. Raises
         PouwError for a chunk that is empty, out of order, past ``max_tokens`` or holds
@@ -160,8 +172,10 @@ class TokenRelay:
         if bad is not None:
             raise PouwError("chunk.tokens", f"token id {bad} is outside the vocabulary")
         if assignment_id != self.assignment_id:
-            self.assignment_id, self.tokens = assignment_id, []
+            self.assignment_id, self.tokens, self.chunks = assignment_id, [], []
         self.tokens.extend(tokens)
+        if chunk is not None:
+            self.chunks.append(chunk)
         first, self.started = not self.started, True
         self.notify()
         return first
@@ -173,12 +187,21 @@ class TokenRelay:
         n = len(self.tokens)
         return len(final) >= n and list(final[:n]) == self.tokens
 
+    def evidence(self, assignment_id: bytes, result: Result) -> StreamEvidence | None:
+        """A signed chunk of ``assignment_id`` that ``result`` (its worker's signed
+        receipt and tokens) contradicts, as evidence (D85); None if none does."""
+        if assignment_id != self.assignment_id:
+            return None
+        ids = tuple(result.output_token_ids)
+        chunk = next((c for c in self.chunks if contradicts(c, ids)), None)
+        return StreamEvidence(chunk, result.receipt, ids) if chunk is not None else None
+
     def streamed_by(self, assignment_id: bytes) -> int:
         return len(self.tokens) if assignment_id == self.assignment_id else 0
 
     def drop(self) -> None:
         """Forget a failed attempt's tokens (what was forwarded stays forwarded)."""
-        self.assignment_id, self.tokens = b"", []
+        self.assignment_id, self.tokens, self.chunks = b"", [], []
         self.notify()
 
     def notify(self) -> None:

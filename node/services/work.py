@@ -39,6 +39,7 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     PouwError,
+    StreamEvidence,
     Verdict,
     VerdictCommit,
     VoteCollector,
@@ -178,6 +179,8 @@ class WorkTracker:
         # something else is equivocation, kept as evidence until a block carries it.
         self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._equivocations: OrderedDict[bytes, EquivocationEvidence] = OrderedDict()
+        # D85: a gateway's evidence that a stream contradicted its worker's receipt
+        self._junk_streams: OrderedDict[bytes, StreamEvidence] = OrderedDict()
         self._conflicts: OrderedDict[bytes, ConflictingVerdicts] = OrderedDict()
         # (receipt id, member) -> its commitment, until a block carries it
         self._commits: OrderedDict[tuple[bytes, bytes], VerdictCommit] = OrderedDict()
@@ -499,6 +502,19 @@ class WorkTracker:
     def pending_equivocations(self) -> list[EquivocationEvidence]:
         """Equivocation evidence no block has carried yet (oldest first)."""
         return list(self._equivocations.values())
+
+    def add_junk_stream(self, evidence: StreamEvidence) -> None:
+        """The gateway found a streamed chunk the worker's own receipt contradicts (D85):
+        offer the evidence to blocks (the caller validated it)."""
+        self._junk_streams[evidence.receipt.assignment_id] = evidence
+        evict_over(self._junk_streams, MAX_PENDING_EVIDENCE)
+
+    def pending_junk_streams(self) -> list[StreamEvidence]:
+        return list(self._junk_streams.values())
+
+    def settle_junk_stream(self, evidence: StreamEvidence) -> None:
+        """A block carried ``evidence``, or a proposal found it can never be carried."""
+        self._junk_streams.pop(evidence.receipt.assignment_id, None)
 
     def settle_equivocation(self, evidence: EquivocationEvidence) -> None:
         """A block carried ``evidence``, or a proposal found it can never be carried."""

@@ -84,6 +84,7 @@ class WorkerService:
         withhold_latents: bool = False,
         on_answer=None,
         misstream: bool = False,
+        junk_stream: bool = False,
         refuse_jobs: bool = False,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
@@ -103,6 +104,7 @@ class WorkerService:
         self.on_answer = on_answer
         self.answers = 0  # withholding challenges answered
         self.misstream = misstream
+        self.junk_stream = junk_stream  # test-only: stream junk, sign the honest result
         self.refuse_jobs = refuse_jobs
         # Test hook: called on the execution thread after each token is handed to the
         # stream, ``(job_id, index)``; tests block in it to hold a generation mid-way.
@@ -342,14 +344,15 @@ class WorkerService:
             jid,
             assignment_id(assignment),
             self._chunk_budget(job.signer),
+            self.identity,
         )
         hook = self.token_hook
 
         def on_token(index: int, token_id: int) -> None:  # on the execution thread
             if hook is not None:  # first: the bench's mark precedes the chunk it times
                 hook(jid, index)
-            if stream:
-                sender.push(token_id)
+            if stream:  # the junk_stream fault streams another token in the vocabulary
+                sender.push((0 if token_id else 1) if self.junk_stream else token_id)
 
         error: Exception | None = None
         async with trio.open_nursery() as nursery:  # the stream is flushed when it exits
