@@ -30,7 +30,9 @@ Then, for issue 14:
   a free one, which waits for its beacon draw), split into the scheduling before the worker starts
   (``ttft_scheduling_ms``: the claim window and the assignment) and the stream from the
   worker's first token to the client's first text (``ttft_stream_ms``). Wall time,
-  medians.
+  medians;
+- what signing a streamed chunk costs (D85): ``chunk_bytes`` / ``chunk_signed_bytes``,
+  ``chunk_sign_us`` (worker), ``chunk_verify_us`` (gateway).
 
 Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``
 (``--quick`` for the issue 14 figures only).
@@ -61,9 +63,10 @@ from aipg.models import (
     build_demo_llm,
 )
 from aipg.node.http.app import build_app
+from aipg.pouw import TokenChunk
 from aipg.testing.apikit import running_api
 from aipg.testing.nodes import NodeSpec, open_node_world
-from aipg.wire import UNITS_PER_AIPG, Identity, save_identity
+from aipg.wire import UNITS_PER_AIPG, Identity, encode, require_signature, save_identity, sign
 
 PROMPT = "The validators check the receipt and sign their verdicts."
 
@@ -357,6 +360,35 @@ async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
     return out
 
 
+def bench_chunk_signing(n: int = 1_000) -> dict:
+    """What signing streamed chunks costs (D85): the bytes of a chunk of 8 tokens and of
+    its signer key and signature in it, the worker's signing and the gateway's checking
+    per chunk (signing: medians of 5 batches of ``n``; checking: each of ``n`` once)."""
+    worker = Identity.from_seed(b"\x52" * 32)
+    chunks = [TokenChunk(b"\x01" * 32, b"\x02" * 32, i, tuple(range(8))) for i in range(n)]
+
+    def per_chunk_us(fn, items) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            out = [fn(x) for x in items]
+            times.append((time.perf_counter() - start) / n * 1e6)
+        return round(statistics.median(times), 1), out
+
+    sign_us, signed = per_chunk_us(lambda c: sign(c, worker), chunks)
+    key = worker.public_bytes
+    start = time.perf_counter()  # once each: a repeated check could hit a cache
+    for c in signed:
+        require_signature(c, key)
+    verify_us = round((time.perf_counter() - start) / n * 1e6, 1)
+    return {
+        "chunk_bytes": len(encode(signed[0])),
+        "chunk_signature_bytes": len(signed[0].signer) + len(signed[0].signature),
+        "chunk_sign_us": sign_us,
+        "chunk_verify_us": verify_us,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=201)
@@ -382,6 +414,7 @@ def main() -> None:
             result |= bench_llm(llm_dir, factory, args.rounds, args.tokens)
             result |= bench_diffusion(diffusion_dir, factory, args.rounds, args.steps)
         result |= bench_context(Path(tmp) / "ctx", factory, args.context_rounds)
+        result |= bench_chunk_signing()
         result |= trio.run(bench_ttft, Path(tmp) / "ttft", llm_dir, args.ttft_rounds)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
