@@ -12,8 +12,9 @@ request                 served by      answer
 ``LatentRequest``       worker         ``LatentReply``
 =====================  =============  ========================================
 
-The gateway's handlers that take the sending peer (``on_tokens``, ``on_refusal``) trust
-nothing but the peer id the transport authenticated: those records are unsigned.
+The gateway's handlers that take the sending peer (``on_tokens``, ``on_refusal``) check
+it is the assignee the transport authenticated; a refusal is unsigned, a chunk is signed
+by the worker too (D85: a chunk its receipt contradicts is evidence).
 
 A message to this node itself (its worker claiming its own gateway's job) is handled in
 process, never sent over the network. A request this node cannot serve is answered with
