@@ -171,13 +171,16 @@ class GossipHost:
         *,
         max_request_size: int = 1 << 20,
         max_response_size: int = MAX_REQUEST_DATA,
+        priority=None,
     ) -> None:
         """Serve ``protocol``: ``await handler(peer, request) -> response``.
 
         Requests over ``max_request_size`` are refused (and cost the sender score);
         a handler that raises or exceeds ``config.handler_timeout`` answers an error.
+        ``priority(request) -> int`` (0 high, above 0 low): low-priority requests only
+        take a peer's budget above the reserve its high-priority ones keep (reqresp).
         """
-        self._requests.set_handler(protocol, handler, max_request_size, max_response_size)
+        self._requests.set_handler(protocol, handler, max_request_size, max_response_size, priority)
 
     async def request(
         self, peer: PeerId, protocol: str, data: bytes, timeout: float | None = None

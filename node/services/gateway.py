@@ -103,6 +103,7 @@ TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at
 # How a paid job finds its worker (D84): at once ("latency", the default: it earns its fee
 # only) or by waiting for the beacon's draw like a free job ("drawn": fee and pool share).
 PAID_ROUTES = ("latency", "drawn")
+MAX_OUTBOX = 64  # stream evidence waiting to be gossiped; beyond it, only blocks carry it
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -179,6 +180,8 @@ class GatewayService(WorkerMessages):
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
+        # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
+        self._outbox, self._outbox_recv = trio.open_memory_channel[bytes](MAX_OUTBOX)
         self.ttft = Histogram(
             "aipg_gateway_time_to_first_token_seconds",
             "Seconds from a job's creation to its first token at this gateway.",
@@ -191,12 +194,21 @@ class GatewayService(WorkerMessages):
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            with trio.move_on_after(TICK_S):  # a tick every TICK_S, or at once when woken
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self._tick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._gossip_outbox)
+            task_status.started()
+            while True:
+                with trio.move_on_after(TICK_S):  # a tick every TICK_S, or when woken
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self._tick()
+
+    async def _gossip_outbox(self) -> None:
+        async for data in self._outbox_recv:
+            try:
+                await self.host.publish(topic("receipts"), data)
+            except GossipError as e:
+                log.info("could not gossip stream evidence: %s", e)
 
     async def _tick(self) -> None:
         now = self.now_ms()

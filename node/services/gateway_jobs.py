@@ -9,6 +9,7 @@ tracker, catalog and metrics. Rules: D50 (a result must agree with its stream), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from aipg.pouw import (
     validate_stream_evidence,
 )
 from aipg.pouw.schedule import Scheduler
-from aipg.wire import PeerId, WireError, require_signature
+from aipg.wire import PeerId, WireError, encode, require_signature
 
 from .catalog import KnownModel, ModelCatalog
 from .limits import job_violation
@@ -69,6 +70,7 @@ class WorkerMessages:
     refusals: Counter
     ttft: Histogram
     _wake: trio.Event
+    _outbox: trio.MemorySendChannel[bytes]
     now_ms: Callable[[], int]
 
     def on_claim(self, claim: Claim) -> None:
@@ -129,6 +131,10 @@ class WorkerMessages:
             report.job.id.hex()[:12],
         )
         self.tracker.add_junk_stream(evidence)
+        # Every proposer should carry it before the receipt's certificate: gossip it on
+        # `receipts` (each node's tracker holds that certificate back while it waits).
+        with contextlib.suppress(trio.WouldBlock):  # a burst: our own proposals carry it
+            self._outbox.send_nowait(encode(evidence))
 
     def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None:
         """The assignee cannot run its assignment (D52): end the attempt now."""

@@ -535,6 +535,8 @@ class WorkTracker:
         certs, frauds = [], []
         for t in self._by_receipt.values():
             if t.block_height is None and t.outcome is not None and not t.set_aside:
+                if t.certified and t.outcome.receipt.assignment_id in self._junk_streams:
+                    continue  # its worker's stream contradicts it: the evidence goes first
                 (certs if t.certified else frauds).append(t.outcome)
         return certs, frauds
 
