@@ -17,17 +17,22 @@ Then, for issue 14:
 
 - decoding tokens/s of an 8-layer, d_model 256 demo decoder after a 64-token and a
   1,024-token prompt (``tokens_per_s_ctx64``, ``tokens_per_s_ctx1024``), through the
-  IO-bound KV cache (the runner's default) and the plain ``session.run`` path
-  (``..._plain``), interleaved; their ratio against the ratio of per-token
-  multiply-accumulates computed from the model's sizes, attention included
-  (``mac_ratio_ctx1024``; target: ``tokens_per_s_ratio`` within 1.25x of it);
+  IO-bound KV cache (the runner's default) on a layout whose attention scores transpose
+  no key cache (``kq_scores``), the plain ``session.run`` path (``..._plain``) and the
+  default layout (``..._qk``), every round measuring all six in a rotating order; the
+  median of per-round ratios against the ratio of per-token multiply-accumulates
+  computed from the model's sizes, attention included (``mac_ratio_ctx1024``; target:
+  ``ratio_over_mac`` = ``tokens_per_s_ratio`` / ``mac_ratio_ctx1024`` <= 1.25);
 - time to first token through a gateway: two whole nodes (gateway, worker) in this
   process over websockets on 127.0.0.1 (Noise and all), the HTTP API on 127.0.0.1, a streamed
   completion read with httpx, against the runner's own first token on the same prompt
-  (``ttft_added_ms``), split into the scheduling before the worker starts
+  (``ttft_added_ms``: a paid request on the latency route, D84; ``ttft_added_ms_free``:
+  a free one, which waits for its beacon draw), split into the scheduling before the worker starts
   (``ttft_scheduling_ms``: the claim window and the assignment) and the stream from the
   worker's first token to the client's first text (``ttft_stream_ms``). Wall time,
-  medians.
+  medians;
+- what signing a streamed chunk costs (D85): ``chunk_bytes`` / ``chunk_signed_bytes``,
+  ``chunk_sign_us`` (worker), ``chunk_verify_us`` (gateway).
 
 Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``
 (``--quick`` for the issue 14 figures only).
@@ -58,8 +63,10 @@ from aipg.models import (
     build_demo_llm,
 )
 from aipg.node.http.app import build_app
+from aipg.pouw import TokenChunk
 from aipg.testing.apikit import running_api
 from aipg.testing.nodes import NodeSpec, open_node_world
+from aipg.wire import UNITS_PER_AIPG, Identity, encode, require_signature, save_identity, sign
 
 PROMPT = "The validators check the receipt and sign their verdicts."
 
@@ -208,44 +215,53 @@ def decode_seconds(runner: LlmRunner, prompt: list[int], n: int) -> float:
 
 
 def bench_context(root: Path, factory: SessionFactory, rounds: int) -> dict:
-    model = build_demo_llm(root, **CTX_SHAPE)
-    bound = LlmRunner(model, factory)
-    plain = LlmRunner(model, factory, io_binding=False)
-    vocab = bound.interface.vocab_size
-    base = bound.tokenizer.encode(PROMPT * 200)
+    """Decoding tokens/s after a 64- and a 1,024-token prompt. Every round measures every
+    (variant, context) once, in an order that rotates from round to round, so load on a
+    shared machine hits all of them alike; ratios are medians of per-round ratios (the
+    pair measured moments apart), rates medians over rounds. Variants: the headline
+    ``bound`` (IO-bound KV cache on the scores-as-(K·qᵀ)ᵀ layout, which copies no key
+    cache for a transpose), ``plain`` (the same model through ``session.run``) and
+    ``qk`` (bound, on the default q·Kᵀ layout, whose Transpose copies the key cache)."""
+    kq_model = build_demo_llm(root / "kq", kq_scores=True, **CTX_SHAPE)
+    qk_model = build_demo_llm(root / "qk", **CTX_SHAPE)
+    runners = {
+        "bound": LlmRunner(kq_model, factory),
+        "plain": LlmRunner(kq_model, factory, io_binding=False),
+        "qk": LlmRunner(qk_model, factory),
+    }
+    first = runners["bound"]
+    vocab = first.interface.vocab_size
+    base = first.tokenizer.encode(PROMPT * 200)
     out: dict = {"ctx_model": CTX_SHAPE | {"vocab": vocab}, "ctx_decode_tokens": CTX_DECODE}
-    rates: dict[tuple[str, int], list[float]] = {}
-    for length in CTX_PROMPTS:
-        prompt = base[:length]
-        for i in range(rounds):  # interleaved, order alternating: drift hits both alike
-            for name, runner in (("bound", bound), ("plain", plain))[:: 1 if i % 2 else -1]:
-                rates.setdefault((name, length), []).append(
-                    1 / decode_seconds(runner, prompt, CTX_DECODE)
-                )
-    for name, suffix in (("bound", ""), ("plain", "_plain")):
-        for length in CTX_PROMPTS:
-            out[f"tokens_per_s_ctx{length}{suffix}"] = round(
-                statistics.median(rates[(name, length)]), 1
-            )
+    cells = [(name, length) for name in runners for length in CTX_PROMPTS]
+    rates: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
+    for i in range(rounds):
+        shift = i % len(cells)
+        for name, length in cells[shift:] + cells[:shift]:
+            seconds = decode_seconds(runners[name], base[:length], CTX_DECODE)
+            rates[(name, length)].append(1 / seconds)
     short, long = CTX_PROMPTS
     middle = CTX_DECODE // 2  # the average context of the decoded tokens
     mac_ratio = per_token_macs(CTX_SHAPE, vocab, long + middle) / per_token_macs(
         CTX_SHAPE, vocab, short + middle
     )
-    tps_ratio = out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{long}"]
-    plain_ratio = out[f"tokens_per_s_ctx{short}_plain"] / out[f"tokens_per_s_ctx{long}_plain"]
-    out |= {
-        "mac_ratio_ctx1024": round(mac_ratio, 3),
-        "tokens_per_s_ratio": round(tps_ratio, 3),
-        "tokens_per_s_ratio_plain": round(plain_ratio, 3),
-        "ratio_over_mac": round(tps_ratio / mac_ratio, 3),  # target <= 1.25
-        "io_binding_speedup_ctx1024": round(
-            out[f"tokens_per_s_ctx{long}"] / out[f"tokens_per_s_ctx{long}_plain"], 3
-        ),
-        "io_binding_speedup_ctx64": round(
-            out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{short}_plain"], 3
-        ),
-    }
+    out["mac_ratio_ctx1024"] = round(mac_ratio, 3)
+    for name, suffix in (("bound", ""), ("plain", "_plain"), ("qk", "_qk")):
+        for length in CTX_PROMPTS:
+            out[f"tokens_per_s_ctx{length}{suffix}"] = round(
+                statistics.median(rates[(name, length)]), 1
+            )
+        per_round = [a / b for a, b in zip(rates[(name, short)], rates[(name, long)], strict=True)]
+        ratio = statistics.median(per_round)
+        out[f"tokens_per_s_ratio{suffix}"] = round(ratio, 3)
+        out[f"ratio_over_mac{suffix}"] = round(ratio / mac_ratio, 3)  # target <= 1.25
+    out["ctx_rounds"] = rounds
+    out["io_binding_speedup_ctx1024"] = round(
+        out[f"tokens_per_s_ctx{long}"] / out[f"tokens_per_s_ctx{long}_plain"], 3
+    )
+    out["io_binding_speedup_ctx64"] = round(
+        out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{short}_plain"], 3
+    )
     return out
 
 
@@ -270,20 +286,45 @@ def runner_first_token_ms(llm_dir: Path, rounds: int) -> float:
     return statistics.median(times)
 
 
+async def _first_text(http, body: dict, headers: dict) -> float | None:
+    """Stream one completion; the perf_counter time its first non-empty text arrived."""
+    seen = None
+    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as answer:
+        if answer.status_code != 200:
+            raise SystemExit(f"bench: the gateway answered {answer.status_code}")
+        async for line in answer.aiter_lines():
+            if seen is None and line.startswith("data: {") and '"text":""' not in line:
+                seen = time.perf_counter()
+    return seen
+
+
 async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
+    """Time to first token through a gateway over loopback websockets, for a paid request
+    (the latency route, D84: assigned at once) and a free one (which waits for its
+    beacon draw, D56/D58), rounds interleaved so load hits both alike."""
     import httpx
 
     own = runner_first_token_ms(llm_dir, rounds)
     specs = [NodeSpec(worker=False), NodeSpec()]
-    totals, streams, schedules = [], [], []
-    async with open_node_world(root, specs, [llm_dir], loopback=True) as world:
+    client = Identity.from_seed(b"\x51" * 32)
+    funds = 100 * UNITS_PER_AIPG
+    figures: dict[str, dict[str, list[float]]] = {
+        route: {"total": [], "stream": [], "schedule": []} for route in ("paid", "free")
+    }
+    async with open_node_world(
+        root, specs, [llm_dir], loopback=True, accounts=[(client, funds)]
+    ) as world:
         gateway, worker = world.nodes
         await world.wait_for_worker(gateway, worker.catalog.hosted()[0].id)
+        key_file = Path(gateway.data_dir.root) / "bench-client.key"
+        save_identity(client, key_file)
+        api_key = gateway.gateway.api_keys.add("bench", key_file)
         first_at: list[float] = []
         worker.worker.token_hook = lambda jid, index: (
             first_at.append(time.perf_counter()) if index == 0 else None
         )
         app = build_app(gateway.gateway, gateway, free_tier_per_minute=1_000_000)
+        headers = {"paid": {"Authorization": f"Bearer {api_key}"}, "free": {}}
         async with (
             running_api(app) as address,
             httpx.AsyncClient(
@@ -291,28 +332,60 @@ async def bench_ttft(root: Path, llm_dir: Path, rounds: int) -> dict:
                 timeout=60.0,  # a free job waits for its draw (D56)
             ) as http,
         ):
-            for i in range(rounds + 1):  # the first one waits for the chain: not counted
-                first_at.clear()
-                body = TTFT_BODY | {"stream": True, "seed": i}
-                start = time.perf_counter()
-                seen = None
-                async with http.stream("POST", "/v1/completions", json=body) as answer:
-                    async for line in answer.aiter_lines():
-                        if seen is None and line.startswith("data: {") and '"text":""' not in line:
-                            seen = time.perf_counter()
-                if i == 0 or seen is None or not first_at:
-                    continue
-                total = (seen - start) * 1e3
-                totals.append(total)
-                streams.append((seen - first_at[0]) * 1e3)
-                schedules.append(total - streams[-1] - own)
+            for i in range(rounds + 1):  # the first pair waits for the chain: not counted
+                for route in ("paid", "free")[:: 1 if i % 2 else -1]:
+                    first_at.clear()
+                    body = TTFT_BODY | {"stream": True, "seed": i}
+                    start = time.perf_counter()
+                    seen = await _first_text(http, body, headers[route])
+                    if i == 0 or seen is None or not first_at:
+                        continue
+                    f = figures[route]
+                    total = (seen - start) * 1e3
+                    f["total"].append(total)
+                    f["stream"].append((seen - first_at[0]) * 1e3)
+                    f["schedule"].append(total - f["stream"][-1] - own)
+    out: dict = {"ttft_runner_ms": round(own, 2)}
+    for route, suffix in (("paid", ""), ("free", "_free")):
+        f = figures[route]
+        total = statistics.median(f["total"])
+        out |= {
+            f"ttft_gateway_ms{suffix}": round(total, 2),
+            f"ttft_added_ms{suffix}": round(total - own, 2),
+            f"ttft_scheduling_ms{suffix}": round(statistics.median(f["schedule"]), 2),
+            f"ttft_stream_ms{suffix}": round(statistics.median(f["stream"]), 2),
+        }
+    out["ttft_rounds"] = len(figures["paid"]["total"])
+    out["ttft_route"] = "paid, latency route (D84); *_free: a free job, drawn"
+    return out
+
+
+def bench_chunk_signing(n: int = 1_000) -> dict:
+    """What signing streamed chunks costs (D85): the bytes of a chunk of 8 tokens and of
+    its signer key and signature in it, the worker's signing and the gateway's checking
+    per chunk (signing: medians of 5 batches of ``n``; checking: each of ``n`` once)."""
+    worker = Identity.from_seed(b"\x52" * 32)
+    chunks = [TokenChunk(b"\x01" * 32, b"\x02" * 32, i, tuple(range(8))) for i in range(n)]
+
+    def per_chunk_us(fn, items) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            out = [fn(x) for x in items]
+            times.append((time.perf_counter() - start) / n * 1e6)
+        return round(statistics.median(times), 1), out
+
+    sign_us, signed = per_chunk_us(lambda c: sign(c, worker), chunks)
+    key = worker.public_bytes
+    start = time.perf_counter()  # once each: a repeated check could hit a cache
+    for c in signed:
+        require_signature(c, key)
+    verify_us = round((time.perf_counter() - start) / n * 1e6, 1)
     return {
-        "ttft_runner_ms": round(own, 2),
-        "ttft_gateway_ms": round(statistics.median(totals), 2),
-        "ttft_added_ms": round(statistics.median(totals) - own, 2),
-        "ttft_scheduling_ms": round(statistics.median(schedules), 2),
-        "ttft_stream_ms": round(statistics.median(streams), 2),
-        "ttft_rounds": len(totals),
+        "chunk_bytes": len(encode(signed[0])),
+        "chunk_signature_bytes": len(signed[0].signer) + len(signed[0].signature),
+        "chunk_sign_us": sign_us,
+        "chunk_verify_us": verify_us,
     }
 
 
@@ -341,6 +414,7 @@ def main() -> None:
             result |= bench_llm(llm_dir, factory, args.rounds, args.tokens)
             result |= bench_diffusion(diffusion_dir, factory, args.rounds, args.steps)
         result |= bench_context(Path(tmp) / "ctx", factory, args.context_rounds)
+        result |= bench_chunk_signing()
         result |= trio.run(bench_ttft, Path(tmp) / "ttft", llm_dir, args.ttft_rounds)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

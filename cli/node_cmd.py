@@ -78,6 +78,12 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         metavar="N",
         help="free-tier requests per minute per client (default 30)",
     )
+    roles.add_argument(
+        "--paid-route",
+        choices=("latency", "drawn"),
+        help="paid jobs: assigned at once, fee only (latency, the default), or by the "
+        "beacon's draw, fee and pool share (drawn)",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     test = p.add_argument_group(
         "testing only",
@@ -182,6 +188,7 @@ def _config_from(args: argparse.Namespace, data_dir) -> NodeConfig:
         validator=args.validator,
         api=args.api,
         free_tier_per_minute=args.free_tier_per_minute,
+        paid_route=args.paid_route,
         log_level=args.log_level,
     )
 

@@ -31,7 +31,6 @@ from .errors import (
 from .messages import (
     CIRCUIT_TYPES,
     FRAME_TYPES,
-    CircuitData,
     Goodbye,
     Identify,
     Ping,
@@ -148,11 +147,10 @@ class ConnectionIO:
                 # Busy (we sent moments ago): pause briefly so the frames of a burst pile
                 # up and leave merged, saving most per-frame cost (syscalls, websocket
                 # framing, task switches). Idle: send at once, adding no latency.
-                # Relayed frames go at once: the channel inside the circuit has batched
-                # already, and a pause here would add up at every hop of a circuit.
-                if type(batch[0]) is not CircuitData and (
-                    trio.current_time() - last_send < WRITE_BUSY_WINDOW
-                ):
+                # Only gossip waits: requests and responses are someone's round trip (a
+                # streamed token, a claim, a latent fetch), and relayed frames have been
+                # batched inside their circuit already (a pause would add up per hop).
+                if type(batch[0]) is Rpc and (trio.current_time() - last_send < WRITE_BUSY_WINDOW):
                     await trio.sleep(WRITE_COALESCE)
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()

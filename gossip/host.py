@@ -171,13 +171,16 @@ class GossipHost:
         *,
         max_request_size: int = 1 << 20,
         max_response_size: int = MAX_REQUEST_DATA,
+        priority=None,
     ) -> None:
         """Serve ``protocol``: ``await handler(peer, request) -> response``.
 
         Requests over ``max_request_size`` are refused (and cost the sender score);
         a handler that raises or exceeds ``config.handler_timeout`` answers an error.
+        ``priority(request) -> int`` (0 high, above 0 low): low-priority requests only
+        take a peer's budget above the reserve its high-priority ones keep (reqresp).
         """
-        self._requests.set_handler(protocol, handler, max_request_size, max_response_size)
+        self._requests.set_handler(protocol, handler, max_request_size, max_response_size, priority)
 
     async def request(
         self, peer: PeerId, protocol: str, data: bytes, timeout: float | None = None
@@ -491,7 +494,17 @@ class GossipHost:
         if existing is not None:
             if self._initiator(existing) <= self._initiator(conn):
                 return False
-            self._conns[conn.peer] = conn  # the new one wins the tie-break
+            # The new one wins the tie-break. It was admitted without the caps (the peer
+            # was connected), so it takes the old one's place: a regular one replacing a
+            # transient one while max_peers is full stays transient (the dialer checked
+            # max_peers before its dial began, when the old one was not there yet).
+            if (
+                existing.transient
+                and not conn.transient
+                and self._regular_count() >= self.config.max_peers
+            ):
+                conn.transient = True
+            self._conns[conn.peer] = conn
             self.router.remove_peer(conn.peer)
             close(existing, "duplicate connection")
         self._conns[conn.peer] = conn

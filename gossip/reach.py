@@ -312,7 +312,13 @@ class Reach:
             if resv.ok:
                 held[peer] = trio.current_time() + resv.expires_in
                 self.relay_addrs[peer] = addr
-                conn.transient = False  # our relay connection stays up
+                # Our relay connection stays up: as a regular one while max_peers has
+                # room, else it stays transient (counted against max_transient) and is
+                # never closed as idle while it carries our reservation (host._carries).
+                # Promoting it past max_peers let a host hold max_peers + 1 regular
+                # connections beside a full transient table.
+                if conn.transient and self.host._regular_count() < self.host.config.max_peers:
+                    conn.transient = False
                 want -= 1
                 log.info("reserved a relay slot on %s", peer.short())
 

@@ -5,6 +5,13 @@ protocol's handler (refusing it when there is none, when it is over the handler'
 limit, or when the peer is over its rate or concurrency limit), and matches our own
 requests to the :class:`Response` frames that come back. The status codes of a response
 map to the :class:`RequestError` subclasses the requester raises.
+
+Priorities: a handler may classify its requests (``priority(data)``: 0 high, above 0
+low). Low-priority requests take a peer's request budget only above a reserve
+(``LOW_PRIORITY_RESERVE`` of the burst) and hold at most half of its concurrent
+slots, so a peer's high-priority requests (a job's result) are never refused because
+its low-priority ones (streamed chunks) spent the budget. The requester decides what it
+marks low, so misclassifying only ever costs its own requests.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from .score import PeerScore
 log = logging.getLogger("aipg.gossip")
 
 RequestHandler = Callable[[PeerId, bytes], Awaitable[bytes]]
+Priority = Callable[[bytes], int]  # a request's priority by its data: 0 high, > 0 low
+
+LOW_PRIORITY_RESERVE = 0.5  # of a peer's request burst, kept for its high-priority requests
 
 STATUS_OK = 0
 STATUS_NO_HANDLER = 1
@@ -54,6 +64,7 @@ class ProtocolHandler:
     fn: RequestHandler
     max_request_size: int
     max_response_size: int
+    priority: Priority | None = None
 
 
 class RequestResponse:
@@ -69,11 +80,18 @@ class RequestResponse:
         self._request_ids = itertools.count(1)
 
     def set_handler(
-        self, protocol: str, handler: RequestHandler, max_request_size: int, max_response_size: int
+        self,
+        protocol: str,
+        handler: RequestHandler,
+        max_request_size: int,
+        max_response_size: int,
+        priority: Priority | None = None,
     ) -> None:
         if not 0 < max_request_size <= MAX_REQUEST_DATA:
             raise ValueError(f"max_request_size must be in 1..{MAX_REQUEST_DATA}")
-        self._handlers[protocol] = ProtocolHandler(handler, max_request_size, max_response_size)
+        self._handlers[protocol] = ProtocolHandler(
+            handler, max_request_size, max_response_size, priority
+        )
 
     def protocols(self) -> list[str]:
         """The protocols we serve, sorted (for Identify)."""
@@ -121,16 +139,27 @@ class RequestResponse:
         elif len(req.data) > handler.max_request_size:
             status = STATUS_TOO_LARGE
             self.score.add_penalty(conn.peer, 0.5)
-        elif (
-            conn.inflight >= self.config.max_concurrent_requests_per_peer
-            or not conn.bucket.try_take()
-        ):
+        elif not self._admit(conn, handler, req.data):
             status = STATUS_RATE_LIMITED
         if status is not None:
             enqueue(conn, Response(request_id=req.request_id, status=status, data=b""))
             return
         conn.inflight += 1
         conn.nursery.start_soon(self._serve_request, conn, handler, req)
+
+    def _admit(self, conn: Connection, handler: ProtocolHandler, data: bytes) -> bool:
+        """Whether the peer's budget takes this request (and take it): high priority
+        may use all of it, low priority only what is above the reserve."""
+        slots = self.config.max_concurrent_requests_per_peer
+        low = handler.priority is not None and handler.priority(data) > 0
+        if low:
+            if conn.inflight >= slots // 2:
+                return False
+            if conn.bucket.tokens < self.config.request_burst * LOW_PRIORITY_RESERVE + 1:
+                return False
+        elif conn.inflight >= slots:
+            return False
+        return conn.bucket.try_take()
 
     async def _serve_request(
         self, conn: Connection, handler: ProtocolHandler, req: Request

@@ -48,6 +48,7 @@ def build_demo_llm(
     kv_cache: bool = True,
     merged: bool = False,
     external_data: bool = False,
+    kq_scores: bool = False,
     name: str = "aipg-demo-llm",
     version: str = "1",
 ) -> Path:
@@ -58,14 +59,17 @@ def build_demo_llm(
     same shape with other weights, ``dtype="float16"`` (or ``"int8"``) for cheaper weights, and the
     sizes for a smaller "draft" model with the same vocabulary; ``merged=True`` adds the
     ``use_cache_branch`` input of optimum's merged decoders; ``external_data=True`` keeps the
-    weights in ``model.onnx_data`` (role ``decoder.data``), as large exports do. Raises
-    ModelError for bad sizes.
+    weights in ``model.onnx_data`` (role ``decoder.data``), as large exports do.
+    ``kq_scores=True`` computes the attention scores as (K·qᵀ)ᵀ instead of q·Kᵀ: the same
+    products, but the transpose is of the one-row result, not of the whole key cache (a
+    copy of it every step; bench/inference's context model). Raises ModelError for bad
+    sizes.
     """
     shape = LlmShape(layers, d_model, heads, d_ff, context)
     if min(layers, d_model, heads, d_ff) < 1 or d_model % heads or context < 8:
         raise ModelError("demo llm: need positive sizes, d_model divisible by heads, context >= 8")
     out = Path(out_dir)
-    graph = _llm_graph(shape, seed, dtype, kv_cache, merged)
+    graph = _llm_graph(shape, seed, dtype, kv_cache, merged, kq_scores)
     files = []
     if external_data:
         write_external(out / "model.onnx", graph, EXTERNAL_DATA_FILE)
@@ -100,7 +104,9 @@ def build_demo_llm(
     return out
 
 
-def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool) -> bytes:
+def _llm_graph(
+    s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool, kq_scores: bool = False
+) -> bytes:
     g = Graph(seed, dtype)
     inputs = [
         value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
@@ -126,7 +132,7 @@ def _llm_graph(s: LlmShape, seed: int, dtype: str, kv_cache: bool, merged: bool)
         h = g.op("Add", [h, g.op("Mul", [flag, g.const("zero_flag", np.array(0.0, np.float32))])])
     bias = attention_bias(g)
     for i in range(s.layers):
-        h = _decoder_layer(g, s, h, bias, i, kv_cache)
+        h = _decoder_layer(g, s, h, bias, i, kv_cache, kq_scores)
     h = g.layer_norm(h, "ln_f", s.d_model)
     g.nodes.append(
         helper.make_node(
@@ -144,7 +150,9 @@ def _split_heads(g: Graph, x: str, s: LlmShape) -> str:
     return g.op("Transpose", [g.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
 
 
-def _decoder_layer(g: Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: bool) -> str:
+def _decoder_layer(
+    g: Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: bool, kq_scores: bool = False
+) -> str:
     p = f"h{i}"
     x = g.layer_norm(h, f"{p}.ln_1", s.d_model)
     q = _split_heads(g, g.linear(x, f"{p}.q", s.d_model, s.d_model), s)
@@ -162,7 +170,11 @@ def _decoder_layer(g: Graph, s: LlmShape, h: str, bias: str, i: int, kv_cache: b
             )
         )
         k, v = f"present.{i}.key", f"present.{i}.value"
-    scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    if kq_scores:  # (K qᵀ)ᵀ: transposes q and the scores (one row each), never the keys
+        kq = g.op("MatMul", [k, g.op("Transpose", [q], perm=[0, 1, 3, 2])])
+        scores = g.op("Transpose", [kq], perm=[0, 1, 3, 2])
+    else:
+        scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
     scale = g.const(g.name("attn_scale"), np.array(1.0 / math.sqrt(s.head_dim), np.float32))
     scores = g.op("Add", [g.op("Mul", [scores, scale]), bias])
     attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])

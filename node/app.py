@@ -36,7 +36,7 @@ from aipg.gossip import (
     WebsocketTransport,
 )
 from aipg.models import ModelError, check_announcement, model_id_text
-from aipg.pouw import Job, PouwError, Verdict, VerdictCommit
+from aipg.pouw import Job, PouwError, StreamEvidence, Verdict, VerdictCommit
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -201,6 +201,7 @@ class Node:
             self._local_job,
             now_ms,
             reputation=reputation.reputation(),
+            paid_route=self.config.paid_route,
         )
         await nursery.start(self.gateway.run)
         if self.config.worker:
@@ -218,6 +219,7 @@ class Node:
                 withhold_latents=self.faults.withhold_latents,
                 on_answer=self._answer_challenge,
                 misstream=self.faults.misstream,
+                junk_stream=self.faults.junk_stream,
                 refuse_jobs=self.faults.refuse_jobs,
             )
             await nursery.start(self.worker.run)
@@ -347,7 +349,11 @@ class Node:
         await self._local_job(decode(m.data, Job))
 
     async def _on_report(self, m: Delivered) -> None:
-        await self.intake.on_report(decode(m.data, WorkReport))
+        msg = decode(m.data, (WorkReport, StreamEvidence))
+        if isinstance(msg, StreamEvidence):  # checked by the topic (D85): offer it to blocks
+            self.tracker.add_junk_stream(msg)
+            return
+        await self.intake.on_report(msg)
 
     async def _on_verdict(self, m: Delivered) -> None:
         msg = decode(m.data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))

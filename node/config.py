@@ -34,6 +34,9 @@ class NodeConfig:
         ""  # "HOST:PORT" serves the HTTP API (gateway role; port 0: any free port); empty: no API
     )
     free_tier_per_minute: int = 30
+    # Paid jobs: "latency" (assigned at once, fee only) or "drawn" (wait for the beacon's
+    # draw, fee and pool share); D84.
+    paid_route: str = "latency"
     host_model: tuple[str, ...] = ()  # model ids or model directories (worker role)
     threads: int = 0  # ONNX intra-op threads; 0 = one per core
     worker: bool = True  # claim and run jobs for hosted models (false: host them to verify only)
@@ -61,6 +64,8 @@ class NodeConfig:
             raise ConfigError(f"threads: must be between 0 and 1024, got {self.threads}")
         if not 1 <= self.free_tier_per_minute <= 1_000_000:
             raise ConfigError("free_tier_per_minute: must be between 1 and 1000000")
+        if self.paid_route not in ("latency", "drawn"):
+            raise ConfigError(f"paid_route: latency or drawn, got {self.paid_route!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level: one of debug, info, warning, error; got {self.log_level!r}"
@@ -142,6 +147,11 @@ def render_default_config() -> str:
 
 # Free-tier requests per minute per client address on this gateway.
 # free_tier_per_minute = 30
+
+# Paid jobs: "latency" assigns each at once to a trusted worker (the first token comes
+# without waiting for blocks; the job earns its fee only); "drawn" waits for the beacon's
+# draw of the worker (a few blocks; the job earns its fee and a pool share).
+# paid_route = "latency"
 
 # Models to host and run jobs for (worker role): model ids or model directories.
 # host_model = []

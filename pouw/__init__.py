@@ -68,6 +68,7 @@ from .reveal import (
     verdict_salt,
 )
 from .schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
+from .streams import StreamEvidence, TokenChunk, validate_stream_evidence
 from .types import Height, JobId, Millis, ModelId, NodeKey, ReceiptId, Stake, WorkUnits
 from .validate import (
     FinalizedHash,
@@ -130,8 +131,10 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "Stake",
+    "StreamEvidence",
     "Tally",
     "Tier",
+    "TokenChunk",
     "Verdict",
     "VerdictCommit",
     "VerdictReason",
@@ -172,6 +175,7 @@ __all__ = [
     "validate_job",
     "validate_receipt",
     "validate_review",
+    "validate_stream_evidence",
     "validate_verdict",
     "verdict_commitment",
     "verdict_for",

@@ -14,7 +14,8 @@ Rules:
   hash); nothing a claim reports (its queue length) and no key order decides. A free job
   waits up to ``draw_wait_ms`` for its draw (its seed block, two blocks after its
   commitment); with no draw it falls back to the hash order, and the job earns what a
-  chosen worker may;
+  chosen worker may. A paid job takes the latency route by default (D84: assigned at
+  once in the hash order, earning its fee only) unless submitted with ``wait_draw``;
 - paid-tier jobs go only to trusted workers: bond >= ``trusted_min_bond`` and reputation
   >= ``trusted_min_reputation``;
 - an assignment that brings no result by its deadline is a timeout: the worker's
@@ -205,6 +206,7 @@ class _Entry:
     attempts: int = 0
     refusals: int = 0  # attempts the worker refused: not counted against max_attempts
     window_closed: bool = False  # every known worker claimed: no need to wait the window out
+    wait_draw: bool = True  # wait up to draw_wait_ms for the chain's draw (D58, D84)
 
 
 class Scheduler:
@@ -235,10 +237,12 @@ class Scheduler:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def submit(self, job: Job, now: Millis) -> JobId:
+    def submit(self, job: Job, now: Millis, *, wait_draw: bool | None = None) -> JobId:
         """Track a job this gateway signed, forgetting the oldest finished jobs beyond
-        ``config.max_jobs``. Raises PouwError for a foreign or known job, or when the
-        table is full of open jobs."""
+        ``config.max_jobs``. ``wait_draw``: wait up to ``draw_wait_ms`` for the chain's
+        draw of the worker; None: a free job waits, a paid job takes the latency route
+        (D84: the first eligible claimant in the hash order, fee only). Raises PouwError
+        for a foreign or known job, or when the table is full of open jobs."""
         if job.signer != self.identity.public_bytes:
             raise PouwError("job.signer", "a gateway schedules only the jobs it signed")
         jid = job_id(job)
@@ -247,7 +251,8 @@ class Scheduler:
         evict_over(self._jobs, self.config.max_jobs - 1, _finished)
         if len(self._jobs) >= self.config.max_jobs:
             raise PouwError("job", f"{len(self._jobs)} jobs are open; try again later")
-        self._jobs[jid] = _Entry(job, now)
+        wait = job.tier == Tier.FREE if wait_draw is None else wait_draw
+        self._jobs[jid] = _Entry(job, now, wait_draw=wait)
         return jid
 
     def on_claim(self, claim: Claim, now: Millis) -> None:
@@ -408,7 +413,7 @@ class Scheduler:
             return None
         ranked = self.order(entry.job, eligible) if self.order is not None else None
         if ranked is None:
-            waiting = self.order is not None and entry.job.tier == Tier.FREE
+            waiting = self.order is not None and entry.wait_draw
             if waiting and now < entry.submitted_ms + self.config.draw_wait_ms:
                 return None  # the draw comes with the job's seed block
             ranked = hash_order(entry.job, eligible)

@@ -16,6 +16,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    StreamEvidence,
     VerdictCommit,
 )
 from aipg.wire import (
@@ -116,6 +117,9 @@ class BlockBody(Record):
     verdict_commits: Annotated[tuple[VerdictCommit, ...], MaxLen(MAX_BLOCK_VERDICT_COMMITS)] = ()
     challenges: Annotated[tuple[WithholdingChallenge, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
     answers: Annotated[tuple[ChallengeAnswer, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    # D85: streamed chunks that contradict their worker's receipt (applied before the
+    # certificates: the receipt is then not paid)
+    junk_streams: Annotated[tuple[StreamEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -10,6 +10,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    StreamEvidence,
     VerdictCommit,
 )
 from aipg.wire import Identity, sign
@@ -39,6 +40,7 @@ def make_block(
     verdict_commits: Sequence[VerdictCommit] = (),
     challenges: Sequence[WithholdingChallenge] = (),
     answers: Sequence[ChallengeAnswer] = (),
+    junk_streams: Sequence[StreamEvidence] = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in. A proposer
     given as an Identity proves the beacon (D55); given as a key alone, the header
@@ -57,6 +59,7 @@ def make_block(
         verdict_commits=tuple(verdict_commits),
         challenges=tuple(challenges),
         answers=tuple(answers),
+        junk_streams=tuple(junk_streams),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

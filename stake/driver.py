@@ -22,6 +22,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    StreamEvidence,
     VerdictCommit,
 )
 from aipg.wire import Identity, WireError, decode, encode
@@ -60,6 +61,7 @@ class BlockContents:
     verdict_commits: Sequence[VerdictCommit] = ()
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
+    junk_streams: Sequence[StreamEvidence] = ()
 
 
 Contents = Callable[[State], BlockContents]
@@ -102,6 +104,7 @@ class ChainApp:
             verdict_commits=c.verdict_commits,
             challenges=c.challenges,
             answers=c.answers,
+            junk_streams=c.junk_streams,
         )
         builder = self.identity or self.me
         prepared = prepare_block(

@@ -2,6 +2,8 @@
 
 - A worker that signed two receipts computing different results for one assignment is
   slashed like a convicted worker (``fraud_slash_bps``), once per assignment.
+- A worker that signed a streamed chunk its own receipt contradicts (D85) is slashed
+  the same way, once per assignment, and that assignment's receipt is never paid.
 - A validator that signed two different votes on one receipt is slashed and jailed like
   a double signer in consensus (``double_sign_slash_bps``, ``jail_period``), once per
   receipt: a member that votes both ways lets each side count it, so one job could be
@@ -20,8 +22,10 @@ from aipg.pouw import (
     ConflictingVerdicts,
     EquivocationEvidence,
     PouwError,
+    StreamEvidence,
     validate_conflicting_verdicts,
     validate_equivocation,
+    validate_stream_evidence,
 )
 
 from .money import slash
@@ -46,6 +50,32 @@ def check_equivocation(s: State, ev: EquivocationEvidence, i: int = 0) -> bytes:
     key = b"equivocation" + ev.receipt_a.assignment_id
     if key in s.punished:
         raise LedgerError(f"equivocation {i}: this equivocation was already punished")
+    return key
+
+
+def junk_stream_key(assignment_id: bytes) -> bytes:
+    """The ``punished`` key of an assignment whose stream contradicted its receipt."""
+    return b"junkstream" + bytes(assignment_id)
+
+
+def process_junk_streams(s: State, evidence: Iterable[StreamEvidence]) -> None:
+    """Check each piece of evidence (D85), slash its worker's bond (burned) and mark the
+    assignment: its receipt is refused as a certificate from now on."""
+    for i, ev in enumerate(evidence):
+        key = check_junk_stream(s, ev, i)
+        s.put("punished", key, s.height)
+        s.burned += slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
+
+
+def check_junk_stream(s: State, ev: StreamEvidence, i: int = 0) -> bytes:
+    """The evidence's punishment key; LedgerError naming the rule it breaks."""
+    try:
+        validate_stream_evidence(ev)
+    except PouwError as e:
+        raise LedgerError(f"junk stream {i}: {e}") from None
+    key = junk_stream_key(ev.receipt.assignment_id)
+    if key in s.punished:
+        raise LedgerError(f"junk stream {i}: this stream was already punished")
     return key
 
 

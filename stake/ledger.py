@@ -25,7 +25,11 @@ from .assign import snapshot_workers
 from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .challenge import expire_challenges, process_answers, process_challenges
-from .equivocation import process_conflicting_verdicts, process_equivocations
+from .equivocation import (
+    process_conflicting_verdicts,
+    process_equivocations,
+    process_junk_streams,
+)
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
 from .pool import WorkItem, pay_work
@@ -69,6 +73,7 @@ def apply_block(
     process_liveness(s, block)
     process_transactions(s, block)
     process_verdict_commits(s, block.body.verdict_commits)
+    process_junk_streams(s, block.body.junk_streams)  # D85: before the receipts are paid
     work = process_certificates(s, block.body.certificates)
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)

@@ -25,6 +25,7 @@ from aipg.pouw import (
     EquivocationEvidence,
     FraudEvidence,
     FraudReview,
+    StreamEvidence,
     VerdictCommit,
     receipt_id,
 )
@@ -47,7 +48,11 @@ from .challenge import (
     process_answers,
     process_challenges,
 )
-from .equivocation import process_conflicting_verdicts, process_equivocations
+from .equivocation import (
+    process_conflicting_verdicts,
+    process_equivocations,
+    process_junk_streams,
+)
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
 from .reveal import process_verdict_commits
@@ -75,6 +80,7 @@ class Candidates:
     verdict_commits: Sequence[VerdictCommit] = ()
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
+    junk_streams: Sequence[StreamEvidence] = ()
 
 
 @dataclass
@@ -151,6 +157,12 @@ EVIDENCE_STEPS = (
         MAX_BLOCK_VERDICT_COMMITS,
         process_verdict_commits,
         lambda c: (c.receipt_id, c.signer),
+    ),
+    (
+        "junk_streams",
+        MAX_BLOCK_EVIDENCE,
+        process_junk_streams,
+        lambda ev: ev.receipt.assignment_id,
     ),
     ("certificates", MAX_BLOCK_CERTIFICATES, process_certificates, lambda c: c.receipt.job_id),
     (

@@ -54,6 +54,8 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
             job = cert.receipt.job_id
             if job in s.certified:
                 raise LedgerError(f"job {job.hex()[:16]} was already certified")
+            if b"junkstream" + bytes(cert.receipt.assignment_id) in s.punished:
+                raise LedgerError("its worker streamed tokens its receipt contradicts (D85)")
             escrow = job_escrow(s, cert.job, job) if cert.job.tier == Tier.PAID else None
             units = certified_work(s, cert.job, cert.receipt)
         except (LedgerError, PouwError) as e:

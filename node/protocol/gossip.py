@@ -32,11 +32,13 @@ from aipg.models import ModelError, check_announcement
 from aipg.pouw import (
     Job,
     PouwError,
+    StreamEvidence,
     Verdict,
     VerdictCommit,
     validate_assignment,
     validate_job,
     validate_receipt,
+    validate_stream_evidence,
 )
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -118,7 +120,12 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
         validate_job(decode(data, Job))
 
     def receipts(data: bytes) -> None:
-        check_report(decode(data, WorkReport))
+        # a work report, or a gateway's evidence that a stream contradicted one (D85)
+        msg = decode(data, (WorkReport, StreamEvidence))
+        if isinstance(msg, StreamEvidence):
+            validate_stream_evidence(msg)
+        else:
+            check_report(msg)
 
     def verdicts(data: bytes) -> None:
         # a vote, its commitment, or a withholding challenge and its answer

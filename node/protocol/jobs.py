@@ -12,8 +12,9 @@ request                 served by      answer
 ``LatentRequest``       worker         ``LatentReply``
 =====================  =============  ========================================
 
-The gateway's handlers that take the sending peer (``on_tokens``, ``on_refusal``) trust
-nothing but the peer id the transport authenticated: those records are unsigned.
+The gateway's handlers that take the sending peer (``on_tokens``, ``on_refusal``) check
+it is the assignee the transport authenticated; a refusal is unsigned, a chunk is signed
+by the worker too (D85: a chunk its receipt contradicts is evidence).
 
 A message to this node itself (its worker claiming its own gateway's job) is handled in
 process, never sent over the network. A request this node cannot serve is answered with
@@ -35,6 +36,16 @@ from .messages import PROTO_JOB, JobAck, JobRefusal, TokenChunk, WorkReport
 log = logging.getLogger("aipg.node.jobs")
 
 MAX_JOB_REQUEST = 1 << 20  # claims, assignments, latent requests and work reports
+
+# A TokenChunk's encoding starts with these bytes (its array header and type tag).
+_CHUNK_PREFIX = encode(TokenChunk(bytes(32), bytes(32), 0, ()))[:4]
+
+
+def job_priority(data: bytes) -> int:
+    """Streamed chunks are low priority on ``job``: results, claims and assignments
+    always find the sender's request budget (gossip's reqresp keeps a reserve for them)."""
+    return 1 if data.startswith(_CHUNK_PREFIX) else 0
+
 
 SendJob = Callable[[bytes, bytes, float], Awaitable[bytes]]
 """``send_job(to_key, data, timeout) -> answer``: a ``job`` message to the node with
@@ -83,7 +94,9 @@ class JobProtocol:
     ) -> None:
         """Register the handlers and start answering ``job`` requests."""
         self._gateway, self._worker, self._on_report = gateway, worker, on_report
-        self.host.set_request_handler(PROTO_JOB, self.handle, max_request_size=MAX_JOB_REQUEST)
+        self.host.set_request_handler(
+            PROTO_JOB, self.handle, max_request_size=MAX_JOB_REQUEST, priority=job_priority
+        )
 
     async def send(self, to_key: bytes, data: bytes, timeout: float) -> bytes:
         if to_key == self.identity.public_bytes:

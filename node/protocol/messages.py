@@ -13,12 +13,13 @@ from typing import Annotated
 
 from aipg.pouw import Assignment, Job, Result
 from aipg.pouw.records import MAX_IMAGE_BYTES
+from aipg.pouw.streams import MAX_CHUNK_TOKENS as MAX_CHUNK_TOKENS
+from aipg.pouw.streams import TokenChunk as TokenChunk
 from aipg.wire import (
     NO_SIGNATURE,
     NO_SIGNER,
     U8,
     U16,
-    U32,
     U64,
     Hash32,
     MaxLen,
@@ -72,26 +73,9 @@ class WorkerStatus(Record):
     signature: SignatureBytes = NO_SIGNATURE
 
 
-# Tokens per TokenChunk: a worker batches what it generated while its last chunk was in
-# flight, so a chunk is small unless the gateway is slow; 256 keeps one under 1.5 KiB.
-MAX_CHUNK_TOKENS = 256
-
-
-@record(tag=503)
-class TokenChunk(Record):
-    """Tokens a worker generated for an assignment, sent to the job's gateway while it
-    generates (D50): ``tokens`` are output tokens ``start`` .. ``start + len - 1``.
-
-    Unsigned: the ``job`` protocol runs over Noise, so the gateway knows which peer sent
-    it and accepts chunks only from the assignee. The receipt, not the stream, is what
-    the committee checks; the gateway accepts the result only if its tokens begin with
-    every token streamed.
-    """
-
-    job_id: Hash32
-    assignment_id: Hash32
-    start: U32
-    tokens: Annotated[tuple[U32, ...], MaxLen(MAX_CHUNK_TOKENS)]
+# TokenChunk (503) lives in pouw, signed: a chunk can be evidence on chain (D85). Tokens
+# per chunk (MAX_CHUNK_TOKENS, 256): a worker batches what it generated while its last
+# chunk was in flight, so a chunk is small unless the gateway is slow.
 
 
 class RefusalCode(enum.IntEnum):

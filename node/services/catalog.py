@@ -152,6 +152,11 @@ class ModelCatalog:
                 model._runners[purpose] = r
             return r
 
+    def cached_runner(self, model: KnownModel, purpose: str = "work"):
+        """The runner :meth:`runner` built already, or None (a dict read: no lock, so the
+        event loop may call it without waiting on a thread that is building one)."""
+        return model._runners.get(purpose)
+
     def tokenizer(self, model: KnownModel) -> Tokenizer | None:
         if model.kind != LLM or model.model_dir is None:
             return None

@@ -38,6 +38,7 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     Job,
+    StreamEvidence,
     Tier,
     VerdictCommit,
 )
@@ -213,6 +214,7 @@ class ChainService:
             self.tracker.pending_commits(),
             self.tracker.pending_challenges(),
             self.tracker.pending_answers(),
+            junk_streams=self.tracker.pending_junk_streams(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -227,6 +229,8 @@ class ChainService:
                 self.tracker.set_aside(item, reason)
             elif isinstance(item, EquivocationEvidence):
                 self.tracker.settle_equivocation(item)
+            elif isinstance(item, StreamEvidence):
+                self.tracker.settle_junk_stream(item)
             elif isinstance(item, ConflictingVerdicts):
                 self.tracker.settle_conflict(item)
             elif isinstance(item, FraudReview):
@@ -254,6 +258,8 @@ class ChainService:
             self.tracker.mark_included(outcome, block.height)
         for evidence in block.body.equivocations:
             self.tracker.settle_equivocation(evidence)
+        for junk in block.body.junk_streams:
+            self.tracker.settle_junk_stream(junk)
         for conflict in block.body.conflicting_verdicts:
             self.tracker.settle_conflict(conflict)
         for review in block.body.reviews:

@@ -39,6 +39,7 @@ class Faults:
     withhold_latents: bool = False  # worker: serve nobody its latents (answers challenges)
     misstream: bool = False  # worker: stream its tokens, then report an altered last token
     refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
+    junk_stream: bool = False  # worker: stream other tokens, then sign the honest result
 
     def any(self) -> bool:
         return (
@@ -53,6 +54,7 @@ class Faults:
             or self.withhold_latents
             or self.misstream
             or self.refuse_jobs
+            or self.junk_stream
         )
 
 

@@ -11,7 +11,8 @@ in the mempool (D32), and a refused escrow fails the request (402) before any wo
 Requests are checked against the model's own limits first (:mod:`.limits`, D51). An
 LLM job's tokens arrive while the worker generates (``TokenChunk`` on ``job``, D50) and
 are forwarded to a streaming client at once; the result must begin with every token
-streamed, or the attempt fails. A worker's ``JobRefusal`` (D52) ends its attempt at once.
+streamed, or the attempt fails. A worker's ``JobRefusal`` (D52) ends its attempt at once. What workers send on ``job``
+is handled in :mod:`.gateway_jobs` (the service's base class).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -34,12 +34,18 @@ from aipg.node.protocol.messages import (
     JobAck,
     JobRefusal,
     RefusalCode,
-    TokenChunk,
     WorkerStatus,
     WorkReport,
     topic,
 )
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, assignment_id, job_id
+from aipg.pouw import (
+    COMMITTEE_LOOKAHEAD,
+    Job,
+    PouwError,
+    Tier,
+    assignment_id,
+    job_id,
+)
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
@@ -69,8 +75,9 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
+from .gateway_jobs import WORKER_STATUS_TTL_MS, GatewayJob, WorkerMessages
 from .gateway_views import job_view, jobs_by_state
-from .limits import check_completion, check_image, check_prompt_ids, job_violation
+from .limits import check_completion, check_image, check_prompt_ids
 from .streaming import TextForwarder, TokenRelay
 from .work import TrackedWork, WorkTracker
 
@@ -92,27 +99,12 @@ MAX_WORKERS_PER_MODEL = 256
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
-WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
 # Time to first token (job created -> first token at this gateway), in seconds.
+# How a paid job finds its worker (D84): at once ("latency", the default: it earns its fee
+# only) or by waiting for the beacon's draw like a free job ("drawn": fee and pool share).
+PAID_ROUTES = ("latency", "drawn")
+MAX_OUTBOX = 64  # stream evidence waiting to be gossiped; beyond it, only blocks carry it
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass
-class GatewayJob:
-    job: Job
-    tier: str
-    client: str
-    done: trio.Event = field(default_factory=trio.Event)
-    report: WorkReport | None = None
-    failed: str = ""
-    relay: TokenRelay | None = None  # LLM jobs: the tokens streamed so far (D50)
-
-    def finish(self, report: WorkReport | None = None, failed: str = "") -> None:
-        self.report = report or self.report
-        self.failed = failed or self.failed
-        self.done.set()
-        if self.relay is not None:
-            self.relay.notify()
 
 
 class GatewayChain(Protocol):
@@ -132,7 +124,7 @@ class GatewayChain(Protocol):
     def claim_order(self, job: Job, claimants: list[bytes]) -> list[bytes] | None: ...
 
 
-class GatewayService:
+class GatewayService(WorkerMessages):
     """``send_job`` reaches workers on the ``job`` protocol; ``local_jobs`` hands each
     new job to this node's own worker (gossip does not deliver our own messages back)."""
 
@@ -149,9 +141,15 @@ class GatewayService:
         now_ms: Callable[[], int],
         *,
         reputation: Reputation | None = None,
+        paid_route: str = "latency",
     ):
         """``reputation``: the workers' scores and bans this gateway starts from (the
-        node's, loaded from its data dir; a fresh table when None)."""
+        node's, loaded from its data dir; a fresh table when None). ``paid_route``:
+        "latency" assigns a paid job at once (D84: its fee only, no pool share);
+        "drawn" makes it wait for the beacon's draw like a free job."""
+        if paid_route not in PAID_ROUTES:
+            raise ValueError(f"paid_route: one of {', '.join(PAID_ROUTES)}, got {paid_route!r}")
+        self.paid_route = paid_route
         self.identity = identity
         self.host = host
         self.catalog = catalog
@@ -182,6 +180,8 @@ class GatewayService:
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
+        # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
+        self._outbox, self._outbox_recv = trio.open_memory_channel[bytes](MAX_OUTBOX)
         self.ttft = Histogram(
             "aipg_gateway_time_to_first_token_seconds",
             "Seconds from a job's creation to its first token at this gateway.",
@@ -194,12 +194,21 @@ class GatewayService:
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            with trio.move_on_after(TICK_S):  # a tick every TICK_S, or at once when woken
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self._tick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._gossip_outbox)
+            task_status.started()
+            while True:
+                with trio.move_on_after(TICK_S):  # a tick every TICK_S, or when woken
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self._tick()
+
+    async def _gossip_outbox(self) -> None:
+        async for data in self._outbox_recv:
+            try:
+                await self.host.publish(topic("receipts"), data)
+            except GossipError as e:
+                log.info("could not gossip stream evidence: %s", e)
 
     async def _tick(self) -> None:
         now = self.now_ms()
@@ -248,109 +257,6 @@ class GatewayService:
             self.scheduler.on_certified(worker)
         else:
             self.scheduler.on_fraud(worker)
-
-    # -- job protocol (claims and results from workers) ----------------------------------
-
-    def on_claim(self, claim: Claim) -> None:
-        self.scheduler.on_claim(claim, self.now_ms())
-        # Every live worker of the model has claimed: waiting out the claim window could
-        # bring no better claimant, only a later first token (D50).
-        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
-        live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
-        if live and live <= self.scheduler.claimants(claim.job_id):
-            self.scheduler.close_window(claim.job_id)
-            self._wake.set()
-
-    def on_report(self, report: WorkReport) -> None:
-        jid = report.result.receipt.job_id
-        entry = self.jobs.get(jid)
-        if entry is None:
-            raise PouwError("report.job_id", "not a job of this gateway")
-        self.tracker.check_report(report)
-        aid = assignment_id(report.assignment)
-        if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
-            # It streamed other tokens than its result holds: a failed attempt (D50).
-            entry.relay.drop()
-            self._end_attempt(entry, report.assignment.worker, penalize=True)
-            raise PouwError("report.result", "the result disagrees with the tokens it streamed")
-        self.scheduler.on_receipt(report.result.receipt, self.now_ms())
-        if entry.relay is not None and not entry.relay.started:
-            self._first_token(entry)
-        entry.finish(report)
-
-    def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None:
-        """Tokens the assignee generated so far (D50); raises PouwError to refuse them."""
-        entry = self._assignee_entry(peer, chunk.job_id, chunk.assignment_id)
-        if entry.relay is None:
-            raise PouwError("chunk.job_id", "not an LLM job")
-        if entry.relay.accept(chunk.assignment_id, chunk.start, chunk.tokens):
-            self._first_token(entry)
-
-    def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None:
-        """The assignee cannot run its assignment (D52): end the attempt now."""
-        self._assignee_entry(peer, refusal.job_id, refusal.assignment_id)
-        assignment = self.scheduler.assignment(refusal.job_id)
-        assert assignment is not None
-        self._refused(refusal.job_id, assignment.worker, refusal)
-
-    def _assignee_entry(self, peer: PeerId, jid: bytes, aid: bytes) -> GatewayJob:
-        """The open job ``jid`` if ``peer`` holds its current assignment ``aid``."""
-        entry = self.jobs.get(jid)
-        if entry is None or entry.done.is_set():
-            raise PouwError("job_id", "no open job of this gateway")
-        assignment = self.scheduler.assignment(jid)
-        if assignment is None or assignment_id(assignment) != aid:
-            raise PouwError("assignment_id", "not the job's current assignment")
-        if PeerId.from_public_key(assignment.worker) != peer:
-            raise PouwError("assignment_id", "sent by another peer than the assignee")
-        return entry
-
-    def _refused(self, jid: bytes, worker: bytes, refusal: JobRefusal) -> None:
-        """End a refused attempt (D52). A refusal the gateway's own limits confirm fails
-        the job at once (any worker would refuse it); any other goes to the next
-        claimant. Neither costs reputation, unless the worker had already streamed
-        tokens (then it is a failed attempt like any other)."""
-        entry = self.jobs.get(jid)
-        if entry is None or entry.done.is_set():
-            return
-        self.refusals.inc(code=str(refusal.code))
-        log.info(
-            "worker %s refused job %s (code %d): %s",
-            PeerId.from_public_key(worker).short(),
-            jid.hex()[:12],
-            refusal.code,
-            refusal.detail,
-        )
-        violation = None
-        model = self.catalog.get(entry.job.model_id)
-        if refusal.code == RefusalCode.OVER_LIMITS and model is not None:
-            violation = job_violation(
-                model.manifest, entry.job, self._prompt_tokens(model, entry.job)
-            )
-        if violation is not None:
-            self.scheduler.fail(jid)
-            entry.finish(failed=f"the job does not fit the model: {violation}")
-            return
-        streamed = entry.relay is not None and entry.relay.streamed_by(refusal.assignment_id)
-        if streamed and entry.relay is not None:
-            entry.relay.drop()
-        self._end_attempt(entry, worker, penalize=bool(streamed), why=refusal.detail)
-
-    def _end_attempt(self, entry: GatewayJob, worker: bytes, *, penalize: bool, why="") -> None:
-        try:
-            state = self.scheduler.end_attempt(job_id(entry.job), worker, penalize=penalize)
-        except PouwError:
-            return
-        if state is JobState.FAILED:
-            reason = f": {why}" if why else ""
-            entry.finish(failed=f"no worker could run the job{reason}"[:300])
-
-    def _prompt_tokens(self, model: KnownModel, job: Job) -> int | None:
-        tokenizer = self.catalog.tokenizer(model) if job.llm is not None else None
-        return len(tokenizer.encode(job.prompt)) if tokenizer else None
-
-    def _first_token(self, entry: GatewayJob) -> None:
-        self.ttft.observe(max(0, self.now_ms() - entry.job.created_ms) / 1000)
 
     # -- workers topic -------------------------------------------------------------------
 
@@ -543,7 +449,10 @@ class GatewayService:
         entry = GatewayJob(job, tier, client, relay=relay)
         self.jobs[jid] = entry
         evict_over(self.jobs, MAX_GATEWAY_JOBS, lambda e: e.done.is_set())
-        self.scheduler.submit(job, self.now_ms())
+        # Free jobs wait for the beacon's draw (D58); paid ones take the latency route
+        # unless this gateway routes them by the draw too (D84).
+        wait_draw = tier != "paid" or self.paid_route == "drawn"
+        self.scheduler.submit(job, self.now_ms(), wait_draw=wait_draw)
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)

@@ -6,7 +6,11 @@ hands each token to the trio loop without blocking; one task sends what has pile
 one :class:`TokenChunk` on ``job``, waits for the answer, then sends the next — at most
 one chunk in flight per job and, after the first ``UNPACED_CHUNKS``, at most one every
 ``MIN_CHUNK_INTERVAL_S``, so a fast model sends bigger chunks, not more requests (the
-gateway's host rate-limits a peer's requests: 50/s, bursts of 100). A chunk that is refused or not delivered ends the stream for that job: the
+gateway's host rate-limits a peer's requests: 50/s, bursts of 100). Chunks are the
+``job`` protocol's low-priority requests: they take the peer's budget only above the
+reserve kept for results and claims, so many jobs streaming at once never crowd out
+their results; a rate-limited chunk waits and its tokens go in the next, bigger one. A
+chunk that is refused otherwise or not delivered ends the stream for that job: the
 result still goes to the gateway, which forwards the rest from it.
 
 Gateway side, :class:`TokenRelay` (one per job): accepts the current assignee's chunks in
@@ -23,22 +27,18 @@ from collections.abc import Sequence
 
 import trio
 
-from aipg.gossip import GossipError, TokenBucket
+from aipg.gossip import GossipError, RateLimited
 from aipg.node.protocol.messages import MAX_CHUNK_TOKENS, JobAck, TokenChunk
-from aipg.pouw import PouwError
-from aipg.wire import WireError, decode, encode
+from aipg.pouw import PouwError, Result, StreamEvidence
+from aipg.pouw.streams import contradicts
+from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .gateway_api import JobFailed, StreamText, TextCallback
 
 log = logging.getLogger("aipg.node.streaming")
 
 MIN_CHUNK_INTERVAL_S = 0.025  # <= 40 chunks/s per job: under the host's 50 requests/s
-# All of one worker's streams to one gateway share a budget of chunks, half the
-# gateway's 50 requests/s per peer, so that many short jobs streaming at once never
-# crowd out their own results and claims (a chunk over budget waits, and its tokens go
-# in a bigger chunk).
-CHUNKS_PER_S_PER_GATEWAY = 25.0
-CHUNK_BURST_PER_GATEWAY = 40.0
+RATE_LIMITED_WAIT_S = 0.1  # a rate-limited chunk's tokens wait this long, then go again
 UNPACED_CHUNKS = 8  # the first chunks go as fast as they are acknowledged (first text)
 CHUNK_TIMEOUT_S = 5.0
 
@@ -54,10 +54,10 @@ class ChunkSender:
         gateway_key: bytes,
         job_id: bytes,
         assignment_id: bytes,
-        budget: TokenBucket | None = None,
+        identity: Identity | None = None,
     ):
         self.send_job = send_job
-        self.budget = budget  # shared by this worker's streams to this gateway
+        self.identity = identity  # signs each chunk (D85); the gateway refuses unsigned ones
         self.gateway_key = gateway_key
         self.job_id = job_id
         self.assignment_id = assignment_id
@@ -94,15 +94,15 @@ class ChunkSender:
                     await self._wake.wait()
                     self._wake = trio.Event()
                     continue
-                if self.budget is not None and not self.budget.try_take():
-                    if self.closed:
-                        return  # over budget at the end: the result carries the rest
-                    with trio.move_on_after(self.budget.retry_after()):
-                        await self._closed.wait()
-                    continue
                 batch = self.pending[:MAX_CHUNK_TOKENS]
                 del self.pending[: len(batch)]
-                await self._send(batch)
+                if not await self._send(batch):  # rate-limited: the tokens wait
+                    self.pending[:0] = batch
+                    if self.closed:
+                        return  # at the end: the result carries the rest
+                    with trio.move_on_after(RATE_LIMITED_WAIT_S):
+                        await self._closed.wait()
+                    continue
                 self.chunks += 1
                 if self.chunks >= UNPACED_CHUNKS:
                     # Pacing: the next chunk waits out the interval, unless generation is
@@ -112,20 +112,27 @@ class ChunkSender:
         finally:
             self.done.set()
 
-    async def _send(self, batch: list[int]) -> None:
+    async def _send(self, batch: list[int]) -> bool:
+        """Send one chunk; False when the gateway's host rate-limited it (nothing was
+        taken: send it again later), True otherwise (sent, or the stream is broken)."""
         chunk = TokenChunk(self.job_id, self.assignment_id, self.sent, tuple(batch))
+        if self.identity is not None:
+            chunk = sign(chunk, self.identity)
         try:
             answer = await self.send_job(self.gateway_key, encode(chunk), CHUNK_TIMEOUT_S)
             ack = decode(answer, JobAck)
+        except RateLimited:
+            return False
         except (GossipError, WireError) as e:
             log.info("token stream of job %s lost: %s", self.job_id.hex()[:12], e)
             self.broken = True
-            return
+            return True
         if not ack.ok:
             log.info("token stream of job %s refused: %s", self.job_id.hex()[:12], ack.reason)
             self.broken = True
-            return
+            return True
         self.sent += len(batch)
+        return True
 
     async def flush(self) -> None:
         self.close()
@@ -141,10 +148,17 @@ class TokenRelay:
         self.vocab_size = vocab_size
         self.assignment_id = b""
         self.tokens: list[int] = []
+        self.chunks: list[TokenChunk] = []  # the signed chunks of ``tokens`` (D85)
         self.started = False  # some attempt streamed a token
         self.changed = trio.Event()
 
-    def accept(self, assignment_id: bytes, start: int, tokens: Sequence[int]) -> bool:
+    def accept(
+        self,
+        assignment_id: bytes,
+        start: int,
+        tokens: Sequence[int],
+        chunk: TokenChunk | None = None,
+    ) -> bool:
         """Take a chunk from the job's current assignee (the caller checked who sent
         it). Returns True when these are the job's first streamed tokens. Raises
         PouwError for a chunk that is empty, out of order, past ``max_tokens`` or holds
@@ -160,8 +174,10 @@ class TokenRelay:
         if bad is not None:
             raise PouwError("chunk.tokens", f"token id {bad} is outside the vocabulary")
         if assignment_id != self.assignment_id:
-            self.assignment_id, self.tokens = assignment_id, []
+            self.assignment_id, self.tokens, self.chunks = assignment_id, [], []
         self.tokens.extend(tokens)
+        if chunk is not None:
+            self.chunks.append(chunk)
         first, self.started = not self.started, True
         self.notify()
         return first
@@ -173,12 +189,21 @@ class TokenRelay:
         n = len(self.tokens)
         return len(final) >= n and list(final[:n]) == self.tokens
 
+    def evidence(self, assignment_id: bytes, result: Result) -> StreamEvidence | None:
+        """A signed chunk of ``assignment_id`` that ``result`` (its worker's signed
+        receipt and tokens) contradicts, as evidence (D85); None if none does."""
+        if assignment_id != self.assignment_id:
+            return None
+        ids = tuple(result.output_token_ids)
+        chunk = next((c for c in self.chunks if contradicts(c, ids)), None)
+        return StreamEvidence(chunk, result.receipt, ids) if chunk is not None else None
+
     def streamed_by(self, assignment_id: bytes) -> int:
         return len(self.tokens) if assignment_id == self.assignment_id else 0
 
     def drop(self) -> None:
         """Forget a failed attempt's tokens (what was forwarded stays forwarded)."""
-        self.assignment_id, self.tokens = b"", []
+        self.assignment_id, self.tokens, self.chunks = b"", [], []
         self.notify()
 
     def notify(self) -> None:

@@ -39,6 +39,7 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     PouwError,
+    StreamEvidence,
     Verdict,
     VerdictCommit,
     VoteCollector,
@@ -178,6 +179,8 @@ class WorkTracker:
         # something else is equivocation, kept as evidence until a block carries it.
         self._by_assignment: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._equivocations: OrderedDict[bytes, EquivocationEvidence] = OrderedDict()
+        # D85: a gateway's evidence that a stream contradicted its worker's receipt
+        self._junk_streams: OrderedDict[bytes, StreamEvidence] = OrderedDict()
         self._conflicts: OrderedDict[bytes, ConflictingVerdicts] = OrderedDict()
         # (receipt id, member) -> its commitment, until a block carries it
         self._commits: OrderedDict[tuple[bytes, bytes], VerdictCommit] = OrderedDict()
@@ -500,6 +503,19 @@ class WorkTracker:
         """Equivocation evidence no block has carried yet (oldest first)."""
         return list(self._equivocations.values())
 
+    def add_junk_stream(self, evidence: StreamEvidence) -> None:
+        """The gateway found a streamed chunk the worker's own receipt contradicts (D85):
+        offer the evidence to blocks (the caller validated it)."""
+        self._junk_streams[evidence.receipt.assignment_id] = evidence
+        evict_over(self._junk_streams, MAX_PENDING_EVIDENCE)
+
+    def pending_junk_streams(self) -> list[StreamEvidence]:
+        return list(self._junk_streams.values())
+
+    def settle_junk_stream(self, evidence: StreamEvidence) -> None:
+        """A block carried ``evidence``, or a proposal found it can never be carried."""
+        self._junk_streams.pop(evidence.receipt.assignment_id, None)
+
     def settle_equivocation(self, evidence: EquivocationEvidence) -> None:
         """A block carried ``evidence``, or a proposal found it can never be carried."""
         self._equivocations.pop(evidence.receipt_a.assignment_id, None)
@@ -519,6 +535,8 @@ class WorkTracker:
         certs, frauds = [], []
         for t in self._by_receipt.values():
             if t.block_height is None and t.outcome is not None and not t.set_aside:
+                if t.certified and t.outcome.receipt.assignment_id in self._junk_streams:
+                    continue  # its worker's stream contradicts it: the evidence goes first
                 (certs if t.certified else frauds).append(t.outcome)
         return certs, frauds
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from aipg.gossip import GossipError, GossipHost, RateLimited, TokenBucket
+from aipg.gossip import GossipError, GossipHost, RateLimited
 from aipg.models import LLM, ModelError
 from aipg.node.protocol.messages import (
     JobAck,
@@ -54,7 +54,7 @@ from .catalog import ModelCatalog
 from .faults import altered_last_token
 from .latents import DiskLatentStore
 from .limits import job_violation
-from .streaming import CHUNK_BURST_PER_GATEWAY, CHUNKS_PER_S_PER_GATEWAY, ChunkSender
+from .streaming import ChunkSender
 
 log = logging.getLogger("aipg.node.worker")
 
@@ -62,7 +62,6 @@ log = logging.getLogger("aipg.node.worker")
 # first; an assignment already queued carries its job, so eviction never loses work.
 MAX_KNOWN_JOBS = 2048
 RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
-MAX_STREAM_GATEWAYS = 256  # gateways whose chunk budgets a worker remembers
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 STATUS_INTERVAL_S = 2.0
 
@@ -84,6 +83,7 @@ class WorkerService:
         withhold_latents: bool = False,
         on_answer=None,
         misstream: bool = False,
+        junk_stream: bool = False,
         refuse_jobs: bool = False,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
@@ -103,6 +103,7 @@ class WorkerService:
         self.on_answer = on_answer
         self.answers = 0  # withholding challenges answered
         self.misstream = misstream
+        self.junk_stream = junk_stream  # test-only: stream junk, sign the honest result
         self.refuse_jobs = refuse_jobs
         # Test hook: called on the execution thread after each token is handed to the
         # stream, ``(job_id, index)``; tests block in it to hold a generation mid-way.
@@ -110,7 +111,6 @@ class WorkerService:
         self.refused = 0  # assignments refused (JobRefusal sent or answered)
         self._swapped: dict[bytes, object] = {}
         self.latents = latents
-        self._chunk_budgets: dict[bytes, TokenBucket] = {}  # gateway key -> its chunk budget
         self._jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._send, self._queue = trio.open_memory_channel[tuple[Assignment, Job]](MAX_QUEUE)
         self.in_flight = 0
@@ -265,8 +265,10 @@ class WorkerService:
         assert model is not None
         if self.swap_weights:
             runner = await trio.to_thread.run_sync(self._swapped_runner, model)
-        else:
-            runner = await trio.to_thread.run_sync(self.catalog.runner, model)
+        else:  # a runner built already costs no thread hop (the first token waits on it)
+            runner = self.catalog.cached_runner(model) or await trio.to_thread.run_sync(
+                self.catalog.runner, model
+            )
         if self.refuse_jobs:  # test-only fault: claims jobs it then will not run
             await self._refuse(assignment, job, RefusalCode.OVER_LIMITS, "refusing (fault)")
             return
@@ -317,17 +319,6 @@ class WorkerService:
                 await trio.sleep(0.25 * 2**attempt)  # the gateway's bucket refills
         raise AssertionError("unreachable")
 
-    def _chunk_budget(self, gateway: bytes) -> TokenBucket:
-        """The chunk budget this worker's streams to ``gateway`` share (bounded table:
-        the least recently used gateway's goes first)."""
-        bucket = self._chunk_budgets.pop(gateway, None) or TokenBucket(
-            CHUNKS_PER_S_PER_GATEWAY, CHUNK_BURST_PER_GATEWAY
-        )
-        self._chunk_budgets[gateway] = bucket
-        while len(self._chunk_budgets) > MAX_STREAM_GATEWAYS:
-            del self._chunk_budgets[next(iter(self._chunk_budgets))]
-        return bucket
-
     async def _run_llm(self, runner, assignment: Assignment, job: Job):
         """Run an LLM job, streaming its tokens to the gateway while it generates (a
         cheater that alters tokens after generating streams none: the gateway would see
@@ -339,15 +330,15 @@ class WorkerService:
             job.signer,
             jid,
             assignment_id(assignment),
-            self._chunk_budget(job.signer),
+            self.identity,
         )
         hook = self.token_hook
 
         def on_token(index: int, token_id: int) -> None:  # on the execution thread
-            if stream:
-                sender.push(token_id)
-            if hook is not None:
+            if hook is not None:  # first: the bench's mark precedes the chunk it times
                 hook(jid, index)
+            if stream:  # the junk_stream fault streams another token in the vocabulary
+                sender.push((0 if token_id else 1) if self.junk_stream else token_id)
 
         error: Exception | None = None
         async with trio.open_nursery() as nursery:  # the stream is flushed when it exits

@@ -10,7 +10,14 @@ import trio
 from aipg.gossip import GossipHost, MemoryNetwork, MemoryTransport, NotConnected
 from aipg.gossip.config import RelayLimits
 from aipg.gossip.dht import KAD_PROTOCOL, KadNodes
-from aipg.testing.gossipkit import ECHO, echo, identity, reach_config, start_reach_network
+from aipg.testing.gossipkit import (
+    ECHO,
+    echo,
+    identity,
+    reach_config,
+    start_reach_network,
+    until,
+)
 from aipg.wire import PeerRecord, encode, sign
 
 pytestmark = pytest.mark.timeout(120)
@@ -240,3 +247,64 @@ async def test_a_restarted_node_on_new_ports_is_found_again_by_its_id(
     for h in hosts[:5]:
         h.reach.addrbook.remove(again.peer_id)  # forget the old record: lookups only
         assert await h.request(again.peer_id, ECHO, b"back") == b"echo:back"
+
+
+async def test_a_relay_reservation_never_lifts_a_host_past_its_connection_caps(
+    nursery, autojump_clock
+):
+    """A private node keeps its relay connections up; one that was transient (dialed on
+    demand) must not become regular past max_peers, or the host holds max_peers + 1
+    regular connections beside a full transient table (33 of 32 in the 300-host test)."""
+    network = MemoryNetwork()
+    relays = []
+    for i in (1, 2, 3):
+        h = GossipHost(identity(i), reach_config(i), transport=MemoryTransport(network))
+        await nursery.start(h.run)
+        relays.append(h)
+    cfg = reach_config(9, max_peers=2, max_transient=2, relay_reservations=3)
+    x = GossipHost(identity(9), cfg, transport=MemoryTransport(network))
+    await nursery.start(x.run)
+    r1, r2, r3 = relays
+    await x.connect(r1.listen_addrs[0])
+    await x.connect(r2.listen_addrs[0])
+    await x.connect(r3.listen_addrs[0], transient=True)  # regular table full
+    assert x._conns[r3.peer_id].transient
+    # every connection identified (reservations need it)
+    await until(x, lambda: all(c.identify is not None for c in x._conns.values()), 30)
+    await x.reach.keep_reservations()
+    assert set(x.reach.hub.reserved_on) == {r1.peer_id, r2.peer_id, r3.peer_id}
+    regular = [c for c in x._conns.values() if not c.transient and not x._reserved(c)]
+    assert len(regular) <= cfg.max_peers
+    transient = [c for c in x._conns.values() if c.transient and not x._reserved(c)]
+    assert len(transient) <= cfg.max_transient
+    # the relay connection kept transient is never closed as idle (it carries): time
+    # passes (the autojump clock) past three idle periods
+    await trio.sleep(cfg.transient_idle * 3)
+    assert x.is_connected(r3.peer_id)
+
+
+async def test_a_duplicate_connection_that_wins_the_tie_break_keeps_the_caps(
+    nursery, autojump_clock
+):
+    """Two hosts dial each other at once: the connection that wins the tie-break replaces
+    the other. A regular dial started before the peer's inbound connection (admitted as
+    transient, the regular table being full) must not replace it as a regular one past
+    max_peers (what the 300-host test saw: 17 regular connections with max_peers 16)."""
+    network = MemoryNetwork()
+    ids = sorted((identity(20 + i) for i in range(6)), key=lambda x: x.peer_id.raw)
+    x_id, b_id = ids[0], ids[-1]  # x's own dial wins the tie-break (lower initiator)
+    cfg = reach_config(20, max_peers=1, max_transient=4)
+    x = GossipHost(x_id, cfg, transport=MemoryTransport(network))
+    a = GossipHost(ids[1], reach_config(21), transport=MemoryTransport(network))
+    b = GossipHost(b_id, reach_config(22), transport=MemoryTransport(network))
+    for h in (x, a, b):
+        await nursery.start(h.run)
+    await x.connect(a.listen_addrs[0])  # x's regular table is full
+    await b.connect(x.listen_addrs[0].with_peer_id(x.peer_id))
+    assert x._conns[b.peer_id].transient  # admitted beyond max_peers
+    # x's regular dial to b, begun before b's connection came in (the race)
+    addr = b.listen_addrs[0].with_peer_id(b.peer_id)
+    await x._dial(addr, b.peer_id, False)
+    assert x._conns[b.peer_id].outbound  # the new connection won and replaced the old
+    regular = [c for c in x._conns.values() if not c.transient and not x._reserved(c)]
+    assert len(regular) <= cfg.max_peers

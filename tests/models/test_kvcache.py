@@ -25,7 +25,8 @@ def run(runner: LlmRunner, prompt: str, params: SamplingParams, seed: int):
 
 
 @pytest.mark.parametrize(
-    "variant", [{}, {"dtype": "float16"}, {"merged": True}, {"layers": 3, "heads": 2}]
+    "variant",
+    [{}, {"dtype": "float16"}, {"merged": True}, {"layers": 3, "heads": 2}, {"kq_scores": True}],
 )
 def test_bound_decoding_gives_the_plain_paths_tokens_and_logits_bit_for_bit(tmp_path, variant):
     model = build_demo_llm(tmp_path / "llm", **variant)
@@ -71,3 +72,22 @@ def test_a_bound_cache_refuses_tokens_past_its_capacity(llm_runner):
     steps.send(8)  # the 4th token fills it
     with pytest.raises(ModelError, match="capacity of 4"):
         steps.send(9)
+
+
+def test_the_kq_scores_layout_transposes_no_key_cache_and_decodes_alike(tmp_path):
+    """bench/inference's context model: scores as (K·qᵀ)ᵀ, the same products as q·Kᵀ."""
+    import onnx
+
+    kq = build_demo_llm(tmp_path / "kq", kq_scores=True)
+    qk = build_demo_llm(tmp_path / "qk")
+    graph = onnx.load(str(kq / "model.onnx")).graph
+    transposed = {n.input[0] for n in graph.node if n.op_type == "Transpose"}
+    assert not any(name.startswith("present.") for name in transposed)
+    old = onnx.load(str(qk / "model.onnx")).graph
+    assert any(n.input[0].startswith("present.") for n in old.node if n.op_type == "Transpose")
+    a, b = LlmRunner(kq), LlmRunner(qk)
+    for prompt in PROMPTS:
+        tokens, logits = run(a, prompt, PARAMS[0], 0)
+        want_tokens, want_logits = run(b, prompt, PARAMS[0], 0)
+        assert tokens == want_tokens
+        np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-4)

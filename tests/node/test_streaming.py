@@ -24,7 +24,7 @@ from aipg.node.services.gateway_api import BadRequest, ImageRequest, JobFailed
 from aipg.pouw import PouwError, assignment_id
 from aipg.testing.apikit import running_api
 from aipg.testing.nodes import NodeSpec, completion, open_node_world
-from aipg.wire import Identity, decode, encode
+from aipg.wire import Identity, decode, encode, sign
 
 from .apiclient import client
 
@@ -278,15 +278,28 @@ async def test_junk_and_foreign_token_chunks_are_refused_and_change_nothing(tmp_
             streamed = list(relay.tokens)
             assert len(streamed) <= HOLD_AT + 1
             vocab = model.manifest.llm.vocab_size
+            key = worker.identity
             bad = [
                 b"\x00junk",
-                encode(TokenChunk(b"\x01" * 32, aid, len(streamed), (5,))),  # another job
-                encode(TokenChunk(jid, b"\x02" * 32, len(streamed), (5,))),  # another assignment
-                encode(TokenChunk(jid, aid, len(streamed) + 1, (5,))),  # a gap
-                encode(TokenChunk(jid, aid, 0, (5,))),  # a replay
-                encode(TokenChunk(jid, aid, len(streamed), ())),  # empty
-                encode(TokenChunk(jid, aid, len(streamed), (vocab,))),  # outside the vocabulary
-                encode(TokenChunk(jid, aid, len(streamed), (5,) * 12)),  # past max_tokens
+                encode(TokenChunk(jid, aid, len(streamed), (5,))),  # unsigned (D85)
+                encode(
+                    sign(TokenChunk(jid, aid, len(streamed), (5,)), gateway.identity)
+                ),  # not its
+                encode(
+                    sign(TokenChunk(b"\x01" * 32, aid, len(streamed), (5,)), key)
+                ),  # another job
+                encode(
+                    sign(TokenChunk(jid, b"\x02" * 32, len(streamed), (5,)), key)
+                ),  # another assignment
+                encode(sign(TokenChunk(jid, aid, len(streamed) + 1, (5,)), key)),  # a gap
+                encode(sign(TokenChunk(jid, aid, 0, (5,)), key)),  # a replay
+                encode(sign(TokenChunk(jid, aid, len(streamed), ()), key)),  # empty
+                encode(
+                    sign(TokenChunk(jid, aid, len(streamed), (vocab,)), key)
+                ),  # outside the vocabulary
+                encode(
+                    sign(TokenChunk(jid, aid, len(streamed), (5,) * 12), key)
+                ),  # past max_tokens
             ]
             for data in bad:
                 ack = await send(data)
@@ -294,7 +307,7 @@ async def test_junk_and_foreign_token_chunks_are_refused_and_change_nothing(tmp_
             # From a peer that does not hold the assignment (the transport names it).
             stranger = Identity.from_seed(b"\x09" * 32).peer_id
             with pytest.raises(PouwError, match="another peer"):
-                g.on_tokens(stranger, TokenChunk(jid, aid, len(relay.tokens), (5,)))
+                g.on_tokens(stranger, sign(TokenChunk(jid, aid, len(relay.tokens), (5,)), key))
             assert relay.tokens[: len(streamed)] == streamed and len(relay.tokens) <= HOLD_AT + 1
             hold.release()
         (result,) = results

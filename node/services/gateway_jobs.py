@@ -1,0 +1,203 @@
+"""The gateway's side of the ``job`` protocol: what workers send it (claims, streamed
+tokens, results, refusals) and how each ends or advances an attempt.
+
+:class:`WorkerMessages` is a part of :class:`~.gateway.GatewayService` (its base), kept
+here so that the service stays readable; it uses the service's scheduler, job table,
+tracker, catalog and metrics. Rules: D50 (a result must agree with its stream), D52
+(refusals), D85 (signed chunks; a stream the receipt contradicts is evidence).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from aipg.node.metrics import Counter, Histogram
+from aipg.node.protocol.messages import JobRefusal, RefusalCode, TokenChunk, WorkReport
+from aipg.pouw import (
+    Claim,
+    Job,
+    JobState,
+    PouwError,
+    assignment_id,
+    job_id,
+    validate_stream_evidence,
+)
+from aipg.pouw.schedule import Scheduler
+from aipg.wire import PeerId, WireError, encode, require_signature
+
+from .catalog import KnownModel, ModelCatalog
+from .limits import job_violation
+from .streaming import TokenRelay
+from .work import WorkTracker
+
+log = logging.getLogger("aipg.node.gateway")
+
+WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
+
+
+@dataclass
+class GatewayJob:
+    job: Job
+    tier: str
+    client: str
+    done: trio.Event = field(default_factory=trio.Event)
+    report: WorkReport | None = None
+    failed: str = ""
+    relay: TokenRelay | None = None  # LLM jobs: the tokens streamed so far (D50)
+
+    def finish(self, report: WorkReport | None = None, failed: str = "") -> None:
+        self.report = report or self.report
+        self.failed = failed or self.failed
+        self.done.set()
+        if self.relay is not None:
+            self.relay.notify()
+
+
+class WorkerMessages:
+    """Claims, chunks, results and refusals from workers (the ``job`` protocol)."""
+
+    scheduler: Scheduler
+    jobs: OrderedDict[bytes, GatewayJob]
+    workers: OrderedDict[bytes, OrderedDict[bytes, int]]
+    tracker: WorkTracker
+    catalog: ModelCatalog
+    refusals: Counter
+    ttft: Histogram
+    _wake: trio.Event
+    _outbox: trio.MemorySendChannel[bytes]
+    now_ms: Callable[[], int]
+
+    def on_claim(self, claim: Claim) -> None:
+        self.scheduler.on_claim(claim, self.now_ms())
+        # Every live worker of the model has claimed: waiting out the claim window could
+        # bring no better claimant, only a later first token (D50).
+        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
+        if live and live <= self.scheduler.claimants(claim.job_id):
+            self.scheduler.close_window(claim.job_id)
+            self._wake.set()
+
+    def on_report(self, report: WorkReport) -> None:
+        jid = report.result.receipt.job_id
+        entry = self.jobs.get(jid)
+        if entry is None:
+            raise PouwError("report.job_id", "not a job of this gateway")
+        self.tracker.check_report(report)
+        aid = assignment_id(report.assignment)
+        if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
+            # It streamed other tokens than its result holds: a failed attempt (D50), and
+            # a signed chunk its signed receipt contradicts is evidence for a block (D85).
+            self._junk_stream(entry.relay, aid, report)
+            entry.relay.drop()
+            self._end_attempt(entry, report.assignment.worker, penalize=True)
+            raise PouwError("report.result", "the result disagrees with the tokens it streamed")
+        self.scheduler.on_receipt(report.result.receipt, self.now_ms())
+        if entry.relay is not None and not entry.relay.started:
+            self._first_token(entry)
+        entry.finish(report)
+
+    def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None:
+        """Tokens the assignee generated so far (D50); raises PouwError to refuse them."""
+        entry = self._assignee_entry(peer, chunk.job_id, chunk.assignment_id)
+        if entry.relay is None:
+            raise PouwError("chunk.job_id", "not an LLM job")
+        assignment = self.scheduler.assignment(chunk.job_id)
+        assert assignment is not None
+        try:  # signed by the assignee (D85): a chunk is a statement it answers for
+            require_signature(chunk, assignment.worker)
+        except WireError as e:
+            raise PouwError("chunk.signature", e.reason) from None
+        if entry.relay.accept(chunk.assignment_id, chunk.start, chunk.tokens, chunk):
+            self._first_token(entry)
+
+    def _junk_stream(self, relay: TokenRelay, aid: bytes, report: WorkReport) -> None:
+        evidence = relay.evidence(aid, report.result)
+        if evidence is None:
+            return
+        try:
+            validate_stream_evidence(evidence)
+        except PouwError as e:  # cannot happen for chunks we checked; never submit junk
+            log.warning("stream evidence of job %s invalid: %s", report.job.id.hex()[:12], e)
+            return
+        log.warning(
+            "worker %s streamed tokens its receipt contradicts (job %s): evidence for a block",
+            PeerId.from_public_key(report.result.receipt.signer).short(),
+            report.job.id.hex()[:12],
+        )
+        self.tracker.add_junk_stream(evidence)
+        # Every proposer should carry it before the receipt's certificate: gossip it on
+        # `receipts` (each node's tracker holds that certificate back while it waits).
+        with contextlib.suppress(trio.WouldBlock):  # a burst: our own proposals carry it
+            self._outbox.send_nowait(encode(evidence))
+
+    def on_refusal(self, peer: PeerId, refusal: JobRefusal) -> None:
+        """The assignee cannot run its assignment (D52): end the attempt now."""
+        self._assignee_entry(peer, refusal.job_id, refusal.assignment_id)
+        assignment = self.scheduler.assignment(refusal.job_id)
+        assert assignment is not None
+        self._refused(refusal.job_id, assignment.worker, refusal)
+
+    def _assignee_entry(self, peer: PeerId, jid: bytes, aid: bytes) -> GatewayJob:
+        """The open job ``jid`` if ``peer`` holds its current assignment ``aid``."""
+        entry = self.jobs.get(jid)
+        if entry is None or entry.done.is_set():
+            raise PouwError("job_id", "no open job of this gateway")
+        assignment = self.scheduler.assignment(jid)
+        if assignment is None or assignment_id(assignment) != aid:
+            raise PouwError("assignment_id", "not the job's current assignment")
+        if PeerId.from_public_key(assignment.worker) != peer:
+            raise PouwError("assignment_id", "sent by another peer than the assignee")
+        return entry
+
+    def _refused(self, jid: bytes, worker: bytes, refusal: JobRefusal) -> None:
+        """End a refused attempt (D52). A refusal the gateway's own limits confirm fails
+        the job at once (any worker would refuse it); any other goes to the next
+        claimant. Neither costs reputation, unless the worker had already streamed
+        tokens (then it is a failed attempt like any other)."""
+        entry = self.jobs.get(jid)
+        if entry is None or entry.done.is_set():
+            return
+        self.refusals.inc(code=str(refusal.code))
+        log.info(
+            "worker %s refused job %s (code %d): %s",
+            PeerId.from_public_key(worker).short(),
+            jid.hex()[:12],
+            refusal.code,
+            refusal.detail,
+        )
+        violation = None
+        model = self.catalog.get(entry.job.model_id)
+        if refusal.code == RefusalCode.OVER_LIMITS and model is not None:
+            violation = job_violation(
+                model.manifest, entry.job, self._prompt_tokens(model, entry.job)
+            )
+        if violation is not None:
+            self.scheduler.fail(jid)
+            entry.finish(failed=f"the job does not fit the model: {violation}")
+            return
+        streamed = entry.relay is not None and entry.relay.streamed_by(refusal.assignment_id)
+        if streamed and entry.relay is not None:
+            entry.relay.drop()
+        self._end_attempt(entry, worker, penalize=bool(streamed), why=refusal.detail)
+
+    def _end_attempt(self, entry: GatewayJob, worker: bytes, *, penalize: bool, why="") -> None:
+        try:
+            state = self.scheduler.end_attempt(job_id(entry.job), worker, penalize=penalize)
+        except PouwError:
+            return
+        if state is JobState.FAILED:
+            reason = f": {why}" if why else ""
+            entry.finish(failed=f"no worker could run the job{reason}"[:300])
+
+    def _prompt_tokens(self, model: KnownModel, job: Job) -> int | None:
+        tokenizer = self.catalog.tokenizer(model) if job.llm is not None else None
+        return len(tokenizer.encode(job.prompt)) if tokenizer else None
+
+    def _first_token(self, entry: GatewayJob) -> None:
+        self.ttft.observe(max(0, self.now_ms() - entry.job.created_ms) / 1000)

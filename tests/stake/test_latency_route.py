@@ -1,0 +1,91 @@
+"""D84 in the ledger: a paid job on the gateway's latency route (assigned at once, to a
+worker of the gateway's choosing, not the beacon's draw) earns its fee and nothing
+from the work pool, so routing one's own jobs to one's own worker gains nothing."""
+
+from __future__ import annotations
+
+from aipg.stake.assign import drawn_workers
+from aipg.stake.tx import TxKind, make_tx
+from aipg.stake.useful_work import drawn_for_pool, fee_charged
+from aipg.testing.chainkit import (
+    AIPG,
+    CHAIN,
+    ECONOMY_PARAMS,
+    TEST_COST,
+    TEST_MODEL,
+    TestChain,
+    certificates_for,
+    ident,
+    make_jobs,
+)
+
+
+def _registered_chain(workers) -> TestChain:
+    """An economy chain where ``workers`` are bonded and registered for TEST_MODEL, at an
+    epoch boundary (their registrations snapshotted: the draw exists)."""
+    c = TestChain(n_validators=5, economy=True, params=ECONOMY_PARAMS)
+    c.next(transactions=c.economy_txs(TEST_COST))
+    c.next()
+    c.next()
+    u = c.users[3]
+    n = c.state.account(u.address.raw).nonce
+    c.next(
+        transactions=[
+            make_tx(u, CHAIN, TxKind.TRANSFER, n + i, amount=1_000 * AIPG, recipient=w.address)
+            for i, w in enumerate(workers)
+        ]
+    )
+    c.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in workers])
+    c.next(
+        transactions=[
+            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6)
+            for w in workers
+        ]
+    )
+    while c.state.height % c.state.params.epoch_length:
+        c.next()
+    return c
+
+
+def test_a_paid_job_routed_past_the_draw_earns_exactly_its_fee():
+    ws = [ident(410 + i) for i in range(3)]
+    c = _registered_chain(ws)
+    alice = c.users[0]
+    fee = 16 * AIPG
+    specs = [(ws[0], dict(nonce=i, fee=fee, max_tokens=16, output_tokens=8)) for i in range(6)]
+    jobs = make_jobs(c, specs)
+    n = c.state.account(alice.address.raw).nonce
+    escrows = [
+        make_tx(alice, CHAIN, TxKind.ESCROW, n + i, amount=fee, job_id=j.id)
+        for i, j in enumerate(jobs)
+    ]
+    c.next(transactions=escrows)
+    by_key = {w.public_bytes: w for w in ws}
+    drawn = [by_key[drawn_workers(c.state, j)[0]] for j in jobs]
+    # even jobs to their drawn worker (the drawn route); odd ones to another registered
+    # worker, as the latency route may (the gateway's choice)
+    done = [
+        (d if i % 2 == 0 else next(w for w in ws if w is not d), kw)
+        for i, ((_, kw), d) in enumerate(zip(specs, drawn, strict=True))
+    ]
+    certs = certificates_for(c, jobs, done)
+    assert [drawn_for_pool(c.state, x.job, x.receipt) for x in certs] == [
+        i % 2 == 0 for i in range(6)
+    ]
+    before = {w.public_bytes: c.state.balance(w.address.raw) for w in ws}
+    s = c.next(certificates=certs)
+    earned = {w.public_bytes: s.balance(w.address.raw) - before[w.public_bytes] for w in ws}
+    for i, x in enumerate(certs):
+        charged = fee_charged(x.job, x.receipt)
+        assert charged == 8 * AIPG  # 8 of 16 tokens: half the escrowed fee
+        if i % 2:
+            assert s.paid[x.receipt.job_id] == charged  # the fee, not a unit of pool
+        else:
+            assert s.paid[x.receipt.job_id] > charged  # the fee and a pool share
+    # what each worker's balance gained is what it was paid, nothing more
+    for key in earned:
+        assert earned[key] == sum(
+            s.paid[x.receipt.job_id] for x in certs if bytes(x.receipt.signer) == key
+        )
+    # and the client paid the fee of each job, the rest of each escrow returned
+    assert not any(k.endswith(alice.address.raw) for k in s.escrows)
