@@ -18,6 +18,7 @@ from aipg.pouw import (
     FraudReview,
     VerdictCommit,
 )
+from aipg.pouw.forced import ForcedError
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -116,6 +117,7 @@ class BlockBody(Record):
     verdict_commits: Annotated[tuple[VerdictCommit, ...], MaxLen(MAX_BLOCK_VERDICT_COMMITS)] = ()
     challenges: Annotated[tuple[WithholdingChallenge, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
     answers: Annotated[tuple[ChallengeAnswer, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    forced_errors: Annotated[tuple[ForcedError, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

@@ -39,6 +39,7 @@ def make_block(
     verdict_commits: Sequence[VerdictCommit] = (),
     challenges: Sequence[WithholdingChallenge] = (),
     answers: Sequence[ChallengeAnswer] = (),
+    forced_errors: Sequence = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in. A proposer
     given as an Identity proves the beacon (D55); given as a key alone, the header
@@ -57,6 +58,7 @@ def make_block(
         verdict_commits=tuple(verdict_commits),
         challenges=tuple(challenges),
         answers=tuple(answers),
+        forced_errors=tuple(forced_errors),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

@@ -28,6 +28,7 @@ from aipg.pouw import (
     VerdictCommit,
     receipt_id,
 )
+from aipg.pouw.forced import ForcedError
 from aipg.wire import Identity, encode
 
 from .block import (
@@ -48,6 +49,7 @@ from .challenge import (
     process_challenges,
 )
 from .equivocation import process_conflicting_verdicts, process_equivocations
+from .forced import process_all_reviews, process_forced_errors
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
 from .reveal import process_verdict_commits
@@ -55,7 +57,7 @@ from .state import State
 from .tx import Transaction
 from .tx_apply import apply_transaction
 from .types import LedgerError
-from .useful_work import process_certificates, process_frauds, process_reviewed
+from .useful_work import process_certificates, process_frauds
 
 # Room left in a block's byte budget for its header, its parent's commit and framing.
 BLOCK_BYTES_RESERVED = 1 << 20
@@ -75,6 +77,7 @@ class Candidates:
     verdict_commits: Sequence[VerdictCommit] = ()
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
+    forced_errors: Sequence[ForcedError] = ()
 
 
 @dataclass
@@ -152,6 +155,12 @@ EVIDENCE_STEPS = (
         process_verdict_commits,
         lambda c: (c.receipt_id, c.signer),
     ),
+    (
+        "forced_errors",
+        MAX_BLOCK_EVIDENCE,
+        process_forced_errors,
+        lambda ev: (receipt_id(ev.receipt), tuple(v.signer for v in ev.verdicts)),
+    ),
     ("certificates", MAX_BLOCK_CERTIFICATES, process_certificates, lambda c: c.receipt.job_id),
     (
         "double_signs",
@@ -172,7 +181,7 @@ EVIDENCE_STEPS = (
         process_conflicting_verdicts,
         lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
     ),
-    ("reviews", MAX_BLOCK_EVIDENCE, process_reviewed, lambda r: receipt_id(r.evidence.receipt)),
+    ("reviews", MAX_BLOCK_EVIDENCE, process_all_reviews, lambda r: receipt_id(r.evidence.receipt)),
     (
         "challenges",
         MAX_BLOCK_EVIDENCE,

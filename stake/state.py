@@ -167,6 +167,7 @@ TABLES = (
     "verdict_commits",
     "commit_windows",
     "challenges",
+    "forced_reviews",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -215,6 +216,9 @@ class State:
     verdict_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
     commit_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
     challenges: dict[bytes, Challenge] = dataclasses.field(default_factory=dict)
+    # forced_reviews: digest of a FraudEvidence holding the valid votes on a forced
+    # error -> the height of the block that carried the ForcedError (stake/forced.py).
+    forced_reviews: dict[bytes, int] = dataclasses.field(default_factory=dict)
     # The validators' part of rewards not yet paid to verdicts agreeing with an outcome
     # (blocks without certified work carry it forward, as the work pool).
     verdict_pool: int = 0
