@@ -77,7 +77,8 @@ def make_commit(identity: Identity, verdict: Verdict) -> VerdictCommit:
     """``identity``'s signed commitment to its own ``verdict``."""
     if verdict.signer != identity.public_bytes:
         raise ValueError("a member commits to its own verdict")
-    return sign(VerdictCommit(verdict.receipt_id, verdict_commitment(verdict)), identity)
+    commit = VerdictCommit(verdict.receipt_id, verdict_commitment(verdict), verdict.job_id)
+    return sign(commit, identity)
 
 
 def validate_commit(commit: VerdictCommit) -> None:

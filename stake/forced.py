@@ -127,7 +127,7 @@ def check_forced_error(s: State, ev: ForcedError):
         closes = commit_closes(s, rid)
         if closes is None or s.height <= closes:
             raise LedgerError("the receipt's commit phase has not closed: a reveal may not be due")
-    lookup = None if voided else commitments(s)
+    lookup = None if voided else commitments(s, jid)
     check_work(
         s,
         ev,

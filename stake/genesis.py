@@ -122,6 +122,10 @@ class ChainParams(Record):
     # and is jailed ``jail_period``. 0 turns forced errors off.
     forced_error_bps: BpsField = 0
     lazy_slash_bps: BpsField = 0
+    # Verdict commitments (stake/reveal.py, D77): the most rows one member may hold in
+    # the ledger at once (each leaves when an outcome counts it, or at the horizon);
+    # beyond it that member's commitments are refused, nobody else's.
+    max_open_commits: Annotated[int, Range(1, 1_000_000)] = 4_096
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""

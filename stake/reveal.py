@@ -11,17 +11,25 @@ matches the commitment stored for it (:func:`commitments`), so the ledger checks
 timing from its own state: no signature can prove *when* it was made, but a block can
 prove that it was made before.
 
-Only bonded keys may commit (a stranger cannot fill the state); the rows an outcome
-counted go with the block that carries it, and the rest are forgotten, with the other
-tables certificates refer to, once no certificate using them could be included (the commit phase of a receipt opens after its assignment, and an assignment
-older than ``escrow_period`` blocks is never certified).
+What the ledger keeps is bounded (D77). A commitment names its receipt's job; it is
+taken only for a job committed on chain whose committee's seed block is final, from a
+key in the validator set that committee is drawn from, once per job and member
+(``commit_jobs``), and while the member holds fewer than ``max_open_commits`` rows
+(``commit_counts``): a key flooding blocks with commitments on made-up receipts fills
+its own quota and nobody else's. It counts only for a certificate or fraud evidence of
+that very job, from a seated member (pouw's checks). The rows an outcome counted go with
+the block that carries it, and the rest are forgotten, with the other tables
+certificates refer to, once no certificate using them could be included (the commit
+phase of a receipt opens after its assignment, and an assignment older than
+``escrow_period`` blocks is never certified); each row that goes frees its member's
+quota.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aipg.pouw import CommitLookup, PouwError, VerdictCommit, validate_commit
+from aipg.pouw import COMMITTEE_DELAY, CommitLookup, PouwError, VerdictCommit, validate_commit
 
 from .state import CommitRow, State
 from .types import LedgerError
@@ -56,8 +64,10 @@ def process_verdict_commits(s: State, commits: Iterable[VerdictCommit]) -> None:
         s.put(
             "verdict_commits",
             commit_key(rid, commit.signer),
-            CommitRow(commit.commitment, s.height),
+            CommitRow(commit.commitment, s.height, commit.job_id),
         )
+        s.put("commit_jobs", commit.job_id + commit.signer, rid)
+        s.put("commit_counts", commit.signer, s.commit_counts.get(commit.signer, 0) + 1)
 
 
 def check_verdict_commit(s: State, commit: VerdictCommit) -> None:
@@ -70,19 +80,58 @@ def check_verdict_commit(s: State, commit: VerdictCommit) -> None:
     closes = commit_closes(s, commit.receipt_id)
     if closes is not None and s.height > closes:
         raise LedgerError(f"the receipt's commit phase closed at height {closes}")
+    check_bounds(s, commit)
     validate_commit(commit)
 
 
-def commitments(s: State) -> CommitLookup | None:
+def check_bounds(s: State, commit: VerdictCommit) -> None:
+    """D77: a committed job whose committee is drawn, a member of the set it is drawn
+    from, one commitment per job and member, at most ``max_open_commits`` rows a member."""
+    committed = s.commitments.get(commit.job_id)
+    if committed is None:
+        raise LedgerError("the commitment names a job never committed (COMMIT or ESCROW)")
+    seed = committed + COMMITTEE_DELAY
+    if seed >= s.height:
+        raise LedgerError(f"the job's committee is drawn by block {seed}: not final yet")
+    snapshot = s.validator_snapshot_at(seed)
+    if snapshot is None or not snapshot.get(commit.signer):
+        raise LedgerError(
+            "the member is not in the validator set the job's committee is drawn from"
+        )
+    if commit.job_id + commit.signer in s.commit_jobs:
+        raise LedgerError("this member already committed to a verdict on this job")
+    if s.commit_counts.get(commit.signer, 0) >= s.params.max_open_commits:
+        raise LedgerError(
+            f"this member holds {s.params.max_open_commits} open commitments, the most it may"
+        )
+
+
+def _drop_row(s: State, key: bytes) -> None:
+    """Forget one commitment row, its job-and-member entry and its quota share."""
+    row = s.verdict_commits.get(key)
+    if row is None:
+        return
+    member = key[32:]
+    s.put("verdict_commits", key, None)
+    if s.commit_jobs.get(row.job_id + member) == key[:32]:
+        s.put("commit_jobs", row.job_id + member, None)
+    left = s.commit_counts.get(member, 0) - 1
+    s.put("commit_counts", member, left if left > 0 else None)
+
+
+def commitments(s: State, job_id: bytes | None = None) -> CommitLookup | None:
     """The lookup certificates and fraud evidence are checked with: a member's
-    commitment on a receipt (every stored one was carried in time). None when this
-    chain does not use commit-reveal."""
+    commitment on a receipt (every stored one was carried in time), only one that names
+    ``job_id`` when given (the job being paid or convicted). None when this chain does
+    not use commit-reveal."""
     if not enabled(s):
         return None
 
     def committed(receipt_id: bytes, member: bytes) -> bytes | None:
         row = s.verdict_commits.get(commit_key(receipt_id, member))
-        return None if row is None else row.commitment
+        if row is None or (job_id is not None and row.job_id != job_id):
+            return None
+        return row.commitment
 
     return committed
 
@@ -92,9 +141,7 @@ def forget_counted(s: State, receipt_id: bytes, verdicts) -> None:
     their work (one receipt is certified or convicted once), so their rows go now
     rather than at the horizon."""
     for v in verdicts:
-        key = commit_key(receipt_id, v.signer)
-        if key in s.verdict_commits:
-            s.put("verdict_commits", key, None)
+        _drop_row(s, commit_key(receipt_id, v.signer))
 
 
 def prune_commitments(s: State) -> None:
@@ -108,4 +155,4 @@ def prune_commitments(s: State) -> None:
     for rid in old:
         s.put("commit_windows", rid, None)
     for key in [k for k in s.verdict_commits if k[:32] in gone]:
-        s.put("verdict_commits", key, None)
+        _drop_row(s, key)

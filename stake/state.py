@@ -79,6 +79,7 @@ class CommitRow(NamedTuple):
 
     commitment: bytes
     height: int
+    job_id: bytes = b""  # the job it names (D77: one per job and member)
 
 
 class Challenge(NamedTuple):
@@ -168,6 +169,8 @@ TABLES = (
     "commit_windows",
     "challenges",
     "forced_reviews",
+    "commit_jobs",
+    "commit_counts",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -219,6 +222,10 @@ class State:
     # forced_reviews: digest of a FraudEvidence holding the valid votes on a forced
     # error -> the height of the block that carried the ForcedError (stake/forced.py).
     forced_reviews: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    # commit_jobs: job id + member key -> the receipt id it committed on (one per job
+    # and member); commit_counts: member key -> its rows in verdict_commits (D77).
+    commit_jobs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    commit_counts: dict[bytes, int] = dataclasses.field(default_factory=dict)
     # The validators' part of rewards not yet paid to verdicts agreeing with an outcome
     # (blocks without certified work carry it forward, as the work pool).
     verdict_pool: int = 0
