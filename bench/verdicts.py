@@ -71,7 +71,9 @@ STRATEGIES = ("honest", "lazy", "copier", "abstainer", "honest", "honest", "hone
 def run(jobs: int, fraud_every: int, seed: int, forced_bps: int = 1000) -> dict:
     rng = random.Random(seed)
     params = PARAMS.replace(forced_error_bps=forced_bps)
-    c = TestChain(n_validators=len(STRATEGIES), params=params)
+    # twice the minimum stake: a slashed member stays a validator (and keeps being drawn)
+    stakes = [2 * params.min_validator_stake] * len(STRATEGIES)
+    c = TestChain(n_validators=len(STRATEGIES), params=params, stakes=stakes)
     for _ in range(3):
         c.next()
     strategy = {v.public_bytes: s for v, s in zip(c.validators, STRATEGIES, strict=True)}
@@ -93,6 +95,13 @@ def run(jobs: int, fraud_every: int, seed: int, forced_bps: int = 1000) -> dict:
             gained = c.state.balance(Address.from_public_key(k).raw) - before[k]
             gained -= bonus if k == block.header.proposer else 0
             earned[strategy[k]] += gained
+
+    def review_of(review) -> None:  # reviewers commit, then reveal (D76)
+        commits = [make_commit(c.keys[v.signer], v, review=True) for v in review.verdicts]
+        apply(verdict_commits=commits)
+        for _ in range(params.verdict_commit_blocks):
+            apply()
+        apply(reviews=[review])
 
     for i in range(jobs):
         worker = workers[rng.randrange(len(workers))]
@@ -147,12 +156,12 @@ def run(jobs: int, fraud_every: int, seed: int, forced_bps: int = 1000) -> dict:
             apply(forced_errors=[fe])
             lazy = tuple(v for v in revealed if v.valid)
             if lazy:
-                apply(reviews=[make_review(c, FraudEvidence(job, a, r, lazy), upheld=True)])
+                review_of(make_review(c, FraudEvidence(job, a, r, lazy), upheld=True))
         elif isinstance(outcome, Certificate):
             apply(certificates=[outcome])
         elif isinstance(outcome, FraudEvidence):
             apply(frauds=[outcome])
-            apply(reviews=[make_review(c, outcome, upheld=True)])
+            review_of(make_review(c, outcome, upheld=True))
     total_earned = sum(earned.values()) or 1
     total_seats = sum(seats.values()) or 1
     out = {

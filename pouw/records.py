@@ -318,6 +318,7 @@ class VerdictCommit(Record):
     receipt_id: Hash32
     commitment: Hash32
     job_id: Hash32 = bytes(32)  # the receipt's job: what bounds a member's rows (D77)
+    review: bool = False  # a reviewer's commitment on a conviction's receipt (D76)
     signer: PublicKeyBytes = NO_SIGNER
     signature: SignatureBytes = NO_SIGNATURE
 

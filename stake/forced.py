@@ -55,8 +55,15 @@ from aipg.wire.codec import record_digest
 from .models import certified_work
 from .money import slash
 from .pool import WorkItem
-from .reveal import commit_closes, commitments, enabled, forget_counted
-from .state import Bond, State, escrow_key
+from .reveal import (
+    commit_closes,
+    commitments,
+    enabled,
+    forget_counted,
+    forget_review,
+    review_commitments,
+)
+from .state import Bond, ForcedReview, State, escrow_key
 from .types import LedgerError
 from .useful_work import (
     check_work,
@@ -101,7 +108,7 @@ def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes,
         valid = tuple(v for v in fresh if v.valid and not abstains(v))
         if valid:
             review = FraudEvidence(ev.job, ev.assignment, ev.receipt, valid)
-            s.put("forced_reviews", record_digest(review), s.height)
+            s.put("forced_reviews", record_digest(review), ForcedReview(s.height, rid))
     return work
 
 
@@ -184,7 +191,7 @@ def process_all_reviews(s: State, reviews: Iterable[FraudReview]) -> dict[bytes,
 def decide_forced_review(s: State, review: FraudReview) -> None:
     ev = review.evidence
     digest = record_digest(ev)
-    height = s.forced_reviews[digest]
+    height = s.forced_reviews[digest].height
     beacon = s.beacon_at(height)
     validators = s.validator_snapshot_at(height)
     if beacon is None or validators is None:
@@ -196,8 +203,10 @@ def decide_forced_review(s: State, review: FraudReview) -> None:
         committee_size=s.params.committee_size,
         check_challenges=False,
         rules=s.params.committee_rules(),
+        committed=review_commitments(s, ev),
     )
     s.put("forced_reviews", digest, None)
+    forget_review(s, receipt_id(ev.receipt))
     if upheld:  # the receipt is wrong: each valid voter vouched for it unchecked
         for v in ev.verdicts:
             punish_lazy(s, v.signer)
@@ -215,6 +224,7 @@ def punish_lazy(s: State, member: bytes) -> None:
 
 def expire_forced_reviews(s: State) -> None:
     """Forced reviews undecided within ``review_period`` blocks: nobody is slashed."""
-    for digest, height in list(s.forced_reviews.items()):
-        if s.height - height > s.params.review_period:
+    for digest, row in list(s.forced_reviews.items()):
+        if s.height - row.height > s.params.review_period:
             s.put("forced_reviews", digest, None)
+            forget_review(s, row.receipt_id)

@@ -29,7 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aipg.pouw import COMMITTEE_DELAY, CommitLookup, PouwError, VerdictCommit, validate_commit
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    CommitLookup,
+    PouwError,
+    VerdictCommit,
+    needs_commitment,
+    validate_commit,
+)
+from aipg.pouw.reveal import verdict_commitment
 
 from .state import CommitRow, State
 from .types import LedgerError
@@ -55,10 +63,16 @@ def process_verdict_commits(s: State, commits: Iterable[VerdictCommit]) -> None:
     """Record each commitment; LedgerError for one the chain does not take."""
     for i, commit in enumerate(commits):
         try:
-            check_verdict_commit(s, commit)
+            if commit.review:
+                check_review_commit(s, commit)
+            else:
+                check_verdict_commit(s, commit)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"verdict commitment {i}: {e}") from None
         rid = commit.receipt_id
+        if commit.review:
+            _record_review_commit(s, commit)
+            continue
         if rid not in s.commit_windows:
             s.put("commit_windows", rid, s.height)
         s.put(
@@ -106,13 +120,13 @@ def check_bounds(s: State, commit: VerdictCommit) -> None:
         )
 
 
-def _drop_row(s: State, key: bytes) -> None:
+def _drop_row(s: State, key: bytes, table: str = "verdict_commits") -> None:
     """Forget one commitment row, its job-and-member entry and its quota share."""
-    row = s.verdict_commits.get(key)
+    row = getattr(s, table).get(key)
     if row is None:
         return
     member = key[32:]
-    s.put("verdict_commits", key, None)
+    s.put(table, key, None)
     if s.commit_jobs.get(row.job_id + member) == key[:32]:
         s.put("commit_jobs", row.job_id + member, None)
     left = s.commit_counts.get(member, 0) - 1
@@ -156,3 +170,95 @@ def prune_commitments(s: State) -> None:
         s.put("commit_windows", rid, None)
     for key in [k for k in s.verdict_commits if k[:32] in gone]:
         _drop_row(s, key)
+
+
+# --- commit-revealed reviews (D76) --------------------------------------------------------
+#
+# A conviction's reviewers (and a forced error's, D75) commit before they reveal, as the
+# first committee does: a ``VerdictCommit`` with ``review`` set, on the convicted
+# receipt. The first one a block carries opens the review's commit phase
+# (``review_windows``), which closes ``verdict_commit_blocks`` blocks later; a review
+# counts a reviewer's vote only when it matches the commitment stored for it
+# (``review_commits``). Rows go when the review is decided or expires, and count against
+# the member's quota like any commitment.
+
+
+def review_opened(s: State, receipt_id: bytes) -> int | None:
+    """The height of the block that opened the review of ``receipt_id`` (its conviction
+    or forced error), or None when no review of it is open."""
+    row = s.convictions.get(receipt_id)
+    if row is not None:
+        return row.height
+    for forced in s.forced_reviews.values():
+        if forced.receipt_id == receipt_id:
+            return forced.height
+    return None
+
+
+def review_closes(s: State, receipt_id: bytes) -> int | None:
+    """The last height whose block may carry a review commitment on ``receipt_id``
+    (None: no review commitment carried yet)."""
+    opened = s.review_windows.get(receipt_id)
+    return None if opened is None else opened + s.params.verdict_commit_blocks
+
+
+def check_review_commit(s: State, commit: VerdictCommit) -> None:
+    if not enabled(s):
+        raise LedgerError("this chain does not take verdict commitments (verdict_commit_blocks 0)")
+    opened = review_opened(s, commit.receipt_id)
+    if opened is None:
+        raise LedgerError("no review of this receipt is open")
+    snapshot = s.validator_snapshot_at(opened)
+    if snapshot is None or not snapshot.get(commit.signer):
+        raise LedgerError("the reviewer is not in the validator set the review is drawn from")
+    if commit_key(commit.receipt_id, commit.signer) in s.review_commits:
+        raise LedgerError("this reviewer already committed to a verdict on this receipt")
+    closes = review_closes(s, commit.receipt_id)
+    if closes is not None and s.height > closes:
+        raise LedgerError(f"the review's commit phase closed at height {closes}")
+    if s.commit_counts.get(commit.signer, 0) >= s.params.max_open_commits:
+        raise LedgerError(
+            f"this member holds {s.params.max_open_commits} open commitments, the most it may"
+        )
+    validate_commit(commit)
+
+
+def _record_review_commit(s: State, commit: VerdictCommit) -> None:
+    rid = commit.receipt_id
+    if rid not in s.review_windows:
+        s.put("review_windows", rid, s.height)
+    row = CommitRow(commit.commitment, s.height, commit.job_id)
+    s.put("review_commits", commit_key(rid, commit.signer), row)
+    s.put("commit_counts", commit.signer, s.commit_counts.get(commit.signer, 0) + 1)
+
+
+def review_commitments(s: State, evidence=None) -> CommitLookup | None:
+    """The lookup a review of ``evidence`` is checked with: a reviewer's review
+    commitment on the receipt, or, for a reviewer that sat on the first committee (a
+    small network looks again with the same eyes), the commitment of its first vote
+    (still stored, or, for a vote the evidence holds, checked when the evidence was
+    carried). None when this chain does not use commit-reveal."""
+    if not enabled(s):
+        return None
+    first = {}
+    for v in getattr(evidence, "verdicts", ()):
+        if needs_commitment(v):
+            first[bytes(v.signer)] = verdict_commitment(v)
+
+    def committed(receipt_id: bytes, member: bytes) -> bytes | None:
+        row = s.review_commits.get(commit_key(receipt_id, member))
+        if row is None:
+            row = s.verdict_commits.get(commit_key(receipt_id, member))
+        if row is not None:
+            return row.commitment
+        return first.get(bytes(member))
+
+    return committed
+
+
+def forget_review(s: State, receipt_id: bytes) -> None:
+    """The review of ``receipt_id`` was decided or expired: its commitments go."""
+    if receipt_id in s.review_windows:
+        s.put("review_windows", receipt_id, None)
+    for key in [k for k in s.review_commits if k[:32] == receipt_id]:
+        _drop_row(s, key, "review_commits")

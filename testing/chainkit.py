@@ -13,8 +13,10 @@ from aipg.pouw import (
     FraudReview,
     committee_for,
     job_id,
+    needs_commitment,
     review_committee,
 )
+from aipg.pouw import make_commit as commit_verdict
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -392,6 +394,23 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
         signed_verdict(chain.keys[k], receipt, not upheld) for k in sorted(committee.members)
     )
     return FraudReview(evidence, verdicts)
+
+
+def apply_review(chain: TestChain, review: FraudReview):
+    """Put ``review`` in a block the way reviewers do (D76): with commit-reveal on, their
+    commitments first, then blocks until the review's commit phase closes; returns the
+    state after the block carrying the review."""
+    n = chain.state.params.verdict_commit_blocks
+    if n:
+        commits = [
+            commit_verdict(chain.keys[v.signer], v, review=True)
+            for v in review.verdicts
+            if needs_commitment(v)
+        ]
+        chain.next(verdict_commits=commits)
+        for _ in range(n):
+            chain.next()
+    return chain.next(reviews=[review])
 
 
 class TrackerChain:

@@ -35,6 +35,7 @@ from aipg.testing.chainkit import (
     CHAIN,
     TEST_PARAMS,
     TestChain,
+    apply_review,
     make_review,
     make_work,
 )
@@ -44,7 +45,8 @@ VOCAB = 100
 FORCED = TEST_PARAMS.replace(
     verdict_commit_blocks=2,
     escrow_period=8,
-    review_period=3,
+    review_period=6,
+    unbonding_period=10,
     forced_error_bps=BPS,  # every LLM job is forced: the tests pick the case they need
     lazy_slash_bps=500,
 )
@@ -111,7 +113,7 @@ def test_a_forced_error_slashes_the_lazy_validator_and_pays_the_diligent_and_the
     lazy_votes = tuple(v for v in votes if v.signer == lazy)
     evidence = FraudEvidence(job, a, r, lazy_votes)
     assert len(s.forced_reviews) == 1
-    s = c.next(reviews=[make_review(c, evidence, upheld=True)])
+    s = apply_review(c, make_review(c, evidence, upheld=True))
     assert s.bond(lazy).stake == bonds[lazy] - bonds[lazy] * 500 // BPS
     assert s.bond(lazy).jailed_until > s.height
     assert all(s.bond(k).stake == bonds[k] for k in diligent)
@@ -207,7 +209,7 @@ def test_a_worker_that_skips_its_forced_error_and_claims_it_is_reviewed_and_slas
     bonds = {v.signer: c.state.bond(v.signer).stake for v in votes}
     c.next(forced_errors=[ForcedError(job, a, r, proof, made_up, VOCAB, votes)])
     evidence = FraudEvidence(job, a, r, votes)
-    s = c.next(reviews=[make_review(c, evidence, upheld=False)])
+    s = apply_review(c, make_review(c, evidence, upheld=False))
     assert s.bond(worker.public_bytes).stake == 1_000 * AIPG // 2
     assert all(s.bond(k).stake == bonds[k] for k in bonds)
 
