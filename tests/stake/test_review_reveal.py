@@ -70,7 +70,7 @@ def test_review_commitments_need_an_open_review_and_its_phase_open():
     with pytest.raises(LedgerError, match="already committed"):
         apply_block(c.state, c.build(verdict_commits=[first]))
     # on a receipt with no open review
-    job, _a, r, verdicts = make_work(c, c.users[2], nonce=4)
+    _job, _a, _r, verdicts = make_work(c, c.users[2], nonce=4)
     stray = make_commit(c.keys[verdicts[0].signer], verdicts[0], review=True)
     with pytest.raises(LedgerError, match="no review of this receipt is open"):
         apply_block(c.state, c.build(verdict_commits=[stray]))
