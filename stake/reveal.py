@@ -177,7 +177,8 @@ def prune_commitments(s: State) -> None:
 # A conviction's reviewers (and a forced error's, D75) commit before they reveal, as the
 # first committee does: a ``VerdictCommit`` with ``review`` set, on the convicted
 # receipt. The first one a block carries opens the review's commit phase
-# (``review_windows``), which closes ``verdict_commit_blocks`` blocks later; a review
+# (``review_windows``), which closes ``verdict_commit_blocks`` blocks later (at most half
+# the review period: :func:`review_commit_blocks`); a review
 # counts a reviewer's vote only when it matches the commitment stored for it
 # (``review_commits``). Rows go when the review is decided or expires, and count against
 # the member's quota like any commitment.
@@ -199,7 +200,13 @@ def review_closes(s: State, receipt_id: bytes) -> int | None:
     """The last height whose block may carry a review commitment on ``receipt_id``
     (None: no review commitment carried yet)."""
     opened = s.review_windows.get(receipt_id)
-    return None if opened is None else opened + s.params.verdict_commit_blocks
+    return None if opened is None else opened + review_commit_blocks(s)
+
+
+def review_commit_blocks(s: State) -> int:
+    """A review's commit phase: ``verdict_commit_blocks``, but at most half the review
+    period (a review must be decided within it, reveals included)."""
+    return max(1, min(s.params.verdict_commit_blocks, s.params.review_period // 2))
 
 
 def check_review_commit(s: State, commit: VerdictCommit) -> None:

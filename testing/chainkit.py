@@ -14,13 +14,20 @@ from aipg.pouw import (
     committee_for,
     job_id,
     needs_commitment,
+    receipt_id,
     review_committee,
 )
 from aipg.pouw import make_commit as commit_verdict
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
-from aipg.stake.reveal import commit_closes, commitments
+from aipg.stake.reveal import (
+    commit_closes,
+    commitments,
+    review_closes,
+    review_commit_blocks,
+    review_commitments,
+)
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import BPS
@@ -400,7 +407,7 @@ def apply_review(chain: TestChain, review: FraudReview):
     """Put ``review`` in a block the way reviewers do (D76): with commit-reveal on, their
     commitments first, then blocks until the review's commit phase closes; returns the
     state after the block carrying the review."""
-    n = chain.state.params.verdict_commit_blocks
+    n = review_commit_blocks(chain.state) if chain.state.params.verdict_commit_blocks else 0
     if n:
         commits = [
             commit_verdict(chain.keys[v.signer], v, review=True)
@@ -458,3 +465,10 @@ class TrackerChain:
 
     def committed_at(self, job_id: bytes):
         return self.c.state.commitments.get(job_id)
+
+    def review_committed(self, evidence, member: bytes):
+        lookup = review_commitments(self.c.state, evidence)
+        return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
+
+    def review_closes(self, receipt_id_: bytes):
+        return review_closes(self.c.state, receipt_id_)

@@ -40,6 +40,7 @@ from aipg.pouw import (
     Job,
     Tier,
     VerdictCommit,
+    receipt_id,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.stake.assign import claim_order
@@ -47,7 +48,7 @@ from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vot
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.driver import BlockContents, ConsensusDriver
-from aipg.stake.reveal import commit_closes, commitments
+from aipg.stake.reveal import commit_closes, commitments, review_closes, review_commitments
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
@@ -403,6 +404,16 @@ class FinalizedChain:
 
     def committed_at(self, job_id: bytes) -> int | None:
         return self.chain.state.commitments.get(job_id)
+
+    def review_committed(self, evidence, member: bytes) -> bytes | None:
+        """The reviewer's commitment a finalized block carried for the review of
+        ``evidence`` (or its first vote's, D76), if any."""
+        lookup = review_commitments(self.chain.state, evidence)
+        return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
+
+    def review_closes(self, receipt_id_: bytes) -> int | None:
+        """The last height that may carry a review commitment (None: none yet)."""
+        return review_closes(self.chain.state, receipt_id_)
 
 
 class _Finalizer:
