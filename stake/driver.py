@@ -60,6 +60,7 @@ class BlockContents:
     verdict_commits: Sequence[VerdictCommit] = ()
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
+    forced_errors: Sequence = ()  # aipg.pouw.forced.ForcedError (D75)
 
 
 Contents = Callable[[State], BlockContents]
@@ -102,6 +103,7 @@ class ChainApp:
             verdict_commits=c.verdict_commits,
             challenges=c.challenges,
             answers=c.answers,
+            forced_errors=c.forced_errors,
         )
         builder = self.identity or self.me
         prepared = prepare_block(

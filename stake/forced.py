@@ -40,6 +40,7 @@ from aipg.pouw import (
     PouwError,
     Tier,
     abstains,
+    committee_for,
     receipt_id,
     validate_review,
 )
@@ -59,7 +60,6 @@ from .reveal import (
     commit_closes,
     commitments,
     enabled,
-    forget_counted,
     forget_review,
     review_commitments,
 )
@@ -90,7 +90,8 @@ def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes,
         jid = ev.receipt.job_id
         for v in fresh:
             s.put("punished", _member_key(rid, v.signer), s.height)
-        forget_counted(s, rid, fresh)
+        # The votes' commitments stay until the horizon (quota-bound): a member of this
+        # committee drawn to the forced review counts by its first vote's (D76).
         units = _units(s, ev)
         if first:
             s.put("punished", b"forced" + jid, s.height)
@@ -130,10 +131,8 @@ def check_forced_error(s: State, ev: ForcedError):
         raise LedgerError("a verdict of this forced error was processed before")
     if not first and not ev.verdicts:
         raise LedgerError("a later forced error adds at least one verdict")
-    if enabled(s):
-        closes = commit_closes(s, rid)
-        if closes is None or s.height <= closes:
-            raise LedgerError("the receipt's commit phase has not closed: a reveal may not be due")
+    if enabled(s) and not voided and not _phase_over(s, ev, rid):
+        raise LedgerError("the receipt's commit phase has not closed: a reveal may not be due")
     lookup = None if voided else commitments(s, jid)
     check_work(
         s,
@@ -146,6 +145,27 @@ def check_forced_error(s: State, ev: ForcedError):
         raise LedgerError("the worker's VRF output does not make this job a forced error")
     check_forced_change(ev.receipt, ev.output_token_ids, ev.vocab_size)
     return ev.verdicts, first, voided
+
+
+def _phase_over(s: State, ev: ForcedError, rid: bytes) -> bool:
+    """Whether no commitment that counts can still be added on ``rid``: its commit phase
+    closed by height, or every candidate of the committee has committed (once each)."""
+    closes = commit_closes(s, rid)
+    if closes is None:
+        return False
+    if s.height > closes:
+        return True
+    committed = s.commitments.get(ev.receipt.job_id)
+    if committed is None:
+        return False
+    seed = committee_seed_height(committed)
+    snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
+    if snapshot is None or beacon is None:
+        return False
+    committee = committee_for(
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+    )
+    return all(rid + k in s.verdict_commits for k in committee.candidates)
 
 
 def _validate_votes(ev, validators, beacon, kw, lookup) -> None:

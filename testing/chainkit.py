@@ -470,5 +470,9 @@ class TrackerChain:
         lookup = review_commitments(self.c.state, evidence)
         return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
 
+    @property
+    def forced_error_bps(self) -> int:
+        return self.c.state.params.forced_error_bps
+
     def review_closes(self, receipt_id_: bytes):
         return review_closes(self.c.state, receipt_id_)

@@ -43,6 +43,7 @@ from aipg.pouw import (
     receipt_id,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import ForcedError
 from aipg.stake.assign import claim_order
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
@@ -214,6 +215,7 @@ class ChainService:
             self.tracker.pending_commits(),
             self.tracker.pending_challenges(),
             self.tracker.pending_answers(),
+            self.tracker.pending_forced(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -238,6 +240,9 @@ class ChainService:
                 self.tracker.settle_challenges(challenges=[item])
             elif isinstance(item, ChallengeAnswer):
                 self.tracker.settle_challenges(answers=[item])
+            elif isinstance(item, ForcedError):
+                log.info("a forced error was refused: %s", reason)
+                self.tracker.settle_forced([item])
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -262,6 +267,7 @@ class ChainService:
         self.tracker.settle_commits(block.body.verdict_commits)
         self.tracker.settle_challenges(block.body.challenges, block.body.answers)
         self.tracker.answers_carried(block.body.answers)
+        self.tracker.settle_forced(block.body.forced_errors)
         self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
@@ -410,6 +416,10 @@ class FinalizedChain:
         ``evidence`` (or its first vote's, D76), if any."""
         lookup = review_commitments(self.chain.state, evidence)
         return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
+
+    @property
+    def forced_error_bps(self) -> int:
+        return self.chain.state.params.forced_error_bps
 
     def review_closes(self, receipt_id_: bytes) -> int | None:
         """The last height that may carry a review commitment (None: none yet)."""

@@ -31,6 +31,7 @@ from aipg.node.apikeys import ApiKeyStore
 from aipg.node.metrics import Counter, Histogram
 from aipg.node.protocol.jobs import SendJob
 from aipg.node.protocol.messages import (
+    ForcedResult,
     JobAck,
     JobRefusal,
     RefusalCode,
@@ -39,8 +40,19 @@ from aipg.node.protocol.messages import (
     WorkReport,
     topic,
 )
-from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, assignment_id, job_id
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    COMMITTEE_LOOKAHEAD,
+    Claim,
+    Job,
+    PouwError,
+    Tier,
+    assignment_id,
+    job_id,
+    receipt_id,
+)
 from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import check_forced_result
 from aipg.pouw.schedule import JobState, Reputation, ReputationConfig, Scheduler, SchedulerConfig
 from aipg.wire import (
     UNITS_PER_AIPG,
@@ -73,6 +85,8 @@ from .gateway_views import job_view, jobs_by_state
 from .limits import check_completion, check_image, check_prompt_ids, job_violation
 from .streaming import TextForwarder, TokenRelay
 from .work import TrackedWork, WorkTracker
+
+MAX_FORCED_REMEMBERED = 4096  # forced receipts this gateway delivered (D75), oldest first
 
 log = logging.getLogger("aipg.node.gateway")
 
@@ -157,6 +171,7 @@ class GatewayService:
         self.catalog = catalog
         self.chain = chain
         self.tracker = tracker
+        self._forced: OrderedDict[bytes, None] = OrderedDict()  # receipts delivered as forced
         self.api_keys = api_keys
         self.send_job = send_job
         self.local_jobs = local_jobs
@@ -246,6 +261,8 @@ class GatewayService:
         worker = tracked.report.result.receipt.signer
         if tracked.certified:
             self.scheduler.on_certified(worker)
+        elif tracked.receipt_id in self._forced:
+            pass  # our own forced job (D75): the evidence is the trap working, not fraud
         else:
             self.scheduler.on_fraud(worker)
 
@@ -262,13 +279,43 @@ class GatewayService:
             self._wake.set()
 
     def on_report(self, report: WorkReport) -> None:
+        self._accept_report(report, report)
+
+    def on_forced_result(self, forced: ForcedResult) -> None:
+        """A forced job (D75): the worker's receipt carries the prescribed change, its
+        true output comes beside it. Check the proof and the change, then deliver the
+        true output; the worker is not faulted for the mismatch."""
+        report = forced.report
+        chain = self.tracker.chain
+        committed = chain.committed_at(report.result.receipt.job_id)
+        beacon = None if committed is None else chain.beacon_at(committed + COMMITTEE_DELAY)
+        if beacon is None:
+            raise PouwError("forced.beacon", "the job's committee beacon is not final here")
+        check_forced_result(
+            report.result.receipt,
+            report.assignment,
+            beacon,
+            forced.vrf_proof,
+            forced.true_token_ids,
+            forced.vocab_size,
+            chain.forced_error_bps,
+        )
+        true = report.result.replace(output_token_ids=forced.true_token_ids, text=forced.true_text)
+        self._accept_report(report, report.replace(result=true))
+        self._forced[receipt_id(report.result.receipt)] = None
+        evict_over(self._forced, MAX_FORCED_REMEMBERED)
+
+    def _accept_report(self, report: WorkReport, delivered: WorkReport) -> None:
+        """Accept ``report`` (what the committee checks) and answer the client with
+        ``delivered`` (the same, but for a forced job's true output)."""
         jid = report.result.receipt.job_id
         entry = self.jobs.get(jid)
         if entry is None:
             raise PouwError("report.job_id", "not a job of this gateway")
         self.tracker.check_report(report)
         aid = assignment_id(report.assignment)
-        if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
+        tokens = delivered.result.output_token_ids
+        if entry.relay is not None and not entry.relay.agrees(aid, tokens):
             # It streamed other tokens than its result holds: a failed attempt (D50).
             entry.relay.drop()
             self._end_attempt(entry, report.assignment.worker, penalize=True)
@@ -276,7 +323,7 @@ class GatewayService:
         self.scheduler.on_receipt(report.result.receipt, self.now_ms())
         if entry.relay is not None and not entry.relay.started:
             self._first_token(entry)
-        entry.finish(report)
+        entry.finish(delivered)
 
     def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None:
         """Tokens the assignee generated so far (D50); raises PouwError to refuse them."""

@@ -45,7 +45,7 @@ from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, ChallengeAnswer, Withhol
 from aipg.wire import Identity, PeerId, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
-from .faults import accusing_check, flipped_verdict, random_check
+from .faults import accusing_check, flipped_verdict, lazy_check, random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
@@ -83,6 +83,7 @@ class VerifierService:
         flip_verdicts: bool = False,
         accuse: bool = False,
         copy_verdicts: bool = False,
+        lazy_votes: bool = False,
         wait_for_block: Callable[[], Awaitable[None]] | None = None,
     ):
         self.identity = identity
@@ -92,6 +93,7 @@ class VerifierService:
         self.random_votes = random_votes
         self.flip_verdicts = flip_verdicts
         self.accuse = accuse
+        self.lazy_votes = lazy_votes
         self.copy_verdicts = copy_verdicts
         self.wait_for_block = wait_for_block
         # receipt id -> (its work, our verdict): committed, not revealed yet
@@ -281,6 +283,8 @@ class VerifierService:
             return random_check(), None
         if self.accuse:
             return accusing_check(), None
+        if self.lazy_votes:
+            return lazy_check(), None
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(

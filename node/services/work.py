@@ -53,6 +53,7 @@ from aipg.pouw import (
     votes_differ,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import ForcedError
 from aipg.pouw.reveal import verdict_commitment
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.wire import encode, is_signed_by_signer
@@ -124,6 +125,8 @@ MAX_PENDING_EVIDENCE = 1024
 MAX_PENDING_COMMITS = 4 * 4096
 # Challenge answers waiting for a block: each may carry megabytes of latents.
 MAX_PENDING_ANSWERS = 16
+# Forced errors (D75) waiting for a block: one or a few per forced receipt.
+MAX_PENDING_FORCED = 256
 
 
 class ChainView(Protocol):
@@ -148,6 +151,9 @@ class ChainView(Protocol):
     def review_committed(self, evidence: FraudEvidence, member: bytes) -> bytes | None: ...
 
     def review_closes(self, receipt_id: bytes) -> int | None: ...
+
+    @property
+    def forced_error_bps(self) -> int: ...
 
     def committed(self, receipt_id: bytes, member: bytes) -> bytes | None: ...
 
@@ -196,6 +202,7 @@ class WorkTracker:
         # a block carries them
         self._challenges: OrderedDict[tuple[bytes, bytes], WithholdingChallenge] = OrderedDict()
         self._answers: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
+        self._forced: OrderedDict[bytes, ForcedError] = OrderedDict()  # digest -> record
         # answers finalized blocks carried, for their challengers to re-check from
         self._answers_carried: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
 
@@ -270,7 +277,7 @@ class WorkTracker:
         if tracked is None:
             self._hold_early(verdict)
             return None
-        if verdict.signer not in tracked.committee and tracked.fraud:
+        if verdict.signer not in tracked.committee and (tracked.fraud or tracked.review):
             # A reviewer's vote: counted by the review, or held until this node sees
             # the block that opens it.
             validate_verdict(verdict, tracked.report.result.receipt)
@@ -348,6 +355,35 @@ class WorkTracker:
 
     def answer_carried(self, receipt_id: bytes, challenger: bytes) -> ChallengeAnswer | None:
         return self._answers_carried.get((receipt_id, challenger))
+
+    def add_forced(self, fe: ForcedError) -> None:
+        """Keep a worker's ForcedError for a block (the ledger checks it in full)."""
+        if not is_signed_by_signer(fe.receipt):
+            raise PouwError("forced.receipt", "bad signature")
+        self._forced.setdefault(record_digest(fe), fe)
+        evict_over(self._forced, MAX_PENDING_FORCED)
+
+    def pending_forced(self) -> list[ForcedError]:
+        return list(self._forced.values())
+
+    def settle_forced(self, items) -> None:
+        """A block carried these ForcedErrors, or a proposal found they never can be."""
+        for fe in items:
+            self._forced.pop(record_digest(fe), None)
+
+    def start_forced_review(
+        self, fe: ForcedError, beacon: bytes, validators: Mapping[bytes, int]
+    ) -> TrackedWork | None:
+        """A block carried ``fe``: its valid votes are under review (D75). The review
+        replaces a conviction's that the ForcedError voided."""
+        valid = tuple(v for v in fe.verdicts if v.valid and not abstains(v))
+        tracked = self._by_receipt.get(receipt_id(fe.receipt))
+        if not valid or tracked is None:
+            return tracked
+        tracked.review = None
+        return self.start_review(
+            FraudEvidence(fe.job, fe.assignment, fe.receipt, valid), beacon, validators
+        )
 
     def pending_challenges(self) -> list[WithholdingChallenge]:
         return list(self._challenges.values())
