@@ -13,8 +13,8 @@ prove that it was made before.
 
 What the ledger keeps is bounded (D77). A commitment names its receipt's job; it is
 taken only for a job committed on chain whose committee's seed block is final, from a
-key in the validator set that committee is drawn from, once per job and member
-(``commit_jobs``), and while the member holds fewer than ``max_open_commits`` rows
+key in the validator set that committee is drawn from, on at most ``COMMITS_PER_JOB``
+receipts per job and member (``commit_jobs``), and while the member holds fewer than ``max_open_commits`` rows
 (``commit_counts``): a key flooding blocks with commitments on made-up receipts fills
 its own quota and nobody else's. It counts only for a certificate or fraud evidence of
 that very job, from a seated member (pouw's checks). The rows an outcome counted go with
@@ -80,7 +80,8 @@ def process_verdict_commits(s: State, commits: Iterable[VerdictCommit]) -> None:
             commit_key(rid, commit.signer),
             CommitRow(commit.commitment, s.height, commit.job_id),
         )
-        s.put("commit_jobs", commit.job_id + commit.signer, rid)
+        held = s.commit_jobs.get(commit.job_id + commit.signer, ())
+        s.put("commit_jobs", commit.job_id + commit.signer, (*held, rid))
         s.put("commit_counts", commit.signer, s.commit_counts.get(commit.signer, 0) + 1)
 
 
@@ -98,6 +99,12 @@ def check_verdict_commit(s: State, commit: VerdictCommit) -> None:
     validate_commit(commit)
 
 
+# Receipts of one job a member may commit on: one per attempt the gateway makes (3), and
+# an equivocating worker's twin; a reassigned job's late first receipt and the next one
+# both stay certifiable (the ledger pays the job once).
+COMMITS_PER_JOB = 4
+
+
 def check_bounds(s: State, commit: VerdictCommit) -> None:
     """D77: a committed job whose committee is drawn, a member of the set it is drawn
     from, one commitment per job and member, at most ``max_open_commits`` rows a member."""
@@ -112,8 +119,10 @@ def check_bounds(s: State, commit: VerdictCommit) -> None:
         raise LedgerError(
             "the member is not in the validator set the job's committee is drawn from"
         )
-    if commit.job_id + commit.signer in s.commit_jobs:
-        raise LedgerError("this member already committed to a verdict on this job")
+    if len(s.commit_jobs.get(commit.job_id + commit.signer, ())) >= COMMITS_PER_JOB:
+        raise LedgerError(
+            f"this member already committed to verdicts on {COMMITS_PER_JOB} receipts of this job"
+        )
     if s.commit_counts.get(commit.signer, 0) >= s.params.max_open_commits:
         raise LedgerError(
             f"this member holds {s.params.max_open_commits} open commitments, the most it may"
@@ -127,8 +136,10 @@ def _drop_row(s: State, key: bytes, table: str = "verdict_commits") -> None:
         return
     member = key[32:]
     s.put(table, key, None)
-    if s.commit_jobs.get(row.job_id + member) == key[:32]:
-        s.put("commit_jobs", row.job_id + member, None)
+    held = s.commit_jobs.get(row.job_id + member, ())
+    if key[:32] in held:
+        left = tuple(r for r in held if r != key[:32])
+        s.put("commit_jobs", row.job_id + member, left or None)
     left = s.commit_counts.get(member, 0) - 1
     s.put("commit_counts", member, left if left > 0 else None)
 

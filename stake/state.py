@@ -233,9 +233,9 @@ class State:
     # forced_reviews: digest of a FraudEvidence holding the valid votes on a forced
     # error -> the height of the block that carried the ForcedError (stake/forced.py).
     forced_reviews: dict[bytes, ForcedReview] = dataclasses.field(default_factory=dict)
-    # commit_jobs: job id + member key -> the receipt id it committed on (one per job
+    # commit_jobs: job id + member key -> the receipt ids it committed on (a few per job
     # and member); commit_counts: member key -> its rows in verdict_commits (D77).
-    commit_jobs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    commit_jobs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
     commit_counts: dict[bytes, int] = dataclasses.field(default_factory=dict)
     # review_commits: receipt id + reviewer key -> CommitRow; review_windows: receipt id
     # -> the height whose block carried the review's first commitment (D76).
@@ -419,6 +419,8 @@ class State:
             src = rows.get(table, {})
             if table in ("unbonding", "epochs", "worker_epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
+            elif table == "commit_jobs":
+                tables[table] = {k: tuple(v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}
             else:

@@ -13,6 +13,7 @@ import pytest
 from aipg.pouw import Certificate, VerdictCommit, job_id, make_commit
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
+from aipg.stake.reveal import COMMITS_PER_JOB
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import LedgerError
 from aipg.testing.chainkit import (
@@ -58,7 +59,7 @@ def test_a_commitment_needs_a_committed_job_with_its_committee_drawn():
     _refused(c, _junk(spammer, job_id(job), 1), "not final yet")
 
 
-def test_only_a_key_of_the_drawing_set_commits_and_once_per_job():
+def test_only_a_key_of_the_drawing_set_commits_and_a_few_times_per_job():
     c = _chain()
     user = c.users[2]
     c.next(transactions=[make_tx(user, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
@@ -67,8 +68,10 @@ def test_only_a_key_of_the_drawing_set_commits_and_once_per_job():
     _refused(c, make_commit(user, signed_verdict(user, r)), "not in the validator set")
     member = c.keys[verdicts[0].signer]
     c.next(verdict_commits=[make_commit(member, verdicts[0])])
-    # another receipt of the same job (an equivocating worker's twin): refused
-    _refused(c, _junk(member, job_id(job), 3), "already committed to a verdict on this job")
+    # other receipts of the same job (reassignments, a twin): a few, then refused
+    extra = [_junk(member, job_id(job), 3 + i) for i in range(COMMITS_PER_JOB - 1)]
+    c.next(verdict_commits=extra)
+    _refused(c, _junk(member, job_id(job), 9), "receipts of this job")
 
 
 def test_a_flood_fills_the_flooders_quota_and_nobody_elses():
