@@ -130,6 +130,16 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         help="validator: reveal other members' votes as its own, without committing",
     )
     test.add_argument(
+        "--fault-lazy-votes",
+        action="store_true",
+        help="validator: vote every receipt valid without checking (forced errors catch it)",
+    )
+    test.add_argument(
+        "--fault-skip-forced",
+        action="store_true",
+        help="worker: never make a forced error's prescribed change",
+    )
+    test.add_argument(
         "--fault-withhold-latents",
         action="store_true",
         help="worker: serve nobody its latents (it still answers challenges on chain)",
@@ -232,6 +242,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         accuse=args.fault_accuse,
         copy_verdicts=args.fault_copy_verdicts,
         withhold_latents=args.fault_withhold_latents,
+        lazy_votes=args.fault_lazy_votes,
+        skip_forced=args.fault_skip_forced,
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

@@ -37,6 +37,7 @@ from aipg.gossip import (
 )
 from aipg.models import ModelError, check_announcement, model_id_text
 from aipg.pouw import Job, PouwError, StreamEvidence, Verdict, VerdictCommit
+from aipg.pouw.forced import ForcedError
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -59,6 +60,7 @@ from .services.catalog import ModelCatalog
 from .services.chain import ChainService, FinalizedChain
 from .services.costs import ModelCosts
 from .services.faults import Faults
+from .services.forced import ForcedErrors
 from .services.gateway import GatewayService
 from .services.latents import DiskLatentStore
 from .services.models import ModelService
@@ -221,6 +223,14 @@ class Node:
                 misstream=self.faults.misstream,
                 junk_stream=self.faults.junk_stream,
                 refuse_jobs=self.faults.refuse_jobs,
+                forced=ForcedErrors(
+                    self.identity,
+                    self.tracker.chain,
+                    self._counted_votes,
+                    self._offer_forced,
+                    lambda report: self.intake.on_report(report),  # set up below
+                    skip=self.faults.skip_forced,
+                ),
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work
@@ -237,6 +247,7 @@ class Node:
                 flip_verdicts=self.faults.flip_verdicts,
                 accuse=self.faults.accuse,
                 copy_verdicts=self.faults.copy_verdicts,
+                lazy_votes=self.faults.lazy_votes,
                 wait_for_block=self.chain.wait_for_block,
             )
             await nursery.start(self.verifier.run)
@@ -287,9 +298,10 @@ class Node:
         )
 
     def _open_reviews(self, block: Block) -> None:
-        """The fraud evidence ``block`` carried opens reviews: draw each committee, and
-        re-check the work when this validator sits on one."""
-        if not block.body.frauds:
+        """The fraud evidence ``block`` carried opens reviews (and a ForcedError's valid
+        votes, D75): draw each committee, and re-check the work when this validator
+        sits on one."""
+        if not block.body.frauds and not block.body.forced_errors:
             return
         validators = self.chain.state.validator_snapshot_at(block.height)
         beacon = self.chain.state.beacon_at(block.height)  # seeds the reviews (D56)
@@ -298,6 +310,10 @@ class Node:
         for evidence in block.body.frauds:
             tracked = self.tracker.start_review(evidence, beacon, validators)
             if tracked is not None and self.verifier is not None:
+                self.verifier.consider_review(tracked)
+        for fe in block.body.forced_errors:
+            tracked = self.tracker.start_forced_review(fe, beacon, validators)
+            if tracked is not None and tracked.review is not None and self.verifier is not None:
                 self.verifier.consider_review(tracked)
 
     async def _local_job(self, job: Job) -> None:
@@ -356,8 +372,12 @@ class Node:
         await self.intake.on_report(msg)
 
     async def _on_verdict(self, m: Delivered) -> None:
-        msg = decode(m.data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
-        if isinstance(msg, VerdictCommit):
+        msg = decode(
+            m.data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer, ForcedError)
+        )
+        if isinstance(msg, ForcedError):
+            self.tracker.add_forced(msg)
+        elif isinstance(msg, VerdictCommit):
             self.intake.on_commit(msg)
         elif isinstance(msg, WithholdingChallenge):
             self.tracker.add_challenge(msg)
@@ -365,6 +385,21 @@ class Node:
             self.tracker.add_answer(msg)
         else:
             await self.intake.on_verdict(msg)
+
+    def _offer_forced(self, fe: ForcedError) -> None:
+        """Our worker sprang a forced error: offer it for blocks, gossip it (D75)."""
+        self.tracker.add_forced(fe)
+        self._roles_nursery.start_soon(self.host.publish, topic("verdicts"), encode(fe))
+
+    def _counted_votes(self, rid: bytes):
+        """The votes on ``rid`` this node counted, once members may reveal or the
+        committee has decided (None before)."""
+        tracked = self.tracker.for_receipt(rid)
+        if tracked is None:
+            return None
+        if tracked.outcome is None and not self.tracker.reveal_open(tracked):
+            return None
+        return tracked.collector.counted()
 
     def _answer_challenge(self, answer: ChallengeAnswer) -> None:
         """Our worker answered a withholding challenge: offer it for blocks, gossip it."""

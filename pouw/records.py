@@ -311,10 +311,14 @@ class VerdictCommit(Record):
     """A committee member's commitment to its verdict on one receipt, signed by the
     member: ``commitment`` = :func:`aipg.pouw.reveal.verdict_commitment` of the verdict
     it will reveal. Blocks carry commitments; a revealed verdict counts only when its
-    commitment was in a block before the receipt's commit phase closed."""
+    commitment was in a block before the receipt's commit phase closed. ``job_id``
+    names the receipt's job: the ledger takes one commitment per job and member, only
+    for a committed job whose committee is drawn (D77)."""
 
     receipt_id: Hash32
     commitment: Hash32
+    job_id: Hash32 = bytes(32)  # the receipt's job: what bounds a member's rows (D77)
+    review: bool = False  # a reviewer's commitment on a conviction's receipt (D76)
     signer: PublicKeyBytes = NO_SIGNER
     signature: SignatureBytes = NO_SIGNATURE
 

@@ -73,11 +73,13 @@ def verdict_commitment(verdict: Verdict) -> bytes:
     )
 
 
-def make_commit(identity: Identity, verdict: Verdict) -> VerdictCommit:
-    """``identity``'s signed commitment to its own ``verdict``."""
+def make_commit(identity: Identity, verdict: Verdict, *, review: bool = False) -> VerdictCommit:
+    """``identity``'s signed commitment to its own ``verdict`` (``review``: as a reviewer
+    of the receipt's conviction, D76)."""
     if verdict.signer != identity.public_bytes:
         raise ValueError("a member commits to its own verdict")
-    return sign(VerdictCommit(verdict.receipt_id, verdict_commitment(verdict)), identity)
+    commit = VerdictCommit(verdict.receipt_id, verdict_commitment(verdict), verdict.job_id, review)
+    return sign(commit, identity)
 
 
 def validate_commit(commit: VerdictCommit) -> None:

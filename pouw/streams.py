@@ -67,9 +67,18 @@ class StreamEvidence(Record):
 
 
 def contradicts(chunk: TokenChunk, output_token_ids) -> bool:
-    """Whether ``output_token_ids`` lack the chunk's tokens at the chunk's positions."""
+    """Whether ``output_token_ids`` lack the chunk's tokens at the chunk's positions,
+    the last output position aside: a forced error (D75) changes exactly that token in
+    the receipt while the worker streams the true one, so a difference there alone is
+    no evidence (a junk stream confined to it misleads a client by one token, which the
+    gateway's own check of the result against the stream still catches)."""
     end = chunk.start + len(chunk.tokens)
-    return tuple(output_token_ids[chunk.start : end]) != tuple(chunk.tokens)
+    if end > len(output_token_ids):
+        return True  # it streamed tokens the result does not have
+    last = len(output_token_ids) - 1
+    return any(
+        output_token_ids[i] != t for i, t in enumerate(chunk.tokens, chunk.start) if i != last
+    )
 
 
 def validate_stream_evidence(evidence: StreamEvidence) -> None:

@@ -451,15 +451,18 @@ def validate_review(
     committee_size: int = COMMITTEE_SIZE,
     check_challenges: bool = True,
     rules: CommitteeRules | None = None,
+    committed: CommitLookup | None = None,
 ) -> bool:
     """Check a review of the conviction that block ``block_hash`` carried, against the
     validator set at that block; True when it upholds the conviction, False when it
     overturns it. Raises PouwError when it decides neither (two thirds either way of
-    the seated stake are needed: slashing anyone takes a supermajority)."""
+    the seated stake are needed: slashing anyone takes a supermajority). ``committed``
+    (commit-revealed reviews, D76): every vote must match a reviewer's commitment a
+    block carried in time."""
     committee = review_committee(review.evidence, validators, block_hash, committee_size, rules)
     _require(bool(committee.candidates), "review.committee", "no eligible reviewer has stake")
     t = _tally_verdicts(
-        review.verdicts, review.evidence.receipt, committee, validators, check_challenges
+        review.verdicts, review.evidence.receipt, committee, validators, check_challenges, committed
     )
     _require(not t.short, "review.quorum", "too many abstentions: the review has empty seats")
     if t.upholds:

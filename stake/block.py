@@ -19,6 +19,7 @@ from aipg.pouw import (
     StreamEvidence,
     VerdictCommit,
 )
+from aipg.pouw.forced import ForcedError
 from aipg.wire import (
     I64,
     NO_SIGNATURE,
@@ -120,6 +121,7 @@ class BlockBody(Record):
     # D85: streamed chunks that contradict their worker's receipt (applied before the
     # certificates: the receipt is then not paid)
     junk_streams: Annotated[tuple[StreamEvidence, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
+    forced_errors: Annotated[tuple[ForcedError, ...], MaxLen(MAX_BLOCK_EVIDENCE)] = ()
 
 
 @record(tag=424, max_size=MAX_BLOCK_BYTES)

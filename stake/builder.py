@@ -41,6 +41,7 @@ def make_block(
     challenges: Sequence[WithholdingChallenge] = (),
     answers: Sequence[ChallengeAnswer] = (),
     junk_streams: Sequence[StreamEvidence] = (),
+    forced_errors: Sequence = (),
 ) -> Block:
     """The next block on ``state`` (height + 1), with the header filled in. A proposer
     given as an Identity proves the beacon (D55); given as a key alone, the header
@@ -60,6 +61,7 @@ def make_block(
         challenges=tuple(challenges),
         answers=tuple(answers),
         junk_streams=tuple(junk_streams),
+        forced_errors=tuple(forced_errors),
     )
     header = BlockHeader(
         chain_id=state.chain_id,

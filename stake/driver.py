@@ -62,6 +62,7 @@ class BlockContents:
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
     junk_streams: Sequence[StreamEvidence] = ()
+    forced_errors: Sequence = ()  # aipg.pouw.forced.ForcedError (D75)
 
 
 Contents = Callable[[State], BlockContents]
@@ -105,6 +106,7 @@ class ChainApp:
             challenges=c.challenges,
             answers=c.answers,
             junk_streams=c.junk_streams,
+            forced_errors=c.forced_errors,
         )
         builder = self.identity or self.me
         prepared = prepare_block(

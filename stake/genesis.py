@@ -116,6 +116,16 @@ class ChainParams(Record):
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
     # The least bond of a worker registered for drawn, pool-earning jobs (D58).
     min_worker_bond: UnitsField = 100 * UNITS_PER_AIPG
+    # Forced errors (pouw/forced.py, stake/forced.py, D75): a worker's VRF over each
+    # assignment makes this share of LLM jobs known-bad receipts; a committee member whose
+    # revealed vote on one is valid loses ``lazy_slash_bps`` of its bond (after a review)
+    # and is jailed ``jail_period``. 0 turns forced errors off.
+    forced_error_bps: BpsField = 0
+    lazy_slash_bps: BpsField = 0
+    # Verdict commitments (stake/reveal.py, D77): the most rows one member may hold in
+    # the ledger at once (each leaves when an outcome counts it, or at the horizon);
+    # beyond it that member's commitments are refused, nobody else's.
+    max_open_commits: Annotated[int, Range(1, 1_000_000)] = 4_096
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""
@@ -164,6 +174,12 @@ MAINNET_PARAMS = ChainParams(
     challenge_fee=1 * UNITS_PER_AIPG,  # a challenge costs this when the worker answers
     withholding_slash_bps=100,  # 1 % of the bond per unanswered challenge
     committee_weight_cap_bps=50,
+    # One LLM job in 200 is a forced error: a validator on every committee of a busy
+    # chain meets one within hours, and its expected loss per unchecked vote, 0.5 % x
+    # 5 % = 2.5e-4 of its bond (2.5 AIPG at the minimum stake), is well above what a
+    # seat's verdict share pays; the compute wasted is 0.5 % of LLM work.
+    forced_error_bps=50,
+    lazy_slash_bps=500,  # what a double sign costs: it vouched for work it did not check
 )
 
 
@@ -192,6 +208,10 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # every candidate has committed or abstained).
         verdict_commit_blocks=max(5, -(-20_000 // block_time_ms)),
         challenge_period=max(3, -(-10_000 // block_time_ms)),
+        # Off on a devnet unless asked for (tests set it, up to every LLM job): the node's
+        # other gateways still count a forced job's honest evidence as fraud and ban its
+        # worker until the ForcedError lands, and a dozen-job demo would show it as such.
+        forced_error_bps=0,
     )
 
 

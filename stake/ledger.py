@@ -30,6 +30,7 @@ from .equivocation import (
     process_equivocations,
     process_junk_streams,
 )
+from .forced import expire_forced_reviews, process_all_reviews, process_forced_errors
 from .liveness import process_liveness, without_jailed
 from .money import credit, slash
 from .pool import WorkItem, pay_work
@@ -39,7 +40,7 @@ from .state import Bond, State, height_key, state_hash
 from .tokenomics import split_reward
 from .tx_apply import apply_transaction, check_transaction, process_transactions
 from .types import Height, LedgerError
-from .useful_work import process_certificates, process_frauds, process_reviewed
+from .useful_work import process_certificates, process_frauds
 from .validators import ValidatorSet
 from .verdict_rewards import pay_validators
 
@@ -74,15 +75,17 @@ def apply_block(
     process_transactions(s, block)
     process_verdict_commits(s, block.body.verdict_commits)
     process_junk_streams(s, block.body.junk_streams)  # D85: before the receipts are paid
-    work = process_certificates(s, block.body.certificates)
+    work = process_forced_errors(s, block.body.forced_errors)  # before certificates: D75
+    work.update(process_certificates(s, block.body.certificates))
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)
     process_equivocations(s, block.body.equivocations)
     process_conflicting_verdicts(s, block.body.conflicting_verdicts)
-    work.update(process_reviewed(s, block.body.reviews))
+    work.update(process_all_reviews(s, block.body.reviews))
     process_challenges(s, block.body.challenges)
     process_answers(s, block.body.answers)
     expire_convictions(s)
+    expire_forced_reviews(s)
     expire_challenges(s)
     process_rewards(s, block, work)
     process_epoch(s)

@@ -29,6 +29,7 @@ from aipg.pouw import (
     VerdictCommit,
     receipt_id,
 )
+from aipg.pouw.forced import ForcedError
 from aipg.wire import Identity, encode
 
 from .block import (
@@ -53,6 +54,7 @@ from .equivocation import (
     process_equivocations,
     process_junk_streams,
 )
+from .forced import process_all_reviews, process_forced_errors
 from .ledger import process_double_signs, process_header, process_last_commit
 from .liveness import process_liveness
 from .reveal import process_verdict_commits
@@ -60,7 +62,7 @@ from .state import State
 from .tx import Transaction
 from .tx_apply import apply_transaction
 from .types import LedgerError
-from .useful_work import process_certificates, process_frauds, process_reviewed
+from .useful_work import process_certificates, process_frauds
 
 # Room left in a block's byte budget for its header, its parent's commit and framing.
 BLOCK_BYTES_RESERVED = 1 << 20
@@ -81,6 +83,7 @@ class Candidates:
     challenges: Sequence[WithholdingChallenge] = ()
     answers: Sequence[ChallengeAnswer] = ()
     junk_streams: Sequence[StreamEvidence] = ()
+    forced_errors: Sequence[ForcedError] = ()
 
 
 @dataclass
@@ -164,6 +167,12 @@ EVIDENCE_STEPS = (
         process_junk_streams,
         lambda ev: ev.receipt.assignment_id,
     ),
+    (
+        "forced_errors",
+        MAX_BLOCK_EVIDENCE,
+        process_forced_errors,
+        lambda ev: (receipt_id(ev.receipt), tuple(v.signer for v in ev.verdicts)),
+    ),
     ("certificates", MAX_BLOCK_CERTIFICATES, process_certificates, lambda c: c.receipt.job_id),
     (
         "double_signs",
@@ -184,7 +193,7 @@ EVIDENCE_STEPS = (
         process_conflicting_verdicts,
         lambda ev: (ev.verdict_a.signer, ev.verdict_a.receipt_id),
     ),
-    ("reviews", MAX_BLOCK_EVIDENCE, process_reviewed, lambda r: receipt_id(r.evidence.receipt)),
+    ("reviews", MAX_BLOCK_EVIDENCE, process_all_reviews, lambda r: receipt_id(r.evidence.receipt)),
     (
         "challenges",
         MAX_BLOCK_EVIDENCE,

@@ -36,6 +36,7 @@ from aipg.pouw import (
 from aipg.wire.codec import record_digest
 
 from .money import credit, slash
+from .reveal import forget_review, review_commitments
 from .state import Conviction, State, escrow_key
 from .types import LedgerError, bps_of
 from .verdict_rewards import agree
@@ -69,6 +70,7 @@ def process_reviews(s: State, reviews: Iterable[FraudReview]) -> list[FraudEvide
             raise LedgerError(f"review {i}: {e}") from None
         ev = review.evidence
         s.put("convictions", receipt_id(ev.receipt), None)
+        forget_review(s, receipt_id(ev.receipt))
         if upheld:
             convict(s, ev)
             return_escrow(s, ev)
@@ -99,6 +101,7 @@ def check_review(s: State, review: FraudReview) -> bool:
         committee_size=s.params.committee_size,
         check_challenges=False,
         rules=s.params.committee_rules(),
+        committed=review_commitments(s, ev),
     )
 
 
@@ -108,6 +111,7 @@ def expire_convictions(s: State) -> None:
     for rid, row in list(s.convictions.items()):
         if s.height - row.height > s.params.review_period:
             s.put("convictions", rid, None)
+            forget_review(s, rid)
             escrow = s.escrows.get(row.escrow) if row.escrow else None
             if escrow is not None:  # undecided: the job is not paid, its client is repaid
                 s.put("escrows", row.escrow, None)

@@ -74,11 +74,19 @@ class Conviction(NamedTuple):
     escrow: bytes = b""  # a paid job's escrow row, locked until the review decides
 
 
+class ForcedReview(NamedTuple):
+    """The valid votes on a forced error, under review (:mod:`.forced`, D75)."""
+
+    height: int  # the block that carried the ForcedError (its beacon seeds the review)
+    receipt_id: bytes
+
+
 class CommitRow(NamedTuple):
     """A verdict commitment a block carried (:mod:`.reveal`)."""
 
     commitment: bytes
     height: int
+    job_id: bytes = b""  # the job it names (D77: one per job and member)
 
 
 class Challenge(NamedTuple):
@@ -167,6 +175,11 @@ TABLES = (
     "verdict_commits",
     "commit_windows",
     "challenges",
+    "forced_reviews",
+    "commit_jobs",
+    "commit_counts",
+    "review_commits",
+    "review_windows",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -179,6 +192,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "workers": Registration,
     "capacity": Capacity,
     "verdict_commits": CommitRow,
+    "review_commits": CommitRow,
+    "forced_reviews": ForcedReview,
     "challenges": Challenge,
 }
 
@@ -215,6 +230,17 @@ class State:
     verdict_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
     commit_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
     challenges: dict[bytes, Challenge] = dataclasses.field(default_factory=dict)
+    # forced_reviews: digest of a FraudEvidence holding the valid votes on a forced
+    # error -> the height of the block that carried the ForcedError (stake/forced.py).
+    forced_reviews: dict[bytes, ForcedReview] = dataclasses.field(default_factory=dict)
+    # commit_jobs: job id + member key -> the receipt ids it committed on (a few per job
+    # and member); commit_counts: member key -> its rows in verdict_commits (D77).
+    commit_jobs: dict[bytes, tuple] = dataclasses.field(default_factory=dict)
+    commit_counts: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    # review_commits: receipt id + reviewer key -> CommitRow; review_windows: receipt id
+    # -> the height whose block carried the review's first commitment (D76).
+    review_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
+    review_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
     # The validators' part of rewards not yet paid to verdicts agreeing with an outcome
     # (blocks without certified work carry it forward, as the work pool).
     verdict_pool: int = 0
@@ -393,6 +419,8 @@ class State:
             src = rows.get(table, {})
             if table in ("unbonding", "epochs", "worker_epochs"):
                 tables[table] = {k: tuple(tuple(e) for e in v) for k, v in src.items()}
+            elif table == "commit_jobs":
+                tables[table] = {k: tuple(v) for k, v in src.items()}
             elif kind is not None:
                 tables[table] = {k: kind(*v) for k, v in src.items()}
             else:

@@ -165,7 +165,7 @@ def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate)
         snapshot,
         beacon,
         committee_size=s.params.committee_size,
-        committed=commitments(s),
+        committed=commitments(s, jid),
         rules=s.params.committee_rules(),
     )
 

@@ -13,12 +13,21 @@ from aipg.pouw import (
     FraudReview,
     committee_for,
     job_id,
+    needs_commitment,
+    receipt_id,
     review_committee,
 )
+from aipg.pouw import make_commit as commit_verdict
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
-from aipg.stake.reveal import commit_closes, commitments
+from aipg.stake.reveal import (
+    commit_closes,
+    commitments,
+    review_closes,
+    review_commit_blocks,
+    review_commitments,
+)
 from aipg.stake.state import State
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import BPS
@@ -394,6 +403,23 @@ def make_review(chain: TestChain, evidence: FraudEvidence, *, upheld: bool = Tru
     return FraudReview(evidence, verdicts)
 
 
+def apply_review(chain: TestChain, review: FraudReview):
+    """Put ``review`` in a block the way reviewers do (D76): with commit-reveal on, their
+    commitments first, then blocks until the review's commit phase closes; returns the
+    state after the block carrying the review."""
+    n = review_commit_blocks(chain.state) if chain.state.params.verdict_commit_blocks else 0
+    if n:
+        commits = [
+            commit_verdict(chain.keys[v.signer], v, review=True)
+            for v in review.verdicts
+            if needs_commitment(v)
+        ]
+        chain.next(verdict_commits=commits)
+        for _ in range(n):
+            chain.next()
+    return chain.next(reviews=[review])
+
+
 class TrackerChain:
     """What a node's work tracker reads of a chain (``aipg.node.services.work.ChainView``),
     over a :class:`TestChain`'s current state."""
@@ -439,3 +465,14 @@ class TrackerChain:
 
     def committed_at(self, job_id: bytes):
         return self.c.state.commitments.get(job_id)
+
+    def review_committed(self, evidence, member: bytes):
+        lookup = review_commitments(self.c.state, evidence)
+        return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
+
+    @property
+    def forced_error_bps(self) -> int:
+        return self.c.state.params.forced_error_bps
+
+    def review_closes(self, receipt_id_: bytes):
+        return review_closes(self.c.state, receipt_id_)

@@ -97,6 +97,7 @@ async def open_node_world(
     accounts: Sequence[tuple[Identity, int]] = (),
     loopback: bool = False,
     weight_cap_bps: int = 0,
+    forced_error_bps: int = 0,
     extra_hosts: int = 0,
     extra_nat_share: float = 0.3,
     seed: int = 1,
@@ -106,7 +107,8 @@ async def open_node_world(
     the devnet's) seats per committee; ``accounts`` are funded at genesis with the given
     amounts (for the paid tier: see :func:`add_paid_account`); ``weight_cap_bps`` (0: the
     devnet's) caps a validator's share of a committee draw (10_000: stake alone
-    decides, so a heavy validator is seated first). ``loopback``: the nodes talk over
+    decides, so a heavy validator is seated first); ``forced_error_bps`` turns forced
+    errors on (D75; with lazy members slashed 5 %). ``loopback``: the nodes talk over
     real websockets on 127.0.0.1 instead of the in-memory transport. Cancelled on exit.
 
     ``extra_hosts`` (in memory only): first start that many plain gossip hosts (DHT,
@@ -121,6 +123,8 @@ async def open_node_world(
         params = params.replace(committee_size=committee_size)
     if weight_cap_bps:
         params = params.replace(committee_weight_cap_bps=weight_cap_bps)
+    if forced_error_bps:
+        params = params.replace(forced_error_bps=forced_error_bps, lazy_slash_bps=500)
     identities = [d.init() for d in dirs]
     network = MemoryNetwork()
     nodes: list[Node] = []

@@ -40,6 +40,7 @@ from aipg.pouw import (
     validate_receipt,
     validate_stream_evidence,
 )
+from aipg.pouw.forced import ForcedError
 from aipg.stake.block import FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.ledger import verify_commit
@@ -129,7 +130,13 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
 
     def verdicts(data: bytes) -> None:
         # a vote, its commitment, or a withholding challenge and its answer
-        verdict = decode(data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer))
+        verdict = decode(
+            data, (Verdict, VerdictCommit, WithholdingChallenge, ChallengeAnswer, ForcedError)
+        )
+        if isinstance(verdict, ForcedError):  # a block checks it in full (D75)
+            if not is_signed_by_signer(verdict.receipt):
+                raise WireError("bad signature on a forced error's receipt")
+            return
         if not is_signed_by_signer(verdict):
             raise WireError("bad signature on a verdict")
         if isinstance(verdict, ChallengeAnswer):

@@ -31,7 +31,7 @@ from aipg.gossip import GossipHost
 from aipg.pouw import Assignment, Claim, LatentReply, LatentRequest, PouwError
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
-from .messages import PROTO_JOB, JobAck, JobRefusal, TokenChunk, WorkReport
+from .messages import PROTO_JOB, ForcedResult, JobAck, JobRefusal, TokenChunk, WorkReport
 
 log = logging.getLogger("aipg.node.jobs")
 
@@ -58,6 +58,8 @@ class GatewayEnd(Protocol):
     def on_claim(self, claim: Claim) -> None: ...
 
     def on_report(self, report: WorkReport) -> None: ...
+
+    def on_forced_result(self, forced: ForcedResult) -> None: ...
 
     def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None: ...
 
@@ -107,7 +109,7 @@ class JobProtocol:
 
     async def handle(self, peer: PeerId, data: bytes) -> bytes:
         """Answer one ``job`` request from ``peer``."""
-        kinds = (Claim, Assignment, WorkReport, LatentRequest, TokenChunk, JobRefusal)
+        kinds = (Claim, Assignment, WorkReport, LatentRequest, TokenChunk, JobRefusal, ForcedResult)
         try:
             return encode(await self._answer(peer, decode(data, kinds)))
         except (WireError, PouwError) as e:
@@ -129,6 +131,10 @@ class JobProtocol:
         if isinstance(msg, WorkReport):
             self._gateway.on_report(msg)
             await self._on_report(msg)
+            return JobAck(True)
+        if isinstance(msg, ForcedResult):  # the client gets the true output (D75)
+            self._gateway.on_forced_result(msg)
+            await self._on_report(msg.report)
             return JobAck(True)
         if self._worker is None:
             return JobAck(False, "this node runs no jobs")

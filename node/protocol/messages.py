@@ -20,6 +20,7 @@ from aipg.wire import (
     NO_SIGNER,
     U8,
     U16,
+    U32,
     U64,
     Hash32,
     MaxLen,
@@ -97,3 +98,19 @@ class JobRefusal(Record):
     assignment_id: Hash32
     code: U8
     detail: Annotated[str, MaxLen(200)] = ""
+
+
+@record(tag=505, max_size=MAX_IMAGE_BYTES + (2 << 20))
+class ForcedResult(Record):
+    """A worker's forced job (D75), to its gateway only (over ``job``, never gossiped):
+    ``report`` is what the committee checks (its receipt carries the prescribed change),
+    ``vrf_proof`` the worker's proof that the job was forced, and ``true_token_ids`` /
+    ``true_text`` the real output the gateway delivers to its client. The gateway checks
+    the proof and that the report's tokens are the prescribed change of the true ones
+    (:func:`aipg.pouw.forced.check_forced_result`)."""
+
+    report: WorkReport
+    vrf_proof: Annotated[bytes, MaxLen(80)]
+    true_token_ids: Annotated[tuple[U32, ...], MaxLen(1 << 16)]
+    true_text: Annotated[str, MaxLen(1 << 20)]
+    vocab_size: U32

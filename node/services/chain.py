@@ -41,14 +41,16 @@ from aipg.pouw import (
     StreamEvidence,
     Tier,
     VerdictCommit,
+    receipt_id,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import ForcedError
 from aipg.stake.assign import claim_order
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.stake.driver import BlockContents, ConsensusDriver
-from aipg.stake.reveal import commit_closes, commitments
+from aipg.stake.reveal import commit_closes, commitments, review_closes, review_commitments
 from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
@@ -215,6 +217,7 @@ class ChainService:
             self.tracker.pending_challenges(),
             self.tracker.pending_answers(),
             junk_streams=self.tracker.pending_junk_streams(),
+            forced_errors=self.tracker.pending_forced(),
         )
 
     def _refused(self, refused: list[tuple[object, str]]) -> None:
@@ -241,6 +244,9 @@ class ChainService:
                 self.tracker.settle_challenges(challenges=[item])
             elif isinstance(item, ChallengeAnswer):
                 self.tracker.settle_challenges(answers=[item])
+            elif isinstance(item, ForcedError):
+                log.info("a forced error was refused: %s", reason)
+                self.tracker.settle_forced([item])
 
     def _escrow_on_its_way(self, cert: Certificate) -> bool:
         job = cert.job
@@ -267,6 +273,7 @@ class ChainService:
         self.tracker.settle_commits(block.body.verdict_commits)
         self.tracker.settle_challenges(block.body.challenges, block.body.answers)
         self.tracker.answers_carried(block.body.answers)
+        self.tracker.settle_forced(block.body.forced_errors)
         self.tracker.on_block()  # reveals whose commitment this block carried now count
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
@@ -409,6 +416,20 @@ class FinalizedChain:
 
     def committed_at(self, job_id: bytes) -> int | None:
         return self.chain.state.commitments.get(job_id)
+
+    def review_committed(self, evidence, member: bytes) -> bytes | None:
+        """The reviewer's commitment a finalized block carried for the review of
+        ``evidence`` (or its first vote's, D76), if any."""
+        lookup = review_commitments(self.chain.state, evidence)
+        return None if lookup is None else lookup(receipt_id(evidence.receipt), member)
+
+    @property
+    def forced_error_bps(self) -> int:
+        return self.chain.state.params.forced_error_bps
+
+    def review_closes(self, receipt_id_: bytes) -> int | None:
+        """The last height that may carry a review commitment (None: none yet)."""
+        return review_closes(self.chain.state, receipt_id_)
 
 
 class _Finalizer:

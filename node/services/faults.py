@@ -40,6 +40,8 @@ class Faults:
     misstream: bool = False  # worker: stream its tokens, then report an altered last token
     refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
     junk_stream: bool = False  # worker: stream other tokens, then sign the honest result
+    lazy_votes: bool = False  # validator: vote every receipt valid without checking (D75)
+    skip_forced: bool = False  # worker: never make a forced error's prescribed change
 
     def any(self) -> bool:
         return (
@@ -55,6 +57,8 @@ class Faults:
             or self.misstream
             or self.refuse_jobs
             or self.junk_stream
+            or self.lazy_votes
+            or self.skip_forced
         )
 
 
@@ -129,6 +133,12 @@ def flipped_verdict(identity: Identity, receipt: Receipt, verdict: Verdict) -> V
     reason = VerdictReason.TOKEN_MISMATCH if verdict.valid else VerdictReason.OK
     log.warning("FAULT: voting both ways on receipt %s", verdict.receipt_id.hex()[:12])
     return make_verdict(identity, receipt, reason, recomputed=b"flipped")
+
+
+def lazy_check() -> Check:
+    """A valid vote without checking: the lazy validator a forced error catches (D75)."""
+    log.warning("FAULT: voting valid without checking")
+    return Check(VerdictReason.OK, detail="lazy vote", recomputed=b"")
 
 
 def accusing_check() -> Check:

@@ -81,6 +81,8 @@ from .limits import check_completion, check_image, check_prompt_ids
 from .streaming import TextForwarder, TokenRelay
 from .work import TrackedWork, WorkTracker
 
+MAX_FORCED_REMEMBERED = 4096  # forced receipts this gateway delivered (D75), oldest first
+
 log = logging.getLogger("aipg.node.gateway")
 
 JOB_DEADLINE_MS = 90_000  # a job not done by then fails (its escrow can be reclaimed)
@@ -155,6 +157,7 @@ class GatewayService(WorkerMessages):
         self.catalog = catalog
         self.chain = chain
         self.tracker = tracker
+        self._forced: OrderedDict[bytes, None] = OrderedDict()  # receipts delivered as forced
         self.api_keys = api_keys
         self.send_job = send_job
         self.local_jobs = local_jobs
@@ -255,6 +258,8 @@ class GatewayService(WorkerMessages):
         worker = tracked.report.result.receipt.signer
         if tracked.certified:
             self.scheduler.on_certified(worker)
+        elif tracked.receipt_id in self._forced:
+            pass  # our own forced job (D75): the evidence is the trap working, not fraud
         else:
             self.scheduler.on_fraud(worker)
 

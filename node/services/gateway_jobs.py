@@ -18,16 +18,26 @@ from dataclasses import dataclass, field
 import trio
 
 from aipg.node.metrics import Counter, Histogram
-from aipg.node.protocol.messages import JobRefusal, RefusalCode, TokenChunk, WorkReport
+from aipg.node.protocol.messages import (
+    ForcedResult,
+    JobRefusal,
+    RefusalCode,
+    TokenChunk,
+    WorkReport,
+)
 from aipg.pouw import (
+    COMMITTEE_DELAY,
     Claim,
     Job,
     JobState,
     PouwError,
     assignment_id,
     job_id,
+    receipt_id,
     validate_stream_evidence,
 )
+from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import check_forced_result
 from aipg.pouw.schedule import Scheduler
 from aipg.wire import PeerId, WireError, encode, require_signature
 
@@ -38,6 +48,7 @@ from .work import WorkTracker
 
 log = logging.getLogger("aipg.node.gateway")
 
+MAX_FORCED_REMEMBERED = 4096  # forced receipts this gateway delivered (D75), oldest first
 WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
 
 
@@ -70,6 +81,7 @@ class WorkerMessages:
     refusals: Counter
     ttft: Histogram
     _wake: trio.Event
+    _forced: OrderedDict[bytes, None]  # receipts delivered as forced (D75)
     _outbox: trio.MemorySendChannel[bytes]
     now_ms: Callable[[], int]
 
@@ -84,13 +96,44 @@ class WorkerMessages:
             self._wake.set()
 
     def on_report(self, report: WorkReport) -> None:
+        self._accept_report(report, report)
+
+    def on_forced_result(self, forced: ForcedResult) -> None:
+        """A forced job (D75): the worker's receipt carries the prescribed change, its
+        true output comes beside it. Check the proof and the change, then deliver the
+        true output; the worker is not faulted for the mismatch."""
+        report = forced.report
+        chain = self.tracker.chain
+        committed = chain.committed_at(report.result.receipt.job_id)
+        beacon = None if committed is None else chain.beacon_at(committed + COMMITTEE_DELAY)
+        if beacon is None:
+            raise PouwError("forced.beacon", "the job's committee beacon is not final here")
+        check_forced_result(
+            report.result.receipt,
+            report.assignment,
+            beacon,
+            forced.vrf_proof,
+            forced.true_token_ids,
+            forced.vocab_size,
+            chain.forced_error_bps,
+        )
+        true = report.result.replace(output_token_ids=forced.true_token_ids, text=forced.true_text)
+        self._accept_report(report, report.replace(result=true))
+        self._forced[receipt_id(report.result.receipt)] = None
+        evict_over(self._forced, MAX_FORCED_REMEMBERED)
+
+    def _accept_report(self, report: WorkReport, delivered: WorkReport) -> None:
+        """Accept ``report`` (what the committee checks) and answer the client with
+        ``delivered`` (the same, but for a forced job's true output)."""
         jid = report.result.receipt.job_id
         entry = self.jobs.get(jid)
         if entry is None:
             raise PouwError("report.job_id", "not a job of this gateway")
         self.tracker.check_report(report)
         aid = assignment_id(report.assignment)
-        if entry.relay is not None and not entry.relay.agrees(aid, report.result.output_token_ids):
+        if entry.relay is not None and not entry.relay.agrees(
+            aid, delivered.result.output_token_ids
+        ):
             # It streamed other tokens than its result holds: a failed attempt (D50), and
             # a signed chunk its signed receipt contradicts is evidence for a block (D85).
             self._junk_stream(entry.relay, aid, report)
@@ -100,7 +143,7 @@ class WorkerMessages:
         self.scheduler.on_receipt(report.result.receipt, self.now_ms())
         if entry.relay is not None and not entry.relay.started:
             self._first_token(entry)
-        entry.finish(report)
+        entry.finish(delivered)
 
     def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None:
         """Tokens the assignee generated so far (D50); raises PouwError to refuse them."""

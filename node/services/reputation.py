@@ -37,6 +37,7 @@ class ReputationStore:
         self._db.executescript(SCHEMA)
         (last,) = self._db.execute("SELECT COALESCE(MAX(seen), 0) FROM reputation").fetchone()
         self._seen = last
+        self._closed = False
 
     def load(self) -> list[tuple[bytes, int]]:
         """Every (worker, score), least recently seen first."""
@@ -44,7 +45,11 @@ class ReputationStore:
         return [(bytes(worker), score) for worker, score in rows]
 
     def record(self, worker: bytes, score: int | None) -> None:
-        """Write one change: the worker's new score, or None to forget it."""
+        """Write one change: the worker's new score, or None to forget it. After
+        :meth:`close` (the node is stopping, and a block may still finalize while its
+        services wind down) the change is dropped."""
+        if self._closed:
+            return
         if score is None:
             self._db.execute("DELETE FROM reputation WHERE worker = ?", (worker,))
             return
@@ -60,4 +65,5 @@ class ReputationStore:
         return Reputation(config, known=self.load(), on_change=self.record)
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()

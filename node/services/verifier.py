@@ -10,8 +10,9 @@ Commit, then reveal (when the chain asks for it): a vote is first gossiped as a
 :class:`VerdictCommit` (and offered for blocks); after each block the verifier reveals
 the verdicts whose receipts' commit phase is over (``WorkTracker.reveal_open``). An
 abstention is published at once: it is no vote, and it seats the next reserve. A
-review's verdict is published at once too (reviews re-check a conviction whose first
-verdicts are already public).
+review's verdict (reviews re-check a conviction whose first verdicts are already
+public) is committed and revealed the same way (D76), after the review's own commit
+phase (``WorkTracker.review_reveal_open``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from aipg.stake.challenge import MAX_CHALLENGE_LATENTS, ChallengeAnswer, Withhol
 from aipg.wire import Identity, PeerId, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
-from .faults import accusing_check, flipped_verdict, random_check
+from .faults import accusing_check, flipped_verdict, lazy_check, random_check
 from .work import TrackedWork, WorkTracker
 
 log = logging.getLogger("aipg.node.verifier")
@@ -56,6 +57,7 @@ VERIFY_QUEUE = 256
 # Blocks beyond a challenge's period to wait for its answer (the challenge itself must
 # first be carried by a block) before abstaining.
 ANSWER_SLACK = 3
+REVIEW_KEY = b"review"  # a reviewer's unrevealed verdict, apart from a member's (D76)
 
 
 def _reply_from(answer: ChallengeAnswer, request: LatentRequest) -> LatentReply:
@@ -81,6 +83,7 @@ class VerifierService:
         flip_verdicts: bool = False,
         accuse: bool = False,
         copy_verdicts: bool = False,
+        lazy_votes: bool = False,
         wait_for_block: Callable[[], Awaitable[None]] | None = None,
     ):
         self.identity = identity
@@ -90,6 +93,7 @@ class VerifierService:
         self.random_votes = random_votes
         self.flip_verdicts = flip_verdicts
         self.accuse = accuse
+        self.lazy_votes = lazy_votes
         self.copy_verdicts = copy_verdicts
         self.wait_for_block = wait_for_block
         # receipt id -> (its work, our verdict): committed, not revealed yet
@@ -126,10 +130,14 @@ class VerifierService:
         deadline passed unanswered), and reveal each committed verdict whose receipt's
         commit phase is over."""
         await self._answered_or_expired()
-        for rid, (tracked, verdict) in list(self._unrevealed.items()):
-            if self.tracker.reveal_open(tracked):
+        for key, (tracked, verdict) in list(self._unrevealed.items()):
+            if key.startswith(REVIEW_KEY):
+                due = self.tracker.review_reveal_open(tracked)
+            else:
+                due = self.tracker.reveal_open(tracked)
+            if due:
                 await self._publish(tracked, verdict)
-                self._unrevealed.pop(rid, None)
+                self._unrevealed.pop(key, None)
         if self.copy_verdicts:
             await self._copy_others()
 
@@ -241,14 +249,16 @@ class VerifierService:
             {"valid": "valid", "invalid": "INVALID", "abstained": "abstains"}[outcome],
             "" if verdict.valid else f" ({VerdictReason(verdict.reason).name}: {verdict.detail})",
         )
-        if self.tracker.commit_reveal and needs_commitment(verdict) and not reviewing:
-            commit = make_commit(self.identity, verdict)
+        if self.tracker.commit_reveal and needs_commitment(verdict):
+            # a reviewer commits too (D76), apart from the first committee's commitments
+            commit = make_commit(self.identity, verdict, review=reviewing)
             try:
                 self.tracker.add_commit(commit)
             except PouwError as e:
                 log.warning("own commitment rejected: %s", e)
             await self.host.publish(topic("verdicts"), encode(commit))
-            self._unrevealed[tracked.receipt_id] = (tracked, verdict)
+            key = (REVIEW_KEY if reviewing else b"") + tracked.receipt_id
+            self._unrevealed[key] = (tracked, verdict)
             evict_over(self._unrevealed, MAX_CONSIDERED)
             return
         await self._publish(tracked, verdict)
@@ -273,6 +283,8 @@ class VerifierService:
             return random_check(), None
         if self.accuse:
             return accusing_check(), None
+        if self.lazy_votes:
+            return lazy_check(), None
         model = self.catalog.get(report.job.model_id)
         if model is None or model.model_dir is None:
             return Check(

@@ -46,6 +46,7 @@ from aipg.pouw import (
     abstains,
     committee_for,
     computes_differently,
+    needs_commitment,
     receipt_id,
     review_committee,
     validate_commit,
@@ -53,6 +54,8 @@ from aipg.pouw import (
     votes_differ,
 )
 from aipg.pouw.bounds import evict_over
+from aipg.pouw.forced import ForcedError
+from aipg.pouw.reveal import verdict_commitment
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
 from aipg.wire import encode, is_signed_by_signer
 from aipg.wire.codec import record_digest
@@ -107,6 +110,11 @@ class TrackedWork:
         return out
 
 
+def _commit_key(commit: VerdictCommit) -> tuple[bytes, bytes]:
+    """Where a pending commitment is kept: a reviewer's apart from a member's (D76)."""
+    return ((b"review" if commit.review else b"") + commit.receipt_id, bytes(commit.signer))
+
+
 def kind_of(outcome: Certificate | FraudEvidence) -> str:
     return "certificate" if isinstance(outcome, Certificate) else "fraud evidence"
 
@@ -118,6 +126,8 @@ MAX_PENDING_EVIDENCE = 1024
 MAX_PENDING_COMMITS = 4 * 4096
 # Challenge answers waiting for a block: each may carry megabytes of latents.
 MAX_PENDING_ANSWERS = 16
+# Forced errors (D75) waiting for a block: one or a few per forced receipt.
+MAX_PENDING_FORCED = 256
 
 
 class ChainView(Protocol):
@@ -138,6 +148,13 @@ class ChainView(Protocol):
 
     @property
     def commit_reveal(self) -> bool: ...
+
+    def review_committed(self, evidence: FraudEvidence, member: bytes) -> bytes | None: ...
+
+    def review_closes(self, receipt_id: bytes) -> int | None: ...
+
+    @property
+    def forced_error_bps(self) -> int: ...
 
     def committed(self, receipt_id: bytes, member: bytes) -> bytes | None: ...
 
@@ -188,6 +205,7 @@ class WorkTracker:
         # a block carries them
         self._challenges: OrderedDict[tuple[bytes, bytes], WithholdingChallenge] = OrderedDict()
         self._answers: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
+        self._forced: OrderedDict[bytes, ForcedError] = OrderedDict()  # digest -> record
         # answers finalized blocks carried, for their challengers to re-check from
         self._answers_carried: OrderedDict[tuple[bytes, bytes], ChallengeAnswer] = OrderedDict()
 
@@ -262,12 +280,12 @@ class WorkTracker:
         if tracked is None:
             self._hold_early(verdict)
             return None
-        if verdict.signer not in tracked.committee and tracked.fraud:
+        if verdict.signer not in tracked.committee and (tracked.fraud or tracked.review):
             # A reviewer's vote: counted by the review, or held until this node sees
             # the block that opens it.
             validate_verdict(verdict, tracked.report.result.receipt)
             if tracked.review is not None:
-                tracked.review.add(verdict)
+                self._place_review_vote(tracked, verdict)
             elif len(tracked.unplaced) < MAX_UNPLACED_VERDICTS:
                 tracked.unplaced.setdefault(verdict.signer, verdict)
             return tracked.outcome
@@ -299,14 +317,22 @@ class WorkTracker:
     # -- commit, then reveal ----------------------------------------------------------------
 
     def add_commit(self, commit: VerdictCommit) -> None:
-        """Keep a member's commitment for a block. Raises PouwError for a bad one."""
+        """Keep a member's commitment (or a reviewer's, D76) for a block. Raises
+        PouwError for a bad one."""
         validate_commit(commit)
         tracked = self._by_receipt.get(commit.receipt_id)
-        if tracked is not None and commit.signer not in tracked.committee:
-            raise PouwError("commit.signer", "not a candidate of the receipt's committee")
-        if self.chain.committed(commit.receipt_id, commit.signer) is not None:
-            return  # a block already carried it
-        self._commits.setdefault((commit.receipt_id, commit.signer), commit)
+        if commit.review:
+            review = tracked.review if tracked is not None else None
+            if review is not None and commit.signer not in review.committee:
+                raise PouwError("commit.signer", "not a candidate of the receipt's review")
+            if review is not None and self.chain.review_committed(review.evidence, commit.signer):
+                return  # a block already carried it
+        else:
+            if tracked is not None and commit.signer not in tracked.committee:
+                raise PouwError("commit.signer", "not a candidate of the receipt's committee")
+            if self.chain.committed(commit.receipt_id, commit.signer) is not None:
+                return  # a block already carried it
+        self._commits.setdefault(_commit_key(commit), commit)
         evict_over(self._commits, MAX_PENDING_COMMITS)
 
     def add_challenge(self, c: WithholdingChallenge) -> None:
@@ -333,6 +359,35 @@ class WorkTracker:
     def answer_carried(self, receipt_id: bytes, challenger: bytes) -> ChallengeAnswer | None:
         return self._answers_carried.get((receipt_id, challenger))
 
+    def add_forced(self, fe: ForcedError) -> None:
+        """Keep a worker's ForcedError for a block (the ledger checks it in full)."""
+        if not is_signed_by_signer(fe.receipt):
+            raise PouwError("forced.receipt", "bad signature")
+        self._forced.setdefault(record_digest(fe), fe)
+        evict_over(self._forced, MAX_PENDING_FORCED)
+
+    def pending_forced(self) -> list[ForcedError]:
+        return list(self._forced.values())
+
+    def settle_forced(self, items) -> None:
+        """A block carried these ForcedErrors, or a proposal found they never can be."""
+        for fe in items:
+            self._forced.pop(record_digest(fe), None)
+
+    def start_forced_review(
+        self, fe: ForcedError, beacon: bytes, validators: Mapping[bytes, int]
+    ) -> TrackedWork | None:
+        """A block carried ``fe``: its valid votes are under review (D75). The review
+        replaces a conviction's that the ForcedError voided."""
+        valid = tuple(v for v in fe.verdicts if v.valid and not abstains(v))
+        tracked = self._by_receipt.get(receipt_id(fe.receipt))
+        if not valid or tracked is None:
+            return tracked
+        tracked.review = None
+        return self.start_review(
+            FraudEvidence(fe.job, fe.assignment, fe.receipt, valid), beacon, validators
+        )
+
     def pending_challenges(self) -> list[WithholdingChallenge]:
         return list(self._challenges.values())
 
@@ -352,27 +407,70 @@ class WorkTracker:
         commitment on a made-up receipt from a real one, so an honest proposer offers
         only those it can place."""
         out = []
-        for (rid, signer), commit in self._commits.items():
-            tracked = self._by_receipt.get(rid)
-            if tracked is not None and signer in tracked.committee:
+        for commit in self._commits.values():
+            tracked = self._by_receipt.get(commit.receipt_id)
+            if tracked is None:
+                continue
+            if commit.review:
+                if tracked.review is not None and commit.signer in tracked.review.committee:
+                    out.append(commit)
+            elif commit.signer in tracked.committee:
                 out.append(commit)
         return out
 
     def settle_commits(self, commits) -> None:
         """A block carried these commitments, or a proposal found they never can be."""
         for c in commits:
-            self._commits.pop((c.receipt_id, c.signer), None)
+            self._commits.pop(_commit_key(c), None)
 
     def on_block(self) -> None:
-        """After each block: count the reveals whose commitment it carried."""
+        """After each block: count the reveals whose commitment it carried (reviewers'
+        too)."""
         if not self.chain.commit_reveal:
             return
         for tracked in list(self._by_receipt.values()):
+            if tracked.review is not None and tracked.unplaced and tracked.review.outcome is None:
+                for verdict in list(tracked.unplaced.values()):
+                    self._place_review_vote(tracked, verdict)
             if tracked.outcome is not None or not tracked.collector.held():
                 continue
             outcome = tracked.collector.recheck()
             if outcome is not None:
                 self._decided(tracked, outcome)
+
+    def _place_review_vote(self, tracked: TrackedWork, verdict: Verdict) -> None:
+        """Count a reviewer's vote in the review once a block carried its commitment
+        (D76); until then it is held (``unplaced``)."""
+        review = tracked.review
+        assert review is not None
+        if self.chain.commit_reveal and needs_commitment(verdict):
+            committed = self.chain.review_committed(review.evidence, verdict.signer)
+            if committed != verdict_commitment(verdict):
+                if len(tracked.unplaced) < MAX_UNPLACED_VERDICTS:
+                    tracked.unplaced[verdict.signer] = verdict
+                return
+        tracked.unplaced.pop(verdict.signer, None)
+        review.add(verdict)
+
+    def review_reveal_open(self, tracked: TrackedWork) -> bool:
+        """Whether reviewers may reveal on ``tracked``'s review (D76): its commit phase
+        closed on the finalized chain, or every seated reviewer has a commitment there
+        or has abstained."""
+        review = tracked.review
+        if review is None:
+            return False
+        if not self.chain.commit_reveal:
+            return True
+        closes = self.chain.review_closes(tracked.receipt_id)
+        if closes is None:
+            return False
+        if self.chain.height >= closes:
+            return True
+        return all(
+            self.chain.review_committed(review.evidence, k) is not None
+            or (k in review.verdicts and abstains(review.verdicts[k]))
+            for k in review.seated()
+        )
 
     def reveal_open(self, tracked: TrackedWork) -> bool:
         """Whether members may reveal their verdicts on ``tracked``: its commit phase has
@@ -464,10 +562,10 @@ class WorkTracker:
             evidence, validators, block_hash, self.chain.committee_size, self.chain.committee_rules
         )
         tracked.review = Review(evidence, committee, validators)
-        for signer, verdict in sorted({**tracked.verdicts, **tracked.unplaced}.items()):
+        unplaced, tracked.unplaced = tracked.unplaced, {}
+        for signer, verdict in sorted({**tracked.verdicts, **unplaced}.items()):
             if signer in committee:
-                tracked.review.add(verdict)
-        tracked.unplaced.clear()
+                self._place_review_vote(tracked, verdict)
         return tracked
 
     def pending_reviews(self) -> list[FraudReview]:

@@ -52,6 +52,7 @@ from aipg.wire import Identity, WireError, decode, encode, sign
 
 from .catalog import ModelCatalog
 from .faults import altered_last_token
+from .forced import ForcedErrors
 from .latents import DiskLatentStore
 from .limits import job_violation
 from .streaming import ChunkSender
@@ -85,6 +86,7 @@ class WorkerService:
         misstream: bool = False,
         junk_stream: bool = False,
         refuse_jobs: bool = False,
+        forced: ForcedErrors | None = None,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -105,6 +107,7 @@ class WorkerService:
         self.misstream = misstream
         self.junk_stream = junk_stream  # test-only: stream junk, sign the honest result
         self.refuse_jobs = refuse_jobs
+        self.forced = forced  # forced errors (D75): None on chains without them
         # Test hook: called on the execution thread after each token is handed to the
         # stream, ``(job_id, index)``; tests block in it to hold a generation mid-way.
         self.token_hook: Callable[[bytes, int], None] | None = None
@@ -223,6 +226,8 @@ class WorkerService:
         final = [receipt_id(cert.receipt) for cert in block.body.certificates]
         final += [receipt_id(review.evidence.receipt) for review in block.body.reviews]
         self.answer_challenges(block)
+        if self.forced is not None:
+            self.forced.on_block(block)
         self.latents.settle(final, block.height, too_old)
 
     def answer_challenges(self, block: Block) -> None:
@@ -284,11 +289,16 @@ class WorkerService:
             log.warning("job %s failed: %s", assignment.job_id.hex()[:12], e)
             await self._refuse(assignment, job, RefusalCode.RUN_FAILED, str(e))
             return
+        to_gateway = None
+        if self.forced is not None and model.kind == LLM:
+            vocab = runner.interface.vocab_size
+            result, to_gateway = await self.forced.apply(job, assignment, result, vocab)
         self.executed += 1
         report = WorkReport(job, assignment, result)
         data = encode(report)
         try:
-            ack = decode(await self._deliver(job.signer, data), JobAck)
+            sent = data if to_gateway is None else encode(to_gateway)
+            ack = decode(await self._deliver(job.signer, sent), JobAck)
             if not ack.ok:
                 log.warning(
                     "gateway refused the result of job %s: %s",

@@ -277,6 +277,19 @@ async def test_a_false_accusation_is_overturned_on_review_and_costs_the_accuser(
         assert state.bond(worker.identity.public_bytes).stake == worker_bond
         assert liar.identity.public_bytes not in tracked.review.committee.candidates
         assert all(v.valid for v in tracked.review.outcome.verdicts)
+        # The reviewers committed before they revealed (D76): blocks carried the review
+        # commitments of every counted reviewer from outside the first committee (a
+        # first member's vote counts by the commitment it made then).
+        store = gateway.chain.chain.store
+        carried = {
+            c.signer
+            for fb in store.finalized_range(1, store.height)
+            for c in fb.block.body.verdict_commits
+            if c.review and c.receipt_id == tracked.receipt_id
+        }
+        counted = {v.signer for v in tracked.review.outcome.verdicts if v.valid}
+        fresh = counted - set(tracked.committee.candidates)
+        assert fresh and fresh <= carried
         # The gateway suspended the worker on the first outcome; the review lifts it.
         await world.until(gateway, lambda: tracked.review.settled, timeout=30)
         assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)

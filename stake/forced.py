@@ -1,0 +1,250 @@
+"""Forced errors on chain (D75): the ledger's rule for a worker's :class:`ForcedError`.
+
+A block may carry a ForcedError once the receipt's commit phase has closed. The ledger
+checks, without running a model:
+
+- the job, assignment and receipt as for a certificate (signed, bound, committed, not
+  too old), and that the job's kind has forced errors;
+- the worker's VRF proof over (β = the beacon of the committee's seed block, the
+  assignment id), and that its output is under ``forced_error_bps``;
+- that the receipt's output hash is the prescribed change of the true tokens carried;
+- the verdicts: committee members', seated, once each, each matching the commitment a
+  block carried in time (as a certificate's).
+
+Then, the first time for a job: the job is settled as certified (its fee from its
+escrow, its work units for the work pool: the worker did what the protocol asked), an
+open conviction of the receipt is void and no later fraud evidence is taken (the honest
+members' evidence convicts nobody), and the invalid votes share this block's verdict
+pool. The *valid* votes open a **forced review** (``forced_reviews``: digest of a
+FraudEvidence holding those votes -> height): the ledger cannot tell a receipt that
+really carries the change from a correct one its worker later claims was forced (the
+"true" tokens are the worker's word), so slashing anyone takes a review committee's
+two thirds, drawn as D38 draws one. Upheld (the receipt is wrong): each valid voter
+vouched for work it did not check and is slashed ``lazy_slash_bps`` (burned) and jailed
+``jail_period``. Overturned (the receipt is right): the worker skipped its forced error
+and lied about it, and is slashed ``fraud_slash_bps`` (burned). Undecided within
+``review_period``: it expires, nobody slashed.
+
+A verdict the first ForcedError left out (a worker shielding a lazy friend) is not lost:
+anyone may put another ForcedError for the same receipt in a later block, carrying
+only verdicts not processed before (``punished``: b"forced" + receipt id + member).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aipg.pouw import (
+    FraudEvidence,
+    FraudReview,
+    PouwError,
+    Tier,
+    abstains,
+    committee_for,
+    receipt_id,
+    validate_review,
+)
+from aipg.pouw.forced import (
+    ForcedError,
+    check_forced_change,
+    forceable,
+    is_forced,
+    validate_forced_votes,
+)
+from aipg.wire.codec import record_digest
+
+from .models import certified_work
+from .money import slash
+from .pool import WorkItem
+from .reveal import (
+    commit_closes,
+    commitments,
+    enabled,
+    forget_review,
+    review_commitments,
+)
+from .state import Bond, ForcedReview, State, escrow_key
+from .types import LedgerError
+from .useful_work import (
+    check_work,
+    committee_seed_height,
+    drawn_for_pool,
+    process_reviewed,
+    settle_job,
+)
+from .verdict_rewards import agree
+
+__all__ = ["expire_forced_reviews", "process_all_reviews", "process_forced_errors"]
+
+
+def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes, WorkItem]:
+    """Apply each ForcedError (see the module docstring); returns the work it settles:
+    job id -> WorkItem, as :func:`~.useful_work.process_certificates` does."""
+    work: dict[bytes, WorkItem] = {}
+    for i, ev in enumerate(items):
+        try:
+            fresh, first, voided = check_forced_error(s, ev)
+        except (LedgerError, PouwError) as e:
+            raise LedgerError(f"forced error {i}: {e}") from None
+        rid = receipt_id(ev.receipt)
+        jid = ev.receipt.job_id
+        for v in fresh:
+            s.put("punished", _member_key(rid, v.signer), s.height)
+        # The votes' commitments stay until the horizon (quota-bound): a member of this
+        # committee drawn to the forced review counts by its first vote's (D76).
+        units = _units(s, ev)
+        if first:
+            s.put("punished", b"forced" + jid, s.height)
+            s.put("punished", b"fraud" + jid, s.height)  # the honest evidence convicts nobody
+            if voided:
+                s.put("convictions", rid, None)
+                s.put("punished", b"forcedv" + rid, s.height)
+            escrow = None
+            if ev.job.tier == Tier.PAID:
+                escrow = s.escrows.get(escrow_key(jid, ev.job.client))
+            pool_units = units if drawn_for_pool(s, ev.job, ev.receipt) else 0
+            work[jid] = settle_job(s, ev.job, ev.receipt, escrow, pool_units)
+        if not voided:  # with a conviction open the votes' commitments are gone: no pay
+            agree(s, fresh, False, units)
+        valid = tuple(v for v in fresh if v.valid and not abstains(v))
+        if valid:
+            review = FraudEvidence(ev.job, ev.assignment, ev.receipt, valid)
+            s.put("forced_reviews", record_digest(review), ForcedReview(s.height, rid))
+    return work
+
+
+def check_forced_error(s: State, ev: ForcedError):
+    """(the verdicts not processed before, whether this is the job's first ForcedError,
+    whether it voids an open conviction); LedgerError or PouwError naming the rule."""
+    p = s.params
+    if p.forced_error_bps <= 0:
+        raise LedgerError("this chain has no forced errors (forced_error_bps 0)")
+    if not forceable(ev.job):
+        raise LedgerError("only LLM jobs have forced errors")
+    rid = receipt_id(ev.receipt)
+    jid = ev.receipt.job_id
+    first = b"forced" + jid not in s.punished
+    if first and jid in s.certified:
+        raise LedgerError(f"job {jid.hex()[:16]} was already certified")
+    voided = (first and rid in s.convictions) or b"forcedv" + rid in s.punished
+    if any(_member_key(rid, v.signer) in s.punished for v in ev.verdicts):
+        raise LedgerError("a verdict of this forced error was processed before")
+    if not first and not ev.verdicts:
+        raise LedgerError("a later forced error adds at least one verdict")
+    if enabled(s) and not voided and not _phase_over(s, ev, rid):
+        raise LedgerError("the receipt's commit phase has not closed: a reveal may not be due")
+    lookup = None if voided else commitments(s, jid)
+    check_work(
+        s,
+        ev,
+        {},
+        lambda e, validators, beacon, **kw: _validate_votes(e, validators, beacon, kw, lookup),
+    )
+    beacon = s.beacon_at(committee_seed_height(s.commitments[jid]))
+    if not is_forced(ev.receipt.signer, ev.vrf_proof, beacon, ev.assignment, p.forced_error_bps):
+        raise LedgerError("the worker's VRF output does not make this job a forced error")
+    check_forced_change(ev.receipt, ev.output_token_ids, ev.vocab_size)
+    return ev.verdicts, first, voided
+
+
+def _phase_over(s: State, ev: ForcedError, rid: bytes) -> bool:
+    """Whether no commitment that counts can still be added on ``rid``: its commit phase
+    closed by height, or every candidate of the committee has committed (once each)."""
+    closes = commit_closes(s, rid)
+    if closes is None:
+        return False
+    if s.height > closes:
+        return True
+    committed = s.commitments.get(ev.receipt.job_id)
+    if committed is None:
+        return False
+    seed = committee_seed_height(committed)
+    snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
+    if snapshot is None or beacon is None:
+        return False
+    committee = committee_for(
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+    )
+    return all(rid + k in s.verdict_commits for k in committee.candidates)
+
+
+def _validate_votes(ev, validators, beacon, kw, lookup) -> None:
+    validate_forced_votes(
+        ev,
+        validators,
+        beacon,
+        committee_size=kw["committee_size"],
+        committed=lookup,
+        rules=kw["rules"],
+    )
+
+
+def _member_key(rid: bytes, member: bytes) -> bytes:
+    return b"forced" + rid + member
+
+
+def _units(s: State, ev: ForcedError) -> int:
+    try:
+        return certified_work(s, ev.job, ev.receipt)
+    except LedgerError:
+        return 0
+
+
+# --- forced reviews ---------------------------------------------------------------------
+
+
+def process_all_reviews(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, WorkItem]:
+    """Reviews of forced reviews (:func:`process_forced_reviews`) and of convictions
+    (:func:`~.useful_work.process_reviewed`), in the block's order."""
+    work: dict[bytes, WorkItem] = {}
+    for i, review in enumerate(reviews):
+        if record_digest(review.evidence) in s.forced_reviews:
+            try:
+                decide_forced_review(s, review)
+            except (LedgerError, PouwError) as e:
+                raise LedgerError(f"review {i}: {e}") from None
+        else:
+            work.update(process_reviewed(s, [review]))
+    return work
+
+
+def decide_forced_review(s: State, review: FraudReview) -> None:
+    ev = review.evidence
+    digest = record_digest(ev)
+    height = s.forced_reviews[digest].height
+    beacon = s.beacon_at(height)
+    validators = s.validator_snapshot_at(height)
+    if beacon is None or validators is None:
+        raise LedgerError(f"the validators of block {height} are no longer kept")
+    upheld = validate_review(
+        review,
+        validators,
+        beacon,
+        committee_size=s.params.committee_size,
+        check_challenges=False,
+        rules=s.params.committee_rules(),
+        committed=review_commitments(s, ev),
+    )
+    s.put("forced_reviews", digest, None)
+    forget_review(s, receipt_id(ev.receipt))
+    if upheld:  # the receipt is wrong: each valid voter vouched for it unchecked
+        for v in ev.verdicts:
+            punish_lazy(s, v.signer)
+    else:  # the receipt is right: the worker skipped its forced error and claimed it
+        s.burned += slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
+
+
+def punish_lazy(s: State, member: bytes) -> None:
+    """Slash ``lazy_slash_bps`` (burned) and jail for ``jail_period``, like a double signer."""
+    s.burned += slash(s, member, s.params.lazy_slash_bps)
+    b = s.bond(member)
+    if b.stake:
+        s.put("bonds", member, Bond(b.stake, s.height + s.params.jail_period))
+
+
+def expire_forced_reviews(s: State) -> None:
+    """Forced reviews undecided within ``review_period`` blocks: nobody is slashed."""
+    for digest, row in list(s.forced_reviews.items()):
+        if s.height - row.height > s.params.review_period:
+            s.put("forced_reviews", digest, None)
+            forget_review(s, row.receipt_id)

@@ -1,0 +1,67 @@
+"""Forced errors on a chain of in-process nodes (D75): every LLM job is forced; the
+client still gets the right answer, the lazy validator loses stake, the diligent ones
+don't, and the worker is paid and not barred by its gateway."""
+
+from __future__ import annotations
+
+import pytest
+
+from aipg.models import build_demo_llm, load_model_dir
+from aipg.node.services.faults import Faults
+from aipg.pouw.forced import forced_output
+from aipg.stake.types import BPS
+from aipg.testing.nodes import NodeSpec, completion, open_node_world
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    return build_demo_llm(tmp_path_factory.mktemp("forced") / "llm")
+
+
+async def test_a_forced_error_costs_the_lazy_validator_and_the_client_gets_the_right_answer(
+    tmp_path, llm_dir
+):
+    model = load_model_dir(llm_dir)
+    lazy = NodeSpec(worker=False, faults=Faults(lazy_votes=True))
+    specs = [
+        NodeSpec(worker=False),
+        NodeSpec(),
+        lazy,
+        NodeSpec(worker=False),
+        NodeSpec(worker=False),
+    ]
+    async with open_node_world(tmp_path, specs, [llm_dir], forced_error_bps=BPS) as world:
+        gateway, worker, sloth = world.nodes[0], world.nodes[1], world.nodes[2]
+        diligent = [n.identity.public_bytes for n in world.nodes[3:]]
+        await world.wait_for_worker(gateway, model.model_id)
+        state = gateway.chain.state
+        bonds = {k: state.bond(k).stake for k in [*diligent, sloth.identity.public_bytes]}
+        worker_bond = state.bond(worker.identity.public_bytes).stake
+
+        result = await gateway.gateway.complete(completion("aipg-demo-llm", "a trap"))
+
+        jid = bytes.fromhex(result.job_id)
+        delivered = gateway.gateway.jobs[jid].report.result
+        assert worker.worker.forced.forced == 1
+        # The committee checks the forced receipt; the client got the true output: the
+        # tokens the worker streamed as it generated them, of which the receipt's are
+        # the prescribed change.
+        tracked = await world.until(gateway, lambda: gateway.tracker.for_job(jid), timeout=30)
+        checked = tracked.report.result.output_token_ids
+        vocab = model.manifest.llm.vocab_size
+        assert checked == forced_output(delivered.output_token_ids, vocab)
+        assert checked != delivered.output_token_ids
+        assert result.completion_tokens == len(delivered.output_token_ids)
+        # The trap is sprung once the commit phase is over; the lazy vote is reviewed.
+        lazy_key = sloth.identity.public_bytes
+        await world.until(
+            gateway, lambda: gateway.chain.state.bond(lazy_key).stake < bonds[lazy_key], timeout=60
+        )
+        s = gateway.chain.state
+        assert s.bond(lazy_key).stake == bonds[lazy_key] - bonds[lazy_key] * 500 // BPS
+        assert all(s.bond(k).stake == bonds[k] for k in diligent)
+        assert s.bond(worker.identity.public_bytes).stake == worker_bond
+        assert jid in s.certified and not s.convictions
+        assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)
