@@ -30,7 +30,11 @@ RECEIPT = signed_receipt(WORKER, JOB, signed_assignment(GATEWAY, JOB, WORKER, he
 def test_evidence_holds_exactly_when_the_chunk_contradicts_the_receipt(start, tokens):
     chunk = sign(TokenChunk(RECEIPT.job_id, RECEIPT.assignment_id, start, tokens), WORKER)
     ev = StreamEvidence(chunk, RECEIPT, OUTPUT_IDS)
-    agrees = OUTPUT_IDS[start : start + len(tokens)] == tokens
+    end, last = start + len(tokens), len(OUTPUT_IDS) - 1
+    # The last output position aside: a forced error (D75) changes only that token.
+    agrees = end <= len(OUTPUT_IDS) and all(
+        OUTPUT_IDS[i] == t for i, t in enumerate(tokens, start) if i != last
+    )
     if agrees:
         with pytest.raises(PouwError, match="agrees"):
             validate_stream_evidence(ev)
@@ -41,3 +45,14 @@ def test_evidence_holds_exactly_when_the_chunk_contradicts_the_receipt(start, to
 def test_a_signed_chunk_costs_96_bytes_over_an_unsigned_one():
     plain = TokenChunk(RECEIPT.job_id, RECEIPT.assignment_id, 0, (7,))
     assert len(encode(sign(plain, WORKER))) - len(encode(plain)) <= 96 + 2
+
+
+def test_a_stream_that_differs_only_in_the_last_token_is_no_evidence():
+    """A forced receipt (D75) carries the changed last token, the stream the true one."""
+    true = (*OUTPUT_IDS[:-1], (OUTPUT_IDS[-1] + 15) % 16)
+    chunk = sign(TokenChunk(RECEIPT.job_id, RECEIPT.assignment_id, 0, true), WORKER)
+    with pytest.raises(PouwError, match="agrees"):
+        validate_stream_evidence(StreamEvidence(chunk, RECEIPT, OUTPUT_IDS))
+    junk = (OUTPUT_IDS[0] + 1, *true[1:])
+    chunk = sign(TokenChunk(RECEIPT.job_id, RECEIPT.assignment_id, 0, junk), WORKER)
+    validate_stream_evidence(StreamEvidence(chunk, RECEIPT, OUTPUT_IDS))
