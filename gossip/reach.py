@@ -93,6 +93,7 @@ class Reach:
         self._autonat_inflight = 0
         self.lookup_hops: list[int] = []  # rounds of each on-demand lookup (bench)
         self.relay_addrs: dict[PeerId, Multiaddr] = {}  # relays we reserved on -> their addr
+        self.relay_failures = 0  # relays of ours that failed a probe (metrics, tests)
 
     def register(self) -> None:
         h = self.host
@@ -311,10 +312,32 @@ class Reach:
                 continue
             if resv.ok:
                 held[peer] = trio.current_time() + resv.expires_in
+                if not await self._relay_works(peer, conn):
+                    continue
                 self.relay_addrs[peer] = addr
                 conn.transient = False  # our relay connection stays up
                 want -= 1
                 log.info("reserved a relay slot on %s", peer.short())
+
+    async def check_relays(self) -> None:
+        """Probe every relay we hold a slot on; give up the ones that fail (D89)."""
+        for relay in list(self.hub.reserved_on):
+            conn = self.host._conns.get(relay)
+            if conn is not None and not await self._relay_works(relay, conn):
+                self.changed()
+
+    async def _relay_works(self, relay: PeerId, conn) -> bool:
+        """Probe ``relay`` (we hold a slot there); a failure drops the slot and bans it
+        as a relay for ban_duration."""
+        why = await self.hub.probe(conn)
+        if why is None:
+            return True
+        log.warning("relay %s fails its probe (%s): using another", relay.short(), why)
+        self.hub.reserved_on.pop(relay, None)
+        self.relay_addrs.pop(relay, None)
+        self.addrbook.relay_misbehaved(relay, self.config.ban_duration)
+        self.relay_failures += 1
+        return False
 
     def _direct_addr(self, peer: PeerId, conn) -> Multiaddr | None:
         rec = self.addrbook.get(peer)
@@ -372,6 +395,7 @@ class Reach:
             if self.reachability != before:
                 log.info("reachability: %s", self.reachability)
             if self.reachability == "private":
+                await self.check_relays()
                 await self.keep_reservations()
             rec = self.self_record()
             now = trio.current_time()
