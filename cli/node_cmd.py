@@ -128,6 +128,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="worker: serve nobody its latents (it still answers challenges on chain)",
     )
+    test.add_argument(
+        "--fault-relay",
+        choices=("drop", "corrupt"),
+        help="relay: drop or corrupt every circuit's frames after the handshake",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -225,6 +230,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         accuse=args.fault_accuse,
         copy_verdicts=args.fault_copy_verdicts,
         withhold_latents=args.fault_withhold_latents,
+        relay=args.fault_relay or "",
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

@@ -24,7 +24,7 @@ from aipg.pouw import (
     FraudReview,
     VerdictCommit,
 )
-from aipg.wire import Identity, WireError, decode, encode
+from aipg.wire import Identity, WireError, decode, encode, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
 from .builder import make_block
@@ -165,12 +165,18 @@ class ConsensusDriver:
         on_finalized: Callable[[Block, Commit, State], None] | None = None,
         on_refused: Callable[[list[tuple[object, str]]], None] | None = None,
         block_interval_ms: int = 0,
+        decode_message: Callable[[bytes, tuple], object] = decode,
+        verify: Callable[[object], bool] = is_signed_by_signer,
     ):
         """``block_interval_ms`` paces heights: after a decision the next height starts
         no sooner than that long after the previous one started (Tendermint's
         timeout_commit), so blocks come at the chain's target pace rather than as fast
-        as the validators can vote."""
+        as the validators can vote. ``decode_message`` and ``verify`` decode the inbox's
+        messages and verify their signatures (a node hands in ones that reuse what its
+        gossip validator already did)."""
         self.chain = chain
+        self._decode = decode_message
+        self._verify = verify
         self.block_interval_ms = block_interval_ms
         self.publish = publish
         self.clock_ms = clock_ms or (lambda: int(trio.current_time() * 1000))
@@ -230,7 +236,7 @@ class ConsensusDriver:
     async def _forward(self, inbox: trio.abc.ReceiveChannel[bytes]) -> None:
         async for data in inbox:
             try:
-                msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
+                msg = self._decode(data, (ProposalMessage, Vote, FinalizedBlock))
             except WireError:
                 continue  # gossip's validator scores the sender; here it is just dropped
             kind = "finalized" if isinstance(msg, FinalizedBlock) else "message"
@@ -286,6 +292,7 @@ class ConsensusDriver:
             identity=self._identity,
             sign_record=self._sign_record,
             timeouts=self._timeouts,
+            verify=self._verify,
         )
 
     async def _pace(self) -> None:

@@ -39,6 +39,7 @@ class Faults:
     withhold_latents: bool = False  # worker: serve nobody its latents (answers challenges)
     misstream: bool = False  # worker: stream its tokens, then report an altered last token
     refuse_jobs: bool = False  # worker: claim jobs, then refuse every assignment
+    relay: str = ""  # relay: "drop" or "corrupt" the circuits it forwards (gossip relay_fault)
 
     def any(self) -> bool:
         return (
@@ -53,6 +54,7 @@ class Faults:
             or self.withhold_latents
             or self.misstream
             or self.refuse_jobs
+            or bool(self.relay)
         )
 
 

@@ -92,7 +92,7 @@ MAX_WORKERS_PER_MODEL = 256
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
-WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
+WORKER_STATUS_TTL_MS = 35_000  # a worker unheard of for this long is gone (3 refreshes)
 # Time to first token (job created -> first token at this gateway), in seconds.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

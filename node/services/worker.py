@@ -64,7 +64,11 @@ MAX_KNOWN_JOBS = 2048
 RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
 MAX_STREAM_GATEWAYS = 256  # gateways whose chunk budgets a worker remembers
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
-STATUS_INTERVAL_S = 2.0
+# A worker's status goes out when the models it serves change (looked at every
+# STATUS_CHECK_S) and otherwise every STATUS_INTERVAL_S: every node of the network hears
+# every worker's status, so its rate is what an idle network costs (D88).
+STATUS_INTERVAL_S = 10.0
+STATUS_CHECK_S = 1.0
 
 
 class WorkerService:
@@ -130,11 +134,17 @@ class WorkerService:
         return sign(WorkerStatus(models, min(self.in_flight, 65535), self.now_ms()), self.identity)
 
     async def _announce_status(self) -> None:
-        """Tell gateways what this worker serves, now and every STATUS_INTERVAL_S."""
+        """Tell gateways what this worker serves: now, whenever that changes, and every
+        STATUS_INTERVAL_S (the gateways' liveness refresh)."""
+        sent: tuple[bytes, ...] | None = None
+        due = 0.0
         while True:
-            await self.on_status(self.status())  # our own gateway too
-            await self.host.publish(topic("workers"), encode(self.status()))
-            await trio.sleep(STATUS_INTERVAL_S)
+            status = self.status()
+            if status.models != sent or trio.current_time() >= due:
+                await self.on_status(status)  # our own gateway too
+                await self.host.publish(topic("workers"), encode(status))
+                sent, due = status.models, trio.current_time() + STATUS_INTERVAL_S
+            await trio.sleep(STATUS_CHECK_S)
 
     # -- jobs topic ---------------------------------------------------------------------
 
