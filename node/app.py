@@ -220,6 +220,7 @@ class Node:
                 on_answer=self._answer_challenge,
                 misstream=self.faults.misstream,
                 refuse_jobs=self.faults.refuse_jobs,
+                workers_heard=self.gateway.workers_heard,
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work

@@ -37,6 +37,7 @@ from aipg.node.protocol.messages import (
     TokenChunk,
     WorkerStatus,
     WorkReport,
+    status_ttl_ms,
     topic,
 )
 from aipg.pouw import COMMITTEE_LOOKAHEAD, Claim, Job, PouwError, Tier, assignment_id, job_id
@@ -92,7 +93,7 @@ MAX_WORKERS_PER_MODEL = 256
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
 PAID_FEE_PER_STEP = UNITS_PER_AIPG // 10  # 0.1 AIPG
 TRUSTED_MIN_BOND = 1_000 * UNITS_PER_AIPG  # paid-tier workers have this much at stake
-WORKER_STATUS_TTL_MS = 35_000  # a worker unheard of for this long is gone (3 refreshes)
+WORKER_STATUS_TTL_MS = status_ttl_ms(0)  # a worker unheard of this long is gone (at least)
 # Time to first token (job created -> first token at this gateway), in seconds.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -180,6 +181,8 @@ class GatewayService:
         # model id -> {worker key: last status time (ms)}, from the workers topic; both
         # levels least recently heard first
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
+        self.status_ttl_ms = WORKER_STATUS_TTL_MS  # longer as more workers are heard (D88)
+        self._heard = 0
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         self.ttft = Histogram(
@@ -255,7 +258,7 @@ class GatewayService:
         self.scheduler.on_claim(claim, self.now_ms())
         # Every live worker of the model has claimed: waiting out the claim window could
         # bring no better claimant, only a later first token (D50).
-        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        horizon = self.now_ms() - self.status_ttl_ms
         live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
         if live and live <= self.scheduler.claimants(claim.job_id):
             self.scheduler.close_window(claim.job_id)
@@ -356,7 +359,7 @@ class GatewayService:
 
     async def on_worker_status(self, status: WorkerStatus) -> None:
         now = self.now_ms()
-        horizon = now - WORKER_STATUS_TTL_MS
+        horizon = now - self.status_ttl_ms
         for mid in status.models:
             if self.catalog.get(mid) is None:
                 continue  # nobody announced it: no client can ask for it
@@ -374,9 +377,17 @@ class GatewayService:
                 seen.pop(status.signer, None)
                 if not seen:
                     del self.workers[mid]
+        heard = len({w for seen in self.workers.values() for w in seen})
+        self.status_ttl_ms = max(WORKER_STATUS_TTL_MS, status_ttl_ms(heard))
+        self._heard = heard
+
+    def workers_heard(self) -> int:
+        """Workers this gateway has heard within its TTL (any model): what paces the
+        workers' status refreshes (D88)."""
+        return self._heard
 
     def live_workers(self, mid: bytes) -> int:
-        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        horizon = self.now_ms() - self.status_ttl_ms
         return sum(1 for t in self.workers.get(mid, {}).values() if t >= horizon)
 
     # -- Gateway protocol: models ----------------------------------------------------------

@@ -31,6 +31,7 @@ from aipg.node.protocol.messages import (
     RefusalCode,
     WorkerStatus,
     WorkReport,
+    status_interval_s,
     topic,
 )
 from aipg.pouw import (
@@ -65,9 +66,8 @@ RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
 MAX_STREAM_GATEWAYS = 256  # gateways whose chunk budgets a worker remembers
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 # A worker's status goes out when the models it serves change (looked at every
-# STATUS_CHECK_S) and otherwise every STATUS_INTERVAL_S: every node of the network hears
-# every worker's status, so its rate is what an idle network costs (D88).
-STATUS_INTERVAL_S = 10.0
+# STATUS_CHECK_S) and otherwise every status_interval_s(live workers): every node of the
+# network hears every worker's status, so its rate is what an idle network costs (D88).
 STATUS_CHECK_S = 1.0
 
 
@@ -89,6 +89,7 @@ class WorkerService:
         on_answer=None,
         misstream: bool = False,
         refuse_jobs: bool = False,
+        workers_heard=None,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -105,6 +106,8 @@ class WorkerService:
         # Called with each ChallengeAnswer this worker signs (the node offers it for
         # blocks and gossips it).
         self.on_answer = on_answer
+        # live workers this node's gateway hears (paces our status, D88)
+        self.workers_heard: Callable[[], int] = workers_heard or (lambda: 0)
         self.answers = 0  # withholding challenges answered
         self.misstream = misstream
         self.refuse_jobs = refuse_jobs
@@ -135,7 +138,7 @@ class WorkerService:
 
     async def _announce_status(self) -> None:
         """Tell gateways what this worker serves: now, whenever that changes, and every
-        STATUS_INTERVAL_S (the gateways' liveness refresh)."""
+        status_interval_s (the gateways' liveness refresh)."""
         sent: tuple[bytes, ...] | None = None
         due = 0.0
         while True:
@@ -143,7 +146,8 @@ class WorkerService:
             if status.models != sent or trio.current_time() >= due:
                 await self.on_status(status)  # our own gateway too
                 await self.host.publish(topic("workers"), encode(status))
-                sent, due = status.models, trio.current_time() + STATUS_INTERVAL_S
+                interval = status_interval_s(self.workers_heard())
+                sent, due = status.models, trio.current_time() + interval
             await trio.sleep(STATUS_CHECK_S)
 
     # -- jobs topic ---------------------------------------------------------------------
