@@ -118,7 +118,8 @@ async def open_node_world(
     before it (a path, so the nodes' topics stay connected while most pairs of nodes
     are not). ``sparse`` (in memory only): each node bootstraps from that many random
     earlier public nodes and the last public node before it, instead of the first three
-    (a world of many whole nodes far from a full mesh). ``seed`` draws the plain hosts'
+    (a world of many whole nodes far from a full mesh), the validators started last.
+    ``seed`` draws the plain hosts'
     NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     n_validators = sum(spec.validator for spec in specs)
@@ -162,7 +163,12 @@ async def open_node_world(
         bootstrap: tuple[str, ...] = ()
         last_node: tuple[str, ...] = ()  # with extra_hosts: the last public node started
         public_nodes: list[str] = []
-        for data_dir, spec in zip(dirs, specs, strict=True):
+        started: dict[int, Node] = {}
+        order = list(range(len(specs)))
+        if sparse:  # the validators last: no blocks to sync while the others start
+            order.sort(key=lambda i: specs[i].validator)
+        for i in order:
+            data_dir, spec = dirs[i], specs[i]
             if extra_hosts:
                 bootstrap = (*last_node, *rng.sample(public_hosts, 2))
             elif sparse:
@@ -181,13 +187,14 @@ async def open_node_world(
             transport = WebsocketTransport() if loopback else MemoryTransport(network, nat=spec.nat)
             node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
-            nodes.append(node)
+            started[i] = node
             first = f"{node.host.listen_addrs[0]}/p2p/{node.identity.peer_id}"
             if (extra_hosts or sparse) and not spec.nat:
                 last_node = (first,)
                 public_nodes.append(first)
             elif not extra_hosts and len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
                 bootstrap = (*bootstrap, first)
+        nodes.extend(started[i] for i in range(len(specs)))
         world = NodeWorld(nodes, network, hosts)
         await world.wait_for_height(1)
         yield world
