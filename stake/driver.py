@@ -335,6 +335,11 @@ class ConsensusDriver:
             elif isinstance(effect, Evidence):
                 self.app.evidence.append(effect.evidence)
             elif isinstance(effect, Decide):
+                if effect.block.height <= self.chain.height:
+                    # sync applied this height while we were deciding it: go on from
+                    # the chain's height (a node that joins while blocks are made)
+                    effects = self._resync() + effects
+                    continue
                 self.app.finalize(effect.block, effect.commit)
                 self._new_height()
                 await self._pace()
