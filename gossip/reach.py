@@ -93,7 +93,8 @@ class Reach:
         self._autonat_inflight = 0
         self.lookup_hops: list[int] = []  # rounds of each on-demand lookup (bench)
         self.relay_addrs: dict[PeerId, Multiaddr] = {}  # relays we reserved on -> their addr
-        self.relay_failures = 0  # relays of ours that failed a probe (metrics, tests)
+        self.relay_failures = 0  # relays of ours found bad by a probe (metrics, tests)
+        self._relay_strikes: dict[PeerId, int] = {}  # relay -> failed probes in a row
 
     def register(self) -> None:
         h = self.host
@@ -323,20 +324,35 @@ class Reach:
         """Probe every relay we hold a slot on; give up the ones that fail (D89)."""
         for relay in list(self.hub.reserved_on):
             conn = self.host._conns.get(relay)
-            if conn is not None and not await self._relay_works(relay, conn):
+            if conn is not None and not await self._relay_works(relay, conn, fresh=False):
                 self.changed()
 
-    async def _relay_works(self, relay: PeerId, conn) -> bool:
-        """Probe ``relay`` (we hold a slot there); a failure drops the slot and bans it
-        as a relay for ban_duration."""
-        why = await self.hub.probe(conn)
-        if why is None:
+    async def _relay_works(self, relay: PeerId, conn, *, fresh: bool = True) -> bool:
+        """Probe ``relay`` (we hold a slot there). An altered frame, or frames lost on
+        two probes in a row, ban it as a relay for ban_duration; a refusal drops the
+        slot. A ``fresh`` slot (just reserved) is also dropped after one lost probe (the
+        loop reserves elsewhere, and may come back to it). Inconclusive probes (our own
+        connection congested) keep it."""
+        result = await self.hub.probe(conn)
+        if result is None:
+            self._relay_strikes.pop(relay, None)
             return True
+        verdict, why = result
+        if verdict == "local":
+            return True
+        if len(self._relay_strikes) >= 64:  # bounded: relays we probed lately
+            self._relay_strikes.clear()
+        strikes = self._relay_strikes[relay] = self._relay_strikes.get(relay, 0) + 1
+        bad = verdict == "altered" or (verdict == "lost" and strikes >= 2)
+        if not (bad or fresh or verdict == "refused"):
+            return True  # one lost probe on a slot that worked: maybe load; next time
         log.warning("relay %s fails its probe (%s): using another", relay.short(), why)
         self.hub.reserved_on.pop(relay, None)
         self.relay_addrs.pop(relay, None)
-        self.addrbook.relay_misbehaved(relay, self.config.ban_duration)
-        self.relay_failures += 1
+        if bad:
+            self.addrbook.relay_misbehaved(relay, self.config.ban_duration)
+            self._relay_strikes.pop(relay, None)
+            self.relay_failures += 1
         return False
 
     def _direct_addr(self, peer: PeerId, conn) -> Multiaddr | None:

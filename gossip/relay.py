@@ -18,8 +18,9 @@ identifies: the dialer then avoids that relay (:meth:`AddressBook.relay_misbehav
 
 The NATed node checks its own relays too (:meth:`CircuitHub.probe`, D89): it opens a
 circuit to itself through the relay and has its other end echo ``PROBE_FRAMES`` random
-frames; a relay that loses or alters one (or closes the circuit) fails the probe, and
-the node gives up its reservation there and reserves on another relay. A relay that
+frames. A relay that alters one is given up at once (reservation dropped, banned as a
+relay) and another reserved; one that loses frames twice in a row likewise (once may
+be load); a relay that closes the circuit with a reason only loses the slot. A relay that
 recognises these self-circuits could pass them and still cheat dialers, who then avoid
 it as above.
 
@@ -51,7 +52,7 @@ log = logging.getLogger("aipg.gossip")
 RELAY_PROTOCOL = "relay"
 CIRCUIT_INBOX = 64
 PROBE_FRAMES = 4  # past a faulty relay's three handshake frames (round trips count two)
-PROBE_TIMEOUT = 5.0  # seconds for each echoed probe frame
+PROBE_TIMEOUT = 10.0  # seconds for each echoed probe frame
 
 
 @record(tag=140)
@@ -191,10 +192,13 @@ class CircuitHub:
             self.close_end(rc, "the relay connection is congested")
         return rc
 
-    async def probe(self, relay_conn: Connection) -> str | None:
+    async def probe(self, relay_conn: Connection) -> tuple[str, str] | None:
         """Whether the relay on ``relay_conn`` forwards our frames intact: a circuit to
         ourselves through it, ``PROBE_FRAMES`` random frames echoed back. None when it
-        does, else what went wrong."""
+        does, else (verdict, what happened): ``"altered"`` (proof of a bad relay),
+        ``"lost"`` (a frame did not come back in time: bad, or only slow),
+        ``"refused"`` (the relay closed the circuit saying why) or ``"local"`` (our
+        connection to it was congested or closed: no sign either way)."""
         rc = self.open(relay_conn, self.local, None)
         try:
             for _ in range(PROBE_FRAMES):
@@ -203,12 +207,12 @@ class CircuitHub:
                     await rc.send_frame(nonce)
                     echoed = await rc.receive_frame()
                 if scope.cancelled_caught:
-                    return "a probe frame never came back"
+                    return "lost", "a probe frame never came back"
                 if echoed != nonce:
-                    return "a probe frame came back altered"
+                    return "altered", "a probe frame came back altered"
             return None
         except ConnectionClosed as e:
-            return str(e)
+            return ("refused" if rc.close_reason else "local"), str(e)
         finally:
             self.close_end(rc, "probe done")
 

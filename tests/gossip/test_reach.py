@@ -171,18 +171,26 @@ async def test_a_natted_host_probes_its_relays_and_reserves_elsewhere_when_one_i
     (_, r2, r3), natted, client = await _nat_world(nursery, faults=(fault, None))
     # the probe at reservation time caught r2: no slot kept there, none advertised
     assert set(natted.reach.hub.reserved_on) == {r3.peer_id}
+    # altered frames ban it at once; lost ones at the second probe (the next round of
+    # reservations, 30 s of virtual time later: once may be load)
+    with trio.fail_after(120):
+        while not natted.reach.addrbook.relay_is_bad(r2.peer_id):
+            await trio.sleep(1)
     assert natted.reach.relay_failures >= 1
-    assert natted.reach.addrbook.relay_is_bad(r2.peer_id)
+    assert set(natted.reach.hub.reserved_on) == {r3.peer_id}
     relays = {a.relay().peer_id for a in natted.reach.self_record().multiaddrs()}
     assert relays == {r3.peer_id}
     await _disconnect(client, natted)
     assert await client.request(natted.peer_id, ECHO, b"via r3") == b"echo:via r3"
     assert client._conns[natted.peer_id].relayed
     assert not client.reach.addrbook.relay_is_bad(r3.peer_id)
-    # a relay that turns bad later fails the next periodic probe and is given up too
+    # a relay that turns bad later fails the periodic probes and is given up too
     r3.reach.hub.fault = fault
     await natted.reach.check_relays()
-    assert not natted.reach.hub.reserved_on
+    if fault == "drop":  # one lost probe on a slot that worked is not enough
+        assert r3.peer_id in natted.reach.hub.reserved_on
+        await natted.reach.check_relays()
+    assert r3.peer_id not in natted.reach.hub.reserved_on
     assert natted.reach.relay_failures >= 2
 
 

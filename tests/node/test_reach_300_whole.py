@@ -74,12 +74,16 @@ async def test_jobs_between_random_nodes_of_300_whole_nodes(tmp_path, model_dirs
         nodes = world.nodes
         assert len(nodes) == NODES
         up = time.perf_counter() - t0
+        print(
+            f"\n{NODES} whole nodes up in {up:.0f} s (height {nodes[0].chain.height})", flush=True
+        )
         gateways = rng.sample(nodes, 5)
         for g in gateways:
             for m in (llm, diffusion):
                 await world.until(
                     g, lambda g=g, m=m: g.gateway.live_workers(m.model_id) >= NODES * 9 // 10, 300
                 )
+        print(f"gateways hear the workers after {time.perf_counter() - t0:.0f} s", flush=True)
         pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1 :]]
         linked = sum(a.host.is_connected(b.host.peer_id) for a, b in pairs)
         assert linked < len(pairs) // 2  # far from a full mesh (about 5% of pairs at 300)
@@ -106,6 +110,7 @@ async def test_jobs_between_random_nodes_of_300_whole_nodes(tmp_path, model_dirs
                 result = await gw.gateway.generate_image(image(diffusion.manifest.name, prompt))
             tracked = await world.wait_for_block_with(gw, bytes.fromhex(result.job_id), 600)
             results[k] = (result, tracked)
+            print(f"job {k} ({kind}) certified after {time.perf_counter() - t1:.0f} s", flush=True)
 
         t1 = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -122,6 +127,6 @@ async def test_jobs_between_random_nodes_of_300_whole_nodes(tmp_path, model_dirs
             assert seated & unlinked[result.worker], (kind, "every seated member was linked")
         assert len(served) >= 2  # the draws spread the jobs over more than one worker
         print(
-            f"\n300 whole nodes: up in {up:.0f} s, jobs certified in {t2 - t1:.0f} s, "
+            f"{NODES} whole nodes: up in {up:.0f} s, jobs certified in {t2 - t1:.0f} s, "
             f"heights {nodes[0].chain.height}, checked-cache hits {nodes[0].chain.checked.hits}"
         )
