@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from aipg.models import build_demo_diffusion, build_demo_llm, load_model_dir
+from aipg.node.services.gateway import MAX_WORKERS_PER_MODEL
 from aipg.testing.nodes import NodeSpec, completion, open_node_world
 
 from .test_reach_300 import image
@@ -39,6 +40,9 @@ NODES = int(os.environ.get("AIPG_WHOLE_NODES", "300"))
 VALIDATORS = 7
 MAX_PEERS = 16
 NAT_SHARE = 0.3
+# a gateway keeps at most MAX_WORKERS_PER_MODEL (256) workers of a model, the most
+# recently heard: it must hear nearly all it can hold
+HEARD = min(MAX_WORKERS_PER_MODEL, NODES) * 9 // 10
 BLOCK_TIME_MS = 2000  # what 300 nodes in one Python process keep up with on 2 cores
 
 
@@ -81,7 +85,7 @@ async def test_jobs_between_random_nodes_of_300_whole_nodes(tmp_path, model_dirs
         for g in gateways:
             for m in (llm, diffusion):
                 await world.until(
-                    g, lambda g=g, m=m: g.gateway.live_workers(m.model_id) >= NODES * 9 // 10, 300
+                    g, lambda g=g, m=m: g.gateway.live_workers(m.model_id) >= HEARD, 600
                 )
         print(f"gateways hear the workers after {time.perf_counter() - t0:.0f} s", flush=True)
         pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1 :]]
