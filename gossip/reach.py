@@ -324,15 +324,14 @@ class Reach:
         """Probe every relay we hold a slot on; give up the ones that fail (D89)."""
         for relay in list(self.hub.reserved_on):
             conn = self.host._conns.get(relay)
-            if conn is not None and not await self._relay_works(relay, conn, fresh=False):
+            if conn is not None and not await self._relay_works(relay, conn):
                 self.changed()
 
-    async def _relay_works(self, relay: PeerId, conn, *, fresh: bool = True) -> bool:
+    async def _relay_works(self, relay: PeerId, conn) -> bool:
         """Probe ``relay`` (we hold a slot there). An altered frame, or frames lost on
         two probes in a row, ban it as a relay for ban_duration; a refusal drops the
-        slot. A ``fresh`` slot (just reserved) is also dropped after one lost probe (the
-        loop reserves elsewhere, and may come back to it). Inconclusive probes (our own
-        connection congested) keep it."""
+        slot. One lost probe (maybe load) and inconclusive ones (our own connection
+        congested) keep it until the next."""
         result = await self.hub.probe(conn)
         if result is None:
             self._relay_strikes.pop(relay, None)
@@ -344,8 +343,8 @@ class Reach:
             self._relay_strikes.clear()
         strikes = self._relay_strikes[relay] = self._relay_strikes.get(relay, 0) + 1
         bad = verdict == "altered" or (verdict == "lost" and strikes >= 2)
-        if not (bad or fresh or verdict == "refused"):
-            return True  # one lost probe on a slot that worked: maybe load; next time
+        if not (bad or verdict == "refused"):
+            return True  # one lost probe: maybe load; the next probe decides
         log.warning("relay %s fails its probe (%s): using another", relay.short(), why)
         self.hub.reserved_on.pop(relay, None)
         self.relay_addrs.pop(relay, None)

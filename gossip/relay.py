@@ -19,8 +19,9 @@ identifies: the dialer then avoids that relay (:meth:`AddressBook.relay_misbehav
 The NATed node checks its own relays too (:meth:`CircuitHub.probe`, D89): it opens a
 circuit to itself through the relay and has its other end echo ``PROBE_FRAMES`` random
 frames. A relay that alters one is given up at once (reservation dropped, banned as a
-relay) and another reserved; one that loses frames twice in a row likewise (once may
-be load); a relay that closes the circuit with a reason only loses the slot. A relay that
+relay) and another reserved; one that loses frames on two probes in a row likewise
+(once may be load: the slot is kept until the next probe, 30 s later); a relay that
+closes the circuit with a reason only loses the slot. A relay that
 recognises these self-circuits could pass them and still cheat dialers, who then avoid
 it as above.
 

@@ -169,17 +169,19 @@ async def test_a_natted_host_probes_its_relays_and_reserves_elsewhere_when_one_i
     nursery, autojump_clock, fault
 ):
     (_, r2, r3), natted, client = await _nat_world(nursery, faults=(fault, None))
-    # the probe at reservation time caught r2: no slot kept there, none advertised
-    assert set(natted.reach.hub.reserved_on) == {r3.peer_id}
-    # altered frames ban it at once; lost ones at the second probe (the next round of
-    # reservations, 30 s of virtual time later: once may be load)
+    # altered frames: the probe at reservation time bans r2 at once; lost ones: at the
+    # second probe (the next round, 30 s of virtual time later: once may be load)
     with trio.fail_after(120):
         while not natted.reach.addrbook.relay_is_bad(r2.peer_id):
             await trio.sleep(1)
+    if fault == "corrupt":
+        assert natted.reach.relay_failures == 1
     assert natted.reach.relay_failures >= 1
-    assert set(natted.reach.hub.reserved_on) == {r3.peer_id}
+    # no slot kept there, none advertised (another public host may have taken its place)
+    held = set(natted.reach.hub.reserved_on)
+    assert r3.peer_id in held and r2.peer_id not in held
     relays = {a.relay().peer_id for a in natted.reach.self_record().multiaddrs()}
-    assert relays == {r3.peer_id}
+    assert relays == held
     await _disconnect(client, natted)
     assert await client.request(natted.peer_id, ECHO, b"via r3") == b"echo:via r3"
     assert client._conns[natted.peer_id].relayed
