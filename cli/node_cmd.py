@@ -144,6 +144,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         action="store_true",
         help="worker: serve nobody its latents (it still answers challenges on chain)",
     )
+    test.add_argument(
+        "--fault-relay",
+        choices=("drop", "corrupt"),
+        help="relay: drop or corrupt every circuit's frames after the handshake",
+    )
     p.set_defaults(func=cmd_join)
 
     d = sub.add_parser(
@@ -244,6 +249,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         withhold_latents=args.fault_withhold_latents,
         lazy_votes=args.fault_lazy_votes,
         skip_forced=args.fault_skip_forced,
+        relay=args.fault_relay or "",
     )
     setup_logging(data_dir, config.log_level)
     node = Node(data_dir, config, genesis, faults=faults)

@@ -93,6 +93,8 @@ class Reach:
         self._autonat_inflight = 0
         self.lookup_hops: list[int] = []  # rounds of each on-demand lookup (bench)
         self.relay_addrs: dict[PeerId, Multiaddr] = {}  # relays we reserved on -> their addr
+        self.relay_failures = 0  # relays of ours found bad by a probe (metrics, tests)
+        self._relay_strikes: dict[PeerId, int] = {}  # relay -> failed probes in a row
 
     def register(self) -> None:
         h = self.host
@@ -311,6 +313,8 @@ class Reach:
                 continue
             if resv.ok:
                 held[peer] = trio.current_time() + resv.expires_in
+                if not await self._relay_works(peer, conn):
+                    continue
                 self.relay_addrs[peer] = addr
                 # Our relay connection stays up: as a regular one while max_peers has
                 # room, else it stays transient (counted against max_transient) and is
@@ -321,6 +325,40 @@ class Reach:
                     conn.transient = False
                 want -= 1
                 log.info("reserved a relay slot on %s", peer.short())
+
+    async def check_relays(self) -> None:
+        """Probe every relay we hold a slot on; give up the ones that fail (D89)."""
+        for relay in list(self.hub.reserved_on):
+            conn = self.host._conns.get(relay)
+            if conn is not None and not await self._relay_works(relay, conn):
+                self.changed()
+
+    async def _relay_works(self, relay: PeerId, conn) -> bool:
+        """Probe ``relay`` (we hold a slot there). An altered frame, or frames lost on
+        two probes in a row, ban it as a relay for ban_duration; a refusal drops the
+        slot. One lost probe (maybe load) and inconclusive ones (our own connection
+        congested) keep it until the next."""
+        result = await self.hub.probe(conn)
+        if result is None:
+            self._relay_strikes.pop(relay, None)
+            return True
+        verdict, why = result
+        if verdict == "local":
+            return True
+        if len(self._relay_strikes) >= 64:  # bounded: relays we probed lately
+            self._relay_strikes.clear()
+        strikes = self._relay_strikes[relay] = self._relay_strikes.get(relay, 0) + 1
+        bad = verdict == "altered" or (verdict == "lost" and strikes >= 2)
+        if not (bad or verdict == "refused"):
+            return True  # one lost probe: maybe load; the next probe decides
+        log.warning("relay %s fails its probe (%s): using another", relay.short(), why)
+        self.hub.reserved_on.pop(relay, None)
+        self.relay_addrs.pop(relay, None)
+        if bad:
+            self.addrbook.relay_misbehaved(relay, self.config.ban_duration)
+            self._relay_strikes.pop(relay, None)
+            self.relay_failures += 1
+        return False
 
     def _direct_addr(self, peer: PeerId, conn) -> Multiaddr | None:
         rec = self.addrbook.get(peer)
@@ -378,6 +416,7 @@ class Reach:
             if self.reachability != before:
                 log.info("reachability: %s", self.reachability)
             if self.reachability == "private":
+                await self.check_relays()
                 await self.keep_reservations()
             rec = self.self_record()
             now = trio.current_time()

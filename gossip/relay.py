@@ -16,6 +16,15 @@ bytes and duration per circuit; past a limit the relay closes the circuit and sa
 handshake that never completes, a decrypt failure, or a connection that never
 identifies: the dialer then avoids that relay (:meth:`AddressBook.relay_misbehaved`).
 
+The NATed node checks its own relays too (:meth:`CircuitHub.probe`, D89): it opens a
+circuit to itself through the relay and has its other end echo ``PROBE_FRAMES`` random
+frames. A relay that alters one is given up at once (reservation dropped, banned as a
+relay) and another reserved; one that loses frames on two probes in a row likewise
+(once may be load: the slot is kept until the next probe, 30 s later); a relay that
+closes the circuit with a reason only loses the slot. A relay that
+recognises these self-circuits could pass them and still cheat dialers, who then avoid
+it as above.
+
 ``fault`` (tests only) makes this node a byzantine relay: ``"drop"`` or ``"corrupt"``
 every relayed frame after the three handshake messages.
 """
@@ -26,6 +35,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 from collections.abc import Callable
 from typing import Annotated
 
@@ -42,6 +52,8 @@ log = logging.getLogger("aipg.gossip")
 
 RELAY_PROTOCOL = "relay"
 CIRCUIT_INBOX = 64
+PROBE_FRAMES = 4  # past a faulty relay's three handshake frames (round trips count two)
+PROBE_TIMEOUT = 10.0  # seconds for each echoed probe frame
 
 
 @record(tag=140)
@@ -70,6 +82,7 @@ class RelayedConnection:
         self._send, self._recv = trio.open_memory_channel[bytes](CIRCUIT_INBOX)
         self.close_reason: str | None = None  # set when the relay (or far end) closed it
         self.closed = False
+        self.echo = False  # the far end of our own probe: sends back what arrives
 
     async def send_frame(self, frame: bytes) -> None:
         if self.closed:
@@ -180,6 +193,30 @@ class CircuitHub:
             self.close_end(rc, "the relay connection is congested")
         return rc
 
+    async def probe(self, relay_conn: Connection) -> tuple[str, str] | None:
+        """Whether the relay on ``relay_conn`` forwards our frames intact: a circuit to
+        ourselves through it, ``PROBE_FRAMES`` random frames echoed back. None when it
+        does, else (verdict, what happened): ``"altered"`` (proof of a bad relay),
+        ``"lost"`` (a frame did not come back in time: bad, or only slow),
+        ``"refused"`` (the relay closed the circuit saying why) or ``"local"`` (our
+        connection to it was congested or closed: no sign either way)."""
+        rc = self.open(relay_conn, self.local, None)
+        try:
+            for _ in range(PROBE_FRAMES):
+                nonce = os.urandom(32)
+                with trio.move_on_after(PROBE_TIMEOUT) as scope:
+                    await rc.send_frame(nonce)
+                    echoed = await rc.receive_frame()
+                if scope.cancelled_caught:
+                    return "lost", "a probe frame never came back"
+                if echoed != nonce:
+                    return "altered", "a probe frame came back altered"
+            return None
+        except ConnectionClosed as e:
+            return ("refused" if rc.close_reason else "local"), str(e)
+        finally:
+            self.close_end(rc, "probe done")
+
     def close_end(self, rc: RelayedConnection, reason: str) -> None:
         if self._ends.pop((rc.conn, rc.circuit), None) is not None:
             enqueue(rc.conn, CircuitClose(circuit=rc.circuit, reason=reason[:128]))
@@ -205,6 +242,9 @@ class CircuitHub:
 
     async def _on_data(self, conn: Connection, key, data: bytes) -> None:
         rc = self._ends.get(key)
+        if rc is not None and rc.echo:
+            enqueue(conn, CircuitData(circuit=key[1], data=data))
+            return
         if rc is not None:
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await rc._send.send(data)
@@ -250,6 +290,9 @@ class CircuitHub:
         remote = Multiaddr.parse(f"/p2p/{conn.peer}/p2p-circuit/p2p/{peer}")
         rc = RelayedConnection(self, conn, frame.circuit, remote)
         self._ends[(conn, frame.circuit)] = rc
+        if peer == self.local:  # our own probe (see probe): echo it, no handshake
+            rc.echo = True
+            return
         self._accept(rc)
 
     def _open_hop(self, src: Connection, cid: int, target: PeerId) -> None:

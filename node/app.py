@@ -125,6 +125,7 @@ class Node:
             high_water=max(2, min(48, self.config.max_peers - 2)),
             low_water=max(1, min(32, self.config.max_peers // 2)),
             peers_file=self.data_dir.root / PEERS_FILE,
+            relay_fault=self.faults.relay or None,
         )
 
     async def _start_host(self, nursery: trio.Nursery) -> None:
@@ -231,6 +232,7 @@ class Node:
                     lambda report: self.intake.on_report(report),  # set up below
                     skip=self.faults.skip_forced,
                 ),
+                workers_heard=self.gateway.workers_heard,
             )
             await nursery.start(self.worker.run)
             too_old = self.genesis.params.escrow_period  # no block certifies older work
@@ -328,7 +330,7 @@ class Node:
         """Every topic's validator, then its consumer, each subscribed before the node
         reports it is ready."""
         view = _CheckView(self.chain, self.tracker)
-        for name, check in topic_checks(self.genesis.chain_id, view).items():
+        for name, check in topic_checks(self.genesis.chain_id, view, self.chain.checked).items():
             self.host.set_topic_validator(
                 topic(name), topic_validator(check), timeout=TOPIC_VALIDATION_TIMEOUT_S
             )
@@ -447,6 +449,11 @@ class Node:
             "block_time_ms": s.params.target_block_time_ms,
             "peers": [str(p) for p in self.host.connected_peers()],
             "listen": [str(a) for a in self.host.listen_addrs],
+            "reach": {  # reachability, the relays we hold a slot on, relays that failed probes
+                "reachability": self.host.reach.reachability,
+                "relays": sorted(str(p) for p in self.host.reach.hub.reserved_on),
+                "relay_failures": self.host.reach.relay_failures,
+            },
             "validators": validators,
             "total_stake": format_amount(s.validators.total_power),
             "min_validator_stake": format_amount(s.params.min_validator_stake),

@@ -25,7 +25,7 @@ from aipg.pouw import (
     StreamEvidence,
     VerdictCommit,
 )
-from aipg.wire import Identity, WireError, decode, encode
+from aipg.wire import Identity, WireError, decode, encode, is_signed_by_signer
 
 from .block import Block, Commit, DoubleSignEvidence, FinalizedBlock, ProposalMessage, Vote
 from .builder import make_block
@@ -170,12 +170,18 @@ class ConsensusDriver:
         on_finalized: Callable[[Block, Commit, State], None] | None = None,
         on_refused: Callable[[list[tuple[object, str]]], None] | None = None,
         block_interval_ms: int = 0,
+        decode_message: Callable[[bytes, tuple], object] = decode,
+        verify: Callable[[object], bool] = is_signed_by_signer,
     ):
         """``block_interval_ms`` paces heights: after a decision the next height starts
         no sooner than that long after the previous one started (Tendermint's
         timeout_commit), so blocks come at the chain's target pace rather than as fast
-        as the validators can vote."""
+        as the validators can vote. ``decode_message`` and ``verify`` decode the inbox's
+        messages and verify their signatures (a node hands in ones that reuse what its
+        gossip validator already did)."""
         self.chain = chain
+        self._decode = decode_message
+        self._verify = verify
         self.block_interval_ms = block_interval_ms
         self.publish = publish
         self.clock_ms = clock_ms or (lambda: int(trio.current_time() * 1000))
@@ -235,7 +241,7 @@ class ConsensusDriver:
     async def _forward(self, inbox: trio.abc.ReceiveChannel[bytes]) -> None:
         async for data in inbox:
             try:
-                msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
+                msg = self._decode(data, (ProposalMessage, Vote, FinalizedBlock))
             except WireError:
                 continue  # gossip's validator scores the sender; here it is just dropped
             kind = "finalized" if isinstance(msg, FinalizedBlock) else "message"
@@ -291,6 +297,7 @@ class ConsensusDriver:
             identity=self._identity,
             sign_record=self._sign_record,
             timeouts=self._timeouts,
+            verify=self._verify,
         )
 
     async def _pace(self) -> None:
@@ -333,6 +340,11 @@ class ConsensusDriver:
             elif isinstance(effect, Evidence):
                 self.app.evidence.append(effect.evidence)
             elif isinstance(effect, Decide):
+                if effect.block.height <= self.chain.height:
+                    # sync applied this height while we were deciding it: go on from
+                    # the chain's height (a node that joins while blocks are made)
+                    effects = self._resync() + effects
+                    continue
                 self.app.finalize(effect.block, effect.commit)
                 self._new_height()
                 await self._pace()

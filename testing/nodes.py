@@ -100,6 +100,8 @@ async def open_node_world(
     forced_error_bps: int = 0,
     extra_hosts: int = 0,
     extra_nat_share: float = 0.3,
+    sparse: int = 0,
+    block_time_ms: int = BLOCK_TIME_MS,
     seed: int = 1,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
@@ -116,9 +118,14 @@ async def open_node_world(
     :func:`aipg.testing.gossipkit.start_reach_network` does, then the nodes, each
     bootstrapping from two random public plain hosts and only the last public node
     before it (a path, so the nodes' topics stay connected while most pairs of nodes
-    are not). ``seed`` draws the plain hosts' NAT and bootstrap choices."""
+    are not). ``sparse`` (in memory only): each node bootstraps from that many random
+    earlier public nodes and the last public node before it, instead of the first three
+    (a world of many whole nodes far from a full mesh), the validators started last.
+    ``seed`` draws the plain hosts'
+    NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
-    params = devnet_params(BLOCK_TIME_MS, len(specs))
+    n_validators = sum(spec.validator for spec in specs)
+    params = devnet_params(block_time_ms, n_validators)
     if committee_size:
         params = params.replace(committee_size=committee_size)
     if weight_cap_bps:
@@ -152,15 +159,25 @@ async def open_node_world(
             validators=[
                 (ident.public_bytes, spec.stake, f"node{i}")
                 for i, (ident, spec) in enumerate(zip(identities, specs, strict=True))
+                if spec.validator
             ],
             params=params,
             genesis_time_ms=time.time_ns() // 1_000_000,  # after the plain hosts
         )
         bootstrap: tuple[str, ...] = ()
         last_node: tuple[str, ...] = ()  # with extra_hosts: the last public node started
-        for data_dir, spec in zip(dirs, specs, strict=True):
+        public_nodes: list[str] = []
+        started: dict[int, Node] = {}
+        order = list(range(len(specs)))
+        if sparse:  # the validators last: no blocks to sync while the others start
+            order.sort(key=lambda i: specs[i].validator)
+        for i in order:
+            data_dir, spec = dirs[i], specs[i]
             if extra_hosts:
                 bootstrap = (*last_node, *rng.sample(public_hosts, 2))
+            elif sparse:
+                earlier = [a for a in public_nodes if a not in last_node]
+                bootstrap = (*last_node, *rng.sample(earlier, min(sparse, len(earlier))))
             config = NodeConfig(
                 listen=(LOOPBACK_WS,),
                 bootstrap=bootstrap,
@@ -174,12 +191,14 @@ async def open_node_world(
             transport = WebsocketTransport() if loopback else MemoryTransport(network, nat=spec.nat)
             node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
-            nodes.append(node)
+            started[i] = node
             first = f"{node.host.listen_addrs[0]}/p2p/{node.identity.peer_id}"
-            if extra_hosts and not spec.nat:
+            if (extra_hosts or sparse) and not spec.nat:
                 last_node = (first,)
+                public_nodes.append(first)
             elif not extra_hosts and len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
                 bootstrap = (*bootstrap, first)
+        nodes.extend(started[i] for i in range(len(specs)))
         world = NodeWorld(nodes, network, hosts)
         await world.wait_for_height(1)
         yield world

@@ -6,6 +6,7 @@ python tools/netbed.py cmd ROOT I IP [BOOT..] # node I's join command (one line)
 python tools/netbed.py status URL             # "height finalized_hash peers"
 python tools/netbed.py job URL [TIMEOUT]      # a free completion, until certified
 python tools/netbed.py block URL HEIGHT       # that block's hash
+python tools/netbed.py reach URL              # "reachability relay_failures relay,relay"
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main(argv: list[str]) -> int:
     elif cmd == "status":
         s = httpx.get(f"{args[0]}/api/v1/status", timeout=5).json()
         print(s["height"], s["finalized_hash"], len(s["peers"]))
+    elif cmd == "reach":
+        r = httpx.get(f"{args[0]}/api/v1/status", timeout=5).json()["reach"]
+        print(r["reachability"], r["relay_failures"], ",".join(r["relays"]) or "-")
     elif cmd == "block":
         b = httpx.get(f"{args[0]}/api/v1/blocks/{args[1]}", timeout=5).json()
         print(json.dumps(b.get("hash") or b.get("block_hash") or b, sort_keys=True)[:200])

@@ -11,6 +11,12 @@
 #   tools/netbed.sh converge [T=120]   wait until every node reports one finalized hash
 #   tools/netbed.sh down               stop the nodes, delete every namespace
 #   tools/netbed.sh check [N] [NAT]    up, job, partition, heal, converge, job, down
+#   tools/netbed.sh relays             every node's reachability, relays, failed relay probes
+#
+# RELAY_FAULT=drop|corrupt (with up or check) makes public node BAD_RELAY (default 1) a
+# relay that drops or corrupts every circuit it forwards (join --fault-relay); check then
+# also waits until every NATed node holds slots only on other relays, at least one of
+# them having caught the bad one by its probe, before the jobs run (through the others).
 #
 # Everything lives in namespaces named nb-*; the bridge is inside nb-hub, so no traffic
 # touches the host's own interfaces. State (plan, logs, pids) is under $NETBED_ROOT
@@ -102,6 +108,11 @@ NFT
     # only the NATed nodes run jobs: every job's worker is one nobody can dial
     local role=verifier; [ "$i" -ge "$PUBLIC" ] && role=worker
     local cmd; cmd=$("$PY" "$HERE/netbed.py" cmd "$ROOT/devnet" "$i" "$ip" "$role" "${boot[@]}")
+    if [ -n "${RELAY_FAULT:-}" ] && [ "$i" = "${BAD_RELAY:-1}" ]; then
+      [ "$i" -lt "$PUBLIC" ] || die "BAD_RELAY must be a public node"
+      cmd="$cmd --fault-relay $RELAY_FAULT"
+      echo "netbed: node$i is a faulty relay ($RELAY_FAULT)" >&2
+    fi
     [ "$role" = worker ] && "$PY" "$HERE/netbed.py" peer "$ROOT/devnet" "$i" >> "$ROOT/nat_peers"
     in_ns "nb-n$i" setsid bash -c "exec $cmd" >"$ROOT/node$i.log" 2>&1 &
     echo $! >> "$ROOT/pids"
@@ -162,6 +173,38 @@ converge() {  # every node has the same block at the lowest height any of them r
   status; die "the nodes did not converge"
 }
 
+relays() {
+  load
+  for i in $(seq 0 $(( N - 1 ))); do
+    printf 'node%s: ' "$i"
+    in_ns "nb-n$i" "$PY" "$HERE/netbed.py" reach "http://$(node_ip "$i"):8080" 2>/dev/null || echo "(no answer)"
+  done
+}
+
+avoid_bad_relay() {  # every NATed node holds slots only on good relays; one caught the bad
+  load
+  local bad; bad=$("$PY" "$HERE/netbed.py" peer "$ROOT/devnet" "${BAD_RELAY:-1}")
+  local deadline=$(( $(date +%s) + ${1:-120} ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    local ok=1 caught=0
+    for i in $(seq "$PUBLIC" $(( N - 1 ))); do
+      local line; line=$(in_ns "nb-n$i" "$PY" "$HERE/netbed.py" reach "http://$(node_ip "$i"):8080" 2>/dev/null) || { ok=0; continue; }
+      # "<reachability> <failures> <relay>,<relay>"
+      set -- $line
+      [ "$1" = private ] && [ "${3:--}" != - ] || ok=0
+      case ",${3:-}," in *",$bad,"*) ok=0 ;; esac
+      if [ "${2:-0}" -ge 1 ]; then caught=1; fi
+    done
+    if [ "$ok" = 1 ] && [ "$caught" = 1 ]; then
+      relays
+      echo "netbed: the NATed nodes avoid the faulty relay node${BAD_RELAY:-1} (caught by its probe)" >&2
+      return 0
+    fi
+    sleep 2  # polling other processes
+  done
+  relays; die "the NATed nodes did not leave the faulty relay"
+}
+
 height0() { in_ns nb-n0 "$PY" "$HERE/netbed.py" status "http://$(pub_ip 0):8080" | awk '{print $1}'; }
 
 down_quiet() {
@@ -181,6 +224,7 @@ check() {
   up "${1:-6}" "${2:-2}"
   trap down EXIT
   converge 240
+  if [ -n "${RELAY_FAULT:-}" ]; then avoid_bad_relay 180; fi
   job 240
   partition
   local before; before=$(height0)
@@ -200,5 +244,6 @@ case "${1:-}" in
   heal) heal ;;
   converge) shift; converge "$@" ;;
   check) shift; check "$@" ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  relays) relays ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
 esac

@@ -49,6 +49,7 @@ from aipg.stake.tx import Transaction
 from aipg.stake.types import LedgerError
 from aipg.wire import PeerId, WireError, decode, is_signed_by_signer
 
+from .checked import CheckedMessages
 from .messages import WorkerStatus, WorkReport
 
 log = logging.getLogger("aipg.node.gossip")
@@ -94,8 +95,11 @@ def check_finalized_block(fb: FinalizedBlock, state: State) -> None:
     verify_commit(fb.commit, state.validators, state.chain_id, height, fb.block.hash)
 
 
-def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
-    """The check of each topic (by short name) for a node of chain ``chain_id``."""
+def topic_checks(
+    chain_id: str, node: NodeView, checked: CheckedMessages | None = None
+) -> dict[str, Check]:
+    """The check of each topic (by short name) for a node of chain ``chain_id``;
+    consensus messages that pass go into ``checked`` (decoded and verified once)."""
 
     def consensus(data: bytes) -> None:
         msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
@@ -112,6 +116,8 @@ def topic_checks(chain_id: str, node: NodeView) -> dict[str, Check]:
             if signed.height == state.height + 1:
                 raise WireError("consensus message from a non-validator")
             raise Stale("consensus message from outside the current validator set")
+        if checked is not None:
+            checked.add(data, msg, signed)
 
     def txs(data: bytes) -> None:
         if decode(data, Transaction).chain_id != chain_id:

@@ -74,6 +74,24 @@ class WorkerStatus(Record):
     signature: SignatureBytes = NO_SIGNATURE
 
 
+# How often a worker refreshes its status (D88): every 10 s, or less often in a large
+# network, so that all the workers together send about STATUS_RATE_PER_S statuses a
+# second whatever their number; gateways forget a worker after 3.5 of its intervals.
+STATUS_INTERVAL_S = 10.0
+STATUS_INTERVAL_MAX_S = 120.0  # however many (claimed) workers a gateway hears
+STATUS_RATE_PER_S = 10.0
+
+
+def status_interval_s(workers: int) -> float:
+    """A worker's status refresh when ``workers`` workers are live (as its gateway hears)."""
+    return min(STATUS_INTERVAL_MAX_S, max(STATUS_INTERVAL_S, workers / STATUS_RATE_PER_S))
+
+
+def status_ttl_ms(workers: int) -> int:
+    """How long a gateway that hears ``workers`` live workers counts one unheard of."""
+    return int(3.5 * 1000 * status_interval_s(workers))
+
+
 # TokenChunk (503) lives in pouw, signed: a chunk can be evidence on chain (D85). Tokens
 # per chunk (MAX_CHUNK_TOKENS, 256): a worker batches what it generated while its last
 # chunk was in flight, so a chunk is small unless the gateway is slow.

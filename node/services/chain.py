@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from aipg.gossip import GossipError, GossipHost
+from aipg.node.protocol.checked import CheckedMessages
 from aipg.node.protocol.messages import topic
 from aipg.pouw import (
     Certificate,
@@ -100,6 +101,8 @@ class ChainService:
         self._highest_seen = chain.height
         self._syncing = False
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
+        # consensus messages the topic validator decoded and verified (D90)
+        self.checked = CheckedMessages()
         self.driver = ConsensusDriver(
             chain,
             identity,
@@ -110,6 +113,8 @@ class ChainService:
             on_finalized=self._settle,
             on_refused=self._refused,
             block_interval_ms=chain.state.params.target_block_time_ms,
+            decode_message=self.checked.decode,
+            verify=self.checked.verified,
         )
 
     @property
@@ -322,7 +327,7 @@ class ChainService:
     async def on_consensus_data(self, data: bytes) -> None:
         """A consensus message from gossip (already decoded and checked by the topic
         validator): to the driver, or, when it shows the network is ahead, to sync."""
-        msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
+        msg = self.checked.decode(data, (ProposalMessage, Vote, FinalizedBlock))
         if isinstance(msg, FinalizedBlock):
             height = msg.block.height - 1
         else:

@@ -36,6 +36,7 @@ from aipg.node.protocol.messages import (
     RefusalCode,
     WorkerStatus,
     WorkReport,
+    status_ttl_ms,
     topic,
 )
 from aipg.pouw import (
@@ -181,6 +182,8 @@ class GatewayService(WorkerMessages):
         # model id -> {worker key: last status time (ms)}, from the workers topic; both
         # levels least recently heard first
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
+        self.status_ttl_ms = WORKER_STATUS_TTL_MS  # longer as more workers are heard (D88)
+        self._heard = 0
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
@@ -267,7 +270,7 @@ class GatewayService(WorkerMessages):
 
     async def on_worker_status(self, status: WorkerStatus) -> None:
         now = self.now_ms()
-        horizon = now - WORKER_STATUS_TTL_MS
+        horizon = now - self.status_ttl_ms
         for mid in status.models:
             if self.catalog.get(mid) is None:
                 continue  # nobody announced it: no client can ask for it
@@ -285,9 +288,17 @@ class GatewayService(WorkerMessages):
                 seen.pop(status.signer, None)
                 if not seen:
                     del self.workers[mid]
+        heard = len({w for seen in self.workers.values() for w in seen})
+        self.status_ttl_ms = max(WORKER_STATUS_TTL_MS, status_ttl_ms(heard))
+        self._heard = heard
+
+    def workers_heard(self) -> int:
+        """Workers this gateway has heard within its TTL (any model): what paces the
+        workers' status refreshes (D88)."""
+        return self._heard
 
     def live_workers(self, mid: bytes) -> int:
-        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        horizon = self.now_ms() - self.status_ttl_ms
         return sum(1 for t in self.workers.get(mid, {}).values() if t >= horizon)
 
     # -- Gateway protocol: models ----------------------------------------------------------

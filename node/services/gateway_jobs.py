@@ -24,6 +24,7 @@ from aipg.node.protocol.messages import (
     RefusalCode,
     TokenChunk,
     WorkReport,
+    status_ttl_ms,
 )
 from aipg.pouw import (
     COMMITTEE_DELAY,
@@ -49,7 +50,7 @@ from .work import WorkTracker
 log = logging.getLogger("aipg.node.gateway")
 
 MAX_FORCED_REMEMBERED = 4096  # forced receipts this gateway delivered (D75), oldest first
-WORKER_STATUS_TTL_MS = 20_000  # a worker unheard of for this long is gone
+WORKER_STATUS_TTL_MS = status_ttl_ms(0)  # a worker unheard of this long is gone (at least)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class WorkerMessages:
     catalog: ModelCatalog
     refusals: Counter
     ttft: Histogram
+    status_ttl_ms: int  # longer as more workers are heard (D88)
     _wake: trio.Event
     _forced: OrderedDict[bytes, None]  # receipts delivered as forced (D75)
     _outbox: trio.MemorySendChannel[bytes]
@@ -89,7 +91,7 @@ class WorkerMessages:
         self.scheduler.on_claim(claim, self.now_ms())
         # Every live worker of the model has claimed: waiting out the claim window could
         # bring no better claimant, only a later first token (D50).
-        horizon = self.now_ms() - WORKER_STATUS_TTL_MS
+        horizon = self.now_ms() - self.status_ttl_ms
         live = {k for k, t in self.workers.get(claim.model_id, {}).items() if t >= horizon}
         if live and live <= self.scheduler.claimants(claim.job_id):
             self.scheduler.close_window(claim.job_id)

@@ -14,6 +14,7 @@ on ``/aipg/1/models``, and fetching the models it was asked to host.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,10 @@ from .catalog import KnownModel, ModelCatalog
 log = logging.getLogger("aipg.node.models")
 
 ANNOUNCE_INTERVAL_S = 10.0
+# Others heard announcing a model within one interval that make our own announcement of
+# it redundant (D88): however many nodes host a model, the network carries a few
+# announcements of it per interval, not one per host.
+ANNOUNCE_ENOUGH = 3
 FETCH_RETRY_S = 2.0
 # Peers remembered per model as its announcers (asked first for its files), the least
 # recently heard dropped first: a few are enough to fetch from, and strangers are free.
@@ -63,6 +68,10 @@ class ModelService:
         self.announcers: dict[bytes, OrderedDict[PeerId, None]] = {}
         self.fetching: dict[bytes, str] = {}  # model id -> progress text
         self._nursery: trio.Nursery | None = None
+        # model id -> other announcers heard since our last periodic announcement
+        # (at most ANNOUNCE_ENOUGH each; only models the catalog knows)
+        self._heard: dict[bytes, set[PeerId]] = {}
+        self.announcements_skipped = 0
 
     async def run(self, specs: tuple[str, ...], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -145,9 +154,16 @@ class ModelService:
         await self.host.publish(topic("models"), encode(ann))
 
     async def _announce_forever(self) -> None:
+        """Announce every hosted model each interval (jittered, so that hosts take
+        turns), unless ANNOUNCE_ENOUGH others announced it since our last turn."""
+        rng = random.Random()  # jitter only: nothing here needs to be reproducible
         while True:
-            await trio.sleep(ANNOUNCE_INTERVAL_S)
+            await trio.sleep(ANNOUNCE_INTERVAL_S * rng.uniform(0.75, 1.25))
+            heard, self._heard = self._heard, {}
             for model in self.catalog.hosted():
+                if len(heard.get(model.id, ())) >= ANNOUNCE_ENOUGH:
+                    self.announcements_skipped += 1
+                    continue
                 await self._announce(model)
 
     def on_announcement(self, ann: ModelAnnouncement, author: PeerId) -> None:
@@ -156,8 +172,12 @@ class ModelService:
         peers[author] = None
         peers.move_to_end(author)
         evict_over(peers, MAX_ANNOUNCERS_PER_MODEL)
+        heard = self._heard.setdefault(model.id, set())
+        if len(heard) < ANNOUNCE_ENOUGH:
+            heard.add(author)
         for mid in [m for m in self.announcers if self.catalog.get(m) is None]:
             del self.announcers[mid]  # the catalog forgot the model
+            self._heard.pop(mid, None)
 
     # -- blob protocol ---------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from aipg.node.protocol.messages import (
     RefusalCode,
     WorkerStatus,
     WorkReport,
+    status_interval_s,
     topic,
 )
 from aipg.pouw import (
@@ -64,7 +65,10 @@ log = logging.getLogger("aipg.node.worker")
 MAX_KNOWN_JOBS = 2048
 RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
-STATUS_INTERVAL_S = 2.0
+# A worker's status goes out when the models it serves change (looked at every
+# STATUS_CHECK_S) and otherwise every status_interval_s(live workers): every node of the
+# network hears every worker's status, so its rate is what an idle network costs (D88).
+STATUS_CHECK_S = 1.0
 
 
 class WorkerService:
@@ -87,6 +91,7 @@ class WorkerService:
         junk_stream: bool = False,
         refuse_jobs: bool = False,
         forced: ForcedErrors | None = None,
+        workers_heard=None,
     ):
         """``send_job(key, data, timeout) -> bytes`` sends a ``job`` protocol message to
         the node with public key ``key`` (in process when that is this node)."""
@@ -103,6 +108,8 @@ class WorkerService:
         # Called with each ChallengeAnswer this worker signs (the node offers it for
         # blocks and gossips it).
         self.on_answer = on_answer
+        # live workers this node's gateway hears (paces our status, D88)
+        self.workers_heard: Callable[[], int] = workers_heard or (lambda: 0)
         self.answers = 0  # withholding challenges answered
         self.misstream = misstream
         self.junk_stream = junk_stream  # test-only: stream junk, sign the honest result
@@ -133,11 +140,18 @@ class WorkerService:
         return sign(WorkerStatus(models, min(self.in_flight, 65535), self.now_ms()), self.identity)
 
     async def _announce_status(self) -> None:
-        """Tell gateways what this worker serves, now and every STATUS_INTERVAL_S."""
+        """Tell gateways what this worker serves: now, whenever that changes, and every
+        status_interval_s (the gateways' liveness refresh)."""
+        sent: tuple[bytes, ...] | None = None
+        due = 0.0
         while True:
-            await self.on_status(self.status())  # our own gateway too
-            await self.host.publish(topic("workers"), encode(self.status()))
-            await trio.sleep(STATUS_INTERVAL_S)
+            status = self.status()
+            if status.models != sent or trio.current_time() >= due:
+                await self.on_status(status)  # our own gateway too
+                await self.host.publish(topic("workers"), encode(status))
+                interval = status_interval_s(self.workers_heard())
+                sent, due = status.models, trio.current_time() + interval
+            await trio.sleep(STATUS_CHECK_S)
 
     # -- jobs topic ---------------------------------------------------------------------
 

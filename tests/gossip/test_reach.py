@@ -156,10 +156,11 @@ async def test_a_natted_node_is_served_through_a_relay_that_sees_only_ciphertext
 async def test_a_relay_that_drops_or_corrupts_is_detected_and_avoided(
     nursery, autojump_clock, fault
 ):
-    (_, r2, r3), natted, client = await _nat_world(nursery, faults=(fault, None))
+    (_, r2, r3), natted, client = await _nat_world(nursery)
     book = client.reach.addrbook
     await client.request(natted.peer_id, ECHO, b"warm")  # learn the record (any relay)
     await _disconnect(client, natted)
+    r2.reach.hub.fault = fault  # turns bad after the NATed host's last probe of it
     for _ in range(5):
         book.dial_ok(r2.peer_id)  # the bad relay is the one the client tries first
     book.add(natted.reach.self_record(), verified=True)
@@ -168,6 +169,52 @@ async def test_a_relay_that_drops_or_corrupts_is_detected_and_avoided(
     assert book.relay_is_bad(r2.peer_id)
     assert client._conns[natted.peer_id].relayed
     assert all(a.relay().peer_id == r3.peer_id for a in book.dial_addrs(natted.peer_id))
+
+
+@pytest.mark.parametrize("fault", ["drop", "corrupt"])
+async def test_a_natted_host_probes_its_relays_and_reserves_elsewhere_when_one_is_bad(
+    nursery, autojump_clock, fault
+):
+    (_, r2, r3), natted, client = await _nat_world(nursery, faults=(fault, None))
+    # altered frames: the probe at reservation time bans r2 at once; lost ones: at the
+    # second probe (the next round, 30 s of virtual time later: once may be load)
+    with trio.fail_after(120):
+        while not natted.reach.addrbook.relay_is_bad(r2.peer_id):
+            await trio.sleep(1)
+    if fault == "corrupt":
+        assert natted.reach.relay_failures == 1
+    assert natted.reach.relay_failures >= 1
+    # no slot kept there, none advertised (another public host may have taken its place)
+    held = set(natted.reach.hub.reserved_on)
+    assert r3.peer_id in held and r2.peer_id not in held
+    relays = {a.relay().peer_id for a in natted.reach.self_record().multiaddrs()}
+    assert relays == held
+    await _disconnect(client, natted)
+    assert await client.request(natted.peer_id, ECHO, b"via r3") == b"echo:via r3"
+    assert client._conns[natted.peer_id].relayed
+    assert not client.reach.addrbook.relay_is_bad(r3.peer_id)
+    # a relay that turns bad later fails the periodic probes and is given up too
+    r3.reach.hub.fault = fault
+    await natted.reach.check_relays()
+    if fault == "drop":  # one lost probe on a slot that worked is not enough
+        assert r3.peer_id in natted.reach.hub.reserved_on
+        await natted.reach.check_relays()
+    assert r3.peer_id not in natted.reach.hub.reserved_on
+    assert natted.reach.relay_failures >= 2
+
+
+async def test_an_honest_relay_passes_the_probe_and_forwards_nothing_else(nursery, autojump_clock):
+    (_, r2, r3), natted, _ = await _nat_world(nursery)
+    assert set(natted.reach.hub.reserved_on) == {r2.peer_id, r3.peer_id}
+    before = natted.reach.relay_failures
+    await natted.reach.check_relays()
+    assert natted.reach.relay_failures == before == 0
+    assert set(natted.reach.hub.reserved_on) == {r2.peer_id, r3.peer_id}
+    # the probes' circuits are closed on both sides once the closes went through
+    # (virtual time: the autojump clock; a background probe may be under way)
+    with trio.fail_after(10):
+        while natted.reach.hub._ends or r2.reach.hub.circuits():
+            await trio.sleep(0.05)
 
 
 async def test_relay_limits_close_a_circuit_past_its_byte_budget(nursery, autojump_clock):

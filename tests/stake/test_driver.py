@@ -87,3 +87,33 @@ async def test_a_validator_down_from_the_start_is_jailed_and_heights_stop_waitin
     s, key, took = await run_with_one_down(tmp_path / "off", off, 24)
     assert key in s.validators
     assert sum(took[h] >= PROPOSE_S for h in range(7, 25)) >= 3
+
+
+async def test_a_decision_for_a_height_sync_already_applied_moves_on(tmp_path, autojump_clock):
+    """A node that joins while blocks are made may apply a height from sync while its own
+    consensus machine decides that height: the decision is dropped and consensus goes on
+    from the chain (it used to crash the driver: the block did not follow the chain)."""
+    from aipg.stake.consensus import Decide
+
+    world = TestChain(n_validators=4)
+    net = DriverNet(world, tmp_path, down={3})
+    net.build()
+    await net.run_until(3)
+    late = net.chains[3]
+    net.down.clear()
+    net.build()  # validator 3's machine starts at height 1; its chain is at 0
+    driver = net.drivers[3]
+    assert driver.consensus.height == 1 and late.height == 0
+    ahead = net.chains[0].store
+    for h in (1, 2):  # what sync does (ChainService._catch_up through the driver's app)
+        fb = ahead.finalized(h)
+        driver.app.finalize(fb.block, fb.commit)
+    one = ahead.finalized(1)
+    async with trio.open_nursery() as nursery:
+        driver._nursery = nursery  # the driver's timers (run() sets it)
+        await driver._carry_out([Decide(one.block, one.commit)])
+        nursery.cancel_scope.cancel()
+    assert late.height == 2
+    assert driver.consensus.height == 3
+    assert late.store.block_hash_at(2) == ahead.block_hash_at(2)
+    net.close()
