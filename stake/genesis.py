@@ -116,6 +116,15 @@ class ChainParams(Record):
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
     # The least bond of a worker registered for drawn, pool-earning jobs (D58).
     min_worker_bond: UnitsField = 100 * UNITS_PER_AIPG
+    # Audit sampling (stake/audit.py, D79-D82): a claimed receipt is re-checked by its
+    # committee with a probability that starts at 100 % and falls, once a worker has
+    # ``audit_full_jobs`` certified audits, as (audit_full_jobs / record)^2 down to
+    # ``audit_floor_bps``; never below what makes the expected slash twice the claim's
+    # worth. BPS (the default): every claim is audited.
+    audit_floor_bps: Annotated[int, Range(1, BPS)] = BPS
+    audit_full_jobs: Annotated[int, Range(1, 1_000_000)] = 8
+    # The least fee of a COMMIT (free-tier commitments are otherwise free to spam, D83).
+    commit_min_fee: UnitsField = 0
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""
@@ -164,6 +173,9 @@ MAINNET_PARAMS = ChainParams(
     challenge_fee=1 * UNITS_PER_AIPG,  # a challenge costs this when the worker answers
     withholding_slash_bps=100,  # 1 % of the bond per unanswered challenge
     committee_weight_cap_bps=50,
+    # 0.2 %: 68 seats x 0.2 % = 0.14 member checks per job in steady state (D81).
+    audit_floor_bps=20,
+    commit_min_fee=UNITS_PER_AIPG // 1_000,  # 0.001 AIPG (D83)
 )
 
 

@@ -30,6 +30,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Identity, encode
 
+from .audit import process_draws
 from .block import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_CERTIFICATES,
@@ -134,6 +135,7 @@ def prepare_block(
             lambda tx: apply_transaction(scratch, tx, proposer),
         )
     }
+    process_draws(scratch)  # claims paid unaudited here can no longer be certified (D79)
     for name, limit, step, same in EVIDENCE_STEPS:
         body[name] = keep(
             getattr(candidates, name), limit, lambda item, step=step: step(scratch, [item]), same

@@ -48,6 +48,7 @@ from aipg.pouw import (
 from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
 from aipg.stake.assign import claim_order
 from aipg.stake.builder import make_commit
+from aipg.stake.challenge import WithholdingChallenge
 from aipg.stake.genesis import make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
@@ -158,7 +159,11 @@ class Economy:
             )
             for o in self.operators
         }
-        self.pending: dict[str, list] = {"tx": [], "cert": [], "fraud": [], "review": []}
+        self.pending: dict[str, list] = {
+            "tx": [], "cert": [], "fraud": [], "review": [], "challenge": []
+        }  # fmt: skip
+        self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
+        self.audits = 0  # claims drawn for audit
         self.waiting: list = []  # (worker, job) invented, waiting for their draw (D56)
         self.grinds: list[Job] = []  # jobs committed to be ground once their beacon is out
         self.ground = 0  # how many
@@ -290,7 +295,7 @@ class Economy:
     def _commit(self, job: Job, who: Identity | None = None) -> None:
         """Commit ``job`` on chain (D56): its committee and worker are drawn from the
         beacon ``COMMITTEE_DELAY`` blocks after the block that carries this."""
-        self._tx(who or self.adv_client, TxKind.COMMIT, job_id=job.id)
+        self._tx(who or self.adv_client, TxKind.COMMIT, job_id=job.id, fee=PARAMS.commit_min_fee)
 
     def _drawn(self, job: Job) -> bool:
         """Whether ``job``'s commitment is final and its seed block's beacon out."""
@@ -463,6 +468,10 @@ class Economy:
             if now > a.deadline_ms:
                 w.queue.popleft()
                 continue
+            if self._gambles(w, job):  # never run: claimed as if done
+                w.queue.popleft()
+                self._finish(w, job, a, now, forged=True)
+                continue
             done = min(left, budget)
             budget -= done
             item[2] -= done
@@ -470,6 +479,11 @@ class Economy:
             if item[2] == 0:
                 w.queue.popleft()
                 self._finish(w, job, a, now)
+
+    def _gambles(self, w: Operator, job: Job) -> bool:
+        """``audit_gambling``: the adversary's worker skips half of its jobs (those whose
+        id is even) and claims them all the same, betting on the draw (D80)."""
+        return self.cfg.strategy == "audit_gambling" and w.adversary and job.id[-1] % 2 == 0
 
     # --- receipts and committees --------------------------------------------------------
 
@@ -494,14 +508,28 @@ class Economy:
                 sched.on_receipt(r, now)
             except PouwError:
                 return  # too late: the gateway gave the job to someone else
+        if self._committee(job, a) is None:
+            return  # not committed, or too old for any block to certify
+        # The receipt goes on chain as a claim; the beacon two blocks after the block
+        # carrying it draws whether the committee checks it (D79).
+        self.pending["cert"].append(Certificate(job, a, r, ()))
+        self.claimed[job.id] = (w, job, a, r, forged, withheld)
+        if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
+            r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
+            self.pending["cert"].append(Certificate(job, a, r2, ()))
+
+    def _audit(self, w: Operator, job: Job, a, r, forged: bool, withheld: bool) -> None:
+        """The committee of an audited claim checks it: the real draw and collector."""
+        strategy = self.cfg.strategy
         drawn = self._committee(job, a)
         if drawn is None:
-            return  # not committed, or too old for any block to certify
+            return
         committee, snap = drawn
         collector = VoteCollector(job, a, r, committee, snap)
         wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
         checks = strategy not in ("lazy_validators", "copying_validators")
         outcome = None
+        challenged = False
         first_honest: bool | None = None
         for key in committee.candidates:
             if key not in committee.seated(k for k, v in collector._verdicts.items()
@@ -516,6 +544,10 @@ class Economy:
                 self.validator_macs += self._check_macs(job)
                 if withheld:
                     reason = VerdictReason.UNAVAILABLE
+                    if not challenged:  # asks on chain, then abstains (D74, D82)
+                        challenged = True
+                        ch = sign(WithholdingChallenge(job, a, r, (1,)), member.identity)
+                        self.pending["challenge"].append(ch)
                 elif forged:
                     reason = VerdictReason.TOKEN_MISMATCH
                 elif wrong_cost:
@@ -530,12 +562,6 @@ class Economy:
                 break
         if isinstance(outcome, Certificate):
             self.pending["cert"].append(outcome)
-            if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
-                r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
-                verdicts = tuple(make_verdict(self.by_key[v.signer].identity, r2,
-                                              VerdictReason(v.reason), recomputed=b"check")
-                                 for v in outcome.verdicts)  # fmt: skip
-                self.pending["cert"].append(Certificate(job, a, r2, verdicts))
         elif isinstance(outcome, FraudEvidence):
             self.pending["fraud"].append(outcome)
 
@@ -567,9 +593,10 @@ class Economy:
             snap = s.validator_snapshot_at(s.height)
             c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,
                                  PARAMS.committee_rules())  # fmt: skip
-            honest_work = ev.receipt.signer in self.by_key and not (
-                self.by_key[ev.receipt.signer].adversary
-                and self.cfg.strategy in ("fake_cost_model", "grinding", "withholding")
+            honest_work = (
+                ev.receipt.signer in self.by_key
+                and ev.job.model_id != TINY_MODEL
+                and ev.receipt.job_id not in self.forged
             )
             verdicts = []
             for key in c.members:
@@ -590,7 +617,7 @@ class Economy:
         proposer = self.by_key[s.validators.proposer()].identity  # it proves the beacon
         p = self.pending
         cand = Candidates(transactions=p["tx"], certificates=p["cert"], frauds=p["fraud"],
-                          reviews=p["review"])  # fmt: skip
+                          reviews=p["review"], challenges=p["challenge"])  # fmt: skip
         try:
             prepared = prepare_block(s, proposer, cand, time_ms=now, last_commit=self.last_commit)
             new = apply_block(s, prepared.block, verified_parent_commit=self.last_commit)
@@ -600,16 +627,34 @@ class Economy:
         block = prepared.block
         self._add_bound(s)
         kept = {id(x) for x in (*block.body.transactions, *block.body.certificates,
-                                *block.body.frauds, *block.body.reviews)}  # fmt: skip
+                                *block.body.frauds, *block.body.reviews,
+                                *block.body.challenges)}  # fmt: skip
         # What the ledger refused for good is dropped; the rest waits for the next block.
         refused = {id(item) for item, _ in prepared.refused}
         for name in p:
             p[name] = [x for x in p[name] if id(x) not in kept and id(x) not in refused]
+        for item, _ in prepared.refused:  # a claim the ledger refused is never drawn
+            if isinstance(item, Certificate) and not item.verdicts:
+                info = self.claimed.get(item.receipt.job_id)
+                if info is not None and info[3] is item.receipt:
+                    del self.claimed[item.receipt.job_id]
         signers = [self.by_key[v.key].identity for v in s.validators.validators]
         self.last_commit = make_commit(CHAIN, block.header.height, block.hash, signers)
         self.state = new
         self._reviews(block)
-        for cert in block.body.certificates:  # gateways learn their workers' records
+        settled = [c for c in block.body.certificates if c.verdicts]
+        for jid, info in list(self.claimed.items()):
+            row = new.claims.get(jid)
+            if row is not None:
+                if row.audited:  # drawn for audit: its committee checks it now
+                    del self.claimed[jid]
+                    self.audits += 1
+                    self._audit(*info)
+                continue
+            if jid in new.certified and jid not in self.certified:  # paid unaudited
+                del self.claimed[jid]
+                settled.append(Certificate(info[1], info[2], info[3], ()))
+        for cert in settled:  # gateways learn their workers' records
             w = cert.receipt.signer
             jid = cert.receipt.job_id
             assert jid not in self.certified, "a job was paid twice"

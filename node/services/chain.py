@@ -170,7 +170,13 @@ class ChainService:
         lock = self._account_locks.setdefault(sender.address.raw, trio.Lock())
         async with lock:
             try:
-                tx = self.mempool.sign(sender, self.state.chain_id, TxKind.COMMIT, job_id=job_id)
+                tx = self.mempool.sign(
+                    sender,
+                    self.state.chain_id,
+                    TxKind.COMMIT,
+                    job_id=job_id,
+                    fee=self.state.params.commit_min_fee,  # D83
+                )
             except LedgerError as e:
                 raise ValueError(str(e)) from None
             await self.host.publish(topic("txs"), encode(tx))
