@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from aipg.pouw import Certificate
+from aipg.pouw import Certificate, Job, Receipt, receipt_id
 from aipg.wire import Address
 
 from .money import credit
@@ -162,6 +162,24 @@ def audit_status(s: State, jid: bytes) -> bool | None:
     if row is None:
         return None
     return bool(row.audited)
+
+
+def audit_due(s: State, job: Job, receipt: Receipt) -> bool | None:
+    """For a node: must the committee check ``receipt``? True when its claim was drawn
+    for audit or its audit is certain (rate 100 %, now or when claimed); False when
+    another receipt is claimed, its draw is pending below 100 %, or the job is settled;
+    None when nothing is claimed yet and the audit is not certain."""
+    jid = receipt.job_id
+    row = s.claims.get(jid)
+    if row is not None:
+        if row.receipt_id != receipt_id(receipt):
+            return False
+        return bool(row.audited) or row.rate_bps >= BPS
+    if jid in s.certified:
+        return False
+    if audit_rate(s, bytes(receipt.signer), job.fee) >= BPS:
+        return True  # (the fee bounds what its tokens will cost)
+    return None
 
 
 def audited_claim(s: State, rid: bytes) -> bool:

@@ -15,6 +15,7 @@ from aipg.pouw import (
     job_id,
     review_committee,
 )
+from aipg.stake.audit import audit_due
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -440,3 +441,10 @@ class TrackerChain:
 
     def committed_at(self, job_id: bytes):
         return self.c.state.commitments.get(job_id)
+
+    def audit_due(self, job, receipt):
+        return audit_due(self.c.state, job, receipt)
+
+    def paid_unaudited(self, job_id: bytes) -> bool:
+        s = self.c.state
+        return job_id in s.certified and job_id not in s.claims

@@ -164,6 +164,7 @@ class Economy:
         }  # fmt: skip
         self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
         self.audits = 0  # claims drawn for audit
+        self.history: list[tuple[int, int]] = []  # (validator, worker) MACs after each block
         self.waiting: list = []  # (worker, job) invented, waiting for their draw (D56)
         self.grinds: list[Job] = []  # jobs committed to be ground once their beacon is out
         self.ground = 0  # how many
@@ -256,7 +257,14 @@ class Economy:
     def run(self) -> Outcome:
         for _ in range(self.cfg.blocks):
             self.step()
+            self.history.append((self.validator_macs, self.worker_macs))
         return self.outcome()
+
+    def overhead(self, start: int = 0) -> float:
+        """Validators' checking compute over workers' compute from block ``start`` on."""
+        v0, w0 = self.history[start - 1] if start > 0 else (0, 0)
+        v1, w1 = self.history[-1]
+        return (v1 - v0) / (w1 - w0) if w1 > w0 else 0.0
 
     def _tx(self, who: Identity, kind: TxKind, **kw) -> None:
         pending = sum(1 for t in self.pending["tx"] if t.signer == who.public_bytes)

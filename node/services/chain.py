@@ -38,11 +38,13 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     Job,
+    Receipt,
     Tier,
     VerdictCommit,
 )
 from aipg.pouw.bounds import evict_over
 from aipg.stake.assign import claim_order
+from aipg.stake.audit import audit_due
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -409,6 +411,20 @@ class FinalizedChain:
 
     def committed_at(self, job_id: bytes) -> int | None:
         return self.chain.state.commitments.get(job_id)
+
+    def audit_due(self, job: Job, receipt: Receipt) -> bool | None:
+        """Whether the committee must check this receipt (D79): True once its claim is
+        drawn for audit, or while its audit is certain anyway (the worker's rate is
+        100 %: a newcomer, a convicted worker, a small bond); False while its claim's
+        draw is pending or it was paid unaudited; None when no claim is on chain yet
+        and its audit is not certain."""
+        return audit_due(self.chain.state, job, receipt)
+
+    def paid_unaudited(self, job_id: bytes) -> bool:
+        """Whether the job was settled on chain without a certificate (its claim drawn
+        unaudited, or forfeited by a conviction)."""
+        s = self.chain.state
+        return job_id in s.certified and job_id not in s.claims
 
 
 class _Finalizer:
