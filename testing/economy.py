@@ -42,16 +42,19 @@ from aipg.pouw import (
     VoteCollector,
     committee_for,
     make_verdict,
+    receipt_id,
     review_committee,
     work_units,
 )
 from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
+from aipg.pouw.reveal import make_commit as make_verdict_commit
 from aipg.stake.assign import claim_order
 from aipg.stake.builder import make_commit
 from aipg.stake.challenge import WithholdingChallenge
 from aipg.stake.genesis import make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
+from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
@@ -160,8 +163,9 @@ class Economy:
             for o in self.operators
         }
         self.pending: dict[str, list] = {
-            "tx": [], "cert": [], "fraud": [], "review": [], "challenge": []
+            "tx": [], "cert": [], "fraud": [], "review": [], "challenge": [], "commit": []
         }  # fmt: skip
+        self.revealing: list = []  # (collector, committed votes) waiting for the reveal
         self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
         self.audits = 0  # claims drawn for audit
         self.history: list[tuple[int, int]] = []  # (validator, worker) MACs after each block
@@ -533,7 +537,9 @@ class Economy:
         if drawn is None:
             return
         committee, snap = drawn
-        collector = VoteCollector(job, a, r, committee, snap)
+        reveal = PARAMS.verdict_commit_blocks > 0  # commit, then reveal (D70, D71)
+        collector = VoteCollector(job, a, r, committee, snap, self._committed if reveal else None)
+        held: list = []  # committed votes, revealed once the commit phase closes
         wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
         checks = strategy not in ("lazy_validators", "copying_validators")
         outcome = None
@@ -547,7 +553,8 @@ class Economy:
             if member.adversary:
                 if checks:
                     self.validator_macs += self._check_macs(job)
-                reason = self._adversary_vote(forged or wrong_cost, first_honest)
+                seen = None if reveal else first_honest
+                reason = self._adversary_vote(forged or wrong_cost, seen)
             else:
                 self.validator_macs += self._check_macs(job)
                 if withheld:
@@ -565,9 +572,40 @@ class Economy:
                 if first_honest is None and reason != VerdictReason.UNAVAILABLE:
                     first_honest = reason == VerdictReason.OK
             v = make_verdict(member.identity, r, reason, recomputed=b"check")
+            if reveal and reason != VerdictReason.UNAVAILABLE:
+                self.pending["commit"].append(make_verdict_commit(member.identity, v))
+                held.append(v)  # every seated member commits blind: nobody stops early
+                continue
             outcome = collector.add(v)
             if outcome is not None:
                 break
+        if held:
+            self.revealing.append((collector, held))
+            return
+        self._decided(outcome)
+
+    def _committed(self, rid: bytes, member: bytes):
+        lookup = commitments(self.state)
+        return None if lookup is None else lookup(rid, member)
+
+    def _reveal(self) -> None:
+        """Reveal the votes whose receipt's commit phase has closed on chain (D71)."""
+        keep = []
+        for collector, held in self.revealing:
+            rid = receipt_id(collector.receipt)
+            closes = commit_closes(self.state, rid)
+            if closes is None or self.state.height < closes:
+                keep.append((collector, held))
+                continue
+            outcome = None
+            for v in held:
+                outcome = collector.add(v)
+                if outcome is not None:
+                    break
+            self._decided(outcome)
+        self.revealing = keep
+
+    def _decided(self, outcome) -> None:
         if isinstance(outcome, Certificate):
             self.pending["cert"].append(outcome)
         elif isinstance(outcome, FraudEvidence):
@@ -577,7 +615,8 @@ class Economy:
         strategy = self.cfg.strategy
         if strategy == "false_accusation":
             return VerdictReason.TOKEN_MISMATCH
-        if strategy == "copying_validators" and first_honest is not None:
+        if strategy == "copying_validators" and first_honest is not None:  # (blind if
+            # commit-reveal is on: a vote is committed before any is revealed)
             return VerdictReason.OK if first_honest else VerdictReason.TOKEN_MISMATCH
         if strategy in ("lazy_validators", "copying_validators") or bad:
             return VerdictReason.OK  # unchecked, or covering for its own
@@ -625,7 +664,8 @@ class Economy:
         proposer = self.by_key[s.validators.proposer()].identity  # it proves the beacon
         p = self.pending
         cand = Candidates(transactions=p["tx"], certificates=p["cert"], frauds=p["fraud"],
-                          reviews=p["review"], challenges=p["challenge"])  # fmt: skip
+                          reviews=p["review"], challenges=p["challenge"],
+                          verdict_commits=p["commit"])  # fmt: skip
         try:
             prepared = prepare_block(s, proposer, cand, time_ms=now, last_commit=self.last_commit)
             new = apply_block(s, prepared.block, verified_parent_commit=self.last_commit)
@@ -636,7 +676,7 @@ class Economy:
         self._add_bound(s)
         kept = {id(x) for x in (*block.body.transactions, *block.body.certificates,
                                 *block.body.frauds, *block.body.reviews,
-                                *block.body.challenges)}  # fmt: skip
+                                *block.body.challenges, *block.body.verdict_commits)}  # fmt: skip
         # What the ledger refused for good is dropped; the rest waits for the next block.
         refused = {id(item) for item, _ in prepared.refused}
         for name in p:
@@ -650,6 +690,7 @@ class Economy:
         self.last_commit = make_commit(CHAIN, block.header.height, block.hash, signers)
         self.state = new
         self._reviews(block)
+        self._reveal()
         settled = [c for c in block.body.certificates if c.verdicts]
         for jid, info in list(self.claimed.items()):
             row = new.claims.get(jid)

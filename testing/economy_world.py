@@ -39,9 +39,8 @@ PARAMS = MAINNET_PARAMS.replace(
     review_period=20,
     signed_blocks_window=100,
     downtime_jail_period=20,
-    # The simulation's members reveal at once: commit-then-reveal (D70) is tested on the
-    # real ledger in tests/stake/test_accountable.py, not modelled here yet.
-    verdict_commit_blocks=0,
+    # Members commit, then reveal once the phase closes (D70, D71): mainnet's 5 blocks.
+    verdict_commit_blocks=5,
     # Thirteen-odd validators: mainnet's 0.5 % weight cap would cap every one of them and
     # make the draw uniform over keys, paying the adversary's minimum-bond validator keys
     # a seat each as if they held a full share (the honest baseline was 1.7 at x = 0.1).
