@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections import deque
 
 from aipg.models import SamplingParams
 from aipg.models.cost import WORK_UNIT_MACS, diffusion_job_macs, llm_job_macs
@@ -38,23 +37,14 @@ from aipg.pouw import (
     PouwError,
     Scheduler,
     SchedulerConfig,
-    VerdictReason,
-    VoteCollector,
-    committee_for,
-    make_verdict,
-    receipt_id,
-    review_committee,
     work_units,
 )
-from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
-from aipg.pouw.reveal import make_commit as make_verdict_commit
+from aipg.pouw.records import Certificate, FraudEvidence, Job
 from aipg.stake.assign import claim_order
 from aipg.stake.builder import make_commit
-from aipg.stake.challenge import WithholdingChallenge
 from aipg.stake.genesis import make_genesis
 from aipg.stake.ledger import apply_block
 from aipg.stake.proposal import Candidates, prepare_block
-from aipg.stake.reveal import commit_closes, commitments
 from aipg.stake.state import State
 from aipg.stake.tokenomics import split_reward
 from aipg.stake.tx import TxKind, make_tx
@@ -62,10 +52,11 @@ from aipg.stake.types import LedgerError
 from aipg.stake.useful_work import drawn_for_pool, fee_charged
 from aipg.wire import Identity, encode, sign
 
+from .economy_adversary import AdversaryMoves
+from .economy_committee import Committees
 from .economy_world import (
     AIPG,
     CHAIN,
-    CHALLENGE_STEPS,
     FRACTIONS,
     HONEST_OPERATORS,
     IMAGE,
@@ -76,7 +67,6 @@ from .economy_world import (
     LLM_COST,
     LLM_MODEL,
     PARAMS,
-    SELF_JOBS_PER_BLOCK,
     STRATEGIES,
     TINY_CLAIMED,
     TINY_MODEL,
@@ -88,12 +78,12 @@ from .economy_world import (
     ident,
     low_key,
 )
-from .world import signed_assignment, signed_receipt
+from .world import signed_receipt
 
 __all__ = ["FRACTIONS", "STRATEGIES", "Config", "Economy", "Outcome"]
 
 
-class Economy:
+class Economy(AdversaryMoves, Committees):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         # Honest demand draws from its own stream, the same whatever the adversary plays
@@ -314,24 +304,6 @@ class Economy:
         c = self.state.commitments.get(job.id)
         return c is not None and c + COMMITTEE_DELAY <= self.state.height
 
-    def _release(self, now: int) -> None:
-        """Invented jobs whose draw is out go to the adversary's worker all the same."""
-        keep = []
-        for w, job in self.waiting:
-            if not self._drawn(job):
-                keep.append((w, job))
-                continue
-            if now > job.deadline_ms:
-                continue
-            a = signed_assignment(self._gateway_of(job), job, w.identity, height=self.state.height,
-                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-            w.queue.append([job, a, self._macs(job)])
-        self.waiting = keep
-
-    def _gateway_of(self, job: Job) -> Identity:
-        g = self.adversary[0].identity
-        return g if job.signer == g.public_bytes else self._sybil_gateways[job.signer]
-
     def _sybil(self, key: bytes) -> Operator:
         return next(o for o in self.sybils if o.key == key)
 
@@ -390,88 +362,6 @@ class Economy:
             with contextlib.suppress(PouwError):  # banned, or enough claims
                 sched.on_claim(claim, now)
 
-    def _self_deal(self, now: int, model: bytes) -> None:
-        """Invent free jobs for the adversary's own workers, up to their spare capacity
-        (a long prompt and one output token: the most work units per job). With
-        ``sybil_gateways`` each job is signed by a fresh, unbonded gateway key."""
-        for w in self.adversary:
-            backlog = sum(m for _, _, m in w.queue)
-            backlog += sum(self._macs(j) for x, j in self.waiting if x is w)
-            for _ in range(SELF_JOBS_PER_BLOCK):
-                if backlog >= 2 * w.capacity:
-                    break
-                gw = self.adversary[0].identity
-                if self.cfg.strategy == "sybil_gateways":
-                    gw = ident(f"sybil-gateway/{self.nonce}")
-                    self._sybil_gateways[gw.public_bytes] = gw
-                job = self._job(gw, now, model, client=self.adv_client.address.raw,
-                                prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
-                self._commit(job)
-                self.waiting.append((w, job))
-                backlog += self._macs(job)
-
-    def _snipe(self, now: int, idle: bool) -> None:
-        """Hold invented jobs' results through an idle spell, then release them all in
-        the first block after it (when the pool used to be largest)."""
-        if idle:
-            self._self_deal(now, LLM_MODEL)
-            mine = self.adv_client.address.raw
-            for w in self.adversary:
-                held = [q for q in w.queue if q[0].client == mine]
-                self.sniped += [(w, q) for q in held]
-                self.worker_macs += sum(q[2] for q in held)  # run now, reported later
-                w.queue = deque(q for q in w.queue if q[0].client != mine)
-        elif self.sniped:
-            for w, (job, a, _) in self.sniped:
-                if now <= job.deadline_ms:
-                    self._finish(w, job, a, now)
-            self.sniped = []
-
-    def _grind(self, now: int, commit: bool) -> None:
-        """Commit many candidate jobs (every fourth block), then, once each one's beacon
-        is out, certify work never done for those whose committee is the adversary's
-        (two thirds of the seated weight), claiming the most tokens the model allows.
-        The beacon comes after the commitment (D56), so nothing is ground but the number
-        of commitments."""
-        gw, worker = self.adversary[0], self.adversary[-1]
-        s = self.state
-        if commit:
-            for _ in range(50):
-                job = self._job(gw.identity, now, LLM_MODEL, client=self.adv_client.address.raw,
-                                prompt="p" * 200, llm=SamplingParams(max_tokens=183))  # fmt: skip
-                self._commit(job)
-                self.grinds.append(job)
-                self.ground += 1
-        adv = {o.key for o in self.adversary}
-        keep = []
-        for job in self.grinds:
-            if not self._drawn(job):
-                keep.append(job)
-                continue
-            a = signed_assignment(gw.identity, job, worker.identity, height=s.height,
-                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-            c = self._committee(job, a)
-            if c is None:
-                continue
-            committee, snap = c
-            held = sum(snap[k] for k in committee.members if k in adv)
-            if 3 * held >= 2 * sum(snap[k] for k in committee.members):
-                self._finish(worker, job, a, now, forged=True)
-        self.grinds = keep
-
-    def _committee(self, job: Job, a):
-        """(the committee of ``job`` drawn from its commitment's beacon, the validator
-        snapshot it is drawn from), or None when that is not kept (D56)."""
-        s = self.state
-        committed = s.commitments.get(job.id)
-        if committed is None:
-            return None
-        seed = committed + COMMITTEE_DELAY
-        snap, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
-        if snap is None or beacon is None or seed > s.height:
-            return None
-        return committee_for(job, a, snap, beacon, rules=PARAMS.committee_rules()), snap
-
     def _work(self, w: Operator, now: int) -> None:
         budget = w.capacity
         while w.queue and budget > 0:
@@ -491,11 +381,6 @@ class Economy:
             if item[2] == 0:
                 w.queue.popleft()
                 self._finish(w, job, a, now)
-
-    def _gambles(self, w: Operator, job: Job) -> bool:
-        """``audit_gambling``: the adversary's worker skips half of its jobs (those whose
-        id is even) and claims them all the same, betting on the draw (D80)."""
-        return self.cfg.strategy == "audit_gambling" and w.adversary and job.id[-1] % 2 == 0
 
     # --- receipts and committees --------------------------------------------------------
 
@@ -529,133 +414,6 @@ class Economy:
         if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
             r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
             self.pending["cert"].append(Certificate(job, a, r2, ()))
-
-    def _audit(self, w: Operator, job: Job, a, r, forged: bool, withheld: bool) -> None:
-        """The committee of an audited claim checks it: the real draw and collector."""
-        strategy = self.cfg.strategy
-        drawn = self._committee(job, a)
-        if drawn is None:
-            return
-        committee, snap = drawn
-        reveal = PARAMS.verdict_commit_blocks > 0  # commit, then reveal (D70, D71)
-        collector = VoteCollector(job, a, r, committee, snap, self._committed if reveal else None)
-        held: list = []  # committed votes, revealed once the commit phase closes
-        wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
-        checks = strategy not in ("lazy_validators", "copying_validators")
-        outcome = None
-        challenged = False
-        first_honest: bool | None = None
-        for key in committee.candidates:
-            if key not in committee.seated(k for k, v in collector._verdicts.items()
-                                           if v.reason == VerdictReason.UNAVAILABLE):  # fmt: skip
-                continue
-            member = self.by_key[key]
-            if member.adversary:
-                if checks:
-                    self.validator_macs += self._check_macs(job)
-                seen = None if reveal else first_honest
-                reason = self._adversary_vote(forged or wrong_cost, seen)
-            else:
-                self.validator_macs += self._check_macs(job)
-                if withheld:
-                    reason = VerdictReason.UNAVAILABLE
-                    if not challenged:  # asks on chain, then abstains (D74, D82)
-                        challenged = True
-                        ch = sign(WithholdingChallenge(job, a, r, (1,)), member.identity)
-                        self.pending["challenge"].append(ch)
-                elif forged:
-                    reason = VerdictReason.TOKEN_MISMATCH
-                elif wrong_cost:
-                    reason = VerdictReason.BINDING
-                else:
-                    reason = VerdictReason.OK
-                if first_honest is None and reason != VerdictReason.UNAVAILABLE:
-                    first_honest = reason == VerdictReason.OK
-            v = make_verdict(member.identity, r, reason, recomputed=b"check")
-            if reveal and reason != VerdictReason.UNAVAILABLE:
-                self.pending["commit"].append(make_verdict_commit(member.identity, v))
-                held.append(v)  # every seated member commits blind: nobody stops early
-                continue
-            outcome = collector.add(v)
-            if outcome is not None:
-                break
-        if held:
-            self.revealing.append((collector, held))
-            return
-        self._decided(outcome)
-
-    def _committed(self, rid: bytes, member: bytes):
-        lookup = commitments(self.state)
-        return None if lookup is None else lookup(rid, member)
-
-    def _reveal(self) -> None:
-        """Reveal the votes whose receipt's commit phase has closed on chain (D71)."""
-        keep = []
-        for collector, held in self.revealing:
-            rid = receipt_id(collector.receipt)
-            closes = commit_closes(self.state, rid)
-            if closes is None or self.state.height < closes:
-                keep.append((collector, held))
-                continue
-            outcome = None
-            for v in held:
-                outcome = collector.add(v)
-                if outcome is not None:
-                    break
-            self._decided(outcome)
-        self.revealing = keep
-
-    def _decided(self, outcome) -> None:
-        if isinstance(outcome, Certificate):
-            self.pending["cert"].append(outcome)
-        elif isinstance(outcome, FraudEvidence):
-            self.pending["fraud"].append(outcome)
-
-    def _adversary_vote(self, bad: bool, first_honest: bool | None) -> VerdictReason:
-        strategy = self.cfg.strategy
-        if strategy == "false_accusation":
-            return VerdictReason.TOKEN_MISMATCH
-        if strategy == "copying_validators" and first_honest is not None:  # (blind if
-            # commit-reveal is on: a vote is committed before any is revealed)
-            return VerdictReason.OK if first_honest else VerdictReason.TOKEN_MISMATCH
-        if strategy in ("lazy_validators", "copying_validators") or bad:
-            return VerdictReason.OK  # unchecked, or covering for its own
-        return VerdictReason.OK
-
-    def _check_macs(self, job: Job) -> int:
-        """What one member's check costs: an LLM re-reads every token (one prefill); a
-        diffusion check re-runs CHALLENGE_STEPS steps."""
-        cost = TRUE_COSTS[job.model_id]
-        if job.llm is not None:
-            return llm_job_macs(cost, len(job.prompt), job.llm.max_tokens)
-        d = job.diffusion
-        px = (d.width // 8) * (d.height // 8)
-        return diffusion_job_macs(cost, CHALLENGE_STEPS, px, True)
-
-    def _reviews(self, block) -> None:
-        """Review every conviction the block opened: honest reviewers re-check, the
-        adversary's vote to uphold."""
-        s = self.state
-        for ev in block.body.frauds:
-            snap = s.validator_snapshot_at(s.height)
-            c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,
-                                 PARAMS.committee_rules())  # fmt: skip
-            honest_work = (
-                ev.receipt.signer in self.by_key
-                and ev.job.model_id != TINY_MODEL
-                and ev.receipt.job_id not in self.forged
-            )
-            verdicts = []
-            for key in c.members:
-                member = self.by_key[key]
-                valid = honest_work and not member.adversary
-                if not member.adversary:
-                    self.validator_macs += self._check_macs(ev.job)
-                reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
-                verdicts.append(make_verdict(member.identity, ev.receipt, reason,
-                                             recomputed=b"check"))  # fmt: skip
-            self.pending["review"].append(FraudReview(ev, tuple(sorted(verdicts,
-                                                      key=lambda v: v.signer))))  # fmt: skip
 
     # --- blocks -------------------------------------------------------------------------
 

@@ -44,8 +44,10 @@ PARAMS = MAINNET_PARAMS.replace(
     # Thirteen-odd validators: mainnet's 0.5 % weight cap would cap every one of them and
     # make the draw uniform over keys, paying the adversary's minimum-bond validator keys
     # a seat each as if they held a full share (the honest baseline was 1.7 at x = 0.1).
-    # Seats by stake, five a committee, as on a devnet.
-    committee_size=5,
+    # Seats by stake, seven a committee: a quorum is five seats, more than the grinding
+    # adversary has eligible keys (its gateway and worker sit on no committee of theirs),
+    # so no committee can be its own; five seats (a quorum of four) could be.
+    committee_size=7,
     committee_weight_cap_bps=10_000,
 )
 TOTAL_STAKE = 10_000_000 * AIPG
