@@ -173,8 +173,9 @@ MAINNET_PARAMS = ChainParams(
     challenge_fee=1 * UNITS_PER_AIPG,  # a challenge costs this when the worker answers
     withholding_slash_bps=100,  # 1 % of the bond per unanswered challenge
     committee_weight_cap_bps=50,
-    # 0.2 %: 68 seats x 0.2 % = 0.14 member checks per job in steady state (D81).
-    audit_floor_bps=20,
+    # 0.1 %: 68 seats x 0.1 % = 0.068 member checks per job at the floor, which binds
+    # from 1.33M AIPG bonded; below, the claim's worth sets the rate (D80, D81).
+    audit_floor_bps=10,
     commit_min_fee=UNITS_PER_AIPG // 1_000,  # 0.001 AIPG (D83)
 )
 
