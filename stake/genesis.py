@@ -125,6 +125,9 @@ class ChainParams(Record):
     audit_full_jobs: Annotated[int, Range(1, 1_000_000)] = 8
     # The least fee of a COMMIT (free-tier commitments are otherwise free to spam, D83).
     commit_min_fee: UnitsField = 0
+    # What a validator earns from the verdict pool is a budget like a worker's (D63) at
+    # this factor of its bond share of each block's verdict-pool income; 0: none (D83).
+    verdict_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 0
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""
@@ -177,6 +180,7 @@ MAINNET_PARAMS = ChainParams(
     # from 1.33M AIPG bonded; below, the claim's worth sets the rate (D80, D81).
     audit_floor_bps=10,
     commit_min_fee=UNITS_PER_AIPG // 1_000,  # 0.001 AIPG (D83)
+    verdict_pool_cap_bps=10_500,  # as the work pool's budgets (D83)
 )
 
 
@@ -205,6 +209,8 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # every candidate has committed or abstained).
         verdict_commit_blocks=max(5, -(-20_000 // block_time_ms)),
         challenge_period=max(3, -(-10_000 // block_time_ms)),
+        # (its end-to-end test replays the verdict pool by plain arithmetic)
+        verdict_pool_cap_bps=0,
     )
 
 

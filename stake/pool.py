@@ -39,7 +39,7 @@ from .money import credit
 from .state import PoolBudget, State
 from .types import BPS
 
-GATEWAY, WORKER = b"g", b"w"  # prefixes of the pool_budgets rows
+GATEWAY, WORKER, VALIDATOR = b"g", b"w", b"v"  # prefixes of the pool_budgets rows
 
 
 class WorkItem(NamedTuple):
@@ -58,7 +58,10 @@ def total_bonded(s: State) -> int:
 
 def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
     """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
-    bps = s.params.gateway_pool_cap_bps if role == GATEWAY else s.params.worker_pool_cap_bps
+    p = s.params
+    bps = {GATEWAY: p.gateway_pool_cap_bps, VALIDATOR: p.verdict_pool_cap_bps}.get(
+        role, p.worker_pool_cap_bps
+    )
     rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
     most = rate * s.params.pool_budget_blocks
     row = s.pool_budgets.get(role + key)
