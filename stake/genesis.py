@@ -128,6 +128,10 @@ class ChainParams(Record):
     # What a validator earns from the verdict pool is a budget like a worker's (D63) at
     # this factor of its bond share of each block's verdict-pool income; 0: none (D83).
     verdict_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 0
+    # 1: work-pool budgets (D62, D63) fill by what the previous block paid out, not by
+    # what it minted, so pool the honest keys could not use (idle spells) buys no
+    # budget for invented work (D83); 0: by the minted pool.
+    budget_refill_paid: Annotated[int, Range(0, 1)] = 0
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""
@@ -181,6 +185,7 @@ MAINNET_PARAMS = ChainParams(
     audit_floor_bps=10,
     commit_min_fee=UNITS_PER_AIPG // 1_000,  # 0.001 AIPG (D83)
     verdict_pool_cap_bps=10_500,  # as the work pool's budgets (D83)
+    budget_refill_paid=1,
 )
 
 
@@ -209,8 +214,9 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # every candidate has committed or abstained).
         verdict_commit_blocks=max(5, -(-20_000 // block_time_ms)),
         challenge_period=max(3, -(-10_000 // block_time_ms)),
-        # (its end-to-end test replays the verdict pool by plain arithmetic)
+        # (its end-to-end test replays both pools by plain arithmetic)
         verdict_pool_cap_bps=0,
+        budget_refill_paid=0,
     )
 
 

@@ -40,6 +40,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
     commit_min_fee=0,  # COMMITs are free here (tests of the fee set it, D83)
     verdict_pool_cap_bps=0,  # and verdicts earn without a budget (D72's tests)
+    budget_refill_paid=0,  # budgets fill by the minted pool (D62's tests)
 )
 
 # The model every job of make_work names, and a registered cost for it of one work unit
