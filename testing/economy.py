@@ -158,6 +158,8 @@ class Economy(AdversaryMoves, Committees):
         self.revealing: list = []  # (collector, committed votes) waiting for the reveal
         self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
         self.audits = 0  # claims drawn for audit
+        self.challenged = 0  # withholding challenges put on chain
+        self.convictions = 0  # fraud evidence blocks carried
         self.history: list[tuple[int, int]] = []  # (validator, worker) MACs after each block
         self.waiting: list = []  # (worker, job) invented, waiting for their draw (D56)
         self.grinds: list[Job] = []  # jobs committed to be ground once their beacon is out

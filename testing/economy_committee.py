@@ -72,6 +72,7 @@ class Committees:
                         challenged = True
                         ch = sign(WithholdingChallenge(job, a, r, (1,)), member.identity)
                         self.pending["challenge"].append(ch)
+                        self.challenged += 1
                 elif forged:
                     reason = VerdictReason.TOKEN_MISMATCH
                 elif wrong_cost:
@@ -145,6 +146,7 @@ class Committees:
         """Review every conviction the block opened: honest reviewers re-check, the
         adversary's vote to uphold."""
         s = self.state
+        self.convictions += len(block.body.frauds)
         for ev in block.body.frauds:
             snap = s.validator_snapshot_at(s.height)
             c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,

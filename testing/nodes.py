@@ -100,6 +100,7 @@ async def open_node_world(
     extra_hosts: int = 0,
     extra_nat_share: float = 0.3,
     seed: int = 1,
+    params_over: dict | None = None,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
@@ -114,13 +115,16 @@ async def open_node_world(
     :func:`aipg.testing.gossipkit.start_reach_network` does, then the nodes, each
     bootstrapping from two random public plain hosts and only the last public node
     before it (a path, so the nodes' topics stay connected while most pairs of nodes
-    are not). ``seed`` draws the plain hosts' NAT and bootstrap choices."""
+    are not). ``seed`` draws the plain hosts' NAT and bootstrap choices. ``params_over``
+    replaces chain parameters of the genesis."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     params = devnet_params(BLOCK_TIME_MS, len(specs))
     if committee_size:
         params = params.replace(committee_size=committee_size)
     if weight_cap_bps:
         params = params.replace(committee_weight_cap_bps=weight_cap_bps)
+    if params_over:
+        params = params.replace(**params_over)
     identities = [d.init() for d in dirs]
     network = MemoryNetwork()
     nodes: list[Node] = []
