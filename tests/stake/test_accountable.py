@@ -381,7 +381,7 @@ def test_an_audited_claim_whose_latents_stay_withheld_is_slashed_as_fraud():
     c = _chain(CHALLENGE)
     worker = c.users[1]
     c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
-    job, a, r, digests, committee = _diffusion_work(c, worker)
+    job, a, r, _, committee = _diffusion_work(c, worker)
     c.next(certificates=[Certificate(job, a, r, ())])  # the claim
     c.next()
     s = c.next()
