@@ -49,7 +49,12 @@ from .challenge import (
     process_challenges,
 )
 from .equivocation import process_conflicting_verdicts, process_equivocations
-from .ledger import process_double_signs, process_header, process_last_commit
+from .ledger import (
+    process_beacon,
+    process_double_signs,
+    process_header,
+    process_last_commit,
+)
 from .liveness import process_liveness
 from .reveal import process_verdict_commits
 from .state import State
@@ -101,6 +106,8 @@ def prepare_block(
     shell = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit)
     builder, proposer = proposer, shell.header.proposer  # the Identity proves the beacon
     process_header(scratch, shell, None)
+    if isinstance(builder, Identity):  # the beacon the block's audit draws use (D79)
+        process_beacon(scratch, shell)
     process_last_commit(scratch, shell, last_commit)
     process_liveness(scratch, shell)  # a downtime slash changes what UNBOND may take
     budget = _Budget(MAX_BLOCK_BYTES - BLOCK_BYTES_RESERVED)

@@ -210,3 +210,35 @@ def test_cheating_on_some_jobs_loses_in_expectation(score, bond_aipg, fee, cheat
         else:
             score += 1 if p >= 1 else round(1 / p)
     assert gain < loss
+
+
+def test_a_proposal_sees_the_draw_of_its_own_block():
+    """``prepare_block`` draws the claims of its block with that block's beacon, as
+    ``apply_block`` will: a certificate offered in the very block that pays its claim
+    unaudited is left out (not a block every validator rejects), and one whose claim
+    that block audits goes in."""
+    from aipg.stake.proposal import Candidates, prepare_block
+
+    c, worker = _chain()
+    seen = set()
+    for n in range(300, 340):
+        job, a, r, verdicts = make_work(c, worker, nonce=n)
+        c.next(certificates=[Certificate(job, a, r, ())])
+        c.next()
+        proposer = c.keys[c.state.validators.proposer()]
+        cert = Certificate(job, a, r, verdicts)
+        prepared = prepare_block(
+            c.state,
+            proposer,
+            Candidates(certificates=[cert]),
+            time_ms=c.state.time_ms + 1_000,
+            last_commit=c.last_commit(),
+        )
+        s = c.commit(prepared.block)  # applies: the proposal and the ledger agree
+        paid_unaudited = not prepared.block.body.certificates
+        assert paid_unaudited == bool(prepared.refused)
+        assert r.job_id in s.certified and r.job_id not in s.claims
+        seen.add(paid_unaudited)
+        if seen == {True, False}:
+            break
+    assert seen == {True, False}
