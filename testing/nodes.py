@@ -86,6 +86,16 @@ class NodeWorld:
 
         return await self.until(node, carried, timeout)
 
+    async def wait_for_settled(self, node: Node, job_id: bytes, timeout: float = 60.0):
+        """Until ``node`` has seen ``job_id`` settled: its outcome in a finalized block,
+        or its claim paid unaudited (D79); returns the tracked work."""
+
+        def settled():
+            t = node.tracker.for_job(job_id)
+            return t if t is not None and (t.block_height is not None or t.paid_unaudited) else None
+
+        return await self.until(node, settled, timeout)
+
 
 @contextlib.asynccontextmanager
 async def open_node_world(

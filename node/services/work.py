@@ -567,10 +567,15 @@ class WorkTracker:
         unaudited are finished."""
         due = []
         for t in self._by_receipt.values():
-            if t.outcome is not None or t.finished:
-                continue
-            if t.claim_height is not None and self.chain.paid_unaudited(t.job_id):
+            if (
+                t.claim_height is not None
+                and t.block_height is None
+                and not t.paid_unaudited
+                and self.chain.paid_unaudited(t.job_id)
+            ):  # (also when its committee had decided already: the draw came first)
                 t.paid_unaudited = True
+                continue
+            if t.outcome is not None or t.finished:
                 continue
             if not t.audit_due and self.audit_due(t):
                 due.append(t)
