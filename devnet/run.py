@@ -141,6 +141,9 @@ class DevnetDriver:
                     if job.view.get("block_height") is not None:
                         pending.remove(job)
                         self.say(f"  {job.label:<10} certified in block {job.view['block_height']}")
+                    elif job.view.get("audit") == "not audited":  # its claim's draw (D79)
+                        pending.remove(job)
+                        self.say(f"  {job.label:<10} paid unaudited (its claim was not drawn)")
             if time.monotonic() > deadline:
                 raise DevnetError(
                     f"{len(pending)} job(s) not certified in time: {[j.label for j in pending]}"
@@ -185,7 +188,7 @@ def print_table(out: TextIO, jobs: list[DemoJob]) -> None:
                 j.tier,
                 (v.get("worker") or "")[:14] + "…",
                 str(v.get("work_units", "")),
-                f"{valid}/{len(votes)} valid",
+                f"{valid}/{len(votes)} valid" if votes else v.get("audit", ""),
                 str(v.get("block_height", "")),
                 v.get("reward", ""),
             )

@@ -64,6 +64,7 @@ from aipg.wire import (
     require_signature,
 )
 
+from .audit import audited_claim, forfeit
 from .money import credit, debit, slash
 from .state import Challenge, State
 from .types import LedgerError
@@ -234,4 +235,11 @@ def expire_challenges(s: State) -> None:
         if s.height > row.deadline:
             s.put("challenges", key, None)
             credit(s, Address.from_public_key(row.challenger).raw, row.fee)
-            s.burned += slash(s, row.worker, s.params.withholding_slash_bps)
+            # An audited claim whose latents stay withheld failed its audit (D82): it
+            # is slashed as fraud and forfeits its claims, or skipping the work of
+            # sampled jobs would cost only the withholding share when audited.
+            audited = audited_claim(s, key[:32])
+            bps = s.params.fraud_slash_bps if audited else s.params.withholding_slash_bps
+            s.burned += slash(s, row.worker, max(bps, s.params.withholding_slash_bps))
+            if audited:
+                forfeit(s, row.worker)

@@ -60,10 +60,14 @@ def junk_stream_key(assignment_id: bytes) -> bytes:
 
 def process_junk_streams(s: State, evidence: Iterable[StreamEvidence]) -> None:
     """Check each piece of evidence (D85), slash its worker's bond (burned) and mark the
-    assignment: its receipt is refused as a certificate from now on."""
+    assignment: its receipt is refused as a certificate or claim from now on, and a claim
+    of it waiting for its audit draw is dropped unpaid (D79, D85)."""
     for i, ev in enumerate(evidence):
         key = check_junk_stream(s, ev, i)
         s.put("punished", key, s.height)
+        claim = s.claims.get(ev.receipt.job_id)
+        if claim is not None and claim.worker == bytes(ev.receipt.signer):
+            s.put("claims", ev.receipt.job_id, None)
         s.burned += slash(s, ev.receipt.signer, s.params.fraud_slash_bps)
 
 

@@ -126,6 +126,22 @@ class ChainParams(Record):
     # the ledger at once (each leaves when an outcome counts it, or at the horizon);
     # beyond it that member's commitments are refused, nobody else's.
     max_open_commits: Annotated[int, Range(1, 1_000_000)] = 4_096
+    # Audit sampling (stake/audit.py, D79-D82): a claimed receipt is re-checked by its
+    # committee with a probability that starts at 100 % and falls, once a worker has
+    # ``audit_full_jobs`` certified audits, as (audit_full_jobs / record)^2 down to
+    # ``audit_floor_bps``; never below what makes the expected slash twice the claim's
+    # worth. BPS (the default): every claim is audited.
+    audit_floor_bps: Annotated[int, Range(1, BPS)] = BPS
+    audit_full_jobs: Annotated[int, Range(1, 1_000_000)] = 8
+    # The least fee of a COMMIT (free-tier commitments are otherwise free to spam, D83).
+    commit_min_fee: UnitsField = 0
+    # What a validator earns from the verdict pool is a budget like a worker's (D63) at
+    # this factor of its bond share of each block's verdict-pool income; 0: none (D83).
+    verdict_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 0
+    # 1: work-pool budgets (D62, D63) fill by what the previous block paid out, not by
+    # what it minted, so pool the honest keys could not use (idle spells) buys no
+    # budget for invented work (D83); 0: by the minted pool.
+    budget_refill_paid: Annotated[int, Range(0, 1)] = 0
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with."""
@@ -180,6 +196,12 @@ MAINNET_PARAMS = ChainParams(
     # seat's verdict share pays; the compute wasted is 0.5 % of LLM work.
     forced_error_bps=50,
     lazy_slash_bps=500,  # what a double sign costs: it vouched for work it did not check
+    # 0.1 %: 68 seats x 0.1 % = 0.068 member checks per job at the floor, which binds
+    # from 1.33M AIPG bonded; below, the claim's worth sets the rate (D80, D81).
+    audit_floor_bps=10,
+    commit_min_fee=UNITS_PER_AIPG // 1_000,  # 0.001 AIPG (D83)
+    verdict_pool_cap_bps=10_500,  # as the work pool's budgets (D83)
+    budget_refill_paid=1,
 )
 
 
@@ -212,6 +234,9 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # other gateways still count a forced job's honest evidence as fraud and ban its
         # worker until the ForcedError lands, and a dozen-job demo would show it as such.
         forced_error_bps=0,
+        # (its end-to-end test replays both pools by plain arithmetic)
+        verdict_pool_cap_bps=0,
+        budget_refill_paid=0,
     )
 
 

@@ -22,6 +22,7 @@ from aipg.pouw import COMMITTEE_DELAY, COMMITTEE_LOOKAHEAD
 from aipg.wire import is_signed_by_signer
 
 from .assign import snapshot_workers
+from .audit import process_draws
 from .beacon import next_beacon
 from .block import Block, Commit, DoubleSignEvidence, VoteStep, body_hash
 from .challenge import expire_challenges, process_answers, process_challenges
@@ -73,10 +74,12 @@ def apply_block(
     process_last_commit(s, block, verified_parent_commit)
     process_liveness(s, block)
     process_transactions(s, block)
+    drawn, delivered = process_draws(s)  # claims drawn unaudited are paid (D79)
     process_verdict_commits(s, block.body.verdict_commits)
     process_junk_streams(s, block.body.junk_streams)  # D85: before the receipts are paid
     work = process_forced_errors(s, block.body.forced_errors)  # before certificates: D75
-    work.update(process_certificates(s, block.body.certificates))
+    work.update(process_certificates(s, block.body.certificates, delivered))
+    work.update(drawn)
     process_double_signs(s, block.body.double_signs)
     process_frauds(s, block.body.frauds)
     process_equivocations(s, block.body.equivocations)

@@ -39,7 +39,8 @@ from .money import credit
 from .state import PoolBudget, State
 from .types import BPS
 
-GATEWAY, WORKER = b"g", b"w"  # prefixes of the pool_budgets rows
+GATEWAY, WORKER, VALIDATOR = b"g", b"w", b"v"  # prefixes of the pool_budgets rows
+PAID_ROW = b"paid"  # pool_budgets row: what the last block paid from its pool (D83)
 
 
 class WorkItem(NamedTuple):
@@ -58,7 +59,10 @@ def total_bonded(s: State) -> int:
 
 def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
     """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
-    bps = s.params.gateway_pool_cap_bps if role == GATEWAY else s.params.worker_pool_cap_bps
+    p = s.params
+    bps = {GATEWAY: p.gateway_pool_cap_bps, VALIDATOR: p.verdict_pool_cap_bps}.get(
+        role, p.worker_pool_cap_bps
+    )
     rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
     most = rate * s.params.pool_budget_blocks
     row = s.pool_budgets.get(role + key)
@@ -75,6 +79,10 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
     """Pay this block's pool to its certified work (gateway budgets, work units, worker
     budgets) and burn the rest. What each job was paid is added to ``s.paid``."""
     pool = s.work_pool
+    basis = pool  # what budgets fill by this block
+    if s.params.budget_refill_paid:
+        row = s.pool_budgets.get(PAID_ROW)
+        basis = min(pool, row.budget) if row is not None else pool
     total = total_bonded(s)
     units: dict[bytes, int] = {}
     for item in work.values():
@@ -85,7 +93,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         caps[g] = (
             (pool, pool)
             if not s.params.gateway_pool_cap_bps
-            else budget(s, GATEWAY, g, pool, total)
+            else budget(s, GATEWAY, g, basis, total)
         )
     order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
     left, weight = pool, sum(units.values())
@@ -105,7 +113,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
             by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
     scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
     for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
-        have, most = budget(s, WORKER, key, pool, total)
+        have, most = budget(s, WORKER, key, basis, total)
         pay = min(have, by_worker[key])
         scale[key] = (pay, by_worker[key])
         _spend(s, WORKER, key, have, most, pay)
@@ -116,5 +124,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         credit(s, item.worker, share)
         s.work_pool -= share
         s.paid[job] = s.paid.get(job, 0) + share
+    if s.params.budget_refill_paid:
+        s.put("pool_budgets", PAID_ROW, PoolBudget(pool - s.work_pool, s.height))
     s.burned += s.work_pool
     s.work_pool = 0

@@ -32,6 +32,7 @@ from aipg.pouw import (
 from aipg.pouw.forced import ForcedError
 from aipg.wire import Identity, encode
 
+from .audit import process_draws
 from .block import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_CERTIFICATES,
@@ -55,7 +56,12 @@ from .equivocation import (
     process_junk_streams,
 )
 from .forced import process_all_reviews, process_forced_errors
-from .ledger import process_double_signs, process_header, process_last_commit
+from .ledger import (
+    process_beacon,
+    process_double_signs,
+    process_header,
+    process_last_commit,
+)
 from .liveness import process_liveness
 from .reveal import process_verdict_commits
 from .state import State
@@ -109,6 +115,8 @@ def prepare_block(
     shell = make_block(state, proposer, time_ms=time_ms, last_commit=last_commit)
     builder, proposer = proposer, shell.header.proposer  # the Identity proves the beacon
     process_header(scratch, shell, None)
+    if isinstance(builder, Identity):  # the beacon the block's audit draws use (D79)
+        process_beacon(scratch, shell)
     process_last_commit(scratch, shell, last_commit)
     process_liveness(scratch, shell)  # a downtime slash changes what UNBOND may take
     budget = _Budget(MAX_BLOCK_BYTES - BLOCK_BYTES_RESERVED)
@@ -143,6 +151,7 @@ def prepare_block(
             lambda tx: apply_transaction(scratch, tx, proposer),
         )
     }
+    process_draws(scratch)  # claims paid unaudited here can no longer be certified (D79)
     for name, limit, step, same in EVIDENCE_STEPS:
         body[name] = keep(
             getattr(candidates, name), limit, lambda item, step=step: step(scratch, [item]), same

@@ -35,6 +35,7 @@ from aipg.pouw import (
 )
 from aipg.wire.codec import record_digest
 
+from .audit import forfeit
 from .money import credit, slash
 from .reveal import forget_review, review_commitments
 from .state import Conviction, State, escrow_key
@@ -126,6 +127,7 @@ def convict(s: State, ev: FraudEvidence) -> None:
     if refund:
         credit(s, ev.job.client, refund)
     s.burned += slashed - refund
+    forfeit(s, bytes(ev.receipt.signer))  # its record starts over, its claims are lost
 
 
 def exonerate(s: State, ev: FraudEvidence) -> None:

@@ -132,6 +132,30 @@ class Capacity(NamedTuple):
     height: int  # when ``peak`` was last brought up to date
 
 
+class ClaimRow(NamedTuple):
+    """A receipt claimed on chain, waiting for its audit draw or, audited, for its
+    certificate (:mod:`.audit`, D79)."""
+
+    receipt_id: bytes
+    height: int  # the block that carried the claim; its draw is AUDIT_DELAY later
+    worker: bytes  # key (the receipt's signer)
+    gateway: bytes  # key (the job's signer)
+    units: int  # what it earns from the pool (0: routed past the draw, D64)
+    escrow: bytes  # a paid job's escrows row, or b""
+    charged: int  # the fee its tokens cost (paid from the escrow)
+    rate_bps: int  # its audit probability, fixed when it was claimed
+    audited: int  # 0: the draw is pending; 1: audited, a certificate must pay it
+    deadline: int  # the last block time at which it can be certified
+
+
+class AuditRecord(NamedTuple):
+    """A worker's audit record (:mod:`.audit`): the clean jobs its certified audits
+    stand for (each counts 1 / its audit probability), reset by a conviction."""
+
+    score: int
+    height: int
+
+
 EMPTY_ACCOUNT = Account(0, 0)
 EMPTY_BOND = Bond(0, 0)
 
@@ -154,6 +178,7 @@ EMPTY_BOND = Bond(0, 0)
 # workers: worker key + model id → (declared capacity, height) (stake/assign.py, D58);
 # capacity: worker key → (peak certified units in a block, height);
 # worker_epochs: epoch (8 bytes) → ((worker key + model id, draw weight), ...).
+# claims: job id → ClaimRow (audit sampling, D79); audit_records: worker key → AuditRecord.
 TABLES = (
     "accounts",
     "bonds",
@@ -180,6 +205,8 @@ TABLES = (
     "commit_counts",
     "review_commits",
     "review_windows",
+    "claims",
+    "audit_records",
 )
 _TUPLE_TYPES: dict[str, Any] = {
     "accounts": Account,
@@ -195,6 +222,8 @@ _TUPLE_TYPES: dict[str, Any] = {
     "review_commits": CommitRow,
     "forced_reviews": ForcedReview,
     "challenges": Challenge,
+    "claims": ClaimRow,
+    "audit_records": AuditRecord,
 }
 
 
@@ -241,6 +270,8 @@ class State:
     # -> the height whose block carried the review's first commitment (D76).
     review_commits: dict[bytes, CommitRow] = dataclasses.field(default_factory=dict)
     review_windows: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    claims: dict[bytes, ClaimRow] = dataclasses.field(default_factory=dict)
+    audit_records: dict[bytes, AuditRecord] = dataclasses.field(default_factory=dict)
     # The validators' part of rewards not yet paid to verdicts agreeing with an outcome
     # (blocks without certified work carry it forward, as the work pool).
     verdict_pool: int = 0

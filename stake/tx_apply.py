@@ -90,6 +90,8 @@ def _check_commit(s: State, tx: Transaction) -> None:
         raise LedgerError("a commitment names a job")
     if tx.job_id in s.commitments:
         raise LedgerError(f"job {tx.job_id.hex()[:16]} is already committed")
+    if tx.fee < s.params.commit_min_fee:  # free-tier commitments cost something (D83)
+        raise LedgerError(f"a commitment pays a fee of at least {s.params.commit_min_fee}")
     if tx.job_id in s.certified:
         raise LedgerError(f"job {tx.job_id.hex()[:16]} is already certified")
 

@@ -24,31 +24,45 @@ from aipg.pouw import (
     Receipt,
     Tier,
     receipt_id,
+    validate_assignment,
     validate_certificate,
     validate_fraud_evidence,
+    validate_job,
+    validate_receipt,
 )
 from aipg.wire import Address
 
 from .assign import drawn_workers, record_capacity
+from .audit import audit_rate, is_claim, on_certified, open_claim
 from .models import certified_work
 from .money import credit
 from .pool import WorkItem
 from .reveal import commitments, forget_counted
 from .review import open_conviction, process_reviews
-from .state import Escrow, State, escrow_key
+from .state import ClaimRow, Escrow, State, escrow_key
 from .types import LedgerError
 from .verdict_rewards import agree
 
 
-def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[bytes, WorkItem]:
+def process_certificates(
+    s: State, certificates: Iterable[Certificate], delivered: dict[bytes, int] | None = None
+) -> dict[bytes, WorkItem]:
     """Check each certificate, settle a paid job's escrow (the fee for its output to the
     worker, the rest back to the payer), and return the work certified in this block:
     job id -> WorkItem (worker account, work units by the model's registered cost, never
-    the receipt's own figure, and the gateway)."""
+    the receipt's own figure, and the gateway). A certificate without verdicts is a
+    claim (:mod:`.audit`): recorded for its audit draw, paid nothing yet.
+    ``delivered`` (worker key -> units) is what unaudited claims delivered this block."""
     work: dict[bytes, WorkItem] = {}
-    delivered: dict[bytes, int] = {}  # worker key -> work units certified in this block
+    delivered = dict(delivered or {})  # worker key -> work units paid in this block
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, cert in enumerate(certificates):
+        if is_claim(cert):
+            try:
+                process_claim(s, cert, snapshots)
+            except (LedgerError, PouwError) as e:
+                raise LedgerError(f"claim {i}: {e}") from None
+            continue
         try:  # every check before the first write: a refused certificate changes nothing
             check_work(s, cert, snapshots, _certificate_without_challenges)
             job = cert.receipt.job_id
@@ -66,9 +80,50 @@ def process_certificates(s: State, certificates: Iterable[Certificate]) -> dict[
         if not drawn_for_pool(s, cert.job, cert.receipt):
             units = 0  # routed past the draw: its fee only (D64)
         work[job] = settle_job(s, cert.job, cert.receipt, escrow, units)
+        on_certified(s, job, bytes(cert.receipt.signer))  # the audit record (D80)
         delivered[cert.receipt.signer] = delivered.get(cert.receipt.signer, 0) + units
     record_capacity(s, delivered)  # measured capacity (D58)
     return work
+
+
+def process_claim(s: State, cert: Certificate, snapshots) -> None:
+    """Check a claim (a certificate without verdicts) as a certificate is checked, but for
+    the votes, and record it for its audit draw (D79). Raises LedgerError or PouwError."""
+    check_work(s, cert, snapshots, _claim_checks)
+    jid = cert.receipt.job_id
+    if jid in s.certified:
+        raise LedgerError(f"job {jid.hex()[:16]} was already certified")
+    if b"fraud" + jid in s.punished:
+        raise LedgerError(f"job {jid.hex()[:16]} has fraud evidence against it")
+    if b"junkstream" + bytes(cert.receipt.assignment_id) in s.punished:
+        raise LedgerError("its worker streamed tokens its receipt contradicts (D85)")
+    escrow = job_escrow(s, cert.job, jid) if cert.job.tier == Tier.PAID else None
+    units = certified_work(s, cert.job, cert.receipt)
+    if not drawn_for_pool(s, cert.job, cert.receipt):
+        units = 0
+    charged = fee_charged(cert.job, cert.receipt) if escrow is not None else 0
+    worker = bytes(cert.receipt.signer)
+    row = ClaimRow(
+        receipt_id=receipt_id(cert.receipt),
+        height=s.height,
+        worker=worker,
+        gateway=bytes(cert.job.signer),
+        units=units,
+        escrow=escrow_key(jid, escrow.payer) if escrow is not None else b"",
+        charged=charged,
+        rate_bps=audit_rate(s, worker, charged),
+        audited=0,
+        deadline=certification_deadline(s, cert.job.deadline_ms),
+    )
+    open_claim(s, cert, row.receipt_id, row)
+
+
+def _claim_checks(cert: Certificate, validators, beacon, **_) -> None:
+    """What a claim must pass: the job, the assignment and the receipt, signed and bound
+    together (no verdicts: the committee speaks only if the claim is audited)."""
+    validate_job(cert.job)
+    validate_assignment(cert.assignment, cert.job)
+    validate_receipt(cert.receipt, cert.job, cert.assignment)
 
 
 def settle_job(s: State, job: Job, receipt: Receipt, escrow: Escrow | None, units: int) -> WorkItem:

@@ -25,7 +25,8 @@ from aipg.pouw import Verdict, abstains
 from aipg.wire import Address
 
 from .money import credit
-from .state import State
+from .pool import VALIDATOR, budget, total_bonded
+from .state import PoolBudget, State
 from .types import bps_of
 
 
@@ -42,7 +43,8 @@ def pay_validators(s: State, amount: int, proposer: bytes) -> None:
     the block's agreeing verdicts (member key order, so rounding is deterministic)."""
     bonus = bps_of(amount, s.params.proposer_bonus_bps)
     credit(s, Address.from_public_key(proposer).raw, bonus)
-    s.verdict_pool += amount - bonus
+    income = amount - bonus
+    s.verdict_pool += income
     weights: dict[bytes, int] = {}
     for key, units in s.agreed:
         weights[key] = weights.get(key, 0) + units
@@ -50,7 +52,13 @@ def pay_validators(s: State, amount: int, proposer: bytes) -> None:
     if not total:
         return
     pool = s.verdict_pool
+    capped = s.params.verdict_pool_cap_bps
+    bonded = total_bonded(s) if capped else 0
     for key in sorted(weights):
         share = pool * weights[key] // total
+        if capped:  # at most its bond's share of the income (D83); the rest stays
+            have, _ = budget(s, VALIDATOR, key, income, bonded)
+            share = min(share, have)
+            s.put("pool_budgets", VALIDATOR + key, PoolBudget(have - share, s.height))
         credit(s, Address.from_public_key(key).raw, share)
         s.verdict_pool -= share

@@ -18,6 +18,7 @@ from aipg.pouw import (
     review_committee,
 )
 from aipg.pouw import make_commit as commit_verdict
+from aipg.stake.audit import audit_due
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -46,6 +47,9 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     review_period=3,
     verdict_commit_blocks=0,  # verdicts count as they come (tests of commit-reveal set it)
     committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
+    commit_min_fee=0,  # COMMITs are free here (tests of the fee set it, D83)
+    verdict_pool_cap_bps=0,  # and verdicts earn without a budget (D72's tests)
+    budget_refill_paid=0,  # budgets fill by the minted pool (D62's tests)
 )
 
 # The model every job of make_work names, and a registered cost for it of one work unit
@@ -476,3 +480,10 @@ class TrackerChain:
 
     def review_closes(self, receipt_id_: bytes):
         return review_closes(self.c.state, receipt_id_)
+
+    def audit_due(self, job, receipt):
+        return audit_due(self.c.state, job, receipt)
+
+    def paid_unaudited(self, job_id: bytes) -> bool:
+        s = self.c.state
+        return job_id in s.certified and job_id not in s.claims

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections import deque
 
 from aipg.models import SamplingParams
 from aipg.models.cost import WORK_UNIT_MACS, diffusion_job_macs, llm_job_macs
@@ -38,14 +37,9 @@ from aipg.pouw import (
     PouwError,
     Scheduler,
     SchedulerConfig,
-    VerdictReason,
-    VoteCollector,
-    committee_for,
-    make_verdict,
-    review_committee,
     work_units,
 )
-from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
+from aipg.pouw.records import Certificate, FraudEvidence, Job
 from aipg.stake.assign import claim_order
 from aipg.stake.builder import make_commit
 from aipg.stake.genesis import make_genesis
@@ -58,10 +52,11 @@ from aipg.stake.types import LedgerError
 from aipg.stake.useful_work import drawn_for_pool, fee_charged
 from aipg.wire import Identity, encode, sign
 
+from .economy_adversary import AdversaryMoves
+from .economy_committee import Committees
 from .economy_world import (
     AIPG,
     CHAIN,
-    CHALLENGE_STEPS,
     FRACTIONS,
     HONEST_OPERATORS,
     IMAGE,
@@ -72,7 +67,6 @@ from .economy_world import (
     LLM_COST,
     LLM_MODEL,
     PARAMS,
-    SELF_JOBS_PER_BLOCK,
     STRATEGIES,
     TINY_CLAIMED,
     TINY_MODEL,
@@ -84,12 +78,12 @@ from .economy_world import (
     ident,
     low_key,
 )
-from .world import signed_assignment, signed_receipt
+from .world import signed_receipt
 
 __all__ = ["FRACTIONS", "STRATEGIES", "Config", "Economy", "Outcome"]
 
 
-class Economy:
+class Economy(AdversaryMoves, Committees):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         # Honest demand draws from its own stream, the same whatever the adversary plays
@@ -158,7 +152,15 @@ class Economy:
             )
             for o in self.operators
         }
-        self.pending: dict[str, list] = {"tx": [], "cert": [], "fraud": [], "review": []}
+        self.pending: dict[str, list] = {
+            "tx": [], "cert": [], "fraud": [], "review": [], "challenge": [], "commit": []
+        }  # fmt: skip
+        self.revealing: list = []  # (collector, committed votes) waiting for the reveal
+        self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
+        self.audits = 0  # claims drawn for audit
+        self.challenged = 0  # withholding challenges put on chain
+        self.convictions = 0  # fraud evidence blocks carried
+        self.history: list[tuple[int, int]] = []  # (validator, worker) MACs after each block
         self.waiting: list = []  # (worker, job) invented, waiting for their draw (D56)
         self.grinds: list[Job] = []  # jobs committed to be ground once their beacon is out
         self.ground = 0  # how many
@@ -251,7 +253,14 @@ class Economy:
     def run(self) -> Outcome:
         for _ in range(self.cfg.blocks):
             self.step()
+            self.history.append((self.validator_macs, self.worker_macs))
         return self.outcome()
+
+    def overhead(self, start: int = 0) -> float:
+        """Validators' checking compute over workers' compute from block ``start`` on."""
+        v0, w0 = self.history[start - 1] if start > 0 else (0, 0)
+        v1, w1 = self.history[-1]
+        return (v1 - v0) / (w1 - w0) if w1 > w0 else 0.0
 
     def _tx(self, who: Identity, kind: TxKind, **kw) -> None:
         pending = sum(1 for t in self.pending["tx"] if t.signer == who.public_bytes)
@@ -290,30 +299,12 @@ class Economy:
     def _commit(self, job: Job, who: Identity | None = None) -> None:
         """Commit ``job`` on chain (D56): its committee and worker are drawn from the
         beacon ``COMMITTEE_DELAY`` blocks after the block that carries this."""
-        self._tx(who or self.adv_client, TxKind.COMMIT, job_id=job.id)
+        self._tx(who or self.adv_client, TxKind.COMMIT, job_id=job.id, fee=PARAMS.commit_min_fee)
 
     def _drawn(self, job: Job) -> bool:
         """Whether ``job``'s commitment is final and its seed block's beacon out."""
         c = self.state.commitments.get(job.id)
         return c is not None and c + COMMITTEE_DELAY <= self.state.height
-
-    def _release(self, now: int) -> None:
-        """Invented jobs whose draw is out go to the adversary's worker all the same."""
-        keep = []
-        for w, job in self.waiting:
-            if not self._drawn(job):
-                keep.append((w, job))
-                continue
-            if now > job.deadline_ms:
-                continue
-            a = signed_assignment(self._gateway_of(job), job, w.identity, height=self.state.height,
-                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-            w.queue.append([job, a, self._macs(job)])
-        self.waiting = keep
-
-    def _gateway_of(self, job: Job) -> Identity:
-        g = self.adversary[0].identity
-        return g if job.signer == g.public_bytes else self._sybil_gateways[job.signer]
 
     def _sybil(self, key: bytes) -> Operator:
         return next(o for o in self.sybils if o.key == key)
@@ -373,88 +364,6 @@ class Economy:
             with contextlib.suppress(PouwError):  # banned, or enough claims
                 sched.on_claim(claim, now)
 
-    def _self_deal(self, now: int, model: bytes) -> None:
-        """Invent free jobs for the adversary's own workers, up to their spare capacity
-        (a long prompt and one output token: the most work units per job). With
-        ``sybil_gateways`` each job is signed by a fresh, unbonded gateway key."""
-        for w in self.adversary:
-            backlog = sum(m for _, _, m in w.queue)
-            backlog += sum(self._macs(j) for x, j in self.waiting if x is w)
-            for _ in range(SELF_JOBS_PER_BLOCK):
-                if backlog >= 2 * w.capacity:
-                    break
-                gw = self.adversary[0].identity
-                if self.cfg.strategy == "sybil_gateways":
-                    gw = ident(f"sybil-gateway/{self.nonce}")
-                    self._sybil_gateways[gw.public_bytes] = gw
-                job = self._job(gw, now, model, client=self.adv_client.address.raw,
-                                prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
-                self._commit(job)
-                self.waiting.append((w, job))
-                backlog += self._macs(job)
-
-    def _snipe(self, now: int, idle: bool) -> None:
-        """Hold invented jobs' results through an idle spell, then release them all in
-        the first block after it (when the pool used to be largest)."""
-        if idle:
-            self._self_deal(now, LLM_MODEL)
-            mine = self.adv_client.address.raw
-            for w in self.adversary:
-                held = [q for q in w.queue if q[0].client == mine]
-                self.sniped += [(w, q) for q in held]
-                self.worker_macs += sum(q[2] for q in held)  # run now, reported later
-                w.queue = deque(q for q in w.queue if q[0].client != mine)
-        elif self.sniped:
-            for w, (job, a, _) in self.sniped:
-                if now <= job.deadline_ms:
-                    self._finish(w, job, a, now)
-            self.sniped = []
-
-    def _grind(self, now: int, commit: bool) -> None:
-        """Commit many candidate jobs (every fourth block), then, once each one's beacon
-        is out, certify work never done for those whose committee is the adversary's
-        (two thirds of the seated weight), claiming the most tokens the model allows.
-        The beacon comes after the commitment (D56), so nothing is ground but the number
-        of commitments."""
-        gw, worker = self.adversary[0], self.adversary[-1]
-        s = self.state
-        if commit:
-            for _ in range(50):
-                job = self._job(gw.identity, now, LLM_MODEL, client=self.adv_client.address.raw,
-                                prompt="p" * 200, llm=SamplingParams(max_tokens=183))  # fmt: skip
-                self._commit(job)
-                self.grinds.append(job)
-                self.ground += 1
-        adv = {o.key for o in self.adversary}
-        keep = []
-        for job in self.grinds:
-            if not self._drawn(job):
-                keep.append(job)
-                continue
-            a = signed_assignment(gw.identity, job, worker.identity, height=s.height,
-                                  assigned_ms=now, deadline_ms=job.deadline_ms)  # fmt: skip
-            c = self._committee(job, a)
-            if c is None:
-                continue
-            committee, snap = c
-            held = sum(snap[k] for k in committee.members if k in adv)
-            if 3 * held >= 2 * sum(snap[k] for k in committee.members):
-                self._finish(worker, job, a, now, forged=True)
-        self.grinds = keep
-
-    def _committee(self, job: Job, a):
-        """(the committee of ``job`` drawn from its commitment's beacon, the validator
-        snapshot it is drawn from), or None when that is not kept (D56)."""
-        s = self.state
-        committed = s.commitments.get(job.id)
-        if committed is None:
-            return None
-        seed = committed + COMMITTEE_DELAY
-        snap, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
-        if snap is None or beacon is None or seed > s.height:
-            return None
-        return committee_for(job, a, snap, beacon, rules=PARAMS.committee_rules()), snap
-
     def _work(self, w: Operator, now: int) -> None:
         budget = w.capacity
         while w.queue and budget > 0:
@@ -462,6 +371,10 @@ class Economy:
             job, a, left = item
             if now > a.deadline_ms:
                 w.queue.popleft()
+                continue
+            if self._gambles(w, job):  # never run: claimed as if done
+                w.queue.popleft()
+                self._finish(w, job, a, now, forged=True)
                 continue
             done = min(left, budget)
             budget -= done
@@ -494,94 +407,15 @@ class Economy:
                 sched.on_receipt(r, now)
             except PouwError:
                 return  # too late: the gateway gave the job to someone else
-        drawn = self._committee(job, a)
-        if drawn is None:
+        if self._committee(job, a) is None:
             return  # not committed, or too old for any block to certify
-        committee, snap = drawn
-        collector = VoteCollector(job, a, r, committee, snap)
-        wrong_cost = job.model_id == TINY_MODEL  # registered at 10,000x what it costs
-        checks = strategy not in ("lazy_validators", "copying_validators")
-        outcome = None
-        first_honest: bool | None = None
-        for key in committee.candidates:
-            if key not in committee.seated(k for k, v in collector._verdicts.items()
-                                           if v.reason == VerdictReason.UNAVAILABLE):  # fmt: skip
-                continue
-            member = self.by_key[key]
-            if member.adversary:
-                if checks:
-                    self.validator_macs += self._check_macs(job)
-                reason = self._adversary_vote(forged or wrong_cost, first_honest)
-            else:
-                self.validator_macs += self._check_macs(job)
-                if withheld:
-                    reason = VerdictReason.UNAVAILABLE
-                elif forged:
-                    reason = VerdictReason.TOKEN_MISMATCH
-                elif wrong_cost:
-                    reason = VerdictReason.BINDING
-                else:
-                    reason = VerdictReason.OK
-                if first_honest is None and reason != VerdictReason.UNAVAILABLE:
-                    first_honest = reason == VerdictReason.OK
-            v = make_verdict(member.identity, r, reason, recomputed=b"check")
-            outcome = collector.add(v)
-            if outcome is not None:
-                break
-        if isinstance(outcome, Certificate):
-            self.pending["cert"].append(outcome)
-            if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
-                r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
-                verdicts = tuple(make_verdict(self.by_key[v.signer].identity, r2,
-                                              VerdictReason(v.reason), recomputed=b"check")
-                                 for v in outcome.verdicts)  # fmt: skip
-                self.pending["cert"].append(Certificate(job, a, r2, verdicts))
-        elif isinstance(outcome, FraudEvidence):
-            self.pending["fraud"].append(outcome)
-
-    def _adversary_vote(self, bad: bool, first_honest: bool | None) -> VerdictReason:
-        strategy = self.cfg.strategy
-        if strategy == "false_accusation":
-            return VerdictReason.TOKEN_MISMATCH
-        if strategy == "copying_validators" and first_honest is not None:
-            return VerdictReason.OK if first_honest else VerdictReason.TOKEN_MISMATCH
-        if strategy in ("lazy_validators", "copying_validators") or bad:
-            return VerdictReason.OK  # unchecked, or covering for its own
-        return VerdictReason.OK
-
-    def _check_macs(self, job: Job) -> int:
-        """What one member's check costs: an LLM re-reads every token (one prefill); a
-        diffusion check re-runs CHALLENGE_STEPS steps."""
-        cost = TRUE_COSTS[job.model_id]
-        if job.llm is not None:
-            return llm_job_macs(cost, len(job.prompt), job.llm.max_tokens)
-        d = job.diffusion
-        px = (d.width // 8) * (d.height // 8)
-        return diffusion_job_macs(cost, CHALLENGE_STEPS, px, True)
-
-    def _reviews(self, block) -> None:
-        """Review every conviction the block opened: honest reviewers re-check, the
-        adversary's vote to uphold."""
-        s = self.state
-        for ev in block.body.frauds:
-            snap = s.validator_snapshot_at(s.height)
-            c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,
-                                 PARAMS.committee_rules())  # fmt: skip
-            honest_work = ev.receipt.signer in self.by_key and not (
-                self.by_key[ev.receipt.signer].adversary
-                and self.cfg.strategy in ("fake_cost_model", "grinding", "withholding")
-            )
-            verdicts = []
-            for key in c.members:
-                member = self.by_key[key]
-                valid = honest_work and not member.adversary
-                if not member.adversary:
-                    self.validator_macs += self._check_macs(ev.job)
-                reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
-                verdicts.append(make_verdict(member.identity, ev.receipt, reason,
-                                             recomputed=b"check"))  # fmt: skip
-            self.pending["review"].append(FraudReview(ev, tuple(sorted(verdicts,
-                                                      key=lambda v: v.signer))))  # fmt: skip
+        # The receipt goes on chain as a claim; the beacon two blocks after the block
+        # carrying it draws whether the committee checks it (D79).
+        self.pending["cert"].append(Certificate(job, a, r, ()))
+        self.claimed[job.id] = (w, job, a, r, forged, withheld)
+        if strategy == "duplicate_receipts" and w.adversary:  # the same work, re-timed
+            r2 = sign(r.replace(elapsed_ms=r.elapsed_ms + 1), w.identity)
+            self.pending["cert"].append(Certificate(job, a, r2, ()))
 
     # --- blocks -------------------------------------------------------------------------
 
@@ -590,7 +424,8 @@ class Economy:
         proposer = self.by_key[s.validators.proposer()].identity  # it proves the beacon
         p = self.pending
         cand = Candidates(transactions=p["tx"], certificates=p["cert"], frauds=p["fraud"],
-                          reviews=p["review"])  # fmt: skip
+                          reviews=p["review"], challenges=p["challenge"],
+                          verdict_commits=p["commit"])  # fmt: skip
         try:
             prepared = prepare_block(s, proposer, cand, time_ms=now, last_commit=self.last_commit)
             new = apply_block(s, prepared.block, verified_parent_commit=self.last_commit)
@@ -600,16 +435,35 @@ class Economy:
         block = prepared.block
         self._add_bound(s)
         kept = {id(x) for x in (*block.body.transactions, *block.body.certificates,
-                                *block.body.frauds, *block.body.reviews)}  # fmt: skip
+                                *block.body.frauds, *block.body.reviews,
+                                *block.body.challenges, *block.body.verdict_commits)}  # fmt: skip
         # What the ledger refused for good is dropped; the rest waits for the next block.
         refused = {id(item) for item, _ in prepared.refused}
         for name in p:
             p[name] = [x for x in p[name] if id(x) not in kept and id(x) not in refused]
+        for item, _ in prepared.refused:  # a claim the ledger refused is never drawn
+            if isinstance(item, Certificate) and not item.verdicts:
+                info = self.claimed.get(item.receipt.job_id)
+                if info is not None and info[3] is item.receipt:
+                    del self.claimed[item.receipt.job_id]
         signers = [self.by_key[v.key].identity for v in s.validators.validators]
         self.last_commit = make_commit(CHAIN, block.header.height, block.hash, signers)
         self.state = new
         self._reviews(block)
-        for cert in block.body.certificates:  # gateways learn their workers' records
+        self._reveal()
+        settled = [c for c in block.body.certificates if c.verdicts]
+        for jid, info in list(self.claimed.items()):
+            row = new.claims.get(jid)
+            if row is not None:
+                if row.audited:  # drawn for audit: its committee checks it now
+                    del self.claimed[jid]
+                    self.audits += 1
+                    self._audit(*info)
+                continue
+            if jid in new.certified and jid not in self.certified:  # paid unaudited
+                del self.claimed[jid]
+                settled.append(Certificate(info[1], info[2], info[3], ()))
+        for cert in settled:  # gateways learn their workers' records
             w = cert.receipt.signer
             jid = cert.receipt.job_id
             assert jid not in self.certified, "a job was paid twice"

@@ -28,6 +28,7 @@ STRATEGIES = (
     "withholding",
     "duplicate_receipts",
     "sybil_gateways",
+    "audit_gambling",
 )
 PARAMS = MAINNET_PARAMS.replace(
     target_block_time_ms=1_000,
@@ -38,9 +39,16 @@ PARAMS = MAINNET_PARAMS.replace(
     review_period=20,
     signed_blocks_window=100,
     downtime_jail_period=20,
-    # The simulation's members reveal at once: commit-then-reveal (D70) is tested on the
-    # real ledger in tests/stake/test_accountable.py, not modelled here yet.
-    verdict_commit_blocks=0,
+    # Members commit, then reveal once the phase closes (D70, D71): mainnet's 5 blocks.
+    verdict_commit_blocks=5,
+    # Thirteen-odd validators: mainnet's 0.5 % weight cap would cap every one of them and
+    # make the draw uniform over keys, paying the adversary's minimum-bond validator keys
+    # a seat each as if they held a full share (the honest baseline was 1.7 at x = 0.1).
+    # Seats by stake, seven a committee: a quorum is five seats, more than the grinding
+    # adversary has eligible keys (its gateway and worker sit on no committee of theirs),
+    # so no committee can be its own; five seats (a quorum of four) could be.
+    committee_size=7,
+    committee_weight_cap_bps=10_000,
 )
 TOTAL_STAKE = 10_000_000 * AIPG
 HONEST_OPERATORS = 9

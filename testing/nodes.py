@@ -86,6 +86,16 @@ class NodeWorld:
 
         return await self.until(node, carried, timeout)
 
+    async def wait_for_settled(self, node: Node, job_id: bytes, timeout: float = 60.0):
+        """Until ``node`` has seen ``job_id`` settled: its outcome in a finalized block,
+        or its claim paid unaudited (D79); returns the tracked work."""
+
+        def settled():
+            t = node.tracker.for_job(job_id)
+            return t if t is not None and (t.block_height is not None or t.paid_unaudited) else None
+
+        return await self.until(node, settled, timeout)
+
 
 @contextlib.asynccontextmanager
 async def open_node_world(
@@ -103,6 +113,7 @@ async def open_node_world(
     sparse: int = 0,
     block_time_ms: int = BLOCK_TIME_MS,
     seed: int = 1,
+    params_over: dict | None = None,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
@@ -122,7 +133,8 @@ async def open_node_world(
     earlier public nodes and the last public node before it, instead of the first three
     (a world of many whole nodes far from a full mesh), the validators started last.
     ``seed`` draws the plain hosts'
-    NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators."""
+    NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators.
+    ``params_over`` replaces chain parameters of the genesis."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     n_validators = sum(spec.validator for spec in specs)
     params = devnet_params(block_time_ms, n_validators)
@@ -132,6 +144,8 @@ async def open_node_world(
         params = params.replace(committee_weight_cap_bps=weight_cap_bps)
     if forced_error_bps:
         params = params.replace(forced_error_bps=forced_error_bps, lazy_slash_bps=500)
+    if params_over:
+        params = params.replace(**params_over)
     identities = [d.init() for d in dirs]
     network = MemoryNetwork()
     nodes: list[Node] = []

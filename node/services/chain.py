@@ -39,6 +39,7 @@ from aipg.pouw import (
     FraudEvidence,
     FraudReview,
     Job,
+    Receipt,
     StreamEvidence,
     Tier,
     VerdictCommit,
@@ -47,6 +48,7 @@ from aipg.pouw import (
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.forced import ForcedError
 from aipg.stake.assign import claim_order
+from aipg.stake.audit import audit_due
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -178,7 +180,13 @@ class ChainService:
         lock = self._account_locks.setdefault(sender.address.raw, trio.Lock())
         async with lock:
             try:
-                tx = self.mempool.sign(sender, self.state.chain_id, TxKind.COMMIT, job_id=job_id)
+                tx = self.mempool.sign(
+                    sender,
+                    self.state.chain_id,
+                    TxKind.COMMIT,
+                    job_id=job_id,
+                    fee=self.state.params.commit_min_fee,  # D83
+                )
             except LedgerError as e:
                 raise ValueError(str(e)) from None
             await self.host.publish(topic("txs"), encode(tx))
@@ -435,6 +443,20 @@ class FinalizedChain:
     def review_closes(self, receipt_id_: bytes) -> int | None:
         """The last height that may carry a review commitment (None: none yet)."""
         return review_closes(self.chain.state, receipt_id_)
+
+    def audit_due(self, job: Job, receipt: Receipt) -> bool | None:
+        """Whether the committee must check this receipt (D79): True once its claim is
+        drawn for audit, or while its audit is certain anyway (the worker's rate is
+        100 %: a newcomer, a convicted worker, a small bond); False while its claim's
+        draw is pending or it was paid unaudited; None when no claim is on chain yet
+        and its audit is not certain."""
+        return audit_due(self.chain.state, job, receipt)
+
+    def paid_unaudited(self, job_id: bytes) -> bool:
+        """Whether the job was settled on chain without a certificate (its claim drawn
+        unaudited, or forfeited by a conviction)."""
+        s = self.chain.state
+        return job_id in s.certified and job_id not in s.claims
 
 
 class _Finalizer:

@@ -83,7 +83,11 @@ def job_view(gateway: GatewayService, job_id_text: str) -> dict | None:
         view["block_height"] = tracked.block_height
         if tracked.set_aside:
             view["unpaid_reason"] = tracked.set_aside
-        if tracked.block_height is not None:
+        view["audit"] = (
+            "not audited" if tracked.paid_unaudited else "audited" if tracked.audit_due else
+            "claimed" if tracked.claim_height is not None else "pending"
+        )  # fmt: skip
+        if tracked.block_height is not None or tracked.paid_unaudited:
             paid = gateway.chain.work_paid(jid)
             view["reward"] = format_amount(paid) if paid is not None else None
     elif entry is not None and entry.report is not None:
@@ -104,6 +108,8 @@ def _status_of(
     gateway: GatewayService, jid: bytes, entry: GatewayJob | None, tracked: TrackedWork | None
 ) -> str:
     if tracked is not None:
+        if tracked.paid_unaudited:
+            return "paid"  # its claim was drawn unaudited (D79)
         if tracked.block_height is not None:
             if tracked.certified:
                 return "paid"

@@ -80,6 +80,13 @@ class TrackedWork:
     # votes that contradict their member's commitment: never counted, kept (one per
     # member) so that the member's other vote, in whatever order, is evidence (D37)
     contradicting: dict[bytes, Verdict] = field(default_factory=dict)
+    # Audit sampling (D79): the block that carried this receipt's claim, or why none
+    # will; whether its committee must check it (drawn, or certain); and whether the
+    # chain paid it unaudited (then no committee ever speaks).
+    claim_height: int | None = None
+    claim_set_aside: str = ""
+    audit_due: bool = False
+    paid_unaudited: bool = False
 
     @property
     def job_id(self) -> bytes:
@@ -96,7 +103,13 @@ class TrackedWork:
     @property
     def finished(self) -> bool:
         """Nothing more will happen to it: a block carried it, or none ever will."""
-        return self.block_height is not None or bool(self.set_aside)
+        return self.block_height is not None or bool(self.set_aside) or self.paid_unaudited
+
+    @property
+    def claim(self) -> Certificate:
+        """Its claim (D79): the receipt bound on chain for the audit draw."""
+        r = self.report
+        return Certificate(r.job, r.assignment, r.result.receipt, ())
 
     def seated(self) -> tuple[bytes, ...]:
         """The members who vote now (abstentions have seated reserves)."""
@@ -166,6 +179,10 @@ class ChainView(Protocol):
     def beacon_at(self, height: int) -> bytes | None: ...
 
     def committed_at(self, job_id: bytes) -> int | None: ...
+
+    def audit_due(self, job, receipt) -> bool | None: ...
+
+    def paid_unaudited(self, job_id: bytes) -> bool: ...
 
 
 # Reports tracked: a few minutes of a busy network's work, finished ones evicted first.
@@ -493,8 +510,17 @@ class WorkTracker:
     def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
         """Block ``height`` carried ``outcome``. Outcomes of the same kind for the job's
         other receipts (a worker's second receipt, a reassigned job's late first worker)
-        are set aside: the ledger pays or punishes a job once."""
+        are set aside: the ledger pays or punishes a job once. A claim (a certificate
+        without verdicts, D79) is marked as claimed, and the job's other claims set aside."""
         rid = receipt_id(outcome.receipt)
+        if isinstance(outcome, Certificate) and not outcome.verdicts:
+            for other in self._by_job.get(outcome.receipt.job_id, []):
+                t = self._by_receipt[other]
+                if other == rid:
+                    t.claim_height = height
+                elif t.claim_height is None:
+                    t.claim_set_aside = f"block {height} carried another claim of this job"
+            return
         kind = type(outcome)
         for other in self._by_job.get(outcome.receipt.job_id, []):
             t = self._by_receipt[other]
@@ -622,6 +648,11 @@ class WorkTracker:
         """A proposal found ``outcome`` can never be included (the ledger's ``reason``):
         stop offering it."""
         t = self._by_receipt.get(receipt_id(outcome.receipt))
+        if t is not None and isinstance(outcome, Certificate) and not outcome.verdicts:
+            if t.claim_height is None:
+                t.claim_set_aside = reason
+                log.info("job %s: claim set aside: %s", t.job_id.hex()[:12], reason)
+            return
         if t is not None and t.block_height is None:
             t.set_aside = reason
             log.info("job %s: %s set aside: %s", t.job_id.hex()[:12], kind_of(outcome), reason)
@@ -629,14 +660,49 @@ class WorkTracker:
     # -- queries --------------------------------------------------------------------------
 
     def pending_outcomes(self) -> tuple[list[Certificate], list[FraudEvidence]]:
-        """Decided outcomes no block has carried yet (oldest first)."""
-        certs, frauds = [], []
+        """Decided outcomes no block has carried yet (oldest first), and the claims
+        (D79) of reports no block has claimed yet, the first receipt of each job."""
+        certs, frauds, claims = [], [], []
         for t in self._by_receipt.values():
             if t.block_height is None and t.outcome is not None and not t.set_aside:
                 if t.certified and t.outcome.receipt.assignment_id in self._junk_streams:
                     continue  # its worker's stream contradicts it: the evidence goes first
                 (certs if t.certified else frauds).append(t.outcome)
-        return certs, frauds
+            elif (
+                t.claim_height is None
+                and not t.claim_set_aside
+                and not t.finished
+                and self._by_job.get(t.job_id, [None])[0] == t.receipt_id
+            ):
+                claims.append(t.claim)
+        return certs + claims, frauds
+
+    def after_block(self) -> list[TrackedWork]:
+        """After each block: the undecided reports whose audit the chain now calls due
+        (their committees check them: D79), once each; reports the chain paid
+        unaudited are finished."""
+        due = []
+        for t in self._by_receipt.values():
+            if (
+                t.claim_height is not None
+                and t.block_height is None
+                and not t.paid_unaudited
+                and self.chain.paid_unaudited(t.job_id)
+            ):  # (also when its committee had decided already: the draw came first)
+                t.paid_unaudited = True
+                continue
+            if t.outcome is not None or t.finished:
+                continue
+            if not t.audit_due and self.audit_due(t):
+                due.append(t)
+        return due
+
+    def audit_due(self, tracked: TrackedWork) -> bool:
+        """Whether ``tracked``'s committee must check it now (and remember it)."""
+        if not tracked.audit_due:
+            r = tracked.report
+            tracked.audit_due = bool(self.chain.audit_due(r.job, r.result.receipt))
+        return tracked.audit_due
 
     def for_job(self, job_id: bytes) -> TrackedWork | None:
         """The job's receipt a block carried, else the first one that arrived."""
@@ -739,6 +805,9 @@ class WorkIntake:
             waiting, self.waiting, self.waiting_bytes = self.waiting, OrderedDict(), 0
             for report, _ in waiting.values():
                 await self.on_report(report)
+            for tracked in self.tracker.after_block():  # audits drawn (D79)
+                if self.verifier is not None:
+                    self.verifier.consider(tracked)
 
     async def on_report(self, report: WorkReport) -> None:
         try:
@@ -747,8 +816,8 @@ class WorkIntake:
             self._wait(report)
             log.debug("report waits for the chain: %s", e)
             return
-        if new and self.verifier is not None:
-            self.verifier.consider(tracked)
+        if new and self.verifier is not None and self.tracker.audit_due(tracked):
+            self.verifier.consider(tracked)  # else after the block that draws it (D79)
 
     def _wait(self, report: WorkReport) -> None:
         rid = receipt_id(report.result.receipt)

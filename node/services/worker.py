@@ -237,7 +237,9 @@ class WorkerService:
         worker, then release the latents of the receipts it made final: certified, or
         their conviction's review decided (fraud evidence alone only opens a review,
         whose reviewers re-run steps from these latents)."""
-        final = [receipt_id(cert.receipt) for cert in block.body.certificates]
+        # (a claim, D79, is not final: its committee may still need the latents; one
+        # paid unaudited keeps them, for fraud evidence, until they are too old)
+        final = [receipt_id(cert.receipt) for cert in block.body.certificates if cert.verdicts]
         final += [receipt_id(review.evidence.receipt) for review in block.body.reviews]
         self.answer_challenges(block)
         if self.forced is not None:

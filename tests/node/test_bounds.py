@@ -305,7 +305,11 @@ def test_the_tracker_keeps_decided_work_no_block_has_carried_over_undecided_repo
     assert owed.certified
     flood = [tracker.add_report(_report(c, nonce=n)[0])[0].receipt_id for n in range(1, 30)]
     assert len(tracker) == 4
-    assert tracker.pending_outcomes() == ([owed.outcome], [])
+    certs, frauds = tracker.pending_outcomes()
+    assert [c for c in certs if c.verdicts] == [owed.outcome] and frauds == []
+    # and the claims of the undecided reports kept, for their audit draws (D79)
+    claims = [receipt_id(c.receipt) for c in certs if not c.verdicts]
+    assert claims == flood[-3:]
     assert [rid for rid in flood if tracker.for_receipt(rid)] == flood[-3:]
 
 

@@ -387,3 +387,40 @@ async def test_a_worker_that_withholds_its_latents_is_challenged_on_chain_and_an
         tracked = await world.wait_for_block_with(gateway, bytes.fromhex(result.job_id))
         assert tracked.certified  # re-checked from the answers' latents
         assert {v.signer for v in tracked.outcome.verdicts} == {c.signer for c in challenges}
+
+
+async def test_claims_are_drawn_for_audit_and_the_unaudited_are_paid_without_a_committee(
+    tmp_path, llm_dir
+):
+    """D79: every node offers each report's claim; a new worker's first jobs are audited
+    (checked by its committee as before); once its record lets the rate fall (25 % after
+    two audits here; the claim's worth rate is 13 % at this bond), a claim the beacon
+    does not draw is paid by the chain with no verdict at all."""
+    model = load_model_dir(llm_dir)
+    specs = [NodeSpec(worker=False), NodeSpec(), NodeSpec(worker=False), NodeSpec(worker=False)]
+    over = {"audit_full_jobs": 1, "audit_floor_bps": 1}
+    async with open_node_world(tmp_path, specs, [llm_dir], params_over=over) as world:
+        gateway, worker = world.nodes[0], world.nodes[1]
+        await world.wait_for_worker(gateway, model.model_id)
+        audited = unaudited = 0
+        for i in range(10):
+            result = await gateway.gateway.complete(completion("aipg-demo-llm", f"job {i}"))
+            job_id = bytes.fromhex(result.job_id)
+
+            def settled(job_id=job_id):
+                t = gateway.tracker.for_job(job_id)
+                return t if t is not None and (t.block_height or t.paid_unaudited) else None
+
+            tracked = await world.until(gateway, settled, timeout=60)
+            if tracked.paid_unaudited:
+                unaudited += 1
+                assert not tracked.verdicts and tracked.outcome is None
+                assert tracked.claim_height is not None
+                assert job_id in gateway.chain.state.certified
+                break
+            audited += 1
+            assert tracked.certified and tracked.verdicts
+        assert audited >= 2  # the first two: the record's rate is 100 %
+        assert unaudited == 1
+        record = gateway.chain.state.audit_records[worker.identity.public_bytes]
+        assert record.score >= 2

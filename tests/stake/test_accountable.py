@@ -373,3 +373,24 @@ def test_commitments_challenges_and_the_verdict_pool_survive_the_store(tmp_path)
         assert reopened.state.challenges == s.challenges
     finally:
         reopened.close()
+
+
+def test_an_audited_claim_whose_latents_stay_withheld_is_slashed_as_fraud():
+    """D82: the claim is drawn for audit (a new worker: always), a member's challenge goes
+    unanswered: the worker loses what a conviction takes, not 1 %, and its claims go."""
+    c = _chain(CHALLENGE)
+    worker = c.users[1]
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    job, a, r, _, committee = _diffusion_work(c, worker)
+    c.next(certificates=[Certificate(job, a, r, ())])  # the claim
+    c.next()
+    s = c.next()
+    assert s.claims[r.job_id].audited  # its rate is 100 %
+    member = committee.members[0]
+    _funded(c, member)
+    c.next(challenges=[_challenge(c, member, job, a, r)])
+    for _ in range(CHALLENGE.challenge_period + 1):
+        s = c.next()
+    assert not s.challenges
+    assert s.bond(worker.public_bytes).stake == 1_000 * AIPG * (10_000 - 5_000) // 10_000
+    assert r.job_id not in s.claims and s.audit_records[worker.public_bytes].score == 0

@@ -81,3 +81,20 @@ def test_evidence_that_proves_nothing_is_refused():
     # a chunk past the receipt's last token contradicts it too (the stream said more)
     beyond = _evidence(receipt, worker, start=len(OUTPUT_IDS), tokens=(5,))
     c.next(junk_streams=[beyond])
+
+
+def test_a_junk_stream_drops_its_waiting_claim_and_refuses_a_later_one():
+    """With audit sampling (D79) a receipt is claimed before anything checks it: a claim
+    whose stream is proved junk is dropped unpaid, and none of that receipt is taken."""
+    c, worker = _chain()
+    job, a, receipt, _ = make_work(c, worker, nonce=1, output_tokens=len(OUTPUT_IDS))
+    claim = Certificate(job, a, receipt, ())
+    s = c.next(certificates=[claim])
+    assert job.id in s.claims
+    s = c.next(junk_streams=[_evidence(receipt, worker)])
+    assert job.id not in s.claims and job.id not in s.certified
+    for _ in range(3):  # past the claim's draw: nothing pays it
+        s = c.next()
+    assert job.id not in s.certified
+    with pytest.raises(LedgerError, match="contradicts"):
+        apply_block(c.state, c.build(certificates=[claim]))
