@@ -156,6 +156,7 @@ class Economy(AdversaryMoves, Committees):
             "tx": [], "cert": [], "fraud": [], "review": [], "challenge": [], "commit": []
         }  # fmt: skip
         self.revealing: list = []  # (collector, committed votes) waiting for the reveal
+        self.reviewing: list = []  # (fraud evidence, committed review votes) likewise
         self.claimed: dict[bytes, tuple] = {}  # job id -> (worker, job, a, r, forged, withheld)
         self.audits = 0  # claims drawn for audit
         self.challenged = 0  # withholding challenges put on chain
@@ -451,6 +452,7 @@ class Economy(AdversaryMoves, Committees):
         self.state = new
         self._reviews(block)
         self._reveal()
+        self._reveal_reviews()
         settled = [c for c in block.body.certificates if c.verdicts]
         for jid, info in list(self.claimed.items()):
             row = new.claims.get(jid)

@@ -17,7 +17,7 @@ from aipg.pouw import (
 from aipg.pouw.records import Certificate, FraudEvidence, FraudReview, Job
 from aipg.pouw.reveal import make_commit as make_verdict_commit
 from aipg.stake.challenge import WithholdingChallenge
-from aipg.stake.reveal import commit_closes, commitments
+from aipg.stake.reveal import commit_closes, commitments, review_closes
 from aipg.wire import sign
 
 from .economy_world import CHALLENGE_STEPS, PARAMS, TINY_MODEL, TRUE_COSTS, Operator
@@ -165,5 +165,25 @@ class Committees:
                 reason = VerdictReason.OK if valid else VerdictReason.TOKEN_MISMATCH
                 verdicts.append(make_verdict(member.identity, ev.receipt, reason,
                                              recomputed=b"check"))  # fmt: skip
-            self.pending["review"].append(FraudReview(ev, tuple(sorted(verdicts,
-                                                      key=lambda v: v.signer))))  # fmt: skip
+            if PARAMS.verdict_commit_blocks > 0:  # reviewers commit, then reveal (D76)
+                self.pending["commit"] += [make_verdict_commit(self.by_key[v.signer].identity,
+                                                               v, review=True)
+                                           for v in verdicts]  # fmt: skip
+                self.reviewing.append((ev, verdicts))
+            else:
+                self._review(ev, verdicts)
+
+    def _review(self, ev: FraudEvidence, verdicts: list) -> None:
+        self.pending["review"].append(FraudReview(ev, tuple(sorted(verdicts,
+                                                  key=lambda v: v.signer))))  # fmt: skip
+
+    def _reveal_reviews(self) -> None:
+        """Reveal the review votes whose review's commit phase has closed on chain."""
+        keep = []
+        for ev, verdicts in self.reviewing:
+            closes = review_closes(self.state, receipt_id(ev.receipt))
+            if closes is None or self.state.height < closes:
+                keep.append((ev, verdicts))
+            else:
+                self._review(ev, verdicts)
+        self.reviewing = keep
