@@ -18,6 +18,7 @@ from aipg.pouw import (
     review_committee,
 )
 from aipg.pouw import make_commit as commit_verdict
+from aipg.stake.assign import drawn_workers
 from aipg.stake.audit import audit_due
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
@@ -352,6 +353,18 @@ def certificates_for(chain: TestChain, jobs, specs) -> list[Certificate]:
         )
         for job, (w, kw) in zip(jobs, specs, strict=True)
     ]
+
+
+def half_past_the_draw(chain: TestChain, jobs, specs, workers) -> list[Certificate]:
+    """Certificates of committed ``jobs``: the even ones done by their drawn worker, the
+    odd ones by another of ``workers`` (routed past the draw, as a gateway may)."""
+    by_key = {w.public_bytes: w for w in workers}
+    drawn = [by_key[drawn_workers(chain.state, j)[0]] for j in jobs]
+    done = [
+        (d if i % 2 == 0 else next(w for w in workers if w is not d), kw)
+        for i, ((_, kw), d) in enumerate(zip(specs, drawn, strict=True))
+    ]
+    return certificates_for(chain, jobs, done)
 
 
 def make_certificates(chain: TestChain, specs) -> list[Certificate]:

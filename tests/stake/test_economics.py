@@ -8,7 +8,6 @@ import pytest
 
 from aipg.models import DiffusionParams
 from aipg.models.cost import COST_KIND_DIFFUSION, ModelCost, llm_job_macs
-from aipg.stake.assign import drawn_workers
 from aipg.stake.ledger import apply_block, check_transaction
 from aipg.stake.models import registered_cost
 from aipg.stake.tokenomics import split_reward
@@ -23,6 +22,7 @@ from aipg.testing.chainkit import (
     TEST_MODEL,
     TestChain,
     certificates_for,
+    half_past_the_draw,
     ident,
     make_certificate,
     make_certificates,
@@ -235,14 +235,8 @@ def test_a_job_routed_past_the_draw_earns_its_fee_only():
         c.next()
     specs = [(ws[0], dict(nonce=i, output_tokens=8)) for i in range(6)]
     jobs = make_jobs(c, specs)
-    by_key = {w.public_bytes: w for w in ws}
-    drawn = [by_key[drawn_workers(c.state, j)[0]] for j in jobs]
     # half the jobs to their drawn worker, half to another registered one
-    done = [
-        (d if i % 2 == 0 else next(w for w in ws if w is not d), kw)
-        for i, ((_, kw), d) in enumerate(zip(specs, drawn, strict=True))
-    ]
-    certs = certificates_for(c, jobs, done)
+    certs = half_past_the_draw(c, jobs, specs, ws)
     assert [drawn_for_pool(c.state, x.job, x.receipt) for x in certs] == [
         i % 2 == 0 for i in range(6)
     ]

@@ -4,7 +4,6 @@ from the work pool, so routing one's own jobs to one's own worker gains nothing.
 
 from __future__ import annotations
 
-from aipg.stake.assign import drawn_workers
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.useful_work import drawn_for_pool, fee_charged
 from aipg.testing.chainkit import (
@@ -14,7 +13,7 @@ from aipg.testing.chainkit import (
     TEST_COST,
     TEST_MODEL,
     TestChain,
-    certificates_for,
+    half_past_the_draw,
     ident,
     make_jobs,
 )
@@ -60,15 +59,9 @@ def test_a_paid_job_routed_past_the_draw_earns_exactly_its_fee():
         for i, j in enumerate(jobs)
     ]
     c.next(transactions=escrows)
-    by_key = {w.public_bytes: w for w in ws}
-    drawn = [by_key[drawn_workers(c.state, j)[0]] for j in jobs]
     # even jobs to their drawn worker (the drawn route); odd ones to another registered
     # worker, as the latency route may (the gateway's choice)
-    done = [
-        (d if i % 2 == 0 else next(w for w in ws if w is not d), kw)
-        for i, ((_, kw), d) in enumerate(zip(specs, drawn, strict=True))
-    ]
-    certs = certificates_for(c, jobs, done)
+    certs = half_past_the_draw(c, jobs, specs, ws)
     assert [drawn_for_pool(c.state, x.job, x.receipt) for x in certs] == [
         i % 2 == 0 for i in range(6)
     ]
