@@ -191,7 +191,10 @@ async def test_a_natted_host_probes_its_relays_and_reserves_elsewhere_when_one_i
     assert relays == held
     await _disconnect(client, natted)
     assert await client.request(natted.peer_id, ECHO, b"via r3") == b"echo:via r3"
-    assert client._conns[natted.peer_id].relayed
+    # through r3, unless the NATed host, looking for a relay in r2's place, dialed the
+    # (public) client itself meanwhile: then the request took that connection
+    conn = client._conns[natted.peer_id]
+    assert conn.relayed or not conn.outbound
     assert not client.reach.addrbook.relay_is_bad(r3.peer_id)
     # a relay that turns bad later fails the periodic probes and is given up too
     r3.reach.hub.fault = fault
