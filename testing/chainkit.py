@@ -355,6 +355,29 @@ def certificates_for(chain: TestChain, jobs, specs) -> list[Certificate]:
     ]
 
 
+def register_workers(chain: TestChain, workers) -> TestChain:
+    """Fund, bond and register ``workers`` for TEST_MODEL (from ``chain.users[3]``), then
+    run to an epoch boundary: their registrations are snapshotted, the draw exists."""
+    u = chain.users[3]
+    n = chain.state.account(u.address.raw).nonce
+    chain.next(
+        transactions=[
+            make_tx(u, CHAIN, TxKind.TRANSFER, n + i, amount=1_000 * AIPG, recipient=w.address)
+            for i, w in enumerate(workers)
+        ]
+    )
+    chain.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in workers])
+    chain.next(
+        transactions=[
+            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6)
+            for w in workers
+        ]
+    )
+    while chain.state.height % chain.state.params.epoch_length:
+        chain.next()
+    return chain
+
+
 def half_past_the_draw(chain: TestChain, jobs, specs, workers) -> list[Certificate]:
     """Certificates of committed ``jobs``: the even ones done by their drawn worker, the
     odd ones by another of ``workers`` (routed past the draw, as a gateway may)."""

@@ -28,6 +28,7 @@ from aipg.testing.chainkit import (
     make_certificates,
     make_jobs,
     register_tx,
+    register_workers,
 )
 from aipg.wire import encode
 
@@ -218,21 +219,7 @@ def test_a_job_routed_past_the_draw_earns_its_fee_only():
     # D64: with workers registered for the model, only the drawn one earns pool shares
     c = _chain()
     ws = [ident(400 + i) for i in range(3)]
-    u = c.users[3]
-    n = c.state.account(u.address.raw).nonce
-    c.next(
-        transactions=[
-            make_tx(u, CHAIN, TxKind.TRANSFER, n + i, amount=1_000 * AIPG, recipient=w.address)
-            for i, w in enumerate(ws)
-        ]
-    )
-    c.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in ws])
-    reg = [
-        make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6) for w in ws
-    ]
-    c.next(transactions=reg)
-    while c.state.height % c.state.params.epoch_length:
-        c.next()
+    register_workers(c, ws)
     specs = [(ws[0], dict(nonce=i, output_tokens=8)) for i in range(6)]
     jobs = make_jobs(c, specs)
     # half the jobs to their drawn worker, half to another registered one

@@ -11,11 +11,11 @@ from aipg.testing.chainkit import (
     CHAIN,
     ECONOMY_PARAMS,
     TEST_COST,
-    TEST_MODEL,
     TestChain,
     half_past_the_draw,
     ident,
     make_jobs,
+    register_workers,
 )
 
 
@@ -26,24 +26,7 @@ def _registered_chain(workers) -> TestChain:
     c.next(transactions=c.economy_txs(TEST_COST))
     c.next()
     c.next()
-    u = c.users[3]
-    n = c.state.account(u.address.raw).nonce
-    c.next(
-        transactions=[
-            make_tx(u, CHAIN, TxKind.TRANSFER, n + i, amount=1_000 * AIPG, recipient=w.address)
-            for i, w in enumerate(workers)
-        ]
-    )
-    c.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in workers])
-    c.next(
-        transactions=[
-            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6)
-            for w in workers
-        ]
-    )
-    while c.state.height % c.state.params.epoch_length:
-        c.next()
-    return c
+    return register_workers(c, workers)
 
 
 def test_a_paid_job_routed_past_the_draw_earns_exactly_its_fee():
