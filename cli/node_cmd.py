@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
     )
     net.add_argument("--max-peers", type=int, metavar="N", help="most connected peers (default 50)")
     net.add_argument(
+        "--relays",
+        type=int,
+        metavar="N",
+        help="behind NAT: public relays to hold a slot on, each probed and replaced when bad "
+        "(default 2)",
+    )
+    net.add_argument(
         "--genesis",
         metavar="FILE",
         help="genesis of the network (default: the one saved in the data dir)",
@@ -196,6 +203,7 @@ def _config_from(args: argparse.Namespace, data_dir) -> NodeConfig:
         listen=args.listen,
         bootstrap=args.bootstrap,
         max_peers=args.max_peers,
+        relays=args.relays,
         genesis=args.genesis,
         host_model=args.host_model,
         threads=args.threads,

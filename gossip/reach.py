@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Annotated
 
 import trio
@@ -95,6 +96,11 @@ class Reach:
         self.relay_addrs: dict[PeerId, Multiaddr] = {}  # relays we reserved on -> their addr
         self.relay_failures = 0  # relays of ours found bad by a probe (metrics, tests)
         self._relay_strikes: dict[PeerId, int] = {}  # relay -> failed probes in a row
+        # The latest relay probes, oldest first: (number, relay, verdict or "ok", slot
+        # kept); numbered from 0 so a reader can tell which came after a given moment.
+        self.relay_probes: deque[tuple[int, PeerId, str, bool]] = deque(maxlen=64)
+        self._probes_done = 0
+        self._probing = trio.Lock()  # one probe at a time: two at once would be one strike
 
     def register(self) -> None:
         h = self.host
@@ -338,7 +344,16 @@ class Reach:
         two probes in a row, ban it as a relay for ban_duration; a refusal drops the
         slot. One lost probe (maybe load) and inconclusive ones (our own connection
         congested) keep it until the next."""
-        result = await self.hub.probe(conn)
+        async with self._probing:
+            if relay not in self.hub.reserved_on:
+                return False  # given up by the probe we waited for
+            result = await self.hub.probe(conn)
+            kept = self._judge_probe(relay, result)
+        self.relay_probes.append((self._probes_done, relay, result[0] if result else "ok", kept))
+        self._probes_done += 1
+        return kept
+
+    def _judge_probe(self, relay: PeerId, result: tuple[str, str] | None) -> bool:
         if result is None:
             self._relay_strikes.pop(relay, None)
             return True

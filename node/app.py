@@ -125,6 +125,7 @@ class Node:
             high_water=max(2, min(48, self.config.max_peers - 2)),
             low_water=max(1, min(32, self.config.max_peers // 2)),
             peers_file=self.data_dir.root / PEERS_FILE,
+            relay_reservations=self.config.relays,
             relay_fault=self.faults.relay or None,
         )
 

@@ -30,6 +30,7 @@ class NodeConfig:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     bootstrap: tuple[str, ...] = ()
     max_peers: int = 50
+    relays: int = 2  # relay slots to hold when not publicly dialable (behind NAT)
     api: str = (
         ""  # "HOST:PORT" serves the HTTP API (gateway role; port 0: any free port); empty: no API
     )
@@ -60,6 +61,8 @@ class NodeConfig:
                 )
         if not 1 <= self.max_peers <= 10_000:
             raise ConfigError(f"max_peers: must be between 1 and 10000, got {self.max_peers}")
+        if not 1 <= self.relays <= 8:
+            raise ConfigError(f"relays: must be between 1 and 8, got {self.relays}")
         if not 0 <= self.threads <= 1024:
             raise ConfigError(f"threads: must be between 0 and 1024, got {self.threads}")
         if not 1 <= self.free_tier_per_minute <= 1_000_000:
@@ -141,6 +144,10 @@ def render_default_config() -> str:
 
 # Most connected peers to keep.
 # max_peers = 50
+
+# Behind NAT (not dialable from outside): public relays to hold a slot on, each one
+# probed every 30 s and replaced when it drops or alters traffic.
+# relays = 2
 
 # Serve the OpenAI-compatible HTTP API (gateway role) on HOST:PORT; empty: off.
 # api = ""

@@ -14,9 +14,10 @@
 #   tools/netbed.sh relays             every node's reachability, relays, failed relay probes
 #
 # RELAY_FAULT=drop|corrupt (with up or check) makes public node BAD_RELAY (default 1) a
-# relay that drops or corrupts every circuit it forwards (join --fault-relay); check then
-# also waits until every NATed node holds slots only on other relays, at least one of
-# them having caught the bad one by its probe, before the jobs run (through the others).
+# relay that drops or corrupts every circuit it forwards (join --fault-relay), and the
+# NATed nodes reserve a slot on every public node (join --relays); check then also
+# waits until every NATed node holds slots only on other relays, at least one of them
+# having caught the bad one by its probe, before the jobs run (through the others).
 #
 # Everything lives in namespaces named nb-*; the bridge is inside nb-hub, so no traffic
 # touches the host's own interfaces. State (plan, logs, pids) is under $NETBED_ROOT
@@ -112,6 +113,11 @@ NFT
       [ "$i" -lt "$PUBLIC" ] || die "BAD_RELAY must be a public node"
       cmd="$cmd --fault-relay $RELAY_FAULT"
       echo "netbed: node$i is a faulty relay ($RELAY_FAULT)" >&2
+    fi
+    if [ -n "${RELAY_FAULT:-}" ] && [ "$role" = worker ]; then
+      # a slot on every public node, so each NATed one reserves on (and probes) the bad
+      # relay too: with the default two of three, both might pick the good ones
+      cmd="$cmd --relays $PUBLIC"
     fi
     [ "$role" = worker ] && "$PY" "$HERE/netbed.py" peer "$ROOT/devnet" "$i" >> "$ROOT/nat_peers"
     in_ns "nb-n$i" setsid bash -c "exec $cmd" >"$ROOT/node$i.log" 2>&1 &

@@ -24,6 +24,7 @@ def test_default_config_file_parses_to_the_defaults(tmp_path):
         ('listen = ["/ip4/1.2.3.4/udp/1"]', "listen: unknown multiaddr protocol /udp"),
         ('api = "localhost"', "api: expected HOST:PORT"),
         ("validator = 1", "validator: expected true or false"),
+        ("relays = 0", "relays: must be between 1 and 8"),
         ("this is not toml", "not valid TOML"),
     ],
 )
