@@ -510,7 +510,8 @@ class WorkTracker:
     def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
         """Block ``height`` carried ``outcome``. Outcomes of the same kind for the job's
         other receipts (a worker's second receipt, a reassigned job's late first worker)
-        are set aside: the ledger pays or punishes a job once. A claim (a certificate
+        are set aside: the ledger pays or punishes a job once. A node that had not
+        collected the votes itself learns the outcome from the block. A claim (a certificate
         without verdicts, D79) is marked as claimed, and the job's other claims set aside."""
         rid = receipt_id(outcome.receipt)
         if isinstance(outcome, Certificate) and not outcome.verdicts:
@@ -526,6 +527,8 @@ class WorkTracker:
             t = self._by_receipt[other]
             if other == rid:
                 t.block_height = height
+                if t.outcome is None:  # decided by votes we did not all see: the block says
+                    self._decided(t, outcome)
             elif isinstance(t.outcome, kind) and t.block_height is None:
                 t.set_aside = f"block {height} carried another receipt of this job"
 

@@ -157,3 +157,20 @@ def test_a_report_waits_for_its_jobs_commitment_and_the_seed_block():
         rules=c.state.params.committee_rules(),
     )
     assert new and tracked.committee == expected
+
+
+def test_a_node_that_missed_the_votes_learns_the_outcome_from_the_block():
+    """A gateway that saw too few reveals to decide (gossip lost some) still learns its
+    job was certified when a block carries the certificate, and tells its listeners."""
+    c = _chain()
+    voter, late = WorkTracker(ChainOf(c)), WorkTracker(ChainOf(c))
+    cert = _track(voter, c, ident(300), nonce=1).outcome
+    heard = []
+    late.on_outcome.append(heard.append)
+    job, assignment, receipt, _ = make_work(c, ident(300), nonce=1)
+    tracked, _ = late.add_report(
+        WorkReport(job, assignment, Result(receipt, (), (), "", b"", b"", ()))
+    )
+    assert tracked.outcome is None
+    late.mark_included(cert, height=4)
+    assert tracked.certified and tracked.block_height == 4 and heard == [tracked]
