@@ -232,6 +232,7 @@ class Node:
                     self._offer_forced,
                     lambda report: self.intake.on_report(report),  # set up below
                     skip=self.faults.skip_forced,
+                    never_sign=self.faults.never_sign,
                 ),
                 workers_heard=self.gateway.workers_heard,
             )
