@@ -106,7 +106,7 @@ def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes,
         for v in fresh:  # its reveal is carried: nothing owed (D95)
             if _unrevealed_key(rid, v.signer) in s.punished:
                 s.put("punished", _unrevealed_key(rid, v.signer), None)
-        if first and not voided:
+        if first:  # (a conviction it voids carried its voters' reveals: their rows are gone)
             _owe_reveals(s, rid, {v.signer for v in fresh})
         if first:
             s.put("punished", b"forced" + jid, s.height)

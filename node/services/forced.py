@@ -173,3 +173,48 @@ class ForcedErrors:
                 new,
             )
             self.offer(fe)  # again each block until one carries it (the tracker dedups)
+
+
+MAX_OWED = 1024  # forced receipts this member owes its reveal on, oldest first (D95)
+
+
+class OwedReveals:
+    """A member's side of D95: once a block carries a ForcedError on a receipt this
+    member committed on but whose vote it left out (a worker that omits an honest vote
+    would otherwise have it slashed), offer another ForcedError carrying this member's
+    own revealed vote, each block until one carries it or the ledger stops asking.
+
+    ``owes(receipt id)`` says whether the finalized chain still awaits our reveal on it;
+    ``votes_of`` and ``offer`` are as for :class:`ForcedErrors`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        owes: Callable[[bytes], bool],
+        votes_of: Callable[[bytes], dict[bytes, Verdict] | None],
+        offer: Callable[[ForcedError], None],
+    ):
+        self.identity = identity
+        self.owes = owes
+        self.votes_of = votes_of
+        self.offer = offer
+        self.offered = 0  # ForcedErrors offered with our own vote
+        self._owed: OrderedDict[bytes, ForcedError] = OrderedDict()  # rid -> template
+
+    def on_block(self, block) -> None:
+        for fe in block.body.forced_errors:
+            rid = receipt_id(fe.receipt)
+            if rid not in self._owed and self.owes(rid):
+                self._owed[rid] = fe.replace(verdicts=())
+        evict_over(self._owed, MAX_OWED)
+        me = self.identity.public_bytes
+        for rid, template in list(self._owed.items()):
+            if not self.owes(rid):  # carried, or judged
+                del self._owed[rid]
+                continue
+            mine = (self.votes_of(rid) or {}).get(me)
+            if mine is None:
+                continue  # not revealed here (yet): nothing of ours to carry
+            log.info("carrying our own reveal on forced receipt %s", rid.hex()[:12])
+            self.offered += 1
+            self.offer(template.replace(verdicts=(mine,)))

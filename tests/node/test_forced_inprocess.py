@@ -13,6 +13,7 @@ from aipg.node.services.faults import Faults
 from aipg.pouw import COMMITTEE_DELAY
 from aipg.pouw.forced import forced_output
 from aipg.stake.assign import worker_weights_at
+from aipg.stake.forced import UNREVEALED
 from aipg.stake.types import BPS
 from aipg.testing.nodes import NodeSpec, add_paid_account, completion, open_node_world
 from aipg.wire import UNITS_PER_AIPG, Identity
@@ -63,6 +64,19 @@ async def test_a_forced_error_costs_the_lazy_validator_and_the_client_gets_the_r
         state = gateway.chain.state
         bonds = {k: state.bond(k).stake for k in [*diligent, sloth.identity.public_bytes]}
         worker_bond = state.bond(worker.identity.public_bytes).stake
+        # A worker shielding a lazy friend leaves its valid vote out of its
+        # ForcedErrors; the vote is owed all the same (D95), and the member's own node
+        # carries it (it would be slashed as much for keeping it back).
+        omitted = sloth
+        counted = worker.worker.forced.votes_of
+
+        def omitting(rid):
+            votes = counted(rid)
+            if votes is None:
+                return None
+            return {k: v for k, v in votes.items() if k != omitted.identity.public_bytes}
+
+        worker.worker.forced.votes_of = omitting
 
         result = await gateway.gateway.complete(
             completion("aipg-demo-llm", "a trap", account=account)
@@ -106,3 +120,13 @@ async def test_a_forced_error_costs_the_lazy_validator_and_the_client_gets_the_r
         assert s.bond(worker.identity.public_bytes).stake == worker_bond
         assert jid in s.certified and not s.convictions
         assert not gateway.gateway.scheduler.reputation.banned(worker.identity.public_bytes)
+        # D95: past the reveal period of the first ForcedError nothing is owed: the
+        # omitted vote was carried by its member's own node, and slashed once.
+        first = s.punished[b"forced" + jid]
+        due = first + s.params.review_period + 1
+        await world.until(gateway, lambda: gateway.chain.height >= due, timeout=60)
+        s = gateway.chain.state
+        assert omitted.owed_reveals.offered >= 1
+        assert not any(k.startswith(UNREVEALED) for k in s.punished)
+        assert all(s.bond(k).stake == bonds[k] for k in diligent)
+        assert s.bond(lazy_key).stake == bonds[lazy_key] - bonds[lazy_key] * 500 // BPS
