@@ -93,6 +93,10 @@ class ForcedErrors:
         self._block = trio.Event()
         self._spring()
 
+    async def next_block(self) -> None:
+        """Until this node finalizes its next block."""
+        await self._block.wait()
+
     async def _beacon(self, job_id: bytes) -> bytes | None:
         start = self.chain.height
         while self.chain.height - start <= BEACON_WAIT_BLOCKS:

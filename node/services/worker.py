@@ -67,6 +67,9 @@ log = logging.getLogger("aipg.node.worker")
 # first; an assignment already queued carries its job, so eviction never loses work.
 MAX_KNOWN_JOBS = 2048
 RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
+# blocks a forced result is sent again while its gateway has not finalized the beacon
+# block our node has (its chain a block or two behind ours)
+BEACON_RETRY_BLOCKS = 4
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 # A worker's status goes out when the models it serves change (looked at every
 # STATUS_CHECK_S) and otherwise every status_interval_s(live workers): every node of the
@@ -366,6 +369,12 @@ class WorkerService:
         try:
             sent = data if to_gateway is None else encode(to_gateway)
             ack = decode(await self._deliver(job.signer, sent), JobAck)
+            for _ in range(BEACON_RETRY_BLOCKS):  # a gateway a block behind us (D94)
+                if ack.ok or to_gateway is None or "forced.beacon" not in ack.reason:
+                    break
+                assert self.forced is not None
+                await self.forced.next_block()
+                ack = decode(await self._deliver(job.signer, sent), JobAck)
             if not ack.ok:
                 log.warning(
                     "gateway refused the result of job %s: %s",
