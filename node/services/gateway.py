@@ -185,6 +185,7 @@ class GatewayService(WorkerMessages):
         self.status_ttl_ms = WORKER_STATUS_TTL_MS  # longer as more workers are heard (D88)
         self._heard = 0
         self.unsigned = 0  # outputs delivered early whose receipt never came (D94)
+        self._contradicted: OrderedDict[bytes, TokenRelay] = OrderedDict()
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)

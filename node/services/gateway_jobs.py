@@ -54,6 +54,7 @@ from .work import WorkTracker
 log = logging.getLogger("aipg.node.gateway")
 
 MAX_FORCED_REMEMBERED = 4096  # forced receipts this gateway delivered (D75), oldest first
+MAX_CONTRADICTED = 256  # streams an early output disagreed with, kept for evidence (D94)
 WORKER_STATUS_TTL_MS = status_ttl_ms(0)  # a worker unheard of this long is gone (at least)
 
 
@@ -120,6 +121,7 @@ class WorkerMessages:
     _forced: OrderedDict[bytes, None]  # receipts delivered as forced (D75)
     _outbox: trio.MemorySendChannel[bytes]
     unsigned: int  # outputs delivered early whose receipt never came (D94)
+    _contradicted: OrderedDict[bytes, TokenRelay]  # assignment id -> its stream (D94)
     now_ms: Callable[[], int]
 
     def on_claim(self, claim: Claim) -> None:
@@ -170,6 +172,12 @@ class WorkerMessages:
             raise PouwError("report", f"the job's receipt is no longer awaited: {entry.failed}")
         self.tracker.check_report(report)
         aid = assignment_id(report.assignment)
+        stashed = self._contradicted.pop(aid, None)
+        if stashed is not None:  # its early output disagreed with its stream (D94)
+            self._junk_stream(stashed, aid, report)
+            raise PouwError(
+                "report.result", "the attempt ended: its output disagreed with its stream"
+            )
         if entry.relay is not None and not entry.relay.agrees(
             aid, delivered.result.output_token_ids
         ):
@@ -211,6 +219,10 @@ class WorkerMessages:
         if any(t >= entry.relay.vocab_size for t in tokens):
             raise PouwError("early.output", "a token id outside the vocabulary")
         if not entry.relay.agrees(early.assignment_id, tokens):
+            # Its receipt, when it comes, may contradict the signed chunks: keep them
+            # for the evidence (D85) that the receipt path builds.
+            self._contradicted[early.assignment_id] = entry.relay.copy()
+            evict_over(self._contradicted, MAX_CONTRADICTED)
             entry.relay.drop()
             self._end_attempt(entry, assignment.worker, penalize=True)
             raise PouwError("early.output", "the output disagrees with the tokens it streamed")
