@@ -68,6 +68,7 @@ from .money import slash
 from .pool import WorkItem
 from .reveal import (
     commit_closes,
+    commit_key,
     commitments,
     enabled,
     forget_review,
@@ -107,7 +108,7 @@ def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes,
             if _unrevealed_key(rid, v.signer) in s.punished:
                 s.put("punished", _unrevealed_key(rid, v.signer), None)
         if first:  # (a conviction it voids carried its voters' reveals: their rows are gone)
-            _owe_reveals(s, rid, {v.signer for v in fresh})
+            _owe_reveals(s, ev, rid)
         if first:
             s.put("punished", b"forced" + jid, s.height)
             s.put("punished", b"fraud" + jid, s.height)  # the honest evidence convicts nobody
@@ -276,12 +277,25 @@ def _unrevealed_key(rid: bytes, member: bytes) -> bytes:
     return UNREVEALED + rid + member
 
 
-def _owe_reveals(s: State, rid: bytes, carried: set[bytes]) -> None:
-    """The first ForcedError of ``rid``: each member with a commitment on it whose vote
-    it did not carry owes its reveal (by ``review_period`` blocks from now)."""
-    for key in [k for k in s.verdict_commits if k[:32] == rid]:
-        member = key[32:]
-        if member not in carried:
+def _owe_reveals(s: State, ev: ForcedError, rid: bytes) -> None:
+    """The first ForcedError of ``rid``: each seated member (the committee's seats once
+    the abstentions it carries have stepped aside) with a commitment on it whose vote it
+    did not carry owes its reveal (by ``review_period`` blocks from now). A reserve that
+    committed is not seated, and no block could carry its vote: it owes nothing."""
+    committed = s.commitments.get(ev.receipt.job_id)
+    if committed is None:
+        return
+    seed = committee_seed_height(committed)
+    snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
+    if snapshot is None or beacon is None:
+        return
+    committee = committee_for(
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+    )
+    carried = {v.signer for v in ev.verdicts}
+    gone = {v.signer for v in ev.verdicts if abstains(v)}
+    for member in committee.seated(gone):
+        if member not in carried and commit_key(rid, member) in s.verdict_commits:
             s.put("punished", _unrevealed_key(rid, member), s.height)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipg.pouw import COMMITTEE_DELAY, make_commit, receipt_id
+from aipg.pouw import COMMITTEE_DELAY, committee_for, make_commit, receipt_id
 from aipg.pouw.forced import ForcedError, forced_output, forced_proof
 from aipg.pouw.records import output_hash_tokens
 from aipg.stake.forced import UNREVEALED
@@ -88,3 +88,30 @@ def test_a_committed_member_that_never_reveals_on_a_forced_receipt_pays_the_lazy
     # nobody else lost stake: the members that revealed (late or not), and the validators
     # that never sat on the committee (never committed: nothing owed)
     assert all(s.bond(k).stake == bonds[k] for k in c.keys if k != dodger)
+
+
+def test_a_reserve_that_committed_owes_nothing():
+    """A committee's reserves check and commit too (in case a seat abstains), but no
+    block can carry a vote of one that was not seated: it owes no reveal."""
+    c = _chain()
+    worker = c.users[1]
+    job, a, r, _ = make_work(c, worker, nonce=2, receipt_over={"output_hash": WRONG})
+    seed = c.state.commitments[job.id] + COMMITTEE_DELAY
+    beacon = c.state.beacon_at(seed)
+    committee = committee_for(
+        job, a, c.state.validator_snapshot_at(seed), beacon, rules=c.state.params.committee_rules()
+    )
+    reserves = [k for k in committee.candidates if k not in committee.members]
+    assert reserves
+    votes = {k: signed_verdict(c.keys[k], r, False) for k in committee.candidates}
+    c.next(verdict_commits=[make_commit(c.keys[k], v) for k, v in votes.items()])
+    for _ in range(PARAMS.verdict_commit_blocks):
+        c.next()
+    seated = tuple(votes[k] for k in committee.members)
+    fe = ForcedError(job, a, r, forced_proof(worker.seed, beacon, a), OUTPUT_IDS, VOCAB, seated)
+    bonds = {k: c.state.bond(k).stake for k in c.keys}
+    c.next(forced_errors=[fe])
+    assert not any(k.startswith(UNREVEALED) for k in c.state.punished)
+    for _ in range(PARAMS.review_period + 1):
+        s = c.next()
+    assert all(s.bond(k).stake == bonds[k] for k in c.keys)
