@@ -240,11 +240,10 @@ class WorkerMessages:
         early = entry.early
         assert early is not None
         worker = report.result.receipt.signer
-        if (
-            assignment_id(report.assignment) != early.assignment_id
-            or worker != early.signer
-            or tuple(delivered.result.output_token_ids) != tuple(early.output_token_ids)
-        ):
+        if assignment_id(report.assignment) != early.assignment_id or worker != early.signer:
+            # another attempt's receipt (a late first worker): not the one awaited
+            raise PouwError("report.assignment", "not the attempt whose output was delivered")
+        if tuple(delivered.result.output_token_ids) != tuple(early.output_token_ids):
             self.scheduler.on_fraud(worker)
             entry.finish(failed="the receipt contradicts the output delivered")
             raise PouwError("report.result", "the receipt contradicts the output delivered early")
