@@ -147,6 +147,11 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         help="worker: never make a forced error's prescribed change",
     )
     test.add_argument(
+        "--fault-never-sign",
+        action="store_true",
+        help="worker: deliver an LLM output early (forced errors on), never sign its receipt",
+    )
+    test.add_argument(
         "--fault-withhold-latents",
         action="store_true",
         help="worker: serve nobody its latents (it still answers challenges on chain)",
@@ -257,6 +262,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         withhold_latents=args.fault_withhold_latents,
         lazy_votes=args.fault_lazy_votes,
         skip_forced=args.fault_skip_forced,
+        never_sign=args.fault_never_sign,
         relay=args.fault_relay or "",
     )
     setup_logging(data_dir, config.log_level)

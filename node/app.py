@@ -41,6 +41,7 @@ from aipg.pouw.forced import ForcedError
 from aipg.stake.block import Block
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
+from aipg.stake.forced import UNREVEALED
 from aipg.stake.genesis import Genesis
 from aipg.stake.signrecord import SqliteSignRecord
 from aipg.stake.state import State
@@ -60,7 +61,7 @@ from .services.catalog import ModelCatalog
 from .services.chain import ChainService, FinalizedChain
 from .services.costs import ModelCosts
 from .services.faults import Faults
-from .services.forced import ForcedErrors
+from .services.forced import ForcedErrors, OwedReveals
 from .services.gateway import GatewayService
 from .services.latents import DiskLatentStore
 from .services.models import ModelService
@@ -232,6 +233,7 @@ class Node:
                     self._offer_forced,
                     lambda report: self.intake.on_report(report),  # set up below
                     skip=self.faults.skip_forced,
+                    never_sign=self.faults.never_sign,
                 ),
                 workers_heard=self.gateway.workers_heard,
             )
@@ -254,6 +256,15 @@ class Node:
                 wait_for_block=self.chain.wait_for_block,
             )
             await nursery.start(self.verifier.run)
+            # D95: our reveal on a forced receipt is owed; carry it if its worker did not
+            me = self.identity.public_bytes
+            self.owed_reveals = OwedReveals(
+                self.identity,
+                lambda rid: UNREVEALED + rid + me in self.chain.state.punished,
+                self._counted_votes,
+                self._offer_forced,
+            )
+            self.chain.on_block.append(self.owed_reveals.on_block)
         self.intake = WorkIntake(self.tracker, self.verifier, self.chain.wait_for_block)
         await nursery.start(self.intake.run)
         self.chain.on_block.append(self._open_reviews)

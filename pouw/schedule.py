@@ -291,6 +291,25 @@ class Scheduler:
             raise PouwError("receipt", "result came after the assignment's deadline")
         entry.state = JobState.DONE
 
+    def on_delivered(self, jid: bytes, worker: bytes, now: Millis) -> None:
+        """The assigned ``worker`` delivered ``jid``'s output (by ``now``) before its
+        receipt (D94: the receipt waits for the job's seed beacon): the job is done here
+        and never reassigned; the gateway waits for the receipt itself. Raises
+        PouwError as :meth:`on_receipt` does."""
+        entry = self._jobs.get(jid)
+        if entry is None or entry.assignment is None or entry.state is not JobState.ASSIGNED:
+            raise PouwError("job_id", "no open assignment for this job")
+        if worker != entry.assignment.worker:
+            raise PouwError("worker", "not the assigned worker")
+        if now > entry.assignment.deadline_ms:
+            raise PouwError("job_id", "output came after the assignment's deadline")
+        entry.state = JobState.DONE
+
+    def on_unsigned(self, worker: bytes) -> None:
+        """A worker delivered an output and never signed its receipt in time (D94): the
+        penalty of a timed-out attempt."""
+        self.reputation.on_timeout(worker)
+
     def end_attempt(self, jid: bytes, worker: bytes, *, penalize: bool) -> JobState:
         """End the current assignment of ``jid`` (to ``worker``) at once: the worker
         refused it (``penalize`` False: no reputation lost, not counted against

@@ -28,6 +28,15 @@ and lied about it, and is slashed ``fraud_slash_bps`` (burned). Undecided within
 A verdict the first ForcedError left out (a worker shielding a lazy friend) is not lost:
 anyone may put another ForcedError for the same receipt in a later block, carrying
 only verdicts not processed before (``punished``: b"forced" + receipt id + member).
+
+**Reveals are owed (D95).** A member that committed on a receipt proven forced and
+whose vote no ForcedError carried within ``review_period`` blocks of the first one is
+slashed ``lazy_slash_bps`` and jailed, as a lazy valid vote is, unless the liveness
+window shows it offline for most of that time (it missed more than half of those
+heights, or is jailed for downtime): committing and then hiding the vote once others'
+reveals show the receipt wrong must cost what revealing it would have. A member that
+never committed is only absent. Pending rows: ``punished`` b"unrev" + receipt id +
+member -> the height of the first ForcedError.
 """
 
 from __future__ import annotations
@@ -53,11 +62,13 @@ from aipg.pouw.forced import (
 )
 from aipg.wire.codec import record_digest
 
+from .liveness import missed_at
 from .models import certified_work
 from .money import slash
 from .pool import WorkItem
 from .reveal import (
     commit_closes,
+    commit_key,
     commitments,
     enabled,
     forget_review,
@@ -93,6 +104,11 @@ def process_forced_errors(s: State, items: Iterable[ForcedError]) -> dict[bytes,
         # The votes' commitments stay until the horizon (quota-bound): a member of this
         # committee drawn to the forced review counts by its first vote's (D76).
         units = _units(s, ev)
+        for v in fresh:  # its reveal is carried: nothing owed (D95)
+            if _unrevealed_key(rid, v.signer) in s.punished:
+                s.put("punished", _unrevealed_key(rid, v.signer), None)
+        if first:  # (a conviction it voids carried its voters' reveals: their rows are gone)
+            _owe_reveals(s, ev, rid)
         if first:
             s.put("punished", b"forced" + jid, s.height)
             s.put("punished", b"fraud" + jid, s.height)  # the honest evidence convicts nobody
@@ -243,8 +259,69 @@ def punish_lazy(s: State, member: bytes) -> None:
 
 
 def expire_forced_reviews(s: State) -> None:
-    """Forced reviews undecided within ``review_period`` blocks: nobody is slashed."""
+    """Forced reviews undecided within ``review_period`` blocks: nobody is slashed.
+    Then the reveals owed on forced receipts that are due (:func:`judge_unrevealed`)."""
     for digest, row in list(s.forced_reviews.items()):
         if s.height - row.height > s.params.review_period:
             s.put("forced_reviews", digest, None)
             forget_review(s, row.receipt_id)
+    judge_unrevealed(s)
+
+
+# --- reveals owed (D95) -------------------------------------------------------------------
+
+UNREVEALED = b"unrev"
+
+
+def _unrevealed_key(rid: bytes, member: bytes) -> bytes:
+    return UNREVEALED + rid + member
+
+
+def _owe_reveals(s: State, ev: ForcedError, rid: bytes) -> None:
+    """The first ForcedError of ``rid``: each seated member (the committee's seats once
+    the abstentions it carries have stepped aside) with a commitment on it whose vote it
+    did not carry owes its reveal (by ``review_period`` blocks from now). A reserve that
+    committed is not seated, and no block could carry its vote: it owes nothing."""
+    committed = s.commitments.get(ev.receipt.job_id)
+    if committed is None:
+        return
+    seed = committee_seed_height(committed)
+    snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
+    if snapshot is None or beacon is None:
+        return
+    committee = committee_for(
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+    )
+    carried = {v.signer for v in ev.verdicts}
+    gone = {v.signer for v in ev.verdicts if abstains(v)}
+    for member in committee.seated(gone):
+        if member not in carried and commit_key(rid, member) in s.verdict_commits:
+            s.put("punished", _unrevealed_key(rid, member), s.height)
+
+
+def judge_unrevealed(s: State) -> None:
+    """Each reveal owed ``review_period`` blocks ago and still not carried: the member
+    is punished as a lazy voter, unless it was offline for most of that time."""
+    period = s.params.review_period
+    owed = [
+        (k, h) for k, h in s.punished.items() if k.startswith(UNREVEALED) and s.height - h > period
+    ]
+    for key, since in owed:
+        s.put("punished", key, None)
+        member = key[len(UNREVEALED) + 32 :]
+        if was_online(s, member, since, s.height - 1):
+            punish_lazy(s, member)
+
+
+def was_online(s: State, member: bytes, first: int, last: int) -> bool:
+    """Whether ``member`` signed at least half of the heights ``first`` .. ``last`` the
+    liveness window still holds (a key not jailed for downtime with no row signed them
+    all; a key out of the set has no row either, and a committed member was in it)."""
+    row = s.liveness.get(member)
+    if row is None:
+        return True
+    if row.jailed_until:
+        return False
+    heights = range(max(first, last - s.params.signed_blocks_window + 1), last + 1)
+    missed = sum(1 for h in heights if missed_at(s, row, h))
+    return missed * 2 <= len(heights)

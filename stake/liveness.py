@@ -124,6 +124,12 @@ def unjail(s: State, tx: Transaction) -> None:
     s.put("liveness", tx.signer, None)
 
 
+def missed_at(s: State, row: Liveness, height: int) -> bool:
+    """Whether ``row`` (a validator's window) records ``height`` as missed; only
+    meaningful for the last ``signed_blocks_window`` heights (D95 asks it)."""
+    return _bit(row.bitmap, height % s.params.signed_blocks_window)
+
+
 # --- the bitmap -------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ request                 served by      answer
 ``WorkReport``          gateway        ``JobAck`` (then tracked like gossip's)
 ``TokenChunk``          gateway        ``JobAck`` (D50: tokens while generating)
 ``JobRefusal``          gateway        ``JobAck`` (D52: the worker cannot run it)
+``ForcedResult``        gateway        ``JobAck`` (D75: a forced job's receipt)
+``EarlyResult``         gateway        ``JobAck`` (D94: the output before the receipt)
 ``Assignment``          worker         ``JobAck`` or ``JobRefusal``
 ``LatentRequest``       worker         ``LatentReply``
 =====================  =============  ========================================
@@ -31,7 +33,15 @@ from aipg.gossip import GossipHost
 from aipg.pouw import Assignment, Claim, LatentReply, LatentRequest, PouwError
 from aipg.wire import Identity, PeerId, WireError, decode, encode
 
-from .messages import PROTO_JOB, ForcedResult, JobAck, JobRefusal, TokenChunk, WorkReport
+from .messages import (
+    PROTO_JOB,
+    EarlyResult,
+    ForcedResult,
+    JobAck,
+    JobRefusal,
+    TokenChunk,
+    WorkReport,
+)
 
 log = logging.getLogger("aipg.node.jobs")
 
@@ -60,6 +70,8 @@ class GatewayEnd(Protocol):
     def on_report(self, report: WorkReport) -> None: ...
 
     def on_forced_result(self, forced: ForcedResult) -> None: ...
+
+    def on_early_result(self, peer: PeerId, early: EarlyResult) -> None: ...
 
     def on_tokens(self, peer: PeerId, chunk: TokenChunk) -> None: ...
 
@@ -109,7 +121,16 @@ class JobProtocol:
 
     async def handle(self, peer: PeerId, data: bytes) -> bytes:
         """Answer one ``job`` request from ``peer``."""
-        kinds = (Claim, Assignment, WorkReport, LatentRequest, TokenChunk, JobRefusal, ForcedResult)
+        kinds = (
+            Claim,
+            Assignment,
+            WorkReport,
+            LatentRequest,
+            TokenChunk,
+            JobRefusal,
+            ForcedResult,
+            EarlyResult,
+        )
         try:
             return encode(await self._answer(peer, decode(data, kinds)))
         except (WireError, PouwError) as e:
@@ -124,6 +145,9 @@ class JobProtocol:
             return JobAck(True)
         if isinstance(msg, JobRefusal):
             self._gateway.on_refusal(peer, msg)
+            return JobAck(True)
+        if isinstance(msg, EarlyResult):  # the output before its receipt (D94)
+            self._gateway.on_early_result(peer, msg)
             return JobAck(True)
         if isinstance(msg, Claim):
             self._gateway.on_claim(msg)

@@ -132,3 +132,22 @@ class ForcedResult(Record):
     true_token_ids: Annotated[tuple[U32, ...], MaxLen(1 << 16)]
     true_text: Annotated[str, MaxLen(1 << 20)]
     vocab_size: U32
+
+
+@record(tag=506, max_size=2 << 20)
+class EarlyResult(Record):
+    """A worker's LLM output, to its gateway at once on a chain with forced errors (D94),
+    before the receipt: the receipt waits for the job's seed beacon (about two blocks,
+    D75), the client does not. ``output_token_ids`` / ``text`` are the true output,
+    ``prompt_tokens`` the prompt's length in tokens. Signed by the worker: with its
+    signed stream (D85) it is what the worker answers for until its receipt (a
+    :class:`WorkReport` or :class:`ForcedResult`) follows, within
+    ``RECEIPT_DUE_BLOCKS`` of the beacon (:mod:`aipg.node.services.forced`)."""
+
+    job_id: Hash32
+    assignment_id: Hash32
+    prompt_tokens: U32
+    output_token_ids: Annotated[tuple[U32, ...], MaxLen(1 << 16)]
+    text: Annotated[str, MaxLen(1 << 20)]
+    signer: PublicKeyBytes = NO_SIGNER
+    signature: SignatureBytes = NO_SIGNATURE

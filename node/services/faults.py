@@ -42,6 +42,7 @@ class Faults:
     junk_stream: bool = False  # worker: stream other tokens, then sign the honest result
     lazy_votes: bool = False  # validator: vote every receipt valid without checking (D75)
     skip_forced: bool = False  # worker: never make a forced error's prescribed change
+    never_sign: bool = False  # worker: deliver an output early (D94), never sign its receipt
     relay: str = ""  # relay: "drop" or "corrupt" the circuits it forwards (gossip relay_fault)
 
     def any(self) -> bool:
@@ -60,6 +61,7 @@ class Faults:
             or self.junk_stream
             or self.lazy_votes
             or self.skip_forced
+            or self.never_sign
             or bool(self.relay)
         )
 

@@ -1,6 +1,8 @@
 """The worker's side of forced errors (D75, :mod:`aipg.pouw.forced`).
 
-After an LLM job runs, the worker waits for the beacon of the job's committee seed block
+After an LLM job runs, the worker hands its gateway the true output at once (an
+:class:`~aipg.node.protocol.messages.EarlyResult`, D94: the client does not wait for the
+beacon), then waits for the beacon of the job's committee seed block
 (β: final a couple of blocks after the job's commitment), proves its VRF over (β,
 assignment id) and, when the chain's ``forced_error_bps`` makes the job forced, signs a
 receipt whose last token carries the prescribed change. The committee gets that report;
@@ -32,6 +34,10 @@ from aipg.wire import Identity, sign
 log = logging.getLogger("aipg.node.forced")
 
 BEACON_WAIT_BLOCKS = 40  # blocks a worker waits for its job's seed beacon before giving up
+# D94: a gateway that delivered a worker's EarlyResult waits for its receipt until this
+# many blocks after the job's seed beacon block (or, while the beacon is unknown to it,
+# after BEACON_WAIT_BLOCKS from the delivery), then ends the job unpaid by it.
+RECEIPT_DUE_BLOCKS = 8
 GIVE_UP_BLOCKS = 400  # blocks after the assignment a trap waits for reveals (devnet: 100 s)
 MAX_TRAPS = 1024  # forced receipts waiting to be sprung, oldest first
 
@@ -64,6 +70,7 @@ class ForcedErrors:
         track: Callable[[WorkReport], Awaitable[None]] | None = None,
         *,
         skip: bool = False,
+        never_sign: bool = False,
     ):
         self.identity = identity
         self.chain = chain
@@ -71,6 +78,7 @@ class ForcedErrors:
         self.offer = offer
         self.track = track
         self.skip = skip  # test-only fault: never make the prescribed change
+        self.never_sign = never_sign  # test-only fault: deliver early, never sign (D94)
         self.forced = 0  # jobs this worker found forced
         self.sprung = 0  # ForcedErrors offered
         self._block = trio.Event()
@@ -85,6 +93,10 @@ class ForcedErrors:
         self._block = trio.Event()
         self._spring()
 
+    async def next_block(self) -> None:
+        """Until this node finalizes its next block."""
+        await self._block.wait()
+
     async def _beacon(self, job_id: bytes) -> bytes | None:
         start = self.chain.height
         while self.chain.height - start <= BEACON_WAIT_BLOCKS:
@@ -95,6 +107,11 @@ class ForcedErrors:
                     return beacon
             await self._block.wait()
         return None
+
+    def pending(self, job: Job, result: Result) -> bool:
+        """Whether ``result``'s receipt must wait for the beacon (a job that may be
+        forced): its output then goes to the gateway early, the receipt after (D94)."""
+        return self.chain.forced_error_bps > 0 and forceable(job) and bool(result.output_token_ids)
 
     async def apply(
         self, job: Job, assignment: Assignment, result: Result, vocab: int
@@ -160,3 +177,48 @@ class ForcedErrors:
                 new,
             )
             self.offer(fe)  # again each block until one carries it (the tracker dedups)
+
+
+MAX_OWED = 1024  # forced receipts this member owes its reveal on, oldest first (D95)
+
+
+class OwedReveals:
+    """A member's side of D95: once a block carries a ForcedError on a receipt this
+    member committed on but whose vote it left out (a worker that omits an honest vote
+    would otherwise have it slashed), offer another ForcedError carrying this member's
+    own revealed vote, each block until one carries it or the ledger stops asking.
+
+    ``owes(receipt id)`` says whether the finalized chain still awaits our reveal on it;
+    ``votes_of`` and ``offer`` are as for :class:`ForcedErrors`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        owes: Callable[[bytes], bool],
+        votes_of: Callable[[bytes], dict[bytes, Verdict] | None],
+        offer: Callable[[ForcedError], None],
+    ):
+        self.identity = identity
+        self.owes = owes
+        self.votes_of = votes_of
+        self.offer = offer
+        self.offered = 0  # ForcedErrors offered with our own vote
+        self._owed: OrderedDict[bytes, ForcedError] = OrderedDict()  # rid -> template
+
+    def on_block(self, block) -> None:
+        for fe in block.body.forced_errors:
+            rid = receipt_id(fe.receipt)
+            if rid not in self._owed and self.owes(rid):
+                self._owed[rid] = fe.replace(verdicts=())
+        evict_over(self._owed, MAX_OWED)
+        me = self.identity.public_bytes
+        for rid, template in list(self._owed.items()):
+            if not self.owes(rid):  # carried, or judged
+                del self._owed[rid]
+                continue
+            mine = (self.votes_of(rid) or {}).get(me)
+            if mine is None:
+                continue  # not revealed here (yet): nothing of ours to carry
+            log.info("carrying our own reveal on forced receipt %s", rid.hex()[:12])
+            self.offered += 1
+            self.offer(template.replace(verdicts=(mine,)))

@@ -76,7 +76,7 @@ from .gateway_api import (
     TextCallback,
     UnknownModel,
 )
-from .gateway_jobs import WORKER_STATUS_TTL_MS, GatewayJob, WorkerMessages
+from .gateway_jobs import WORKER_STATUS_TTL_MS, Answer, GatewayJob, WorkerMessages
 from .gateway_views import job_view, jobs_by_state
 from .limits import check_completion, check_image, check_prompt_ids
 from .streaming import TextForwarder, TokenRelay
@@ -184,6 +184,8 @@ class GatewayService(WorkerMessages):
         self.workers: OrderedDict[bytes, OrderedDict[bytes, int]] = OrderedDict()
         self.status_ttl_ms = WORKER_STATUS_TTL_MS  # longer as more workers are heard (D88)
         self._heard = 0
+        self.unsigned = 0  # outputs delivered early whose receipt never came (D94)
+        self._contradicted: OrderedDict[bytes, TokenRelay] = OrderedDict()
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
@@ -241,8 +243,9 @@ class GatewayService(WorkerMessages):
                     e,
                 )
         for jid, entry in list(self.jobs.items()):
-            if not entry.done.is_set() and self._failed(jid):
+            if not entry.done.is_set() and entry.early is None and self._failed(jid):
                 entry.finish(failed="no worker finished the job before its deadline")
+        self.expire_unsigned(self.tracker.chain.height)
 
     def _failed(self, jid: bytes) -> bool:
         try:
@@ -382,34 +385,33 @@ class GatewayService(WorkerMessages):
             model, prompt, params, None, req.seed, req.tier, req.account, req.client, fee, relay
         )
         if on_text is None:
-            report = await self._wait(entry)
+            answer = await self._answered(entry)
         else:
-            report = await self._relay(entry, TextForwarder(tokenizer, params.stop, on_text))
-        result = report.result
-        finish = "length" if len(result.output_token_ids) >= req.max_tokens else "stop"
+            answer = await self._relay(entry, TextForwarder(tokenizer, params.stop, on_text))
+        finish = "length" if len(answer.output_token_ids) >= req.max_tokens else "stop"
         return CompletionResult(
             job_id=job_id(entry.job).hex(),
             model=model.id_text,
-            text=result.text,
-            prompt_tokens=len(result.prompt_token_ids),
-            completion_tokens=len(result.output_token_ids),
+            text=answer.text,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=len(answer.output_token_ids),
             finish_reason=finish,
-            worker=str(PeerId.from_public_key(result.receipt.signer)),
+            worker=str(PeerId.from_public_key(answer.worker)),
         )
 
-    async def _relay(self, entry: GatewayJob, forward: TextForwarder) -> WorkReport:
-        """Forward the job's tokens as they arrive, then the rest of its result."""
+    async def _relay(self, entry: GatewayJob, forward: TextForwarder) -> Answer:
+        """Forward the job's tokens as they arrive, then the rest of its output."""
         relay = entry.relay
         assert relay is not None
         with trio.move_on_after(JOB_DEADLINE_MS / 1000 + 5):
-            while not entry.done.is_set():
+            while not entry.answered.is_set():
                 changed = relay.changed  # taken before reading: a change while we send wakes us
                 await forward.push(relay.tokens)
-                if not entry.done.is_set():
+                if not entry.answered.is_set():
                     await changed.wait()
-        report = await self._wait(entry)
-        await forward.finish(report.result.output_token_ids, report.result.text)
-        return report
+        answer = await self._answered(entry)
+        await forward.finish(answer.output_token_ids, answer.text)
+        return answer
 
     async def generate_image(self, req: ImageRequest) -> ImageResult:
         model = self._model(req.model, DIFFUSION)
@@ -498,6 +500,16 @@ class GatewayService(WorkerMessages):
         if entry.report is None:
             raise JobFailed(entry.failed or "the job did not finish before its deadline")
         return entry.report
+
+    async def _answered(self, entry: GatewayJob) -> Answer:
+        """The client's answer: an LLM job's output as soon as it comes, before its
+        receipt on a chain with forced errors (D94)."""
+        with trio.move_on_after(JOB_DEADLINE_MS / 1000 + 5):
+            await entry.answered.wait()
+        answer = entry.answer()
+        if answer is None:
+            raise JobFailed(entry.failed or "the job did not finish before its deadline")
+        return answer
 
     # -- Gateway protocol: views -----------------------------------------------------------
 

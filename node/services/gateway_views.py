@@ -92,6 +92,8 @@ def job_view(gateway: GatewayService, job_id_text: str) -> dict | None:
             view["reward"] = format_amount(paid) if paid is not None else None
     elif entry is not None and entry.report is not None:
         view["worker"] = str(PeerId.from_public_key(entry.report.result.receipt.signer))
+    elif entry is not None and entry.early is not None:
+        view["worker"] = str(PeerId.from_public_key(entry.early.signer))
     return view
 
 
@@ -127,6 +129,8 @@ def _status_of(
             return "failed"
         if entry.report is not None:
             return "verifying"
+        if entry.early is not None:
+            return "signing"  # delivered; its receipt waits for the seed beacon (D94)
         try:
             return gateway.scheduler.state(jid).value
         except PouwError:

@@ -201,6 +201,17 @@ class TokenRelay:
     def streamed_by(self, assignment_id: bytes) -> int:
         return len(self.tokens) if assignment_id == self.assignment_id else 0
 
+    def copy(self) -> TokenRelay:
+        """This relay's attempt (its tokens and signed chunks), apart from the job's."""
+        out = TokenRelay(self.max_tokens, self.vocab_size)
+        out.assignment_id, out.tokens, out.chunks = (
+            self.assignment_id,
+            [*self.tokens],
+            [*self.chunks],
+        )
+        out.started = self.started
+        return out
+
     def drop(self) -> None:
         """Forget a failed attempt's tokens (what was forwarded stays forwarded)."""
         self.assignment_id, self.tokens, self.chunks = b"", [], []

@@ -12,7 +12,9 @@
 3. The Result goes back to the gateway, and the WorkReport (job, assignment, result) is
    gossiped on ``receipts`` for the committee. Diffusion latents are kept on disk
    (:class:`~.latents.DiskLatentStore`) for validators to re-run steps from, until a
-   block makes the receipt final.
+   block makes the receipt final. On a chain with forced errors an LLM job's output
+   goes to the gateway at once (``EarlyResult``, D94) and its receipt follows once the
+   job's seed beacon says whether it must be forced (D75), without holding the queue.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 from aipg.gossip import GossipError, GossipHost, RateLimited
 from aipg.models import LLM, ModelError
 from aipg.node.protocol.messages import (
+    EarlyResult,
     JobAck,
     JobRefusal,
     RefusalCode,
@@ -64,6 +67,9 @@ log = logging.getLogger("aipg.node.worker")
 # first; an assignment already queued carries its job, so eviction never loses work.
 MAX_KNOWN_JOBS = 2048
 RESULT_RETRIES = 4  # sends of a result a rate-limiting gateway refused
+# blocks a forced result is sent again while its gateway has not finalized the beacon
+# block our node has (its chain a block or two behind ours)
+BEACON_RETRY_BLOCKS = 4
 MAX_QUEUE = 16  # assignments waiting to execute; beyond this the worker stops claiming
 # A worker's status goes out when the models it serves change (looked at every
 # STATUS_CHECK_S) and otherwise every status_interval_s(live workers): every node of the
@@ -125,6 +131,7 @@ class WorkerService:
         self._send, self._queue = trio.open_memory_channel[tuple[Assignment, Job]](MAX_QUEUE)
         self.in_flight = 0
         self.executed = 0
+        self.signing = 0  # receipts of outputs delivered early, waiting for their beacon (D94)
         self.latents_served = 0  # latent requests answered (validators re-running steps)
         self._nursery: trio.Nursery | None = None
 
@@ -305,16 +312,69 @@ class WorkerService:
             log.warning("job %s failed: %s", assignment.job_id.hex()[:12], e)
             await self._refuse(assignment, job, RefusalCode.RUN_FAILED, str(e))
             return
-        to_gateway = None
-        if self.forced is not None and model.kind == LLM:
-            vocab = runner.interface.vocab_size
-            result, to_gateway = await self.forced.apply(job, assignment, result, vocab)
         self.executed += 1
+        if self.forced is not None and model.kind == LLM and self.forced.pending(job, result):
+            # D94: the output goes to the gateway now; the receipt, which may have to be
+            # a forced error (D75), once the job's seed beacon is known.
+            await self._deliver_early(assignment, job, result)
+            vocab = runner.interface.vocab_size
+            assert self._nursery is not None
+            self._nursery.start_soon(self._sign_later, assignment, job, result, vocab)
+            return
+        await self._report(assignment, job, result, None)
+
+    async def _deliver_early(self, assignment: Assignment, job: Job, result) -> None:
+        early = sign(
+            EarlyResult(
+                assignment.job_id,
+                assignment_id(assignment),
+                len(result.prompt_token_ids),
+                tuple(result.output_token_ids),
+                result.text,
+            ),
+            self.identity,
+        )
+        try:
+            ack = decode(await self._deliver(job.signer, encode(early)), JobAck)
+            if not ack.ok:
+                log.warning(
+                    "gateway refused the output of job %s: %s",
+                    assignment.job_id.hex()[:12],
+                    ack.reason,
+                )
+        except (GossipError, WireError) as e:
+            log.info(
+                "output of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e
+            )
+
+    async def _sign_later(self, assignment: Assignment, job: Job, result, vocab: int) -> None:
+        """The receipt of an output delivered early (D94): forced or not, once the
+        beacon is known (:meth:`ForcedErrors.apply` waits for it)."""
+        assert self.forced is not None
+        if self.forced.never_sign:  # test-only fault: deliver, then never sign
+            log.warning("FAULT: never signing the receipt of job %s", assignment.job_id.hex()[:12])
+            return
+        self.signing += 1
+        try:
+            result, to_gateway = await self.forced.apply(job, assignment, result, vocab)
+            await self._report(assignment, job, result, to_gateway)
+        finally:
+            self.signing -= 1
+
+    async def _report(self, assignment: Assignment, job: Job, result, to_gateway) -> None:
+        """Send the receipt to the job's gateway (a ForcedResult for a forced job) and
+        gossip it for the committee."""
         report = WorkReport(job, assignment, result)
         data = encode(report)
         try:
             sent = data if to_gateway is None else encode(to_gateway)
             ack = decode(await self._deliver(job.signer, sent), JobAck)
+            for _ in range(BEACON_RETRY_BLOCKS):  # a gateway a block behind us (D94)
+                if ack.ok or to_gateway is None or "forced.beacon" not in ack.reason:
+                    break
+                assert self.forced is not None
+                await self.forced.next_block()
+                ack = decode(await self._deliver(job.signer, sent), JobAck)
             if not ack.ok:
                 log.warning(
                     "gateway refused the result of job %s: %s",
@@ -326,7 +386,7 @@ class WorkerService:
                 "result of job %s not delivered to its gateway: %s", assignment.job_id.hex()[:12], e
             )
         await self.host.publish(topic("receipts"), data)
-        if self.double_receipt and model.kind == LLM:  # test-only fault: equivocate
+        if self.double_receipt and job.llm is not None:  # test-only fault: equivocate
             twin = WorkReport(job, assignment, altered_last_token(result, self.identity))
             await self.host.publish(topic("receipts"), encode(twin))
         log.info(

@@ -26,12 +26,20 @@ def llm_dir(tmp_path_factory):
     return build_demo_llm(tmp_path_factory.mktemp("junk") / "llm")
 
 
-async def test_a_junk_stream_is_slashed_on_chain_and_its_receipt_never_paid(tmp_path, llm_dir):
+# forced_bps 1: a chain with forced errors, where the output comes before its receipt
+# (D94) and the evidence is built when the receipt follows
+@pytest.mark.parametrize("forced_bps", [0, 1])
+async def test_a_junk_stream_is_slashed_on_chain_and_its_receipt_never_paid(
+    tmp_path, llm_dir, forced_bps
+):
     model = load_model_dir(llm_dir)
     junk = NodeSpec(faults=Faults(junk_stream=True))
     specs = [NodeSpec(worker=False), junk, NodeSpec(worker=False), NodeSpec(worker=False)]
-    async with open_node_world(tmp_path, specs, [llm_dir]) as world:
+    async with open_node_world(tmp_path, specs, [llm_dir], forced_error_bps=forced_bps) as world:
         gateway, worker = world.nodes[0], world.nodes[1]
+        built = []
+        add = gateway.tracker.add_junk_stream
+        gateway.tracker.add_junk_stream = lambda ev: (built.append(ev), add(ev))
         await world.wait_for_worker(gateway, model.model_id)
         key = worker.identity.public_bytes
         stake = gateway.chain.state.bond(key).stake
@@ -44,7 +52,8 @@ async def test_a_junk_stream_is_slashed_on_chain_and_its_receipt_never_paid(tmp_
         with trio.fail_after(30), pytest.raises(JobFailed, match="no worker could run"):
             await gateway.gateway.complete(completion("aipg-demo-llm", "the grid"), on_text)
         [jid] = list(gateway.gateway.jobs)
-        [evidence] = gateway.tracker.pending_junk_streams()
+        await world.until(gateway, lambda: built, 60)
+        [evidence] = built
         assert evidence.receipt.job_id == jid and evidence.chunk.signer == key
         aid = evidence.receipt.assignment_id
 
