@@ -66,6 +66,7 @@ def build_demo_llm(
     kq_scores: bool = False,
     attention: str = "concat",
     kv_heads: int = 0,
+    rotary: bool = False,
     name: str = "aipg-demo-llm",
     version: str = "1",
 ) -> Path:
@@ -83,7 +84,10 @@ def build_demo_llm(
     Runtime's ``com.microsoft`` GroupQueryAttention, the layout onnxruntime-genai's model
     builder exports (D91): the same weights and I/O names, a cache the runner binds as one
     buffer per tensor, past and present alike (:class:`~.kvcache.SharedKvCache`);
-    ``kv_heads`` (a divisor of ``heads``) gives it fewer key/value heads than query heads.
+    ``kv_heads`` (a divisor of ``heads``) gives it fewer key/value heads than query heads;
+    ``rotary=True`` replaces the learned positions by rotary embeddings applied inside the
+    op (``do_rotary``, cos/sin caches of the context's length; a head size divisible by
+    16), and the graph takes no ``position_ids``: the genai builder's CPU Llama layout.
     Raises ModelError for bad sizes.
     """
     shape = LlmShape(layers, d_model, heads, d_ff, context, kv_heads=kv_heads)
@@ -99,9 +103,11 @@ def build_demo_llm(
         )
     if kv_heads and (not gqa or kv_heads < 0 or heads % kv_heads):
         raise ModelError("demo llm: kv_heads must divide heads, and only with attention='gqa'")
+    if rotary and (not gqa or shape.head_dim % 16):
+        raise ModelError("demo llm: rotary needs attention='gqa' and a head size divisible by 16")
     out = Path(out_dir)
     if gqa:
-        graph = _gqa_graph(shape, seed, dtype)
+        graph = _gqa_graph(shape, seed, dtype, rotary)
     else:
         graph = _llm_graph(shape, seed, dtype, kv_cache, merged, kq_scores)
     files = []
@@ -225,7 +231,16 @@ def _decoder_layer(
     return g.op("Add", [h, ff])
 
 
-def _gqa_graph(s: LlmShape, seed: int, dtype: str) -> bytes:
+def _rotary_caches(g: Graph, s: LlmShape) -> tuple[str, str]:
+    """cos and sin of position x inverse frequency (base 10,000, as Llama's), (context,
+    head_dim / 2) float32, rounded from float64."""
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, s.head_dim, 2, dtype=np.float64) / s.head_dim))
+    angles = np.outer(np.arange(s.context, dtype=np.float64), inv_freq)
+    cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
+    return cos, g.const("sin_cache", np.sin(angles).astype(np.float32))
+
+
+def _gqa_graph(s: LlmShape, seed: int, dtype: str, rotary: bool = False) -> bytes:
     """The decoder with GroupQueryAttention layers (D91). Past and present are
     (batch, kv_heads, length, head_dim) as in optimum's layout; fed a past of a fixed
     capacity, the op returns a present of that capacity, so a runner can bind one buffer
@@ -237,8 +252,11 @@ def _gqa_graph(s: LlmShape, seed: int, dtype: str) -> bytes:
     inputs = [
         value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-        value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
     ]
+    if not rotary:
+        inputs.append(
+            value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        )
     outputs = [value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", s.vocab])]
     past_shape = ["batch_size", kv, "past_sequence_length", s.head_dim]
     present_shape = ["batch_size", kv, "total_sequence_length", s.head_dim]
@@ -252,9 +270,13 @@ def _gqa_graph(s: LlmShape, seed: int, dtype: str) -> bytes:
     total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.const("one_i64", np.array(1))])
     total = g.op("Cast", [total], to=TensorProto.INT32)
 
-    tok = g.op("Gather", [g.weight("wte", (s.vocab, s.d_model), 0.5), "input_ids"])
-    pos = g.op("Gather", [g.weight("wpe", (s.context, s.d_model), 0.1), "position_ids"])
-    h = g.op("Add", [tok, pos])
+    h = g.op("Gather", [g.weight("wte", (s.vocab, s.d_model), 0.5), "input_ids"])
+    rope: list[str] = []
+    if rotary:
+        rope = list(_rotary_caches(g, s))
+    else:
+        pos = g.op("Gather", [g.weight("wpe", (s.context, s.d_model), 0.1), "position_ids"])
+        h = g.op("Add", [h, pos])
     kv_dim = kv * s.head_dim
     for i in range(s.layers):
         p = f"h{i}"
@@ -273,6 +295,7 @@ def _gqa_graph(s: LlmShape, seed: int, dtype: str) -> bytes:
                     *(f"past_key_values.{i}.{t}" for t in ("key", "value")),
                     seqlens_k,
                     total,
+                    *rope,
                 ],
                 [attn, f"present.{i}.key", f"present.{i}.value"],
                 name=attn,
@@ -280,6 +303,7 @@ def _gqa_graph(s: LlmShape, seed: int, dtype: str) -> bytes:
                 num_heads=s.heads,
                 kv_num_heads=kv,
                 scale=1.0 / math.sqrt(s.head_dim),
+                do_rotary=int(rotary),
             )
         )
         h = g.op("Add", [h, g.linear(attn, f"{p}.o", s.d_model, s.d_model)])

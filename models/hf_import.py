@@ -386,7 +386,7 @@ def _smoke(model: ModelDir) -> None:
     params = SamplingParams(max_tokens=SMOKE_TOKENS)
     cached = runner.generate(ids, params, seed=0).token_ids
     if runner.use_kv_cache:
-        runner.use_kv_cache = False
+        runner.use_kv_cache = runner.io_binding = False  # the cache-free path, truly
         full = runner.generate(ids, params, seed=0).token_ids
         if full != cached:
             raise ModelError(

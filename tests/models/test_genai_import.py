@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from aipg.models import LlmRunner, ModelError, SamplingParams, build_demo_llm, load_model_dir
@@ -61,18 +62,29 @@ def genai_config(vocab: int) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """(the demo GQA model directory, a genai export of the same files)."""
-    root = tmp_path_factory.mktemp("genai")
-    demo = build_demo_llm(root / "demo", attention="gqa", kv_heads=KV_HEADS)
+def write_export(root, rotary: bool):
+    """(the demo GQA model directory, a genai export of the same files). ``rotary``: the
+    builder's CPU Llama layout (rotary embeddings inside the op, no position_ids input)."""
+    sizes = {"d_model": 128, "heads": HEADS} if rotary else {"d_model": D_MODEL, "heads": HEADS}
+    demo = build_demo_llm(
+        root / "demo", attention="gqa", kv_heads=KV_HEADS, rotary=rotary, context=CONTEXT, **sizes
+    )
     src = root / "export"
     src.mkdir()
     for name in ("model.onnx", "tokenizer.model"):
         shutil.copy(demo / name, src / name)
-    vocab = load_model_dir(demo).manifest.llm.vocab_size
-    (src / "genai_config.json").write_text(json.dumps(genai_config(vocab)))
+    cfg = genai_config(load_model_dir(demo).manifest.llm.vocab_size)
+    decoder = cfg["model"]["decoder"]
+    decoder["hidden_size"], decoder["head_size"] = sizes["d_model"], sizes["d_model"] // HEADS
+    if rotary:
+        del decoder["inputs"]["position_ids"]
+    (src / "genai_config.json").write_text(json.dumps(cfg))
     return demo, src
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return write_export(tmp_path_factory.mktemp("genai"), rotary=False)
 
 
 def rewrite(src, tmp_path, change) -> object:
@@ -99,6 +111,28 @@ def test_a_genai_export_imports_and_decodes_in_a_shared_buffer(export, tmp_path)
     assert ids == reference.tokenizer.encode("the validators check the receipt")
     params = SamplingParams(max_tokens=16, temperature_milli=800, top_k=30)
     assert runner.generate(ids, params, 4).token_ids == reference.generate(ids, params, 4).token_ids
+
+
+def test_a_rotary_genai_export_decodes_alike_shared_plain_and_in_one_prefill(tmp_path):
+    demo, src = write_export(tmp_path, rotary=True)
+    out = import_export(src, tmp_path / "out")
+    shared, plain = LlmRunner(out), LlmRunner(out, io_binding=False)
+    assert shared.kv_layout == "shared" and not shared._graph.position_ids
+    for seed, params in enumerate(
+        (
+            SamplingParams(max_tokens=20),
+            SamplingParams(max_tokens=20, temperature_milli=900, top_k=20),
+        )
+    ):
+        ids = shared.tokenizer.encode("grid " * (7 + 30 * seed))
+        logits: list[np.ndarray] = []
+        gen = shared.generate(
+            ids, params, seed, on_token=lambda e, kept=logits: kept.append(e.logits)
+        )
+        assert gen.token_ids == plain.generate(ids, params, seed).token_ids
+        assert gen.token_ids == LlmRunner(demo).generate(ids, params, seed).token_ids
+        whole = plain.prefill(ids + gen.token_ids[:-1])[len(ids) - 1 :]
+        assert np.abs(whole - np.stack(logits)).max() < 2e-5
 
 
 @pytest.mark.parametrize(

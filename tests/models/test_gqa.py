@@ -231,6 +231,10 @@ def test_the_builder_refuses_gqa_options_it_cannot_build(tmp_path):
         build_demo_llm(tmp_path / "x", attention="gqa", kv_heads=3)
     with pytest.raises(ModelError, match="kv_heads"):
         build_demo_llm(tmp_path / "x", kv_heads=2)
+    with pytest.raises(ModelError, match="rotary"):
+        build_demo_llm(tmp_path / "x", rotary=True, d_model=128)
+    with pytest.raises(ModelError, match="rotary"):
+        build_demo_llm(tmp_path / "x", attention="gqa", rotary=True)  # head size 24
     with pytest.raises(ModelError, match="attention must be"):
         build_demo_llm(tmp_path / "x", attention="flash")
 
