@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from aipg.models import LlmRunner, ModelError, SamplingParams, SessionFactory, build_demo_llm
@@ -41,6 +43,7 @@ def models(tmp_path_factory):
 
 def run(runner: LlmRunner, ids: list[int], params: SamplingParams, seed: int):
     logits: list[np.ndarray] = []
+    ids = list(ids)
     gen = runner.generate(ids, params, seed, on_token=lambda e: logits.append(e.logits))
     return gen.token_ids, np.stack(logits)
 
@@ -136,6 +139,31 @@ def test_shared_decoding_equals_the_plain_path_and_prefill(models, name):
             assert np.array_equal(logits, want_logits)  # the same kernel, bit for bit
             whole = shared.prefill(ids + tokens[:-1])[len(ids) - 1 :]
             assert np.abs(whole - logits).max() < LOGIT_TOL
+
+
+@pytest.fixture(scope="module")
+def pair(models):
+    """(shared, plain) runners of the GQA demo model, kept across examples: the shared
+    one's pooled cache is reused with whatever the last generation left in it."""
+    return LlmRunner(models["gqa_kv2"]), LlmRunner(models["gqa_kv2"], io_binding=False)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    prompt=st.lists(st.integers(0, 511), min_size=1, max_size=300),
+    budget=st.integers(1, 40),
+    temperature=st.sampled_from([0, 700, 1300]),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_shared_decoding_equals_plain_for_any_prompt_and_budget(
+    pair, prompt, budget, temperature, seed
+):
+    shared, plain = pair
+    params = SamplingParams(max_tokens=budget, temperature_milli=temperature, top_k=40)
+    tokens, logits = run(shared, prompt, params, seed)
+    want_tokens, want_logits = run(plain, prompt, params, seed)
+    assert tokens == want_tokens
+    assert np.array_equal(logits, want_logits)
 
 
 def test_gqa_logits_match_the_concat_layout_of_the_same_weights(models):
