@@ -2,10 +2,11 @@
 
 :func:`import_export` dispatches: a diffusers export (``model_index.json``) goes to
 ``aipg.models.hf_diffusers.import_diffusers``; an optimum decoder export (``config.json``)
-to :func:`import_llm`; an onnxruntime-genai model-builder export (``genai_config.json``)
-to ``aipg.models.genai_import.import_genai``. The LLM importer finds the layout (current optimum's ``model.onnx``,
-the merged ``decoder_model_merged.onnx``, or split ``decoder_model.onnx`` +
-``decoder_with_past_model.onnx``; at the export's top or in ``onnx/``), checks the graph's
+to :func:`import_llm`; an onnxruntime-genai model-builder export (``genai_config.json``,
+read by :mod:`.genai_config`) to :func:`import_genai`. The LLM importer finds the layout
+(current optimum's ``model.onnx``, the merged ``decoder_model_merged.onnx``, or split
+``decoder_model.onnx`` + ``decoder_with_past_model.onnx``; at the export's top or in
+``onnx/``), checks the graph's
 inputs and outputs against config.json, reads the tokenizer (``tokenizer.json`` through
 the ``tokenizers`` library, else sentencepiece's ``tokenizer.model``) and its configs,
 hashes (and with ``out``, copies) every file, runs a short smoke test (greedy tokens with
