@@ -187,9 +187,9 @@ def test_gqa_tokens_are_the_same_across_runs_and_thread_counts(models):
         for _ in range(2):  # a second run reuses the pooled cache: stale positions unread
             tokens, logits = run(runner, ids, PARAMS[1], 9)
             assert tokens == base_tokens, threads
-            if threads == 1:
-                assert np.array_equal(logits, base_logits)
-            assert np.abs(logits - base_logits).max() < LOGIT_TOL
+            # Bit for bit, as measured: the attention kernel gives each head to one task
+            # with a single-threaded GEMM, and the projections' MatMuls came out alike.
+            assert np.array_equal(logits, base_logits), threads
 
 
 def test_the_shared_cache_holds_the_presents_in_place(models):
