@@ -17,9 +17,11 @@ Then, for issue 14:
 
 - decoding tokens/s of an 8-layer, d_model 256 demo decoder after a 64-token and a
   1,024-token prompt (``tokens_per_s_ctx64``, ``tokens_per_s_ctx1024``), through the
-  IO-bound KV cache (the runner's default) on a layout whose attention scores transpose
-  no key cache (``kq_scores``), the plain ``session.run`` path (``..._plain``) and the
-  default layout (``..._qk``), every round measuring all six in a rotating order; the
+  runner's default cache on the same weights built with ONNX Runtime's GroupQueryAttention
+  (one buffer per cache tensor shared by past and present, D91: the headline keys), the
+  IO-bound ping-pong cache on the Concat layout whose attention scores transpose no key
+  cache (``..._kq``, D87), the plain ``session.run`` path on it (``..._plain``) and the
+  default Concat layout (``..._qk``), every round measuring all eight in a rotating order; the
   median of per-round ratios against the ratio of per-token multiply-accumulates
   computed from the model's sizes, attention included (``mac_ratio_ctx1024``; target:
   ``ratio_over_mac`` = ``tokens_per_s_ratio`` / ``mac_ratio_ctx1024`` <= 1.25);
@@ -35,7 +37,7 @@ Then, for issue 14:
   ``chunk_sign_us`` (worker), ``chunk_verify_us`` (gateway).
 
 Prints one JSON object as its last line. Usage: ``python bench/inference.py [--rounds N]``
-(``--quick`` for the issue 14 figures only).
+(``--quick`` for the issue 14 figures only, ``--context-only`` for the context figure alone).
 """
 
 from __future__ import annotations
@@ -219,17 +221,23 @@ def bench_context(root: Path, factory: SessionFactory, rounds: int) -> dict:
     (variant, context) once, in an order that rotates from round to round, so load on a
     shared machine hits all of them alike; ratios are medians of per-round ratios (the
     pair measured moments apart), rates medians over rounds. Variants: the headline
-    ``bound`` (IO-bound KV cache on the scores-as-(K·qᵀ)ᵀ layout, which copies no key
-    cache for a transpose), ``plain`` (the same model through ``session.run``) and
-    ``qk`` (bound, on the default q·Kᵀ layout, whose Transpose copies the key cache)."""
+    ``gqa`` (GroupQueryAttention, one shared buffer per cache tensor, D91), ``kq``
+    (IO-bound ping-pong cache on the Concat layout with scores as (K·qᵀ)ᵀ, which copies
+    no key cache for a transpose, D87), ``plain`` (that model through ``session.run``)
+    and ``qk`` (bound, on the default q·Kᵀ layout, whose Transpose copies the key cache).
+    All four have the same weights."""
+    gqa_model = build_demo_llm(root / "gqa", attention="gqa", **CTX_SHAPE)
     kq_model = build_demo_llm(root / "kq", kq_scores=True, **CTX_SHAPE)
     qk_model = build_demo_llm(root / "qk", **CTX_SHAPE)
     runners = {
-        "bound": LlmRunner(kq_model, factory),
+        "gqa": LlmRunner(gqa_model, factory),
+        "kq": LlmRunner(kq_model, factory),
         "plain": LlmRunner(kq_model, factory, io_binding=False),
         "qk": LlmRunner(qk_model, factory),
     }
-    first = runners["bound"]
+    if runners["gqa"].kv_layout != "shared":
+        raise SystemExit("bench: the GQA model did not get the shared-buffer cache")
+    first = runners["gqa"]
     vocab = first.interface.vocab_size
     base = first.tokenizer.encode(PROMPT * 200)
     out: dict = {"ctx_model": CTX_SHAPE | {"vocab": vocab}, "ctx_decode_tokens": CTX_DECODE}
@@ -246,7 +254,7 @@ def bench_context(root: Path, factory: SessionFactory, rounds: int) -> dict:
         CTX_SHAPE, vocab, short + middle
     )
     out["mac_ratio_ctx1024"] = round(mac_ratio, 3)
-    for name, suffix in (("bound", ""), ("plain", "_plain"), ("qk", "_qk")):
+    for name, suffix in (("gqa", ""), ("kq", "_kq"), ("plain", "_plain"), ("qk", "_qk")):
         for length in CTX_PROMPTS:
             out[f"tokens_per_s_ctx{length}{suffix}"] = round(
                 statistics.median(rates[(name, length)]), 1
@@ -256,12 +264,14 @@ def bench_context(root: Path, factory: SessionFactory, rounds: int) -> dict:
         out[f"tokens_per_s_ratio{suffix}"] = round(ratio, 3)
         out[f"ratio_over_mac{suffix}"] = round(ratio / mac_ratio, 3)  # target <= 1.25
     out["ctx_rounds"] = rounds
-    out["io_binding_speedup_ctx1024"] = round(
-        out[f"tokens_per_s_ctx{long}"] / out[f"tokens_per_s_ctx{long}_plain"], 3
-    )
-    out["io_binding_speedup_ctx64"] = round(
-        out[f"tokens_per_s_ctx{short}"] / out[f"tokens_per_s_ctx{short}_plain"], 3
-    )
+    for length in CTX_PROMPTS:
+        out[f"io_binding_speedup_ctx{length}"] = round(
+            out[f"tokens_per_s_ctx{length}_kq"] / out[f"tokens_per_s_ctx{length}_plain"], 3
+        )
+        out[f"shared_kv_speedup_ctx{length}"] = round(
+            out[f"tokens_per_s_ctx{length}"] / out[f"tokens_per_s_ctx{length}_kq"], 3
+        )
+    out["ctx_layout"] = "gqa shared buffer (D91); _kq: concat ping-pong (D87)"
     return out
 
 
@@ -398,8 +408,16 @@ def main() -> None:
     parser.add_argument("--context-rounds", type=int, default=9)
     parser.add_argument("--ttft-rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="only the issue 14 figures")
+    parser.add_argument("--context-only", action="store_true", help="only the context figure")
     args = parser.parse_args()
     factory = SessionFactory(threads=args.threads, provider="cpu")
+    if args.context_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"timer": "process_cpu", "threads": args.threads}
+            result |= bench_context(Path(tmp) / "ctx", factory, args.context_rounds)
+        result["ort_version"] = ort.__version__
+        print(json.dumps(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         llm_dir, diffusion_dir = build_demo(Path(tmp))
         result = {

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import ModelError
 
 OPSET = 17
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (GroupQueryAttention)
 IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 PRODUCER = "aipg-node demo"
 LICENSE = "Apache-2.0"
@@ -97,9 +98,12 @@ class Graph:
         if half_io:
             inputs, outputs = self._half_boundary(inputs, outputs)
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(node.domain == MS_DOMAIN for node in self.nodes):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         model = helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
+            opset_imports=opsets,
             producer_name=PRODUCER,
             producer_version="1",
             ir_version=IR_VERSION,

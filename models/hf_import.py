@@ -2,9 +2,11 @@
 
 :func:`import_export` dispatches: a diffusers export (``model_index.json``) goes to
 ``aipg.models.hf_diffusers.import_diffusers``; an optimum decoder export (``config.json``)
-to :func:`import_llm`. The LLM importer finds the layout (current optimum's ``model.onnx``,
-the merged ``decoder_model_merged.onnx``, or split ``decoder_model.onnx`` +
-``decoder_with_past_model.onnx``; at the export's top or in ``onnx/``), checks the graph's
+to :func:`import_llm`; an onnxruntime-genai model-builder export (``genai_config.json``,
+read by :mod:`.genai_config`) to :func:`import_genai`. The LLM importer finds the layout
+(current optimum's ``model.onnx``, the merged ``decoder_model_merged.onnx``, or split
+``decoder_model.onnx`` + ``decoder_with_past_model.onnx``; at the export's top or in
+``onnx/``), checks the graph's
 inputs and outputs against config.json, reads the tokenizer (``tokenizer.json`` through
 the ``tokenizers`` library, else sentencepiece's ``tokenizer.model``) and its configs,
 hashes (and with ``out``, copies) every file, runs a short smoke test (greedy tokens with
@@ -21,6 +23,7 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelError
+from .genai_config import GENAI_CONFIG, read_genai_config
 from .hf_config import HfConfig, TokenizerConfig, read_llm_config, read_tokenizer_config
 from .hf_diffusers import import_diffusers
 from .manifest import (
@@ -39,7 +42,7 @@ from .manifest import (
 from .session import external_locations
 from .tokenizer import Tokenizer
 
-__all__ = ["Progress", "find_layout", "import_export", "import_llm"]
+__all__ = ["Progress", "find_layout", "import_export", "import_genai", "import_llm"]
 
 # (label, bytes done, bytes total): called while files are hashed or copied.
 Progress = Callable[[str, int, int], None]
@@ -72,10 +75,13 @@ def import_export(
         # written to a new one: --out, else a sibling of the export (D43).
         target = Path(out) if out else src.with_name(src.name + "-aipg")
         return import_diffusers(src, target, name)
+    if (src / GENAI_CONFIG).is_file():  # it describes the ONNX file; config.json may not
+        return import_genai(src, out, name, progress)
     if (src / "config.json").is_file():
         return import_llm(src, out, name, progress)
     raise ModelError(
-        f"{src} is not an optimum or diffusers export: no config.json or model_index.json"
+        f"{src} is not an optimum or diffusers export (nor an onnxruntime-genai one): "
+        f"no config.json, model_index.json or {GENAI_CONFIG}"
     )
 
 
@@ -108,6 +114,41 @@ def import_llm(
         raise ModelError(
             "decoder_model.onnx returns present.* but decoder_with_past_model.onnx is missing"
         )
+    return _write_llm_dir(src, out, name, cfg, graphs, kv_cache, progress)
+
+
+def import_genai(
+    src: Path | str,
+    out: Path | str | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Import an onnxruntime-genai model-builder export (``genai_config.json``, D93: one
+    GroupQueryAttention decoder with the builder's default I/O names, the tokenizer files
+    beside it); returns the model directory (``out``, or ``src`` itself)."""
+    src = Path(src)
+    cfg, filename = read_genai_config(src)
+    if not (src / filename).is_file():
+        raise ModelError(f"{GENAI_CONFIG} names {filename}, which is not in {src}")
+    graphs = [("decoder", filename)]
+    if not _check_graphs(src, graphs, cfg):
+        raise ModelError(f"{filename} returns no present.* (a genai decoder has a KV cache)")
+    return _write_llm_dir(src, out, name or src.resolve().name, cfg, graphs, True, progress)
+
+
+def _write_llm_dir(
+    src: Path,
+    out: Path | str | None,
+    name: str | None,
+    cfg: HfConfig,
+    graphs: list[tuple[str, str]],
+    kv_cache: bool,
+    progress: Progress | None = None,
+) -> Path:
+    """The checked decoder ``graphs`` of the export in ``src``, its tokenizer (and its
+    configs) and ``cfg``'s numbers made a model directory: files hashed (copied to
+    ``out`` when given), the smoke test run, then ``manifest.json`` written. Shared by
+    the optimum and the onnxruntime-genai importers."""
     tok_cfg = read_tokenizer_config(src)
     tok_role, tok_path, info = _tokenizer(src, cfg, tok_cfg)
     roles = [*graphs, (tok_role, tok_path)]
@@ -346,7 +387,7 @@ def _smoke(model: ModelDir) -> None:
     params = SamplingParams(max_tokens=SMOKE_TOKENS)
     cached = runner.generate(ids, params, seed=0).token_ids
     if runner.use_kv_cache:
-        runner.use_kv_cache = False
+        runner.use_kv_cache = runner.io_binding = False  # the cache-free path, truly
         full = runner.generate(ids, params, seed=0).token_ids
         if full != cached:
             raise ModelError(

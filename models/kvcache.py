@@ -1,4 +1,4 @@
-"""KV cache decoding with ONNX Runtime IO binding into preallocated buffers (D53).
+"""KV cache decoding with ONNX Runtime IO binding into preallocated buffers (D53, D91).
 
 An optimum-layout decoder returns ``present.N.*`` = Concat(``past_key_values.N.*``, new)
 of shape (1, heads, past + n, head_dim). With plain ``session.run`` every step has ONNX
@@ -19,6 +19,15 @@ The graph computes exactly what it computes under ``session.run`` (same kernels,
 inputs): tokens and logits are bit-identical to the plain path, which tests check.
 Only the CPU execution provider is bound this way; the runner keeps the plain path on
 any other.
+
+:class:`SharedKvCache` is that sharing, for decoders whose attention is ONNX Runtime's
+``com.microsoft`` GroupQueryAttention (onnxruntime-genai's layout, D91; :func:`shares_kv`
+recognises one). Fed a past of a fixed capacity C, the op returns a present of capacity
+C, and its CPU kernel, when the present's memory *is* the past's (it compares the
+pointers), writes only the new positions and reads only the first ``total`` ones. So one
+buffer of (1, kv_heads, C, head_dim) per tensor is bound as both the past input and the
+present output for the whole generation: per step nothing of the cache is copied,
+and attention costs what its context costs.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import onnxruntime as ort
 from .errors import ModelError
 from .session import ORT_ERRORS
 
-__all__ = ["BoundKvCache", "KvCachePool", "binds_on"]
+__all__ = ["BoundKvCache", "KvCachePool", "SharedKvCache", "binds_on", "shares_kv"]
 
 _CPU = "CPUExecutionProvider"
 CAPACITY_STEP = 256  # capacities are rounded up to this, so one cache serves most prompts
@@ -138,19 +147,119 @@ class BoundKvCache:
         return row.astype(np.float32, copy=True)  # the buffer is rewritten next step
 
 
+class SharedKvCache:
+    """The KV cache of one generation of at most ``capacity`` tokens on a
+    GroupQueryAttention decoder: one buffer per past tensor, bound as past and present.
+
+    Same interface as :class:`BoundKvCache` (:meth:`steps`). The buffers are bound once;
+    a step rebinds only the ids, the mask and positions of its length, and the logits.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        past_names: Sequence[str],
+        present_names: Sequence[str],
+        *,
+        heads: int,
+        head_dim: int,
+        vocab: int,
+        capacity: int,
+        dtype: type,
+        position_ids: bool,
+    ) -> None:
+        self.session = session
+        self.heads, self.head_dim, self.capacity = heads, head_dim, capacity
+        self.dtype = np.dtype(dtype)
+        self.position_ids = position_ids
+        n = len(past_names)
+        # Zeros: calloc'd pages, mapped as they are written; positions past a step's total
+        # are never read by the kernel, so a reused cache needs no clearing.
+        self.buffers = np.zeros((n, 1, heads, capacity, head_dim), self.dtype)
+        self._logits = np.empty((1, 1, vocab), _output_dtype(session, "logits"))
+        self._logits_ptr = int(self._logits.ctypes.data)
+        self._mask = np.ones((1, capacity), np.int64)
+        self._positions = np.arange(capacity, dtype=np.int64)[None, :]
+        self._ids = np.zeros((1, 1), np.int64)
+        self._io = io = session.io_binding()
+        shape = list(self.buffers.shape[1:])
+        for i, (pname, oname) in enumerate(zip(past_names, present_names, strict=True)):
+            buf = self.buffers[i]
+            io.bind_cpu_input(pname, buf)  # onnxruntime reads it in place (contiguous)
+            io.bind_output(oname, "cpu", 0, self.dtype, shape, int(buf.ctypes.data))
+
+    def steps(self, prompt_ids: Sequence[int]) -> Generator[np.ndarray, int, None]:
+        """Coroutine: yields the next-token logits (float32, a fresh array each time);
+        is sent each chosen token. Raises ModelError past ``capacity`` tokens or when
+        the graph fails."""
+        ids = np.asarray([list(prompt_ids)], np.int64)
+        logits = self._run(ids, 0)
+        length = ids.shape[1]
+        while True:
+            token = yield logits
+            self._ids[0, 0] = token
+            logits = self._run(self._ids, length)
+            length += 1
+
+    def _run(self, ids: np.ndarray, past: int) -> np.ndarray:
+        n = ids.shape[1]
+        total = past + n
+        if total > self.capacity:
+            raise ModelError(f"kv cache: {total} tokens are over its capacity of {self.capacity}")
+        io = self._io
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", self._mask[:, :total])
+        if self.position_ids:
+            io.bind_cpu_input("position_ids", self._positions[:, past:total])
+        if n == 1:
+            buf, ptr = self._logits, self._logits_ptr
+        else:  # a prefill's (1, n, vocab), once per generation
+            buf = np.empty((1, n, self._logits.shape[2]), self._logits.dtype)
+            ptr = int(buf.ctypes.data)
+        io.bind_output("logits", "cpu", 0, buf.dtype, list(buf.shape), ptr)
+        try:
+            self.session.run_with_iobinding(io)
+        except ORT_ERRORS as e:
+            raise ModelError(f"decoder failed to run: {str(e).strip()[:300]}") from None
+        return buf[0, -1].astype(np.float32, copy=True)  # the buffer is rewritten next step
+
+
+def shares_kv(graph, past_names: Sequence[str], present_names: Sequence[str]) -> bool:
+    """Whether every past/present pair of the decoder ``graph`` (an onnx GraphProto) is the
+    past and present of one ``com.microsoft`` GroupQueryAttention node (past key and value
+    its inputs 3 and 4, present key and value its outputs 1 and 2), and read by nothing
+    else: then :class:`SharedKvCache` may bind each pair to one buffer."""
+    pairs = dict(zip(past_names, present_names, strict=True))
+    if not pairs:
+        return False
+    done: set[str] = set()
+    for node in graph.node:
+        pasts = [i for i in node.input if i in pairs]
+        if not pasts:
+            continue
+        gqa = node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft"
+        if not gqa or len(node.input) < 5 or len(node.output) < 3:
+            return False
+        key, value = node.input[3], node.input[4]
+        if pasts != [key, value] or [pairs[key], pairs[value]] != list(node.output[1:3]):
+            return False
+        done.update(pasts)
+    return done == set(pairs)
+
+
 class KvCachePool:
     """One spare :class:`BoundKvCache` kept between generations, so that a runner's
     buffers are allocated (and their pages mapped) once rather than per job. ``make``
     builds a cache of a given capacity. A generation :meth:`take` s the spare (or a new,
     larger one) and :meth:`give` s it back; concurrent generations never share one."""
 
-    def __init__(self, make: Callable[[int], BoundKvCache], most: int):
+    def __init__(self, make: Callable[[int], BoundKvCache | SharedKvCache], most: int):
         self.make = make
         self.most = most  # the model's context: no cache is larger
-        self._spare: BoundKvCache | None = None
+        self._spare: BoundKvCache | SharedKvCache | None = None
         self._lock = threading.Lock()
 
-    def take(self, capacity: int) -> BoundKvCache:
+    def take(self, capacity: int) -> BoundKvCache | SharedKvCache:
         with self._lock:
             cache, self._spare = self._spare, None
         if cache is None or cache.capacity < capacity:
@@ -158,7 +267,7 @@ class KvCachePool:
             cache = self.make(max(capacity, min(self.most, rounded)))
         return cache
 
-    def give(self, cache: BoundKvCache) -> None:
+    def give(self, cache: BoundKvCache | SharedKvCache) -> None:
         with self._lock:
             if self._spare is None or self._spare.capacity < cache.capacity:
                 self._spare = cache

@@ -7,7 +7,9 @@ without cache read the whole sequence every step; both go through :meth:`LlmRunn
 Three export layouts run: one graph taking zero-length past at the first step (current
 optimum, ``model.onnx``), the older merged decoder that also takes ``use_cache_branch``
 (``decoder_model_merged.onnx``), and split decoders: role ``decoder`` without past for the
-prompt, role ``decoder_with_past`` for every later step.
+prompt, role ``decoder_with_past`` for every later step. A single-graph decoder whose
+attention is ONNX Runtime's GroupQueryAttention (onnxruntime-genai's layout) decodes with
+one shared buffer per cache tensor (:class:`~.kvcache.SharedKvCache`, D91).
 :meth:`LlmRunner.prefill` is the validator's entry point: the logits at every position of a
 sequence in one pass, no cache.
 """
@@ -23,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
-from .kvcache import BoundKvCache, KvCachePool, binds_on
+from .kvcache import BoundKvCache, KvCachePool, SharedKvCache, binds_on, shares_kv
 from .manifest import LLM, LlmInterface, ModelDir, load_model_dir
 from .sampling import SamplingParams, choose_token
 from .session import ExecutionProfile, SessionFactory, run_session
@@ -94,7 +96,10 @@ class LlmRunner:
     ``use_kv_cache=False`` recomputes the whole sequence every step even when the graph has
     a cache; ``io_binding=False`` decodes with plain ``session.run`` instead of binding the
     cache into preallocated buffers (:mod:`.kvcache`; same tokens and logits, bit for
-    bit). Raises ModelError for anything wrong with the model.
+    bit). ``kv_layout`` says how a generation's cache is held: ``"shared"`` (one buffer
+    per tensor bound as past and present: GroupQueryAttention decoders), ``"ping-pong"``
+    (:class:`~.kvcache.BoundKvCache`), ``"plain"`` (``session.run``) or ``"none"``.
+    Raises ModelError for anything wrong with the model.
     """
 
     def __init__(
@@ -138,6 +143,12 @@ class LlmRunner:
             and self.use_kv_cache
             and self.past_session is None
             and binds_on(self.session)
+        )
+        self.shared_kv = self.io_binding and _shares_kv(self.model, self._graph)
+        self.kv_layout = (
+            ("shared" if self.shared_kv else "ping-pong")
+            if self.io_binding
+            else ("plain" if self.use_kv_cache else "none")
         )
         self._kv_pool = KvCachePool(self._bound_cache, self.context_length)
         self.profile: ExecutionProfile = self.factory.profile(self.model.model_id)
@@ -261,8 +272,20 @@ class LlmRunner:
             outputs = self._run(np.asarray([[token]], np.int64), length, pasts)
             length += 1
 
-    def _bound_cache(self, capacity: int) -> BoundKvCache:
+    def _bound_cache(self, capacity: int) -> BoundKvCache | SharedKvCache:
         g = self._graph
+        if self.shared_kv:
+            return SharedKvCache(
+                self.session,
+                g.past_names,
+                g.output_names[1:],
+                heads=self.interface.num_heads,
+                head_dim=self.interface.head_dim,
+                vocab=self.interface.vocab_size,
+                capacity=capacity,
+                dtype=g.past_dtype,
+                position_ids=g.position_ids,
+            )
         return BoundKvCache(
             self.session,
             g.past_names,
@@ -301,6 +324,21 @@ class LlmRunner:
         return run_session(
             session, graph.output_names, feeds, WITH_PAST_ROLE if split else "decoder"
         )
+
+
+def _shares_kv(model: ModelDir, graph: _Graph) -> bool:
+    """Whether the decoder's cache pairs are GroupQueryAttention past/present pairs (read
+    from the graph's nodes, weights not loaded; the session runs the hash-checked bytes,
+    and a graph that is not what this says fails its first run with a ModelError)."""
+    import onnx
+
+    if graph.use_cache_branch or not graph.past_names:
+        return False
+    try:
+        proto = onnx.load_model(str(model.paths["decoder"]), load_external_data=False)
+    except Exception:
+        return False
+    return shares_kv(proto.graph, graph.past_names, graph.output_names[1:])
 
 
 def _float32(logits: np.ndarray) -> np.ndarray:
