@@ -37,7 +37,7 @@ class Committees:
         snap, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
         if snap is None or beacon is None or seed > s.height:
             return None
-        return committee_for(job, a, snap, beacon, rules=PARAMS.committee_rules()), snap
+        return committee_for(job, a, snap, beacon, rules=PARAMS.job_committee_rules()), snap
 
     def _audit(self, w: Operator, job: Job, a, r, forged: bool, withheld: bool) -> None:
         """The committee of an audited claim checks it: the real draw and collector."""

@@ -10,6 +10,7 @@ from aipg.pouw import COMMITTEE_DELAY, Certificate, Claim, job_id
 from aipg.pouw.schedule import Scheduler, SchedulerConfig
 from aipg.stake.assign import (
     claim_order,
+    decayed,
     draw_weight,
     drawn_assignment_ok,
     drawn_workers,
@@ -84,9 +85,13 @@ def test_registration_needs_the_bond_and_can_be_withdrawn():
 
 
 def test_weight_believes_the_declaration_only_as_far_as_delivered():
-    assert draw_weight(1_000, 0) == 250  # a newcomer: a quarter
-    assert draw_weight(1_000, 300) == 600  # twice what it delivered in one block
-    assert draw_weight(1_000, 10**9) == 1_000  # never more than declared
+    # (declared, its rate a block, the model's best worker's rate, delivered, missed): D97
+    assert draw_weight(1_000, 0) == 1  # nothing delivered anywhere yet: all alike
+    assert draw_weight(1_000, 0, 200) == 400  # a newcomer: twice the best worker's rate
+    assert draw_weight(1_000, 300, 300) == 600  # twice what it delivers a block
+    assert draw_weight(1_000, 10**9, 10**9) == 1_000  # never more than declared
+    assert draw_weight(1_000, 300, 300, 3_000, 1_000) == 450  # missed a quarter
+    assert draw_weight(1_000, 0, 300, 0, 1_000) == 1  # never did what it was drawn for
     assert draw_weight(0, 10**9) == 0
 
 
@@ -101,11 +106,13 @@ def test_certified_work_raises_the_measured_capacity_and_it_decays():
     # the units the registered cost certifies, not the receipt's own figure
     units = certified_work(s, job, cert.receipt)
     assert units > 0
-    assert s.capacity[w.public_bytes].peak == units
+    assert s.capacity[w.public_bytes].recent == units  # the delivered sum (D97)
     for _ in range(c.state.params.epoch_length):
         c.next()
+    row = decayed(s.capacity[w.public_bytes], c.state.height)
+    assert row.recent == units - c.state.params.epoch_length  # (a small sum: 1 a block)
     got = worker_weights_at(c.state, c.state.height + 1, MODEL)[w.public_bytes]
-    assert got == draw_weight(DECLARED, 0) or got > 0  # small jobs: the newcomer's floor
+    assert got == draw_weight(DECLARED, row.recent >> 6, row.recent >> 6) == 1
 
 
 def test_the_draw_excludes_the_gateway_and_client_and_the_predicate_follows_it():
