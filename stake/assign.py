@@ -108,13 +108,15 @@ def record_capacity(s: State, units_by_worker: Mapping[bytes, int]) -> None:
 
 
 def record_miss(s: State, job: Job, doer: bytes, units: int) -> None:
-    """``doer`` did free ``job`` (``units`` by the registered cost): when the draw picked
-    another worker, that one missed it (D97). A paid job routed past the draw (D84) is
-    nobody's miss."""
+    """``doer`` did free ``job`` (``units`` by the registered cost): when it is the draw's
+    runner-up, the drawn worker missed it (D97). Only the runner-up counts, as the
+    gateway's fallback goes to the next claimant in the draw's order: a gateway that
+    routes jobs past the draw to a worker of its choice charges nobody a miss unless its
+    worker was drawn second. A paid job routed past the draw (D84) is nobody's miss."""
     if job.tier != Tier.FREE or units <= 0:
         return
     ranked = drawn_workers(s, job)
-    if ranked and ranked[0] != bytes(doer):
+    if ranked and len(ranked) > 1 and ranked[1] == bytes(doer):
         row = _row(s, ranked[0])
         s.put("capacity", ranked[0], row._replace(missed=row.missed + units))
 

@@ -124,8 +124,9 @@ def test_a_worker_that_stops_delivering_loses_its_weight():
 
 
 def test_a_free_job_done_past_the_draw_is_the_drawn_workers_miss():
-    """A free job done by another worker than the drawn one is the drawn one's miss, by
-    the job's registered units; the doer's capacity does not grow (D64)."""
+    """A free job done by the draw's runner-up is the drawn worker's miss, by the job's
+    registered units; the doer's capacity does not grow (D64); one done by a worker
+    drawn further down is nobody's miss."""
     c = TestChain(economy=True)
     c.next(transactions=c.economy_txs())
     ws = _register(c, 3)
@@ -141,3 +142,13 @@ def test_a_free_job_done_past_the_draw_is_the_drawn_workers_miss():
     assert drawn not in c.state.capacity or c.state.capacity[drawn].recent == 0
     assert c.state.capacity[drawn].missed == certified_work(c.state, free, cert.receipt)
     assert other not in c.state.capacity  # done past the draw: no capacity for the doer
+    # a worker drawn third doing a job is the gateway's choice, not its fallback: no miss
+    free2 = make_job(c, nonce=2)
+    c.next(transactions=[make_tx(GATEWAY, CHAIN, TxKind.COMMIT, gn + 1, job_id=job_id(free2))])
+    for _ in range(COMMITTEE_DELAY):
+        c.next()
+    first, _, third = drawn_workers(c.state, free2)[:3]
+    before = c.state.capacity.get(first)
+    cert = Certificate(*work_on(c.state, c.keys, free2, by_key[third], output_tokens=6))
+    c.next(certificates=[cert])
+    assert c.state.capacity.get(first) == before
