@@ -1,20 +1,24 @@
 """Load that spreads on a real devnet: how many of its jobs each node's worker ran.
 
-    python bench/spread.py [--nodes 5] [--jobs 24] [--block-time 2] [--trials 20000]
+    python bench/spread.py [--nodes 5] [--jobs 24] [--gateways 1] [--block-time 2]
+                           [--trials 20000]
 
-Runs the real command, ``aipg-node devnet --nodes N --jobs K --exit-when-done``, in a
-temporary directory, reads the worker of every job from the table it prints (the
+Runs the real command, ``aipg-node devnet --nodes N --jobs K --gateways G
+--exit-when-done``, in a temporary directory, reads the worker of every job from the table it prints (the
 gateway's GET /api/v1/jobs/{id}), and prints one JSON object as its last line:
 ``{"jobs", "by_worker", "busiest_over_average", "busiest_over_average_drawn",
 "uniform_busiest_over_average_drawn", "seconds"}``. Target (issue 12): with equal workers
 the busiest does at most 1.5x the average.
 
-All jobs go through node 0's gateway, which is never drawn for its own free jobs (D58),
-so node 0 runs only the paid jobs it wins on the latency route (D84): the average over
-all nodes counts a worker that cannot be drawn. ``busiest_over_average_drawn`` is over
-the nodes that can be; ``uniform_busiest_over_average_drawn`` is what a perfectly fair
-draw gives in expectation for the same numbers (the median of ``--trials`` multinomial
-draws, seed 1): with a few dozen jobs chance alone puts the busiest near 1.3x.
+With ``--gateways 1`` all jobs go through node 0's gateway, which is never drawn for its
+own free jobs (D58), so node 0 runs only the paid jobs it wins on the latency route
+(D84): the average over all nodes counts a worker that cannot be drawn, and
+``busiest_over_average_drawn`` is over the nodes that can be. With ``--gateways N`` the
+free jobs go through every node's API in turn (paid jobs through node 0's), so every
+node is a gateway and every worker is drawn alike: the two figures are the same.
+``uniform_busiest_over_average_drawn`` is what a perfectly fair draw gives in expectation
+for the same numbers (the median of ``--trials`` multinomial draws, seed 1): with a few
+dozen jobs chance alone puts the busiest near 1.3x.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=24)
+    ap.add_argument("--gateways", type=int, default=1)
     ap.add_argument("--block-time", type=float, default=2.0)
     ap.add_argument("--trials", type=int, default=20_000)
     args = ap.parse_args(argv)
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             str(args.jobs),
             "--block-time",
             str(args.block_time),
+            "--gateways",
+            str(args.gateways),
             "--exit-when-done",
             "--dir",
             str(Path(tmp) / "devnet"),
@@ -89,10 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
     free = Counter(w for _, tier, w in rows if tier == "free")
     total = len(rows)
     # node 0's gateway signed every job; the worker never drawn for a free job is node 0
-    drawn = {w: n for w, n in load.items() if free[w]}
-    n_drawn = max(1, args.nodes - 1)
+    drawn = {w: n for w, n in load.items() if free[w] or args.gateways > 1}
+    n_drawn = args.nodes if args.gateways > 1 else max(1, args.nodes - 1)
     out = {
         "jobs": total,
+        "gateways": args.gateways,
         "by_worker": dict(sorted(load.items(), key=lambda kv: -kv[1])),
         "busiest_over_average": round(max(load.values()) / (total / args.nodes), 3),
         "busiest_over_average_drawn": round(

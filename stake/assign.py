@@ -3,23 +3,23 @@
 
 A worker registers for a model with a REGISTER_WORKER transaction (``job_id`` names the
 model, ``amount`` declares its capacity in work units per block; 0 withdraws it) while
-its bond holds at least ``min_worker_bond``. What it declares is believed only as far
-as the chain has seen work delivered, and weighed by how much of what it was drawn for
-it did (D97):
+its bond holds at least ``min_worker_bond``. A registration weighs what it declares
+times the share of the jobs it was drawn for that it did (D97):
 
-    weight = min(declared, max(2 * rate, 2 * best_rate, 1)) * delivered / (delivered + missed)
+    weight = declared * delivered / (delivered + missed)
 
-``rate`` is the work units certified to the worker for jobs it was drawn for, a block,
-averaged over about the last 64 blocks (sums decaying by 1/64 a block), ``best_rate``
-the highest ``rate`` among the model's workers, ``delivered`` and ``missed`` the
-decayed units of the jobs it was drawn for that it did, and of the free jobs it was
-drawn for that another worker did (no miss yet: a factor 1). Why not its own rate
-alone: below capacity a worker delivers what it was drawn for, not what it can do, so
-weighing by it fed back (the one drawn for a big job early was drawn for the next ones);
-the ceiling is the network's best, so equal workers weigh alike whatever they were
-drawn for, and a worker that cannot keep up (or a registration that never serves)
-misses what it is drawn for and loses weight in proportion. Nothing self-reported
-(claims, queue lengths, timings) counts, and the declaration only bounds.
+``delivered`` is the work units certified to the worker for jobs it was drawn for, and
+``missed`` those of the free jobs it was drawn for that the draw's runner-up did
+instead, both sums decaying by 1/64 a block. A newcomer (nothing delivered yet) is
+believed up to the larger of twice the model's best worker's rate (its ``delivered``
+over 64: units a block) and the mean weight of the workers that have delivered, and
+weighs 1 once it misses. Why: below capacity a worker delivers what it was drawn for,
+not what it can do, so any weight that follows its own delivery feeds back (the one
+drawn for a big job early drew the next ones) or caps a large worker at the level of
+its luck; what a worker's record does show at any demand is whether it did what it was
+drawn for. A declaration is thus believed while it is honoured: one that claims more
+than the worker can do is drawn for more than it does and falls to what it does.
+Nothing self-reported but the bound counts (claims, queue lengths, timings never do).
 
 At every epoch boundary the weights of every registration are snapshotted (table
 ``worker_epochs``), so the draw of a job is fixed once its seed block is final. The
@@ -121,16 +121,15 @@ def record_miss(s: State, job: Job, doer: bytes, units: int) -> None:
         s.put("capacity", ranked[0], row._replace(missed=row.missed + units))
 
 
-def draw_weight(declared: int, rate: int, best_rate: int = 0, delivered=0, missed=0) -> int:
-    """What a registration weighs in a draw (D97): its declared capacity, believed up to
-    twice what it, or the model's best worker, delivers a block, times the share of
-    what it was drawn for that it did."""
+def draw_weight(declared: int, delivered: int, missed: int, newcomer_bound: int) -> int:
+    """What a registration weighs in a draw (D97): its declared capacity times the share
+    of what it was drawn for that it did; a newcomer (nothing delivered) its declared
+    capacity up to ``newcomer_bound``, and 1 once it missed a job."""
     if not declared:
         return 0
-    weight = min(declared, max(2 * rate, 2 * best_rate, 1))
-    if missed:
-        weight = weight * delivered // (delivered + missed)
-    return max(weight, 1)
+    if not delivered:
+        return 1 if missed else max(1, min(declared, newcomer_bound))
+    return max(1, declared * delivered // (delivered + missed))
 
 
 def snapshot_workers(s: State) -> None:
@@ -142,15 +141,21 @@ def snapshot_workers(s: State) -> None:
         if s.bond(key[:32]).stake >= s.params.min_worker_bond
     ]  # unbonded below the minimum: not drawn until it bonds again
     rows_of = {key: _row(s, key[:32]) for key, _ in bonded}
-    best: dict[bytes, int] = {}
-    for key, row in rows_of.items():
-        best[key[32:]] = max(best.get(key[32:], 0), row.recent >> DECAY_SHIFT)
-    rows = []
+    best: dict[bytes, int] = {}  # model -> the best rate among its workers
+    known: dict[bytes, list[int]] = {}  # model -> weights of the workers that delivered
     for key, reg in bonded:
         row = rows_of[key]
-        rate = row.recent >> DECAY_SHIFT
-        weight = draw_weight(reg.declared, rate, best[key[32:]], row.recent, row.missed)
-        rows.append((key, weight))
+        best[key[32:]] = max(best.get(key[32:], 0), row.recent >> DECAY_SHIFT)
+        if row.recent:
+            known.setdefault(key[32:], []).append(
+                draw_weight(reg.declared, row.recent, row.missed, 0)
+            )
+    rows = []
+    for key, reg in bonded:
+        row, model = rows_of[key], key[32:]
+        weights = known.get(model, [])
+        bound = max(2 * best.get(model, 0), sum(weights) // len(weights) if weights else 0)
+        rows.append((key, draw_weight(reg.declared, row.recent, row.missed, bound)))
     s.put("worker_epochs", height_key(s.epoch_of(s.height + 1)), tuple(rows))
 
 

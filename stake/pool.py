@@ -57,14 +57,21 @@ def total_bonded(s: State) -> int:
     return sum(b.stake for b in s.bonds.values())
 
 
-def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
-    """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
+def budget(
+    s: State, role: bytes, key: bytes, pool: int, total: int, depth_pool: int | None = None
+) -> tuple[int, int]:
+    """(what ``key`` may earn as ``role`` at this height, the most its budget holds).
+    It fills by ``pool`` a block and holds ``pool_budget_blocks`` blocks of
+    ``depth_pool`` (``pool`` unless given: D99, the minted pool, so that a block whose
+    basis is 0 does not empty every budget)."""
     p = s.params
     bps = {GATEWAY: p.gateway_pool_cap_bps, VALIDATOR: p.verdict_pool_cap_bps}.get(
         role, p.worker_pool_cap_bps
     )
-    rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
-    most = rate * s.params.pool_budget_blocks
+    stake = s.bond(key).stake
+    rate = pool * stake * bps // (total * BPS) if total else 0
+    deep = rate if depth_pool is None else depth_pool * stake * bps // (total * BPS)
+    most = deep * s.params.pool_budget_blocks if total else 0
     row = s.pool_budgets.get(role + key)
     if row is None:  # first seen: one block's worth, so that no new key brings a windfall
         return min(rate, most), most
@@ -93,7 +100,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         caps[g] = (
             (pool, pool)
             if not s.params.gateway_pool_cap_bps
-            else budget(s, GATEWAY, g, basis, total)
+            else budget(s, GATEWAY, g, basis, total, pool)
         )
     order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
     left, weight = pool, sum(units.values())
@@ -113,7 +120,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
             by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
     scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
     for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
-        have, most = budget(s, WORKER, key, basis, total)
+        have, most = budget(s, WORKER, key, basis, total, pool)
         pay = min(have, by_worker[key])
         scale[key] = (pay, by_worker[key])
         _spend(s, WORKER, key, have, most, pay)
@@ -125,6 +132,9 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         s.work_pool -= share
         s.paid[job] = s.paid.get(job, 0) + share
     if s.params.budget_refill_paid:
-        s.put("pool_budgets", PAID_ROW, PoolBudget(pool - s.work_pool, s.height))
+        # The next block's budgets fill by this block's pool if certified work asked for
+        # it, else by nothing (D99: what was paid is itself bounded by the budgets, so
+        # filling by it fed back to zero, and from genesis nothing was ever paid).
+        s.put("pool_budgets", PAID_ROW, PoolBudget(pool if units else 0, s.height))
     s.burned += s.work_pool
     s.work_pool = 0

@@ -84,15 +84,15 @@ def test_registration_needs_the_bond_and_can_be_withdrawn():
         c.next(transactions=[_tx(c, w, TxKind.REGISTER_WORKER, job_id=MODEL, amount=0)])
 
 
-def test_weight_believes_the_declaration_only_as_far_as_delivered():
-    # (declared, its rate a block, the model's best worker's rate, delivered, missed): D97
-    assert draw_weight(1_000, 0) == 1  # nothing delivered anywhere yet: all alike
-    assert draw_weight(1_000, 0, 200) == 400  # a newcomer: twice the best worker's rate
-    assert draw_weight(1_000, 300, 300) == 600  # twice what it delivers a block
-    assert draw_weight(1_000, 10**9, 10**9) == 1_000  # never more than declared
-    assert draw_weight(1_000, 300, 300, 3_000, 1_000) == 450  # missed a quarter
-    assert draw_weight(1_000, 0, 300, 0, 1_000) == 1  # never did what it was drawn for
-    assert draw_weight(0, 10**9) == 0
+def test_weight_believes_the_declaration_while_it_is_honoured():
+    # (declared, delivered, missed, a newcomer's bound): D97
+    assert draw_weight(1_000, 0, 0, 0) == 1  # nothing delivered anywhere yet: all alike
+    assert draw_weight(1_000, 0, 0, 400) == 400  # a newcomer, up to the bound
+    assert draw_weight(10**12, 0, 0, 400) == 400  # however much it declares
+    assert draw_weight(1_000, 5, 0, 0) == 1_000  # it did all it was drawn for
+    assert draw_weight(1_000, 3_000, 1_000, 0) == 750  # missed a quarter
+    assert draw_weight(1_000, 0, 1_000, 400) == 1  # never did what it was drawn for
+    assert draw_weight(0, 10, 0, 10) == 0
 
 
 def test_certified_work_raises_the_measured_capacity_and_it_decays():
@@ -112,7 +112,7 @@ def test_certified_work_raises_the_measured_capacity_and_it_decays():
     row = decayed(s.capacity[w.public_bytes], c.state.height)
     assert row.recent == units - c.state.params.epoch_length  # (a small sum: 1 a block)
     got = worker_weights_at(c.state, c.state.height + 1, MODEL)[w.public_bytes]
-    assert got == draw_weight(DECLARED, row.recent >> 6, row.recent >> 6) == 1
+    assert got == draw_weight(DECLARED, row.recent, row.missed, 0) == DECLARED
 
 
 def test_the_draw_excludes_the_gateway_and_client_and_the_predicate_follows_it():
