@@ -121,15 +121,19 @@ def record_miss(s: State, job: Job, doer: bytes, units: int) -> None:
         s.put("capacity", ranked[0], row._replace(missed=row.missed + units))
 
 
-def draw_weight(declared: int, delivered: int, missed: int, newcomer_bound: int) -> int:
-    """What a registration weighs in a draw (D97): its declared capacity times the share
-    of what it was drawn for that it did; a newcomer (nothing delivered) its declared
-    capacity up to ``newcomer_bound``, and 1 once it missed a job."""
+BELIEF = 8  # a declaration is believed up to this many times the best worker's rate
+
+
+def draw_weight(declared: int, delivered: int, missed: int, best_rate: int) -> int:
+    """What a registration weighs in a draw (D97): its declared capacity, believed up to
+    ``BELIEF`` times the rate of the model's best worker, times the share of what it
+    was drawn for that it did (a newcomer that missed a job before delivering any: 1)."""
     if not declared:
         return 0
-    if not delivered:
-        return 1 if missed else max(1, min(declared, newcomer_bound))
-    return max(1, declared * delivered // (delivered + missed))
+    believed = min(declared, max(BELIEF * best_rate, 1))
+    if not missed:
+        return believed
+    return max(1, believed * delivered // (delivered + missed))
 
 
 def snapshot_workers(s: State) -> None:
@@ -142,20 +146,12 @@ def snapshot_workers(s: State) -> None:
     ]  # unbonded below the minimum: not drawn until it bonds again
     rows_of = {key: _row(s, key[:32]) for key, _ in bonded}
     best: dict[bytes, int] = {}  # model -> the best rate among its workers
-    known: dict[bytes, list[int]] = {}  # model -> weights of the workers that delivered
-    for key, reg in bonded:
-        row = rows_of[key]
-        best[key[32:]] = max(best.get(key[32:], 0), row.recent >> DECAY_SHIFT)
-        if row.recent:
-            known.setdefault(key[32:], []).append(
-                draw_weight(reg.declared, row.recent, row.missed, 0)
-            )
+    for key, _ in bonded:
+        best[key[32:]] = max(best.get(key[32:], 0), rows_of[key].recent >> DECAY_SHIFT)
     rows = []
     for key, reg in bonded:
-        row, model = rows_of[key], key[32:]
-        weights = known.get(model, [])
-        bound = max(2 * best.get(model, 0), sum(weights) // len(weights) if weights else 0)
-        rows.append((key, draw_weight(reg.declared, row.recent, row.missed, bound)))
+        row = rows_of[key]
+        rows.append((key, draw_weight(reg.declared, row.recent, row.missed, best[key[32:]])))
     s.put("worker_epochs", height_key(s.epoch_of(s.height + 1)), tuple(rows))
 
 

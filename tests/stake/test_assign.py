@@ -85,13 +85,14 @@ def test_registration_needs_the_bond_and_can_be_withdrawn():
 
 
 def test_weight_believes_the_declaration_while_it_is_honoured():
-    # (declared, delivered, missed, a newcomer's bound): D97
+    # (declared, delivered, missed, the best rate among the model's workers): D97
     assert draw_weight(1_000, 0, 0, 0) == 1  # nothing delivered anywhere yet: all alike
-    assert draw_weight(1_000, 0, 0, 400) == 400  # a newcomer, up to the bound
-    assert draw_weight(10**12, 0, 0, 400) == 400  # however much it declares
-    assert draw_weight(1_000, 5, 0, 0) == 1_000  # it did all it was drawn for
-    assert draw_weight(1_000, 3_000, 1_000, 0) == 750  # missed a quarter
-    assert draw_weight(1_000, 0, 1_000, 400) == 1  # never did what it was drawn for
+    assert draw_weight(1_000, 0, 0, 50) == 400  # a newcomer: 8x the best worker's rate
+    assert draw_weight(10**12, 0, 0, 50) == 400  # however much it declares
+    assert draw_weight(1_000, 5, 0, 200) == 1_000  # 8x the best rate covers it
+    assert draw_weight(1_000, 3_000, 1_000, 200) == 750  # it missed a quarter
+    assert draw_weight(10**12, 3_000, 1_000, 200) == 1_200  # a liar: 8x the best, 3/4
+    assert draw_weight(1_000, 0, 1_000, 200) == 1  # never did what it was drawn for
     assert draw_weight(0, 10, 0, 10) == 0
 
 
@@ -112,7 +113,8 @@ def test_certified_work_raises_the_measured_capacity_and_it_decays():
     row = decayed(s.capacity[w.public_bytes], c.state.height)
     assert row.recent == units - c.state.params.epoch_length  # (a small sum: 1 a block)
     got = worker_weights_at(c.state, c.state.height + 1, MODEL)[w.public_bytes]
-    assert got == draw_weight(DECLARED, row.recent, row.missed, 0) == DECLARED
+    # one small job: the best rate (its own) believes 8x it
+    assert got == draw_weight(DECLARED, row.recent, row.missed, row.recent >> 6)
 
 
 def test_the_draw_excludes_the_gateway_and_client_and_the_predicate_follows_it():
