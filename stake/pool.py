@@ -135,6 +135,8 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         # The next block's budgets fill by this block's pool if certified work asked for
         # it, else by nothing (D99: what was paid is itself bounded by the budgets, so
         # filling by it fed back to zero, and from genesis nothing was ever paid).
-        s.put("pool_budgets", PAID_ROW, PoolBudget(pool if units else 0, s.height))
+        # Only a bonded gateway's jobs ask: an unbonded one's can earn nothing (D62).
+        asked = any(s.bond(g).stake for g in units)
+        s.put("pool_budgets", PAID_ROW, PoolBudget(pool if asked else 0, s.height))
     s.burned += s.work_pool
     s.work_pool = 0
