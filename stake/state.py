@@ -116,6 +116,8 @@ class PoolBudget(NamedTuple):
 
     budget: int
     height: int
+    # with ``budget_refill_paid``: the asked-pool index (:mod:`.pool`, D99) at ``height``
+    index: int = 0
 
 
 class Registration(NamedTuple):
