@@ -146,8 +146,11 @@ def snapshot_workers(s: State) -> None:
     ]  # unbonded below the minimum: not drawn until it bonds again
     rows_of = {key: _row(s, key[:32]) for key, _ in bonded}
     best: dict[bytes, int] = {}  # model -> the best rate among its workers
+    # (a sum decaying by 1/64 a block holds about 64 blocks of a steady rate; a chain
+    # younger than that has had fewer: divide by its age, not to under-believe everyone)
+    window = max(1, min(1 << DECAY_SHIFT, s.height))
     for key, _ in bonded:
-        best[key[32:]] = max(best.get(key[32:], 0), rows_of[key].recent >> DECAY_SHIFT)
+        best[key[32:]] = max(best.get(key[32:], 0), rows_of[key].recent // window)
     rows = []
     for key, reg in bonded:
         row = rows_of[key]
