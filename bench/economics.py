@@ -16,6 +16,10 @@ from block ``--warmup-blocks`` on: audit sampling (D79-D81) checks every job of 
 until its record builds, so the figure is the steady state once reputations have built;
 ``verification_overhead_whole_run`` is the same run from block 0 (warm-up included),
 ``verification_overhead_strategy_runs`` the strategies' runs together.
+``verification_overhead_mainnet`` is the same run's steady state had each audited claim
+been checked by mainnet's job committee (``audit_committee_size``, 20 seats) and each
+review by mainnet's 68 (D98); ``verification_overhead_mainnet_68_seats`` with 68-seat
+audits, as before D98. (The simulation's thirteen validators cannot seat 68.)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import sys
 import time
 
+from aipg.stake.genesis import MAINNET_PARAMS
 from aipg.testing.economy import FRACTIONS, STRATEGIES, Config, Economy
 
 
@@ -60,6 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
         "strategies": table,
         "verification_overhead": round(long.overhead(warm), 4),
         "verification_overhead_whole_run": round(long.overhead(), 4),
+        # every audited claim checked by mainnet's job committee (20 seats) and every
+        # review by its 68 (D98); the same run, the same blocks
+        "verification_overhead_mainnet": round(
+            long.overhead_at(
+                MAINNET_PARAMS.job_committee_size(), MAINNET_PARAMS.committee_size, warm
+            ),
+            4,
+        ),
+        # what mainnet's audits cost with 68-seat job committees (before D98)
+        "verification_overhead_mainnet_68_seats": round(
+            long.overhead_at(MAINNET_PARAMS.committee_size, MAINNET_PARAMS.committee_size, warm),
+            4,
+        ),
         "verification_overhead_strategy_runs": round(checked / worked, 3) if worked else 0.0,
         "overhead_blocks": args.overhead_blocks,
         "warmup_blocks": warm,

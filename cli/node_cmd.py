@@ -199,6 +199,14 @@ def add_parser(sub: argparse._SubParsersAction, data_dir_parent: argparse.Argume
         default=600.0,
         help="with --jobs: give up on them after this many seconds (default 600)",
     )
+    d.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        metavar="G",
+        help="with --jobs: send the free jobs through the APIs of nodes 0..G-1 in turn "
+        "(default 1: node 0's; paid jobs always go through node 0, which holds the API key)",
+    )
     d.set_defaults(func=cmd_devnet)
 
 
@@ -278,6 +286,8 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         raise CliError("--nodes must be at least 1")
     if args.block_time <= 0 or args.block_time > 600:
         raise CliError("--block-time must be between 0 and 600 seconds")
+    if not 1 <= args.gateways <= args.nodes:
+        raise CliError("--gateways must be between 1 and --nodes")
     return run_devnet_cli(
         root=Path(args.dir),
         nodes=args.nodes,
@@ -286,4 +296,5 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         exit_when_done=args.exit_when_done,
         timeout=args.timeout,
         out=sys.stdout,
+        gateways=args.gateways,
     )

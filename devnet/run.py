@@ -53,6 +53,7 @@ class DemoJob:
     tier: str
     kind: str
     job_id: str = ""
+    gateway: int = 0  # the node whose API the job went through (and is followed on)
     view: dict = field(default_factory=dict)
     output: str = ""
 
@@ -66,6 +67,14 @@ class DevnetDriver:
         self.out = out
         self.gateway = devnet.node(0).api_url
         self.http = httpx.AsyncClient(base_url=self.gateway, timeout=60.0)
+        self._apis: dict[int, httpx.AsyncClient] = {0: self.http}
+
+    def api(self, index: int) -> httpx.AsyncClient:
+        """An HTTP client for node ``index``'s API (node 0's is ``http``)."""
+        if index not in self._apis:
+            url = self.devnet.node(index).api_url
+            self._apis[index] = httpx.AsyncClient(base_url=url, timeout=60.0)
+        return self._apis[index]
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -75,17 +84,18 @@ class DevnetDriver:
         r.raise_for_status()
         return {m.get("kind", "llm"): m for m in r.json()["data"]}
 
-    async def _post(self, path: str, body: dict, paid: bool) -> dict:
+    async def _post(self, path: str, body: dict, paid: bool, gateway: int = 0) -> dict:
         headers = {"Authorization": f"Bearer {self.api_key}"} if paid else {}
-        r = await self.http.post(path, json=body, headers=headers, timeout=120.0)
+        r = await self.api(gateway).post(path, json=body, headers=headers, timeout=120.0)
         if r.status_code != 200:
             raise DevnetError(f"POST {path} answered {r.status_code}: {r.text[:300]}")
         return r.json()
 
-    async def _stream_chat(self, body: dict) -> tuple[str, str]:
+    async def _stream_chat(self, body: dict, gateway: int = 0) -> tuple[str, str]:
         """A streamed chat completion: (job id, text), read event by event."""
         text, jid = [], ""
-        async with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
+        api = self.api(gateway)
+        async with api.stream("POST", "/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
                 raise DevnetError(f"streamed chat answered {r.status_code}")
             async for line in r.aiter_lines():
@@ -110,6 +120,7 @@ class DevnetDriver:
                     "n": 1,
                 },
                 paid,
+                job.gateway,
             )
             image_path.write_bytes(base64.b64decode(r["data"][0]["b64_json"]))
             job.job_id = r["aipg"]["job_id"]
@@ -122,12 +133,13 @@ class DevnetDriver:
                     "max_tokens": 24,
                     "stream": True,
                     "seed": 11,
-                }
+                },
+                job.gateway,
             )
         else:
             prompt = LLM_PROMPTS[2] if paid else LLM_PROMPTS[0]
             body = {"model": models["llm"]["id"], "prompt": prompt, "max_tokens": 24, "seed": 5}
-            r = await self._post("/v1/completions", body, paid)
+            r = await self._post("/v1/completions", body, paid, job.gateway)
             job.job_id, job.output = r["aipg"]["job_id"], r["choices"][0]["text"]
         self.say(f"  {job.label:<10} {job.tier:<5} job {job.job_id[:18]}…  {job.output[:60]!r}")
 
@@ -135,7 +147,7 @@ class DevnetDriver:
         pending = [j for j in jobs if j.job_id]
         while pending:
             for job in list(pending):
-                r = await self.http.get(f"/api/v1/jobs/{job.job_id}")
+                r = await self.api(job.gateway).get(f"/api/v1/jobs/{job.job_id}")
                 if r.status_code == 200:
                     job.view = r.json()
                     if job.view.get("block_height") is not None:
@@ -199,7 +211,13 @@ def print_table(out: TextIO, jobs: list[DemoJob]) -> None:
 
 
 async def drive_devnet(
-    plan: DevnetPlan, *, jobs: int, exit_when_done: bool, timeout: float, out: TextIO
+    plan: DevnetPlan,
+    *,
+    jobs: int,
+    exit_when_done: bool,
+    timeout: float,
+    out: TextIO,
+    gateways: int = 1,
 ) -> int:
     deadline = time.monotonic() + timeout
     api_key = ApiKeyStore(DataDir.resolve(plan.nodes[0].data_dir)).add(
@@ -221,7 +239,7 @@ async def drive_devnet(
         )
         driver = DevnetDriver(devnet, api_key, out)
         if jobs:
-            await _run_jobs(driver, plan, jobs, deadline)
+            await _run_jobs(driver, plan, jobs, deadline, gateways)
             if exit_when_done:
                 return 0
         print("live view (Ctrl-C stops every node):", file=out, flush=True)
@@ -230,7 +248,9 @@ async def drive_devnet(
             await trio.sleep(2.0)
 
 
-async def _run_jobs(driver: DevnetDriver, plan: DevnetPlan, count: int, deadline: float) -> None:
+async def _run_jobs(
+    driver: DevnetDriver, plan: DevnetPlan, count: int, deadline: float, gateways: int = 1
+) -> None:
     models = await driver.models()
     kinds = [
         ("completion", "free", "llm"),
@@ -242,6 +262,9 @@ async def _run_jobs(driver: DevnetDriver, plan: DevnetPlan, count: int, deadline
         DemoJob(f"{label}{'' if i < len(kinds) else i}", tier, kind)
         for i, (label, tier, kind) in enumerate(kinds[i % len(kinds)] for i in range(count))
     ]
+    free = [j for j in jobs if j.tier == "free"]
+    for n, job in enumerate(free):  # free jobs through the gateways in turn (D97)
+        job.gateway = n % max(1, gateways)
     image_path = Path(plan.root) / "image.png"
     driver.say(f"submitting {len(jobs)} job(s) through the OpenAI-compatible API:")
     for job in jobs:
@@ -266,6 +289,7 @@ def run_devnet_cli(
     exit_when_done: bool,
     timeout: float,
     out: TextIO,
+    gateways: int = 1,
 ) -> int:
     """Plan a fresh devnet under ``root`` and run it (see ``aipg-node devnet --help``)."""
     t0 = time.monotonic()
@@ -281,7 +305,14 @@ def run_devnet_cli(
         file=out,
         flush=True,
     )
-    work = drive_devnet(plan, jobs=jobs, exit_when_done=exit_when_done, timeout=timeout, out=out)
+    work = drive_devnet(
+        plan,
+        jobs=jobs,
+        exit_when_done=exit_when_done,
+        timeout=timeout,
+        out=out,
+        gateways=gateways,
+    )
     return trio.run(_until_signal, work, out)
 
 

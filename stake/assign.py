@@ -3,14 +3,23 @@
 
 A worker registers for a model with a REGISTER_WORKER transaction (``job_id`` names the
 model, ``amount`` declares its capacity in work units per block; 0 withdraws it) while
-its bond holds at least ``min_worker_bond``. What it declares is believed only as far
-as the chain has seen it deliver: its draw weight is
+its bond holds at least ``min_worker_bond``. A registration weighs what it declares
+times the share of the jobs it was drawn for that it did (D97):
 
-    weight = min(declared, max(2 * peak, declared // 4))
+    weight = declared * delivered / (delivered + missed)
 
-where ``peak`` is the most work units certified to it in one block, decaying by 1/64 a
-block. A newcomer starts at a quarter of what it declares and doubles as it delivers;
-nothing self-reported (claims, queue lengths, timings) counts.
+``delivered`` is the work units certified to the worker for jobs it was drawn for, and
+``missed`` those of the free jobs it was drawn for that the draw's runner-up did
+instead, both sums decaying by 1/64 a block. A newcomer (nothing delivered yet) is
+believed up to the larger of twice the model's best worker's rate (its ``delivered``
+over 64: units a block) and the mean weight of the workers that have delivered, and
+weighs 1 once it misses. Why: below capacity a worker delivers what it was drawn for,
+not what it can do, so any weight that follows its own delivery feeds back (the one
+drawn for a big job early drew the next ones) or caps a large worker at the level of
+its luck; what a worker's record does show at any demand is whether it did what it was
+drawn for. A declaration is thus believed while it is honoured: one that claims more
+than the worker can do is drawn for more than it does and falls to what it does.
+Nothing self-reported but the bound counts (claims, queue lengths, timings never do).
 
 At every epoch boundary the weights of every registration are snapshotted (table
 ``worker_epochs``), so the draw of a job is fixed once its seed block is final. The
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from aipg.pouw import COMMITTEE_DELAY, Certificate, Job, job_id, sample_committee
+from aipg.pouw import COMMITTEE_DELAY, Certificate, Job, Tier, job_id, sample_committee
 from aipg.pouw.records import hash_tagged
 from aipg.wire import Address
 
@@ -38,13 +47,14 @@ __all__ = [
     "drawn_assignment_ok",
     "drawn_workers",
     "record_capacity",
+    "record_miss",
     "registration_key",
     "snapshot_workers",
     "worker_weights_at",
 ]
 
 MAX_DECLARED_CAPACITY = 2**48  # work units per block
-DECAY_SHIFT = 6  # a peak loses 1/64 a block
+DECAY_SHIFT = 6  # the delivered sum loses 1/64 a block; the rate is the sum >> 6
 DRAW_DEPTH = 8  # how many workers a draw ranks (the drawn one, then fallbacks in order)
 
 
@@ -69,40 +79,82 @@ def register(s: State, worker: bytes, model_id: bytes, declared: int) -> None:
     s.put("workers", key, Registration(declared, s.height) if declared else None)
 
 
-def decayed(c: Capacity, height: int) -> int:
-    peak = c.peak
-    for _ in range(min(max(0, height - c.height), 1024)):
-        peak -= peak >> DECAY_SHIFT
-        if not peak:
+def _decay(total: int, blocks: int) -> int:
+    for _ in range(min(max(0, blocks), 1024)):
+        if not total:
             break
-    return peak
+        total -= max(1, total >> DECAY_SHIFT)
+    return total
+
+
+def decayed(c: Capacity, height: int) -> Capacity:
+    """The worker's sums brought to ``height``."""
+    blocks = height - c.height
+    return Capacity(_decay(c.recent, blocks), height, _decay(c.missed, blocks))
+
+
+def _row(s: State, worker: bytes) -> Capacity:
+    row = s.capacity.get(worker)
+    return decayed(row, s.height) if row is not None else Capacity(0, s.height, 0)
 
 
 def record_capacity(s: State, units_by_worker: Mapping[bytes, int]) -> None:
-    """The work units certified to each worker in this block raise its peak."""
+    """The work units certified to each worker in this block for jobs it was drawn for
+    add to its delivered sum."""
     for worker, units in sorted(units_by_worker.items()):
-        row = s.capacity.get(worker)
-        peak = decayed(row, s.height) if row is not None else 0
-        s.put("capacity", worker, Capacity(max(peak, units), s.height))
+        if units > 0:
+            row = _row(s, worker)
+            s.put("capacity", worker, row._replace(recent=row.recent + units))
 
 
-def draw_weight(declared: int, peak: int) -> int:
-    """What a registration weighs in a draw: its declared capacity, believed up to twice
-    what it delivered, and a quarter of it to a newcomer."""
-    return min(declared, max(2 * peak, declared // 4, 1)) if declared else 0
+def record_miss(s: State, job: Job, doer: bytes, units: int) -> None:
+    """``doer`` did free ``job`` (``units`` by the registered cost): when it is the draw's
+    runner-up, the drawn worker missed it (D97). Only the runner-up counts, as the
+    gateway's fallback goes to the next claimant in the draw's order: a gateway that
+    routes jobs past the draw to a worker of its choice charges nobody a miss unless its
+    worker was drawn second. A paid job routed past the draw (D84) is nobody's miss."""
+    if job.tier != Tier.FREE or units <= 0:
+        return
+    ranked = drawn_workers(s, job)
+    if ranked and len(ranked) > 1 and ranked[1] == bytes(doer):
+        row = _row(s, ranked[0])
+        s.put("capacity", ranked[0], row._replace(missed=row.missed + units))
+
+
+BELIEF = 8  # a declaration is believed up to this many times the best worker's rate
+
+
+def draw_weight(declared: int, delivered: int, missed: int, best_rate: int) -> int:
+    """What a registration weighs in a draw (D97): its declared capacity, believed up to
+    ``BELIEF`` times the rate of the model's best worker, times the share of what it
+    was drawn for that it did (a newcomer that missed a job before delivering any: 1)."""
+    if not declared:
+        return 0
+    believed = min(declared, max(BELIEF * best_rate, 1))
+    if not missed:
+        return believed
+    return max(1, believed * delivered // (delivered + missed))
 
 
 def snapshot_workers(s: State) -> None:
     """At an epoch boundary: every bonded registration's draw weight, for the draws of
     jobs seeded in the next epoch."""
+    bonded = [
+        (key, reg)
+        for key, reg in sorted(s.workers.items())
+        if s.bond(key[:32]).stake >= s.params.min_worker_bond
+    ]  # unbonded below the minimum: not drawn until it bonds again
+    rows_of = {key: _row(s, key[:32]) for key, _ in bonded}
+    best: dict[bytes, int] = {}  # model -> the best rate among its workers
+    # (a sum decaying by 1/64 a block holds about 64 blocks of a steady rate; a chain
+    # younger than that has had fewer: divide by its age, not to under-believe everyone)
+    window = max(1, min(1 << DECAY_SHIFT, s.height))
+    for key, _ in bonded:
+        best[key[32:]] = max(best.get(key[32:], 0), rows_of[key].recent // window)
     rows = []
-    for key, reg in sorted(s.workers.items()):
-        worker = key[:32]
-        if s.bond(worker).stake < s.params.min_worker_bond:
-            continue  # unbonded below the minimum: not drawn until it bonds again
-        row = s.capacity.get(worker)
-        peak = decayed(row, s.height) if row is not None else 0
-        rows.append((key, draw_weight(reg.declared, peak)))
+    for key, reg in bonded:
+        row = rows_of[key]
+        rows.append((key, draw_weight(reg.declared, row.recent, row.missed, best[key[32:]])))
     s.put("worker_epochs", height_key(s.epoch_of(s.height + 1)), tuple(rows))
 
 

@@ -181,8 +181,8 @@ def check_challenge(s: State, c: WithholdingChallenge) -> bytes:
         c.assignment,
         validators,
         beacon,
-        size=s.params.committee_size,
-        rules=s.params.committee_rules(),
+        size=s.params.job_committee_size(),
+        rules=s.params.job_committee_rules(),
     )
     if c.signer not in committee:
         raise LedgerError("the challenger is not a candidate of the job's committee")

@@ -179,7 +179,7 @@ def _phase_over(s: State, ev: ForcedError, rid: bytes) -> bool:
     if snapshot is None or beacon is None:
         return False
     committee = committee_for(
-        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.job_committee_rules()
     )
     return all(rid + k in s.verdict_commits for k in committee.candidates)
 

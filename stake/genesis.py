@@ -8,6 +8,7 @@ milliseconds or basis points are plain integers.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -142,14 +143,27 @@ class ChainParams(Record):
     # what it minted, so pool the honest keys could not use (idle spells) buys no
     # budget for invented work (D83); 0: by the minted pool.
     budget_refill_paid: Annotated[int, Range(0, 1)] = 0
+    # The seats of a job's committee, which checks an audited claim and certifies it or
+    # opens fraud evidence (D98); reviews, which decide every conviction, keep
+    # ``committee_size``. 0: ``committee_size``; never more than it.
+    audit_committee_size: Annotated[int, Range(0, 1000)] = 0
 
     def committee_rules(self) -> CommitteeRules:
-        """The committee parameters pouw draws and tallies with."""
+        """The committee parameters pouw draws and tallies with: reviews (convictions)."""
         return CommitteeRules(
             self.committee_size,
             (self.quorum_numerator, self.quorum_denominator),
             self.committee_weight_cap_bps,
         )
+
+    def job_committee_size(self) -> int:
+        """The seats of a job's committee (D98)."""
+        return min(self.audit_committee_size or self.committee_size, self.committee_size)
+
+    def job_committee_rules(self) -> CommitteeRules:
+        """The committee parameters of a job's committee (D98): its seats, the same
+        quorum and weight cap."""
+        return dataclasses.replace(self.committee_rules(), size=self.job_committee_size())
 
 
 MAINNET_PARAMS = ChainParams(
@@ -167,6 +181,13 @@ MAINNET_PARAMS = ChainParams(
     # the seats with probability 4.4e-7 (pouw/sizing.py). The least size below 1e-6 is
     # 62, but the bound is not monotone (the quorum rounds up): 63, 64, 66 exceed it.
     committee_size=68,
+    # A job's committee (the audit of a claim: certify, or open fraud evidence) has 20
+    # seats; the review that decides every conviction keeps 68 (D98). At 1/3 of the
+    # capped weight 20 seats are captured (2/3 valid with an honest third absent) with
+    # probability 1.2e-3: a forgery that drew an audit escapes it that rarely, which
+    # leaves the expected slash 1.997x its gain (D80), and 20 x 0.1 % = 0.02 member
+    # checks a job at the floor (68 seats: 0.068, above the 5 % target).
+    audit_committee_size=20,
     quorum_numerator=2,
     quorum_denominator=3,
     double_sign_slash_bps=500,

@@ -57,32 +57,49 @@ def total_bonded(s: State) -> int:
     return sum(b.stake for b in s.bonds.values())
 
 
-def budget(s: State, role: bytes, key: bytes, pool: int, total: int) -> tuple[int, int]:
-    """(what ``key`` may earn as ``role`` at this height, the most its budget holds)."""
+def budget(
+    s: State, role: bytes, key: bytes, pool: int, total: int, index: int | None = None
+) -> tuple[int, int]:
+    """(what ``key`` may earn as ``role`` at this height, the most its budget holds).
+
+    It holds ``pool_budget_blocks`` blocks of its fill at ``pool`` (the minted pool),
+    and fills by ``pool`` a block, or, given the asked-pool ``index`` (D99), by the
+    pools of the blocks whose certified work asked for them since its row was written."""
     p = s.params
     bps = {GATEWAY: p.gateway_pool_cap_bps, VALIDATOR: p.verdict_pool_cap_bps}.get(
         role, p.worker_pool_cap_bps
     )
-    rate = pool * s.bond(key).stake * bps // (total * BPS) if total else 0
+    if not total:
+        return 0, 0
+    stake = s.bond(key).stake
+    rate = pool * stake * bps // (total * BPS)
     most = rate * s.params.pool_budget_blocks
     row = s.pool_budgets.get(role + key)
     if row is None:  # first seen: one block's worth, so that no new key brings a windfall
         return min(rate, most), most
-    return min(most, row.budget + rate * (s.height - row.height)), most
+    if index is None:
+        fill = rate * (s.height - row.height)
+    else:
+        fill = max(0, index - row.index) * stake * bps // (total * BPS)
+    return min(most, row.budget + fill), most
 
 
 def _spend(s: State, role: bytes, key: bytes, have: int, most: int, spent: int) -> None:
-    s.put("pool_budgets", role + key, PoolBudget(have - spent, s.height))
+    s.put("pool_budgets", role + key, PoolBudget(have - spent, s.height, _index(s)))
+
+
+def _index(s: State) -> int:
+    """The asked-pool index (D99): the sum of the pools of every block whose certified
+    work (a bonded gateway's) asked for its pool, up to the previous block."""
+    row = s.pool_budgets.get(PAID_ROW)
+    return row.index if row is not None and s.params.budget_refill_paid else 0
 
 
 def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
     """Pay this block's pool to its certified work (gateway budgets, work units, worker
     budgets) and burn the rest. What each job was paid is added to ``s.paid``."""
     pool = s.work_pool
-    basis = pool  # what budgets fill by this block
-    if s.params.budget_refill_paid:
-        row = s.pool_budgets.get(PAID_ROW)
-        basis = min(pool, row.budget) if row is not None else pool
+    index = _index(s) if s.params.budget_refill_paid else None  # (D99)
     total = total_bonded(s)
     units: dict[bytes, int] = {}
     for item in work.values():
@@ -93,7 +110,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         caps[g] = (
             (pool, pool)
             if not s.params.gateway_pool_cap_bps
-            else budget(s, GATEWAY, g, basis, total)
+            else budget(s, GATEWAY, g, pool, total, index)
         )
     order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
     left, weight = pool, sum(units.values())
@@ -113,7 +130,7 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
             by_worker[item.worker_key] = by_worker.get(item.worker_key, 0) + shares[job]
     scale: dict[bytes, tuple[int, int]] = {}  # worker -> (paid, earned)
     for key in sorted(by_worker) if s.params.worker_pool_cap_bps else ():
-        have, most = budget(s, WORKER, key, basis, total)
+        have, most = budget(s, WORKER, key, pool, total, index)
         pay = min(have, by_worker[key])
         scale[key] = (pay, by_worker[key])
         _spend(s, WORKER, key, have, most, pay)
@@ -125,6 +142,13 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
         s.work_pool -= share
         s.paid[job] = s.paid.get(job, 0) + share
     if s.params.budget_refill_paid:
-        s.put("pool_budgets", PAID_ROW, PoolBudget(pool - s.work_pool, s.height))
+        # Budgets fill by the pools of the blocks whose certified work asked for them
+        # (D99): an index that grows by this block's pool when a bonded gateway's work
+        # was certified in it (an unbonded one's can earn nothing, D62), and not at all
+        # in an idle block. (D83 filled by what the previous block paid, itself bounded by
+        # the budgets: zero from genesis on, and nothing was ever paid.)
+        asked = any(s.bond(g).stake for g in units)
+        grown = _index(s) + (pool if asked else 0)
+        s.put("pool_budgets", PAID_ROW, PoolBudget(pool if asked else 0, s.height, grown))
     s.burned += s.work_pool
     s.work_pool = 0

@@ -116,6 +116,8 @@ class PoolBudget(NamedTuple):
 
     budget: int
     height: int
+    # with ``budget_refill_paid``: the asked-pool index (:mod:`.pool`, D99) at ``height``
+    index: int = 0
 
 
 class Registration(NamedTuple):
@@ -128,8 +130,12 @@ class Registration(NamedTuple):
 class Capacity(NamedTuple):
     """A worker's measured capacity (:mod:`.assign`, D58)."""
 
-    peak: int  # most work units certified to the worker in one block (decayed)
-    height: int  # when ``peak`` was last brought up to date
+    # work units certified to the worker for jobs it was drawn for, a sum losing 1/64
+    # a block (its rate a block is this / 64, D97)
+    recent: int
+    height: int  # when ``recent`` and ``missed`` were last brought up to date
+    # work units of free jobs it was drawn for that another worker did (decaying alike)
+    missed: int = 0
 
 
 class ClaimRow(NamedTuple):
@@ -176,7 +182,7 @@ EMPTY_BOND = Bond(0, 0)
 # commitments: job id → the height of the block that committed it (D56), for
 # ``escrow_period`` blocks.
 # workers: worker key + model id → (declared capacity, height) (stake/assign.py, D58);
-# capacity: worker key → (peak certified units in a block, height);
+# capacity: worker key → (decayed sums of delivered units, height, missed units) (D97);
 # worker_epochs: epoch (8 bytes) → ((worker key + model id, draw weight), ...).
 # claims: job id → ClaimRow (audit sampling, D79); audit_records: worker key → AuditRecord.
 TABLES = (

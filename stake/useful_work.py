@@ -32,7 +32,7 @@ from aipg.pouw import (
 )
 from aipg.wire import Address
 
-from .assign import drawn_workers, record_capacity
+from .assign import drawn_workers, record_capacity, record_miss
 from .audit import audit_rate, is_claim, on_certified, open_claim
 from .models import certified_work
 from .money import credit
@@ -78,6 +78,8 @@ def process_certificates(
         agree(s, cert.verdicts, True, units)
         forget_counted(s, receipt_id(cert.receipt), cert.verdicts)
         if not drawn_for_pool(s, cert.job, cert.receipt):
+            if job not in s.claims:  # (a claim recorded its miss already)
+                record_miss(s, cert.job, cert.receipt.signer, units)  # (D97)
             units = 0  # routed past the draw: its fee only (D64)
         work[job] = settle_job(s, cert.job, cert.receipt, escrow, units)
         on_certified(s, job, bytes(cert.receipt.signer))  # the audit record (D80)
@@ -99,8 +101,9 @@ def process_claim(s: State, cert: Certificate, snapshots) -> None:
         raise LedgerError("its worker streamed tokens its receipt contradicts (D85)")
     escrow = job_escrow(s, cert.job, jid) if cert.job.tier == Tier.PAID else None
     units = certified_work(s, cert.job, cert.receipt)
+    missed = 0
     if not drawn_for_pool(s, cert.job, cert.receipt):
-        units = 0
+        missed, units = units, 0
     charged = fee_charged(cert.job, cert.receipt) if escrow is not None else 0
     worker = bytes(cert.receipt.signer)
     row = ClaimRow(
@@ -116,6 +119,7 @@ def process_claim(s: State, cert: Certificate, snapshots) -> None:
         deadline=certification_deadline(s, cert.job.deadline_ms),
     )
     open_claim(s, cert, row.receipt_id, row)
+    record_miss(s, cert.job, worker, missed)  # the drawn worker missed it (D97)
 
 
 def _claim_checks(cert: Certificate, validators, beacon, **_) -> None:
@@ -219,9 +223,9 @@ def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate)
         cert,
         snapshot,
         beacon,
-        committee_size=s.params.committee_size,
+        committee_size=s.params.job_committee_size(),
         committed=commitments(s, jid),
-        rules=s.params.committee_rules(),
+        rules=s.params.job_committee_rules(),
     )
 
 

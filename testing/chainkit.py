@@ -293,7 +293,7 @@ def work_on(
         a,
         state.validator_snapshot_at(seed_height),
         state.beacon_at(seed_height),
-        rules=state.params.committee_rules(),
+        rules=state.params.job_committee_rules(),
     )
     verdicts = tuple(signed_verdict(keys[k], r, valid) for k in sorted(committee.members))
     return job, a, r, verdicts
@@ -499,6 +499,10 @@ class TrackerChain:
     @property
     def committee_rules(self):
         return self.c.state.params.committee_rules()
+
+    @property
+    def job_committee_rules(self):
+        return self.c.state.params.job_committee_rules()
 
     def beacon_at(self, height: int):
         return self.c.state.beacon_at(height)

@@ -171,6 +171,11 @@ class Economy(AdversaryMoves, Committees):
         self.halted = 0
         self.validator_macs = 0
         self.worker_macs = 0
+        # one member's check of each audited claim, and of each review (D98: what the
+        # overhead is at other committee sizes, mainnet's above all)
+        self.audit_check_macs = 0
+        self.review_check_macs = 0
+        self.check_history: list[tuple[int, int]] = []
         self.sniped: list = []
         self.jobs_done: dict[bytes, int] = {}  # certified jobs by worker
         self.pool_to: dict[bytes, int] = {}  # what they were paid from work pools
@@ -255,6 +260,7 @@ class Economy(AdversaryMoves, Committees):
         for _ in range(self.cfg.blocks):
             self.step()
             self.history.append((self.validator_macs, self.worker_macs))
+            self.check_history.append((self.audit_check_macs, self.review_check_macs))
         return self.outcome()
 
     def overhead(self, start: int = 0) -> float:
@@ -262,6 +268,16 @@ class Economy(AdversaryMoves, Committees):
         v0, w0 = self.history[start - 1] if start > 0 else (0, 0)
         v1, w1 = self.history[-1]
         return (v1 - v0) / (w1 - w0) if w1 > w0 else 0.0
+
+    def overhead_at(self, audit_seats: int, review_seats: int, start: int = 0) -> float:
+        """The overhead from block ``start`` on had every audited claim been checked by
+        ``audit_seats`` members and every review by ``review_seats`` (D98)."""
+        a0, r0 = self.check_history[start - 1] if start > 0 else (0, 0)
+        a1, r1 = self.check_history[-1]
+        w0 = self.history[start - 1][1] if start > 0 else 0
+        w1 = self.history[-1][1]
+        checks = (a1 - a0) * audit_seats + (r1 - r0) * review_seats
+        return checks / (w1 - w0) if w1 > w0 else 0.0
 
     def _tx(self, who: Identity, kind: TxKind, **kw) -> None:
         pending = sum(1 for t in self.pending["tx"] if t.signer == who.public_bytes)

@@ -37,7 +37,7 @@ class Committees:
         snap, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
         if snap is None or beacon is None or seed > s.height:
             return None
-        return committee_for(job, a, snap, beacon, rules=PARAMS.committee_rules()), snap
+        return committee_for(job, a, snap, beacon, rules=PARAMS.job_committee_rules()), snap
 
     def _audit(self, w: Operator, job: Job, a, r, forged: bool, withheld: bool) -> None:
         """The committee of an audited claim checks it: the real draw and collector."""
@@ -46,6 +46,7 @@ class Committees:
         if drawn is None:
             return
         committee, snap = drawn
+        self.audit_check_macs += self._check_macs(job)  # one member's (D98)
         reveal = PARAMS.verdict_commit_blocks > 0  # commit, then reveal (D70, D71)
         collector = VoteCollector(job, a, r, committee, snap, self._committed if reveal else None)
         held: list = []  # committed votes, revealed once the commit phase closes
@@ -148,6 +149,7 @@ class Committees:
         s = self.state
         self.convictions += len(block.body.frauds)
         for ev in block.body.frauds:
+            self.review_check_macs += self._check_macs(ev.job)  # one reviewer's (D98)
             snap = s.validator_snapshot_at(s.height)
             c = review_committee(ev, snap, s.beacon_at(s.height), PARAMS.committee_size,
                                  PARAMS.committee_rules())  # fmt: skip

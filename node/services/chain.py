@@ -396,6 +396,11 @@ class FinalizedChain:
     def committee_rules(self) -> CommitteeRules:
         return self.chain.state.params.committee_rules()
 
+    @property
+    def job_committee_rules(self) -> CommitteeRules:
+        """A job's committee (D98: on mainnet fewer seats than a review's)."""
+        return self.chain.state.params.job_committee_rules()
+
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None:
         return self.chain.state.validator_snapshot_at(height)
 

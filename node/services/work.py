@@ -152,6 +152,9 @@ class ChainView(Protocol):
     @property
     def committee_rules(self) -> CommitteeRules: ...
 
+    @property
+    def job_committee_rules(self) -> CommitteeRules: ...
+
     def validator_snapshot_at(self, height: int) -> Mapping[bytes, int] | None: ...
 
     def finalized_hash(self, height: int) -> bytes | None: ...
@@ -255,8 +258,8 @@ class WorkTracker:
             report.assignment,
             validators,
             beacon,
-            size=self.chain.committee_size,
-            rules=self.chain.committee_rules,
+            size=self.chain.job_committee_rules.size,
+            rules=self.chain.job_committee_rules,
         )
         return members, validators
 

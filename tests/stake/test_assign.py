@@ -10,6 +10,7 @@ from aipg.pouw import COMMITTEE_DELAY, Certificate, Claim, job_id
 from aipg.pouw.schedule import Scheduler, SchedulerConfig
 from aipg.stake.assign import (
     claim_order,
+    decayed,
     draw_weight,
     drawn_assignment_ok,
     drawn_workers,
@@ -83,11 +84,16 @@ def test_registration_needs_the_bond_and_can_be_withdrawn():
         c.next(transactions=[_tx(c, w, TxKind.REGISTER_WORKER, job_id=MODEL, amount=0)])
 
 
-def test_weight_believes_the_declaration_only_as_far_as_delivered():
-    assert draw_weight(1_000, 0) == 250  # a newcomer: a quarter
-    assert draw_weight(1_000, 300) == 600  # twice what it delivered in one block
-    assert draw_weight(1_000, 10**9) == 1_000  # never more than declared
-    assert draw_weight(0, 10**9) == 0
+def test_weight_believes_the_declaration_while_it_is_honoured():
+    # (declared, delivered, missed, the best rate among the model's workers): D97
+    assert draw_weight(1_000, 0, 0, 0) == 1  # nothing delivered anywhere yet: all alike
+    assert draw_weight(1_000, 0, 0, 50) == 400  # a newcomer: 8x the best worker's rate
+    assert draw_weight(10**12, 0, 0, 50) == 400  # however much it declares
+    assert draw_weight(1_000, 5, 0, 200) == 1_000  # 8x the best rate covers it
+    assert draw_weight(1_000, 3_000, 1_000, 200) == 750  # it missed a quarter
+    assert draw_weight(10**12, 3_000, 1_000, 200) == 1_200  # a liar: 8x the best, 3/4
+    assert draw_weight(1_000, 0, 1_000, 200) == 1  # never did what it was drawn for
+    assert draw_weight(0, 10, 0, 10) == 0
 
 
 def test_certified_work_raises_the_measured_capacity_and_it_decays():
@@ -101,11 +107,14 @@ def test_certified_work_raises_the_measured_capacity_and_it_decays():
     # the units the registered cost certifies, not the receipt's own figure
     units = certified_work(s, job, cert.receipt)
     assert units > 0
-    assert s.capacity[w.public_bytes].peak == units
+    assert s.capacity[w.public_bytes].recent == units  # the delivered sum (D97)
     for _ in range(c.state.params.epoch_length):
         c.next()
+    row = decayed(s.capacity[w.public_bytes], c.state.height)
+    assert row.recent == units - c.state.params.epoch_length  # (a small sum: 1 a block)
     got = worker_weights_at(c.state, c.state.height + 1, MODEL)[w.public_bytes]
-    assert got == draw_weight(DECLARED, 0) or got > 0  # small jobs: the newcomer's floor
+    # one small job: the best rate (its own) believes 8x it
+    assert got == draw_weight(DECLARED, row.recent, row.missed, row.recent >> 6)
 
 
 def test_the_draw_excludes_the_gateway_and_client_and_the_predicate_follows_it():
