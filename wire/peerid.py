@@ -7,6 +7,7 @@ Because the multihash is the identity, the public key can be read back from the 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
 from .base58 import b58decode, b58encode
@@ -20,6 +21,13 @@ PEER_ID_SIZE = 38
 PeerIdBytes = Annotated[bytes, Len(PEER_ID_SIZE)]
 
 
+@lru_cache(maxsize=16_384)
+def _check_key(raw: bytes) -> None:
+    """Parse the key protobuf of a peer ID's bytes (WireError if bad). Cached: a busy
+    host builds the same few thousand peer IDs again and again (records, messages)."""
+    public_key_from_protobuf(raw[2:])
+
+
 class PeerId:
     """An Ed25519 libp2p peer ID. Compares and hashes by its bytes."""
 
@@ -28,8 +36,9 @@ class PeerId:
     def __init__(self, raw: bytes):
         if len(raw) != PEER_ID_SIZE or raw[0] != MULTIHASH_IDENTITY or raw[1] != PEER_ID_SIZE - 2:
             raise WireError("not an Ed25519 peer ID (expected an identity multihash of 36 bytes)")
-        public_key_from_protobuf(raw[2:])  # validates the embedded key protobuf
-        self.raw = bytes(raw)
+        raw = bytes(raw)
+        _check_key(raw)  # validates the embedded key protobuf
+        self.raw = raw
         self._str: str | None = None
 
     @classmethod

@@ -12,6 +12,8 @@ address ends in ``/p2p/<relay>/p2p-circuit``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from functools import lru_cache
 from typing import Annotated
 
 from .codec import U64, MaxLen, PublicKeyBytes, Record, SignatureBytes, record
@@ -41,8 +43,14 @@ class PeerRecord(Record):
 
     def multiaddrs(self) -> list[Multiaddr]:
         """The record's addresses, each ending in ``/p2p/<peer>`` (ready to dial)."""
-        peer = self.peer
-        return [Multiaddr.parse(a).with_peer_id(peer) for a in self.addrs]
+        return list(_dial_addrs(self.peer_id, self.addrs))
+
+
+@lru_cache(maxsize=8_192)
+def _dial_addrs(peer_id: bytes, addrs: tuple[str, ...]) -> tuple[Multiaddr, ...]:
+    # parsed once per record content: the DHT and the address book ask again and again
+    peer = PeerId(peer_id)
+    return tuple(Multiaddr.parse(a).with_peer_id(peer) for a in addrs)
 
 
 def make_peer_record(identity: Identity, seq: int, addrs: list[Multiaddr]) -> PeerRecord:
@@ -56,7 +64,26 @@ def make_peer_record(identity: Identity, seq: int, addrs: list[Multiaddr]) -> Pe
 
 
 def verify_peer_record(rec: PeerRecord) -> PeerRecord:
-    """``rec`` if it is signed by the peer it names and every address parses; else WireError."""
+    """``rec`` if it is signed by the peer it names and every address parses; else WireError.
+    A record already verified (the same fields and signature) is not verified again."""
+    key = (rec.peer_id, rec.seq, rec.addrs, rec.signer, rec.signature)
+    if key in _VERIFIED:
+        _VERIFIED.move_to_end(key)
+        return rec
+    _verify(rec)
+    _VERIFIED[key] = None
+    if len(_VERIFIED) > MAX_VERIFIED:
+        _VERIFIED.popitem(last=False)
+    return rec
+
+
+# Records seen verified, oldest first: every DHT reply carries up to 21 records, most of
+# them known already; a record is immutable, so its fields and signature identify it.
+MAX_VERIFIED = 8_192
+_VERIFIED: OrderedDict[tuple, None] = OrderedDict()
+
+
+def _verify(rec: PeerRecord) -> None:
     peer = PeerId(rec.peer_id)  # validates the multihash
     require_signature(rec, peer.public_key)
     for a in rec.addrs:
@@ -65,4 +92,3 @@ def verify_peer_record(rec: PeerRecord) -> PeerRecord:
             raise WireError(
                 "address not canonical or carries a /p2p", record="PeerRecord", field="addrs"
             )
-    return rec
