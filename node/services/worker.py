@@ -143,8 +143,12 @@ class WorkerService:
             task_status.started()
 
     def status(self) -> WorkerStatus:
-        models = tuple(sorted(m.id for m in self.catalog.hosted()))[:64]
-        return sign(WorkerStatus(models, min(self.in_flight, 65535), self.now_ms()), self.identity)
+        return sign(
+            WorkerStatus(self._served(), min(self.in_flight, 65535), self.now_ms()), self.identity
+        )
+
+    def _served(self) -> tuple[bytes, ...]:
+        return tuple(sorted(m.id for m in self.catalog.hosted()))[:64]
 
     async def _announce_status(self) -> None:
         """Tell gateways what this worker serves: now, whenever that changes, and every
@@ -152,8 +156,8 @@ class WorkerService:
         sent: tuple[bytes, ...] | None = None
         due = 0.0
         while True:
-            status = self.status()
-            if status.models != sent or trio.current_time() >= due:
+            if self._served() != sent or trio.current_time() >= due:
+                status = self.status()  # signed only when it is sent (D101)
                 await self.on_status(status)  # our own gateway too
                 await self.host.publish(topic("workers"), encode(status))
                 interval = status_interval_s(self.workers_heard())
