@@ -157,7 +157,7 @@ class WorkerService:
         due = 0.0
         while True:
             if self._served() != sent or trio.current_time() >= due:
-                status = self.status()  # signed only when it is sent (D101)
+                status = self.status()  # signed only when it is sent
                 await self.on_status(status)  # our own gateway too
                 await self.host.publish(topic("workers"), encode(status))
                 interval = status_interval_s(self.workers_heard())
