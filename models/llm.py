@@ -274,29 +274,22 @@ class LlmRunner:
 
     def _bound_cache(self, capacity: int) -> BoundKvCache | SharedKvCache:
         g = self._graph
-        if self.shared_kv:
-            return SharedKvCache(
-                self.session,
-                g.past_names,
-                g.output_names[1:],
-                heads=self.interface.num_heads,
-                head_dim=self.interface.head_dim,
-                vocab=self.interface.vocab_size,
-                capacity=capacity,
-                dtype=g.past_dtype,
-                position_ids=g.position_ids,
-            )
-        return BoundKvCache(
-            self.session,
-            g.past_names,
-            g.output_names[1:],
+        common = dict(
             heads=self.interface.num_heads,
             head_dim=self.interface.head_dim,
             vocab=self.interface.vocab_size,
             capacity=capacity,
             dtype=g.past_dtype,
             position_ids=g.position_ids,
+        )
+        if self.shared_kv:
+            return SharedKvCache(self.session, g.past_names, g.output_names[1:], **common)
+        return BoundKvCache(
+            self.session,
+            g.past_names,
+            g.output_names[1:],
             use_cache_branch=g.use_cache_branch,
+            **common,
         )
 
     def _full_steps(self, prompt_ids: list[int]):
