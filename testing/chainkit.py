@@ -355,9 +355,10 @@ def certificates_for(chain: TestChain, jobs, specs) -> list[Certificate]:
     ]
 
 
-def register_workers(chain: TestChain, workers) -> TestChain:
-    """Fund, bond and register ``workers`` for TEST_MODEL (from ``chain.users[3]``), then
-    run to an epoch boundary: their registrations are snapshotted, the draw exists."""
+def register_workers(chain: TestChain, workers, declared: int = 10**6) -> TestChain:
+    """Fund, bond and register ``workers`` for TEST_MODEL (from ``chain.users[3]``), each
+    declaring ``declared`` units a block, then run to an epoch boundary: their
+    registrations are snapshotted, the draw exists."""
     u = chain.users[3]
     n = chain.state.account(u.address.raw).nonce
     chain.next(
@@ -369,7 +370,7 @@ def register_workers(chain: TestChain, workers) -> TestChain:
     chain.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in workers])
     chain.next(
         transactions=[
-            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=10**6)
+            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=declared)
             for w in workers
         ]
     )

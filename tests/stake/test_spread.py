@@ -12,13 +12,13 @@ from aipg.stake.assign import drawn_workers, worker_weights_at
 from aipg.stake.models import certified_work
 from aipg.stake.tx import TxKind, make_tx
 from aipg.testing.chainkit import (
-    AIPG,
     CHAIN,
     GATEWAY,
     TEST_MODEL,
     TestChain,
     ident,
     make_job,
+    register_workers,
     work_on,
 )
 
@@ -30,23 +30,7 @@ BIG = 1_900  # output tokens of a big job (units: prompt + output, TEST_COST)
 
 def _register(c: TestChain, n: int, declared: int = DECLARED):
     ws = [ident(300 + i) for i in range(n)]
-    u = c.users[3]
-    n0 = c.state.account(u.address.raw).nonce
-    c.next(
-        transactions=[
-            make_tx(u, CHAIN, TxKind.TRANSFER, n0 + i, amount=1_000 * AIPG, recipient=w.address)
-            for i, w in enumerate(ws)
-        ]
-    )
-    c.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=500 * AIPG) for w in ws])
-    c.next(
-        transactions=[
-            make_tx(w, CHAIN, TxKind.REGISTER_WORKER, 1, job_id=TEST_MODEL, amount=declared)
-            for w in ws
-        ]
-    )
-    while c.state.height % c.state.params.epoch_length:
-        c.next()
+    register_workers(c, ws, declared)
     return ws
 
 
