@@ -173,6 +173,12 @@ def _llm_graph(
     bias = attention_bias(g)
     for i in range(s.layers):
         h = _decoder_layer(g, s, h, bias, i, kv_cache, kq_scores)
+    _lm_head(g, s, h)
+    return g.model("aipg_demo_llm", inputs, outputs)
+
+
+def _lm_head(g: Graph, s: LlmShape, h: str) -> None:
+    """The final layer norm and the vocabulary projection into ``logits``."""
     h = g.layer_norm(h, "ln_f", s.d_model)
     g.nodes.append(
         helper.make_node(
@@ -182,7 +188,6 @@ def _llm_graph(
             name="lm_head_matmul",
         )
     )
-    return g.model("aipg_demo_llm", inputs, outputs)
 
 
 def _split_heads(g: Graph, x: str, s: LlmShape) -> str:
@@ -312,13 +317,5 @@ def _gqa_graph(s: LlmShape, seed: int, dtype: str, rotary: bool = False) -> byte
             g.silu(g.linear(x, f"{p}.fc1", s.d_model, s.d_ff)), f"{p}.fc2", s.d_ff, s.d_model
         )
         h = g.op("Add", [h, ff])
-    h = g.layer_norm(h, "ln_f", s.d_model)
-    g.nodes.append(
-        helper.make_node(
-            "MatMul",
-            [h, g.weight("lm_head", (s.d_model, s.vocab), 2.0 / math.sqrt(s.d_model))],
-            ["logits"],
-            name="lm_head_matmul",
-        )
-    )
+    _lm_head(g, s, h)
     return g.model("aipg_demo_llm_gqa", inputs, outputs)
