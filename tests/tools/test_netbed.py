@@ -25,10 +25,13 @@ def _namespaces_unavailable() -> str | None:
         return "needs root to create network namespaces"
     if shutil.which("ip") is None:
         return "needs iproute2 (ip)"
-    probe = subprocess.run(["ip", "netns", "add", "nb-pytest-probe"], capture_output=True)
+    # one name per process: test workers collect this module at once, and a shared
+    # name made the second one's probe fail ("File exists") and skip the test
+    name = f"nb-pytest-probe-{os.getpid()}"
+    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True)
     if probe.returncode != 0:
         return f"cannot create network namespaces here: {probe.stderr.decode().strip()}"
-    subprocess.run(["ip", "netns", "del", "nb-pytest-probe"], check=False)
+    subprocess.run(["ip", "netns", "del", name], check=False)
     if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(
         "nb-hub"
     ):
