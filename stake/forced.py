@@ -290,7 +290,7 @@ def _owe_reveals(s: State, ev: ForcedError, rid: bytes) -> None:
     if snapshot is None or beacon is None:
         return
     committee = committee_for(
-        ev.job, ev.assignment, snapshot, beacon, rules=s.params.committee_rules()
+        ev.job, ev.assignment, snapshot, beacon, rules=s.params.job_committee_rules()
     )
     carried = {v.signer for v in ev.verdicts}
     gone = {v.signer for v in ev.verdicts if abstains(v)}

@@ -49,8 +49,8 @@ def _forced_job(c: TestChain):
     return ForcedError(job, a, r, proof, OUTPUT_IDS, VOCAB, ()), votes, members[0]
 
 
-def _chain() -> TestChain:
-    c = TestChain(n_validators=7, params=PARAMS)
+def _chain(params=PARAMS) -> TestChain:
+    c = TestChain(n_validators=7, params=params)
     for _ in range(3):
         c.next()
     return c
@@ -90,16 +90,23 @@ def test_a_committed_member_that_never_reveals_on_a_forced_receipt_pays_the_lazy
     assert all(s.bond(k).stake == bonds[k] for k in c.keys if k != dodger)
 
 
-def test_a_reserve_that_committed_owes_nothing():
+@pytest.mark.parametrize("job_seats", [0, 3])
+def test_a_reserve_that_committed_owes_nothing(job_seats):
     """A committee's reserves check and commit too (in case a seat abstains), but no
-    block can carry a vote of one that was not seated: it owes no reveal."""
-    c = _chain()
+    block can carry a vote of one that was not seated: it owes no reveal. With a job
+    committee smaller than a review's (3 seats of 5, as mainnet's 22 of 68), its reserves
+    were once counted seated on the review-sized draw and slashed for not revealing."""
+    c = _chain(PARAMS.replace(audit_committee_size=job_seats))
     worker = c.users[1]
     job, a, r, _ = make_work(c, worker, nonce=2, receipt_over={"output_hash": WRONG})
     seed = c.state.commitments[job.id] + COMMITTEE_DELAY
     beacon = c.state.beacon_at(seed)
     committee = committee_for(
-        job, a, c.state.validator_snapshot_at(seed), beacon, rules=c.state.params.committee_rules()
+        job,
+        a,
+        c.state.validator_snapshot_at(seed),
+        beacon,
+        rules=c.state.params.job_committee_rules(),
     )
     reserves = [k for k in committee.candidates if k not in committee.members]
     assert reserves
@@ -107,6 +114,7 @@ def test_a_reserve_that_committed_owes_nothing():
     c.next(verdict_commits=[make_commit(c.keys[k], v) for k, v in votes.items()])
     for _ in range(PARAMS.verdict_commit_blocks):
         c.next()
+    assert len(committee.members) == (job_seats or 5)
     seated = tuple(votes[k] for k in committee.members)
     fe = ForcedError(job, a, r, forced_proof(worker.seed, beacon, a), OUTPUT_IDS, VOCAB, seated)
     bonds = {k: c.state.bond(k).stake for k in c.keys}
