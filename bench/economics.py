@@ -17,9 +17,9 @@ until its record builds, so the figure is the steady state once reputations have
 ``verification_overhead_whole_run`` is the same run from block 0 (warm-up included),
 ``verification_overhead_strategy_runs`` the strategies' runs together.
 ``verification_overhead_mainnet`` is the same run's steady state had each audited claim
-been checked by mainnet's job committee (``audit_committee_size``, 20 seats) and each
-review by mainnet's 68 (D98); ``verification_overhead_mainnet_68_seats`` with 68-seat
-audits, as before D98. (The simulation's thirteen validators cannot seat 68.)
+been checked by mainnet's job committee (``audit_committee_size``, 22 seats, D101) and
+each review by mainnet's 2 x 68 (D98); ``verification_overhead_mainnet_68_seats`` with
+68-seat audits, as before D98. (The simulation's thirteen validators cannot seat 68.)
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import time
 
 from aipg.stake.genesis import MAINNET_PARAMS
 from aipg.testing.economy import FRACTIONS, STRATEGIES, Config, Economy
+
+REVIEW_SEATS = 2 * MAINNET_PARAMS.committee_size  # a review draws twice the seats
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,18 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
         "strategies": table,
         "verification_overhead": round(long.overhead(warm), 4),
         "verification_overhead_whole_run": round(long.overhead(), 4),
-        # every audited claim checked by mainnet's job committee (20 seats) and every
-        # review by its 68 (D98); the same run, the same blocks
+        # every audited claim checked by mainnet's job committee (22 seats) and every
+        # review by its 2 x 68 seats (D98, D101); the same run, the same blocks
         "verification_overhead_mainnet": round(
-            long.overhead_at(
-                MAINNET_PARAMS.job_committee_size(), MAINNET_PARAMS.committee_size, warm
-            ),
-            4,
+            long.overhead_at(MAINNET_PARAMS.job_committee_size(), REVIEW_SEATS, warm), 4
         ),
         # what mainnet's audits cost with 68-seat job committees (before D98)
         "verification_overhead_mainnet_68_seats": round(
-            long.overhead_at(MAINNET_PARAMS.committee_size, MAINNET_PARAMS.committee_size, warm),
-            4,
+            long.overhead_at(MAINNET_PARAMS.committee_size, REVIEW_SEATS, warm), 4
         ),
         "verification_overhead_strategy_runs": round(checked / worked, 3) if worked else 0.0,
         "overhead_blocks": args.overhead_blocks,

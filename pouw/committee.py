@@ -60,12 +60,21 @@ class CommitteeRules:
     size: int = COMMITTEE_SIZE
     quorum: Quorum = DEFAULT_QUORUM
     cap_bps: int = BPS
+    # Reserves: True, ``reserves(size)`` of them, and an abstaining member's seat
+    # passes to the next; False, none: every seat drawn counts, an abstention as no vote.
+    spares: bool = True
 
     def draw(
         self, validators: Mapping[bytes, int], seed: bytes, excluded: Iterable[bytes] = ()
     ) -> Committee:
         return draw_committee(
-            validators, seed, self.size, excluded, quorum=self.quorum, cap_bps=self.cap_bps
+            validators,
+            seed,
+            self.size,
+            excluded,
+            quorum=self.quorum,
+            cap_bps=self.cap_bps,
+            spares=self.spares,
         )
 
 
@@ -89,10 +98,14 @@ class Committee:
     candidates: tuple[NodeKey, ...]
     size: int  # seats: the requested size, or every eligible validator when fewer
     quorum: Quorum = DEFAULT_QUORUM  # the share of the seats that certifies
+    fixed: bool = False  # no reserves: an abstaining member keeps its seat, unvoted
 
     def seated(self, abstained: Iterable[bytes] = ()) -> tuple[NodeKey, ...]:
         """The voting members once ``abstained`` have stepped aside; fewer than
-        ``size`` when the reserves ran out (then the committee cannot decide)."""
+        ``size`` when the reserves ran out (then the committee cannot decide). With
+        fixed seats, the members: an abstention is a seat without a vote (D100)."""
+        if self.fixed:
+            return self.members
         out = set(abstained)
         return tuple(k for k in self.candidates if k not in out)[: self.size]
 
@@ -113,16 +126,19 @@ def draw_committee(
     *,
     quorum: Quorum = DEFAULT_QUORUM,
     cap_bps: int = BPS,
+    spares: bool = True,
 ) -> Committee:
-    """The committee of ``size`` seats (plus its reserves) drawn by ``seed`` from
-    ``validators`` without the ``excluded`` keys, each weighted by its stake capped at
-    ``cap_bps`` of the whole set's weight (the cap is computed before the exclusions,
-    so a validator's weight does not depend on whose job it is)."""
+    """The committee of ``size`` seats (plus :func:`reserves`, unless ``spares`` is
+    False: then its seats are fixed) drawn by ``seed`` from ``validators`` without the
+    ``excluded`` keys, each weighted by its stake capped at ``cap_bps`` of the whole
+    set's weight (the cap is computed before the exclusions, so a validator's weight
+    does not depend on whose job it is)."""
     out = set(excluded)
     weights = capped_weights(validators, cap_bps)
     eligible = {k: s for k, s in weights.items() if k not in out}
-    candidates = sample_committee(eligible, seed, size + reserves(size))
-    return Committee(candidates, min(size, len(candidates)), quorum)
+    extra = reserves(size) if spares else 0
+    candidates = sample_committee(eligible, seed, size + extra)
+    return Committee(candidates, min(size, len(candidates)), quorum, fixed=not spares)
 
 
 def committee_seed(beacon: bytes, job_id: bytes) -> bytes:

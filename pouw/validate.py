@@ -439,7 +439,13 @@ def review_committee(
     seed = review_seed(block_hash, receipt_id(evidence.receipt))
     r = rules or CommitteeRules(size)
     return draw_committee(
-        validators, seed, 2 * r.size, first_look, quorum=r.quorum, cap_bps=r.cap_bps
+        validators,
+        seed,
+        2 * r.size,
+        first_look,
+        quorum=r.quorum,
+        cap_bps=r.cap_bps,
+        spares=r.spares,
     )
 
 
@@ -507,4 +513,33 @@ def validate_fraud_evidence(
         "quorum",
         f"invalid votes hold {t.invalid_stake} of {t.committee_stake} seats "
         f"(<= {t.quorum[1] - t.quorum[0]}/{t.quorum[1]})",
+    )
+
+
+def validate_appeal(
+    evidence: FraudEvidence,
+    validators: Mapping[bytes, int],
+    beacon: bytes,
+    *,
+    committee_size: int = COMMITTEE_SIZE,
+    check_challenges: bool = True,
+    committed: CommitLookup | None = None,
+    rules: CommitteeRules | None = None,
+) -> None:
+    """Check an appeal (D96): fraud evidence with no verdicts, which sends an audited
+    claim its committee left undecided to a review. Checks the job, the assignment and
+    the receipt as :func:`validate_fraud_evidence` does, and that the job has a
+    committee; whether the claim may be appealed yet is the ledger's to say."""
+    _require(not evidence.verdicts, "appeal.verdicts", "an appeal carries no verdicts")
+    _validate_work(
+        evidence.job,
+        evidence.assignment,
+        evidence.receipt,
+        (),
+        validators,
+        beacon,
+        committee_size,
+        check_challenges,
+        committed,
+        rules,
     )

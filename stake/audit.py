@@ -154,6 +154,32 @@ def forfeit(s: State, worker: bytes) -> None:
             credit(s, escrow.payer, escrow.amount)
 
 
+def appeal_opens(s: State, jid: bytes, rid: bytes) -> int | None:
+    """The first block that may carry an appeal of receipt ``rid`` of job ``jid`` (D96):
+    ``audit_appeal_blocks`` after its audit draw; None when it cannot be appealed (the
+    chain takes no appeals, or the receipt is not a claim drawn for audit and undecided:
+    a certificate, a forfeit or the claim's deadline removed its row)."""
+    row = s.claims.get(jid)
+    if not s.params.audit_appeal_blocks or row is None or not row.audited:
+        return None
+    if row.receipt_id != rid:
+        return None
+    return row.height + AUDIT_DELAY + s.params.audit_appeal_blocks
+
+
+def check_appeal(s: State, jid: bytes, rid: bytes) -> None:
+    """Raise LedgerError unless block ``s.height`` may carry an appeal of ``rid``."""
+    opens = appeal_opens(s, jid, rid)
+    if opens is None:
+        raise LedgerError(
+            "only a claim drawn for audit and still undecided may be appealed (D96)"
+            if s.params.audit_appeal_blocks
+            else "this chain takes no appeals (audit_appeal_blocks is 0)"
+        )
+    if s.height < opens:
+        raise LedgerError(f"its committee has until block {opens} to decide; appeal then")
+
+
 def audit_status(s: State, jid: bytes) -> bool | None:
     """Whether job ``jid``'s claim was drawn for audit: True (audited, a committee must
     check it), False (claimed, its draw still pending), None (no claim on chain: paid,

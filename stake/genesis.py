@@ -147,6 +147,20 @@ class ChainParams(Record):
     # opens fraud evidence (D98); reviews, which decide every conviction, keep
     # ``committee_size``. 0: ``committee_size``; never more than it.
     audit_committee_size: Annotated[int, Range(0, 1000)] = 0
+    # The share of a job committee's seats whose valid votes certify (D100): 0/0, the
+    # genesis quorum; at least that, below 1. Invalid votes on more than the rest open
+    # fraud evidence (every conviction is still decided by a review, at the genesis
+    # quorum).
+    audit_quorum_numerator: Annotated[int, Range(0, 100)] = 0
+    audit_quorum_denominator: Annotated[int, Range(0, 100)] = 0
+    # 1: committees and reviews draw reserves, and an abstaining member's seat passes to
+    # the next (pouw/committee.py); 0: their seats are fixed, an abstention is a seat
+    # without a vote, so honest members that cannot check raise nobody's share (D100).
+    committee_reserves: Annotated[int, Range(0, 1)] = 1
+    # An audited claim its committee has not decided this many blocks after its draw
+    # may be appealed: fraud evidence without verdicts opens a review, which pays it or
+    # convicts its worker (D96). 0: no appeals (the claim stays unpaid, as before).
+    audit_appeal_blocks: Annotated[int, Range(0, 100_000)] = 0
 
     def committee_rules(self) -> CommitteeRules:
         """The committee parameters pouw draws and tallies with: reviews (convictions)."""
@@ -154,16 +168,27 @@ class ChainParams(Record):
             self.committee_size,
             (self.quorum_numerator, self.quorum_denominator),
             self.committee_weight_cap_bps,
+            spares=bool(self.committee_reserves),
         )
 
     def job_committee_size(self) -> int:
         """The seats of a job's committee (D98)."""
         return min(self.audit_committee_size or self.committee_size, self.committee_size)
 
+    def job_committee_quorum(self) -> tuple[int, int]:
+        """The share of a job committee's seats that certifies (D100)."""
+        if self.audit_quorum_numerator:
+            return (self.audit_quorum_numerator, self.audit_quorum_denominator)
+        return (self.quorum_numerator, self.quorum_denominator)
+
     def job_committee_rules(self) -> CommitteeRules:
-        """The committee parameters of a job's committee (D98): its seats, the same
-        quorum and weight cap."""
-        return dataclasses.replace(self.committee_rules(), size=self.job_committee_size())
+        """The committee parameters of a job's committee (D98, D100): its seats, its
+        quorum, its reserves, the same weight cap."""
+        return dataclasses.replace(
+            self.committee_rules(),
+            size=self.job_committee_size(),
+            quorum=self.job_committee_quorum(),
+        )
 
 
 MAINNET_PARAMS = ChainParams(
@@ -181,13 +206,22 @@ MAINNET_PARAMS = ChainParams(
     # the seats with probability 4.4e-7 (pouw/sizing.py). The least size below 1e-6 is
     # 62, but the bound is not monotone (the quorum rounds up): 63, 64, 66 exceed it.
     committee_size=68,
-    # A job's committee (the audit of a claim: certify, or open fraud evidence) has 20
-    # seats; the review that decides every conviction keeps 68 (D98). At 1/3 of the
-    # capped weight 20 seats are captured (2/3 valid with an honest third absent) with
-    # probability 1.2e-3: a forgery that drew an audit escapes it that rarely, which
-    # leaves the expected slash 1.997x its gain (D80), and 20 x 0.1 % = 0.02 member
-    # checks a job at the floor (68 seats: 0.068, above the 5 % target).
-    audit_committee_size=20,
+    # A job's committee (the audit of a claim: certify, or open fraud evidence) has 22
+    # seats and certifies with 5/6 of them, 19 (D98, D101): an adversary with 1/3 of the
+    # capped weight holds 19 with probability 5.5e-7, and 22 x 0.1 % = 0.022 member
+    # checks a job at the floor (68 seats: 0.068, above the 5 % target). Invalid votes
+    # on 4 seats open fraud evidence, which the review of 2 x 68 seats decides.
+    audit_committee_size=22,
+    audit_quorum_numerator=5,
+    audit_quorum_denominator=6,
+    # Seats are fixed (D100): with reserves, honest members that cannot check a model
+    # pass their seats on and the adversary's share of the seated grows (68 seats with
+    # 44 reserves, a third of the honest hosting the model: captured about 1 in 50).
+    committee_reserves=0,
+    # Four silent seats of 22 leave an audit undecided: after half an hour its claim may
+    # go to the review of 2 x 68 seats (D96), which a third of silent stake blocks far
+    # less often.
+    audit_appeal_blocks=30,
     quorum_numerator=2,
     quorum_denominator=3,
     double_sign_slash_bps=500,
@@ -236,6 +270,12 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         # A devnet has a handful of validators: its committees are small (at most 5,
         # every other node) and carry no 1e-6 bound; mainnet sizes them (D57).
         committee_size=min(DEVNET_COMMITTEE_SIZE, max(1, nodes - 1)),
+        # and certify at the genesis quorum, abstentions seating reserves: five seats at
+        # mainnet's 5/6 would need all five (D100, D101 size mainnet's)
+        audit_quorum_numerator=0,
+        audit_quorum_denominator=0,
+        committee_reserves=1,
+        audit_appeal_blocks=0,
         jail_period=20,
         escrow_period=200,
         timeout_propose_ms=max(500, block_time_ms),
@@ -307,6 +347,12 @@ def check_genesis(genesis: Genesis) -> Genesis:
         raise GenesisError(f"chain_id {genesis.chain_id!r} must be non-empty, without spaces")
     if p.quorum_numerator * 2 <= p.quorum_denominator or p.quorum_numerator >= p.quorum_denominator:
         raise GenesisError("quorum must be above 1/2 and below 1 (BFT needs more than 2/3)")
+    if p.audit_quorum_numerator or p.audit_quorum_denominator:
+        an, ad = p.audit_quorum_numerator, p.audit_quorum_denominator
+        if not (an < ad and an * p.quorum_denominator >= p.quorum_numerator * ad):
+            raise GenesisError(
+                "audit quorum must be at least the quorum and below 1 (0/0: the quorum)"
+            )
     addresses = [a.address for a in genesis.allocations]
     if len(set(addresses)) != len(addresses):
         raise GenesisError("an address is allocated twice; merge its allocations")

@@ -24,6 +24,7 @@ from aipg.pouw import (
     Receipt,
     Tier,
     receipt_id,
+    validate_appeal,
     validate_assignment,
     validate_certificate,
     validate_fraud_evidence,
@@ -33,7 +34,7 @@ from aipg.pouw import (
 from aipg.wire import Address
 
 from .assign import drawn_workers, record_capacity, record_miss
-from .audit import audit_rate, is_claim, on_certified, open_claim
+from .audit import audit_rate, check_appeal, is_claim, on_certified, open_claim
 from .models import certified_work
 from .money import credit
 from .pool import WorkItem
@@ -188,6 +189,7 @@ def fee_charged(job: Job, receipt: Receipt) -> int:
 # collected from gossip, and a challenge grants nothing its verdict's signature does not.
 _certificate_without_challenges = functools.partial(validate_certificate, check_challenges=False)
 _fraud_without_challenges = functools.partial(validate_fraud_evidence, check_challenges=False)
+_appeal_without_challenges = functools.partial(validate_appeal, check_challenges=False)
 
 
 def check_work(s: State, cert: Certificate | FraudEvidence, snapshots, validate) -> None:
@@ -259,6 +261,9 @@ def process_reviewed(s: State, reviews: Iterable[FraudReview]) -> dict[bytes, Wo
         if not drawn_for_pool(s, ev.job, ev.receipt):
             units = 0
         work[jid] = settle_job(s, ev.job, ev.receipt, escrow, units)
+        claim = s.claims.get(jid)
+        if claim is not None and claim.receipt_id == receipt_id(ev.receipt):
+            on_certified(s, jid, bytes(ev.receipt.signer))  # an audit the review passed
     return work
 
 
@@ -268,7 +273,11 @@ def process_frauds(s: State, frauds: Iterable[FraudEvidence]) -> None:
     snapshots: dict[int, dict[bytes, int]] = {}
     for i, ev in enumerate(frauds):
         try:
-            check_work(s, ev, snapshots, _fraud_without_challenges)
+            if ev.verdicts:
+                check_work(s, ev, snapshots, _fraud_without_challenges)
+            else:  # an appeal of an audit its committee left undecided (D96)
+                check_appeal(s, ev.receipt.job_id, receipt_id(ev.receipt))
+                check_work(s, ev, snapshots, _appeal_without_challenges)
         except (LedgerError, PouwError) as e:
             raise LedgerError(f"fraud evidence {i}: {e}") from None
         key = b"fraud" + ev.receipt.job_id

@@ -19,7 +19,7 @@ from aipg.pouw import (
 )
 from aipg.pouw import make_commit as commit_verdict
 from aipg.stake.assign import drawn_workers
-from aipg.stake.audit import audit_due
+from aipg.stake.audit import appeal_opens, audit_due
 from aipg.stake.builder import make_block, make_commit
 from aipg.stake.genesis import MAINNET_PARAMS, make_genesis
 from aipg.stake.ledger import apply_block
@@ -48,6 +48,12 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     review_period=3,
     verdict_commit_blocks=0,  # verdicts count as they come (tests of commit-reveal set it)
     committee_size=5,  # a test chain has a handful of validators (mainnet sizes for 1e-6)
+    # its committees certify with the quorum and seat reserves, as a devnet's (mainnet's
+    # supermajority audits and fixed seats, D100-D101: tests/stake/test_mainnet_seats.py)
+    audit_quorum_numerator=0,
+    audit_quorum_denominator=0,
+    committee_reserves=1,
+    audit_appeal_blocks=0,
     commit_min_fee=0,  # COMMITs are free here (tests of the fee set it, D83)
     verdict_pool_cap_bps=0,  # and verdicts earn without a budget (D72's tests)
     budget_refill_paid=0,  # budgets fill by the minted pool (D62's tests)
@@ -528,3 +534,6 @@ class TrackerChain:
     def paid_unaudited(self, job_id: bytes) -> bool:
         s = self.c.state
         return job_id in s.certified and job_id not in s.claims
+
+    def appeal_opens(self, job_id: bytes, receipt_id: bytes) -> int | None:
+        return appeal_opens(self.c.state, job_id, receipt_id)

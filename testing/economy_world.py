@@ -49,6 +49,13 @@ PARAMS = MAINNET_PARAMS.replace(
     # so no committee can be its own; five seats (a quorum of four) could be.
     committee_size=7,
     committee_weight_cap_bps=10_000,
+    # Seven seats at the genesis quorum, with reserves: a 5/6 quorum of seven would be
+    # six seats, and mainnet's sizes (D100, D101) are analytic (pouw/sizing.py) and
+    # tested on their own ledger (tests/stake/test_mainnet_seats.py).
+    audit_quorum_numerator=0,
+    audit_quorum_denominator=0,
+    committee_reserves=1,
+    audit_appeal_blocks=0,
 )
 TOTAL_STAKE = 10_000_000 * AIPG
 HONEST_OPERATORS = 9

@@ -48,7 +48,7 @@ from aipg.pouw import (
 from aipg.pouw.bounds import evict_over
 from aipg.pouw.forced import ForcedError
 from aipg.stake.assign import claim_order
-from aipg.stake.audit import audit_due
+from aipg.stake.audit import appeal_opens, audit_due
 from aipg.stake.block import Block, Commit, FinalizedBlock, ProposalMessage, Vote
 from aipg.stake.chain import Chain
 from aipg.stake.challenge import ChallengeAnswer, WithholdingChallenge
@@ -462,6 +462,11 @@ class FinalizedChain:
         unaudited, or forfeited by a conviction)."""
         s = self.chain.state
         return job_id in s.certified and job_id not in s.claims
+
+    def appeal_opens(self, job_id: bytes, receipt_id: bytes) -> int | None:
+        """The first block that may carry an appeal of this audited, undecided claim
+        (D96); None when it cannot be appealed."""
+        return appeal_opens(self.chain.state, job_id, receipt_id)
 
 
 class _Finalizer:

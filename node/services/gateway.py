@@ -266,6 +266,8 @@ class GatewayService(WorkerMessages):
             self.scheduler.on_certified(worker)
         elif tracked.receipt_id in self._forced:
             pass  # our own forced job (D75): the evidence is the trap working, not fraud
+        elif tracked.appealed:
+            pass  # an undecided audit sent to a review (D96): nobody accused the worker
         else:
             self.scheduler.on_fraud(worker)
 

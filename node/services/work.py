@@ -101,6 +101,12 @@ class TrackedWork:
         return isinstance(self.outcome, FraudEvidence)
 
     @property
+    def appealed(self) -> bool:
+        """Its outcome is an appeal (D96): evidence without verdicts, which accuses
+        nobody; a review decides the undecided audit."""
+        return self.fraud and not self.outcome.verdicts
+
+    @property
     def finished(self) -> bool:
         """Nothing more will happen to it: a block carried it, or none ever will."""
         return self.block_height is not None or bool(self.set_aside) or self.paid_unaudited
@@ -186,6 +192,8 @@ class ChainView(Protocol):
     def audit_due(self, job, receipt) -> bool | None: ...
 
     def paid_unaudited(self, job_id: bytes) -> bool: ...
+
+    def appeal_opens(self, job_id: bytes, receipt_id: bytes) -> int | None: ...
 
 
 # Reports tracked: a few minutes of a busy network's work, finished ones evicted first.
@@ -327,9 +335,13 @@ class WorkTracker:
     def _decided(self, tracked: TrackedWork, outcome: Certificate | FraudEvidence) -> None:
         tracked.outcome = outcome
         log.info(
-            "job %s: %s by its committee",
+            "job %s: %s",
             tracked.job_id.hex()[:12],
-            "certified" if tracked.certified else "FRAUD",
+            "certified by its committee"
+            if tracked.certified
+            else "undecided by its committee, appealed to a review"
+            if tracked.appealed
+            else "FRAUD by its committee",
         )
         for callback in self.on_outcome:
             callback(tracked)
@@ -670,7 +682,9 @@ class WorkTracker:
         (D79) of reports no block has claimed yet, the first receipt of each job."""
         certs, frauds, claims = [], [], []
         for t in self._by_receipt.values():
-            if t.block_height is None and t.outcome is not None and not t.set_aside:
+            if self._appealable(t):
+                frauds.append(FraudEvidence(t.report.job, t.report.assignment, t.claim.receipt, ()))
+            elif t.block_height is None and t.outcome is not None and not t.set_aside:
                 if t.certified and t.outcome.receipt.assignment_id in self._junk_streams:
                     continue  # its worker's stream contradicts it: the evidence goes first
                 (certs if t.certified else frauds).append(t.outcome)
@@ -682,6 +696,14 @@ class WorkTracker:
             ):
                 claims.append(t.claim)
         return certs + claims, frauds
+
+    def _appealable(self, t: TrackedWork) -> bool:
+        """An audited claim its committee has not decided in time: any node may send it
+        to a review (D96). The ledger says when; a block carrying one sets it aside."""
+        if t.outcome is not None or t.claim_height is None or t.finished:
+            return False
+        opens = self.chain.appeal_opens(t.job_id, t.receipt_id)
+        return opens is not None and self.chain.height + 1 >= opens
 
     def after_block(self) -> list[TrackedWork]:
         """After each block: the undecided reports whose audit the chain now calls due

@@ -174,3 +174,46 @@ def test_a_node_that_missed_the_votes_learns_the_outcome_from_the_block():
     assert tracked.outcome is None
     late.mark_included(cert, height=4)
     assert tracked.certified and tracked.block_height == 4 and heard == [tracked]
+
+
+def test_an_audit_its_committee_leaves_undecided_is_appealed_once():
+    """Mainnet's rules at six seats (5/6 certify, fixed seats, appeals after 3 blocks):
+    two members stay silent, four valid votes decide nothing; once the ledger allows it
+    the tracker offers an appeal (D96), a block carries it, and it is offered no more.
+    Its listeners hear an appeal, which accuses nobody."""
+    params = TEST_PARAMS.replace(
+        committee_size=6,
+        audit_committee_size=6,
+        audit_quorum_numerator=5,
+        audit_quorum_denominator=6,
+        committee_reserves=0,
+        audit_appeal_blocks=3,
+        escrow_period=40,
+    )
+    c = TestChain(n_validators=16, params=params)
+    for _ in range(3):
+        c.next()
+    tracker = WorkTracker(ChainOf(c))
+    heard = []
+    tracker.on_outcome.append(heard.append)
+    job, assignment, receipt, verdicts = make_work(c, ident(300), nonce=9)
+    tracked, _ = tracker.add_report(
+        WorkReport(job, assignment, Result(receipt, (), (), "", b"", b"", ()))
+    )
+    certs, frauds = tracker.pending_outcomes()
+    assert frauds == [] and [x.receipt for x in certs] == [receipt]  # its claim
+    c.next(certificates=certs)
+    tracker.mark_included(certs[0], c.state.height)
+    for v in verdicts[:4]:
+        assert tracker.add_verdict(v) is None  # four of six: no quorum either way
+    opens = c.state.claims[receipt.job_id].height + 2 + params.audit_appeal_blocks
+    while c.state.height + 1 < opens:
+        assert tracker.pending_outcomes() == ([], [])
+        c.next()
+        tracker.after_block()
+    _, frauds = tracker.pending_outcomes()
+    assert len(frauds) == 1 and frauds[0].receipt == receipt and not frauds[0].verdicts
+    c.next(frauds=frauds)
+    tracker.mark_included(frauds[0], c.state.height)
+    assert tracked.appealed and not tracked.certified and heard == [tracked]
+    assert tracker.pending_outcomes() == ([], [])

@@ -170,3 +170,36 @@ def test_withholding_data_never_beats_an_ordinary_committee():
         assert any(  # the bound is tight: one more reserve helps the attacker
             _at_least(size + r + 1, size, p) > _at_least(size, quorum, p) for p in shares
         ), size
+
+
+# --- fixed seats (mainnet, D100) -------------------------------------------------------
+
+
+def test_with_fixed_seats_an_abstention_is_a_seat_without_a_vote():
+    stakes = {bytes([i]) * 32: 1 for i in range(12)}
+    c = draw_committee(stakes, b"\x05" * 32, 6, quorum=(5, 6), spares=False)
+    assert c.fixed and c.candidates == c.members and len(c.members) == 6
+    assert c.seated(c.candidates[:2]) == c.members  # nobody steps aside, nobody steps in
+    # five valid votes of six certify; with one abstention and five valid, too
+    votes = {k: True for k in c.members[1:]} | {c.members[0]: None}
+    t = tally_seated(c, stakes, votes)
+    assert not t.short and t.certifies and t.committee_stake == 6
+    # two abstentions leave four valid: no certificate, and no conviction either
+    votes[c.members[1]] = None
+    t = tally_seated(c, stakes, votes)
+    assert not t.certifies and not t.convicts and not t.short
+    # invalid votes on more than 1/6 of the seats (two of six) convict
+    t = tally_seated(c, stakes, {c.members[0]: False, c.members[1]: False})
+    assert t.convicts and not t.certifies
+
+
+@settings(max_examples=200, deadline=None)
+@given(votes=st.lists(st.sampled_from([None, True, False]), min_size=6, max_size=6))
+def test_fixed_seats_never_certify_and_convict_at_once(votes):
+    stakes = {bytes([i]) * 32: 1 for i in range(9)}
+    c = draw_committee(stakes, b"\x07" * 32, 6, quorum=(5, 6), spares=False)
+    cast = dict(zip(c.members, votes, strict=True))
+    t = tally_seated(c, stakes, cast)
+    assert not (t.certifies and t.convicts)
+    assert t.certifies == (sum(v is True for v in votes) >= 5)
+    assert t.convicts == (sum(v is False for v in votes) >= 2)

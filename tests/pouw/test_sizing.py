@@ -18,6 +18,7 @@ from aipg.pouw.sizing import (
     hypergeometric_tail,
     min_committee_size,
     quorum_seats,
+    seated_capture_probability,
 )
 from aipg.stake.genesis import MAINNET_PARAMS, devnet_params
 
@@ -124,3 +125,29 @@ def test_a_whale_is_capped_in_the_draw():
         for t in range(2000)
     )
     assert 0.19 < uncapped / 2000 < 0.27
+
+
+def _seated_capture_by_enumeration(n, k, spares, a, hosting):
+    """Every sequence of n + spares draws (adversary, honest voter, honest abstainer)."""
+    total = Fraction(0)
+    kinds = ((0, a), (1, (1 - a) * hosting), (2, (1 - a) * (1 - hosting)))
+    for seq in itertools.product(kinds, repeat=n + spares):
+        seated = [kind for kind, _ in seq if kind != 2][:n]
+        if len(seated) == n and seated.count(0) >= k:
+            total += math.prod((q for _, q in seq), start=Fraction(1))
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    spares=st.integers(0, 3),
+    hosting=st.fractions(0, 1, max_denominator=7),
+    quorum=st.sampled_from([(2, 3), (5, 6), (3, 4)]),
+)
+def test_the_seated_capture_is_exact_drawn_with_replacement(n, spares, hosting, quorum):
+    k = quorum_seats(n, *quorum)
+    got = seated_capture_probability(n, *quorum, spares, hosting, 0)
+    assert got == _seated_capture_by_enumeration(n, k, spares, Fraction(1, 3), hosting)
+    if hosting == 1:  # nobody abstains: the plain committee
+        assert got == capture_probability(n, *quorum, 0)

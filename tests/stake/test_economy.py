@@ -3,6 +3,8 @@ the real ledger, scheduler, committees and reviews: what holds on this branch.""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from aipg.testing.economy import STRATEGIES, Config, Economy
@@ -35,9 +37,16 @@ def test_no_strategy_slashes_the_honest_halts_the_chain_or_beats_its_bond(runs, 
 
 def test_the_honest_baseline_is_near_a_fair_share(runs):
     # 60 blocks, the first epoch without a draw and newcomers drawn at a quarter of their
-    # declaration (D58): a little under the fair share on this run
-    assert 0.7 <= runs["honest"].outcome_.reward_ratio <= 1.1
+    # declaration (D58): a little under the fair share. One 60-block run is one draw of
+    # the chain's randomness (0.65-0.96 over seeds, and any genesis change redraws it),
+    # so the median of five seeds is what must hold.
     assert runs["honest"].certified  # work was certified and paid
+    ratios = [runs["honest"].outcome_.reward_ratio]
+    for seed in (2, 3, 4, 5):
+        ratios.append(
+            Economy(Config("honest", 0.3, BLOCKS, jobs_per_block=3, seed=seed)).run().reward_ratio
+        )
+    assert 0.7 <= statistics.median(ratios) <= 1.1, ratios
 
 
 def test_a_fake_cost_model_convicts_its_worker(runs):
