@@ -537,3 +537,6 @@ class TrackerChain:
 
     def appeal_opens(self, job_id: bytes, receipt_id: bytes) -> int | None:
         return appeal_opens(self.c.state, job_id, receipt_id)
+
+    def under_review(self, receipt_id: bytes) -> bool:
+        return receipt_id in self.c.state.convictions

@@ -463,6 +463,11 @@ class FinalizedChain:
         s = self.chain.state
         return job_id in s.certified and job_id not in s.claims
 
+    def under_review(self, receipt_id_: bytes) -> bool:
+        """Whether a conviction (fraud evidence or an appeal, D96) of this receipt is
+        open, waiting for its review."""
+        return receipt_id_ in self.chain.state.convictions
+
     def appeal_opens(self, job_id: bytes, receipt_id: bytes) -> int | None:
         """The first block that may carry an appeal of this audited, undecided claim
         (D96); None when it cannot be appealed."""

@@ -52,11 +52,12 @@ class _Trap:
     vocab: int
     carried: set[bytes] = field(default_factory=set)  # members whose votes a block carried
     offered: frozenset = frozenset()  # the members of the last ForcedError offered
+    landed: bool = False  # a block carried one of its ForcedErrors
 
 
 class ForcedErrors:
     """``chain`` reads the finalized chain (height, ``beacon_at``, ``committed_at``,
-    ``forced_error_bps``); ``votes_of(receipt id)`` are the counted verdicts this node
+    ``forced_error_bps``, ``under_review``); ``votes_of(receipt id)`` are the counted verdicts this node
     holds, or None while members may not reveal yet (the tracker's ``reveal_open``);
     ``offer(forced_error)`` puts one up for blocks; ``track`` hands the committee's
     report to this node's own work tracker."""
@@ -89,6 +90,7 @@ class ForcedErrors:
             trap = self._traps.get(receipt_id(fe.receipt))
             if trap is not None:
                 trap.carried.update(v.signer for v in fe.verdicts)
+                trap.landed = True
         self._block.set()
         self._block = trio.Event()
         self._spring()
@@ -157,10 +159,13 @@ class ForcedErrors:
                 del self._traps[rid]
                 continue
             votes = self.votes_of(rid)
-            if votes is None:
+            # An appeal (D96) sent the undecided receipt to a review, which would find
+            # it wrong: the proof voids the review now, with whatever votes there are.
+            appealed = not trap.landed and self.chain.under_review(rid)
+            if votes is None and not appealed:
                 continue  # the commit phase is not over: the proof must stay secret
-            new = tuple(v for k, v in sorted(votes.items()) if k not in trap.carried)
-            if not new:
+            new = tuple(v for k, v in sorted((votes or {}).items()) if k not in trap.carried)
+            if not new and not appealed:
                 continue
             signers = frozenset(v.signer for v in new)
             if signers != trap.offered:

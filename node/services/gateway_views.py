@@ -118,7 +118,9 @@ def _status_of(
             review = tracked.review
             if review is None or not review.settled or review.upheld is None:
                 return "reviewing"  # a conviction: nobody is slashed before its review
-            return "slashed" if review.upheld else "exonerated"
+            if review.upheld:
+                return "slashed"
+            return "paid" if tracked.appealed else "exonerated"  # an appeal accused no one
         if tracked.set_aside:
             return "unpaid"  # decided, but no block can carry it (view: unpaid_reason)
         if tracked.outcome is not None:

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import pytest
 
-from aipg.pouw import Certificate, FraudEvidence, VerdictReason, make_verdict, receipt_id
+from aipg.pouw import (
+    COMMITTEE_DELAY,
+    Certificate,
+    FraudEvidence,
+    VerdictReason,
+    make_verdict,
+    receipt_id,
+)
+from aipg.pouw.forced import ForcedError, forced_output, forced_proof
+from aipg.pouw.records import output_hash_tokens
 from aipg.stake.audit import AUDIT_DELAY
 from aipg.stake.ledger import apply_block
 from aipg.stake.tx import TxKind, make_tx
-from aipg.stake.types import LedgerError
+from aipg.stake.types import BPS, LedgerError
 from aipg.testing.chainkit import AIPG, CHAIN, TEST_PARAMS, TestChain, make_review, make_work
-from aipg.testing.world import signed_verdict
+from aipg.testing.world import OUTPUT_IDS, signed_verdict
 
 # six seats at 5/6 (five valid certify, two invalid convict), fixed, reviews of twelve
 SEATS = TEST_PARAMS.replace(
@@ -160,3 +169,32 @@ def test_only_an_undecided_audited_claim_may_be_appealed():
         d.next()
     with pytest.raises(LedgerError, match="takes no appeals"):
         apply_block(d.state, d.build(frauds=[FraudEvidence(job, a, r, ())]))
+
+
+def test_an_appealed_forced_error_is_voided_by_its_proof_not_slashed():
+    """A forced receipt (D75) whose committee stayed silent: nobody committed, so its
+    worker could not reveal the proof yet. An appeal opens a review, which would find the
+    receipt wrong; the worker's ForcedError, with no verdicts, voids it and settles the
+    job: an honest worker is never slashed for the error the chain made it carry."""
+    params = APPEALS.replace(forced_error_bps=BPS, verdict_commit_blocks=2)
+    c = TestChain(n_validators=16, params=params)
+    worker = c.users[1]
+    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    wrong = output_hash_tokens(forced_output(OUTPUT_IDS, 100))
+    job, a, r, _ = make_work(c, worker, nonce=8, receipt_over={"output_hash": wrong})
+    c.next(certificates=[Certificate(job, a, r, ())])
+    beacon = c.state.beacon_at(c.state.commitments[job.id] + COMMITTEE_DELAY)
+    forced = ForcedError(job, a, r, forced_proof(worker.seed, beacon, a), OUTPUT_IDS, 100, ())
+    with pytest.raises(LedgerError, match="commit phase"):  # no appeal yet: keep it secret
+        apply_block(c.state, c.build(forced_errors=[forced]))
+    while c.state.height + 1 < c.state.claims[r.job_id].height + AUDIT_DELAY + 3:
+        c.next()
+    appeal = FraudEvidence(job, a, r, ())
+    s = c.next(frauds=[appeal])
+    assert receipt_id(r) in s.convictions
+    stake = s.bond(worker.public_bytes).stake
+    s = c.next(forced_errors=[forced])
+    assert receipt_id(r) not in s.convictions and r.job_id in s.certified
+    with pytest.raises(LedgerError, match="no open conviction"):
+        apply_block(s, c.build(reviews=[make_review(c, appeal, upheld=True)]))
+    assert s.bond(worker.public_bytes).stake == stake
