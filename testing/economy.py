@@ -167,7 +167,8 @@ class Economy(AdversaryMoves, Committees):
         self.ground = 0  # how many
         self.routed = self.routed_paid = 0  # certified past the draw, and their pool pay
         self.frauds: dict[bytes, FraudEvidence] = {}
-        self.nonce = 0
+        self.nonce = 0  # honest jobs'
+        self.adversary_nonce = 1 << 40  # the adversary's invented and ground jobs'
         self.halted = 0
         self.validator_macs = 0
         self.worker_macs = 0
@@ -333,21 +334,31 @@ class Economy(AdversaryMoves, Committees):
         d = job.diffusion
         return diffusion_job_macs(cost, d.steps, (d.width // 8) * (d.height // 8), True)
 
-    def _job(self, gateway: Identity, now: int, model: bytes, *, client: bytes, fee=0, **kw):
-        self.nonce += 1
+    def _job(
+        self, gateway: Identity, now: int, model: bytes, *, client: bytes, fee=0, honest=False, **kw
+    ):
+        # Honest demand numbers its jobs apart from the adversary's moves, so that every
+        # strategy meets the same honest jobs (ids, draws) as the honest run of its seed:
+        # strategies differ by what they do, not by a redrawn world.
+        if honest:
+            self.nonce += 1
+            nonce = self.nonce
+        else:
+            self.adversary_nonce += 1
+            nonce = self.adversary_nonce
         fields = dict(
             model_id=model,
             prompt="",
             llm=None,
             diffusion=None,
-            seed=self.nonce,
+            seed=nonce,
             tier=1 if fee else 0,
             fee=fee,
             client=client,
             cost_milli=1000,
             created_ms=now,
             deadline_ms=now + JOB_DEADLINE_MS,
-            nonce=self.nonce,
+            nonce=nonce,
         )
         fields.update(kw)
         return sign(Job(**fields), gateway)
@@ -365,7 +376,7 @@ class Economy(AdversaryMoves, Committees):
         if not image and self.rng.random() < 0.1:
             fee = 120 * 10_000
         job = self._job(gw.identity, now, IMAGE_MODEL if image else LLM_MODEL,
-                        client=client.address.raw, fee=fee, **over)  # fmt: skip
+                        client=client.address.raw, fee=fee, honest=True, **over)  # fmt: skip
         if fee:  # an escrow commits its job too
             self._tx(client, TxKind.ESCROW, amount=fee, job_id=job.id)
         else:

@@ -46,7 +46,7 @@ class AdversaryMoves:
                     break
                 gw = self.adversary[0].identity
                 if self.cfg.strategy == "sybil_gateways":
-                    gw = ident(f"sybil-gateway/{self.nonce}")
+                    gw = ident(f"sybil-gateway/{self.adversary_nonce}")
                     self._sybil_gateways[gw.public_bytes] = gw
                 job = self._job(gw, now, model, client=self.adv_client.address.raw,
                                 prompt="p" * 370, llm=SamplingParams(max_tokens=1))  # fmt: skip
