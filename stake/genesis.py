@@ -112,6 +112,10 @@ class ChainParams(Record):
     gateway_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
     worker_pool_cap_bps: Annotated[int, Range(0, 10 * BPS)] = 10_500
     pool_budget_blocks: Annotated[int, Range(1, 100_000)] = 100
+    # A block's pool pays each work unit at most this times the chain's usual rate (an
+    # average of past blocks' pool per unit, D107); the rest burns, so work timed into a
+    # block with little other work (after an idle spell) earns no windfall. 0: no cap.
+    pool_rate_cap_bps: Annotated[int, Range(0, 100 * BPS)] = 0
     # Committees (pouw/sizing.py, D57): no validator holds more than this share of a
     # committee draw's weight; with the quorum above it sizes ``committee_size``.
     committee_weight_cap_bps: Annotated[int, Range(1, BPS)] = BPS
@@ -222,6 +226,9 @@ MAINNET_PARAMS = ChainParams(
     # go to the review of 2 x 68 seats (D96), which a third of silent stake blocks far
     # less often.
     audit_appeal_blocks=30,
+    # Twice the usual pool per unit at most (D107): a thin block after an idle spell
+    # pays its work no more than twice what a busy one would.
+    pool_rate_cap_bps=20_000,
     quorum_numerator=2,
     quorum_denominator=3,
     double_sign_slash_bps=500,
@@ -276,6 +283,8 @@ def devnet_params(block_time_ms: int, nodes: int) -> ChainParams:
         audit_quorum_denominator=0,
         committee_reserves=1,
         audit_appeal_blocks=0,
+        # a handful of demo jobs makes no usual rate (its e2e test replays the pools)
+        pool_rate_cap_bps=0,
         jail_period=20,
         escrow_period=200,
         timeout_propose_ms=max(500, block_time_ms),

@@ -41,6 +41,9 @@ from .types import BPS
 
 GATEWAY, WORKER, VALIDATOR = b"g", b"w", b"v"  # prefixes of the pool_budgets rows
 PAID_ROW = b"paid"  # pool_budgets row: what the last block paid from its pool (D83)
+RATE_ROW = b"rate"  # pool_budgets row: the usual pool per work unit (D107), RATE_ONE = 1
+RATE_ONE = 1 << 32
+RATE_BLOCKS = 64  # the usual rate moves by 1/64 of a block's (clipped) rate a block
 
 
 class WorkItem(NamedTuple):
@@ -95,6 +98,27 @@ def _index(s: State) -> int:
     return row.index if row is not None and s.params.budget_refill_paid else 0
 
 
+def _rate_capped(s: State, pool: int, units: int) -> int:
+    """What of ``pool`` this block may pay its ``units`` of work (D107): at most
+    ``pool_rate_cap_bps`` of the usual rate per unit. The usual rate is an average of
+    past blocks' pool per unit, each block's clipped at twice the average (one thin
+    block moves it little), updated here; the first block with work sets it."""
+    bps = s.params.pool_rate_cap_bps
+    if not bps or units <= 0:
+        return pool
+    rate = pool * RATE_ONE // units
+    row = s.pool_budgets.get(RATE_ROW)
+    if row is None:
+        s.put("pool_budgets", RATE_ROW, PoolBudget(rate, s.height, 0))
+        return pool
+    usual = row.budget
+    clipped = min(rate, 2 * usual)
+    s.put(
+        "pool_budgets", RATE_ROW, PoolBudget(usual + (clipped - usual) // RATE_BLOCKS, s.height, 0)
+    )
+    return min(pool, usual * bps * units // (BPS * RATE_ONE))
+
+
 def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
     """Pay this block's pool to its certified work (gateway budgets, work units, worker
     budgets) and burn the rest. What each job was paid is added to ``s.paid``."""
@@ -112,8 +136,9 @@ def pay_work(s: State, work: dict[bytes, WorkItem]) -> None:
             if not s.params.gateway_pool_cap_bps
             else budget(s, GATEWAY, g, pool, total, index)
         )
+    payable = _rate_capped(s, pool, sum(units.values()))  # (D107)
     order = sorted(units, key=lambda g: (Fraction(min(pool, caps[g][0]), units[g]), g))
-    left, weight = pool, sum(units.values())
+    left, weight = payable, sum(units.values())
     alloc: dict[bytes, int] = {}
     for g in order:  # ascending budget per unit: the bounded ones come first
         alloc[g] = min(caps[g][0], left * units[g] // weight)

@@ -54,6 +54,7 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     audit_quorum_denominator=0,
     committee_reserves=1,
     audit_appeal_blocks=0,
+    pool_rate_cap_bps=0,  # pools pay as D61-D63 (the cap's tests set it, D107)
     commit_min_fee=0,  # COMMITs are free here (tests of the fee set it, D83)
     verdict_pool_cap_bps=0,  # and verdicts earn without a budget (D72's tests)
     budget_refill_paid=0,  # budgets fill by the minted pool (D62's tests)
