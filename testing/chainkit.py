@@ -60,6 +60,18 @@ TEST_PARAMS = MAINNET_PARAMS.replace(
     budget_refill_paid=0,  # budgets fill by the minted pool (D62's tests)
 )
 
+# Mainnet's committee rules (D96, D100, D101) at a size a test chain can seat: six seats,
+# five valid certify, two invalid convict, no reserves, reviews of twelve; appeals after
+# three blocks (a chain with 16 validators seats them all).
+SIX_SEATS = TEST_PARAMS.replace(
+    committee_size=6,
+    audit_committee_size=6,
+    audit_quorum_numerator=5,
+    audit_quorum_denominator=6,
+    committee_reserves=0,
+)
+SIX_SEATS_APPEALS = SIX_SEATS.replace(audit_appeal_blocks=3, escrow_period=40)
+
 # The model every job of make_work names, and a registered cost for it of one work unit
 # per token (no attention term), so a receipt's units are its prompt + output tokens.
 TEST_MODEL = b"m" * 32

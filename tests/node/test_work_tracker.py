@@ -22,6 +22,7 @@ from aipg.pouw import (
 )
 from aipg.testing.chainkit import (
     GATEWAY,
+    SIX_SEATS_APPEALS,
     TEST_PARAMS,
     TestChain,
     TrackerChain,
@@ -181,15 +182,7 @@ def test_an_audit_its_committee_leaves_undecided_is_appealed_once():
     two members stay silent, four valid votes decide nothing; once the ledger allows it
     the tracker offers an appeal (D96), a block carries it, and it is offered no more.
     Its listeners hear an appeal, which accuses nobody."""
-    params = TEST_PARAMS.replace(
-        committee_size=6,
-        audit_committee_size=6,
-        audit_quorum_numerator=5,
-        audit_quorum_denominator=6,
-        committee_reserves=0,
-        audit_appeal_blocks=3,
-        escrow_period=40,
-    )
+    params = SIX_SEATS_APPEALS
     c = TestChain(n_validators=16, params=params)
     for _ in range(3):
         c.next()

@@ -27,21 +27,23 @@ from aipg.stake.audit import AUDIT_DELAY
 from aipg.stake.ledger import apply_block
 from aipg.stake.tx import TxKind, make_tx
 from aipg.stake.types import BPS, LedgerError
-from aipg.testing.chainkit import AIPG, CHAIN, TEST_PARAMS, TestChain, make_review, make_work
+from aipg.testing.chainkit import (
+    AIPG,
+    CHAIN,
+    SIX_SEATS,
+    SIX_SEATS_APPEALS,
+    TestChain,
+    make_review,
+    make_work,
+)
 from aipg.testing.world import OUTPUT_IDS, signed_verdict
 
-# six seats at 5/6 (five valid certify, two invalid convict), fixed, reviews of twelve
-SEATS = TEST_PARAMS.replace(
-    committee_size=6,
-    audit_committee_size=6,
-    audit_quorum_numerator=5,
-    audit_quorum_denominator=6,
-    committee_reserves=0,
-)
+SEATS, APPEALS = SIX_SEATS, SIX_SEATS_APPEALS  # six seats at 5/6, fixed; with appeals
 
 
-def _chain() -> tuple[TestChain, object]:
-    c = TestChain(n_validators=16, params=SEATS)
+def _chain(params=SEATS) -> tuple[TestChain, object]:
+    """16 validators and a bonded worker."""
+    c = TestChain(n_validators=16, params=params)
     worker = c.users[1]
     c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
     return c, worker
@@ -103,9 +105,6 @@ def test_two_false_accusers_open_a_review_that_slashes_them():
     assert not s.convictions and r.job_id in s.certified  # the job is paid (D73)
 
 
-APPEALS = SEATS.replace(audit_appeal_blocks=3, escrow_period=40)
-
-
 def _audited_claim(c: TestChain, worker, nonce: int, valid: bool = True):
     """A claim of ``worker``'s (a newcomer: audited for sure), its audit drawn."""
     job, a, r, verdicts = make_work(c, worker, nonce=nonce, valid=valid)
@@ -118,9 +117,7 @@ def _audited_claim(c: TestChain, worker, nonce: int, valid: bool = True):
 
 @pytest.mark.parametrize("honest", [True, False])
 def test_an_audit_left_undecided_by_silent_seats_goes_to_the_review(honest):
-    c = TestChain(n_validators=16, params=APPEALS)
-    worker = c.users[1]
-    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    c, worker = _chain(APPEALS)
     job, a, r, verdicts = _audited_claim(c, worker, nonce=4, valid=honest)
     # two members stay silent: four votes either way decide nothing
     with pytest.raises(LedgerError, match="quorum"):
@@ -146,9 +143,7 @@ def test_an_audit_left_undecided_by_silent_seats_goes_to_the_review(honest):
 
 
 def test_only_an_undecided_audited_claim_may_be_appealed():
-    c = TestChain(n_validators=16, params=APPEALS)
-    worker = c.users[1]
-    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    c, worker = _chain(APPEALS)
     job, a, r, verdicts = make_work(c, worker, nonce=5)
     for _ in range(6):
         c.next()
@@ -161,9 +156,7 @@ def test_only_an_undecided_audited_claim_may_be_appealed():
     with pytest.raises(LedgerError, match="only a claim drawn for audit"):
         apply_block(c.state, c.build(frauds=[FraudEvidence(job, a, r, ())]))
     # a chain without appeals says so
-    d = TestChain(n_validators=16, params=SEATS)
-    w = d.users[1]
-    d.next(transactions=[make_tx(w, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    d, w = _chain(SEATS)
     job, a, r, _ = _audited_claim(d, w, nonce=7)
     for _ in range(6):
         d.next()
@@ -176,10 +169,7 @@ def test_an_appealed_forced_error_is_voided_by_its_proof_not_slashed():
     worker could not reveal the proof yet. An appeal opens a review, which would find the
     receipt wrong; the worker's ForcedError, with no verdicts, voids it and settles the
     job: an honest worker is never slashed for the error the chain made it carry."""
-    params = APPEALS.replace(forced_error_bps=BPS, verdict_commit_blocks=2)
-    c = TestChain(n_validators=16, params=params)
-    worker = c.users[1]
-    c.next(transactions=[make_tx(worker, CHAIN, TxKind.BOND, 0, amount=1_000 * AIPG)])
+    c, worker = _chain(APPEALS.replace(forced_error_bps=BPS, verdict_commit_blocks=2))
     wrong = output_hash_tokens(forced_output(OUTPUT_IDS, 100))
     job, a, r, _ = make_work(c, worker, nonce=8, receipt_over={"output_hash": wrong})
     c.next(certificates=[Certificate(job, a, r, ())])
