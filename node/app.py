@@ -342,7 +342,10 @@ class Node:
         """Every topic's validator, then its consumer, each subscribed before the node
         reports it is ready."""
         view = _CheckView(self.chain, self.tracker)
-        for name, check in topic_checks(self.genesis.chain_id, view, self.chain.checked).items():
+        checks = topic_checks(
+            self.genesis.chain_id, view, self.chain.checked, self.chain.saw_height
+        )
+        for name, check in checks.items():
             self.host.set_topic_validator(
                 topic(name), topic_validator(check), timeout=TOPIC_VALIDATION_TIMEOUT_S
             )
@@ -354,7 +357,10 @@ class Node:
             "verdicts": self._on_verdict,
             "models": self._on_model,
             "workers": self._on_worker_status,
+            "blocks": self._on_consensus,  # finalized blocks, as on consensus
         }
+        if not self.config.validator:  # D100: a node that does not vote follows "blocks"
+            del consumers["consensus"]
         for name, consume in consumers.items():
             await nursery.start(self._consume, name, consume)
 

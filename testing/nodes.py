@@ -114,6 +114,7 @@ async def open_node_world(
     block_time_ms: int = BLOCK_TIME_MS,
     seed: int = 1,
     params_over: dict | None = None,
+    on_start: Callable[[int, Node], object] | None = None,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
@@ -134,7 +135,8 @@ async def open_node_world(
     (a world of many whole nodes far from a full mesh), the validators started last.
     ``seed`` draws the plain hosts'
     NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators.
-    ``params_over`` replaces chain parameters of the genesis."""
+    ``params_over`` replaces chain parameters of the genesis. ``on_start(i, node)`` is
+    called as each node has started (benchmarks time the joins with it)."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     n_validators = sum(spec.validator for spec in specs)
     params = devnet_params(block_time_ms, n_validators)
@@ -206,6 +208,8 @@ async def open_node_world(
             node = Node(data_dir, config, genesis, spec.faults, transport)
             await nursery.start(node.run)
             started[i] = node
+            if on_start is not None:
+                on_start(i, node)
             first = f"{node.host.listen_addrs[0]}/p2p/{node.identity.peer_id}"
             if (extra_hosts or sparse) and not spec.nat:
                 last_node = (first,)

@@ -31,7 +31,9 @@ from aipg.wire import (
 )
 
 TOPIC_PREFIX = "/aipg/1/"
-TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers")
+# "blocks" carries each finalized block once (its proposer publishes it): a node that
+# does not vote follows the chain there instead of hearing every vote (D100)
+TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers", "blocks")
 
 
 def topic(name: str) -> str:

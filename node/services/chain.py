@@ -102,6 +102,7 @@ class ChainService:
         self.on_block: list[Callable[[Block], None]] = []  # after each block is settled
         self._highest_seen = chain.height
         self._syncing = False
+        self.blocks_published = 0  # blocks we proposed and sent on "blocks" (D100)
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
         # consensus messages the topic validator decoded and verified (D90)
         self.checked = CheckedMessages()
@@ -291,6 +292,11 @@ class ChainService:
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
+        if self.identity is not None and block.header.proposer == self.identity.public_bytes:
+            # the followers' copy (D100): its proposer sends it, every node passes it on once
+            data = encode(FinalizedBlock(block, commit))
+            self.blocks_published += 1
+            self._nursery.start_soon(self.host.publish, topic("blocks"), data)
         for hook in self.on_block:
             hook(block)
         log.info(
@@ -350,6 +356,15 @@ class ChainService:
             self._inbox_send.send_nowait(data)
         except trio.WouldBlock:
             log.warning("consensus inbox full: dropped a message (it is re-sent)")
+
+    def saw_height(self, height: int) -> None:
+        """Someone sent block ``height``, too far ahead to check: sync if we are behind
+        (every block fetched is verified by its commit)."""
+        if height > self.chain.height + 1:
+            self._highest_seen = max(self._highest_seen, height - 1)
+            if not self._syncing:
+                self._syncing = True
+                self._nursery.start_soon(self._catch_up)
 
     async def _catch_up(self) -> None:
         """Fetch and verify finalized blocks from peers until we reach the network, then
