@@ -58,7 +58,7 @@ from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
 from aipg.stake.types import LedgerError
-from aipg.wire import Identity, decode, encode
+from aipg.wire import Identity, PeerId, decode, encode
 
 from .mempool import Mempool
 from .work import WorkTracker
@@ -68,6 +68,7 @@ log = logging.getLogger("aipg.node.chain")
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
+VALIDATOR_LINK_S = 10.0  # how often a validator checks it is connected to the others
 # What recent jobs were paid, for the API (the ledger has the payments themselves): the
 # oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
 MAX_JOB_REWARDS = 65_536
@@ -335,8 +336,28 @@ class ChainService:
                         log.info("waiting %.1f s for genesis time", wait_ms / 1000)
                         await trio.sleep(wait_ms / 1000)
                 await nursery.start(self.driver.run, self._inbox)
+                if self.identity is not None:
+                    nursery.start_soon(self._link_validators)
         finally:
             self.chain.close()  # the last committed block stays; nothing is half-written
+
+    async def _link_validators(self) -> None:
+        """A validator stays connected to the other validators (D100): only they carry
+        "consensus" (followers are not subscribed), so their connections are kept
+        however idle, and one that is missing is dialed on demand (its address from the
+        book or a DHT lookup, through a relay if need be)."""
+        me = self.identity.public_bytes
+        while True:
+            peers = [
+                PeerId.from_public_key(v.key)
+                for v in self.state.validators.validators
+                if v.key != me
+            ]
+            self.host.kept_peers = frozenset(peers)
+            for peer in peers:
+                if not self.host.is_connected(peer):
+                    await self.host.ensure_connection(peer)
+            await trio.sleep(VALIDATOR_LINK_S)
 
     async def on_consensus_data(self, data: bytes) -> None:
         """A consensus message from gossip (already decoded and checked by the topic
