@@ -90,7 +90,7 @@ class GossipHost:
         self._transient_dials = 0
         self.relayed_connections = 0  # circuits we dialed or accepted (tests, metrics)
         # peers whose connections are kept open however idle (a validator's fellow
-        # validators: consensus gossip flows only among them, D100)
+        # validators: consensus gossip flows only among them, D102)
         self.kept_peers: frozenset[PeerId] = frozenset()
         self._transient_freed = trio.Event()  # replaced each time a transient slot frees
         self._nursery: trio.Nursery | None = None
@@ -215,14 +215,16 @@ class GossipHost:
                 self._free_transient_slot()
 
     async def ensure_connection(self, peer: PeerId) -> bool:
-        """Connect to ``peer`` if we are not (dialed on demand, as a request would:
-        transient unless ``kept_peers`` holds it); whether we are connected now."""
+        """Connect to ``peer`` if we are not (dialed on demand, as a request would, but
+        a failure backs nothing off: requests to the peer are not refused because of
+        this attempt); whether we are connected now. The connection is transient, and
+        closes when idle unless ``kept_peers`` holds the peer."""
         if peer in self._conns:
             return True
-        if self._nursery is None:
+        if self._nursery is None or self.reach.addrbook.backoff_left(peer) > 0:
             return False
         try:
-            await self.reach.connection_to(peer)
+            await self.reach.connection_to(peer, backoff=False)
         except (GossipError, WireError):
             return False
         return peer in self._conns

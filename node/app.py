@@ -359,7 +359,7 @@ class Node:
             "workers": self._on_worker_status,
             "blocks": self._on_consensus,  # finalized blocks, as on consensus
         }
-        if not self.config.validator:  # D100: a node that does not vote follows "blocks"
+        if not self.config.validator:  # D102: a node that does not vote follows "blocks"
             del consumers["consensus"]
         for name, consume in consumers.items():
             await nursery.start(self._consume, name, consume)

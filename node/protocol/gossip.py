@@ -126,7 +126,7 @@ def topic_checks(
             checked.add(data, msg, signed)
 
     def blocks(data: bytes) -> None:
-        # D100: one copy of each block goes on from each node, whoever sent it: the
+        # D102: one copy of each block goes on from each node, whoever sent it: the
         # next block with a commit of the current set, or the one we just finalized
         # (by its hash: a validator that decided it forwards it to the followers)
         fb = decode(data, FinalizedBlock)

@@ -32,7 +32,7 @@ from aipg.wire import (
 
 TOPIC_PREFIX = "/aipg/1/"
 # "blocks" carries each finalized block once (its proposer publishes it): a node that
-# does not vote follows the chain there instead of hearing every vote (D100)
+# does not vote follows the chain there instead of hearing every vote (D102)
 TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers", "blocks")
 
 

@@ -23,6 +23,7 @@ store, the sign-record and block sync. This module connects them to the node:
 from __future__ import annotations
 
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
@@ -68,7 +69,8 @@ log = logging.getLogger("aipg.node.chain")
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
-VALIDATOR_LINK_S = 10.0  # how often a validator checks it is connected to the others
+VALIDATOR_LINK_S = 10.0  # how often a validator checks its links to the others
+VALIDATOR_LINKS = 2  # other validators a validator stays connected to, at least
 # What recent jobs were paid, for the API (the ledger has the payments themselves): the
 # oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
 MAX_JOB_REWARDS = 65_536
@@ -103,7 +105,7 @@ class ChainService:
         self.on_block: list[Callable[[Block], None]] = []  # after each block is settled
         self._highest_seen = chain.height
         self._syncing = False
-        self.blocks_published = 0  # blocks we proposed and sent on "blocks" (D100)
+        self.blocks_published = 0  # blocks we proposed and sent on "blocks" (D102)
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
         # consensus messages the topic validator decoded and verified (D90)
         self.checked = CheckedMessages()
@@ -294,7 +296,7 @@ class ChainService:
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
         if self.identity is not None and block.header.proposer == self.identity.public_bytes:
-            # the followers' copy (D100): its proposer sends it, every node passes it on once
+            # the followers' copy (D102): its proposer sends it, every node passes it on once
             data = encode(FinalizedBlock(block, commit))
             self.blocks_published += 1
             self._nursery.start_soon(self.host.publish, topic("blocks"), data)
@@ -342,21 +344,33 @@ class ChainService:
             self.chain.close()  # the last committed block stays; nothing is half-written
 
     async def _link_validators(self) -> None:
-        """A validator stays connected to the other validators (D100): only they carry
-        "consensus" (followers are not subscribed), so their connections are kept
-        however idle, and one that is missing is dialed on demand (its address from the
-        book or a DHT lookup, through a relay if need be)."""
+        """A validator stays connected to at least VALIDATOR_LINKS other validators
+        (D102): only validators carry "consensus" (followers are not subscribed), and
+        random 2-out links connect a set with high probability. A missing link is
+        dialed on demand (address book, DHT lookup, relays), at random among the
+        unlinked, and kept however idle; other connections between validators (a
+        request's) close when idle as usual."""
         me = self.identity.public_bytes
+        rng = random.Random(me)
+        links: set[PeerId] = set()
         while True:
             peers = [
                 PeerId.from_public_key(v.key)
                 for v in self.state.validators.validators
                 if v.key != me
             ]
-            self.host.kept_peers = frozenset(peers)
-            for peer in peers:
-                if not self.host.is_connected(peer):
-                    await self.host.ensure_connection(peer)
+            links &= set(peers)
+            linked = sum(self.host.is_connected(p) for p in peers)
+            unlinked = [p for p in peers if not self.host.is_connected(p)]
+            rng.shuffle(unlinked)
+            for peer in unlinked:
+                if linked >= VALIDATOR_LINKS:
+                    break
+                if await self.host.ensure_connection(peer):
+                    linked += 1
+                    links.add(peer)
+            links = {p for p in links if self.host.is_connected(p)}
+            self.host.kept_peers = frozenset(links)
             await trio.sleep(VALIDATOR_LINK_S)
 
     async def on_consensus_data(self, data: bytes) -> None:

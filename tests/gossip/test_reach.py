@@ -372,7 +372,7 @@ async def test_a_duplicate_connection_that_wins_the_tie_break_keeps_the_caps(
 async def test_a_kept_peer_is_dialed_on_demand_and_its_connection_never_closes_idle(
     nursery, autojump_clock
 ):
-    """D100: a validator keeps its fellow validators' connections however idle (only
+    """D102: a validator keeps its fellow validators' connections however idle (only
     they carry consensus); ensure_connection dials one as a request would."""
     _, hosts, _ = await start_reach_network(nursery, 24, seed=3)
     (a, b), (c, d) = _unconnected_pairs(hosts, random.Random(1), 2)

@@ -1,4 +1,4 @@
-"""Nodes that do not vote follow the chain on the "blocks" topic (D100).
+"""Nodes that do not vote follow the chain on the "blocks" topic (D102).
 
 A follower never subscribes to "consensus": it hears one copy of each finalized block
 (its proposer publishes it, every node passes it on once) instead of every proposal and

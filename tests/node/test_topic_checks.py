@@ -161,7 +161,7 @@ class LiveView:
 
 
 def test_blocks_topic_passes_one_copy_of_each_height_on(chain):
-    """D100: on "blocks" a node forwards the next block (commit checked) or the one it
+    """D102: on "blocks" a node forwards the next block (commit checked) or the one it
     just finalized itself (same hash), once per height whoever sent it; a block too far
     ahead is not forwarded but tells the node to sync."""
     heard: list[int] = []
