@@ -70,7 +70,7 @@ MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
 VALIDATOR_LINK_S = 10.0  # how often a validator checks its links to the others
-VALIDATOR_LINKS = 2  # other validators a validator stays connected to, at least
+VALIDATOR_LINKS = 1  # other validators a validator stays connected to, at least (D102)
 # What recent jobs were paid, for the API (the ledger has the payments themselves): the
 # oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
 MAX_JOB_REWARDS = 65_536
@@ -345,8 +345,8 @@ class ChainService:
 
     async def _link_validators(self) -> None:
         """A validator stays connected to at least VALIDATOR_LINKS other validators
-        (D102): only validators carry "consensus" (followers are not subscribed), and
-        random 2-out links connect a set with high probability. A missing link is
+        (D102): only validators carry "consensus" (followers are not subscribed), so
+        none may be left without a validator neighbour. A missing link is
         dialed on demand (address book, DHT lookup, relays), at random among the
         unlinked, and kept however idle; other connections between validators (a
         request's) close when idle as usual."""
