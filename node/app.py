@@ -35,7 +35,7 @@ from aipg.gossip import (
     TransportError,
     WebsocketTransport,
 )
-from aipg.models import ModelError, check_announcement, model_id_text
+from aipg.models import ModelAnnouncement, ModelError, check_announcement, model_id_text
 from aipg.pouw import Job, PouwError, StreamEvidence, Verdict, VerdictCommit
 from aipg.pouw.forced import ForcedError
 from aipg.stake.block import Block
@@ -427,10 +427,11 @@ class Node:
         self._roles_nursery.start_soon(self.host.publish, topic("verdicts"), encode(answer))
 
     async def _on_model(self, m: Delivered) -> None:
-        self.models.on_announcement(check_announcement(m.data), m.author)
+        checked = self.chain.checked.get(m.data, ModelAnnouncement)  # by the topic check
+        self.models.on_announcement(checked or check_announcement(m.data), m.author)
 
     async def _on_worker_status(self, m: Delivered) -> None:
-        await self.gateway.on_worker_status(decode(m.data, WorkerStatus))
+        await self.gateway.on_worker_status(self.chain.checked.decode(m.data, WorkerStatus))
 
     # -- HTTP API ---------------------------------------------------------------------
 

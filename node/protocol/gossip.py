@@ -184,15 +184,22 @@ def topic_checks(
         if allowed is None and verdict.signer not in node.state.validators:
             raise Stale("verdict from outside the validator set on a receipt not seen yet")
 
+    # statuses and announcements that pass are kept in ``checked`` too: the consumer
+    # takes them decoded and checked (D103)
     def workers(data: bytes) -> None:
-        if not is_signed_by_signer(decode(data, WorkerStatus)):
+        status = decode(data, WorkerStatus)
+        if not is_signed_by_signer(status):
             raise WireError("bad signature on a worker status")
+        if checked is not None:
+            checked.add(data, status, status)
 
     def models(data: bytes) -> None:
         try:
-            check_announcement(data)
+            announcement = check_announcement(data)
         except ModelError as e:
             raise WireError(str(e)) from None
+        if checked is not None:
+            checked.add(data, announcement, announcement)
 
     return {
         "consensus": consensus,

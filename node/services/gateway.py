@@ -186,6 +186,9 @@ class GatewayService(WorkerMessages):
         self._heard = 0
         self.unsigned = 0  # outputs delivered early whose receipt never came (D94)
         self._contradicted: OrderedDict[bytes, TokenRelay] = OrderedDict()
+        # every worker heard within the TTL (any model), least recently heard first: the
+        # count is kept as statuses come, not recounted over all workers at each one
+        self._heard_at: OrderedDict[bytes, int] = OrderedDict()
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
@@ -291,7 +294,16 @@ class GatewayService(WorkerMessages):
                 seen.pop(status.signer, None)
                 if not seen:
                     del self.workers[mid]
-        heard = len({w for seen in self.workers.values() for w in seen})
+        heard_at = self._heard_at
+        if any(status.signer in self.workers.get(mid, ()) for mid in status.models):
+            heard_at[status.signer] = now
+            heard_at.move_to_end(status.signer)
+        else:
+            heard_at.pop(status.signer, None)
+        while heard_at and next(iter(heard_at.values())) < horizon:
+            heard_at.popitem(last=False)
+        evict_over(heard_at, MAX_WORKERS_PER_MODEL * 4)
+        heard = len(heard_at)
         self.status_ttl_ms = max(WORKER_STATUS_TTL_MS, status_ttl_ms(heard))
         self._heard = heard
 
