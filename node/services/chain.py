@@ -23,13 +23,13 @@ store, the sign-record and block sync. This module connects them to the node:
 from __future__ import annotations
 
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import trio
 
 from aipg.gossip import GossipError, GossipHost
+from aipg.node.overlay import ring_neighbours
 from aipg.node.protocol.checked import CheckedMessages
 from aipg.node.protocol.messages import topic
 from aipg.pouw import (
@@ -69,8 +69,8 @@ log = logging.getLogger("aipg.node.chain")
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
-VALIDATOR_LINK_S = 10.0  # how often a validator checks its links to the others
-VALIDATOR_LINKS = 1  # other validators a validator stays connected to, at least (D102)
+VALIDATOR_LINK_S = 10.0  # how often a validator checks its overlay links (D105)
+VALIDATOR_LINK_FIRST_S = 0.5  # the first retry of a missing link; doubles up to the above
 # What recent jobs were paid, for the API (the ledger has the payments themselves): the
 # oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
 MAX_JOB_REWARDS = 65_536
@@ -106,6 +106,7 @@ class ChainService:
         self._highest_seen = chain.height
         self._syncing = False
         self.blocks_published = 0  # blocks we proposed and sent on "blocks" (D102)
+        self.overlay_linked = 0  # overlay neighbours connected at the last check (D105)
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
         # consensus messages the topic validator decoded and verified (D90)
         self.checked = CheckedMessages()
@@ -344,34 +345,30 @@ class ChainService:
             self.chain.close()  # the last committed block stays; nothing is half-written
 
     async def _link_validators(self) -> None:
-        """A validator stays connected to at least VALIDATOR_LINKS other validators
-        (D102): only validators carry "consensus" (followers are not subscribed), so
-        none may be left without a validator neighbour. A missing link is
-        dialed on demand (address book, DHT lookup, relays), at random among the
-        unlinked, and kept however idle; other connections between validators (a
-        request's) close when idle as usual."""
+        """Keep links to this validator's overlay neighbours (D105): its ring
+        neighbours in the current validator set (aipg.node.overlay), a graph that is
+        connected by construction, since only validators carry "consensus" (followers
+        are not subscribed). A missing link is dialed on demand (address book, DHT
+        lookup, relays), all of them at once, every VALIDATOR_LINK_S; the host keeps
+        the neighbours' connections however idle, whichever end dialed; other
+        connections between validators (a request's) close when idle as usual."""
         me = self.identity.public_bytes
-        rng = random.Random(me)
-        links: set[PeerId] = set()
+        wait = VALIDATOR_LINK_FIRST_S
         while True:
-            peers = [
-                PeerId.from_public_key(v.key)
-                for v in self.state.validators.validators
-                if v.key != me
-            ]
-            links &= set(peers)
-            linked = sum(self.host.is_connected(p) for p in peers)
-            unlinked = [p for p in peers if not self.host.is_connected(p)]
-            rng.shuffle(unlinked)
-            for peer in unlinked:
-                if linked >= VALIDATOR_LINKS:
-                    break
-                if await self.host.ensure_connection(peer):
-                    linked += 1
-                    links.add(peer)
-            links = {p for p in links if self.host.is_connected(p)}
-            self.host.kept_peers = frozenset(links)
-            await trio.sleep(VALIDATOR_LINK_S)
+            keys = [v.key for v in self.state.validators.validators]
+            neighbours = [PeerId.from_public_key(k) for k in ring_neighbours(keys, me)]
+            self.host.kept_peers = frozenset(neighbours)
+            missing = [p for p in neighbours if not self.host.is_connected(p)]
+            if missing:
+                async with trio.open_nursery() as nursery:
+                    for peer in missing:
+                        nursery.start_soon(self.host.ensure_connection, peer)
+            self.overlay_linked = linked = sum(self.host.is_connected(p) for p in neighbours)
+            # a link still missing (a neighbour starting, or not yet in the address book
+            # or the DHT) is tried again soon, then less often: a dead one every 10 s
+            wait = VALIDATOR_LINK_S if linked == len(neighbours) else wait
+            await trio.sleep(wait)
+            wait = min(2 * wait, VALIDATOR_LINK_S)
 
     async def on_consensus_data(self, data: bytes) -> None:
         """A consensus message from gossip (already decoded and checked by the topic
