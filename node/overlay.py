@@ -8,8 +8,9 @@ keeps links to the validators at ring distance 1 and 2 on each side, plus, from
 results is a circulant graph C_n(1, 2[, n/2]): connected by construction for every n,
 and it stays connected after any three validators fail (removing a set of positions
 splits a ring with distance-2 links only where two adjacent positions are both
-removed, so a split needs two such gaps: four failures at least). Pure functions: the
-chain service dials and keeps the links (node/services/chain.py).
+removed, so a split needs two such gaps: four failures at least), any four once it has
+the chords (checked exhaustively in the tests). Pure functions: the chain service
+dials and keeps the links (node/services/chain.py).
 """
 
 from __future__ import annotations

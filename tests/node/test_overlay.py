@@ -66,7 +66,7 @@ def test_the_overlay_is_connected_and_survives_any_single_failure(n, salt):
         assert all(len(ring_neighbours(keys, k)) >= 4 for k in keys)
 
 
-def test_any_three_failures_leave_it_connected_and_four_can_split_a_plain_ring():
+def test_any_three_failures_leave_it_connected_and_any_four_once_it_has_chords():
     for n in range(1, 17):
         keys = keys_of(n)
         edges = overlay_edges(keys)
@@ -77,11 +77,12 @@ def test_any_three_failures_leave_it_connected_and_four_can_split_a_plain_ring()
     order = ring_order(keys_of(10))
     cut = {order[0], order[1], order[5], order[6]}
     assert not connected(set(order) - cut, overlay_edges(order))
-    # the chord joins the two arcs such a cut leaves in a larger set
-    order = ring_order(keys_of(CHORD_MIN + 4))
-    n = len(order)
-    cut = {order[0], order[1], order[n // 2 - 1], order[n // 2]}
-    assert connected(set(order) - cut, overlay_edges(order))
+    # with the chords (from CHORD_MIN on) no four failures split it, exhaustively
+    for n in range(CHORD_MIN, CHORD_MIN + 5):
+        keys = keys_of(n)
+        edges = overlay_edges(keys)
+        for gone in itertools.combinations(keys, 4):
+            assert connected(set(keys) - set(gone), edges), (n, 4)
 
 
 @settings(max_examples=30, deadline=None)
