@@ -183,6 +183,7 @@ class Node:
             self.tracker,
             now_ms,
             double_sign=self.faults.double_sign,
+            overlay=not self.faults.no_overlay,
         )
         await nursery.start(self.chain.run)
 

@@ -90,6 +90,7 @@ class ChainService:
         now_ms: Callable[[], int],
         *,
         double_sign: bool = False,
+        overlay: bool = True,
     ):
         self.chain = chain
         self.host = host
@@ -97,6 +98,7 @@ class ChainService:
         self.tracker = tracker
         self.now_ms = now_ms
         self.double_sign = double_sign
+        self.overlay = overlay  # off only by the test-only fault no_overlay (D105)
         self.sync_server = SyncServer(chain.store)
         self.mempool = Mempool(chain.state, identity.public_bytes if identity else bytes(32))
         self._account_locks: dict[bytes, trio.Lock] = {}  # custodial accounts (api_keys.json)
@@ -339,7 +341,7 @@ class ChainService:
                         log.info("waiting %.1f s for genesis time", wait_ms / 1000)
                         await trio.sleep(wait_ms / 1000)
                 await nursery.start(self.driver.run, self._inbox)
-                if self.identity is not None:
+                if self.identity is not None and self.overlay:
                     nursery.start_soon(self._link_validators)
         finally:
             self.chain.close()  # the last committed block stays; nothing is half-written
