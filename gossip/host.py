@@ -89,6 +89,9 @@ class GossipHost:
         self._pending_handshakes = 0
         self._transient_dials = 0
         self.relayed_connections = 0  # circuits we dialed or accepted (tests, metrics)
+        # peers whose connections are kept open however idle (a validator's fellow
+        # validators: consensus gossip flows only among them, D102)
+        self.kept_peers: frozenset[PeerId] = frozenset()
         self._transient_freed = trio.Event()  # replaced each time a transient slot frees
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -210,6 +213,21 @@ class GossipHost:
             conn.last_used = trio.current_time()
             if conn.transient:
                 self._free_transient_slot()
+
+    async def ensure_connection(self, peer: PeerId) -> bool:
+        """Connect to ``peer`` if we are not (dialed on demand, as a request would, but
+        a failure backs nothing off: requests to the peer are not refused because of
+        this attempt); whether we are connected now. The connection is transient, and
+        closes when idle unless ``kept_peers`` holds the peer."""
+        if peer in self._conns:
+            return True
+        if self._nursery is None or self.reach.addrbook.backoff_left(peer) > 0:
+            return False
+        try:
+            await self.reach.connection_to(peer, backoff=False)
+        except (GossipError, WireError):
+            return False
+        return peer in self._conns
 
     def peer_record(self, peer: PeerId):
         """The freshest signed record we hold of ``peer`` (None if none)."""
@@ -339,7 +357,12 @@ class GossipHost:
         raise ConnectionRefused(f"at max transient connections ({self.config.max_transient})")
 
     def _idle(self, conn: Connection) -> bool:
-        return not conn.pending and not conn.inflight and not self._carries(conn)
+        return (
+            not conn.pending
+            and not conn.inflight
+            and conn.peer not in self.kept_peers
+            and not self._carries(conn)
+        )
 
     def _free_transient_slot(self) -> None:
         old, self._transient_freed = self._transient_freed, trio.Event()
@@ -621,7 +644,11 @@ class GossipHost:
 
     def _trim_connections(self) -> None:
         cfg = self.config
-        regular = [p for p, c in self._conns.items() if not c.transient and not self._carries(c)]
+        regular = [
+            p
+            for p, c in self._conns.items()
+            if not c.transient and not self._carries(c) and p not in self.kept_peers
+        ]
         if len(regular) <= cfg.high_water:
             return
         in_mesh = set().union(*self.router.mesh.values()) if self.router.mesh else set()

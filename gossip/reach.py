@@ -134,8 +134,10 @@ class Reach:
 
     # --- dial on demand ---------------------------------------------------------------
 
-    async def connection_to(self, peer: PeerId, *, lookup: bool = True):
-        """A connection to ``peer``: existing, dialed from the book, or found by lookup."""
+    async def connection_to(self, peer: PeerId, *, lookup: bool = True, backoff: bool = True):
+        """A connection to ``peer``: existing, dialed from the book, or found by lookup.
+        ``backoff=False``: a failure does not back the peer off (a background attempt
+        must not make a request to it fail meanwhile)."""
         host = self.host
         conn = host._conns.get(peer)
         if conn is not None:
@@ -155,7 +157,10 @@ class Reach:
             rec = await self._lookup(peer)
             if rec is not None and await self._dial_known(peer):
                 return host._conns[peer]
-        self.addrbook.dial_failed(peer, self.config.dial_backoff_base, self.config.dial_backoff_max)
+        if backoff:
+            self.addrbook.dial_failed(
+                peer, self.config.dial_backoff_base, self.config.dial_backoff_max
+            )
         raise NotConnected(f"{peer} is unreachable (no address worked)")
 
     async def _dial_known(self, peer: PeerId) -> bool:

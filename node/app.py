@@ -35,7 +35,7 @@ from aipg.gossip import (
     TransportError,
     WebsocketTransport,
 )
-from aipg.models import ModelError, check_announcement, model_id_text
+from aipg.models import ModelAnnouncement, ModelError, check_announcement, model_id_text
 from aipg.pouw import Job, PouwError, StreamEvidence, Verdict, VerdictCommit
 from aipg.pouw.forced import ForcedError
 from aipg.stake.block import Block
@@ -183,6 +183,7 @@ class Node:
             self.tracker,
             now_ms,
             double_sign=self.faults.double_sign,
+            overlay=not self.faults.no_overlay,
         )
         await nursery.start(self.chain.run)
 
@@ -342,7 +343,10 @@ class Node:
         """Every topic's validator, then its consumer, each subscribed before the node
         reports it is ready."""
         view = _CheckView(self.chain, self.tracker)
-        for name, check in topic_checks(self.genesis.chain_id, view, self.chain.checked).items():
+        checks = topic_checks(
+            self.genesis.chain_id, view, self.chain.checked, self.chain.saw_height
+        )
+        for name, check in checks.items():
             self.host.set_topic_validator(
                 topic(name), topic_validator(check), timeout=TOPIC_VALIDATION_TIMEOUT_S
             )
@@ -354,7 +358,10 @@ class Node:
             "verdicts": self._on_verdict,
             "models": self._on_model,
             "workers": self._on_worker_status,
+            "blocks": self._on_consensus,  # finalized blocks, as on consensus
         }
+        if not self.config.validator:  # D102: a node that does not vote follows "blocks"
+            del consumers["consensus"]
         for name, consume in consumers.items():
             await nursery.start(self._consume, name, consume)
 
@@ -421,10 +428,11 @@ class Node:
         self._roles_nursery.start_soon(self.host.publish, topic("verdicts"), encode(answer))
 
     async def _on_model(self, m: Delivered) -> None:
-        self.models.on_announcement(check_announcement(m.data), m.author)
+        checked = self.chain.checked.get(m.data, ModelAnnouncement)  # by the topic check
+        self.models.on_announcement(checked or check_announcement(m.data), m.author)
 
     async def _on_worker_status(self, m: Delivered) -> None:
-        await self.gateway.on_worker_status(decode(m.data, WorkerStatus))
+        await self.gateway.on_worker_status(self.chain.checked.decode(m.data, WorkerStatus))
 
     # -- HTTP API ---------------------------------------------------------------------
 

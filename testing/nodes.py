@@ -55,6 +55,12 @@ class NodeWorld:
     nodes: list[Node]
     network: MemoryNetwork
     hosts: list[GossipHost] = field(default_factory=list)  # the plain hosts (extra_hosts)
+    scopes: list[trio.CancelScope] = field(default_factory=list)  # one a node, as nodes
+
+    def stop(self, i: int) -> None:
+        """Kill node ``i`` (its run is cancelled: its connections close, nothing else
+        of it goes on); the others keep running."""
+        self.scopes[i].cancel()
 
     async def wait_for_height(self, height: int, timeout: float = 30.0) -> None:
         """Until every node has finalized ``height``."""
@@ -114,6 +120,7 @@ async def open_node_world(
     block_time_ms: int = BLOCK_TIME_MS,
     seed: int = 1,
     params_over: dict | None = None,
+    on_start: Callable[[int, Node], object] | None = None,
 ) -> AsyncIterator[NodeWorld]:
     """Start one node per spec under ``root``, each hosting ``models`` (directories);
     node 0 first, the others bootstrapping from the first three. ``committee_size`` (0:
@@ -134,7 +141,8 @@ async def open_node_world(
     (a world of many whole nodes far from a full mesh), the validators started last.
     ``seed`` draws the plain hosts'
     NAT and bootstrap choices. Only the specs with ``validator`` are genesis validators.
-    ``params_over`` replaces chain parameters of the genesis."""
+    ``params_over`` replaces chain parameters of the genesis. ``on_start(i, node)`` is
+    called as each node has started (benchmarks time the joins with it)."""
     dirs = [DataDir.resolve(root / f"node{i}") for i in range(len(specs))]
     n_validators = sum(spec.validator for spec in specs)
     params = devnet_params(block_time_ms, n_validators)
@@ -182,6 +190,7 @@ async def open_node_world(
         last_node: tuple[str, ...] = ()  # with extra_hosts: the last public node started
         public_nodes: list[str] = []
         started: dict[int, Node] = {}
+        scopes: dict[int, trio.CancelScope] = {}
         order = list(range(len(specs)))
         if sparse:  # the validators last: no blocks to sync while the others start
             order.sort(key=lambda i: specs[i].validator)
@@ -204,8 +213,10 @@ async def open_node_world(
             )
             transport = WebsocketTransport() if loopback else MemoryTransport(network, nat=spec.nat)
             node = Node(data_dir, config, genesis, spec.faults, transport)
-            await nursery.start(node.run)
+            scopes[i] = await nursery.start(_run_stoppable, node)
             started[i] = node
+            if on_start is not None:
+                on_start(i, node)
             first = f"{node.host.listen_addrs[0]}/p2p/{node.identity.peer_id}"
             if (extra_hosts or sparse) and not spec.nat:
                 last_node = (first,)
@@ -213,10 +224,26 @@ async def open_node_world(
             elif not extra_hosts and len(bootstrap) < MAX_BOOTSTRAP and not spec.nat:
                 bootstrap = (*bootstrap, first)
         nodes.extend(started[i] for i in range(len(specs)))
-        world = NodeWorld(nodes, network, hosts)
+        world = NodeWorld(nodes, network, hosts, [scopes[i] for i in range(len(specs))])
         await world.wait_for_height(1)
         yield world
         nursery.cancel_scope.cancel()
+
+
+async def _run_stoppable(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``node`` in a cancel scope of its own, handed to ``started`` once it serves."""
+    with trio.CancelScope() as scope:
+        await node.run(task_status=_Started(task_status, scope))
+
+
+class _Started:
+    """A task status that hands on ``scope`` instead of the node's value."""
+
+    def __init__(self, status, scope: trio.CancelScope) -> None:
+        self._status, self._scope = status, scope
+
+    def started(self, _value=None) -> None:
+        self._status.started(self._scope)
 
 
 def add_paid_account(gateway: Node, identity: Identity, name: str = "client") -> PaidAccount:

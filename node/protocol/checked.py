@@ -45,6 +45,14 @@ class CheckedMessages:
             return entry[0]
         return decode(data, types)
 
+    def get(self, data: bytes, types):
+        """The checked object for ``data`` if held (and of ``types``), else None."""
+        entry = self._by_data.get(data)
+        if entry is not None and isinstance(entry[0], types):
+            self.hits += 1
+            return entry[0]
+        return None
+
     def verified(self, signed) -> bool:
         """Whether ``signed`` carries a valid signature: known checked, or verified now."""
         if self._signed.get(id(signed)) is signed:

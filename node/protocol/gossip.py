@@ -96,10 +96,16 @@ def check_finalized_block(fb: FinalizedBlock, state: State) -> None:
 
 
 def topic_checks(
-    chain_id: str, node: NodeView, checked: CheckedMessages | None = None
+    chain_id: str,
+    node: NodeView,
+    checked: CheckedMessages | None = None,
+    ahead: Callable[[int], None] | None = None,
 ) -> dict[str, Check]:
     """The check of each topic (by short name) for a node of chain ``chain_id``;
-    consensus messages that pass go into ``checked`` (decoded and verified once)."""
+    consensus messages that pass go into ``checked`` (decoded and verified once).
+    ``ahead(height)`` hears of a block on ``blocks`` too far ahead to check (the node
+    is behind: it syncs, verifying every commit)."""
+    forwarded = [0]  # the last height whose block went on from here on "blocks"
 
     def consensus(data: bytes) -> None:
         msg = decode(data, (ProposalMessage, Vote, FinalizedBlock))
@@ -118,6 +124,27 @@ def topic_checks(
             raise Stale("consensus message from outside the current validator set")
         if checked is not None:
             checked.add(data, msg, signed)
+
+    def blocks(data: bytes) -> None:
+        # D102: one copy of each block goes on from each node, whoever sent it: the
+        # next block with a commit of the current set, or the one we just finalized
+        # (by its hash: a validator that decided it forwards it to the followers)
+        fb = decode(data, FinalizedBlock)
+        state = node.state
+        height = fb.block.height
+        if height <= forwarded[0]:
+            raise Stale(f"block {height} already forwarded")
+        if height == state.height and height and fb.block.hash == state.block_hash_at(height):
+            if fb.block.header.chain_id != chain_id:  # pragma: no cover (the hash binds it)
+                raise WireError("finalized block of another chain")
+            forwarded[0] = height
+            return
+        if height > state.height + 1:
+            if ahead is not None and fb.block.header.chain_id == chain_id:
+                ahead(height)
+            raise Stale(f"block {height} is ahead of us ({state.height}): sync fetches it")
+        check_finalized_block(fb, state)
+        forwarded[0] = height
 
     def txs(data: bytes) -> None:
         if decode(data, Transaction).chain_id != chain_id:
@@ -157,15 +184,22 @@ def topic_checks(
         if allowed is None and verdict.signer not in node.state.validators:
             raise Stale("verdict from outside the validator set on a receipt not seen yet")
 
+    # statuses and announcements that pass are kept in ``checked`` too: the consumer
+    # takes them decoded and checked (D103)
     def workers(data: bytes) -> None:
-        if not is_signed_by_signer(decode(data, WorkerStatus)):
+        status = decode(data, WorkerStatus)
+        if not is_signed_by_signer(status):
             raise WireError("bad signature on a worker status")
+        if checked is not None:
+            checked.add(data, status, status)
 
     def models(data: bytes) -> None:
         try:
-            check_announcement(data)
+            announcement = check_announcement(data)
         except ModelError as e:
             raise WireError(str(e)) from None
+        if checked is not None:
+            checked.add(data, announcement, announcement)
 
     return {
         "consensus": consensus,
@@ -175,6 +209,7 @@ def topic_checks(
         "verdicts": verdicts,
         "models": models,
         "workers": workers,
+        "blocks": blocks,
     }
 
 

@@ -31,7 +31,9 @@ from aipg.wire import (
 )
 
 TOPIC_PREFIX = "/aipg/1/"
-TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers")
+# "blocks" carries each finalized block once (its proposer publishes it): a node that
+# does not vote follows the chain there instead of hearing every vote (D102)
+TOPICS = ("consensus", "txs", "jobs", "receipts", "verdicts", "models", "workers", "blocks")
 
 
 def topic(name: str) -> str:
@@ -79,7 +81,7 @@ class WorkerStatus(Record):
 # second whatever their number; gateways forget a worker after 3.5 of its intervals.
 STATUS_INTERVAL_S = 10.0
 STATUS_INTERVAL_MAX_S = 120.0  # however many (claimed) workers a gateway hears
-STATUS_RATE_PER_S = 10.0
+STATUS_RATE_PER_S = 2.0  # D103 (10 in D88: most of 300 whole nodes' idle CPU in one process)
 
 
 def status_interval_s(workers: int) -> float:

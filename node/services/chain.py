@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from aipg.gossip import GossipError, GossipHost
+from aipg.node.overlay import ring_neighbours
 from aipg.node.protocol.checked import CheckedMessages
 from aipg.node.protocol.messages import topic
 from aipg.pouw import (
@@ -58,7 +59,7 @@ from aipg.stake.state import State
 from aipg.stake.sync import SyncError, SyncServer, sync_from
 from aipg.stake.tx import Transaction, TxKind
 from aipg.stake.types import LedgerError
-from aipg.wire import Identity, decode, encode
+from aipg.wire import Identity, PeerId, decode, encode
 
 from .mempool import Mempool
 from .work import WorkTracker
@@ -68,6 +69,8 @@ log = logging.getLogger("aipg.node.chain")
 MAX_BLOCK_TXS = 1_000
 MAX_BLOCK_CERTS = 500
 CONSENSUS_INBOX = 1024
+VALIDATOR_LINK_S = 10.0  # how often a validator checks its overlay links (D105)
+VALIDATOR_LINK_FIRST_S = 0.5  # the first retry of a missing link; doubles up to the above
 # What recent jobs were paid, for the API (the ledger has the payments themselves): the
 # oldest paid job is forgotten first; at 500 certificates a block, a few hundred blocks.
 MAX_JOB_REWARDS = 65_536
@@ -87,6 +90,7 @@ class ChainService:
         now_ms: Callable[[], int],
         *,
         double_sign: bool = False,
+        overlay: bool = True,
     ):
         self.chain = chain
         self.host = host
@@ -94,6 +98,7 @@ class ChainService:
         self.tracker = tracker
         self.now_ms = now_ms
         self.double_sign = double_sign
+        self.overlay = overlay  # off only by the test-only fault no_overlay (D105)
         self.sync_server = SyncServer(chain.store)
         self.mempool = Mempool(chain.state, identity.public_bytes if identity else bytes(32))
         self._account_locks: dict[bytes, trio.Lock] = {}  # custodial accounts (api_keys.json)
@@ -102,6 +107,8 @@ class ChainService:
         self.on_block: list[Callable[[Block], None]] = []  # after each block is settled
         self._highest_seen = chain.height
         self._syncing = False
+        self.blocks_published = 0  # blocks we proposed and sent on "blocks" (D102)
+        self.overlay_linked = 0  # overlay neighbours connected at the last check (D105)
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](CONSENSUS_INBOX)
         # consensus messages the topic validator decoded and verified (D90)
         self.checked = CheckedMessages()
@@ -291,6 +298,11 @@ class ChainService:
         resigned = self.mempool.settle(self.state, block.body.transactions)
         if resigned:
             self._nursery.start_soon(self._gossip_txs, resigned)
+        if self.identity is not None and block.header.proposer == self.identity.public_bytes:
+            # the followers' copy (D102): its proposer sends it, every node passes it on once
+            data = encode(FinalizedBlock(block, commit))
+            self.blocks_published += 1
+            self._nursery.start_soon(self.host.publish, topic("blocks"), data)
         for hook in self.on_block:
             hook(block)
         log.info(
@@ -329,8 +341,36 @@ class ChainService:
                         log.info("waiting %.1f s for genesis time", wait_ms / 1000)
                         await trio.sleep(wait_ms / 1000)
                 await nursery.start(self.driver.run, self._inbox)
+                if self.identity is not None and self.overlay:
+                    nursery.start_soon(self._link_validators)
         finally:
             self.chain.close()  # the last committed block stays; nothing is half-written
+
+    async def _link_validators(self) -> None:
+        """Keep links to this validator's overlay neighbours (D105): its ring
+        neighbours in the current validator set (aipg.node.overlay), a graph that is
+        connected by construction, since only validators carry "consensus" (followers
+        are not subscribed). A missing link is dialed on demand (address book, DHT
+        lookup, relays), all of them at once, every VALIDATOR_LINK_S; the host keeps
+        the neighbours' connections however idle, whichever end dialed; other
+        connections between validators (a request's) close when idle as usual."""
+        me = self.identity.public_bytes
+        wait = VALIDATOR_LINK_FIRST_S
+        while True:
+            keys = [v.key for v in self.state.validators.validators]
+            neighbours = [PeerId.from_public_key(k) for k in ring_neighbours(keys, me)]
+            self.host.kept_peers = frozenset(neighbours)
+            missing = [p for p in neighbours if not self.host.is_connected(p)]
+            if missing:
+                async with trio.open_nursery() as nursery:
+                    for peer in missing:
+                        nursery.start_soon(self.host.ensure_connection, peer)
+            self.overlay_linked = linked = sum(self.host.is_connected(p) for p in neighbours)
+            # a link still missing (a neighbour starting, or not yet in the address book
+            # or the DHT) is tried again soon, then less often: a dead one every 10 s
+            wait = VALIDATOR_LINK_S if linked == len(neighbours) else wait
+            await trio.sleep(wait)
+            wait = min(2 * wait, VALIDATOR_LINK_S)
 
     async def on_consensus_data(self, data: bytes) -> None:
         """A consensus message from gossip (already decoded and checked by the topic
@@ -350,6 +390,15 @@ class ChainService:
             self._inbox_send.send_nowait(data)
         except trio.WouldBlock:
             log.warning("consensus inbox full: dropped a message (it is re-sent)")
+
+    def saw_height(self, height: int) -> None:
+        """Someone sent block ``height``, too far ahead to check: sync if we are behind
+        (every block fetched is verified by its commit)."""
+        if height > self.chain.height + 1:
+            self._highest_seen = max(self._highest_seen, height - 1)
+            if not self._syncing:
+                self._syncing = True
+                self._nursery.start_soon(self._catch_up)
 
     async def _catch_up(self) -> None:
         """Fetch and verify finalized blocks from peers until we reach the network, then

@@ -43,6 +43,7 @@ class Faults:
     lazy_votes: bool = False  # validator: vote every receipt valid without checking (D75)
     skip_forced: bool = False  # worker: never make a forced error's prescribed change
     never_sign: bool = False  # worker: deliver an output early (D94), never sign its receipt
+    no_overlay: bool = False  # validator: keep no overlay links to its ring neighbours (D105)
     relay: str = ""  # relay: "drop" or "corrupt" the circuits it forwards (gossip relay_fault)
 
     def any(self) -> bool:
@@ -62,6 +63,7 @@ class Faults:
             or self.lazy_votes
             or self.skip_forced
             or self.never_sign
+            or self.no_overlay
             or bool(self.relay)
         )
 

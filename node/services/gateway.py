@@ -97,6 +97,9 @@ MAX_GATEWAY_JOBS = 4 * MAX_OPEN_JOBS
 # at the model's next status.
 MAX_WORKER_MODELS = 512
 MAX_WORKERS_PER_MODEL = 256
+# The workers heard are counted (over every model's table) at most this often: counting
+# at every status cost O(workers) a status at every node (D103).
+HEARD_RECOUNT_MS = 1_000
 # Paid tier: the price per generated token / per diffusion step. An LLM job escrows
 # max_tokens x the price and is charged for the tokens it generated (D34).
 PAID_FEE_PER_TOKEN = UNITS_PER_AIPG // 100  # 0.01 AIPG
@@ -186,6 +189,7 @@ class GatewayService(WorkerMessages):
         self._heard = 0
         self.unsigned = 0  # outputs delivered early whose receipt never came (D94)
         self._contradicted: OrderedDict[bytes, TokenRelay] = OrderedDict()
+        self._heard_counted_ms = -HEARD_RECOUNT_MS  # when the workers were last counted
         self._nonce = secrets.randbits(48)
         self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
@@ -293,13 +297,19 @@ class GatewayService(WorkerMessages):
                 seen.pop(status.signer, None)
                 if not seen:
                     del self.workers[mid]
+        if now - self._heard_counted_ms >= HEARD_RECOUNT_MS:  # D103: not at every status
+            self._count_heard(now)
+
+    def _count_heard(self, now: int) -> None:
+        self._heard_counted_ms = now
         heard = len({w for seen in self.workers.values() for w in seen})
         self.status_ttl_ms = max(WORKER_STATUS_TTL_MS, status_ttl_ms(heard))
         self._heard = heard
 
     def workers_heard(self) -> int:
         """Workers this gateway has heard within its TTL (any model): what paces the
-        workers' status refreshes (D88)."""
+        workers' status refreshes (D88); counted now (a worker asks once an interval)."""
+        self._count_heard(self.now_ms())
         return self._heard
 
     def live_workers(self, mid: bytes) -> int:

@@ -367,3 +367,24 @@ async def test_a_duplicate_connection_that_wins_the_tie_break_keeps_the_caps(
     assert x._conns[b.peer_id].outbound  # the new connection won and replaced the old
     regular = [c for c in x._conns.values() if not c.transient and not x._reserved(c)]
     assert len(regular) <= cfg.max_peers
+
+
+async def test_a_kept_peer_is_dialed_on_demand_and_its_connection_never_closes_idle(
+    nursery, autojump_clock
+):
+    """D102: a validator keeps its fellow validators' connections however idle (only
+    they carry consensus); ensure_connection dials one as a request would."""
+    _, hosts, _ = await start_reach_network(nursery, 24, seed=3)
+    (a, b), (c, d) = _unconnected_pairs(hosts, random.Random(1), 2)
+    src, dst = hosts[a], hosts[b]
+    src.kept_peers = frozenset({dst.peer_id})  # both ends keep it (as validators do)
+    dst.kept_peers = frozenset({src.peer_id})
+    assert await src.ensure_connection(dst.peer_id)
+    conn = src._conns[dst.peer_id]
+    assert conn.transient  # beyond max_peers, like any on-demand connection
+    other = hosts[c]
+    assert await other.ensure_connection(hosts[d].peer_id)  # not kept: closes when idle
+    with trio.fail_after(other.config.transient_idle * 3):
+        await other._conns[hosts[d].peer_id].closed.wait()
+    assert src._conns.get(dst.peer_id) is conn and not conn.closed.is_set()
+    assert not await src.ensure_connection(identity(999).peer_id)  # nobody: False, no raise

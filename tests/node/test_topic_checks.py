@@ -144,3 +144,58 @@ async def test_the_validator_rejects_a_forged_block_and_ignores_a_stale_one(chai
     assert await validate(peer, message(encode(forged))) is ValidationResult.REJECT
     old = FinalizedBlock(chain.blocks[0], chain.commits[0])
     assert await validate(peer, message(encode(old))) is ValidationResult.IGNORE
+
+
+class LiveView:
+    """A node's view that follows its chain (the checks read the state at each call)."""
+
+    def __init__(self, chain: TestChain):
+        self.chain = chain
+
+    @property
+    def state(self) -> State:
+        return self.chain.state
+
+    def may_vote(self, receipt_id: bytes, signer: bytes) -> bool | None:
+        return None
+
+
+def test_blocks_topic_passes_one_copy_of_each_height_on(chain):
+    """D102: on "blocks" a node forwards the next block (commit checked) or the one it
+    just finalized itself (same hash), once per height whoever sent it; a block too far
+    ahead is not forwarded but tells the node to sync."""
+    heard: list[int] = []
+    check = topic_checks(CHAIN, LiveView(chain), ahead=heard.append)["blocks"]
+    block = chain.build()
+    full = FinalizedBlock(block, make_commit(CHAIN, block.height, block.hash, chain.validators))
+    three = FinalizedBlock(  # the same block under another valid commit (3 of 4 signed)
+        block, make_commit(CHAIN, block.height, block.hash, chain.validators[:3])
+    )
+    strangers = [ident(900 + i) for i in range(4)]
+    with pytest.raises(LedgerError, match="non-validator"):
+        check(
+            encode(FinalizedBlock(block, make_commit(CHAIN, block.height, block.hash, strangers)))
+        )
+    check(encode(full))
+    with pytest.raises(Stale, match="already forwarded"):
+        check(encode(three))
+    # a validator that decided the block itself passes the proposer's copy on, once
+    decided = TestChain(n_validators=4)
+    for _ in range(3):
+        decided.next()
+    decided.commit(block)
+    mine = topic_checks(CHAIN, LiveView(decided))["blocks"]
+    mine(encode(three))
+    with pytest.raises(Stale, match="already forwarded"):
+        mine(encode(full))
+    other = block.replace(header=block.header.replace(time_ms=1))
+    with pytest.raises(Stale):  # another block at our height: not ours, not the next
+        topic_checks(CHAIN, LiveView(decided))["blocks"](encode(FinalizedBlock(other, full.commit)))
+    decided.next()
+    decided.next()
+    far = next_block(decided, decided.validators)
+    with pytest.raises(Stale, match="ahead"):
+        check(encode(far))
+    assert heard == [far.block.height]
+    with pytest.raises(WireError):  # only finalized blocks travel on "blocks"
+        check(encode(make_vote(chain.validators[0], CHAIN, 4, 0, VoteStep.PREVOTE, b"\x01" * 32)))
