@@ -1,14 +1,21 @@
 """Jobs across a 300-node in-memory network with max_peers 16 (issue 13's test).
 
 One :class:`aipg.gossip.MemoryNetwork` holds 290 plain gossip hosts (DHT, AutoNAT,
-relays; 30% behind NAT) and 10 whole nodes: two gateways, three workers (two behind
-NAT) and five more validators, all validators. Each node bootstraps from two random
-plain hosts and only the last public node before it, so the nodes are far from a full
-mesh: a gateway reaches a worker, and a committee member the worker's latents, by dial
-on demand (address book, DHT lookup) or through a relay. Every job goes from a random
-gateway (fixed seed) to whichever worker the gateway's draw gives; each completes and is
-certified in a finalized block with at least one seated member that had no connection
-to the worker when the job was submitted.
+relays; 30% behind NAT) and 10 whole nodes: two gateways and five more validators, and
+three workers (two behind NAT) that are not validators, as most GPU operators will not
+be. Each node bootstraps from two random plain hosts and only the last public node
+before it, so the nodes are far from a full mesh: the validators hold their overlay
+(D105) and little else, and a committee member reaches the worker for its latents by
+dial on demand (address book, DHT lookup) or through a relay. Every job goes from a
+random gateway (fixed seed) to whichever worker the gateway's draw gives; each completes
+and is certified in a finalized block with at least one seated member that had no
+connection to the worker when the job was submitted.
+
+The workers are not validators. A worker that is one keeps overlay links to four
+validators besides the gateways and its bootstrap node: linked to seven of the nine
+others, all of a job's seated members were linked to it once in a few dozen draws (a CI
+run failed so). A worker that is not is linked to two or three of the seven validators
+when a job is submitted, fewer than the votes a certificate carries.
 """
 
 from __future__ import annotations
@@ -53,8 +60,8 @@ async def test_jobs_from_random_gateways_to_random_workers_among_300_nodes(tmp_p
     llm, diffusion = (load_model_dir(d) for d in model_dirs)
     gateway = NodeSpec(worker=False, max_peers=MAX_PEERS)
     validator = NodeSpec(worker=False, max_peers=MAX_PEERS)
-    public_worker = NodeSpec(max_peers=MAX_PEERS)
-    natted_worker = NodeSpec(nat=True, max_peers=MAX_PEERS)
+    public_worker = NodeSpec(validator=False, max_peers=MAX_PEERS)
+    natted_worker = NodeSpec(validator=False, nat=True, max_peers=MAX_PEERS)
     specs = [
         gateway,
         validator,
@@ -91,8 +98,9 @@ async def test_jobs_from_random_gateways_to_random_workers_among_300_nodes(tmp_p
         for g in gateways:
             for m in (llm, diffusion):
                 await world.until(g, lambda g=g, m=m: g.gateway.live_workers(m.model_id) == 3, 90)
-        # every validator holds its overlay links (D105), NATed ones through relays
-        overlay = overlay_edges(n.identity.public_bytes for n in nodes)
+        # every validator holds its overlay links (D105)
+        validators = [n for n, spec in zip(nodes, specs, strict=True) if spec.validator]
+        overlay = overlay_edges(n.identity.public_bytes for n in validators)
         await world.until(
             nodes[0],
             lambda: all(n.chain.overlay_linked == len(n.host.kept_peers) for n in nodes),
@@ -140,6 +148,11 @@ async def test_jobs_from_random_gateways_to_random_workers_among_300_nodes(tmp_p
             assert len(seated) >= 2, (kind, "the certificate names seated members")
             assert seated & unlinked[result.worker], (kind, "every seated member was linked")
         assert sum(w.worker.latents_served for w in workers) > 0
-        # nobody can dial a NATed worker: whoever reached one came through a relay
-        assert any(w.host.relayed_connections > 0 for w in (nodes[2], nodes[7]))
-        assert len(served) >= 2  # the draws spread the jobs over more than one worker
+        # nobody can dial a NATed worker: a validator it never dialed reaches it through
+        # a relay (whichever worker the diffusion job's draw gave)
+        for w in (nodes[2], nodes[7]):
+            stranger = next(n for n in validators if not w.host.is_connected(n.host.peer_id))
+            before = w.host.relayed_connections
+            assert await stranger.host.ensure_connection(w.host.peer_id)
+            assert stranger.host._conns[w.host.peer_id].relayed
+            assert w.host.relayed_connections == before + 1
