@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 from aipg.models import build_demo_diffusion, load_model_dir
-from aipg.node.services.faults import Faults
 from aipg.testing.nodes import NodeSpec, image, open_node_world
 
 pytestmark = pytest.mark.slow
@@ -28,16 +27,14 @@ async def test_a_natted_worker_serves_a_job_and_its_latents_to_nodes_it_never_di
     tmp_path, diffusion_dir
 ):
     model = load_model_dir(diffusion_dir)
-    # The validators' overlay is off (test-only switch): with six validators each would
-    # keep links to four of the five others (D105), the worker's own dials among them,
-    # and nobody would need its relays; this test is about the job's path to it.
-    no_overlay = Faults(no_overlay=True)
-    plain = NodeSpec(worker=False, faults=no_overlay)
-    worker_spec = NodeSpec(nat=True, max_peers=2, faults=no_overlay)
+    # The worker is not a validator (most GPU operators will not be), so the validators'
+    # overlay (D105) links the five others among themselves and never to it: its only
+    # regular connections are the two it dials, and every committee member that reaches
+    # it for latents comes through a relay.
+    plain = NodeSpec(worker=False)
+    worker_spec = NodeSpec(nat=True, max_peers=2, validator=False)
     specs = [plain, plain, plain, plain, plain, worker_spec]
-    # committee_size 4: every node but the gateway and the worker sits on the committee,
-    # and the worker holds at most two regular connections, so members it never dialed
-    # have to come through a relay.
+    # committee_size 4 of the five validators (all five drawn: seats and a reserve).
     async with open_node_world(tmp_path, specs, [diffusion_dir], committee_size=4) as world:
         gateway, worker = world.nodes[0], world.nodes[-1]
         await world.until(gateway, lambda: worker.host.reach.reachability == "private", 60)
