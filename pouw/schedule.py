@@ -463,6 +463,10 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def idle(self) -> bool:
+        """Whether every job is done or failed: nothing for :meth:`tick` to advance."""
+        return all(_finished(e) for e in self._jobs.values())
+
     def forget(self, jid: bytes) -> None:
         """Drop a finished (done or failed) job from the table."""
         entry = self._jobs.get(jid)

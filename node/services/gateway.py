@@ -191,7 +191,8 @@ class GatewayService(WorkerMessages):
         self._contradicted: OrderedDict[bytes, TokenRelay] = OrderedDict()
         self._heard_counted_ms = -HEARD_RECOUNT_MS  # when the workers were last counted
         self._nonce = secrets.randbits(48)
-        self._wake = trio.Event()  # set: tick now (a job's claim window closed early)
+        self._wake = trio.Event()  # set: tick now (a job came, a claim window closed early)
+        self.ticks = 0  # the scheduler's advances (none while no job is open: tests)
         # what this gateway gossips on `receipts` from sync code (stream evidence, D85)
         self._outbox, self._outbox_recv = trio.open_memory_channel[bytes](MAX_OUTBOX)
         self.ttft = Histogram(
@@ -210,10 +211,17 @@ class GatewayService(WorkerMessages):
             nursery.start_soon(self._gossip_outbox)
             task_status.started()
             while True:
-                with trio.move_on_after(TICK_S):  # a tick every TICK_S, or when woken
+                if self._idle():  # nothing to advance: sleep until a job comes (idle cost)
                     await self._wake.wait()
+                else:
+                    with trio.move_on_after(TICK_S):  # a tick every TICK_S, or when woken
+                        await self._wake.wait()
                 self._wake = trio.Event()
+                self.ticks += 1
                 await self._tick()
+
+    def _idle(self) -> bool:
+        return self.scheduler.idle() and all(e.done.is_set() for e in self.jobs.values())
 
     async def _gossip_outbox(self) -> None:
         async for data in self._outbox_recv:
@@ -483,6 +491,7 @@ class GatewayService(WorkerMessages):
         # unless this gateway routes them by the draw too (D84).
         wait_draw = tier != "paid" or self.paid_route == "drawn"
         self.scheduler.submit(job, self.now_ms(), wait_draw=wait_draw)
+        self._wake.set()  # the tick loop sleeps while no job is open
         await self.host.publish(topic("jobs"), encode(job))
         # Workers on this node see their own gateway's jobs too.
         await self.local_jobs(job)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from aipg.models import build_demo_llm, sign_announcement
+from aipg.models import build_demo_llm, load_model_dir, sign_announcement
 from aipg.node.protocol.messages import (
     STATUS_INTERVAL_MAX_S,
     STATUS_INTERVAL_S,
@@ -14,13 +14,15 @@ from aipg.node.protocol.messages import (
     status_interval_s,
     status_ttl_ms,
 )
+from aipg.node.services import gateway as gateway_mod
 from aipg.node.services import models as models_mod
 from aipg.node.services.catalog import ModelCatalog
 from aipg.node.services.models import ANNOUNCE_ENOUGH, ModelService
+from aipg.testing.nodes import completion
 from aipg.testing.world import identity
 from aipg.wire import PeerId, sign
 
-from .test_bounds import Clock, _gateway
+from .test_bounds import Clock, _gateway, _status
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,38 @@ async def test_a_gateway_keeps_workers_longer_as_it_hears_more(tmp_path, llm_dir
     assert gw.live_workers(mid) == 200
     clock.now += 310_000  # and past it: only the one just heard is live
     assert gw.live_workers(mid) == 1
+
+
+async def test_an_idle_gateway_does_not_tick_until_a_job_comes(tmp_path, llm_dir, autojump_clock):
+    clock = Clock()
+    gw = _gateway(tmp_path, llm_dir, clock)
+    request = completion("aipg-demo-llm", "the grid")
+    mid = load_model_dir(llm_dir).model_id
+    outcome: list[str] = []
+
+    async def client() -> None:
+        try:
+            await gw.complete(request)
+            outcome.append("answered")
+        except Exception as e:  # no worker: the job fails at its deadline
+            outcome.append(type(e).__name__)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.run)
+        await gw.on_worker_status(_status(identity("idle-worker"), [mid], clock))
+        await trio.sleep(60)  # a virtual minute with no job: the loop sleeps
+        assert gw.ticks == 0
+        nursery.start_soon(client)
+        with trio.fail_after(5):
+            while gw.ticks < 3 and not outcome:  # an open job: a tick every TICK_S
+                await trio.sleep(gateway_mod.TICK_S)
+        assert not outcome, outcome
+        clock.now += 10 * 60_000  # past the job's deadline: the next tick fails it
+        with trio.fail_after(5):
+            while not outcome:
+                await trio.sleep(gateway_mod.TICK_S)
+        assert outcome == ["JobFailed"]
+        ticks = gw.ticks
+        await trio.sleep(60)  # nothing open again
+        assert gw.ticks == ticks
+        nursery.cancel_scope.cancel()
