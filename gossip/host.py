@@ -515,7 +515,7 @@ class GossipHost:
         """Make ``conn`` the peer's connection, or refuse it as the duplicate."""
         existing = self._conns.get(conn.peer)
         if existing is not None:
-            if self._initiator(existing) <= self._initiator(conn):
+            if self._rank(existing) <= self._rank(conn):
                 return False
             # The new one wins the tie-break. It was admitted without the caps (the peer
             # was connected), so it takes the old one's place: a regular one replacing a
@@ -534,8 +534,12 @@ class GossipHost:
         self.router.add_peer(conn.peer, outbound=conn.outbound, ip=conn.ip)
         return True
 
-    def _initiator(self, conn: Connection) -> bytes:
-        return (self.peer_id if conn.outbound else conn.peer).raw
+    def _rank(self, conn: Connection) -> tuple[bool, bytes]:
+        """Of two connections to one peer, the lower rank stays, the same at both ends: a
+        direct one over a circuit (a NATed peer that dialed us while we reached it
+        through a relay: its traffic should not go on through the relay), then the one
+        whose dialer has the lower peer ID."""
+        return conn.relayed, (self.peer_id if conn.outbound else conn.peer).raw
 
     # --- one connection ------------------------------------------------------------------
 

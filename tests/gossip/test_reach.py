@@ -99,7 +99,7 @@ async def _disconnect(a, b):
                 await conn.closed.wait()
 
 
-async def _nat_world(nursery, faults=(None, None), limits=None):
+async def _nat_world(nursery, faults=(None, None), limits=None, client_seed=5):
     """Public hosts 1-3 (2 and 3 are relays with ``faults``), one NATed host, one client."""
     network = MemoryNetwork()
     hosts = []
@@ -118,8 +118,8 @@ async def _nat_world(nursery, faults=(None, None), limits=None):
     natted.set_request_handler(ECHO, echo, max_request_size=1 << 20)
     await nursery.start(natted.run)
     client = GossipHost(
-        identity(5),
-        reach_config(5, bootstrap=[hosts[0].listen_addrs[0]]),
+        identity(client_seed),
+        reach_config(client_seed, bootstrap=[hosts[0].listen_addrs[0]]),
         transport=MemoryTransport(network),
     )
     await nursery.start(client.run)
@@ -150,6 +150,26 @@ async def test_a_natted_node_is_served_through_a_relay_that_sees_only_ciphertext
     assert seen and not any(b"secret prompt" in d for d in seen)
     # and the reply is the NATed node's: the channel is authenticated by its peer ID
     assert conn.peer == natted.peer_id
+
+
+async def test_a_natted_peers_own_direct_dial_replaces_our_circuit_to_it(nursery, autojump_clock):
+    """We reach a NATed peer through a relay while it dials us directly (two validators
+    linking up, D105): the direct connection stays at both ends, whoever's peer ID is
+    lower (this client's is below the NATed host's, so the dialer's ID alone would keep
+    the circuit)."""
+    _, natted, client = await _nat_world(nursery, client_seed=12)
+    assert client.peer_id.raw < natted.peer_id.raw
+    await _disconnect(client, natted)
+    assert await client.request(natted.peer_id, ECHO, b"hello") == b"echo:hello"
+    circuit = client._conns[natted.peer_id]
+    assert circuit.relayed
+    # its dial, begun before our circuit came in (the race: connect() would see us connected)
+    await natted._dial(client.listen_addrs[0].with_peer_id(client.peer_id), client.peer_id, False)
+    with trio.fail_after(10):
+        await circuit.closed.wait()
+    for a, b in ((client, natted), (natted, client)):
+        assert not a._conns[b.peer_id].relayed
+    assert await client.request(natted.peer_id, ECHO, b"again") == b"echo:again"
 
 
 @pytest.mark.parametrize("fault", ["drop", "corrupt"])
