@@ -132,6 +132,11 @@ class GossipHost:
     def is_connected(self, peer: PeerId) -> bool:
         return peer in self._conns
 
+    def is_relayed(self, peer: PeerId) -> bool:
+        """Whether our connection to ``peer`` runs over a circuit (False: none, or direct)."""
+        conn = self._conns.get(peer)
+        return conn is not None and conn.relayed
+
     def peer_identify(self, peer: PeerId) -> Identify | None:
         conn = self._conns.get(peer)
         return conn.identify if conn else None
@@ -228,6 +233,26 @@ class GossipHost:
         except (GossipError, WireError):
             return False
         return peer in self._conns
+
+    async def reverse(self, peer: PeerId) -> bool:
+        """Replace our circuit to ``peer`` with a direct connection we dial to it
+        (connection reversal: we are behind NAT, it is not, so it could only reach us
+        through a relay, while we can dial it). The direct one outranks the circuit at
+        both ends (:meth:`_rank`), which then closes once its queued frames are sent. For
+        kept links (the validators' overlay, D109): a request in flight on the circuit
+        when it closes fails. Whether we are now connected directly."""
+        conn = self._conns.get(peer)
+        if conn is None or not conn.relayed or self._nursery is None:
+            return conn is not None and not conn.relayed
+        record = self.reach.addrbook.get(peer)
+        direct = [a for a in record.multiaddrs() if not a.is_relayed] if record else []
+        for addr in direct[:3]:
+            with contextlib.suppress(GossipError, WireError):
+                await self._dial(addr, peer, conn.transient)
+            now = self._conns.get(peer)
+            if now is not None and not now.relayed:
+                return True
+        return False
 
     def peer_record(self, peer: PeerId):
         """The freshest signed record we hold of ``peer`` (None if none)."""

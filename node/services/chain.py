@@ -361,16 +361,32 @@ class ChainService:
             neighbours = [PeerId.from_public_key(k) for k in ring_neighbours(keys, me)]
             self.host.kept_peers = frozenset(neighbours)
             missing = [p for p in neighbours if not self.host.is_connected(p)]
-            if missing:
+            # behind NAT, a link a public neighbour reached us by through a relay is
+            # dialed again directly, and the direct connection replaces the circuit
+            natted = self.host.reach.reachability == "private"
+            circuits = [p for p in neighbours if natted and self._through_relay(p)]
+            if missing or circuits:
                 async with trio.open_nursery() as nursery:
                     for peer in missing:
                         nursery.start_soon(self.host.ensure_connection, peer)
+                    for peer in circuits:
+                        nursery.start_soon(self.host.reverse, peer)
             self.overlay_linked = linked = sum(self.host.is_connected(p) for p in neighbours)
             # a link still missing (a neighbour starting, or not yet in the address book
             # or the DHT) is tried again soon, then less often: a dead one every 10 s
-            wait = VALIDATOR_LINK_S if linked == len(neighbours) else wait
+            wait = VALIDATOR_LINK_S if linked == len(neighbours) and not circuits else wait
             await trio.sleep(wait)
             wait = min(2 * wait, VALIDATOR_LINK_S)
+
+    def _through_relay(self, peer: PeerId) -> bool:
+        """Whether our link to ``peer`` is a circuit while its record shows an address
+        we can dial (it is public): connection reversal's case (D109)."""
+        record = self.host.peer_record(peer)
+        return (
+            self.host.is_relayed(peer)
+            and record is not None
+            and any(not a.is_relayed for a in record.multiaddrs())
+        )
 
     async def on_consensus_data(self, data: bytes) -> None:
         """A consensus message from gossip (already decoded and checked by the topic

@@ -172,6 +172,22 @@ async def test_a_natted_peers_own_direct_dial_replaces_our_circuit_to_it(nursery
     assert await client.request(natted.peer_id, ECHO, b"again") == b"echo:again"
 
 
+async def test_a_natted_host_reverses_a_circuit_from_a_public_peer(nursery, autojump_clock):
+    """Connection reversal (D109): behind NAT, we replace a public peer's circuit to us
+    with a connection we dial to it; the relay then carries nothing of theirs."""
+    _, natted, client = await _nat_world(nursery, client_seed=12)
+    await _disconnect(client, natted)
+    assert await client.request(natted.peer_id, ECHO, b"hello") == b"echo:hello"
+    assert client.is_relayed(natted.peer_id) and natted.is_relayed(client.peer_id)
+    assert not await client.reverse(natted.peer_id)  # it has no direct address to dial
+    assert await natted.reverse(client.peer_id)
+    with trio.fail_after(10):
+        while client.is_relayed(natted.peer_id):
+            await client.peer_connected.wait()
+    assert not natted.is_relayed(client.peer_id)
+    assert await client.request(natted.peer_id, ECHO, b"again") == b"echo:again"
+
+
 @pytest.mark.parametrize("fault", ["drop", "corrupt"])
 async def test_a_relay_that_drops_or_corrupts_is_detected_and_avoided(
     nursery, autojump_clock, fault
