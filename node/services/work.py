@@ -486,8 +486,9 @@ class WorkTracker:
 
     def review_reveal_open(self, tracked: TrackedWork) -> bool:
         """Whether reviewers may reveal on ``tracked``'s review (D76): its commit phase
-        closed on the finalized chain, or every seated reviewer has a commitment there
-        or has abstained."""
+        closed on the finalized chain, or every seated reviewer (an abstention of one
+        with a commitment steps aside from nothing, D108) has a commitment there or has
+        abstained."""
         review = tracked.review
         if review is None:
             return False
@@ -506,9 +507,12 @@ class WorkTracker:
 
     def reveal_open(self, tracked: TrackedWork) -> bool:
         """Whether members may reveal their verdicts on ``tracked``: its commit phase has
-        closed on the finalized chain, or every candidate has a commitment there or has
-        abstained (no commitment that counts can be added: an abstainer that commits
-        and reveals a vote has voted both ways)."""
+        closed on the finalized chain, or every member seated (given the abstentions
+        that step aside: those of members without a commitment) has a commitment there
+        or, with fixed seats, has abstained (D108). No commitment that counts can be
+        added then: a reserve votes only once seated, and no seat moves any more, since
+        an abstention of a member with a commitment steps aside from nothing; a member
+        that abstained and then commits and reveals has voted both ways (D37)."""
         if not self.chain.commit_reveal:
             return True
         closes = self.chain.commit_closes(tracked.receipt_id)
@@ -519,7 +523,7 @@ class WorkTracker:
         return all(
             self.chain.committed(tracked.receipt_id, k) is not None
             or (k in tracked.verdicts and abstains(tracked.verdicts[k]))
-            for k in tracked.committee.candidates
+            for k in tracked.seated()
         )
 
     def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
@@ -605,7 +609,13 @@ class WorkTracker:
         committee = review_committee(
             evidence, validators, block_hash, self.chain.committee_size, self.chain.committee_rules
         )
-        tracked.review = Review(evidence, committee, validators)
+        committed = None
+        if self.chain.commit_reveal:
+
+            def committed(_rid: bytes, member: bytes) -> bytes | None:
+                return self.chain.review_committed(evidence, member)
+
+        tracked.review = Review(evidence, committee, validators, committed=committed)
         unplaced, tracked.unplaced = tracked.unplaced, {}
         for signer, verdict in sorted({**tracked.verdicts, **unplaced}.items()):
             if signer in committee:
