@@ -137,6 +137,20 @@ class VoteCollector:
             self.outcome = self._decide()
         return self.outcome
 
+    def stale(self) -> bool:
+        """Whether the outcome counted an abstention that no longer steps aside: a block
+        has since carried its member's commitment (it abstained, then committed, D108),
+        so the seat is that member's again and the reserve it seated no longer votes."""
+        if self.outcome is None or self._committed is None:
+            return False
+        aside = self._stepped_aside()
+        return any(abstains(v) and v.signer not in aside for v in self.outcome.verdicts)
+
+    def redecide(self) -> Certificate | FraudEvidence | None:
+        """Decide again over the seats as they are now (after :meth:`stale`)."""
+        self.outcome = self._decide()
+        return self.outcome
+
     def counted(self) -> dict[bytes, Verdict]:
         """The verdicts that count (revealed with their commitment, or abstentions)."""
         return dict(self._verdicts)

@@ -464,11 +464,36 @@ class WorkTracker:
             if tracked.review is not None and tracked.unplaced and tracked.review.outcome is None:
                 for verdict in list(tracked.unplaced.values()):
                     self._place_review_vote(tracked, verdict)
+            if self._stale(tracked):
+                self._redecide(tracked)
             if tracked.outcome is not None or not tracked.collector.held():
                 continue
             outcome = tracked.collector.recheck()
             if outcome is not None:
                 self._decided(tracked, outcome)
+
+    def _stale(self, tracked: TrackedWork) -> bool:
+        return (
+            tracked.outcome is not None
+            and tracked.block_height is None
+            and not tracked.set_aside
+            and tracked.collector.stale()
+        )
+
+    def _redecide(self, tracked: TrackedWork) -> None:
+        """A member whose abstention the outcome counted has committed since (D108): its
+        seat is back, the reserve's vote no longer counts, and the ledger would refuse
+        the outcome. Decide again: the same decision without that vote replaces it
+        quietly (listeners heard it already); anything else is decided anew."""
+        before = tracked.outcome
+        outcome = tracked.collector.redecide()
+        tracked.outcome = outcome
+        if outcome is not None and type(outcome) is not type(before):
+            self._decided(tracked, outcome)
+        log.info(
+            "job %s: an abstainer committed; the outcome counts its seat again",
+            tracked.job_id.hex()[:12],
+        )
 
     def _place_review_vote(self, tracked: TrackedWork, verdict: Verdict) -> None:
         """Count a reviewer's vote in the review once a block carried its commitment

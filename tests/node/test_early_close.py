@@ -116,10 +116,13 @@ def test_a_committed_member_that_abstains_after_the_reveals_moves_no_seat_in_the
 
 
 def test_abstaining_then_committing_and_revealing_is_voting_both_ways():
-    """The other order: a member abstains (its seat goes to the reserve), then commits
-    while the window is open, and reveals a vote. The tracker keeps its first verdict,
-    drops the second and holds the pair as evidence; a block carrying it slashes the
-    member ``double_sign_slash_bps`` and jails it."""
+    """The other order: a member abstains (its seat goes to the reserve, which checks,
+    commits, and with the others reveals once the phase closes early), then commits
+    while the window is open. Its seat is its own again, so the ledger would refuse the
+    certificate the node had decided with the reserve's vote: the tracker decides again
+    without it after the block. When the member reveals, the tracker keeps its first
+    verdict, drops the second and holds the pair as evidence; a block carrying it
+    slashes the member ``double_sign_slash_bps`` and jails it."""
     c = _chain()
     tracker, tracked = _track(c, nonce=3)
     r = tracked.report.result.receipt
@@ -128,8 +131,20 @@ def test_abstaining_then_committing_and_revealing_is_voting_both_ways():
     abstention = _abstain(c, turncoat, r)
     tracker.add_verdict(abstention)
     assert reserve in tracked.seated()
+    votes = {k: signed_verdict(c.keys[k], r) for k in tracked.seated()}
+    c.next(verdict_commits=[make_commit(c.keys[k], v) for k, v in votes.items()])
+    assert tracker.reveal_open(tracked)
+    for k in sorted(votes, key=lambda k: k != reserve):  # the reserve's reveal first
+        tracker.add_verdict(votes[k])
+    assert tracked.certified and reserve in {v.signer for v in tracked.outcome.verdicts}
     later = signed_verdict(c.keys[turncoat], r)
     c.next(verdict_commits=[make_commit(c.keys[turncoat], later)])
+    with pytest.raises(LedgerError, match="a reserve whose seat no abstention opened"):
+        apply_block(c.state, c.build(certificates=[tracked.outcome]))
+    tracker.on_block()
+    assert tracked.certified and reserve not in {v.signer for v in tracked.outcome.verdicts}
+    assert tracker.pending_outcomes()[0] == [tracked.outcome]
+    apply_block(c.state, c.build(certificates=[tracked.outcome]))  # four of five seats
     with pytest.raises(PouwError, match="voted differently"):
         tracker.add_verdict(later)
     (evidence,) = tracker.pending_conflicts()
