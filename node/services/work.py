@@ -32,6 +32,7 @@ from aipg.node.protocol.messages import WorkReport
 from aipg.pouw import (
     COMMITTEE_DELAY,
     Certificate,
+    CommitLookup,
     Committee,
     CommitteeRules,
     ConflictingVerdicts,
@@ -178,7 +179,9 @@ class ChainView(Protocol):
     @property
     def forced_error_bps(self) -> int: ...
 
-    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None: ...
+    def committed(
+        self, receipt_id: bytes, member: bytes, job_id: bytes | None = None
+    ) -> bytes | None: ...
 
     def commit_closes(self, receipt_id: bytes) -> int | None: ...
 
@@ -285,7 +288,7 @@ class WorkTracker:
             report.result.receipt,
             members,
             validators,
-            self.chain.committed if self.chain.commit_reveal else None,
+            self._lookup(report.result.receipt.job_id) if self.chain.commit_reveal else None,
         )
         tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
@@ -472,6 +475,15 @@ class WorkTracker:
             if outcome is not None:
                 self._decided(tracked, outcome)
 
+    def _lookup(self, job_id: bytes) -> CommitLookup:
+        """The finalized chain's commitments that count for ``job_id``'s outcomes (the
+        ledger's ``commitments(state, job_id)``: one naming another job never does)."""
+
+        def committed(receipt_id: bytes, member: bytes) -> bytes | None:
+            return self.chain.committed(receipt_id, member, job_id)
+
+        return committed
+
     def _stale(self, tracked: TrackedWork) -> bool:
         return (
             tracked.outcome is not None
@@ -546,7 +558,7 @@ class WorkTracker:
         if self.chain.height >= closes:
             return True
         return all(
-            self.chain.committed(tracked.receipt_id, k) is not None
+            self.chain.committed(tracked.receipt_id, k, tracked.job_id) is not None
             or (k in tracked.verdicts and abstains(tracked.verdicts[k]))
             for k in tracked.seated()
         )

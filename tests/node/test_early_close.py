@@ -29,11 +29,13 @@ from aipg.pouw import (
     receipt_id,
 )
 from aipg.pouw.forced import ForcedError, forced_output, forced_proof
-from aipg.pouw.records import output_hash_tokens
+from aipg.pouw.records import VerdictCommit, output_hash_tokens
+from aipg.pouw.reveal import verdict_commitment
 from aipg.stake.ledger import apply_block
 from aipg.stake.types import BPS, LedgerError
 from aipg.testing.chainkit import TEST_PARAMS, TestChain, TrackerChain, make_work
 from aipg.testing.world import OUTPUT_IDS, signed_verdict
+from aipg.wire import sign
 
 VOCAB = 100
 WINDOW = 8
@@ -153,6 +155,29 @@ def test_abstaining_then_committing_and_revealing_is_voting_both_ways():
     s = c.next(conflicting_verdicts=[evidence])
     assert s.bond(turncoat).stake == stake - stake * s.params.double_sign_slash_bps // BPS
     assert s.bond(turncoat).jailed_until > s.height
+
+
+def test_a_commitment_naming_another_job_closes_nothing():
+    """A member's commitment on the receipt that names another job never counts for
+    this job's outcomes (the ledger's lookup is the job's, D77); the node does not
+    count it for the early close either, else the member could open the reveals and
+    then abstain, its abstention still stepping aside on the ledger."""
+    c = _chain()
+    tracker, tracked = _track(c, nonce=5)
+    other, *_ = make_work(c, c.users[1], nonce=6)  # committed, its committee drawn
+    r = tracked.report.result.receipt
+    members = tracked.committee.members
+    votes = {k: signed_verdict(c.keys[k], r) for k in members}
+    sly = members[0]
+    wrong = sign(
+        VerdictCommit(tracked.receipt_id, verdict_commitment(votes[sly]), other.id), c.keys[sly]
+    )
+    rest = [make_commit(c.keys[k], votes[k]) for k in members[1:]]
+    s = c.next(verdict_commits=[wrong, *rest])  # the ledger takes it (D77's bounds hold)
+    assert tracked.receipt_id + sly in s.verdict_commits
+    assert not tracker.reveal_open(tracked)
+    tracker.add_verdict(_abstain(c, sly, r))  # so its abstention steps aside, on both
+    assert sly not in tracked.seated()
 
 
 # --- node and ledger agree on the early close of a forced receipt -------------------------
