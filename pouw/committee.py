@@ -18,9 +18,11 @@ are never drawn; they are removed from the validator set before the draw.
 
 Abstentions: a member that cannot check the work (it does not host the model, or the
 worker did not serve what the check needs) says so with an UNAVAILABLE verdict. That is
-no vote: its seat passes to the next reserve in draw order. A committee of ``size`` has
-``reserves(size)`` reserves; it decides only while it has ``size`` seated members, so a
-job whose members cannot check it stays undecided and unpaid, never convicted.
+no vote: its seat passes to the next reserve in draw order (with commit-reveal, only
+while the member has no commitment on the receipt: D108, ``reveal.steps_aside``). A
+committee of ``size`` has ``reserves(size)`` reserves; it decides only while it has
+``size`` seated members, so a job whose members cannot check it stays undecided and
+unpaid, never convicted.
 
 Quorum, over the seated members, counted in seats (each seated member one vote; stake
 decides only the chance to be drawn, D57): valid votes on at least ``num/den`` of the

@@ -6,9 +6,11 @@ and a salt only it can compute (:func:`verdict_commitment`). Blocks carry commit
 The receipt's **commit phase** opens with the block that carries its first commitment
 and closes ``commit_blocks`` blocks later (a chain parameter); only commitments carried
 by then count. Members reveal (publish the :class:`Verdict` itself, salt inside) once
-the phase has closed, or earlier once every candidate of the committee has a
-commitment on chain or has abstained (no commitment can be added that counts: a
-candidate that abstained and then reveals a vote has voted both ways).
+the phase has closed, or earlier once every member seated has a commitment on chain
+(D108: no commitment can be added that counts, since a seat moves only by an
+abstention, and an abstention of a member with a commitment does not step aside:
+:func:`steps_aside`; a member that abstained and then reveals a vote has voted both
+ways).
 
 A revealed vote counts only when its commitment was carried in time and matches it
 (:func:`check_reveal`): copying another member's reveal needs a commitment made before
@@ -40,6 +42,7 @@ __all__ = [
     "make_commit",
     "needs_commitment",
     "salt_message",
+    "steps_aside",
     "validate_commit",
     "verdict_commitment",
     "verdict_salt",
@@ -93,6 +96,16 @@ def validate_commit(commit: VerdictCommit) -> None:
 def needs_commitment(verdict: Verdict) -> bool:
     """A vote must have been committed; an abstention is published in the clear."""
     return verdict.reason != VerdictReason.UNAVAILABLE
+
+
+def steps_aside(receipt_id_: bytes, member: bytes, committed: CommitLookup | None) -> bool:
+    """Whether an abstention of ``member`` on the receipt passes its seat to the next
+    reserve (D108): only while no block carried a commitment of that member on it (or
+    on a chain without commit-reveal, ``committed`` None). A member that committed
+    keeps its seat, with no vote unless it reveals: otherwise it could commit, let the
+    phase close early, abstain after the reveals and seat a reserve that commits a
+    copied vote while the height window is still open."""
+    return committed is None or committed(receipt_id_, member) is None
 
 
 def check_reveal(verdict: Verdict, committed: CommitLookup) -> None:

@@ -49,7 +49,7 @@ from .records import (
     params_hash,
     receipt_id,
 )
-from .reveal import CommitLookup, check_reveal
+from .reveal import CommitLookup, check_reveal, steps_aside
 from .work import work_units
 
 __all__ = [
@@ -280,6 +280,8 @@ def _tally_verdicts(
     committed: CommitLookup | None = None,
 ) -> Tally:
     votes: dict[bytes, bool | None] = {}
+    seen: set[bytes] = set()
+    rid = receipt_id(receipt)
     for i, verdict in enumerate(verdicts):
         try:
             validate_verdict(verdict, receipt, check_challenge=check_challenges)
@@ -288,8 +290,13 @@ def _tally_verdicts(
         except PouwError as e:
             raise PouwError(f"verdicts[{i}].{e.what.removeprefix('verdict.')}", e.reason) from None
         _require(verdict.signer in committee, f"verdicts[{i}].signer", "not a committee member")
-        _require(verdict.signer not in votes, f"verdicts[{i}].signer", "member voted twice")
-        votes[verdict.signer] = None if abstains(verdict) else verdict.valid
+        _require(verdict.signer not in seen, f"verdicts[{i}].signer", "member voted twice")
+        seen.add(verdict.signer)
+        if not abstains(verdict):
+            votes[verdict.signer] = verdict.valid
+        elif steps_aside(rid, verdict.signer, committed):
+            votes[verdict.signer] = None
+        # else (D108): a member with a commitment keeps its seat, without a vote
     seated = committee.seated(k for k, v in votes.items() if v is None)
     for i, verdict in enumerate(verdicts):
         _require(

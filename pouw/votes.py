@@ -24,7 +24,7 @@ from .records import (
     VerdictReason,
     receipt_id,
 )
-from .reveal import CommitLookup, check_reveal, verdict_salt
+from .reveal import CommitLookup, check_reveal, steps_aside, verdict_salt
 from .validate import abstains, check_hash, make_challenge, validate_verdict
 
 __all__ = ["VoteCollector", "make_verdict"]
@@ -70,7 +70,8 @@ class VoteCollector:
     with its stakes. :meth:`add` returns the Certificate or FraudEvidence once one is
     decided (and keeps returning it), else None; it raises PouwError for a verdict that
     must be dropped (bad signature, not a candidate, about another receipt, a changed
-    vote). An abstention seats the next reserve; a reserve's vote counts once seated.
+    vote). An abstention seats the next reserve (unless a block carried a commitment
+    of the abstainer's, D108); a reserve's vote counts once seated.
 
     With ``committed`` (commit, then reveal: :mod:`.reveal`), a revealed vote counts
     only once a block carried its commitment in time: until then it is held
@@ -136,6 +137,20 @@ class VoteCollector:
             self.outcome = self._decide()
         return self.outcome
 
+    def stale(self) -> bool:
+        """Whether the outcome counted an abstention that no longer steps aside: a block
+        has since carried its member's commitment (it abstained, then committed, D108),
+        so the seat is that member's again and the reserve it seated no longer votes."""
+        if self.outcome is None or self._committed is None:
+            return False
+        aside = self._stepped_aside()
+        return any(abstains(v) and v.signer not in aside for v in self.outcome.verdicts)
+
+    def redecide(self) -> Certificate | FraudEvidence | None:
+        """Decide again over the seats as they are now (after :meth:`stale`)."""
+        self.outcome = self._decide()
+        return self.outcome
+
     def counted(self) -> dict[bytes, Verdict]:
         """The verdicts that count (revealed with their commitment, or abstentions)."""
         return dict(self._verdicts)
@@ -145,11 +160,25 @@ class VoteCollector:
         return dict(self._held)
 
     def seated(self) -> tuple[bytes, ...]:
-        """Who votes now: the first seats of the draw, less those who abstained."""
-        return self.committee.seated(k for k, v in self._verdicts.items() if abstains(v))
+        """Who votes now: the first seats of the draw, less those who abstained (an
+        abstention of a member a block shows committed steps aside from nothing, D108)."""
+        return self.committee.seated(self._stepped_aside())
+
+    def _stepped_aside(self) -> set[bytes]:
+        rid = receipt_id(self.receipt)
+        return {
+            k
+            for k, v in self._verdicts.items()
+            if abstains(v) and steps_aside(rid, k, self._committed)
+        }
 
     def _decide(self) -> Certificate | FraudEvidence | None:
-        votes = {k: None if abstains(v) else v.valid for k, v in self._verdicts.items()}
+        aside = self._stepped_aside()
+        votes = {
+            k: None if k in aside else v.valid
+            for k, v in self._verdicts.items()
+            if k in aside or not abstains(v)
+        }
         t = tally_seated(self.committee, self._stakes, votes)
         if t.certifies:
             return Certificate(self.job, self.assignment, self.receipt, self._evidence(True))
@@ -160,9 +189,10 @@ class VoteCollector:
     def _evidence(self, valid: bool) -> tuple[Verdict, ...]:
         # The seated members' votes on the deciding side, and the abstentions that
         # seated them, in key order: the smallest record a third party can re-tally.
-        seated = set(self.seated())
+        aside = self._stepped_aside()
+        seated = set(self.committee.seated(aside))
         return tuple(
             v
             for k, v in sorted(self._verdicts.items())
-            if abstains(v) or (k in seated and v.valid == valid)
+            if k in aside or (k in seated and not abstains(v) and v.valid == valid)
         )

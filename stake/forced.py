@@ -51,6 +51,7 @@ from aipg.pouw import (
     abstains,
     committee_for,
     receipt_id,
+    steps_aside,
     validate_review,
 )
 from aipg.pouw.forced import (
@@ -164,24 +165,41 @@ def check_forced_error(s: State, ev: ForcedError):
 
 
 def _phase_over(s: State, ev: ForcedError, rid: bytes) -> bool:
-    """Whether no commitment that counts can still be added on ``rid``: its commit phase
-    closed by height, or every candidate of the committee has committed (once each)."""
+    """Whether no commitment that counts can still be added on ``rid`` (D108, the rule
+    a node's ``reveal_open`` applies): its commit phase closed by height, or a block
+    already carried a ForcedError of the job (the phase was over then, and the proof is
+    public), or every member seated given the abstentions ``ev`` carries that step
+    aside (those of members without a commitment) has a commitment, or, with fixed
+    seats, an abstention ``ev`` carries."""
     closes = commit_closes(s, rid)
     if closes is None:
         return False
-    if s.height > closes:
+    if s.height > closes or b"forced" + ev.receipt.job_id in s.punished:
         return True
+    committee = _committee(s, ev)
+    if committee is None:
+        return False
+    lookup = commitments(s, ev.receipt.job_id)
+    abstained = {v.signer for v in ev.verdicts if abstains(v)}
+    aside = {k for k in abstained if steps_aside(rid, k, lookup)}
+    return all(
+        (lookup is not None and lookup(rid, k) is not None) or k in abstained
+        for k in committee.seated(aside)
+    )
+
+
+def _committee(s: State, ev: ForcedError):
+    """The job's committee, or None when its seed block is not (or no longer) kept."""
     committed = s.commitments.get(ev.receipt.job_id)
     if committed is None:
-        return False
+        return None
     seed = committee_seed_height(committed)
     snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
     if snapshot is None or beacon is None:
-        return False
-    committee = committee_for(
+        return None
+    return committee_for(
         ev.job, ev.assignment, snapshot, beacon, rules=s.params.job_committee_rules()
     )
-    return all(rid + k in s.verdict_commits for k in committee.candidates)
 
 
 def _validate_votes(ev, validators, beacon, kw, lookup) -> None:
@@ -279,21 +297,15 @@ def _unrevealed_key(rid: bytes, member: bytes) -> bytes:
 
 def _owe_reveals(s: State, ev: ForcedError, rid: bytes) -> None:
     """The first ForcedError of ``rid``: each seated member (the committee's seats once
-    the abstentions it carries have stepped aside) with a commitment on it whose vote it
-    did not carry owes its reveal (by ``review_period`` blocks from now). A reserve that
+    the abstentions it carries have stepped aside; a committed member's does not, D108)
+    with a commitment on it whose vote it did not carry owes its reveal (by ``review_period`` blocks from now). A reserve that
     committed is not seated, and no block could carry its vote: it owes nothing."""
-    committed = s.commitments.get(ev.receipt.job_id)
-    if committed is None:
+    committee = _committee(s, ev)
+    if committee is None:
         return
-    seed = committee_seed_height(committed)
-    snapshot, beacon = s.validator_snapshot_at(seed), s.beacon_at(seed)
-    if snapshot is None or beacon is None:
-        return
-    committee = committee_for(
-        ev.job, ev.assignment, snapshot, beacon, rules=s.params.job_committee_rules()
-    )
     carried = {v.signer for v in ev.verdicts}
-    gone = {v.signer for v in ev.verdicts if abstains(v)}
+    lookup = commitments(s, ev.receipt.job_id)
+    gone = {v.signer for v in ev.verdicts if abstains(v) and steps_aside(rid, v.signer, lookup)}
     for member in committee.seated(gone):
         if member not in carried and commit_key(rid, member) in s.verdict_commits:
             s.put("punished", _unrevealed_key(rid, member), s.height)

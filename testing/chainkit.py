@@ -505,8 +505,8 @@ class TrackerChain:
     def commit_reveal(self) -> bool:
         return self.c.state.params.verdict_commit_blocks > 0
 
-    def committed(self, receipt_id: bytes, member: bytes):
-        lookup = commitments(self.c.state)
+    def committed(self, receipt_id: bytes, member: bytes, job_id: bytes | None = None):
+        lookup = commitments(self.c.state, job_id)
         return None if lookup is None else lookup(receipt_id, member)
 
     def commit_closes(self, receipt_id: bytes):

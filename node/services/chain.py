@@ -481,9 +481,12 @@ class FinalizedChain:
         """Whether verdicts are committed before they are revealed on this chain."""
         return self.chain.state.params.verdict_commit_blocks > 0
 
-    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None:
-        """The member's commitment a finalized block carried in time, if any."""
-        lookup = commitments(self.chain.state)
+    def committed(
+        self, receipt_id: bytes, member: bytes, job_id: bytes | None = None
+    ) -> bytes | None:
+        """The member's commitment a finalized block carried in time, if any (only one
+        naming ``job_id``, when given: what counts for that job's outcomes)."""
+        lookup = commitments(self.chain.state, job_id)
         return None if lookup is None else lookup(receipt_id, member)
 
     def commit_closes(self, receipt_id: bytes) -> int | None:

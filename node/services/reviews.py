@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aipg.pouw import Committee, FraudEvidence, FraudReview, Verdict, abstains, tally_seated
+from aipg.pouw import (
+    CommitLookup,
+    Committee,
+    FraudEvidence,
+    FraudReview,
+    Verdict,
+    abstains,
+    receipt_id,
+    steps_aside,
+    tally_seated,
+)
 
 MAX_UNPLACED_VERDICTS = 64  # reviewers' votes held per receipt before its review opens here
 
@@ -24,9 +34,20 @@ class Review:
     verdicts: dict[bytes, Verdict] = field(default_factory=dict)
     outcome: FraudReview | None = None
     settled: bool = False
+    # commit-revealed reviews (D76): a reviewer's commitment a block carried; an
+    # abstention of a reviewer that has one steps aside from nothing (D108)
+    committed: CommitLookup | None = None
 
     def seated(self) -> tuple[bytes, ...]:
-        return self.committee.seated(k for k, v in self.verdicts.items() if abstains(v))
+        return self.committee.seated(self._stepped_aside())
+
+    def _stepped_aside(self) -> set[bytes]:
+        rid = receipt_id(self.evidence.receipt)
+        return {
+            k
+            for k, v in self.verdicts.items()
+            if abstains(v) and steps_aside(rid, k, self.committed)
+        }
 
     @property
     def upheld(self) -> bool | None:
@@ -40,15 +61,20 @@ class Review:
             return self.outcome
         self.verdicts[verdict.signer] = verdict
         if self.outcome is None:
-            votes = {k: None if abstains(v) else v.valid for k, v in self.verdicts.items()}
+            aside = self._stepped_aside()
+            votes = {
+                k: None if k in aside else v.valid
+                for k, v in self.verdicts.items()
+                if k in aside or not abstains(v)
+            }
             t = tally_seated(self.committee, self.stakes, votes)
             upheld = t.upholds
             if upheld or t.certifies:
-                seated = set(self.seated())
+                seated = set(self.committee.seated(aside))
                 kept = tuple(
                     v
                     for k, v in sorted(self.verdicts.items())
-                    if abstains(v) or (k in seated and v.valid != upheld)
+                    if k in aside or (k in seated and not abstains(v) and v.valid != upheld)
                 )
                 self.outcome = FraudReview(self.evidence, kept)
         return self.outcome

@@ -32,6 +32,7 @@ from aipg.node.protocol.messages import WorkReport
 from aipg.pouw import (
     COMMITTEE_DELAY,
     Certificate,
+    CommitLookup,
     Committee,
     CommitteeRules,
     ConflictingVerdicts,
@@ -178,7 +179,9 @@ class ChainView(Protocol):
     @property
     def forced_error_bps(self) -> int: ...
 
-    def committed(self, receipt_id: bytes, member: bytes) -> bytes | None: ...
+    def committed(
+        self, receipt_id: bytes, member: bytes, job_id: bytes | None = None
+    ) -> bytes | None: ...
 
     def commit_closes(self, receipt_id: bytes) -> int | None: ...
 
@@ -285,7 +288,7 @@ class WorkTracker:
             report.result.receipt,
             members,
             validators,
-            self.chain.committed if self.chain.commit_reveal else None,
+            self._lookup(report.result.receipt.job_id) if self.chain.commit_reveal else None,
         )
         tracked = TrackedWork(report, rid, members, collector)
         self._by_receipt[rid] = tracked
@@ -464,11 +467,45 @@ class WorkTracker:
             if tracked.review is not None and tracked.unplaced and tracked.review.outcome is None:
                 for verdict in list(tracked.unplaced.values()):
                     self._place_review_vote(tracked, verdict)
+            if self._stale(tracked):
+                self._redecide(tracked)
             if tracked.outcome is not None or not tracked.collector.held():
                 continue
             outcome = tracked.collector.recheck()
             if outcome is not None:
                 self._decided(tracked, outcome)
+
+    def _lookup(self, job_id: bytes) -> CommitLookup:
+        """The finalized chain's commitments that count for ``job_id``'s outcomes (the
+        ledger's ``commitments(state, job_id)``: one naming another job never does)."""
+
+        def committed(receipt_id: bytes, member: bytes) -> bytes | None:
+            return self.chain.committed(receipt_id, member, job_id)
+
+        return committed
+
+    def _stale(self, tracked: TrackedWork) -> bool:
+        return (
+            tracked.outcome is not None
+            and tracked.block_height is None
+            and not tracked.set_aside
+            and tracked.collector.stale()
+        )
+
+    def _redecide(self, tracked: TrackedWork) -> None:
+        """A member whose abstention the outcome counted has committed since (D108): its
+        seat is back, the reserve's vote no longer counts, and the ledger would refuse
+        the outcome. Decide again: the same decision without that vote replaces it
+        quietly (listeners heard it already); anything else is decided anew."""
+        before = tracked.outcome
+        outcome = tracked.collector.redecide()
+        tracked.outcome = outcome
+        if outcome is not None and type(outcome) is not type(before):
+            self._decided(tracked, outcome)
+        log.info(
+            "job %s: an abstainer committed; the outcome counts its seat again",
+            tracked.job_id.hex()[:12],
+        )
 
     def _place_review_vote(self, tracked: TrackedWork, verdict: Verdict) -> None:
         """Count a reviewer's vote in the review once a block carried its commitment
@@ -486,8 +523,9 @@ class WorkTracker:
 
     def review_reveal_open(self, tracked: TrackedWork) -> bool:
         """Whether reviewers may reveal on ``tracked``'s review (D76): its commit phase
-        closed on the finalized chain, or every seated reviewer has a commitment there
-        or has abstained."""
+        closed on the finalized chain, or every seated reviewer (an abstention of one
+        with a commitment steps aside from nothing, D108) has a commitment there or has
+        abstained."""
         review = tracked.review
         if review is None:
             return False
@@ -506,9 +544,12 @@ class WorkTracker:
 
     def reveal_open(self, tracked: TrackedWork) -> bool:
         """Whether members may reveal their verdicts on ``tracked``: its commit phase has
-        closed on the finalized chain, or every candidate has a commitment there or has
-        abstained (no commitment that counts can be added: an abstainer that commits
-        and reveals a vote has voted both ways)."""
+        closed on the finalized chain, or every member seated (given the abstentions
+        that step aside: those of members without a commitment) has a commitment there
+        or, with fixed seats, has abstained (D108). No commitment that counts can be
+        added then: a reserve votes only once seated, and no seat moves any more, since
+        an abstention of a member with a commitment steps aside from nothing; a member
+        that abstained and then commits and reveals has voted both ways (D37)."""
         if not self.chain.commit_reveal:
             return True
         closes = self.chain.commit_closes(tracked.receipt_id)
@@ -517,9 +558,9 @@ class WorkTracker:
         if self.chain.height >= closes:
             return True
         return all(
-            self.chain.committed(tracked.receipt_id, k) is not None
+            self.chain.committed(tracked.receipt_id, k, tracked.job_id) is not None
             or (k in tracked.verdicts and abstains(tracked.verdicts[k]))
-            for k in tracked.committee.candidates
+            for k in tracked.seated()
         )
 
     def mark_included(self, outcome: Certificate | FraudEvidence, height: int) -> None:
@@ -605,7 +646,13 @@ class WorkTracker:
         committee = review_committee(
             evidence, validators, block_hash, self.chain.committee_size, self.chain.committee_rules
         )
-        tracked.review = Review(evidence, committee, validators)
+        committed = None
+        if self.chain.commit_reveal:
+
+            def committed(_rid: bytes, member: bytes) -> bytes | None:
+                return self.chain.review_committed(evidence, member)
+
+        tracked.review = Review(evidence, committee, validators, committed=committed)
         unplaced, tracked.unplaced = tracked.unplaced, {}
         for signer, verdict in sorted({**tracked.verdicts, **unplaced}.items()):
             if signer in committee:

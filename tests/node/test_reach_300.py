@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 PLAIN_HOSTS = 290
 MAX_PEERS = 16
-COMMIT_BLOCKS = 12
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +80,6 @@ async def test_jobs_from_random_gateways_to_random_workers_among_300_nodes(tmp_p
         committee_size=4,
         extra_hosts=PLAIN_HOSTS,
         seed=11,
-        # A job's reveal waits for every candidate (seats and reserves) to commit, or
-        # for the commit phase to close (D71); reserves that stay unseated never commit,
-        # so each job waited the devnet's whole 80-block window (20 s of 250 ms blocks,
-        # 25-40 s in this busy process): most of this test's time. The seated members
-        # commit within 2-3 blocks of the first commitment here; 12 leaves a margin.
-        params_over={"verdict_commit_blocks": COMMIT_BLOCKS},
     ) as world:
         nodes = world.nodes
         by_key = {n.identity.public_bytes: n for n in nodes}
