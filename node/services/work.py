@@ -74,6 +74,9 @@ class TrackedWork:
     collector: VoteCollector
     verdicts: dict[bytes, Verdict] = field(default_factory=dict)
     outcome: Certificate | FraudEvidence | None = None
+    # the kind of outcome the on_outcome listeners were told (once per kind: a job
+    # undecided again by a redecision, D108, and then decided the same way is not news)
+    announced: type | None = None
     block_height: int | None = None
     set_aside: str = ""  # why no block will ever carry this outcome (empty: it may)
     review: Review | None = None  # a block carried this fraud evidence: its review
@@ -337,6 +340,9 @@ class WorkTracker:
 
     def _decided(self, tracked: TrackedWork, outcome: Certificate | FraudEvidence) -> None:
         tracked.outcome = outcome
+        if type(outcome) is tracked.announced:
+            return  # decided again the same way after a redecision (D108): heard already
+        tracked.announced = type(outcome)
         log.info(
             "job %s: %s",
             tracked.job_id.hex()[:12],

@@ -157,6 +157,33 @@ def test_abstaining_then_committing_and_revealing_is_voting_both_ways():
     assert s.bond(turncoat).jailed_until > s.height
 
 
+def test_a_job_undecided_by_a_redecision_and_decided_again_is_announced_once():
+    """The reserve's vote counted for the certificate; once the abstainer commits it no
+    longer does and the job is undecided again; the last seated member's reveal
+    certifies it again. The tracker's listeners (a gateway's reputation of the worker)
+    hear of the certification once."""
+    c = _chain()
+    tracker, tracked = _track(c, nonce=5)
+    heard: list[bool] = []
+    tracker.on_outcome.append(lambda t: heard.append(t.certified))
+    r = tracked.report.result.receipt
+    members, reserve = tracked.committee.members, tracked.committee.candidates[5]
+    turncoat, last = members[0], members[-1]
+    tracker.add_verdict(_abstain(c, turncoat, r))
+    votes = {k: signed_verdict(c.keys[k], r) for k in tracked.seated()}
+    c.next(verdict_commits=[make_commit(c.keys[k], v) for k, v in votes.items()])
+    for k in sorted(votes, key=lambda k: k != reserve):
+        if k != last:
+            tracker.add_verdict(votes[k])
+    assert tracked.certified and heard == [True]
+    c.next(verdict_commits=[make_commit(c.keys[turncoat], signed_verdict(c.keys[turncoat], r))])
+    tracker.on_block()
+    assert tracked.outcome is None  # without the reserve's vote: below the quorum
+    tracker.add_verdict(votes[last])
+    assert tracked.certified and reserve not in {v.signer for v in tracked.outcome.verdicts}
+    assert heard == [True]
+
+
 def test_a_commitment_naming_another_job_closes_nothing():
     """A member's commitment on the receipt that names another job never counts for
     this job's outcomes (the ledger's lookup is the job's, D77); the node does not
