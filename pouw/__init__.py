@@ -94,7 +94,7 @@ from .validate import (
     votes_differ,
 )
 from .verify import Check, verdict_for, verify_diffusion, verify_llm
-from .votes import VoteCollector, make_verdict
+from .votes import VoteCollector, make_verdict, seat_votes
 from .work import diffusion_work_units, llm_work_units, work_units
 
 __all__ = [
@@ -166,6 +166,7 @@ __all__ = [
     "run_diffusion_job",
     "run_llm_job",
     "sample_committee",
+    "seat_votes",
     "steps_aside",
     "tally",
     "tally_seated",

@@ -27,9 +27,25 @@ from .records import (
 from .reveal import CommitLookup, check_reveal, steps_aside, verdict_salt
 from .validate import abstains, check_hash, make_challenge, validate_verdict
 
-__all__ = ["VoteCollector", "make_verdict"]
+__all__ = ["VoteCollector", "make_verdict", "seat_votes"]
 
 MAX_ERROR_MICRO = 2**32 - 1
+
+
+def seat_votes(
+    verdicts: Mapping[bytes, Verdict], rid: bytes, committed: CommitLookup | None
+) -> tuple[set[bytes], dict[bytes, bool | None]]:
+    """The members whose abstentions step aside (D108: not those with a commitment a
+    block carried on ``rid``), and the votes to tally: each of them None, every other
+    member's vote its own; an abstention that does not step aside holds its seat
+    without a vote, so it is left out."""
+    aside = {k for k, v in verdicts.items() if abstains(v) and steps_aside(rid, k, committed)}
+    votes = {
+        k: None if k in aside else v.valid
+        for k, v in verdicts.items()
+        if k in aside or not abstains(v)
+    }
+    return aside, votes
 
 
 def make_verdict(
@@ -165,20 +181,10 @@ class VoteCollector:
         return self.committee.seated(self._stepped_aside())
 
     def _stepped_aside(self) -> set[bytes]:
-        rid = receipt_id(self.receipt)
-        return {
-            k
-            for k, v in self._verdicts.items()
-            if abstains(v) and steps_aside(rid, k, self._committed)
-        }
+        return seat_votes(self._verdicts, receipt_id(self.receipt), self._committed)[0]
 
     def _decide(self) -> Certificate | FraudEvidence | None:
-        aside = self._stepped_aside()
-        votes = {
-            k: None if k in aside else v.valid
-            for k, v in self._verdicts.items()
-            if k in aside or not abstains(v)
-        }
+        _, votes = seat_votes(self._verdicts, receipt_id(self.receipt), self._committed)
         t = tally_seated(self.committee, self._stakes, votes)
         if t.certifies:
             return Certificate(self.job, self.assignment, self.receipt, self._evidence(True))

@@ -298,8 +298,9 @@ def _unrevealed_key(rid: bytes, member: bytes) -> bytes:
 def _owe_reveals(s: State, ev: ForcedError, rid: bytes) -> None:
     """The first ForcedError of ``rid``: each seated member (the committee's seats once
     the abstentions it carries have stepped aside; a committed member's does not, D108)
-    with a commitment on it whose vote it did not carry owes its reveal (by ``review_period`` blocks from now). A reserve that
-    committed is not seated, and no block could carry its vote: it owes nothing."""
+    with a commitment on it whose vote it did not carry owes its reveal (by
+    ``review_period`` blocks from now). A reserve that committed is not seated, and no
+    block could carry its vote: it owes nothing."""
     committee = _committee(s, ev)
     if committee is None:
         return

@@ -16,7 +16,7 @@ from aipg.pouw import (
     Verdict,
     abstains,
     receipt_id,
-    steps_aside,
+    seat_votes,
     tally_seated,
 )
 
@@ -42,12 +42,7 @@ class Review:
         return self.committee.seated(self._stepped_aside())
 
     def _stepped_aside(self) -> set[bytes]:
-        rid = receipt_id(self.evidence.receipt)
-        return {
-            k
-            for k, v in self.verdicts.items()
-            if abstains(v) and steps_aside(rid, k, self.committed)
-        }
+        return seat_votes(self.verdicts, receipt_id(self.evidence.receipt), self.committed)[0]
 
     @property
     def upheld(self) -> bool | None:
@@ -61,12 +56,8 @@ class Review:
             return self.outcome
         self.verdicts[verdict.signer] = verdict
         if self.outcome is None:
-            aside = self._stepped_aside()
-            votes = {
-                k: None if k in aside else v.valid
-                for k, v in self.verdicts.items()
-                if k in aside or not abstains(v)
-            }
+            rid = receipt_id(self.evidence.receipt)
+            aside, votes = seat_votes(self.verdicts, rid, self.committed)
             t = tally_seated(self.committee, self.stakes, votes)
             upheld = t.upholds
             if upheld or t.certifies:
